@@ -1,0 +1,439 @@
+//! `Dataset`: the data contract of one feed — its columns and rules, thresholds, schedule, storage and owners.
+
+use crate::names::{self, InvalidName};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// The contract of one feed. The worker reads this same manifest from a file (`--contract`).
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "etl.silverline.dev",
+    version = "v1alpha1",
+    kind = "Dataset",
+    namespaced,
+    shortname = "ds",
+    status = "DatasetStatus",
+    printcolumn = r#"{"name":"Schema","type":"string","jsonPath":".spec.schemaVersion"}"#,
+    printcolumn = r#"{"name":"Team","type":"string","jsonPath":".spec.ownership.team"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetSpec {
+    /// Version of the schema, e.g. `v1`; appears in lake paths as `schema_v=v1`.
+    #[schemars(regex(pattern = r"^v[0-9]{1,6}$"))]
+    pub schema_version: String,
+    /// The columns of the feed, matched to the CSV header by name.
+    #[schemars(length(min = 1))]
+    pub columns: Vec<ColumnSpec>,
+    /// Columns whose values together identify a row; a repeat is a DUPLICATE_KEY_ERROR.
+    #[schemars(length(min = 1))]
+    pub primary_key: Vec<String>,
+    /// A required timestamp column; rows are partitioned by its UTC year and month.
+    pub partition_column: String,
+    #[serde(default)]
+    pub quality: QualitySpec,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerSpec,
+    /// How many times a row may be tried (first run plus quarantine replays) before it is condemned.
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1))]
+    pub max_attempts: u32,
+    pub storage: StorageSpec,
+    pub ownership: OwnershipSpec,
+    /// Optional cron schedule (UTC) for runs of this dataset, used by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+/// One column of the contract.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ColumnSpec {
+    /// Column name, as in the CSV header and in the Parquet output.
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    #[serde(rename = "type")]
+    pub column_type: ColumnType,
+    /// Total digits of a decimal (1–38).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<u8>,
+    /// Digits after the point of a decimal (0–precision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u8>,
+    /// An empty value in a required column is a NULL_VALUE_ERROR.
+    #[serde(default)]
+    pub required: bool,
+    /// If set, the (trimmed) value must be exactly one of these, case-sensitive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_values: Option<Vec<String>>,
+    /// If set, the (trimmed) value must match this regular expression (anchored by the author).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+}
+
+/// The logical type of a column.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    String,
+    Decimal,
+    Timestamp,
+    Date,
+    Int64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QualitySpec {
+    /// A run whose quarantined / input rows is above this fails the quality gate (exit 5).
+    #[serde(default = "default_max_quarantine_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_quarantine_rate: f64,
+}
+
+fn default_max_quarantine_rate() -> f64 {
+    0.01
+}
+
+impl Default for QualitySpec {
+    fn default() -> Self {
+        Self { max_quarantine_rate: default_max_quarantine_rate() }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreakerSpec {
+    /// More than this many rows with the same error type stop the run (exit 4).
+    #[serde(default = "default_max_same_errors")]
+    pub max_same_errors: u64,
+    /// The period over which the operator counts repeated failures of the same kind, e.g. `1h`, `30m`.
+    /// Within one worker run the window is the run itself.
+    #[serde(default = "default_window")]
+    #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
+    pub window: String,
+}
+
+fn default_max_same_errors() -> u64 {
+    100
+}
+
+fn default_window() -> String {
+    "1h".to_owned()
+}
+
+impl Default for CircuitBreakerSpec {
+    fn default() -> Self {
+        Self { max_same_errors: default_max_same_errors(), window: default_window() }
+    }
+}
+
+/// Where the lake lives. Worker CLI flags override each field.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// The lake root: a local path, `file:///…` or `s3://bucket/prefix`.
+    #[schemars(length(min = 1))]
+    pub lake_uri: String,
+    /// Custom S3 endpoint for S3-compatible stores (path-style addressing is used with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Secret in the same namespace holding `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    /// Leave unset to use the pod's identity (IRSA / web identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<SecretKeyRef>,
+}
+
+/// A reference to a Secret in the Dataset's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Who owns the data and whom to call.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnershipSpec {
+    #[schemars(length(min = 1))]
+    pub team: String,
+    #[schemars(length(min = 1))]
+    pub steward: String,
+    /// Escalation contact (pager, channel or e-mail).
+    #[schemars(length(min = 1))]
+    pub escalation: String,
+}
+
+/// Observed state of a Dataset.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Run id of the last EtlRun that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_run_id: Option<String>,
+}
+
+/// What is wrong with a contract, naming the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ContractError {
+    #[error("the manifest is not valid YAML for a Dataset: {0}")]
+    Parse(String),
+    #[error("the manifest is a {found}, expected apiVersion etl.silverline.dev/v1alpha1, kind Dataset")]
+    WrongKind { found: String },
+    #[error("metadata.name is missing")]
+    MissingName,
+    #[error(transparent)]
+    Name(#[from] InvalidName),
+    #[error("spec.columns: column {0:?} is declared twice")]
+    DuplicateColumn(String),
+    #[error("spec.columns[{index}].name must not be empty or contain control characters")]
+    BadColumnName { index: usize },
+    #[error("spec.columns[{column}]: {message}")]
+    Column { column: String, message: String },
+    #[error("spec.primaryKey: {0}")]
+    PrimaryKey(String),
+    #[error("spec.partitionColumn: {0}")]
+    PartitionColumn(String),
+    #[error("spec.quality.maxQuarantineRate must be between 0 and 1, got {0}")]
+    QuarantineRate(f64),
+    #[error("spec.circuitBreaker.window {0:?} is not a duration such as 1h, 30m or 1h30m")]
+    Window(String),
+    #[error("spec.maxAttempts must be at least 1")]
+    MaxAttempts,
+}
+
+impl Dataset {
+    /// Parses a Dataset manifest (YAML or JSON) and validates it.
+    pub fn from_manifest(text: &str) -> Result<Dataset, ContractError> {
+        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| ContractError::Parse(e.to_string()))?;
+        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
+        let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("");
+        if api_version != "etl.silverline.dev/v1alpha1" || kind != "Dataset" {
+            return Err(ContractError::WrongKind { found: format!("{kind:?} of apiVersion {api_version:?}") });
+        }
+        let dataset: Dataset = serde_yaml::from_value(value).map_err(|e| ContractError::Parse(e.to_string()))?;
+        dataset.validate()?;
+        Ok(dataset)
+    }
+
+    /// The dataset's name, checked to be safe as a path segment.
+    pub fn checked_name(&self) -> Result<&str, ContractError> {
+        let name = self.metadata.name.as_deref().ok_or(ContractError::MissingName)?;
+        names::check_dataset_name(name)?;
+        Ok(name)
+    }
+
+    /// Checks everything the apiserver's schema cannot express.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        self.checked_name()?;
+        self.spec.validate()
+    }
+}
+
+impl DatasetSpec {
+    pub fn validate(&self) -> Result<(), ContractError> {
+        names::check_schema_version(&self.schema_version)?;
+        let mut seen = HashSet::new();
+        for (index, column) in self.columns.iter().enumerate() {
+            if column.name.trim().is_empty() || column.name.chars().any(char::is_control) {
+                return Err(ContractError::BadColumnName { index });
+            }
+            if !seen.insert(column.name.as_str()) {
+                return Err(ContractError::DuplicateColumn(column.name.clone()));
+            }
+            column.validate()?;
+        }
+        if self.columns.is_empty() {
+            return Err(ContractError::Column {
+                column: "*".into(),
+                message: "at least one column is required".into(),
+            });
+        }
+        if self.primary_key.is_empty() {
+            return Err(ContractError::PrimaryKey("at least one column is required".into()));
+        }
+        let mut key_seen = HashSet::new();
+        for key in &self.primary_key {
+            let column = self
+                .column(key)
+                .ok_or_else(|| ContractError::PrimaryKey(format!("{key:?} is not a declared column")))?;
+            if !column.required {
+                return Err(ContractError::PrimaryKey(format!("{key:?} must be a required column")));
+            }
+            if !key_seen.insert(key) {
+                return Err(ContractError::PrimaryKey(format!("{key:?} is listed twice")));
+            }
+        }
+        let partition = self.column(&self.partition_column).ok_or_else(|| {
+            ContractError::PartitionColumn(format!("{:?} is not a declared column", self.partition_column))
+        })?;
+        if partition.column_type != ColumnType::Timestamp || !partition.required {
+            return Err(ContractError::PartitionColumn(format!(
+                "{:?} must be a required timestamp column",
+                self.partition_column
+            )));
+        }
+        let rate = self.quality.max_quarantine_rate;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(ContractError::QuarantineRate(rate));
+        }
+        parse_window(&self.circuit_breaker.window)?;
+        if self.max_attempts == 0 {
+            return Err(ContractError::MaxAttempts);
+        }
+        Ok(())
+    }
+
+    pub fn column(&self, name: &str) -> Option<&ColumnSpec> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+impl ColumnSpec {
+    fn validate(&self) -> Result<(), ContractError> {
+        let fail = |message: String| Err(ContractError::Column { column: self.name.clone(), message });
+        match (self.column_type, self.precision, self.scale) {
+            (ColumnType::Decimal, Some(p), Some(s)) => {
+                if !(1..=38).contains(&p) {
+                    return fail(format!("precision must be between 1 and 38, got {p}"));
+                }
+                if s > p {
+                    return fail(format!("scale {s} must not exceed precision {p}"));
+                }
+            }
+            (ColumnType::Decimal, _, _) => return fail("a decimal needs precision and scale".into()),
+            (_, None, None) => {}
+            (other, _, _) => return fail(format!("precision and scale apply only to decimals, not {other:?}")),
+        }
+        if let Some(pattern) = &self.pattern {
+            if let Err(e) = regex::Regex::new(pattern) {
+                return fail(format!("pattern does not compile: {e}"));
+            }
+        }
+        if let Some(values) = &self.allowed_values {
+            if values.is_empty() {
+                return fail("allowedValues must not be empty when set".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a window such as `1h`, `30m`, `45s` or `1h30m`.
+pub fn parse_window(text: &str) -> Result<Duration, ContractError> {
+    let bad = || ContractError::Window(text.to_owned());
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    let mut last_unit = 0u8;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let (rank, factor) = match c {
+            'h' => (1, 3600),
+            'm' => (2, 60),
+            's' => (3, 1),
+            _ => return Err(bad()),
+        };
+        if number.is_empty() || rank <= last_unit {
+            return Err(bad());
+        }
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = total.checked_add(n.checked_mul(factor).ok_or_else(bad)?).ok_or_else(bad)?;
+        number.clear();
+        last_unit = rank;
+    }
+    if !number.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../examples/datasets/transactions.yaml");
+
+    #[test]
+    fn the_shipped_transactions_contract_is_valid() {
+        let ds = Dataset::from_manifest(EXAMPLE).expect("example contract parses");
+        assert_eq!(ds.checked_name(), Ok("transactions"));
+        assert_eq!(ds.spec.columns.len(), 5);
+        assert_eq!(ds.spec.primary_key, vec!["TransactionID".to_owned()]);
+        assert_eq!(ds.spec.max_attempts, 3);
+    }
+
+    #[test]
+    fn defaults_apply_when_thresholds_are_omitted() {
+        let text = EXAMPLE
+            .lines()
+            .filter(|l| !l.contains("maxQuarantineRate") && !l.contains("maxSameErrors") && !l.contains("window:"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let ds = Dataset::from_manifest(&text).expect("parses");
+        assert_eq!(ds.spec.quality.max_quarantine_rate, 0.01);
+        assert_eq!(ds.spec.circuit_breaker.max_same_errors, 100);
+        assert_eq!(ds.spec.circuit_breaker.window, "1h");
+    }
+
+    fn mutated(f: impl FnOnce(&mut Dataset)) -> Result<(), ContractError> {
+        let mut ds = Dataset::from_manifest(EXAMPLE).expect("parses");
+        f(&mut ds);
+        ds.validate()
+    }
+
+    #[test]
+    fn invalid_contracts_are_rejected_with_the_field_named() {
+        let cases: Vec<(&str, Box<dyn FnOnce(&mut Dataset)>)> = vec![
+            ("name", Box::new(|d| d.metadata.name = Some("../etc".into()))),
+            ("schemaVersion", Box::new(|d| d.spec.schema_version = "1".into())),
+            ("twice", Box::new(|d| d.spec.columns[1].name = "TransactionID".into())),
+            ("primaryKey", Box::new(|d| d.spec.primary_key = vec!["Nope".into()])),
+            ("partitionColumn", Box::new(|d| d.spec.partition_column = "Currency".into())),
+            ("maxQuarantineRate", Box::new(|d| d.spec.quality.max_quarantine_rate = 1.5)),
+            ("window", Box::new(|d| d.spec.circuit_breaker.window = "1d".into())),
+            ("maxAttempts", Box::new(|d| d.spec.max_attempts = 0)),
+            ("precision", Box::new(|d| d.spec.columns[2].precision = None)),
+            ("pattern", Box::new(|d| d.spec.columns[0].pattern = Some("(".into()))),
+        ];
+        for (field, mutate) in cases {
+            let err = mutated(mutate).expect_err(field);
+            let text = err.to_string();
+            let named = text.contains(field) || (field == "twice" && text.contains("declared twice"));
+            assert!(named, "error for {field} should name it: {text}");
+        }
+    }
+
+    #[test]
+    fn a_manifest_of_another_kind_is_refused() {
+        let other = EXAMPLE.replace("kind: Dataset", "kind: EtlRun");
+        assert!(matches!(Dataset::from_manifest(&other), Err(ContractError::WrongKind { .. })));
+    }
+
+    #[test]
+    fn windows_parse_as_durations() {
+        assert_eq!(parse_window("1h").ok(), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_window("1h30m").ok(), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_window("45s").ok(), Some(Duration::from_secs(45)));
+        for bad in ["", "h", "30m1h", "1x", "0s", "10"] {
+            assert!(parse_window(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Silverline's API: the custom resources of group `etl.silverline.dev`.
+//!
+//! `Dataset` is the data contract. The worker reads the very same manifest from a file, so these types are
+//! shared by the operator and the worker and own every rule about what a valid contract or name is.
+
+pub mod dataset;
+pub mod names;
+pub mod report;
+
+pub use dataset::{
+    CircuitBreakerSpec, ColumnSpec, ColumnType, ContractError, Dataset, DatasetSpec, OwnershipSpec, QualitySpec,
+    SecretKeyRef, StorageSpec,
+};
+
+/// The API group of every Silverline resource.
+pub const GROUP: &str = "etl.silverline.dev";
+/// The served and stored version.
+pub const VERSION: &str = "v1alpha1";

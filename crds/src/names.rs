@@ -1,0 +1,80 @@
+//! Names that become paths in the lake or object keys. Every such name is checked here, once, before use.
+
+use regex::Regex;
+use std::sync::LazyLock;
+
+/// A DNS-1123 label: lowercase alphanumerics and '-', starting and ending alphanumeric, at most 63 characters.
+/// Used for dataset names, which become a path segment.
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+/// A schema version such as `v1` or `v2`; becomes `schema_v=v1`.
+pub const SCHEMA_VERSION_PATTERN: &str = "^v[0-9]{1,6}$";
+/// A run id: letters, digits, '-', '_' and '.', not starting with '.', at most 64 characters; becomes `run_id=…`.
+pub const RUN_ID_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$";
+
+static DNS_LABEL: LazyLock<Regex> = LazyLock::new(|| compile(DNS_LABEL_PATTERN));
+static SCHEMA_VERSION: LazyLock<Regex> = LazyLock::new(|| compile(SCHEMA_VERSION_PATTERN));
+static RUN_ID: LazyLock<Regex> = LazyLock::new(|| compile(RUN_ID_PATTERN));
+
+#[allow(clippy::expect_used)] // the patterns are constants, covered by the tests below
+fn compile(pattern: &str) -> Regex {
+    Regex::new(pattern).expect("constant pattern compiles")
+}
+
+/// Why a name may not become part of a path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?} is not valid: it must match {pattern}")]
+pub struct InvalidName {
+    pub what: &'static str,
+    pub value: String,
+    pub pattern: &'static str,
+}
+
+fn check(re: &Regex, pattern: &'static str, what: &'static str, value: &str) -> Result<(), InvalidName> {
+    if re.is_match(value) { Ok(()) } else { Err(InvalidName { what, value: value.to_owned(), pattern }) }
+}
+
+pub fn check_dataset_name(value: &str) -> Result<(), InvalidName> {
+    check(&DNS_LABEL, DNS_LABEL_PATTERN, "dataset name", value)
+}
+
+pub fn check_schema_version(value: &str) -> Result<(), InvalidName> {
+    check(&SCHEMA_VERSION, SCHEMA_VERSION_PATTERN, "schemaVersion", value)
+}
+
+pub fn check_run_id(value: &str) -> Result<(), InvalidName> {
+    check(&RUN_ID, RUN_ID_PATTERN, "run id", value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataset_names_that_could_escape_a_path_are_rejected() {
+        for bad in ["", "../x", "a/b", "A", "-a", "a-", "a.b", "a b", &"a".repeat(64)] {
+            assert!(check_dataset_name(bad).is_err(), "{bad:?} should be rejected");
+        }
+        for good in ["transactions", "a", "tx-2024", &"a".repeat(63)] {
+            assert!(check_dataset_name(good).is_ok(), "{good:?} should be accepted");
+        }
+    }
+
+    #[test]
+    fn run_ids_are_single_safe_segments() {
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "x=y", &"a".repeat(65)] {
+            assert!(check_run_id(bad).is_err(), "{bad:?} should be rejected");
+        }
+        for good in ["20240101T000000Z", "my-run_1", "r.2"] {
+            assert!(check_run_id(good).is_ok(), "{good:?} should be accepted");
+        }
+    }
+
+    #[test]
+    fn schema_versions_look_like_v_and_a_number() {
+        assert!(check_schema_version("v1").is_ok());
+        assert!(check_schema_version("v12").is_ok());
+        for bad in ["1", "v", "v1.0", "V1", "v1/..", ""] {
+            assert!(check_schema_version(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}

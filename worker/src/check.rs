@@ -1,0 +1,366 @@
+//! Checking one chunk of records against the contract: a pure function, run on several chunks in parallel.
+//!
+//! Each record gets an [`Outcome`]: the first error that applies (SCHEMA_ERROR, then NULL_VALUE_ERROR, then
+//! each column's type and value checks in contract order), or valid with its key hash. Valid rows are appended
+//! to typed Arrow columns at once, so a row is parsed exactly once. Exact duplicates and repeated keys depend on
+//! earlier chunks and are decided later, in input order, by the ledger.
+
+use crate::contract::{Contract, HeaderMap, Kind};
+use crate::tokenize::RecordChunk;
+use crate::values::{self, ErrorType, lossy};
+use arrow::array::{
+    ArrayRef, Date32Builder, Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::record_batch::RecordBatch;
+use std::sync::Arc;
+use xxhash_rust::xxh3::{xxh3_64_with_seed, xxh3_128_with_seed};
+
+/// Why a row is not valid, naming the column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    pub error_type: ErrorType,
+    /// Contract index of the column at fault, if one is.
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Passed every check; `key` hashes the trimmed primary-key values.
+    Valid {
+        key: u64,
+    },
+    Invalid(Box<RowError>),
+}
+
+/// A chunk after checking: its raw records (kept for quarantine and condemned rows), one hash and outcome per
+/// record, and the tentatively valid rows as a typed batch (in record order) with their partitions.
+pub struct CheckedChunk {
+    pub raw: RecordChunk,
+    pub hashes: Vec<u128>,
+    pub outcomes: Vec<Outcome>,
+    pub valid: RecordBatch,
+    /// Partition of each row of `valid`: months since year 0 (`year * 12 + month - 1`), UTC.
+    pub partitions: Vec<u32>,
+}
+
+/// The stable hash of a row: XXH3-128 over its field bytes (untrimmed, in contract column order), seeded with
+/// the field lengths so that `a,bc` and `ab,c` differ. Replayed quarantine rows keep the hash they were given.
+pub fn row_hash(fields: &[&[u8]], scratch: &mut Vec<u8>) -> u128 {
+    scratch.clear();
+    let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
+    for field in fields {
+        scratch.extend_from_slice(field);
+        seed = (seed ^ (field.len() as u64 + 1)).wrapping_mul(0x0100_0000_01b3);
+    }
+    xxh3_128_with_seed(scratch, seed)
+}
+
+/// The hash of a row's primary key (trimmed values).
+fn key_hash(contract: &Contract, trimmed: &[&[u8]]) -> u64 {
+    contract.key_columns.iter().fold(0x9e37_79b9_7f4a_7c15, |seed, &c| xxh3_64_with_seed(trimmed[c], seed))
+}
+
+enum ColumnBuilder {
+    Str(StringBuilder),
+    Dec(Decimal128Builder, u8, i8),
+    Ts(TimestampMicrosecondBuilder),
+    Date(Date32Builder),
+    Int(Int64Builder),
+}
+
+impl ColumnBuilder {
+    fn new(kind: Kind, capacity: usize) -> ColumnBuilder {
+        match kind {
+            Kind::String => ColumnBuilder::Str(StringBuilder::with_capacity(capacity, capacity * 16)),
+            Kind::Decimal { precision, scale } => {
+                ColumnBuilder::Dec(Decimal128Builder::with_capacity(capacity), precision, scale as i8)
+            }
+            Kind::Timestamp => ColumnBuilder::Ts(TimestampMicrosecondBuilder::with_capacity(capacity)),
+            Kind::Date => ColumnBuilder::Date(Date32Builder::with_capacity(capacity)),
+            Kind::Int64 => ColumnBuilder::Int(Int64Builder::with_capacity(capacity)),
+        }
+    }
+
+    fn append(&mut self, value: Parsed, text: &[u8]) {
+        match (self, value) {
+            (ColumnBuilder::Str(b), Parsed::Null) => b.append_null(),
+            (ColumnBuilder::Dec(b, ..), Parsed::Null) => b.append_null(),
+            (ColumnBuilder::Ts(b), Parsed::Null) => b.append_null(),
+            (ColumnBuilder::Date(b), Parsed::Null) => b.append_null(),
+            (ColumnBuilder::Int(b), Parsed::Null) => b.append_null(),
+            // The text was checked to be UTF-8 before any value is parsed.
+            (ColumnBuilder::Str(b), _) => b.append_value(std::str::from_utf8(text).unwrap_or_default()),
+            (ColumnBuilder::Dec(b, ..), Parsed::Dec(v)) => b.append_value(v),
+            (ColumnBuilder::Ts(b), Parsed::Int(v)) => b.append_value(v),
+            (ColumnBuilder::Date(b), Parsed::Date(v)) => b.append_value(v),
+            (ColumnBuilder::Int(b), Parsed::Int(v)) => b.append_value(v),
+            (ColumnBuilder::Dec(b, ..), _) => b.append_null(),
+            (ColumnBuilder::Ts(b), _) => b.append_null(),
+            (ColumnBuilder::Date(b), _) => b.append_null(),
+            (ColumnBuilder::Int(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Str(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Dec(mut b, p, s) => {
+                Arc::new(b.finish().with_precision_and_scale(p, s).unwrap_or_else(|_| unreachable_decimal()))
+            }
+            ColumnBuilder::Ts(mut b) => Arc::new(b.finish().with_timezone("UTC")),
+            ColumnBuilder::Date(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Int(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+// The contract guarantees 1 <= precision <= 38 and scale <= precision, which arrow accepts.
+#[allow(clippy::panic)]
+fn unreachable_decimal() -> arrow::array::Decimal128Array {
+    panic!("contract validation admits only precision 1..=38 with scale <= precision")
+}
+
+#[derive(Clone, Copy)]
+enum Parsed {
+    Null,
+    Text,
+    Dec(i128),
+    Int(i64),
+    Date(i32),
+}
+
+/// Parses one trimmed, non-empty value of column `c`, then applies its allowed values and pattern.
+fn check_value(contract: &Contract, c: usize, text: &[u8]) -> Result<Parsed, RowError> {
+    let column = &contract.columns[c];
+    let fail = |e: values::ValueError| RowError {
+        error_type: e.error_type,
+        column: Some(c),
+        message: format!("column {}: {}", column.name, e.reason),
+    };
+    let parsed = match column.kind {
+        Kind::String => Parsed::Text,
+        Kind::Decimal { precision, scale } => Parsed::Dec(values::parse_decimal(text, precision, scale).map_err(fail)?),
+        Kind::Timestamp => Parsed::Int(values::parse_timestamp_micros(text).map_err(fail)?),
+        Kind::Date => Parsed::Date(values::parse_date_days(text).map_err(fail)?),
+        Kind::Int64 => Parsed::Int(values::parse_int64(text).map_err(fail)?),
+    };
+    if let Some(allowed) = &column.allowed {
+        if !allowed.contains(text) {
+            return Err(RowError {
+                error_type: ErrorType::Value,
+                column: Some(c),
+                message: format!(
+                    "column {}: {:?} is not one of {}",
+                    column.name,
+                    lossy(text),
+                    column.allowed_display.as_deref().unwrap_or_default()
+                ),
+            });
+        }
+    }
+    if let Some(pattern) = &column.pattern {
+        if !pattern.is_match(text) {
+            return Err(RowError {
+                error_type: ErrorType::Value,
+                column: Some(c),
+                message: format!(
+                    "column {}: {:?} does not match pattern {}",
+                    column.name,
+                    lossy(text),
+                    pattern.as_str()
+                ),
+            });
+        }
+    }
+    Ok(parsed)
+}
+
+fn schema_error(message: String, column: Option<usize>) -> Outcome {
+    Outcome::Invalid(Box::new(RowError { error_type: ErrorType::Schema, column, message }))
+}
+
+/// Checks every record of `raw` whose source has the header `map`.
+pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> CheckedChunk {
+    let n = raw.len();
+    let width = contract.columns.len();
+    let mut builders: Vec<ColumnBuilder> = contract.columns.iter().map(|c| ColumnBuilder::new(c.kind, n)).collect();
+    let mut hashes = Vec::with_capacity(n);
+    let mut outcomes = Vec::with_capacity(n);
+    let mut partitions = Vec::with_capacity(n);
+    let mut scratch = Vec::with_capacity(256);
+    let mut fields: Vec<&[u8]> = Vec::with_capacity(width);
+    let mut trimmed: Vec<&[u8]> = Vec::with_capacity(width);
+    let mut parsed: Vec<Parsed> = Vec::with_capacity(width);
+    let mut valid_rows = 0usize;
+
+    for r in 0..n {
+        let range = raw.field_range(r);
+        let replay = raw.replay.get(r);
+        let field_count = range.len();
+        let mismatch = replay.map_or(field_count != map.field_count, |m| !m.has_values);
+        if mismatch {
+            let all: Vec<&[u8]> = raw.fields(r).collect();
+            hashes.push(replay.map_or_else(|| row_hash(&all, &mut scratch), |m| m.row_hash));
+            let message = match replay {
+                Some(_) => {
+                    "the quarantined row has no per-column values (wrong field count or undecodable bytes)".to_owned()
+                }
+                None => format!("expected {} fields, found {field_count}", map.field_count),
+            };
+            outcomes.push(schema_error(message, None));
+            continue;
+        }
+        fields.clear();
+        fields.extend(map.source_index.iter().map(|&s| raw.field(range.start + s)));
+        hashes.push(replay.map_or_else(|| row_hash(&fields, &mut scratch), |m| m.row_hash));
+        if let Some((c, err)) =
+            fields.iter().enumerate().find_map(|(c, f)| std::str::from_utf8(f).err().map(|e| (c, e)))
+        {
+            let message = format!(
+                "column {}: bytes that are not valid UTF-8 at byte {} of the value",
+                contract.columns[c].name,
+                err.valid_up_to() + 1
+            );
+            outcomes.push(schema_error(message, Some(c)));
+            continue;
+        }
+        trimmed.clear();
+        trimmed.extend(fields.iter().map(|f| values::trim(f)));
+        if let Some(c) = (0..width).find(|&c| contract.columns[c].required && trimmed[c].is_empty()) {
+            outcomes.push(Outcome::Invalid(Box::new(RowError {
+                error_type: ErrorType::NullValue,
+                column: Some(c),
+                message: format!("column {}: a value is required but the field is empty", contract.columns[c].name),
+            })));
+            continue;
+        }
+        parsed.clear();
+        let mut failure = None;
+        for (c, text) in trimmed.iter().enumerate() {
+            if text.is_empty() {
+                parsed.push(Parsed::Null);
+                continue;
+            }
+            match check_value(contract, c, text) {
+                Ok(p) => parsed.push(p),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            outcomes.push(Outcome::Invalid(Box::new(e)));
+            continue;
+        }
+        for (c, builder) in builders.iter_mut().enumerate() {
+            builder.append(parsed[c], trimmed[c]);
+        }
+        if let Parsed::Int(micros) = parsed[contract.partition_column] {
+            let (year, month) = values::year_month_of_micros(micros);
+            partitions.push((year.max(0) as u32) * 12 + month - 1);
+        }
+        outcomes.push(Outcome::Valid { key: key_hash(contract, &trimmed) });
+        valid_rows += 1;
+    }
+    debug_assert_eq!(partitions.len(), valid_rows);
+    let columns: Vec<ArrayRef> = builders.into_iter().map(ColumnBuilder::finish).collect();
+    let valid = RecordBatch::try_new(contract.silver_schema.clone(), columns)
+        .unwrap_or_else(|e| unreachable_batch(&e.to_string()));
+    CheckedChunk { raw, hashes, outcomes, valid, partitions }
+}
+
+// Every column builder gets exactly one value per valid row, of the schema's own type.
+#[allow(clippy::panic)]
+fn unreachable_batch(message: &str) -> RecordBatch {
+    panic!("checked columns always match the silver schema: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::tests::transactions;
+    use crate::tokenize::CsvTokenizer;
+
+    const HEADER: &str = "TransactionID,CustomerID,TransactionAmount,Currency,TransactionTimestamp\n";
+
+    fn outcome_of(row: &str) -> Result<(), (ErrorType, String)> {
+        let contract = transactions();
+        let text = format!("{HEADER}{row}\n");
+        let mut t = CsvTokenizer::new(text.as_bytes());
+        t.read_header().expect("header");
+        let chunk = t.next_chunk(0, 1, 10, 1 << 16).expect("reads").expect("a record");
+        let checked = check_chunk(&contract, &HeaderMap::identity(5), chunk);
+        match &checked.outcomes[0] {
+            Outcome::Valid { .. } => Ok(()),
+            Outcome::Invalid(e) => Err((e.error_type, e.message.clone())),
+        }
+    }
+
+    fn error_of(row: &str) -> ErrorType {
+        outcome_of(row).expect_err(row).0
+    }
+
+    #[test]
+    fn a_good_row_is_valid_after_trimming() {
+        assert_eq!(outcome_of("T1,C1,12.50,EUR,2024-01-15T10:00:00Z"), Ok(()));
+        assert_eq!(outcome_of("  T1 , C1 ,  -3 ,USD , 2024-01-15T10:00:00+02:00 "), Ok(()));
+        assert_eq!(outcome_of("\"T,1\",C1,1.5,JPY,2024-02-29T00:00:00"), Ok(()));
+    }
+
+    #[test]
+    fn each_error_type_is_assigned() {
+        assert_eq!(error_of("T1,C1,12.50,EUR"), ErrorType::Schema);
+        assert_eq!(error_of("T1,C1,12.50,EUR,2024-01-15T10:00:00Z,extra"), ErrorType::Schema);
+        assert_eq!(error_of("T1,,12.50,EUR,2024-01-15T10:00:00Z"), ErrorType::NullValue);
+        assert_eq!(error_of("T1,C1,   ,EUR,2024-01-15T10:00:00Z"), ErrorType::NullValue);
+        assert_eq!(error_of("T1,C1,12.505,EUR,2024-01-15T10:00:00Z"), ErrorType::Type);
+        assert_eq!(error_of("T1,C1,\"1,000.00\",EUR,2024-01-15T10:00:00Z"), ErrorType::Type);
+        assert_eq!(error_of("T1,C1,1e3,EUR,2024-01-15T10:00:00Z"), ErrorType::Type);
+        assert_eq!(error_of("T1,C1,12.50,eur,2024-01-15T10:00:00Z"), ErrorType::Value);
+        assert_eq!(error_of("T1,C1,12.50,XYZ,2024-01-15T10:00:00Z"), ErrorType::Value);
+        assert_eq!(error_of("T1,C1,12.50,EUR,2024-01-15 10:00:00"), ErrorType::Timestamp);
+        assert_eq!(error_of("T1,C1,12.50,EUR,2023-02-29T10:00:00Z"), ErrorType::Timestamp);
+    }
+
+    #[test]
+    fn the_first_applicable_error_wins() {
+        // A null in a later column beats a type error in an earlier one.
+        assert_eq!(error_of("T1,C1,abc,EUR,"), ErrorType::NullValue);
+        // Type checks run in contract column order.
+        assert_eq!(error_of("T1,C1,abc,XXX,bad"), ErrorType::Type);
+        assert_eq!(error_of("T1,C1,1.00,XXX,bad"), ErrorType::Value);
+    }
+
+    #[test]
+    fn messages_name_the_column_and_value() {
+        let (_, message) = outcome_of("T1,C1,12.50,eur,2024-01-15T10:00:00Z").expect_err("invalid");
+        assert!(message.contains("column Currency") && message.contains("\"eur\""), "{message}");
+        let (_, message) = outcome_of("T1,C1,12.50,EUR").expect_err("invalid");
+        assert!(message.contains("expected 5 fields, found 4"), "{message}");
+    }
+
+    #[test]
+    fn undecodable_bytes_are_a_schema_error_naming_the_column() {
+        let contract = transactions();
+        let mut chunk = RecordChunk::new(0, 1);
+        let row: [&[u8]; 5] = [b"T1", b"C\xff1", b"1.00", b"EUR", b"2024-01-15T10:00:00Z"];
+        chunk.push_record(row, 2);
+        let checked = check_chunk(&contract, &HeaderMap::identity(5), chunk);
+        match &checked.outcomes[0] {
+            Outcome::Invalid(e) => {
+                assert_eq!(e.error_type, ErrorType::Schema);
+                assert!(e.message.contains("column CustomerID"), "{}", e.message);
+            }
+            other => panic!("expected a schema error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn row_hashes_separate_fields() {
+        let mut s = Vec::new();
+        assert_ne!(row_hash(&[b"a", b"bc"], &mut s), row_hash(&[b"ab", b"c"], &mut s));
+        assert_eq!(row_hash(&[b"a", b"bc"], &mut s), row_hash(&[b"a", b"bc"], &mut s));
+    }
+}

@@ -1,0 +1,130 @@
+//! Replaying a quarantine run: its part files are read back as records in contract column order, keeping each
+//! row's lineage, hash and attempt count, so the ledger can revalidate them and condemn those out of attempts.
+
+use crate::contract::Contract;
+use crate::location::{InputObject, read_error};
+use crate::tokenize::{RecordChunk, ReplayMeta};
+use crate::{Error, Result};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, UInt32Type, UInt64Type};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::io::Read;
+use tokio::runtime::Handle;
+
+/// Reads a whole quarantine part file.
+fn fetch(input: &InputObject, handle: &Handle) -> Result<Bytes> {
+    let mut open = input.open(handle, None)?;
+    let mut buf = Vec::with_capacity(input.size as usize);
+    open.reader.read_to_end(&mut buf).map_err(|e| read_error(e, &input.uri))?;
+    Ok(Bytes::from(buf))
+}
+
+fn drift(input: &InputObject, message: String) -> Error {
+    Error::SchemaDrift { source_uri: input.uri.clone(), message }
+}
+
+const META: [(&str, DataType); 6] = [
+    ("raw_record", DataType::Utf8),
+    ("source_uri", DataType::Utf8),
+    ("record_number", DataType::UInt64),
+    ("line_number", DataType::UInt64),
+    ("attempt_count", DataType::UInt32),
+    ("row_hash", DataType::Utf8),
+];
+
+fn open_reader(
+    input: &InputObject,
+    contract: &Contract,
+    handle: &Handle,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+    let bytes = fetch(input, handle)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| Error::UnreadableInput {
+        source_uri: input.uri.clone(),
+        message: format!("not a Parquet file: {e}"),
+    })?;
+    let schema = builder.schema().clone();
+    let expected = contract.columns.iter().map(|c| (c.name.as_str(), DataType::Utf8)).chain(META);
+    for (name, data_type) in expected {
+        match schema.field_with_name(name) {
+            Ok(f) if *f.data_type() == data_type => {}
+            Ok(f) => return Err(drift(input, format!("column {name} is {}, expected {data_type}", f.data_type()))),
+            Err(_) => {
+                return Err(drift(input, format!("not a quarantine file of this contract: column {name} is missing")));
+            }
+        }
+    }
+    builder
+        .with_batch_size(16 * 1024)
+        .build()
+        .map_err(|e| Error::UnreadableInput { source_uri: input.uri.clone(), message: e.to_string() })
+}
+
+/// Checks that the object is a quarantine file of this contract, before anything is written.
+pub fn preflight(input: &InputObject, contract: &Contract, handle: &Handle) -> Result<()> {
+    open_reader(input, contract, handle).map(|_| ())
+}
+
+/// Reads a quarantine file as chunks of replayed records.
+pub fn read_chunks(
+    input: &InputObject,
+    source: usize,
+    contract: &Contract,
+    handle: &Handle,
+) -> Result<Vec<RecordChunk>> {
+    let reader = open_reader(input, contract, handle)?;
+    let mut chunks = Vec::new();
+    let mut first = 1;
+    for batch in reader {
+        let batch =
+            batch.map_err(|e| Error::UnreadableInput { source_uri: input.uri.clone(), message: e.to_string() })?;
+        let chunk = to_chunk(&batch, source, first, contract, input)?;
+        first += chunk.len() as u64;
+        chunks.push(chunk);
+    }
+    Ok(chunks)
+}
+
+fn to_chunk(
+    batch: &RecordBatch,
+    source: usize,
+    first: u64,
+    contract: &Contract,
+    input: &InputObject,
+) -> Result<RecordChunk> {
+    let column =
+        |name: &str| batch.column_by_name(name).ok_or_else(|| drift(input, format!("column {name} is missing")));
+    let values: Vec<_> = contract
+        .columns
+        .iter()
+        .map(|c| column(&c.name).map(|a| a.as_string::<i32>().clone()))
+        .collect::<Result<_>>()?;
+    let raw_record = column("raw_record")?.as_string::<i32>().clone();
+    let source_uri = column("source_uri")?.as_string::<i32>().clone();
+    let record_number = column("record_number")?.as_primitive::<UInt64Type>().clone();
+    let line_number = column("line_number")?.as_primitive::<UInt64Type>().clone();
+    let attempt = column("attempt_count")?.as_primitive::<UInt32Type>().clone();
+    let row_hash = column("row_hash")?.as_string::<i32>().clone();
+    let mut chunk = RecordChunk::new(source, first);
+    for r in 0..batch.num_rows() {
+        let has_values = values.iter().all(|v| v.is_valid(r));
+        let hash = u128::from_str_radix(row_hash.value(r), 16).map_err(|_| {
+            drift(input, format!("row {}: row_hash {:?} is not 32 hex digits", first + r as u64, row_hash.value(r)))
+        })?;
+        if has_values {
+            chunk.push_record(values.iter().map(|v| v.value(r).as_bytes()), line_number.value(r));
+        } else {
+            chunk.push_record(std::iter::empty(), line_number.value(r));
+        }
+        chunk.replay.push(ReplayMeta {
+            source_uri: source_uri.value(r).to_owned(),
+            record_number: record_number.value(r),
+            line_number: line_number.value(r),
+            row_hash: hash,
+            attempt_count: attempt.value(r),
+            has_values,
+            raw_record: raw_record.value(r).to_owned(),
+        });
+    }
+    Ok(chunk)
+}

@@ -1,0 +1,142 @@
+//! Turning a run's counts into the `_SUCCESS` / `_QUALITY_REPORT.json` document (pure), and writing markers.
+
+use crate::ledger::{CondemnReason, Counts};
+use crate::location::{Location, storage_error};
+use crate::values::ErrorType;
+use crate::{Error, Result};
+use object_store::path::Path;
+use object_store::{PutMode, PutOptions, PutPayload};
+pub use silverline_crds::report::{FileRecord, InputRecord, RunReport};
+use std::collections::BTreeMap;
+use tokio::runtime::Handle;
+
+pub const WORKER_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const GIT_SHA: &str = env!("SILVERLINE_GIT_SHA");
+
+fn rate(part: u64, whole: u64) -> f64 {
+    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
+}
+
+/// The checksum of the whole input: that of the object itself, or for several objects the SHA-256 of their
+/// `sha256sum`-style lines.
+pub fn input_checksum(inputs: &[InputRecord]) -> String {
+    use sha2::{Digest, Sha256};
+    if let [single] = inputs {
+        return single.sha256.clone();
+    }
+    let mut hasher = Sha256::new();
+    for input in inputs {
+        hasher.update(format!("{}  {}\n", input.sha256, input.uri));
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Everything about a run that is not a count.
+pub struct RunFacts {
+    pub run_id: String,
+    pub dataset: String,
+    pub schema_v: String,
+    pub lake_uri: String,
+    pub input_uri: String,
+    pub inputs: Vec<InputRecord>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+    pub files: Vec<FileRecord>,
+}
+
+pub fn build_report(outcome: &str, facts: RunFacts, counts: &Counts) -> RunReport {
+    let error_type_distribution: BTreeMap<String, u64> = ErrorType::ALL
+        .iter()
+        .filter(|t| counts.by_error[t.index()] > 0)
+        .map(|t| (t.as_str().to_owned(), counts.by_error[t.index()]))
+        .collect();
+    let mut condemned_reason_distribution = BTreeMap::new();
+    for (reason, n) in [
+        (CondemnReason::ExactDuplicate, counts.exact_duplicates),
+        (CondemnReason::MaxAttemptsReached, counts.max_attempts_condemned),
+    ] {
+        if n > 0 {
+            condemned_reason_distribution.insert(reason.as_str().to_owned(), n);
+        }
+    }
+    let duration = (facts.finished_at - facts.started_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+    RunReport {
+        outcome: outcome.to_owned(),
+        input_checksum: input_checksum(&facts.inputs),
+        run_id: facts.run_id,
+        dataset: facts.dataset,
+        schema_v: facts.schema_v,
+        lake_uri: facts.lake_uri,
+        input_uri: facts.input_uri,
+        inputs: facts.inputs,
+        worker_version: WORKER_VERSION.to_owned(),
+        git_sha: GIT_SHA.to_owned(),
+        started_at: facts.started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        finished_at: facts.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        duration_seconds: duration,
+        input_rows: counts.input_rows,
+        valid_rows_count: counts.valid,
+        quarantined_rows_count: counts.quarantined,
+        condemned_rows_count: counts.condemned,
+        quarantine_rate: rate(counts.quarantined, counts.input_rows),
+        error_type_distribution,
+        condemned_reason_distribution,
+        avg_attempt_count: rate(counts.quarantined_attempts, counts.quarantined),
+        duplicate_detection_rate: rate(counts.exact_duplicates, counts.input_rows),
+        auto_condemnation_rate: rate(counts.max_attempts_condemned, counts.input_rows),
+        files: facts.files,
+    }
+}
+
+/// Writes a small JSON object; with `create_only`, fails with `AlreadyExists` rather than overwrite.
+pub fn put_json(
+    location: &Location,
+    key: &Path,
+    value: &impl serde::Serialize,
+    create_only: bool,
+    handle: &Handle,
+) -> Result<()> {
+    let body = serde_json::to_vec_pretty(value).map_err(|e| Error::internal("serialising a marker", e))?;
+    let mode = if create_only { PutMode::Create } else { PutMode::Overwrite };
+    let options = PutOptions { mode, ..PutOptions::default() };
+    handle.block_on(location.store.put_opts(key, PutPayload::from(body), options)).map(|_| ()).map_err(|e| match e {
+        object_store::Error::AlreadyExists { .. } => {
+            Error::RunIdReused { run_id: String::new(), key: location.uri_of(key) }
+        }
+        other => storage_error(other, &location.uri_of(key)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_zero_for_an_empty_run() {
+        let now = chrono::Utc::now();
+        let facts = RunFacts {
+            run_id: "r".into(),
+            dataset: "d".into(),
+            schema_v: "v1".into(),
+            lake_uri: "file:///l".into(),
+            input_uri: "in.csv".into(),
+            inputs: vec![InputRecord { uri: "in.csv".into(), bytes: 10, sha256: "ab".into() }],
+            started_at: now,
+            finished_at: now,
+            files: vec![],
+        };
+        let report = build_report("success", facts, &Counts::default());
+        assert_eq!(report.quarantine_rate, 0.0);
+        assert_eq!(report.avg_attempt_count, 0.0);
+        assert_eq!(report.input_checksum, "ab");
+    }
+
+    #[test]
+    fn the_checksum_of_several_inputs_covers_each() {
+        let a = InputRecord { uri: "a".into(), bytes: 1, sha256: "11".into() };
+        let b = InputRecord { uri: "b".into(), bytes: 1, sha256: "22".into() };
+        let both = input_checksum(&[a.clone(), b.clone()]);
+        assert_ne!(both, input_checksum(&[b, a]));
+        assert_eq!(both.len(), 64);
+    }
+}

@@ -1,0 +1,412 @@
+//! One run, from contract to `_SUCCESS`. The order matters and is the product's promise:
+//! 1. contract, names and run id are checked, and the run id must be unused: nothing is written yet;
+//! 2. every input is opened and its header matched: schema drift or an unreadable input ends the run (exit 3)
+//!    before any object is written;
+//! 3. the run id is claimed with a create-if-absent marker, so two workers can never share it;
+//! 4. records stream through tokenize → check (parallel) → ledger (in order) → Parquet parts;
+//! 5. all parts are completed, then the quality gate decides between `_QUALITY_REPORT.json` (exit 5) and
+//!    `_SUCCESS`, which is written last.
+
+use crate::check::{CheckedChunk, check_chunk};
+use crate::contract::{Contract, HeaderMap};
+use crate::layout::{self, Area, LakeLayout};
+use crate::ledger::Ledger;
+use crate::location::{
+    InputFormat, InputObject, Location, StoreOptions, open_lake, read_error, resolve_inputs, storage_error,
+};
+use crate::report::{InputRecord, RunFacts, RunReport, build_report, put_json};
+use crate::sink::{SideWriter, SilverWriter, kept_rows};
+use crate::tokenize::CsvTokenizer;
+use crate::{Error, Result, replay};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use futures::StreamExt;
+use object_store::ObjectStore;
+use silverline_crds::Dataset;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+
+/// Records per chunk, and field bytes per chunk: the unit of parallel work and of memory in flight.
+pub const CHUNK_RECORDS: usize = 32 * 1024;
+pub const CHUNK_BYTES: usize = 2 * 1024 * 1024;
+
+/// What `silverline-worker run` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RunArgs {
+    pub contract: PathBuf,
+    pub input: String,
+    pub lake: Option<String>,
+    pub run_id: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Checker threads; defaults to the available cores.
+    pub threads: Option<usize>,
+}
+
+/// Live counters for progress reports, and the flag a signal sets to stop the run.
+#[derive(Debug, Default)]
+pub struct RunControl {
+    pub stop: AtomicBool,
+    pub stop_signal: std::sync::Mutex<Option<&'static str>>,
+    pub rows: AtomicU64,
+    pub bytes: Arc<AtomicU64>,
+    pub total_bytes: AtomicU64,
+}
+
+impl RunControl {
+    pub fn request_stop(&self, signal: &'static str) {
+        if let Ok(mut s) = self.stop_signal.lock() {
+            s.get_or_insert(signal);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.stop.load(Ordering::Relaxed) {
+            let signal = self.stop_signal.lock().ok().and_then(|s| *s).unwrap_or("a signal");
+            return Err(Error::Interrupted { signal });
+        }
+        Ok(())
+    }
+}
+
+/// A run that finished with `_SUCCESS`.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub report: RunReport,
+    pub success_uri: String,
+}
+
+/// Loads and compiles a contract manifest from a file.
+pub fn load_contract(path: &std::path::Path) -> Result<Contract> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ContractRead { path: shown.clone(), source })?;
+    let dataset = Dataset::from_manifest(&text).map_err(|source| Error::Contract { path: shown.clone(), source })?;
+    Contract::compile(&dataset).map_err(|e| match e {
+        Error::ContractUnsupported(m) => Error::ContractUnsupported(format!("{shown}: {m}")),
+        other => other,
+    })
+}
+
+/// Fails if anything exists under the run's paths in any area.
+fn ensure_unused(lake: &Location, layout: &LakeLayout, handle: &Handle) -> Result<()> {
+    for area in [Area::Silver, Area::Quarantine, Area::Condemned] {
+        let prefix = layout.run_prefix(area);
+        let first = handle.block_on(async { lake.store.list(Some(&prefix)).next().await });
+        match first {
+            None | Some(Err(object_store::Error::NotFound { .. })) => {}
+            Some(Ok(meta)) => {
+                return Err(Error::RunIdReused {
+                    run_id: layout.run_id().to_owned(),
+                    key: lake.uri_of(&meta.location),
+                });
+            }
+            Some(Err(e)) => return Err(storage_error(e, &lake.uri_of(&prefix))),
+        }
+    }
+    Ok(())
+}
+
+/// Opens each input and matches its header (or, for a quarantine replay, its schema).
+fn preflight(inputs: &[InputObject], contract: &Contract, handle: &Handle) -> Result<Vec<HeaderMap>> {
+    inputs
+        .iter()
+        .map(|input| {
+            if input.format == InputFormat::Quarantine {
+                replay::preflight(input, contract, handle)?;
+                return Ok(HeaderMap::identity(contract.columns.len()));
+            }
+            let open = input.open(handle, None)?;
+            let mut tokenizer = CsvTokenizer::new(open.reader);
+            let header = tokenizer.read_header().map_err(|e| read_error(e, &input.uri))?.ok_or_else(|| {
+                Error::UnreadableInput {
+                    source_uri: input.uri.clone(),
+                    message: "the input is empty: no header line".into(),
+                }
+            })?;
+            let names = header
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    String::from_utf8(h.clone()).map_err(|_| Error::SchemaDrift {
+                        source_uri: input.uri.clone(),
+                        message: format!("header line 1, column {}: the name is not valid UTF-8", i + 1),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            HeaderMap::match_header(contract, &names)
+                .map_err(|message| Error::SchemaDrift { source_uri: input.uri.clone(), message })
+        })
+        .collect()
+}
+
+/// Reads every input in order into chunks. Stops quietly when the consumers are gone.
+fn read_inputs(
+    inputs: &[InputObject],
+    contract: &Contract,
+    handle: &Handle,
+    control: &RunControl,
+    out: Sender<(u64, crate::tokenize::RecordChunk)>,
+) -> Result<Vec<InputRecord>> {
+    let mut seq = 0u64;
+    let mut records = Vec::with_capacity(inputs.len());
+    for (source, input) in inputs.iter().enumerate() {
+        control.check()?;
+        if input.format == InputFormat::Quarantine {
+            for chunk in replay::read_chunks(input, source, contract, handle)? {
+                if out.send((seq, chunk)).is_err() {
+                    return Ok(records);
+                }
+                seq += 1;
+            }
+            // The replay reader has read the whole object; record its checksum from a second, metered read.
+            let open = input.open(handle, None)?;
+            let mut reader = open.reader;
+            std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| read_error(e, &input.uri))?;
+            records.push(checksum_of(input, &open.checksum)?);
+            continue;
+        }
+        let open = input.open(handle, Some(control.bytes.clone()))?;
+        let checksum = open.checksum.clone();
+        let mut tokenizer = CsvTokenizer::new(open.reader);
+        tokenizer.read_header().map_err(|e| read_error(e, &input.uri))?;
+        let mut first = 1u64;
+        loop {
+            control.check()?;
+            let chunk = tokenizer
+                .next_chunk(source, first, CHUNK_RECORDS, CHUNK_BYTES)
+                .map_err(|e| read_error(e, &input.uri))?;
+            let Some(chunk) = chunk else { break };
+            first += chunk.len() as u64;
+            if out.send((seq, chunk)).is_err() {
+                return Ok(records);
+            }
+            seq += 1;
+        }
+        drop(tokenizer);
+        records.push(checksum_of(input, &checksum)?);
+    }
+    Ok(records)
+}
+
+fn checksum_of(input: &InputObject, slot: &std::sync::Mutex<Option<crate::location::Checksum>>) -> Result<InputRecord> {
+    let sum = slot
+        .lock()
+        .ok()
+        .and_then(|s| s.clone())
+        .ok_or_else(|| Error::internal(&input.uri, "the input was not read to its end"))?;
+    Ok(InputRecord { uri: input.uri.clone(), bytes: sum.bytes, sha256: sum.sha256 })
+}
+
+/// Checks chunks until the input ends or the consumer is gone.
+fn check_chunks(
+    contract: &Contract,
+    maps: &[HeaderMap],
+    input: Receiver<(u64, crate::tokenize::RecordChunk)>,
+    out: Sender<(u64, CheckedChunk)>,
+) {
+    for (seq, chunk) in input.iter() {
+        let checked = check_chunk(contract, &maps[chunk.source], chunk);
+        if out.send((seq, checked)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The in-order half of the pipeline: ledger and writers.
+struct Committer<'a> {
+    contract: &'a Contract,
+    inputs: &'a [InputObject],
+    maps: &'a [HeaderMap],
+    ledger: Ledger,
+    silver: SilverWriter,
+    quarantine: SideWriter,
+    condemned: SideWriter,
+    control: &'a RunControl,
+}
+
+impl Committer<'_> {
+    fn commit(&mut self, chunk: CheckedChunk) -> Result<()> {
+        self.control.check()?;
+        let source = chunk.raw.source;
+        let uri = &self.inputs[source].uri;
+        let settled = self.ledger.settle(&chunk).map_err(|trip| {
+            let record = match chunk.raw.replay.get(trip.record) {
+                Some(m) => m.record_number,
+                None => chunk.raw.first_record + trip.record as u64,
+            };
+            Error::CircuitBreaker {
+                error_type: trip.error_type.as_str(),
+                max_same_errors: self.contract.max_same_errors,
+                source_uri: uri.clone(),
+                record,
+            }
+        })?;
+        let (batch, partitions) = kept_rows(&chunk, settled.keep.as_ref())?;
+        self.silver.write(&batch, &partitions)?;
+        let map = &self.maps[source];
+        self.quarantine.write(self.contract, &chunk, map, uri, &settled.quarantined)?;
+        self.condemned.write(self.contract, &chunk, map, uri, &settled.condemned)?;
+        self.control.rows.store(self.ledger.counts.input_rows, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Runs the transform. On success `_SUCCESS` has been written; every other end is an [`Error`].
+pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunOutcome> {
+    let contract = load_contract(&args.contract)?;
+    let options = StoreOptions {
+        endpoint: args.endpoint.clone().or_else(|| contract.storage.endpoint.clone()),
+        region: args.region.clone().or_else(|| contract.storage.region.clone()),
+    };
+    let lake_uri = args.lake.clone().unwrap_or_else(|| contract.storage.lake_uri.clone());
+    let started_at = chrono::Utc::now();
+    let run_id = args.run_id.clone().unwrap_or_else(|| started_at.format("%Y%m%dT%H%M%SZ").to_string());
+    silverline_crds::names::check_run_id(&run_id).map_err(|e| Error::Usage(e.to_string()))?;
+
+    let lake = open_lake(&lake_uri, &options)?;
+    let layout = LakeLayout::new(lake.prefix.clone(), &contract.dataset, &contract.schema_version, &run_id)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    ensure_unused(&lake, &layout, handle)?;
+    let inputs = resolve_inputs(&args.input, &options, handle)?;
+    control.total_bytes.store(inputs.iter().map(|i| i.size).sum(), Ordering::Relaxed);
+    let maps = preflight(&inputs, &contract, handle)?;
+
+    let claim = serde_json::json!({
+        "run_id": run_id,
+        "dataset": contract.dataset,
+        "input_uri": args.input,
+        "started_at": started_at.to_rfc3339(),
+        "worker_version": crate::report::WORKER_VERSION,
+    });
+    put_json(&lake, &layout.marker(layout::RUN_CLAIM), &claim, true, handle).map_err(|e| match e {
+        Error::RunIdReused { key, .. } => Error::RunIdReused { run_id: run_id.clone(), key },
+        other => other,
+    })?;
+
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+    let mut committer = Committer {
+        contract: &contract,
+        inputs: &inputs,
+        maps: &maps,
+        ledger: Ledger::new(contract.max_same_errors, contract.max_attempts),
+        silver: SilverWriter::new(lake.clone(), layout.clone(), contract.silver_schema.clone(), handle.clone()),
+        quarantine: SideWriter::new(Area::Quarantine, &contract, lake.clone(), layout.clone(), handle.clone()),
+        condemned: SideWriter::new(Area::Condemned, &contract, lake.clone(), layout.clone(), handle.clone()),
+        control,
+    };
+
+    let (input_records, committed) = std::thread::scope(|scope| {
+        let (raw_tx, raw_rx) = bounded(threads * 2);
+        let (checked_tx, checked_rx) = bounded(threads * 2);
+        let reader = scope.spawn(|| read_inputs(&inputs, &contract, handle, control, raw_tx));
+        for _ in 0..threads {
+            let (rx, tx) = (raw_rx.clone(), checked_tx.clone());
+            let (contract, maps) = (&contract, &maps);
+            scope.spawn(move || check_chunks(contract, maps, rx, tx));
+        }
+        drop((raw_rx, checked_tx));
+        let mut pending = BTreeMap::new();
+        let mut next = 0u64;
+        let mut committed = Ok(());
+        'receive: for (seq, chunk) in checked_rx.iter() {
+            pending.insert(seq, chunk);
+            while let Some(chunk) = pending.remove(&next) {
+                next += 1;
+                if let Err(e) = committer.commit(chunk) {
+                    committed = Err(e);
+                    break 'receive;
+                }
+            }
+        }
+        drop(checked_rx);
+        let read = reader.join().unwrap_or_else(|_| Err(Error::internal("input reader", "the thread panicked")));
+        (read, committed)
+    });
+    if let Err(e) = committed {
+        if let Error::CircuitBreaker { .. } = &e {
+            let trip = serde_json::json!({
+                "run_id": run_id,
+                "dataset": contract.dataset,
+                "error": e.to_string(),
+                "rows_read": committer.ledger.counts.input_rows,
+            });
+            put_json(&lake, &layout.marker(layout::CIRCUIT_BREAKER_REPORT), &trip, false, handle)?;
+        }
+        return Err(e);
+    }
+    let input_records = input_records?;
+    control.check()?;
+
+    let Committer { ledger, silver, quarantine, condemned, .. } = committer;
+    let mut files = silver.finish()?;
+    files.extend(quarantine.finish()?);
+    files.extend(condemned.finish()?);
+    let counts = ledger.counts;
+    if counts.input_rows != counts.valid + counts.quarantined + counts.condemned {
+        return Err(Error::internal("conservation", format!("{counts:?} does not add up")));
+    }
+    let facts = RunFacts {
+        run_id: run_id.clone(),
+        dataset: contract.dataset.clone(),
+        schema_v: contract.schema_version.clone(),
+        lake_uri: lake.uri.clone(),
+        input_uri: args.input.clone(),
+        inputs: input_records,
+        started_at,
+        finished_at: chrono::Utc::now(),
+        files,
+    };
+    let rate = if counts.input_rows == 0 { 0.0 } else { counts.quarantined as f64 / counts.input_rows as f64 };
+    if rate > contract.max_quarantine_rate {
+        let report = build_report("quality_gate_failed", facts, &counts);
+        let key = layout.marker(layout::QUALITY_REPORT);
+        put_json(&lake, &key, &report, false, handle)?;
+        return Err(Error::QualityGate { rate, max: contract.max_quarantine_rate, report_key: lake.uri_of(&key) });
+    }
+    let report = build_report("success", facts, &counts);
+    let key = layout.marker(layout::SUCCESS);
+    control.check()?;
+    put_json(&lake, &key, &report, true, handle).map_err(|e| match e {
+        Error::RunIdReused { key, .. } => Error::RunIdReused { run_id: run_id.clone(), key },
+        other => other,
+    })?;
+    Ok(RunOutcome { report, success_uri: lake.uri_of(&key) })
+}
+
+/// Reports progress until `done` is set: a line on a terminal, a JSON log line every few seconds otherwise.
+pub fn report_progress(control: &RunControl, done: &AtomicBool, terminal: bool) {
+    let started = Instant::now();
+    let every = if terminal { Duration::from_secs(1) } else { Duration::from_secs(5) };
+    let mut last = Instant::now();
+    let mut printed = false;
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if last.elapsed() < every {
+            continue;
+        }
+        last = Instant::now();
+        let rows = control.rows.load(Ordering::Relaxed);
+        let bytes = control.bytes.load(Ordering::Relaxed);
+        let total = control.total_bytes.load(Ordering::Relaxed);
+        let seconds = started.elapsed().as_secs_f64().max(1e-3);
+        let eta = (total > bytes && bytes > 0).then(|| (total - bytes) as f64 * seconds / bytes as f64);
+        if terminal {
+            let eta = eta.map_or(String::new(), |s| format!(", ETA {s:.0}s"));
+            eprint!("\r{rows} rows, {:.0} rows/s, {:.1} MB read{eta}   ", rows as f64 / seconds, bytes as f64 / 1e6);
+            printed = true;
+        } else {
+            let line = serde_json::json!({
+                "level": "INFO", "msg": "progress", "rows": rows, "rows_per_second": (rows as f64 / seconds).round(),
+                "bytes_read": bytes, "bytes_total": total, "eta_seconds": eta.map(f64::round),
+            });
+            eprintln!("{line}");
+        }
+    }
+    if printed {
+        eprintln!();
+    }
+}

@@ -1,0 +1,467 @@
+//! Parquet part files in the lake. A part is written through the object store's buffered multipart upload and
+//! becomes visible only when complete; a part that is dropped unfinished is aborted, never left half-written.
+//! Everything here is deterministic: the same rows in the same order give byte-identical files.
+
+use crate::check::CheckedChunk;
+use crate::contract::{Contract, HeaderMap};
+use crate::layout::{Area, LakeLayout};
+use crate::ledger::SideRow;
+use crate::location::{Location, storage_error};
+use crate::{Error, Result};
+use arrow::array::{ArrayRef, RecordBatch, StringBuilder, UInt32Builder, UInt64Builder};
+use arrow::array::{BooleanArray, UInt32Array};
+use arrow::compute::{filter_record_batch, take_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use sha2::{Digest, Sha256};
+pub use silverline_crds::report::FileRecord;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::Arc;
+use tokio::runtime::Handle;
+use tokio_util::io::SyncIoBridge;
+
+/// Rows per part file before the next part starts.
+pub const ROWS_PER_FILE: u64 = 8 * 1024 * 1024;
+/// Rows per row group.
+pub const ROWS_PER_ROW_GROUP: usize = 128 * 1024;
+/// Encoded bytes all open parts may buffer before the largest flushes its row group early.
+pub const BUFFER_BUDGET: usize = 48 * 1024 * 1024;
+/// zstd level, the same as the peers' default.
+pub const ZSTD_LEVEL: i32 = 3;
+
+pub fn writer_properties() -> WriterProperties {
+    let level = ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default();
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
+        .build()
+}
+
+/// A `Write` into one object: counts and checksums the bytes, completes the upload on `finish`, and aborts it
+/// when dropped unfinished.
+pub struct ObjectSink {
+    bridge: Option<SyncIoBridge<BufWriter>>,
+    handle: Handle,
+    key: String,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl ObjectSink {
+    pub fn create(location: &Location, key: &Path, handle: &Handle) -> ObjectSink {
+        let writer = BufWriter::with_capacity(location.store.clone(), key.clone(), 8 * 1024 * 1024);
+        ObjectSink {
+            bridge: Some(SyncIoBridge::new_with_handle(writer, handle.clone())),
+            handle: handle.clone(),
+            key: location.uri_of(key),
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Completes the upload; returns (bytes, sha256).
+    pub fn finish(mut self) -> Result<(u64, String)> {
+        let bridge = self.bridge.as_mut().ok_or_else(|| Error::internal(&self.key, "finished twice"))?;
+        bridge.shutdown().map_err(|e| upload_error(e, &self.key))?;
+        self.bridge = None;
+        let sha = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        Ok((self.bytes, sha))
+    }
+}
+
+fn upload_error(err: io::Error, key: &str) -> Error {
+    match err.into_inner() {
+        Some(inner) => match inner.downcast::<object_store::Error>() {
+            Ok(e) => storage_error(*e, key),
+            Err(other) => Error::Transient { key: key.to_owned(), message: other.to_string() },
+        },
+        None => Error::Transient { key: key.to_owned(), message: "upload failed".into() },
+    }
+}
+
+impl Write for ObjectSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let bridge = self.bridge.as_mut().ok_or_else(|| io::Error::other("upload already finished"))?;
+        let n = bridge.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // The object store buffers parts itself; flushing here would only force small uploads.
+        Ok(())
+    }
+}
+
+impl Drop for ObjectSink {
+    fn drop(&mut self) {
+        if let Some(bridge) = self.bridge.take() {
+            let mut writer = bridge.into_inner();
+            // Best effort: a failed abort leaves an incomplete multipart upload, never a visible object.
+            let _ = self.handle.block_on(writer.abort());
+        }
+    }
+}
+
+/// One part file being written.
+struct OpenPart {
+    writer: ArrowWriter<ObjectSink>,
+    rows: u64,
+}
+
+impl OpenPart {
+    fn create(location: &Location, key: &Path, schema: SchemaRef, handle: &Handle) -> Result<OpenPart> {
+        let sink = ObjectSink::create(location, key, handle);
+        let writer = ArrowWriter::try_new(sink, schema, Some(writer_properties()))
+            .map_err(|e| Error::internal(location.uri_of(key), e))?;
+        Ok(OpenPart { writer, rows: 0 })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer.write(batch).map_err(|e| parquet_error(e, &self.writer))?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    fn close(self, area: Area) -> Result<FileRecord> {
+        let key = self.writer.inner().key.clone();
+        let sink = self.writer.into_inner().map_err(|e| parquet_error_key(e, &key))?;
+        let (bytes, sha256) = sink.finish()?;
+        Ok(FileRecord { key, area: area.as_str().to_owned(), rows: self.rows, bytes, sha256 })
+    }
+}
+
+fn parquet_error(err: parquet::errors::ParquetError, writer: &ArrowWriter<ObjectSink>) -> Error {
+    parquet_error_key(err, &writer.inner().key)
+}
+
+fn parquet_error_key(err: parquet::errors::ParquetError, key: &str) -> Error {
+    match err {
+        parquet::errors::ParquetError::External(inner) => match inner.downcast::<io::Error>() {
+            Ok(io) => upload_error(*io, key),
+            Err(other) => Error::internal(key, other),
+        },
+        other => Error::Transient { key: key.to_owned(), message: other.to_string() },
+    }
+}
+
+/// Valid rows, split into `year=YYYY/month=MM` partitions.
+pub struct SilverWriter {
+    location: Location,
+    layout: LakeLayout,
+    schema: SchemaRef,
+    handle: Handle,
+    open: BTreeMap<u32, OpenPart>,
+    next_part: BTreeMap<u32, u32>,
+    pub files: Vec<FileRecord>,
+}
+
+impl SilverWriter {
+    pub fn new(location: Location, layout: LakeLayout, schema: SchemaRef, handle: Handle) -> SilverWriter {
+        SilverWriter {
+            location,
+            layout,
+            schema,
+            handle,
+            open: BTreeMap::new(),
+            next_part: BTreeMap::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Writes the rows of `batch` (with one partition per row) in order.
+    pub fn write(&mut self, batch: &RecordBatch, partitions: &[u32]) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let first = partitions[0];
+        if partitions.iter().all(|p| *p == first) {
+            self.write_partition(first, batch)?;
+        } else {
+            let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+            for (row, p) in partitions.iter().enumerate() {
+                groups.entry(*p).or_default().push(row as u32);
+            }
+            for (p, rows) in groups {
+                let part =
+                    take_record_batch(batch, &UInt32Array::from(rows)).map_err(|e| Error::internal("partition", e))?;
+                self.write_partition(p, &part)?;
+            }
+        }
+        self.keep_within_budget()
+    }
+
+    fn write_partition(&mut self, partition: u32, batch: &RecordBatch) -> Result<()> {
+        if !self.open.contains_key(&partition) {
+            let part = self.next_part.entry(partition).or_insert(0);
+            let key = self.layout.silver_part((partition / 12) as i32, partition % 12 + 1, *part);
+            *part += 1;
+            let open = OpenPart::create(&self.location, &key, self.schema.clone(), &self.handle)?;
+            self.open.insert(partition, open);
+        }
+        let full = match self.open.get_mut(&partition) {
+            Some(open) => {
+                open.write(batch)?;
+                open.rows >= ROWS_PER_FILE
+            }
+            None => false,
+        };
+        if full {
+            if let Some(open) = self.open.remove(&partition) {
+                self.files.push(open.close(Area::Silver)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bounds memory whatever the number of partitions: past the budget, the largest row group is flushed.
+    fn keep_within_budget(&mut self) -> Result<()> {
+        loop {
+            let total: usize = self.open.values().map(|o| o.writer.memory_size()).sum();
+            if total <= BUFFER_BUDGET {
+                return Ok(());
+            }
+            let Some(largest) = self.open.values_mut().max_by_key(|o| o.writer.memory_size()) else {
+                return Ok(());
+            };
+            if largest.writer.in_progress_rows() == 0 {
+                return Ok(());
+            }
+            largest.writer.flush().map_err(|e| parquet_error(e, &largest.writer))?;
+        }
+    }
+
+    /// Closes every open part, in partition order.
+    pub fn finish(mut self) -> Result<Vec<FileRecord>> {
+        let open = std::mem::take(&mut self.open);
+        for (_, part) in open {
+            self.files.push(part.close(Area::Silver)?);
+        }
+        Ok(std::mem::take(&mut self.files))
+    }
+}
+
+/// The schema of quarantine (and, with `condemned_reason`, condemned) files: the raw values of each contract
+/// column as text, the whole record, and where the row came from and why it is here.
+pub fn side_schema(contract: &Contract, area: Area) -> SchemaRef {
+    let mut fields: Vec<Field> = contract.columns.iter().map(|c| Field::new(&c.name, DataType::Utf8, true)).collect();
+    fields.extend([
+        Field::new("raw_record", DataType::Utf8, false),
+        Field::new("source_uri", DataType::Utf8, false),
+        Field::new("record_number", DataType::UInt64, false),
+        Field::new("line_number", DataType::UInt64, false),
+        Field::new("error_type", DataType::Utf8, area == Area::Condemned),
+        Field::new("error_column", DataType::Utf8, true),
+        Field::new("error_message", DataType::Utf8, area == Area::Condemned),
+        Field::new("attempt_count", DataType::UInt32, false),
+        Field::new("row_hash", DataType::Utf8, false),
+    ]);
+    if area == Area::Condemned {
+        fields.push(Field::new("condemned_reason", DataType::Utf8, false));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// Re-encodes fields as one CSV record, for `raw_record`.
+pub fn csv_record<'a>(fields: impl Iterator<Item = &'a [u8]>) -> String {
+    let mut out = String::new();
+    for (i, field) in fields.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let text = String::from_utf8_lossy(field);
+        if text.contains([',', '"', '\n', '\r']) {
+            out.push('"');
+            out.push_str(&text.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// Quarantine or condemned rows, in input order, in `part-NNNNN.parquet` files.
+pub struct SideWriter {
+    area: Area,
+    location: Location,
+    layout: LakeLayout,
+    schema: SchemaRef,
+    handle: Handle,
+    open: Option<OpenPart>,
+    next_part: u32,
+    pub files: Vec<FileRecord>,
+}
+
+impl SideWriter {
+    pub fn new(area: Area, contract: &Contract, location: Location, layout: LakeLayout, handle: Handle) -> SideWriter {
+        SideWriter {
+            area,
+            schema: side_schema(contract, area),
+            location,
+            layout,
+            handle,
+            open: None,
+            next_part: 0,
+            files: Vec::new(),
+        }
+    }
+
+    /// Writes `rows` of `chunk`, whose source is `source_uri` with header `map`.
+    pub fn write(
+        &mut self,
+        contract: &Contract,
+        chunk: &CheckedChunk,
+        map: &HeaderMap,
+        source_uri: &str,
+        rows: &[SideRow],
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let batch = self.build(contract, chunk, map, source_uri, rows)?;
+        if self.open.is_none() {
+            let key = self.layout.side_part(self.area, self.next_part);
+            self.next_part += 1;
+            self.open = Some(OpenPart::create(&self.location, &key, self.schema.clone(), &self.handle)?);
+        }
+        let full = match self.open.as_mut() {
+            Some(open) => {
+                open.write(&batch)?;
+                open.rows >= ROWS_PER_FILE
+            }
+            None => false,
+        };
+        if full {
+            if let Some(open) = self.open.take() {
+                self.files.push(open.close(self.area)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn build(
+        &self,
+        contract: &Contract,
+        chunk: &CheckedChunk,
+        map: &HeaderMap,
+        source_uri: &str,
+        rows: &[SideRow],
+    ) -> Result<RecordBatch> {
+        let n = rows.len();
+        let raw = &chunk.raw;
+        let mut values: Vec<StringBuilder> =
+            contract.columns.iter().map(|_| StringBuilder::with_capacity(n, n * 16)).collect();
+        let mut raw_record = StringBuilder::new();
+        let mut source = StringBuilder::new();
+        let mut record_number = UInt64Builder::with_capacity(n);
+        let mut line_number = UInt64Builder::with_capacity(n);
+        let mut error_type = StringBuilder::new();
+        let mut error_column = StringBuilder::new();
+        let mut error_message = StringBuilder::new();
+        let mut attempt = UInt32Builder::with_capacity(n);
+        let mut row_hash = StringBuilder::new();
+        let mut reason = StringBuilder::new();
+        for row in rows {
+            let r = row.record;
+            let range = raw.field_range(r);
+            let replay = raw.replay.get(r);
+            let has_values = match replay {
+                Some(m) => m.has_values,
+                None => range.len() == map.field_count && raw.fields(r).all(|f| std::str::from_utf8(f).is_ok()),
+            };
+            for (c, builder) in values.iter_mut().enumerate() {
+                if has_values {
+                    builder.append_value(String::from_utf8_lossy(raw.field(range.start + map.source_index[c])));
+                } else {
+                    builder.append_null();
+                }
+            }
+            match replay {
+                Some(m) => {
+                    raw_record.append_value(&m.raw_record);
+                    source.append_value(&m.source_uri);
+                    record_number.append_value(m.record_number);
+                    line_number.append_value(m.line_number);
+                }
+                None => {
+                    raw_record.append_value(csv_record(raw.fields(r)));
+                    source.append_value(source_uri);
+                    record_number.append_value(raw.first_record + r as u64);
+                    line_number.append_value(raw.lines[r]);
+                }
+            }
+            match &row.error {
+                Some(e) => {
+                    error_type.append_value(e.error_type.as_str());
+                    match e.column {
+                        Some(c) => error_column.append_value(&contract.columns[c].name),
+                        None => error_column.append_null(),
+                    }
+                    error_message.append_value(&e.message);
+                }
+                None => {
+                    error_type.append_null();
+                    error_column.append_null();
+                    error_message.append_null();
+                }
+            }
+            attempt.append_value(row.attempt_count);
+            row_hash.append_value(format!("{:032x}", chunk.hashes[r]));
+            if let Some(why) = row.reason {
+                reason.append_value(why.as_str());
+            }
+        }
+        let mut columns: Vec<ArrayRef> = values.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef).collect();
+        columns.push(Arc::new(raw_record.finish()));
+        columns.push(Arc::new(source.finish()));
+        columns.push(Arc::new(record_number.finish()));
+        columns.push(Arc::new(line_number.finish()));
+        columns.push(Arc::new(error_type.finish()));
+        columns.push(Arc::new(error_column.finish()));
+        columns.push(Arc::new(error_message.finish()));
+        columns.push(Arc::new(attempt.finish()));
+        columns.push(Arc::new(row_hash.finish()));
+        if self.area == Area::Condemned {
+            columns.push(Arc::new(reason.finish()));
+        }
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| Error::internal("building side rows", e))
+    }
+
+    pub fn finish(mut self) -> Result<Vec<FileRecord>> {
+        if let Some(open) = self.open.take() {
+            self.files.push(open.close(self.area)?);
+        }
+        Ok(std::mem::take(&mut self.files))
+    }
+}
+
+/// Keeps the valid rows the ledger kept, with their partitions.
+pub fn kept_rows(chunk: &CheckedChunk, keep: Option<&BooleanArray>) -> Result<(RecordBatch, Vec<u32>)> {
+    match keep {
+        None => Ok((chunk.valid.clone(), chunk.partitions.clone())),
+        Some(mask) => {
+            let batch = filter_record_batch(&chunk.valid, mask).map_err(|e| Error::internal("filtering rows", e))?;
+            let partitions =
+                chunk.partitions.iter().zip(mask.iter()).filter(|(_, k)| k.unwrap_or(false)).map(|(p, _)| *p).collect();
+            Ok((batch, partitions))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_records_are_valid_csv() {
+        let fields: [&[u8]; 4] = [b"a", b"b,c", b"say \"hi\"", b"x\ny"];
+        assert_eq!(csv_record(fields.into_iter()), "a,\"b,c\",\"say \"\"hi\"\"\",\"x\ny\"");
+    }
+}

@@ -1,0 +1,248 @@
+//! CSV bytes → chunks of raw records, with csv-core (RFC 4180: quoted fields may hold commas, quotes and line
+//! breaks; CRLF or LF; a UTF-8 BOM is skipped). Fields are kept as bytes: decoding is the checker's job, so one
+//! undecodable byte costs one row, not the run. A chunk is a flat byte buffer with field and record ends, so
+//! reading allocates per chunk, not per row.
+
+use std::io::{self, BufRead};
+
+/// Where a replayed quarantine row came from: it keeps its lineage, hash and attempt count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayMeta {
+    pub source_uri: String,
+    pub record_number: u64,
+    pub line_number: u64,
+    pub row_hash: u128,
+    pub attempt_count: u32,
+    /// False when the quarantined row had no per-column values (wrong field count or undecodable bytes).
+    pub has_values: bool,
+    pub raw_record: String,
+}
+
+/// Consecutive records of one source.
+#[derive(Debug, Clone, Default)]
+pub struct RecordChunk {
+    /// Index of the source in the run's list of inputs.
+    pub source: usize,
+    /// 1-based record number (data records, header excluded) of the first record in this chunk.
+    pub first_record: u64,
+    pub data: Vec<u8>,
+    /// End offset in `data` of every field.
+    pub field_ends: Vec<usize>,
+    /// For every record, the index in `field_ends` one past its last field.
+    pub record_ends: Vec<usize>,
+    /// 1-based line on which each record starts.
+    pub lines: Vec<u64>,
+    /// For replayed quarantine rows, one entry per record; empty for CSV input.
+    pub replay: Vec<ReplayMeta>,
+}
+
+impl RecordChunk {
+    pub fn new(source: usize, first_record: u64) -> RecordChunk {
+        RecordChunk { source, first_record, ..RecordChunk::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.record_ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.record_ends.is_empty()
+    }
+
+    /// The range of `field_ends` indices of record `r`.
+    #[inline]
+    pub fn field_range(&self, r: usize) -> std::ops::Range<usize> {
+        let start = if r == 0 { 0 } else { self.record_ends[r - 1] };
+        start..self.record_ends[r]
+    }
+
+    /// Field `f` (an index into `field_ends`).
+    #[inline]
+    pub fn field(&self, f: usize) -> &[u8] {
+        let start = if f == 0 { 0 } else { self.field_ends[f - 1] };
+        &self.data[start..self.field_ends[f]]
+    }
+
+    /// All fields of record `r`, in source order.
+    pub fn fields(&self, r: usize) -> impl Iterator<Item = &[u8]> {
+        self.field_range(r).map(move |f| self.field(f))
+    }
+
+    /// Appends one record given as fields (used for replayed rows and tests).
+    pub fn push_record<'a>(&mut self, fields: impl IntoIterator<Item = &'a [u8]>, line: u64) {
+        for field in fields {
+            self.data.extend_from_slice(field);
+            self.field_ends.push(self.data.len());
+        }
+        self.record_ends.push(self.field_ends.len());
+        self.lines.push(line);
+    }
+}
+
+/// Reads records one at a time from a buffered byte stream.
+pub struct CsvTokenizer<R> {
+    input: R,
+    core: csv_core::Reader,
+    ends: Vec<usize>,
+    /// Newlines consumed outside of records (blank lines), which csv-core does not see.
+    skipped_lines: u64,
+    done: bool,
+}
+
+impl<R: BufRead> CsvTokenizer<R> {
+    pub fn new(input: R) -> Self {
+        CsvTokenizer { input, core: csv_core::Reader::new(), ends: vec![0; 64], skipped_lines: 0, done: false }
+    }
+
+    /// The 1-based line the reader is on.
+    fn line(&self) -> u64 {
+        self.skipped_lines + self.core.line()
+    }
+
+    /// Skips blank lines before a record, so that the record's line number is exact.
+    fn skip_blank_lines(&mut self) -> io::Result<()> {
+        loop {
+            let buf = self.input.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(());
+            }
+            let blank = buf.iter().take_while(|b| **b == b'\n' || **b == b'\r').count();
+            self.skipped_lines += buf[..blank].iter().filter(|b| **b == b'\n').count() as u64;
+            let whole = blank == buf.len();
+            self.input.consume(blank);
+            if !whole {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the next record into `chunk`, whose `data` holds `*filled` bytes of fields followed by spare room.
+    /// Returns false at the end of the input.
+    fn read_record(&mut self, chunk: &mut RecordChunk, filled: &mut usize) -> io::Result<bool> {
+        use csv_core::ReadRecordResult::*;
+        if self.done {
+            return Ok(false);
+        }
+        self.skip_blank_lines()?;
+        let start_line = self.line();
+        let record_start = *filled;
+        let mut n_ends = 0;
+        loop {
+            if chunk.data.len() < *filled + 1024 {
+                let grown = (*filled + 1024).max(chunk.data.len() * 2);
+                chunk.data.resize(grown, 0);
+            }
+            let input = self.input.fill_buf()?;
+            let (result, n_in, n_out, n_end) =
+                self.core.read_record(input, &mut chunk.data[*filled..], &mut self.ends[n_ends..]);
+            self.input.consume(n_in);
+            *filled += n_out;
+            n_ends += n_end;
+            match result {
+                InputEmpty | OutputFull => {}
+                OutputEndsFull => self.ends.resize(self.ends.len() * 2, 0),
+                Record => {
+                    chunk.field_ends.extend(self.ends[..n_ends].iter().map(|e| record_start + e));
+                    chunk.record_ends.push(chunk.field_ends.len());
+                    chunk.lines.push(start_line);
+                    return Ok(true);
+                }
+                End => {
+                    *filled = record_start;
+                    self.done = true;
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// Reads the header record: the field names, trimmed. `None` when the input holds no record at all.
+    pub fn read_header(&mut self) -> io::Result<Option<Vec<Vec<u8>>>> {
+        let mut chunk = RecordChunk::new(0, 0);
+        let mut filled = 0;
+        let found = self.read_record(&mut chunk, &mut filled)?;
+        chunk.data.truncate(filled);
+        if !found {
+            return Ok(None);
+        }
+        Ok(Some(chunk.fields(0).map(|f| crate::values::trim(f).to_vec()).collect()))
+    }
+
+    /// Reads up to `max_records` records or about `max_bytes` of field data into a new chunk.
+    pub fn next_chunk(
+        &mut self,
+        source: usize,
+        first_record: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> io::Result<Option<RecordChunk>> {
+        let mut chunk = RecordChunk::new(source, first_record);
+        chunk.data.resize(max_bytes + 4096, 0);
+        let mut filled = 0;
+        while chunk.len() < max_records && filled < max_bytes {
+            if !self.read_record(&mut chunk, &mut filled)? {
+                break;
+            }
+        }
+        chunk.data.truncate(filled);
+        Ok(if chunk.is_empty() { None } else { Some(chunk) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(input: &[u8]) -> Vec<(u64, Vec<String>)> {
+        let mut t = CsvTokenizer::new(input);
+        let chunk = t.next_chunk(0, 1, 1000, 1 << 20).expect("reads").unwrap_or_default();
+        (0..chunk.len())
+            .map(|r| (chunk.lines[r], chunk.fields(r).map(|f| String::from_utf8_lossy(f).into_owned()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn quoted_fields_keep_commas_quotes_and_newlines() {
+        let got = records(b"a,\"b,c\",\"say \"\"hi\"\"\"\n\"multi\nline\",x,y\nlast,1,2");
+        assert_eq!(got[0], (1, vec!["a".into(), "b,c".into(), "say \"hi\"".into()]));
+        assert_eq!(got[1], (2, vec!["multi\nline".into(), "x".into(), "y".into()]));
+        assert_eq!(got[2], (4, vec!["last".into(), "1".into(), "2".into()]));
+    }
+
+    #[test]
+    fn crlf_bom_and_blank_lines_are_handled() {
+        let got = records(b"\xef\xbb\xbfh1,h2\r\n1,2\r\n\r\n\r\n3,4\r\n");
+        assert_eq!(
+            got,
+            vec![
+                (1, vec!["h1".into(), "h2".into()]),
+                (2, vec!["1".into(), "2".into()]),
+                (5, vec!["3".into(), "4".into()])
+            ]
+        );
+    }
+
+    #[test]
+    fn chunks_split_on_record_boundaries() {
+        let text: String = (0..100).map(|i| format!("{i},\"x\ny\"\n")).collect();
+        let mut t = CsvTokenizer::new(text.as_bytes());
+        let mut seen = 0;
+        let mut first = 1;
+        while let Some(chunk) = t.next_chunk(0, first, 7, 1 << 20).expect("reads") {
+            for r in 0..chunk.len() {
+                let fields: Vec<&[u8]> = chunk.fields(r).collect();
+                assert_eq!(fields[0], seen.to_string().as_bytes());
+                assert_eq!(chunk.lines[r], 1 + 2 * seen as u64);
+                seen += 1;
+            }
+            first += chunk.len() as u64;
+        }
+        assert_eq!(seen, 100);
+    }
+
+    #[test]
+    fn an_empty_input_has_no_header() {
+        assert_eq!(CsvTokenizer::new(&b""[..]).read_header().expect("reads"), None);
+        assert_eq!(CsvTokenizer::new(&b"\n\n"[..]).read_header().expect("reads"), None);
+    }
+}
