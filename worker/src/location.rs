@@ -165,7 +165,7 @@ pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Res
             let path = path.canonicalize().map_err(|e| unreadable(format!("{e}")))?;
             let mut files = Vec::new();
             collect_local(&path, &mut files).map_err(|e| unreadable(format!("cannot list: {e}")))?;
-            let single = path.is_file();
+            let single = !path.is_dir();
             files
                 .into_iter()
                 .filter_map(|(file, size)| {
@@ -223,7 +223,7 @@ pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Res
 
 fn collect_local(path: &std::path::Path, out: &mut Vec<(PathBuf, u64)>) -> io::Result<()> {
     let meta = std::fs::metadata(path)?;
-    if meta.is_file() {
+    if !meta.is_dir() {
         out.push((path.to_path_buf(), meta.len()));
         return Ok(());
     }

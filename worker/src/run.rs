@@ -312,7 +312,19 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
         let mut pending = BTreeMap::new();
         let mut next = 0u64;
         let mut committed = Ok(());
-        'receive: for (seq, chunk) in checked_rx.iter() {
+        'receive: loop {
+            // Wake up now and then, so that a stop request is honoured even while the input stalls.
+            let (seq, chunk) = match checked_rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(item) => item,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => match control.check() {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        committed = Err(e);
+                        break;
+                    }
+                },
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            };
             pending.insert(seq, chunk);
             while let Some(chunk) = pending.remove(&next) {
                 next += 1;

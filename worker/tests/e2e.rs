@@ -1,0 +1,504 @@
+//! End-to-end tests of the `silverline-worker` binary on a local lake: every error kind, the awkward corners of
+//! CSV, and every exit code.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
+use std::io::Write;
+use support::*;
+use tempfile::TempDir;
+
+fn row(id: &str, customer: &str, amount: &str, currency: &str, ts: &str) -> String {
+    format!("{id},{customer},{amount},{currency},{ts}\n")
+}
+
+fn good(i: usize) -> String {
+    row(&format!("T{i}"), &format!("C{i}"), "10.00", "EUR", "2024-01-15T10:00:00Z")
+}
+
+/// A lenient contract, so that small inputs with many errors still succeed.
+fn lenient(dir: &std::path::Path) -> std::path::PathBuf {
+    contract(dir, &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")])
+}
+
+#[test]
+fn the_sample_run_succeeds_and_accounts_for_every_row() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let input = repo_root().join("examples/data/transactions.csv");
+    let out = run_worker(&repo_root().join("examples/datasets/transactions.yaml"), &input, &lake, "sample");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = success(&lake, "sample");
+    assert_eq!(report.outcome, "success");
+    assert_eq!(report.input_rows, 3000);
+    assert_eq!(
+        report.input_rows,
+        report.valid_rows_count + report.quarantined_rows_count + report.condemned_rows_count
+    );
+    assert!(report.quarantine_rate <= 0.01, "the sample must pass its quality gate: {}", report.quarantine_rate);
+    for kind in
+        ["SCHEMA_ERROR", "NULL_VALUE_ERROR", "TYPE_ERROR", "VALUE_ERROR", "TIMESTAMP_ERROR", "DUPLICATE_KEY_ERROR"]
+    {
+        assert!(report.error_type_distribution.get(kind).copied().unwrap_or(0) > 0, "the sample has no {kind}");
+    }
+    assert!(report.condemned_reason_distribution.get("EXACT_DUPLICATE").copied().unwrap_or(0) > 0);
+    let bytes = std::fs::read(&input).unwrap();
+    assert_eq!(report.input_checksum, sha256(&bytes));
+    // Every file listed exists with the listed size and checksum, and the rows add up per area.
+    for file in &report.files {
+        let path = file.key.strip_prefix("file://").unwrap();
+        let data = std::fs::read(path).unwrap();
+        assert_eq!(data.len() as u64, file.bytes, "{}", file.key);
+        assert_eq!(sha256(&data), file.sha256, "{}", file.key);
+    }
+    let area_rows = |area: &str| report.files.iter().filter(|f| f.area == area).map(|f| f.rows).sum::<u64>();
+    assert_eq!(area_rows("silver"), report.valid_rows_count);
+    assert_eq!(area_rows("quarantine"), report.quarantined_rows_count);
+    assert_eq!(area_rows("condemned"), report.condemned_rows_count);
+    assert_eq!(rows(&read_area(&lake, "silver", "sample")) as u64, report.valid_rows_count);
+    assert_eq!(rows(&read_area(&lake, "quarantine", "sample")) as u64, report.quarantined_rows_count);
+    // Silver is typed per the contract.
+    let silver = read_area(&lake, "silver", "sample");
+    let schema = silver[0].schema();
+    assert_eq!(schema.field_with_name("TransactionAmount").unwrap().data_type(), &DataType::Decimal128(18, 2));
+    assert_eq!(
+        schema.field_with_name("TransactionTimestamp").unwrap().data_type(),
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    );
+    assert!(out.stdout.contains("_SUCCESS"), "{}", out.stdout);
+    // One structured log line carries the metrics.
+    let metrics = out.stderr.lines().find(|l| l.contains("\"run finished\"")).expect("a metrics log line");
+    let line: serde_json::Value = serde_json::from_str(metrics).unwrap();
+    assert_eq!(line["valid_rows_count"], report.valid_rows_count);
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn every_error_kind_is_quarantined_with_its_type_column_and_place() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let mut text = format!("{HEADER}\n");
+    text += &good(1); // record 1, line 2
+    text += "T2,C2,10.00,EUR\n"; // SCHEMA_ERROR
+    text += &row("T3", "", "10.00", "EUR", "2024-01-15T10:00:00Z"); // NULL_VALUE_ERROR
+    text += &row("T4", "C4", "12.345", "EUR", "2024-01-15T10:00:00Z"); // TYPE_ERROR
+    text += &row("T5", "C5", "10.00", "usd", "2024-01-15T10:00:00Z"); // VALUE_ERROR
+    text += &row("T6", "C6", "10.00", "EUR", "2024-01-15 10:00:00"); // TIMESTAMP_ERROR
+    text += &row("T1", "C9", "99.00", "USD", "2024-01-15T10:00:00Z"); // DUPLICATE_KEY_ERROR
+    text += &good(1); // exact duplicate
+    let input = write(tmp.path(), "in.csv", text);
+    let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let q = read_area(&lake, "quarantine", "r1");
+    let types: Vec<String> = strings(&q, "error_type").into_iter().flatten().collect();
+    assert_eq!(
+        types,
+        ["SCHEMA_ERROR", "NULL_VALUE_ERROR", "TYPE_ERROR", "VALUE_ERROR", "TIMESTAMP_ERROR", "DUPLICATE_KEY_ERROR"]
+    );
+    let columns = strings(&q, "error_column");
+    assert_eq!(
+        columns,
+        [
+            None,
+            Some("CustomerID".into()),
+            Some("TransactionAmount".into()),
+            Some("Currency".into()),
+            Some("TransactionTimestamp".into()),
+            None
+        ]
+    );
+    let record_numbers: Vec<u64> = q
+        .iter()
+        .flat_map(|b| {
+            let a = b.column_by_name("record_number").unwrap().as_primitive::<arrow::datatypes::UInt64Type>().clone();
+            a.values().to_vec()
+        })
+        .collect();
+    assert_eq!(record_numbers, [2, 3, 4, 5, 6, 7]);
+    let messages: Vec<String> = strings(&q, "error_message").into_iter().flatten().collect();
+    assert!(messages[2].contains("TransactionAmount") && messages[2].contains("12.345"), "{}", messages[2]);
+    let sources: Vec<String> = strings(&q, "source_uri").into_iter().flatten().collect();
+    assert!(sources.iter().all(|s| s.ends_with("/in.csv")), "{sources:?}");
+    // Raw values are kept as text; a wrong field count keeps the record in raw_record only.
+    assert_eq!(strings(&q, "TransactionAmount")[2].as_deref(), Some("12.345"));
+    assert_eq!(strings(&q, "TransactionAmount")[0], None);
+    assert_eq!(strings(&q, "raw_record")[0].as_deref(), Some("T2,C2,10.00,EUR"));
+    let c = read_area(&lake, "condemned", "r1");
+    assert_eq!(strings(&c, "condemned_reason"), [Some("EXACT_DUPLICATE".into())]);
+    let report = success(&lake, "r1");
+    assert_eq!(
+        (report.input_rows, report.valid_rows_count, report.quarantined_rows_count, report.condemned_rows_count),
+        (8, 1, 6, 1)
+    );
+}
+
+#[test]
+fn crlf_bom_and_quoted_fields_with_commas_quotes_and_newlines_are_read() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let text = format!(
+        "\u{feff}{HEADER}\r\nT1,\"C1, EU\",1.00,EUR,2024-01-15T10:00:00Z\r\nT2,\"say \"\"hi\"\"\",2.00,EUR,2024-01-15T10:00:00Z\r\nT3,\"multi\nline\",3.00,EUR,2024-01-15T10:00:00Z\r\n"
+    );
+    let input = write(tmp.path(), "crlf.csv", text);
+    let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let silver = read_area(&lake, "silver", "r1");
+    let customers: Vec<String> = strings(&silver, "CustomerID").into_iter().flatten().collect();
+    assert_eq!(customers, ["C1, EU", "say \"hi\"", "multi\nline"]);
+    assert_eq!(success(&lake, "r1").valid_rows_count, 3);
+}
+
+#[test]
+fn a_header_only_input_is_a_valid_empty_run() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let input = write(tmp.path(), "empty.csv", format!("{HEADER}\n"));
+    let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = success(&lake, "r1");
+    assert_eq!((report.input_rows, report.files.len()), (0, 0));
+    assert!(files_under(&lake).iter().all(|f| !f.ends_with(".parquet")));
+}
+
+#[test]
+fn an_empty_file_is_unreadable_input_and_nothing_is_written() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let input = write(tmp.path(), "nothing.csv", "");
+    let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("nothing.csv") && out.stderr.contains("no header"), "{}", out.stderr);
+    assert_eq!(files_under(&lake), Vec::<String>::new());
+}
+
+#[test]
+fn schema_drift_is_exit_3_before_any_object_is_written() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).unwrap();
+    write(&dir, "a.csv", format!("{HEADER}\n{}", good(1)));
+    // The second file drifts: Amount instead of TransactionAmount, and an extra column.
+    write(
+        &dir,
+        "b.csv",
+        "TransactionID,CustomerID,Amount,Currency,TransactionTimestamp,Note\nT2,C2,1,EUR,2024-01-01T00:00:00Z,x\n",
+    );
+    let out = run_worker(&lenient(tmp.path()), &dir, &lake, "r1");
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("b.csv"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("TransactionAmount") && out.stderr.contains("\\\"Note\\\" at column 6"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(files_under(&lake), Vec::<String>::new());
+}
+
+#[test]
+fn a_missing_input_is_exit_3_naming_it() {
+    let tmp = TempDir::new().unwrap();
+    let out = run_worker(&lenient(tmp.path()), &tmp.path().join("nope.csv"), &tmp.path().join("lake"), "r1");
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("nope.csv"), "{}", out.stderr);
+}
+
+#[test]
+fn a_reordered_header_is_matched_by_name() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let text = "Currency,TransactionTimestamp,TransactionAmount,CustomerID,TransactionID\nGBP,2024-03-01T12:00:00Z,5.5,C1,T1\n";
+    let input = write(tmp.path(), "reordered.csv", text);
+    let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let silver = read_area(&lake, "silver", "r1");
+    assert_eq!(silver[0].schema().field(0).name(), "TransactionID");
+    assert_eq!(strings(&silver, "TransactionID"), [Some("T1".into())]);
+    assert_eq!(strings(&silver, "Currency"), [Some("GBP".into())]);
+    let amount = silver[0]
+        .column_by_name("TransactionAmount")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Decimal128Type>()
+        .value(0);
+    assert_eq!(amount, 550);
+}
+
+#[test]
+fn leap_days_and_offsets_crossing_a_month_land_in_the_utc_partition() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let mut text = format!("{HEADER}\n");
+    text += &row("T1", "C", "1", "EUR", "2024-01-31T23:30:00-02:00"); // 2024-02-01T01:30Z
+    text += &row("T2", "C", "1", "EUR", "2024-02-29T12:00:00Z"); // leap day
+    text += &row("T3", "C", "1", "EUR", "2024-03-01T00:30:00+01:00"); // 2024-02-29T23:30Z
+    text += &row("T4", "C", "1", "EUR", "2023-02-29T12:00:00Z"); // not a leap year
+    text += &row("T5", "C", "1", "EUR", "2023-12-31T23:00:00"); // no zone: UTC
+    let input = write(tmp.path(), "dates.csv", text);
+    let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let parts: Vec<String> =
+        files_under(&run_dir(&lake, "silver", "r1")).into_iter().filter(|f| f.ends_with(".parquet")).collect();
+    assert_eq!(parts, ["year=2023/month=12/part-00000.parquet", "year=2024/month=02/part-00000.parquet"]);
+    let feb = read_parquet(&run_dir(&lake, "silver", "r1").join("year=2024/month=02/part-00000.parquet"));
+    assert_eq!(strings(&feb, "TransactionID"), [Some("T1".into()), Some("T2".into()), Some("T3".into())]);
+    let ts = feb[0].column_by_name("TransactionTimestamp").unwrap().as_primitive::<TimestampMicrosecondType>().clone();
+    assert_eq!(ts.value(0), 1_706_751_000_000_000); // 2024-02-01T01:30:00Z
+    let q = read_area(&lake, "quarantine", "r1");
+    assert_eq!(strings(&q, "error_type"), [Some("TIMESTAMP_ERROR".into())]);
+}
+
+#[test]
+fn invalid_utf8_in_a_field_is_a_schema_error_that_keeps_the_row() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let mut bytes = format!("{HEADER}\n").into_bytes();
+    bytes.extend_from_slice(b"T1,C\xff\xfe1,1.00,EUR,2024-01-15T10:00:00Z\n");
+    bytes.extend_from_slice(good(2).as_bytes());
+    let input = write(tmp.path(), "latin1.csv", bytes);
+    let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let q = read_area(&lake, "quarantine", "r1");
+    assert_eq!(strings(&q, "error_type"), [Some("SCHEMA_ERROR".into())]);
+    assert_eq!(strings(&q, "error_column"), [Some("CustomerID".into())]);
+    assert_eq!(strings(&q, "CustomerID"), [None]);
+    assert!(strings(&q, "raw_record")[0].as_deref().unwrap().starts_with("T1,C\u{fffd}"));
+    assert_eq!(success(&lake, "r1").valid_rows_count, 1);
+}
+
+#[test]
+fn a_run_id_is_never_reused_and_the_lake_is_left_unchanged() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let input = write(tmp.path(), "in.csv", format!("{HEADER}\n{}", good(1)));
+    let c = lenient(tmp.path());
+    assert_eq!(run_worker(&c, &input, &lake, "r1").code, 0);
+    let before: Vec<(String, Vec<u8>)> = files_under(&lake)
+        .into_iter()
+        .map(|f| {
+            let d = std::fs::read(lake.join(&f)).unwrap();
+            (f, d)
+        })
+        .collect();
+    let again = run_worker(&c, &input, &lake, "r1");
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(again.stderr.contains("run id r1 is already used"), "{}", again.stderr);
+    let after: Vec<(String, Vec<u8>)> = files_under(&lake)
+        .into_iter()
+        .map(|f| {
+            let d = std::fs::read(lake.join(&f)).unwrap();
+            (f, d)
+        })
+        .collect();
+    assert_eq!(before, after);
+    // A run id that would escape its directory is refused before anything happens.
+    let bad = run_worker(&c, &input, &lake, "../../etc");
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
+
+#[test]
+fn configuration_errors_are_exit_2() {
+    let tmp = TempDir::new().unwrap();
+    let input = write(tmp.path(), "in.csv", format!("{HEADER}\n{}", good(1)));
+    let lake = tmp.path().join("lake");
+    let wrong_kind = contract(tmp.path(), &[("kind: Dataset", "kind: Something")]);
+    let out = run_worker(&wrong_kind, &input, &lake, "r1");
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("contract-1.yaml"), "{}", out.stderr);
+    let missing = run_worker(&tmp.path().join("absent.yaml"), &input, &lake, "r1");
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    let flag = std::process::Command::new(worker_bin()).args(["run", "--bogus"]).output().unwrap();
+    assert_eq!(flag.status.code(), Some(2));
+    assert_eq!(files_under(&lake), Vec::<String>::new());
+}
+
+#[test]
+fn the_circuit_breaker_stops_the_run_with_exit_4() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let c = contract(
+        tmp.path(),
+        &[("maxSameErrors: 100", "maxSameErrors: 2"), ("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")],
+    );
+    let mut text = format!("{HEADER}\n");
+    for i in 0..5 {
+        text += &row(&format!("T{i}"), "C", "bad", "EUR", "2024-01-15T10:00:00Z");
+    }
+    let input = write(tmp.path(), "in.csv", text);
+    let out = run_worker(&c, &input, &lake, "r1");
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("TYPE_ERROR") && out.stderr.contains("record 3"), "{}", out.stderr);
+    let silver = run_dir(&lake, "silver", "r1");
+    assert!(!silver.join("_SUCCESS").exists());
+    assert!(silver.join("_CIRCUIT_BREAKER.json").exists());
+}
+
+#[test]
+fn the_quality_gate_keeps_data_for_review_with_exit_5() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let mut text = format!("{HEADER}\n");
+    for i in 0..20 {
+        text += &good(i);
+    }
+    text += &row("X", "C", "10.00", "XXX", "2024-01-15T10:00:00Z");
+    let input = write(tmp.path(), "in.csv", text);
+    let out = run_worker(&repo_root().join("examples/datasets/transactions.yaml"), &input, &lake, "r1");
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    let silver = run_dir(&lake, "silver", "r1");
+    assert!(!silver.join("_SUCCESS").exists());
+    let report: silverline_crds::report::RunReport =
+        serde_json::from_slice(&std::fs::read(silver.join("_QUALITY_REPORT.json")).unwrap()).unwrap();
+    assert_eq!(report.outcome, "quality_gate_failed");
+    assert_eq!((report.valid_rows_count, report.quarantined_rows_count), (20, 1));
+    assert_eq!(rows(&read_area(&lake, "silver", "r1")), 20);
+    assert_eq!(rows(&read_area(&lake, "quarantine", "r1")), 1);
+}
+
+#[test]
+fn sigterm_stops_the_run_with_exit_75_and_no_success() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let input = tmp.path().join("big.csv");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        writeln!(f, "{HEADER}").unwrap();
+        for i in 0..1_500_000 {
+            writeln!(f, "T{i},C{i},{}.{:02},EUR,2024-{:02}-15T10:00:00Z", i % 1000, i % 100, i % 12 + 1).unwrap();
+        }
+    }
+    let mut child = std::process::Command::new(worker_bin())
+        .args(["run", "--progress", "off", "--contract"])
+        .arg(lenient(tmp.path()))
+        .arg("--input")
+        .arg(&input)
+        .arg("--lake")
+        .arg(&lake)
+        .args(["--run-id", "r1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let claim = run_dir(&lake, "silver", "r1").join("_RUN.json");
+    let started = std::time::Instant::now();
+    while !claim.exists() {
+        assert!(started.elapsed().as_secs() < 60, "the run never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert!(!run_dir(&lake, "silver", "r1").join("_SUCCESS").exists());
+    // Nothing half-written is visible: every Parquet file present is complete and readable.
+    for f in files_under(&lake).into_iter().filter(|f| f.ends_with(".parquet")) {
+        read_parquet(&lake.join(f));
+    }
+}
+
+#[test]
+fn a_prefix_reads_every_csv_in_lexicographic_order_including_compressed_ones() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let dir = tmp.path().join("bronze");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    write(&dir, "b.csv", format!("{HEADER}\n{}T9,C,bad,EUR,2024-01-15T10:00:00Z\n", good(2)));
+    write(&dir, "a.csv", format!("{HEADER}\n{}", good(1)));
+    write(&dir, "notes.txt", "not input");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(format!("{HEADER}\n{}", good(3)).as_bytes()).unwrap();
+    write(&dir.join("sub"), "c.csv.gz", gz.finish().unwrap());
+    let zst = zstd::encode_all(format!("{HEADER}\n{}{}", good(4), good(1)).as_bytes(), 3).unwrap();
+    write(&dir.join("sub"), "d.csv.zst", zst);
+    let out = run_worker(&lenient(tmp.path()), &dir, &lake, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = success(&lake, "r1");
+    let names: Vec<&str> = report.inputs.iter().map(|i| i.uri.rsplit('/').next().unwrap()).collect();
+    assert_eq!(names, ["a.csv", "b.csv", "c.csv.gz", "d.csv.zst"]);
+    // T1 appears in a.csv and again in d.csv.zst: an exact duplicate across objects.
+    assert_eq!((report.valid_rows_count, report.quarantined_rows_count, report.condemned_rows_count), (4, 1, 1));
+    let q = read_area(&lake, "quarantine", "r1");
+    assert!(strings(&q, "source_uri")[0].as_deref().unwrap().ends_with("/b.csv"));
+    let c = read_area(&lake, "condemned", "r1");
+    assert!(strings(&c, "source_uri")[0].as_deref().unwrap().ends_with("/sub/d.csv.zst"));
+}
+
+#[test]
+fn replaying_quarantine_raises_attempts_until_rows_are_condemned() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let c = lenient(tmp.path());
+    let text = format!("{HEADER}\n{}{}", good(1), row("T2", "C2", "10.00", "XXX", "2024-01-15T10:00:00Z"));
+    let input = write(tmp.path(), "in.csv", text);
+    assert_eq!(run_worker(&c, &input, &lake, "a1").code, 0);
+    let first_hash = strings(&read_area(&lake, "quarantine", "a1"), "row_hash");
+    let attempts = |run: &str, area: &str| -> Vec<u32> {
+        read_area(&lake, area, run)
+            .iter()
+            .flat_map(|b| {
+                b.column_by_name("attempt_count")
+                    .unwrap()
+                    .as_primitive::<arrow::datatypes::UInt32Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    };
+    assert_eq!(attempts("a1", "quarantine"), [1]);
+    let out = run_worker(&c, &run_dir(&lake, "quarantine", "a1"), &lake, "a2");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(attempts("a2", "quarantine"), [2]);
+    assert_eq!(strings(&read_area(&lake, "quarantine", "a2"), "row_hash"), first_hash);
+    // Lineage is kept: the row still names its original source and record.
+    assert!(strings(&read_area(&lake, "quarantine", "a2"), "source_uri")[0].as_deref().unwrap().ends_with("/in.csv"));
+    let out = run_worker(&c, &run_dir(&lake, "quarantine", "a2"), &lake, "a3");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(attempts("a3", "condemned"), [3]);
+    assert_eq!(
+        strings(&read_area(&lake, "condemned", "a3"), "condemned_reason"),
+        [Some("MAX_ATTEMPTS_REACHED".into())]
+    );
+    let report = success(&lake, "a3");
+    assert_eq!((report.input_rows, report.condemned_rows_count, report.auto_condemnation_rate), (1, 1, 1.0));
+    // A contract fix makes a replayed row valid.
+    let fixed = contract(
+        tmp.path(),
+        &[
+            ("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0"),
+            ("[EUR, USD, GBP, CHF, JPY]", "[EUR, USD, GBP, CHF, JPY, XXX]"),
+        ],
+    );
+    let out = run_worker(&fixed, &run_dir(&lake, "quarantine", "a2"), &lake, "a4");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(success(&lake, "a4").valid_rows_count, 1);
+}
+
+#[test]
+fn the_same_input_and_run_id_give_byte_identical_files() {
+    let tmp = TempDir::new().unwrap();
+    let input = repo_root().join("examples/data/transactions.csv");
+    let c = repo_root().join("examples/datasets/transactions.yaml");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert_eq!(run_worker(&c, &input, &a, "same").code, 0);
+    assert_eq!(run_worker(&c, &input, &b, "same").code, 0);
+    let parquet = |lake: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+        files_under(lake)
+            .into_iter()
+            .filter(|f| f.ends_with(".parquet"))
+            .map(|f| {
+                let d = std::fs::read(lake.join(&f)).unwrap();
+                (f, d)
+            })
+            .collect()
+    };
+    let (pa, pb) = (parquet(&a), parquet(&b));
+    assert!(!pa.is_empty());
+    assert_eq!(pa, pb);
+}
