@@ -1,7 +1,8 @@
 //! `Dataset`: the data contract of one feed — its columns and rules, thresholds, schedule, storage and owners.
 
 use crate::names::{self, InvalidName};
-use kube::CustomResource;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -13,11 +14,13 @@ use std::time::Duration;
     group = "etl.silverline.dev",
     version = "v1alpha1",
     kind = "Dataset",
+    doc = "The data contract of one feed: columns and rules, thresholds, storage and owners.",
     namespaced,
     shortname = "ds",
     status = "DatasetStatus",
     printcolumn = r#"{"name":"Schema","type":"string","jsonPath":".spec.schemaVersion"}"#,
     printcolumn = r#"{"name":"Team","type":"string","jsonPath":".spec.ownership.team"}"#,
+    printcolumn = r#"{"name":"Last Success","type":"string","jsonPath":".status.lastSuccessfulRunId"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -174,15 +177,22 @@ pub struct OwnershipSpec {
     pub escalation: String,
 }
 
-/// Observed state of a Dataset.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// Observed state of a Dataset, written by the operator.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DatasetStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Valid`: whether the contract passes the checks the apiserver's schema cannot express.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
     /// Run id of the last EtlRun that succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_run_id: Option<String>,
+    /// When that run's `_SUCCESS` was verified: the dataset's freshness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// What is wrong with a contract, naming the field.
@@ -401,7 +411,8 @@ mod tests {
 
     #[test]
     fn invalid_contracts_are_rejected_with_the_field_named() {
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut Dataset)>)> = vec![
+        type Mutation = Box<dyn FnOnce(&mut Dataset)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("name", Box::new(|d| d.metadata.name = Some("../etc".into()))),
             ("schemaVersion", Box::new(|d| d.spec.schema_version = "1".into())),
             ("twice", Box::new(|d| d.spec.columns[1].name = "TransactionID".into())),

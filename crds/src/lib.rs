@@ -1,9 +1,11 @@
 //! Silverline's API: the custom resources of group `etl.silverline.dev`.
 //!
-//! `Dataset` is the data contract. The worker reads the very same manifest from a file, so these types are
+//! `Dataset` is the data contract; `EtlRun` is one run of it over one input, driven by the operator. The worker reads the very same manifest from a file, so these types are
 //! shared by the operator and the worker and own every rule about what a valid contract or name is.
 
 pub mod dataset;
+pub mod etlrun;
+pub mod generated;
 pub mod names;
 pub mod report;
 
@@ -11,6 +13,7 @@ pub use dataset::{
     CircuitBreakerSpec, ColumnSpec, ColumnType, ContractError, Dataset, DatasetSpec, OwnershipSpec, QualitySpec,
     SecretKeyRef, StorageSpec,
 };
+pub use etlrun::{AttemptOutcome, AttemptStatus, DataFile, EtlRun, EtlRunPhase, EtlRunSpec, EtlRunStatus, RunResult};
 
 /// The API group of every Silverline resource.
 pub const GROUP: &str = "etl.silverline.dev";

@@ -1,0 +1,330 @@
+//! `EtlRun`: one run of a Dataset's transform over one input. The operator turns it into one Job per attempt,
+//! retries what is worth retrying, verifies `_SUCCESS` in the lake and reports the run's metrics in status.
+
+use crate::report::{FileRecord, RunReport};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The longest EtlRun name: the operator derives Job and ConfigMap names (`{name}-a{attempt}`, `{name}-contract`)
+/// that must stay DNS labels of at most 63 characters.
+pub const MAX_ETLRUN_NAME: usize = 50;
+
+/// CEL rule on the EtlRun's name. The pattern is [`crate::names::DNS_LABEL_PATTERN`]; a unit test keeps them equal.
+pub const NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$') && \
+                             size(self.metadata.name) <= 50";
+/// CEL rule on `spec.dataset`, a name that becomes a path segment in the lake.
+pub const DATASET_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')";
+/// CEL rule on `spec.input`: a local path, `file://` or `s3://` URI, without whitespace or `..` segments.
+pub const INPUT_RULE: &str = "self.matches('^(/|file:///|s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/|$))') && \
+                              !self.matches('\\\\s') && !self.matches('(^|/)\\\\.\\\\.(/|$)')";
+/// CEL rule making the whole spec immutable: a changed run is a new EtlRun.
+pub const IMMUTABLE_RULE: &str = "self == oldSelf";
+
+/// Run the transform of a Dataset over one input, with retries and a verified `_SUCCESS`.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "etl.silverline.dev",
+    version = "v1alpha1",
+    kind = "EtlRun",
+    doc = "One run of a Dataset's transform over one input: one Job per attempt, then a verified _SUCCESS.",
+    namespaced,
+    shortname = "etl",
+    status = "EtlRunStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Dataset","type":"string","jsonPath":".spec.dataset"}"#,
+    printcolumn = r#"{"name":"Run ID","type":"string","jsonPath":".status.runId"}"#,
+    printcolumn = r#"{"name":"Valid","type":"integer","jsonPath":".status.result.validRows"}"#,
+    printcolumn = r#"{"name":"Quarantined","type":"integer","jsonPath":".status.result.quarantinedRows"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new(NAME_RULE).message("metadata.name must be a DNS label of at most 50 characters")
+)]
+#[x_kube(validation = Rule::new(IMMUTABLE_RULE).message("spec is immutable: create a new EtlRun instead"))]
+#[serde(rename_all = "camelCase")]
+pub struct EtlRunSpec {
+    /// Name of the Dataset (in the same namespace) whose contract the run applies.
+    #[x_kube(validation = Rule::new(DATASET_RULE).message("dataset must be a DNS label (it becomes a lake path)"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub dataset: String,
+    /// The input: a CSV object or a prefix of them (`s3://bucket/key`, `file:///path` or `/path`), or a quarantine
+    /// run path to replay.
+    #[x_kube(validation = Rule::new(INPUT_RULE).message(
+        "input must be an absolute path, file:/// or s3://bucket/… URI, without whitespace or '..' segments"
+    ))]
+    #[schemars(length(min = 1, max = 1024))]
+    pub input: String,
+    /// Compute resources of the worker container; the operator's defaults apply when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Seconds one attempt may run before it is stopped and counted as a transient failure
+    /// (the Job's `activeDeadlineSeconds`); the operator's default applies when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 604800))]
+    pub deadline_seconds: Option<i64>,
+}
+
+/// Where a run is in its life. Terminal phases never change again.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum EtlRunPhase {
+    /// Waiting to launch an attempt: for the Dataset, or for the backoff after a failed attempt.
+    Pending,
+    /// An attempt's Job exists and has not finished.
+    Running,
+    /// The Job finished; the operator is reading `_SUCCESS` from the lake.
+    Validating,
+    /// `_SUCCESS` was verified and its metrics copied into status.
+    Succeeded,
+    /// A permanent failure, or transient failures until `maxAttempts` was reached.
+    Failed,
+    /// The worker kept data and quarantine for review and wrote `_QUALITY_REPORT.json` (exit 5).
+    QualityGateFailed,
+}
+
+impl EtlRunPhase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EtlRunPhase::Succeeded | EtlRunPhase::Failed | EtlRunPhase::QualityGateFailed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EtlRunPhase::Pending => "Pending",
+            EtlRunPhase::Running => "Running",
+            EtlRunPhase::Validating => "Validating",
+            EtlRunPhase::Succeeded => "Succeeded",
+            EtlRunPhase::Failed => "Failed",
+            EtlRunPhase::QualityGateFailed => "QualityGateFailed",
+        }
+    }
+}
+
+impl fmt::Display for EtlRunPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How one attempt ended.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    QualityGateFailed,
+}
+
+/// Observed state of an EtlRun.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EtlRunStatus {
+    /// The generation of the spec this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<EtlRunPhase>,
+    /// `Progressing` and `Succeeded`, each with a reason and a message naming the cause.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The run id of the latest attempt: its data is under `run_id={runId}` in the lake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Every attempt, oldest first; never rewritten once it has ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptStatus>,
+    /// When the next attempt may start, after a transient failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The metrics of the attempt that ended the run, from its `_SUCCESS` or `_QUALITY_REPORT.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RunResult>,
+}
+
+/// One attempt: one Job, one run id.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptStatus {
+    /// 1 for the first attempt.
+    #[schemars(range(min = 1))]
+    pub attempt: u32,
+    pub run_id: String,
+    pub job_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// Unset while the attempt runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<AttemptOutcome>,
+    /// The worker container's exit code, when it ran to an exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// A stable reason such as `SchemaDrift`, `TransientFailure`, `Evicted` or `SuccessMarkerMissing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Whether this failure was worth another attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+    /// How many times the operator looked for the run's `_SUCCESS` after the Job completed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lake_checks: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The metrics of a finished run, copied from the worker's report in the lake.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResult {
+    /// The report it was read from: the run's `_SUCCESS` or `_QUALITY_REPORT.json`.
+    pub report_uri: String,
+    pub input_rows: u64,
+    pub valid_rows: u64,
+    pub quarantined_rows: u64,
+    pub condemned_rows: u64,
+    pub quarantine_rate: f64,
+    pub duration_seconds: f64,
+    /// Every data file the run wrote.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<DataFile>,
+}
+
+/// One Parquet file of a run.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataFile {
+    pub key: String,
+    /// `silver`, `quarantine` or `condemned`.
+    pub area: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+impl RunResult {
+    pub fn from_report(report: &RunReport, report_uri: &str) -> RunResult {
+        RunResult {
+            report_uri: report_uri.to_owned(),
+            input_rows: report.input_rows,
+            valid_rows: report.valid_rows_count,
+            quarantined_rows: report.quarantined_rows_count,
+            condemned_rows: report.condemned_rows_count,
+            quarantine_rate: report.quarantine_rate,
+            duration_seconds: report.duration_seconds,
+            files: report.files.iter().map(DataFile::from).collect(),
+        }
+    }
+}
+
+impl From<&FileRecord> for DataFile {
+    fn from(file: &FileRecord) -> DataFile {
+        DataFile { key: file.key.clone(), area: file.area.clone(), rows: file.rows, bytes: file.bytes }
+    }
+}
+
+impl EtlRun {
+    pub fn phase(&self) -> Option<EtlRunPhase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names;
+    use kube::CustomResourceExt;
+    use kube::core::ObjectMeta;
+    use kube::core::cel::validate_cel;
+    use kube::core::cel::validate_cel_update;
+
+    fn run(name: &str, dataset: &str, input: &str) -> EtlRun {
+        EtlRun {
+            metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
+            spec: EtlRunSpec { dataset: dataset.into(), input: input.into(), resources: None, deadline_seconds: None },
+            status: None,
+        }
+    }
+
+    #[test]
+    fn the_cel_name_rules_use_the_patterns_of_the_names_module() {
+        assert!(NAME_RULE.contains(names::DNS_LABEL_PATTERN));
+        assert!(DATASET_RULE.contains(names::DNS_LABEL_PATTERN));
+        assert!(NAME_RULE.contains(&format!("<= {MAX_ETLRUN_NAME}")));
+    }
+
+    #[test]
+    fn valid_runs_pass_the_cel_rules() {
+        for input in ["s3://bucket/bronze/tx/", "file:///data/in.csv", "/data/in.csv", "s3://my.bucket"] {
+            let r = run("tx-2024-01", "transactions", input);
+            assert!(validate_cel(&r).is_ok(), "{input}: {:?}", validate_cel(&r));
+        }
+        assert!(validate_cel(&run(&"a".repeat(50), "transactions", "/in.csv")).is_ok());
+    }
+
+    #[test]
+    fn names_and_inputs_that_could_escape_a_path_fail_the_cel_rules() {
+        let cases = [
+            ("Tx", "transactions", "/in.csv", "metadata.name"),
+            (&"a".repeat(51), "transactions", "/in.csv", "metadata.name"),
+            ("tx", "../etc", "/in.csv", "dataset"),
+            ("tx", "Transactions", "/in.csv", "dataset"),
+            ("tx", "transactions", "relative/in.csv", "input"),
+            ("tx", "transactions", "/data/../etc/passwd", "input"),
+            ("tx", "transactions", "s3://bucket/a b.csv", "input"),
+            ("tx", "transactions", "http://example.com/in.csv", "input"),
+            ("tx", "transactions", "s3://Bucket/in.csv", "input"),
+        ];
+        for (name, dataset, input, what) in cases {
+            let errors = validate_cel(&run(name, dataset, input)).expect_err(what);
+            assert!(format!("{errors:?}").contains(what), "the error for {what} should name it: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn the_spec_cannot_change_after_creation() {
+        let old = run("tx", "transactions", "/in.csv");
+        let mut new = old.clone();
+        new.spec.input = "/other.csv".into();
+        let errors = validate_cel_update(&new, &old).expect_err("a changed spec is rejected");
+        assert!(format!("{errors:?}").contains("immutable"), "{errors:?}");
+        assert!(validate_cel_update(&old.clone(), &old).is_ok());
+    }
+
+    #[test]
+    fn the_crd_has_a_status_subresource_short_name_and_condition_list_map() {
+        let crd = serde_json::to_value(EtlRun::crd()).expect("serializes");
+        let version = &crd["spec"]["versions"][0];
+        assert!(version["subresources"]["status"].is_object());
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "etl");
+        let conditions = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map");
+        assert_eq!(conditions["x-kubernetes-list-map-keys"][0], "type");
+        let columns: Vec<_> =
+            version["additionalPrinterColumns"].as_array().into_iter().flatten().map(|c| c["name"].clone()).collect();
+        assert_eq!(columns, ["Phase", "Dataset", "Run ID", "Valid", "Quarantined", "Age"]);
+    }
+
+    #[test]
+    fn terminal_phases_are_exactly_the_three_ends() {
+        use EtlRunPhase::*;
+        for (phase, terminal) in [
+            (Pending, false),
+            (Running, false),
+            (Validating, false),
+            (Succeeded, true),
+            (Failed, true),
+            (QualityGateFailed, true),
+        ] {
+            assert_eq!(phase.is_terminal(), terminal, "{phase}");
+            assert_eq!(serde_json::to_value(phase).ok(), Some(serde_json::Value::from(phase.as_str())));
+        }
+    }
+}

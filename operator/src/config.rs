@@ -1,0 +1,133 @@
+//! The operator's configuration: flags, each also read from an environment variable.
+
+use crate::job::JobSettings;
+use crate::leader::LeaseSettings;
+use crate::lifecycle::LifecycleSettings;
+use crate::retry::RetryPolicy;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "silverline-operator", version, about = "Runs Silverline EtlRuns as Jobs of the worker")]
+pub struct Config {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "SILVERLINE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The worker's container image.
+    #[arg(long, env = "SILVERLINE_WORKER_IMAGE")]
+    pub worker_image: String,
+    /// imagePullPolicy of the worker container.
+    #[arg(long, env = "SILVERLINE_WORKER_IMAGE_PULL_POLICY")]
+    pub worker_image_pull_policy: Option<String>,
+    /// The ServiceAccount worker pods run as (e.g. one bound to an IAM role for the lake).
+    #[arg(long, env = "SILVERLINE_WORKER_SERVICE_ACCOUNT", default_value = "silverline-worker")]
+    pub worker_service_account: String,
+    /// The non-root uid (and gid) of the worker.
+    #[arg(long, env = "SILVERLINE_WORKER_UID", default_value_t = 65532)]
+    pub worker_uid: i64,
+    /// CPU request and limit of the worker unless the EtlRun sets resources (e.g. `2`).
+    #[arg(long, env = "SILVERLINE_WORKER_CPU")]
+    pub worker_cpu: Option<String>,
+    /// Memory request and limit of the worker unless the EtlRun sets resources (e.g. `2Gi`).
+    #[arg(long, env = "SILVERLINE_WORKER_MEMORY")]
+    pub worker_memory: Option<String>,
+    /// activeDeadlineSeconds of an attempt unless the EtlRun sets deadlineSeconds.
+    #[arg(long, env = "SILVERLINE_ATTEMPT_DEADLINE_SECONDS", default_value_t = 6 * 3600)]
+    pub attempt_deadline_seconds: i64,
+    /// ttlSecondsAfterFinished of worker Jobs.
+    #[arg(long, env = "SILVERLINE_JOB_TTL_SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub job_ttl_seconds: i32,
+    /// Wait after the first failed attempt, in seconds; doubles per attempt (see --retry-factor).
+    #[arg(long, env = "SILVERLINE_RETRY_BASE_SECONDS", default_value_t = 30.0)]
+    pub retry_base_seconds: f64,
+    #[arg(long, env = "SILVERLINE_RETRY_FACTOR", default_value_t = 2.0)]
+    pub retry_factor: f64,
+    /// The longest wait between attempts, in seconds.
+    #[arg(long, env = "SILVERLINE_RETRY_CAP_SECONDS", default_value_t = 600.0)]
+    pub retry_cap_seconds: f64,
+    /// How long after a Job finished the operator keeps looking for the run's report in the lake, in seconds.
+    #[arg(long, env = "SILVERLINE_LAKE_GRACE_SECONDS", default_value_t = 30.0)]
+    pub lake_grace_seconds: f64,
+    /// How often it looks in that time, in seconds.
+    #[arg(long, env = "SILVERLINE_LAKE_CHECK_INTERVAL_SECONDS", default_value_t = 3.0)]
+    pub lake_check_interval_seconds: f64,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "SILVERLINE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Namespace of the leader-election Lease (default: the watched namespace, else `default`).
+    #[arg(long, env = "SILVERLINE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    #[arg(long, env = "SILVERLINE_LEASE_NAME", default_value = "silverline-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name from POD_NAME, else the host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    #[arg(long, env = "SILVERLINE_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u32,
+    #[arg(long, env = "SILVERLINE_LEASE_RENEW_SECONDS", default_value_t = 5.0)]
+    pub lease_renew_seconds: f64,
+}
+
+fn seconds(value: f64) -> Duration {
+    Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+impl Config {
+    pub fn job_settings(&self) -> JobSettings {
+        use k8s_openapi::api::core::v1::ResourceRequirements;
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let mut amounts = std::collections::BTreeMap::new();
+        if let Some(cpu) = &self.worker_cpu {
+            amounts.insert("cpu".to_owned(), Quantity(cpu.clone()));
+        }
+        if let Some(memory) = &self.worker_memory {
+            amounts.insert("memory".to_owned(), Quantity(memory.clone()));
+        }
+        let default_resources = (!amounts.is_empty()).then(|| ResourceRequirements {
+            requests: Some(amounts.clone()),
+            limits: Some(amounts),
+            ..ResourceRequirements::default()
+        });
+        JobSettings {
+            image: self.worker_image.clone(),
+            image_pull_policy: self.worker_image_pull_policy.clone(),
+            service_account: self.worker_service_account.clone(),
+            run_as_user: self.worker_uid,
+            default_deadline_seconds: self.attempt_deadline_seconds,
+            ttl_seconds_after_finished: self.job_ttl_seconds,
+            default_resources,
+        }
+    }
+
+    pub fn lifecycle_settings(&self) -> LifecycleSettings {
+        LifecycleSettings {
+            retry: RetryPolicy {
+                base: seconds(self.retry_base_seconds),
+                factor: self.retry_factor,
+                cap: seconds(self.retry_cap_seconds),
+                ..RetryPolicy::default()
+            },
+            lake_grace: seconds(self.lake_grace_seconds),
+            lake_check_interval: seconds(self.lake_check_interval_seconds),
+            ..LifecycleSettings::default()
+        }
+    }
+
+    pub fn lease_settings(&self) -> LeaseSettings {
+        let identity = self.identity.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "silverline-operator".into());
+            format!("{host}-{}", std::process::id())
+        });
+        LeaseSettings {
+            name: self.lease_name.clone(),
+            namespace: self
+                .lease_namespace
+                .clone()
+                .or_else(|| self.namespace.clone())
+                .unwrap_or_else(|| "default".into()),
+            identity,
+            duration: Duration::from_secs(u64::from(self.lease_duration_seconds.max(1))),
+            renew_every: seconds(self.lease_renew_seconds),
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The EtlRun controller: observe (contract, Job, pod, lake), decide (`lifecycle::plan`), then act — status
+//! first, then the Job — and report what changed as Events, logs and metrics.
+
+use crate::failure::{JobFailure, PodEnd};
+use crate::job::{self, AttemptPlan, JobSettings, RunIdentity};
+use crate::lake::{Lake, LakeFinding};
+use crate::lifecycle::{self, ContractFacts, ContractProblem, JobState, LifecycleSettings, Observed, Transition};
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use silverline_crds::{AttemptOutcome, AttemptStatus, Dataset, EtlRun, EtlRunPhase, EtlRunStatus};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The one field manager of everything the operator writes with server-side apply.
+pub const FIELD_MANAGER: &str = "silverline-operator";
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub jobs: JobSettings,
+    pub lifecycle: LifecycleSettings,
+}
+
+fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    }
+}
+
+/// Runs the controller until a termination signal. Malformed EtlRuns and Datasets reach `reconcile` as errors
+/// of their own (`DeserializeGuard`) instead of breaking the watch of all the others.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    let ns = namespace.as_deref();
+    let runs: Api<DeserializeGuard<EtlRun>> = scoped(ctx.client.clone(), ns);
+    let jobs: Api<Job> = scoped(ctx.client.clone(), ns);
+    let datasets: Api<DeserializeGuard<Dataset>> = scoped(ctx.client.clone(), ns);
+    let controller = Controller::new(runs, watcher::Config::default());
+    let store = controller.store();
+    let managed = format!("{}={}", job::LABEL_MANAGED_BY, job::MANAGED_BY);
+    controller
+        .owns(jobs, watcher::Config::default().labels(&managed))
+        .watches(datasets, watcher::Config::default(), move |dataset| {
+            // A Dataset that appears or changes may unblock the runs waiting for it.
+            let (name, namespace) = (dataset.name_any(), dataset.namespace());
+            store
+                .state()
+                .into_iter()
+                .filter(|run| match &run.0 {
+                    Ok(run) => run.spec.dataset == name && run.namespace() == namespace,
+                    Err(_) => false,
+                })
+                .map(|run| ObjectRef::from_obj(&*run))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile ended with an error");
+            }
+        })
+        .await;
+}
+
+fn reference(meta: &kube::api::ObjectMeta) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(format!("{}/{}", silverline_crds::GROUP, silverline_crds::VERSION)),
+        kind: Some("EtlRun".into()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: None,
+        field_path: None,
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    meta: &kube::api::ObjectMeta,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let mut note = note;
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let event =
+        Event { type_, reason: reason.to_owned(), note: Some(note), action: action.to_owned(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &reference(meta)).await {
+        tracing::warn!(error = %e, reason, "cannot publish an Event");
+    }
+}
+
+/// One reconcile of one EtlRun.
+pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started();
+    let run = match &guard.0 {
+        Ok(run) => run,
+        Err(invalid) => {
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            let message = invalid.error.clone();
+            publish(&ctx, &invalid.metadata, EventType::Warning, "InvalidResource", "Read", message.clone()).await;
+            return Err(Error::InvalidResource { name, message });
+        }
+    };
+    if run.phase().is_some_and(EtlRunPhase::is_terminal) {
+        return Ok(Action::await_change());
+    }
+    let identity = RunIdentity::of(run)?;
+    let status = run.status.clone().unwrap_or_default();
+    let contract = load_contract(&ctx, run, &identity).await?;
+    let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
+    let (job_state, lake) = match (&current, &contract) {
+        (Some(attempt), Ok(dataset)) => {
+            let job_state = observe_job(&ctx, &identity, attempt).await?;
+            let lake = match job_state {
+                JobState::Active => None,
+                _ => Some(read_lake(dataset, &attempt.run_id).await?),
+            };
+            (Some(job_state), lake)
+        }
+        _ => (None, None),
+    };
+    let observed = Observed {
+        now: Timestamp::now(),
+        name: &identity.name,
+        uid: &identity.uid,
+        generation: run.metadata.generation,
+        status: &status,
+        contract: contract.as_ref().map(|d| ContractFacts { max_attempts: d.spec.max_attempts }).map_err(Clone::clone),
+        job: job_state,
+        lake,
+    };
+    let plan = lifecycle::plan(&observed, &ctx.lifecycle);
+    if plan.status != status {
+        write_status(&ctx, run, &identity, &plan.status).await?;
+    }
+    for transition in &plan.transitions {
+        report(&ctx, run, &plan.status, transition).await;
+    }
+    if let (Some(attempt), Ok(dataset)) = (&plan.launch, &contract) {
+        launch(&ctx, run, &identity, dataset, attempt).await?;
+    }
+    Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Requeues by the kind of error: a conflict at once, the API and the lake after a pause, a malformed resource
+/// only when it changes.
+pub fn error_policy(guard: Arc<DeserializeGuard<EtlRun>>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.category());
+    let name = guard.meta().name.clone().unwrap_or_default();
+    let namespace = guard.meta().namespace.clone().unwrap_or_default();
+    tracing::warn!(etlrun = %name, namespace = %namespace, category = error.category(), error = %error, "reconcile failed");
+    match error {
+        Error::Conflict { .. } => Action::requeue(Duration::from_millis(200)),
+        Error::Kube { .. } => Action::requeue(Duration::from_secs(5)),
+        Error::Lake { .. } => Action::requeue(Duration::from_secs(10)),
+        Error::NotOwned { .. } => Action::requeue(Duration::from_secs(30)),
+        Error::Snapshot { .. } | Error::Serialize { .. } => Action::requeue(Duration::from_secs(60)),
+        Error::InvalidResource { .. } | Error::MissingField(_) | Error::LeadershipLost { .. } => Action::await_change(),
+    }
+}
+
+fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.uid == uid)
+}
+
+/// The run's contract: its snapshot once an attempt was launched, else the Dataset as it is now.
+async fn load_contract(
+    ctx: &Context,
+    run: &EtlRun,
+    identity: &RunIdentity,
+) -> Result<Result<Dataset, ContractProblem>> {
+    let snapshots: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+    let snapshot_name = job::contract_name(&identity.name);
+    let snapshot =
+        snapshots.get_opt(&snapshot_name).await.map_err(Error::kube(format!("reading ConfigMap {snapshot_name}")))?;
+    if let Some(snapshot) = snapshot {
+        if !owned_by(&snapshot.metadata, &identity.uid) {
+            return Err(Error::NotOwned { kind: "ConfigMap", name: snapshot_name, uid: identity.uid.clone() });
+        }
+        let text = snapshot.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY)).ok_or_else(|| Error::Snapshot {
+            name: snapshot_name.clone(),
+            message: format!("it has no key {}", job::CONTRACT_KEY),
+        })?;
+        let dataset = Dataset::from_manifest(text)
+            .map_err(|e| Error::Snapshot { name: snapshot_name.clone(), message: e.to_string() })?;
+        return Ok(Ok(dataset));
+    }
+    let name = run.spec.dataset.clone();
+    let datasets: Api<DeserializeGuard<Dataset>> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+    let found = datasets.get_opt(&name).await.map_err(Error::kube(format!("reading Dataset {name}")))?;
+    Ok(match found {
+        None => Err(ContractProblem::DatasetNotFound { name }),
+        Some(DeserializeGuard(Err(invalid))) => Err(ContractProblem::InvalidDataset { name, message: invalid.error }),
+        Some(DeserializeGuard(Ok(dataset))) => match dataset.validate() {
+            Ok(()) => Ok(dataset),
+            Err(e) => Err(ContractProblem::InvalidDataset { name, message: e.to_string() }),
+        },
+    })
+}
+
+fn condition_time(job: &Job, type_: &str) -> Option<(Timestamp, Option<String>, Option<String>)> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    let c = conditions.iter().find(|c| c.type_ == type_ && c.status == "True")?;
+    let at = c.last_transition_time.as_ref().map_or_else(Timestamp::now, |t| t.0);
+    Some((at, c.reason.clone(), c.message.clone()))
+}
+
+/// The state of the attempt's Job; for a failed Job, also how its pod ended.
+async fn observe_job(ctx: &Context, identity: &RunIdentity, attempt: &AttemptStatus) -> Result<JobState> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+    let name = &attempt.job_name;
+    let Some(found) = jobs.get_opt(name).await.map_err(Error::kube(format!("reading Job {name}")))? else {
+        return Ok(JobState::Missing);
+    };
+    if !owned_by(&found.metadata, &identity.uid) {
+        return Err(Error::NotOwned { kind: "Job", name: name.clone(), uid: identity.uid.clone() });
+    }
+    if let Some((at, _, _)) = condition_time(&found, "Complete") {
+        let finished_at = found.status.as_ref().and_then(|s| s.completion_time.as_ref()).map_or(at, |t| t.0);
+        return Ok(JobState::Complete { finished_at: Some(finished_at) });
+    }
+    if let Some((at, reason, message)) = condition_time(&found, "Failed") {
+        let pod = last_pod(ctx, identity, name).await?;
+        let failure = JobFailure { job_reason: reason, job_message: message, pod };
+        return Ok(JobState::Failed { failure, finished_at: Some(at) });
+    }
+    Ok(JobState::Active)
+}
+
+/// How the Job's newest pod ended, if a pod is left.
+async fn last_pod(ctx: &Context, identity: &RunIdentity, job_name: &str) -> Result<Option<PodEnd>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+    let selector = format!("batch.kubernetes.io/job-name={job_name}");
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube(format!("listing the pods of Job {job_name}")))?;
+    let newest = list.items.into_iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    Ok(newest.map(|pod| pod_end(&pod)))
+}
+
+/// Reads a pod's end from its status, as a kubelet reports it.
+pub fn pod_end(pod: &Pod) -> PodEnd {
+    let status = pod.status.as_ref();
+    let terminated = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == job::WORKER_CONTAINER))
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    let disruption = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "DisruptionTarget" && c.status == "True"))
+        .map(|c| c.reason.clone().unwrap_or_else(|| "DisruptionTarget".into()));
+    PodEnd {
+        exit_code: terminated.map(|t| t.exit_code),
+        container_reason: terminated.and_then(|t| t.reason.clone()),
+        pod_reason: status.and_then(|s| s.reason.clone()),
+        disruption,
+        message: terminated.and_then(|t| t.message.clone()).or_else(|| status.and_then(|s| s.message.clone())),
+    }
+}
+
+async fn read_lake(dataset: &Dataset, run_id: &str) -> Result<LakeFinding> {
+    let name =
+        dataset.checked_name().map_err(|e| Error::Snapshot { name: "contract".into(), message: e.to_string() })?;
+    let lake = Lake::open(&dataset.spec.storage)?;
+    lake.find(name, &dataset.spec.schema_version, run_id).await
+}
+
+/// Writes the whole status with server-side apply, on the condition that the EtlRun has not changed since it
+/// was read: a stale view can never overwrite a newer decision (nor launch a second attempt).
+async fn write_status(ctx: &Context, run: &EtlRun, identity: &RunIdentity, status: &EtlRunStatus) -> Result<()> {
+    let api: Api<EtlRun> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": format!("{}/{}", silverline_crds::GROUP, silverline_crds::VERSION),
+        "kind": "EtlRun",
+        "metadata": { "name": identity.name, "resourceVersion": run.metadata.resource_version },
+        "status": status,
+    });
+    match api.patch_status(&identity.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict { name: identity.name.clone() }),
+        Err(e) => Err(Error::kube(format!("writing the status of EtlRun {}", identity.name))(e)),
+    }
+}
+
+/// Makes sure the attempt's contract snapshot and Job exist. Names are deterministic, so a Job that already
+/// exists (a restart, a stale view) is adopted, never duplicated.
+async fn launch(
+    ctx: &Context,
+    run: &EtlRun,
+    identity: &RunIdentity,
+    dataset: &Dataset,
+    attempt: &AttemptStatus,
+) -> Result<()> {
+    let snapshots: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+    let snapshot = job::contract_config_map(identity, dataset)?;
+    match snapshots
+        .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &snapshot)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(Error::kube(format!("creating ConfigMap {}", job::contract_name(&identity.name)))(e)),
+    }
+    let plan = AttemptPlan { attempt: attempt.attempt, run_id: &attempt.run_id, job_name: &attempt.job_name };
+    let job = job::worker_job(run, identity, dataset, &plan, &ctx.jobs)?;
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    match jobs.create(&params, &job).await {
+        Ok(_) => {
+            tracing::info!(
+                etlrun = %identity.name, namespace = %identity.namespace, dataset = %run.spec.dataset,
+                attempt = attempt.attempt, run_id = %attempt.run_id, job = %attempt.job_name, "created the attempt's Job"
+            );
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let existing =
+                jobs.get(&attempt.job_name).await.map_err(Error::kube(format!("reading Job {}", attempt.job_name)))?;
+            let run_id = existing.metadata.annotations.as_ref().and_then(|a| a.get(job::ANNOTATION_RUN_ID));
+            if !owned_by(&existing.metadata, &identity.uid) || run_id != Some(&attempt.run_id) {
+                return Err(Error::NotOwned { kind: "Job", name: attempt.job_name.clone(), uid: identity.uid.clone() });
+            }
+            tracing::info!(
+                etlrun = %identity.name, namespace = %identity.namespace, dataset = %run.spec.dataset,
+                attempt = attempt.attempt, run_id = %attempt.run_id, job = %attempt.job_name, "adopted the attempt's existing Job"
+            );
+            Ok(())
+        }
+        Err(e) => Err(Error::kube(format!("creating Job {}", attempt.job_name))(e)),
+    }
+}
+
+/// Publishes one change (it is already written to status): an Event, a log line, metrics.
+async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: &Transition) {
+    let name = run.name_any();
+    let namespace = run.namespace().unwrap_or_default();
+    let dataset = run.spec.dataset.as_str();
+    let now = Timestamp::now();
+    ctx.metrics.record(dataset, transition, now.as_millisecond() as f64 / 1000.0);
+    match transition {
+        Transition::AttemptStarted { attempt, max_attempts } => {
+            let note = format!(
+                "attempt {} of {max_attempts}: Job {} with run id {}",
+                attempt.attempt, attempt.job_name, attempt.run_id
+            );
+            tracing::info!(etlrun = %name, namespace = %namespace, dataset, attempt = attempt.attempt, run_id = %attempt.run_id, "{note}");
+            publish(ctx, &run.metadata, EventType::Normal, "AttemptStarted", "Launch", note).await;
+        }
+        Transition::AttemptEnded { attempt, retry_after } => {
+            if attempt.outcome != Some(AttemptOutcome::Failed) {
+                return;
+            }
+            let reason = attempt.reason.clone().unwrap_or_else(|| "Failed".into());
+            let message = attempt.message.clone().unwrap_or_default();
+            let note = match retry_after {
+                Some(delay) => {
+                    format!("attempt {} failed: {message}; retrying in {}s", attempt.attempt, delay.as_secs())
+                }
+                None => format!("attempt {} failed: {message}", attempt.attempt),
+            };
+            tracing::warn!(
+                etlrun = %name, namespace = %namespace, dataset, attempt = attempt.attempt, run_id = %attempt.run_id,
+                reason = %reason, exit_code = attempt.exit_code, retryable = attempt.retryable, "{note}"
+            );
+            let action = if retry_after.is_some() { "Retry" } else { "Fail" };
+            publish(ctx, &run.metadata, EventType::Warning, &reason, action, note).await;
+        }
+        Transition::Finished { phase, reason, message, .. } => {
+            let run_id = status.run_id.clone().unwrap_or_default();
+            let attempt = status.attempts.len();
+            let (type_, event_reason) = match phase {
+                EtlRunPhase::Succeeded => (EventType::Normal, "Succeeded"),
+                EtlRunPhase::QualityGateFailed => (EventType::Warning, "QualityGateFailed"),
+                _ => (EventType::Warning, reason.as_str()),
+            };
+            tracing::info!(etlrun = %name, namespace = %namespace, dataset, attempt, run_id = %run_id, phase = %phase, reason = %reason, "{message}");
+            publish(ctx, &run.metadata, type_, event_reason, "Finish", format!("{phase}: {message}")).await;
+            if *phase == EtlRunPhase::Succeeded {
+                record_freshness(ctx, run, &namespace, &run_id, now).await;
+            }
+        }
+        Transition::Waiting { reason, message } => {
+            tracing::warn!(etlrun = %name, namespace = %namespace, dataset, reason = %reason, "{message}");
+            publish(ctx, &run.metadata, EventType::Warning, reason, "Wait", message.clone()).await;
+        }
+    }
+}
+
+/// Notes the dataset's last successful run in its status: its freshness, for people and dashboards.
+async fn record_freshness(ctx: &Context, run: &EtlRun, namespace: &str, run_id: &str, now: Timestamp) {
+    let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = serde_json::json!({
+        "apiVersion": format!("{}/{}", silverline_crds::GROUP, silverline_crds::VERSION),
+        "kind": "Dataset",
+        "status": { "lastSuccessfulRunId": run_id, "lastSuccessTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now) },
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    if let Err(e) = api.patch_status(&run.spec.dataset, &params, &Patch::Apply(&patch)).await {
+        tracing::warn!(dataset = %run.spec.dataset, error = %e, "cannot record the dataset's last success");
+    }
+}

@@ -1,0 +1,427 @@
+//! The objects an attempt needs, built without touching the API: the run's contract snapshot (a ConfigMap the
+//! worker reads with `--contract`) and one Job per attempt.
+
+use crate::{Error, Result};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EnvFromSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
+use kube::api::ObjectMeta;
+use silverline_crds::etlrun::MAX_ETLRUN_NAME;
+use silverline_crds::{Dataset, EtlRun};
+use std::collections::BTreeMap;
+
+/// The worker container's name; the pod failure policy refers to it.
+pub const WORKER_CONTAINER: &str = "worker";
+/// The worker's executable in its image.
+pub const WORKER_COMMAND: &str = "silverline-worker";
+/// Where the contract snapshot is mounted in the worker container.
+pub const CONTRACT_MOUNT: &str = "/etc/silverline/contract";
+/// The key (file name) of the Dataset manifest in the contract snapshot.
+pub const CONTRACT_KEY: &str = "dataset.yaml";
+
+pub const LABEL_ETLRUN: &str = "etl.silverline.dev/etlrun";
+pub const LABEL_DATASET: &str = "etl.silverline.dev/dataset";
+pub const LABEL_ATTEMPT: &str = "etl.silverline.dev/attempt";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "silverline-operator";
+pub const ANNOTATION_RUN_ID: &str = "etl.silverline.dev/run-id";
+
+/// The worker's permanent exit codes: the Job fails at once, the operator does not retry.
+pub const PERMANENT_EXIT_CODES: [i32; 4] = [2, 3, 4, 5];
+
+/// How worker Jobs are built: from the operator's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSettings {
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+    pub service_account: String,
+    /// The uid the worker runs as (non-root).
+    pub run_as_user: i64,
+    /// `activeDeadlineSeconds` of an attempt unless the EtlRun sets `deadlineSeconds`.
+    pub default_deadline_seconds: i64,
+    /// How long a finished Job (and its pod, with the logs) is kept.
+    pub ttl_seconds_after_finished: i32,
+    /// Worker resources unless the EtlRun sets `resources`.
+    pub default_resources: Option<ResourceRequirements>,
+}
+
+/// The Job of attempt `attempt` of EtlRun `run`.
+pub fn job_name(run: &str, attempt: u32) -> String {
+    format!("{run}-a{attempt}")
+}
+
+/// The ConfigMap holding the contract the run was started with.
+pub fn contract_name(run: &str) -> String {
+    format!("{run}-contract")
+}
+
+/// A run id: the attempt's UTC start time, the first 8 characters of the EtlRun's uid (two runs started in the
+/// same second differ) and the attempt number, e.g. `20240131T235959Z-0f3a9c12-a2`.
+pub fn run_id(started: Timestamp, uid: &str, attempt: u32) -> String {
+    let stamp = started.strftime("%Y%m%dT%H%M%SZ");
+    let short: String = uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    format!("{stamp}-{short}-a{attempt}")
+}
+
+/// The name, namespace and uid of an EtlRun, checked to be usable for the names derived from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunIdentity {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub owner: OwnerReference,
+}
+
+impl RunIdentity {
+    pub fn of(run: &EtlRun) -> Result<RunIdentity> {
+        let name = run.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
+        let namespace = run.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
+        let uid = run.metadata.uid.clone().ok_or(Error::MissingField("metadata.uid"))?;
+        if name.len() > MAX_ETLRUN_NAME || silverline_crds::names::check_dataset_name(&name).is_err() {
+            return Err(Error::InvalidResource {
+                name,
+                message: format!("the name must be a DNS label of at most {MAX_ETLRUN_NAME} characters"),
+            });
+        }
+        let owner = run.controller_owner_ref(&()).ok_or(Error::MissingField("metadata.uid"))?;
+        Ok(RunIdentity { name, namespace, uid, owner })
+    }
+}
+
+fn labels(run: &RunIdentity, dataset: &str, attempt: Option<u32>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        ("app.kubernetes.io/name".to_owned(), "silverline-worker".to_owned()),
+        (LABEL_ETLRUN.to_owned(), run.name.clone()),
+        (LABEL_DATASET.to_owned(), dataset.to_owned()),
+    ]);
+    if let Some(attempt) = attempt {
+        labels.insert(LABEL_ATTEMPT.to_owned(), attempt.to_string());
+    }
+    labels
+}
+
+/// The Dataset manifest the worker reads: apiVersion, kind, name and spec only.
+pub fn contract_manifest(dataset: &Dataset) -> Result<String> {
+    let name = dataset.metadata.name.clone().ok_or(Error::MissingField("Dataset metadata.name"))?;
+    let snapshot = Dataset::new(&name, dataset.spec.clone());
+    serde_yaml::to_string(&snapshot).map_err(|e| Error::Serialize { what: "the Dataset", message: e.to_string() })
+}
+
+/// The immutable snapshot of the contract, owned by the EtlRun: every attempt of a run applies the same contract.
+pub fn contract_config_map(run: &RunIdentity, dataset: &Dataset) -> Result<ConfigMap> {
+    let dataset_name = dataset.metadata.name.clone().ok_or(Error::MissingField("Dataset metadata.name"))?;
+    Ok(ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(contract_name(&run.name)),
+            namespace: Some(run.namespace.clone()),
+            labels: Some(labels(run, &dataset_name, None)),
+            owner_references: Some(vec![run.owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        immutable: Some(true),
+        data: Some(BTreeMap::from([(CONTRACT_KEY.to_owned(), contract_manifest(dataset)?)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// What one attempt runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptPlan<'a> {
+    pub attempt: u32,
+    pub run_id: &'a str,
+    pub job_name: &'a str,
+}
+
+/// The Job of one attempt: no retries inside the Job (the operator retries under a new run id), a deadline, a
+/// TTL, a pod failure policy that fails at once on the worker's permanent exit codes, and a restricted pod.
+pub fn worker_job(
+    run: &EtlRun,
+    identity: &RunIdentity,
+    dataset: &Dataset,
+    attempt: &AttemptPlan,
+    settings: &JobSettings,
+) -> Result<Job> {
+    let dataset_name = dataset.metadata.name.clone().ok_or(Error::MissingField("Dataset metadata.name"))?;
+    let labels = labels(identity, &dataset_name, Some(attempt.attempt));
+    let env_from = dataset.spec.storage.credentials_secret.as_ref().map(|secret| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: secret.name.clone(), optional: Some(false) }),
+            ..EnvFromSource::default()
+        }]
+    });
+    let container = Container {
+        name: WORKER_CONTAINER.to_owned(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        command: Some(vec![WORKER_COMMAND.to_owned()]),
+        args: Some(vec![
+            "run".into(),
+            "--contract".into(),
+            format!("{CONTRACT_MOUNT}/{CONTRACT_KEY}"),
+            "--input".into(),
+            run.spec.input.clone(),
+            "--run-id".into(),
+            attempt.run_id.to_owned(),
+            "--progress".into(),
+            "json".into(),
+        ]),
+        env_from,
+        resources: run.spec.resources.clone().or_else(|| settings.default_resources.clone()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "contract".into(),
+            mount_path: CONTRACT_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: Some(settings.service_account.clone()),
+        // The worker talks to the lake, never to the Kubernetes API.
+        automount_service_account_token: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(settings.run_as_user),
+            run_as_group: Some(settings.run_as_user),
+            seccomp_profile: Some(runtime_default()),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![container],
+        volumes: Some(vec![Volume {
+            name: "contract".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: contract_name(&identity.name),
+                default_mode: Some(0o444),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    };
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(attempt.job_name.to_owned()),
+            namespace: Some(identity.namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(ANNOTATION_RUN_ID.to_owned(), attempt.run_id.to_owned())])),
+            owner_references: Some(vec![identity.owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(run.spec.deadline_seconds.unwrap_or(settings.default_deadline_seconds)),
+            ttl_seconds_after_finished: Some(settings.ttl_seconds_after_finished),
+            pod_failure_policy: Some(PodFailurePolicy {
+                rules: vec![PodFailurePolicyRule {
+                    action: "FailJob".into(),
+                    on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                        container_name: Some(WORKER_CONTAINER.into()),
+                        operator: "In".into(),
+                        values: PERMANENT_EXIT_CODES.to_vec(),
+                    }),
+                    on_pod_conditions: None,
+                }],
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(ANNOTATION_RUN_ID.to_owned(), attempt.run_id.to_owned())])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use silverline_crds::EtlRunSpec;
+
+    const CONTRACT: &str = include_str!("../../examples/datasets/transactions.yaml");
+
+    fn settings() -> JobSettings {
+        JobSettings {
+            image: "ghcr.io/silverline-dev/worker:0.1.0".into(),
+            image_pull_policy: None,
+            service_account: "silverline-worker".into(),
+            run_as_user: 65532,
+            default_deadline_seconds: 3600,
+            ttl_seconds_after_finished: 86400,
+            default_resources: None,
+        }
+    }
+
+    fn run() -> EtlRun {
+        let mut run = EtlRun::new(
+            "tx-2024-01",
+            EtlRunSpec {
+                dataset: "transactions".into(),
+                input: "s3://bronze/tx/2024-01.csv".into(),
+                resources: None,
+                deadline_seconds: None,
+            },
+        );
+        run.metadata.namespace = Some("etl".into());
+        run.metadata.uid = Some("0f3a9c12-aaaa-bbbb-cccc-000000000000".into());
+        run
+    }
+
+    fn dataset() -> Dataset {
+        Dataset::from_manifest(CONTRACT).expect("example contract")
+    }
+
+    fn build(run: &EtlRun, dataset: &Dataset) -> Job {
+        let identity = RunIdentity::of(run).expect("identity");
+        let plan = AttemptPlan { attempt: 2, run_id: "20240131T235959Z-0f3a9c12-a2", job_name: "tx-2024-01-a2" };
+        worker_job(run, &identity, dataset, &plan, &settings()).expect("job")
+    }
+
+    #[test]
+    fn run_ids_are_valid_lake_segments_and_differ_per_attempt_and_run() {
+        let at: Timestamp = "2024-01-31T23:59:59.5Z".parse().expect("time");
+        let id = run_id(at, "0f3a9c12-aaaa", 2);
+        assert_eq!(id, "20240131T235959Z-0f3a9c12-a2");
+        assert!(silverline_crds::names::check_run_id(&id).is_ok());
+        assert_ne!(run_id(at, "0f3a9c12-aaaa", 3), id);
+        assert_ne!(run_id(at, "11111111-aaaa", 2), id);
+    }
+
+    #[test]
+    fn derived_names_stay_dns_labels_for_the_longest_run_name() {
+        let longest = "a".repeat(MAX_ETLRUN_NAME);
+        for name in [job_name(&longest, 999_999_999), contract_name(&longest)] {
+            assert!(name.len() <= 63, "{name}");
+            assert!(silverline_crds::names::check_dataset_name(&name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_job_never_retries_inside_itself_and_fails_at_once_on_permanent_exit_codes() {
+        let job = build(&run(), &dataset());
+        let spec = job.spec.expect("spec");
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.active_deadline_seconds, Some(3600));
+        assert_eq!(spec.ttl_seconds_after_finished, Some(86400));
+        let rule = &spec.pod_failure_policy.expect("policy").rules[0];
+        assert_eq!(rule.action, "FailJob");
+        let codes = rule.on_exit_codes.as_ref().expect("exit codes");
+        assert_eq!((codes.operator.as_str(), codes.values.as_slice()), ("In", &[2, 3, 4, 5][..]));
+        assert_eq!(codes.container_name.as_deref(), Some(WORKER_CONTAINER));
+        let pod = spec.template.spec.expect("pod");
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    }
+
+    #[test]
+    fn the_job_is_owned_by_the_run_and_named_by_attempt() {
+        let job = build(&run(), &dataset());
+        assert_eq!(job.metadata.name.as_deref(), Some("tx-2024-01-a2"));
+        let owner = &job.metadata.owner_references.expect("owner")[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("EtlRun", "tx-2024-01", Some(true)));
+        let labels = job.metadata.labels.expect("labels");
+        assert_eq!(labels.get(LABEL_ATTEMPT).map(String::as_str), Some("2"));
+        assert_eq!(labels.get(LABEL_DATASET).map(String::as_str), Some("transactions"));
+        let annotations = job.metadata.annotations.expect("annotations");
+        assert_eq!(annotations.get(ANNOTATION_RUN_ID).map(String::as_str), Some("20240131T235959Z-0f3a9c12-a2"));
+    }
+
+    #[test]
+    fn the_worker_runs_restricted_with_the_contract_snapshot_and_its_run_id() {
+        let job = build(&run(), &dataset());
+        let pod = job.spec.and_then(|s| s.template.spec).expect("pod");
+        assert_eq!(pod.service_account_name.as_deref(), Some("silverline-worker"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let pod_security = pod.security_context.expect("pod security");
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert_eq!(pod_security.seccomp_profile.map(|s| s.type_), Some("RuntimeDefault".into()));
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("ghcr.io/silverline-dev/worker:0.1.0"));
+        assert_eq!(c.command.as_deref(), Some(&[WORKER_COMMAND.to_owned()][..]));
+        let sc = c.security_context.as_ref().expect("security");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_owned()]));
+        let args = c.args.clone().expect("args").join(" ");
+        assert_eq!(
+            args,
+            "run --contract /etc/silverline/contract/dataset.yaml --input s3://bronze/tx/2024-01.csv \
+             --run-id 20240131T235959Z-0f3a9c12-a2 --progress json"
+        );
+        let volume = &pod.volumes.expect("volumes")[0];
+        assert_eq!(volume.config_map.as_ref().map(|c| c.name.as_str()), Some("tx-2024-01-contract"));
+    }
+
+    #[test]
+    fn credentials_are_referenced_never_copied() {
+        let job = build(&run(), &dataset());
+        let c = &job.spec.and_then(|s| s.template.spec).expect("pod").containers[0];
+        let from = c.env_from.as_ref().expect("envFrom");
+        assert_eq!(from[0].secret_ref.as_ref().map(|s| s.name.as_str()), Some("silverline-lake-credentials"));
+        assert!(c.env.is_none());
+
+        let mut anonymous = dataset();
+        anonymous.spec.storage.credentials_secret = None;
+        let c = &build(&run(), &anonymous).spec.and_then(|s| s.template.spec).expect("pod").containers[0];
+        assert!(c.env_from.is_none());
+    }
+
+    #[test]
+    fn overrides_in_the_run_win_over_the_defaults() {
+        let mut run = run();
+        run.spec.deadline_seconds = Some(120);
+        run.spec.resources = Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+        let spec = build(&run, &dataset()).spec.expect("spec");
+        assert_eq!(spec.active_deadline_seconds, Some(120));
+        assert!(spec.template.spec.expect("pod").containers[0].resources.is_some());
+    }
+
+    #[test]
+    fn the_contract_snapshot_is_an_immutable_dataset_manifest_the_worker_accepts() {
+        let identity = RunIdentity::of(&run()).expect("identity");
+        let cm = contract_config_map(&identity, &dataset()).expect("config map");
+        assert_eq!(cm.immutable, Some(true));
+        assert_eq!(cm.metadata.name.as_deref(), Some("tx-2024-01-contract"));
+        let text = cm.data.and_then(|d| d.get(CONTRACT_KEY).cloned()).expect("manifest");
+        let parsed = Dataset::from_manifest(&text).expect("the worker's parser accepts it");
+        assert_eq!(parsed.spec, dataset().spec);
+        assert!(parsed.status.is_none());
+    }
+
+    #[test]
+    fn a_run_name_too_long_for_its_jobs_is_refused() {
+        let mut run = run();
+        run.metadata.name = Some("a".repeat(MAX_ETLRUN_NAME + 1));
+        assert!(matches!(RunIdentity::of(&run), Err(Error::InvalidResource { .. })));
+    }
+}

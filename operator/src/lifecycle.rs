@@ -1,0 +1,700 @@
+//! The life of an EtlRun as a pure function: from what was observed (status, contract, the current attempt's Job,
+//! the lake) to the next status, whether to launch an attempt, when to look again, and what changed.
+//!
+//! ```text
+//! Pending ──launch──▶ Running ──Job complete──▶ Validating ──_SUCCESS──▶ Succeeded
+//!    ▲                   │                          │
+//!    └──transient, ◀─────┤ Job failed               └──no _SUCCESS in time──▶ (failed attempt)
+//!       attempts left    ├──permanent or no attempts left──▶ Failed
+//!                        └──exit 5 + _QUALITY_REPORT.json──▶ QualityGateFailed
+//! ```
+
+use crate::failure::{self, Classified, FailureReason, JobFailure};
+use crate::job;
+use crate::lake::LakeFinding;
+use crate::retry::{self, RetryPolicy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use silverline_crds::report::RunReport;
+use silverline_crds::{AttemptOutcome, AttemptStatus, EtlRunPhase, EtlRunStatus, RunResult};
+use std::time::Duration;
+
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+pub const CONDITION_SUCCEEDED: &str = "Succeeded";
+
+/// What the contract of the run says, once it is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContractFacts {
+    pub max_attempts: u32,
+}
+
+/// Why the run cannot start (or go on) yet. Each waits for a change of the Dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContractProblem {
+    DatasetNotFound { name: String },
+    InvalidDataset { name: String, message: String },
+}
+
+impl ContractProblem {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ContractProblem::DatasetNotFound { .. } => "DatasetNotFound",
+            ContractProblem::InvalidDataset { .. } => "InvalidDataset",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ContractProblem::DatasetNotFound { name } => format!("Dataset {name} does not exist in this namespace"),
+            ContractProblem::InvalidDataset { name, message } => format!("Dataset {name} is not valid: {message}"),
+        }
+    }
+}
+
+/// The current attempt's Job, as read from the API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    /// No Job of that name: not created yet, or deleted (TTL, a person, the garbage collector).
+    Missing,
+    Active,
+    Complete {
+        finished_at: Option<Timestamp>,
+    },
+    Failed {
+        failure: JobFailure,
+        finished_at: Option<Timestamp>,
+    },
+}
+
+/// Tunables of the lifecycle, from the operator's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleSettings {
+    pub retry: RetryPolicy,
+    /// How long after a Job finished the operator keeps looking for its `_SUCCESS` (or quality report) before
+    /// it counts the attempt as failed: object stores may show a new object late.
+    pub lake_grace: Duration,
+    /// How often it looks in that time.
+    pub lake_check_interval: Duration,
+    /// How often a run that is waiting on something else is looked at anyway.
+    pub resync: Duration,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        LifecycleSettings {
+            retry: RetryPolicy::default(),
+            lake_grace: Duration::from_secs(30),
+            lake_check_interval: Duration::from_secs(3),
+            resync: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything one decision needs.
+#[derive(Debug, Clone)]
+pub struct Observed<'a> {
+    pub now: Timestamp,
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub generation: Option<i64>,
+    pub status: &'a EtlRunStatus,
+    pub contract: Result<ContractFacts, ContractProblem>,
+    /// The Job of the attempt in flight; `None` when no attempt is in flight.
+    pub job: Option<JobState>,
+    /// The lake's markers for the attempt in flight, read when its Job is not active.
+    pub lake: Option<LakeFinding>,
+}
+
+/// A change worth an Event, a log line and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    AttemptStarted { attempt: AttemptStatus, max_attempts: u32 },
+    AttemptEnded { attempt: AttemptStatus, retry_after: Option<Duration> },
+    Finished { phase: EtlRunPhase, reason: String, message: String, result: Option<RunResult>, seconds: Option<f64> },
+    Waiting { reason: String, message: String },
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub status: EtlRunStatus,
+    /// Make sure this attempt's Job exists (after the status naming it is written).
+    pub launch: Option<AttemptStatus>,
+    /// When to look again; `None` waits for a change.
+    pub requeue_after: Option<Duration>,
+    pub transitions: Vec<Transition>,
+}
+
+struct Builder<'a> {
+    observed: &'a Observed<'a>,
+    settings: &'a LifecycleSettings,
+    status: EtlRunStatus,
+    launch: Option<AttemptStatus>,
+    requeue_after: Option<Duration>,
+    transitions: Vec<Transition>,
+}
+
+/// Decides what comes next for one EtlRun.
+pub fn plan(observed: &Observed, settings: &LifecycleSettings) -> Plan {
+    let mut b = Builder {
+        observed,
+        settings,
+        status: observed.status.clone(),
+        launch: None,
+        requeue_after: Some(settings.resync),
+        transitions: Vec::new(),
+    };
+    if observed.status.phase.is_some_and(EtlRunPhase::is_terminal) {
+        return Plan { status: b.status, launch: None, requeue_after: None, transitions: Vec::new() };
+    }
+    b.status.observed_generation = observed.generation;
+    match &observed.contract {
+        Err(problem) => b.wait(problem.reason(), problem.message()),
+        Ok(facts) => match current_attempt(&b.status) {
+            None => b.next_attempt(facts),
+            Some(index) => b.follow_attempt(index, facts),
+        },
+    }
+    Plan { status: b.status, launch: b.launch, requeue_after: b.requeue_after, transitions: b.transitions }
+}
+
+/// The attempt in flight: the last one, if it has not ended.
+pub fn current_attempt(status: &EtlRunStatus) -> Option<usize> {
+    let last = status.attempts.len().checked_sub(1)?;
+    status.attempts[last].outcome.is_none().then_some(last)
+}
+
+fn time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+fn until(now: Timestamp, later: Timestamp) -> Duration {
+    let gap = later.duration_since(now);
+    if gap.is_negative() { Duration::ZERO } else { gap.unsigned_abs() }
+}
+
+fn after(t: Timestamp, d: Duration) -> Timestamp {
+    let d = SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
+    t.checked_add(d).unwrap_or(Timestamp::MAX)
+}
+
+impl Builder<'_> {
+    fn now(&self) -> Timestamp {
+        self.observed.now
+    }
+
+    /// Sets the phase and the two conditions that describe it.
+    fn set_phase(&mut self, phase: EtlRunPhase, reason: &str, message: &str) {
+        self.status.phase = Some(phase);
+        let (progressing, succeeded, succeeded_reason) = match phase {
+            EtlRunPhase::Pending | EtlRunPhase::Running | EtlRunPhase::Validating => ("True", "Unknown", "InProgress"),
+            EtlRunPhase::Succeeded => ("False", "True", reason),
+            EtlRunPhase::Failed | EtlRunPhase::QualityGateFailed => ("False", "False", reason),
+        };
+        let progress_reason = if phase.is_terminal() { "Finished" } else { reason };
+        let succeeded_message = if phase.is_terminal() { message } else { "the run has not finished" };
+        self.set_condition(CONDITION_PROGRESSING, progressing, progress_reason, message);
+        self.set_condition(CONDITION_SUCCEEDED, succeeded, succeeded_reason, succeeded_message);
+    }
+
+    fn set_condition(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
+        let now = self.now();
+        let generation = self.observed.generation;
+        let conditions = &mut self.status.conditions;
+        let transition_time = conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| time(now), |c| c.last_transition_time.clone());
+        conditions.retain(|c| c.type_ != type_);
+        conditions.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            last_transition_time: transition_time,
+            observed_generation: generation,
+        });
+        conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    }
+
+    fn progressing_reason(status: &EtlRunStatus) -> Option<&str> {
+        status.conditions.iter().find(|c| c.type_ == CONDITION_PROGRESSING).map(|c| c.reason.as_str())
+    }
+
+    fn wait(&mut self, reason: &str, message: String) {
+        let changed = Self::progressing_reason(self.observed.status) != Some(reason);
+        if current_attempt(&self.status).is_none() {
+            self.set_phase(EtlRunPhase::Pending, reason, &message);
+        } else {
+            // An attempt is in flight: its phase stands, the condition says why the operator cannot follow it.
+            self.set_condition(CONDITION_PROGRESSING, "True", reason, &message);
+        }
+        if changed {
+            self.transitions.push(Transition::Waiting { reason: reason.to_owned(), message });
+        }
+        self.requeue_after = Some(self.settings.resync);
+    }
+
+    fn next_attempt(&mut self, facts: &ContractFacts) {
+        let number = self.status.attempts.len() as u32 + 1;
+        if number > facts.max_attempts {
+            let message = format!("all {} attempts have ended without success", facts.max_attempts);
+            return self.finish(EtlRunPhase::Failed, "AttemptsExhausted", message, None);
+        }
+        if let Some(at) = self.status.next_attempt_at.as_ref().map(|t| t.0) {
+            if at > self.now() {
+                let message = format!("attempt {number} of {} starts at {at}", facts.max_attempts);
+                self.set_phase(EtlRunPhase::Pending, "BackingOff", &message);
+                self.requeue_after = Some(until(self.now(), at).max(Duration::from_millis(100)));
+                return;
+            }
+        }
+        let run_id = job::run_id(self.now(), self.observed.uid, number);
+        let attempt = AttemptStatus {
+            attempt: number,
+            run_id: run_id.clone(),
+            job_name: job::job_name(self.observed.name, number),
+            started_at: Some(time(self.now())),
+            finished_at: None,
+            outcome: None,
+            exit_code: None,
+            reason: None,
+            message: None,
+            retryable: None,
+            lake_checks: 0,
+        };
+        let message =
+            format!("attempt {number} of {} runs as Job {} with run id {run_id}", facts.max_attempts, attempt.job_name);
+        self.status.attempts.push(attempt.clone());
+        self.status.run_id = Some(run_id);
+        self.status.next_attempt_at = None;
+        if self.status.started_at.is_none() {
+            self.status.started_at = Some(time(self.now()));
+        }
+        self.set_phase(EtlRunPhase::Running, "AttemptRunning", &message);
+        self.transitions
+            .push(Transition::AttemptStarted { attempt: attempt.clone(), max_attempts: facts.max_attempts });
+        self.launch = Some(attempt);
+    }
+
+    fn follow_attempt(&mut self, index: usize, facts: &ContractFacts) {
+        let attempt = self.status.attempts[index].clone();
+        let lake = self.observed.lake.clone().unwrap_or(LakeFinding::Nothing);
+        // `_SUCCESS` is the commit of a run: whatever the Job says, a committed run succeeded.
+        if let (LakeFinding::Success { report, uri }, false) = (&lake, self.observed.job == Some(JobState::Active)) {
+            return self.succeed(index, report, uri);
+        }
+        match self.observed.job.clone().unwrap_or(JobState::Missing) {
+            JobState::Active => {
+                let message = format!(
+                    "attempt {} of {} runs as Job {} with run id {}",
+                    attempt.attempt, facts.max_attempts, attempt.job_name, attempt.run_id
+                );
+                self.set_phase(EtlRunPhase::Running, "AttemptRunning", &message);
+            }
+            JobState::Missing => match lake {
+                LakeFinding::QualityReport { report, uri } => self.quality_gate_failed(index, &report, &uri),
+                LakeFinding::CircuitBreaker { uri } => {
+                    let (reason, meaning) = failure::exit_code_meaning(4);
+                    let message = format!("the Job is gone; the lake holds {uri}: {meaning}");
+                    self.end_attempt(index, facts, Classified { reason, exit_code: None, message });
+                }
+                LakeFinding::Claimed => {
+                    let message = format!(
+                        "Job {} disappeared after the worker claimed run id {}, and the lake holds no report",
+                        attempt.job_name, attempt.run_id
+                    );
+                    self.end_attempt(
+                        index,
+                        facts,
+                        Classified { reason: FailureReason::JobLost, exit_code: None, message },
+                    );
+                }
+                LakeFinding::Nothing | LakeFinding::Success { .. } => {
+                    // Never created, or removed before the worker started: the same attempt, same run id.
+                    let message = format!(
+                        "attempt {} of {} runs as Job {} with run id {}",
+                        attempt.attempt, facts.max_attempts, attempt.job_name, attempt.run_id
+                    );
+                    self.set_phase(EtlRunPhase::Running, "AttemptRunning", &message);
+                    self.launch = Some(attempt);
+                }
+            },
+            JobState::Complete { finished_at } => match lake {
+                LakeFinding::QualityReport { report, uri } => self.quality_gate_failed(index, &report, &uri),
+                _ => self.await_marker(index, facts, finished_at, FailureReason::SuccessMarkerMissing, Some(0)),
+            },
+            JobState::Failed { failure, finished_at } => {
+                let classified = failure::classify(&failure);
+                if classified.reason != FailureReason::QualityGate {
+                    return self.end_attempt(index, facts, classified);
+                }
+                match lake {
+                    LakeFinding::QualityReport { report, uri } => self.quality_gate_failed(index, &report, &uri),
+                    _ => self.await_marker(index, facts, finished_at, FailureReason::QualityReportMissing, Some(5)),
+                }
+            }
+        }
+    }
+
+    /// The Job finished but its report is not in the lake yet: look again until the grace period is over.
+    fn await_marker(
+        &mut self,
+        index: usize,
+        facts: &ContractFacts,
+        finished_at: Option<Timestamp>,
+        missing: FailureReason,
+        exit_code: Option<i32>,
+    ) {
+        let attempt = &mut self.status.attempts[index];
+        attempt.lake_checks = attempt.lake_checks.saturating_add(1);
+        let (checks, run_id) = (attempt.lake_checks, attempt.run_id.clone());
+        let since = finished_at.or(attempt.started_at.as_ref().map(|t| t.0)).unwrap_or(self.observed.now);
+        let deadline = after(since, self.settings.lake_grace);
+        let marker = if missing == FailureReason::SuccessMarkerMissing { "_SUCCESS" } else { "_QUALITY_REPORT.json" };
+        if self.now() < deadline {
+            let message = format!("the Job finished; looking for run {run_id}'s {marker} in the lake (check {checks})");
+            self.set_phase(EtlRunPhase::Validating, "AwaitingReport", &message);
+            self.requeue_after = Some(self.settings.lake_check_interval.min(until(self.now(), deadline)));
+            return;
+        }
+        let message = format!(
+            "the Job finished (exit code {}) but run {run_id}'s {marker} is not in the lake after {checks} checks over {}s",
+            exit_code.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+            self.settings.lake_grace.as_secs()
+        );
+        self.end_attempt(index, facts, Classified { reason: missing, exit_code, message });
+    }
+
+    fn close_attempt(
+        &mut self,
+        index: usize,
+        outcome: AttemptOutcome,
+        exit_code: Option<i32>,
+        reason: &str,
+        message: &str,
+    ) {
+        let now = self.now();
+        let attempt = &mut self.status.attempts[index];
+        attempt.outcome = Some(outcome);
+        attempt.finished_at = Some(time(now));
+        attempt.exit_code = exit_code.or(attempt.exit_code);
+        attempt.reason = Some(reason.to_owned());
+        attempt.message = Some(message.to_owned());
+    }
+
+    fn end_attempt(&mut self, index: usize, facts: &ContractFacts, failure: Classified) {
+        let retryable = failure.reason.is_retryable();
+        self.close_attempt(index, AttemptOutcome::Failed, failure.exit_code, failure.reason.as_str(), &failure.message);
+        self.status.attempts[index].retryable = Some(retryable);
+        let attempt = self.status.attempts[index].clone();
+        if retryable && attempt.attempt < facts.max_attempts {
+            let delay = self.settings.retry.delay(attempt.attempt, retry::jitter(self.observed.uid, attempt.attempt));
+            let at = after(self.now(), delay);
+            self.status.next_attempt_at = Some(time(at));
+            let message = format!(
+                "attempt {} of {} failed ({}: {}); attempt {} starts at {at}",
+                attempt.attempt,
+                facts.max_attempts,
+                failure.reason,
+                failure.message,
+                attempt.attempt + 1
+            );
+            self.set_phase(EtlRunPhase::Pending, "BackingOff", &message);
+            self.requeue_after = Some(delay.max(Duration::from_millis(100)));
+            self.transitions.push(Transition::AttemptEnded { attempt, retry_after: Some(delay) });
+            return;
+        }
+        let why = if retryable {
+            format!("attempt {} of {} failed, none left", attempt.attempt, facts.max_attempts)
+        } else {
+            format!("attempt {} failed permanently", attempt.attempt)
+        };
+        let message = format!("{why}: {}", failure.message);
+        self.transitions.push(Transition::AttemptEnded { attempt, retry_after: None });
+        self.finish(EtlRunPhase::Failed, failure.reason.as_str(), message, None);
+    }
+
+    fn succeed(&mut self, index: usize, report: &RunReport, uri: &str) {
+        let result = RunResult::from_report(report, uri);
+        let message = format!(
+            "{} rows: {} valid, {} quarantined, {} condemned; {uri}",
+            report.input_rows, report.valid_rows_count, report.quarantined_rows_count, report.condemned_rows_count
+        );
+        self.close_attempt(index, AttemptOutcome::Succeeded, Some(0), "SuccessVerified", &message);
+        let attempt = self.status.attempts[index].clone();
+        self.transitions.push(Transition::AttemptEnded { attempt, retry_after: None });
+        self.finish(EtlRunPhase::Succeeded, "SuccessVerified", message, Some(result));
+    }
+
+    fn quality_gate_failed(&mut self, index: usize, report: &RunReport, uri: &str) {
+        let result = RunResult::from_report(report, uri);
+        let message = format!(
+            "quarantine rate {:.4} is above the contract's maximum: {} of {} rows quarantined; data and quarantine \
+             kept for review, report at {uri}",
+            report.quarantine_rate, report.quarantined_rows_count, report.input_rows
+        );
+        self.close_attempt(
+            index,
+            AttemptOutcome::QualityGateFailed,
+            Some(5),
+            FailureReason::QualityGate.as_str(),
+            &message,
+        );
+        self.status.attempts[index].retryable = Some(false);
+        let attempt = self.status.attempts[index].clone();
+        self.transitions.push(Transition::AttemptEnded { attempt, retry_after: None });
+        self.finish(EtlRunPhase::QualityGateFailed, FailureReason::QualityGate.as_str(), message, Some(result));
+    }
+
+    fn finish(&mut self, phase: EtlRunPhase, reason: &str, message: String, result: Option<RunResult>) {
+        let now = self.now();
+        self.status.finished_at = Some(time(now));
+        self.status.next_attempt_at = None;
+        self.status.result = result.clone();
+        self.set_phase(phase, reason, &message);
+        let seconds = self.status.started_at.as_ref().map(|s| now.duration_since(s.0).as_secs_f64().max(0.0));
+        self.transitions.push(Transition::Finished { phase, reason: reason.to_owned(), message, result, seconds });
+        self.requeue_after = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::PodEnd;
+
+    const UID: &str = "0f3a9c12-0000-0000-0000-000000000000";
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).expect("valid")
+    }
+
+    fn settings() -> LifecycleSettings {
+        LifecycleSettings {
+            retry: RetryPolicy { jitter_ratio: 0.0, ..RetryPolicy::default() },
+            lake_grace: Duration::from_secs(10),
+            lake_check_interval: Duration::from_secs(2),
+            resync: Duration::from_secs(300),
+        }
+    }
+
+    fn observe<'a>(
+        status: &'a EtlRunStatus,
+        now: i64,
+        job: Option<JobState>,
+        lake: Option<LakeFinding>,
+    ) -> Observed<'a> {
+        Observed {
+            now: at(now),
+            name: "tx",
+            uid: UID,
+            generation: Some(1),
+            status,
+            contract: Ok(ContractFacts { max_attempts: 3 }),
+            job,
+            lake,
+        }
+    }
+
+    fn report(run_id: &str, quarantined: u64) -> Box<RunReport> {
+        let text = serde_json::json!({
+            "outcome": "success", "run_id": run_id, "dataset": "tx", "schema_v": "v1", "lake_uri": "file:///l",
+            "input_uri": "/in.csv", "input_checksum": "00", "inputs": [], "worker_version": "0.1.0", "git_sha": "x",
+            "started_at": "2024-01-01T00:00:00Z", "finished_at": "2024-01-01T00:00:01Z", "duration_seconds": 1.0,
+            "input_rows": 100, "valid_rows_count": 100 - quarantined - 1, "quarantined_rows_count": quarantined,
+            "condemned_rows_count": 1, "quarantine_rate": quarantined as f64 / 100.0,
+            "error_type_distribution": {}, "condemned_reason_distribution": {}, "avg_attempt_count": 1.0,
+            "duplicate_detection_rate": 0.01, "auto_condemnation_rate": 0.0, "files": []
+        });
+        Box::new(serde_json::from_value(text).expect("report"))
+    }
+
+    fn failed_with(code: i32) -> JobState {
+        JobState::Failed {
+            failure: JobFailure {
+                job_reason: Some("BackoffLimitExceeded".into()),
+                job_message: None,
+                pod: Some(PodEnd {
+                    exit_code: Some(code),
+                    container_reason: Some("Error".into()),
+                    ..PodEnd::default()
+                }),
+            },
+            finished_at: Some(at(20)),
+        }
+    }
+
+    /// Starts attempt 1 at t=0 and returns the status.
+    fn started() -> EtlRunStatus {
+        let empty = EtlRunStatus::default();
+        plan(&observe(&empty, 0, None, None), &settings()).status
+    }
+
+    fn condition<'a>(status: &'a EtlRunStatus, type_: &str) -> (&'a str, &'a str) {
+        let c = status.conditions.iter().find(|c| c.type_ == type_).expect("condition");
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn a_new_run_launches_attempt_one_with_a_run_id_and_a_job_name() {
+        let empty = EtlRunStatus::default();
+        let p = plan(&observe(&empty, 0, None, None), &settings());
+        let launched = p.launch.expect("launch");
+        assert_eq!((launched.attempt, launched.job_name.as_str()), (1, "tx-a1"));
+        assert_eq!(launched.run_id, job::run_id(at(0), UID, 1));
+        assert_eq!(p.status.phase, Some(EtlRunPhase::Running));
+        assert_eq!(p.status.run_id.as_deref(), Some(launched.run_id.as_str()));
+        assert_eq!(p.status.observed_generation, Some(1));
+        assert_eq!(condition(&p.status, CONDITION_PROGRESSING), ("True", "AttemptRunning"));
+        assert_eq!(condition(&p.status, CONDITION_SUCCEEDED), ("Unknown", "InProgress"));
+        assert!(matches!(p.transitions.as_slice(), [Transition::AttemptStarted { max_attempts: 3, .. }]));
+    }
+
+    #[test]
+    fn the_next_phase_follows_the_job_and_the_lake() {
+        use EtlRunPhase::*;
+        let s = started();
+        let run_id = s.attempts[0].run_id.clone();
+        let success = || Some(LakeFinding::Success { report: report(&run_id, 1), uri: "file:///l/_SUCCESS".into() });
+        let quality = || Some(LakeFinding::QualityReport { report: report(&run_id, 30), uri: "file:///l/_Q".into() });
+        let complete = || Some(JobState::Complete { finished_at: Some(at(20)) });
+        type Case<'a> = (&'a str, Option<JobState>, Option<LakeFinding>, i64, EtlRunPhase, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            ("job running", Some(JobState::Active), None, 10, Running, None),
+            ("complete with _SUCCESS", complete(), success(), 21, Succeeded, Some("SuccessVerified")),
+            ("complete, marker not yet visible", complete(), Some(LakeFinding::Nothing), 22, Validating, None),
+            ("complete, grace over", complete(), Some(LakeFinding::Nothing), 31, Pending, Some("SuccessMarkerMissing")),
+            ("exit 3", Some(failed_with(3)), Some(LakeFinding::Claimed), 21, Failed, Some("SchemaDrift")),
+            ("exit 2", Some(failed_with(2)), Some(LakeFinding::Nothing), 21, Failed, Some("ConfigurationError")),
+            ("exit 4", Some(failed_with(4)), Some(LakeFinding::Claimed), 21, Failed, Some("CircuitBreaker")),
+            ("exit 5 with report", Some(failed_with(5)), quality(), 21, QualityGateFailed, Some("QualityGate")),
+            ("exit 5, report late", Some(failed_with(5)), Some(LakeFinding::Nothing), 21, Validating, None),
+            (
+                "exit 5, no report",
+                Some(failed_with(5)),
+                Some(LakeFinding::Nothing),
+                31,
+                Failed,
+                Some("QualityReportMissing"),
+            ),
+            ("exit 75", Some(failed_with(75)), Some(LakeFinding::Claimed), 21, Pending, Some("TransientFailure")),
+            ("exit 1", Some(failed_with(1)), Some(LakeFinding::Claimed), 21, Pending, Some("WorkerError")),
+            ("killed", Some(failed_with(137)), Some(LakeFinding::Claimed), 21, Pending, Some("Killed")),
+            ("failed after commit", Some(failed_with(137)), success(), 21, Succeeded, Some("SuccessVerified")),
+            ("job gone, committed", Some(JobState::Missing), success(), 21, Succeeded, Some("SuccessVerified")),
+            ("job gone after claim", Some(JobState::Missing), Some(LakeFinding::Claimed), 21, Pending, Some("JobLost")),
+            ("job not created yet", Some(JobState::Missing), Some(LakeFinding::Nothing), 1, Running, None),
+        ];
+        for (case, job, lake, now, phase, reason) in cases {
+            let p = plan(&observe(&s, now, job, lake), &settings());
+            assert_eq!(p.status.phase, Some(phase), "{case}");
+            assert_eq!(p.status.attempts[0].reason.as_deref(), reason, "{case}");
+            assert_eq!(p.status.attempts.len(), 1, "{case}: no attempt is added by following one");
+        }
+    }
+
+    #[test]
+    fn success_copies_the_reports_counts_into_status() {
+        let s = started();
+        let run_id = s.attempts[0].run_id.clone();
+        let lake = LakeFinding::Success { report: report(&run_id, 2), uri: "file:///l/_SUCCESS".into() };
+        let p = plan(&observe(&s, 30, Some(JobState::Complete { finished_at: Some(at(29)) }), Some(lake)), &settings());
+        let result = p.status.result.clone().expect("result");
+        assert_eq!(
+            (result.input_rows, result.valid_rows, result.quarantined_rows, result.condemned_rows),
+            (100, 97, 2, 1)
+        );
+        assert_eq!(result.report_uri, "file:///l/_SUCCESS");
+        assert_eq!(p.status.attempts[0].outcome, Some(AttemptOutcome::Succeeded));
+        assert_eq!(condition(&p.status, CONDITION_SUCCEEDED), ("True", "SuccessVerified"));
+        assert_eq!(condition(&p.status, CONDITION_PROGRESSING), ("False", "Finished"));
+        assert_eq!(p.requeue_after, None);
+        match p.transitions.last() {
+            Some(Transition::Finished { phase: EtlRunPhase::Succeeded, seconds: Some(s), .. }) => assert_eq!(*s, 30.0),
+            other => panic!("expected Finished, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_transient_failure_backs_off_then_launches_a_new_attempt_under_a_new_run_id() {
+        let s = started();
+        let failed = plan(&observe(&s, 20, Some(failed_with(75)), Some(LakeFinding::Claimed)), &settings());
+        assert_eq!(failed.status.next_attempt_at.as_ref().map(|t| t.0), Some(at(50)), "base 30s after attempt 1");
+        assert_eq!(failed.requeue_after, Some(Duration::from_secs(30)));
+        assert!(failed.launch.is_none());
+        assert_eq!(failed.status.attempts[0].retryable, Some(true));
+        assert_eq!(failed.status.attempts[0].exit_code, Some(75));
+
+        let early = plan(&observe(&failed.status, 40, None, None), &settings());
+        assert!(early.launch.is_none());
+        assert_eq!(early.status.phase, Some(EtlRunPhase::Pending));
+        assert_eq!(early.requeue_after, Some(Duration::from_secs(10)));
+        assert!(early.transitions.is_empty(), "waiting out the backoff is not a new event");
+
+        let retried = plan(&observe(&failed.status, 50, None, None), &settings());
+        let second = retried.launch.expect("attempt 2");
+        assert_eq!((second.attempt, second.job_name.as_str()), (2, "tx-a2"));
+        assert_ne!(second.run_id, s.attempts[0].run_id);
+        assert_eq!(retried.status.attempts.len(), 2);
+        assert_eq!(retried.status.next_attempt_at, None);
+    }
+
+    #[test]
+    fn backoff_grows_per_attempt_and_the_last_attempt_fails_the_run() {
+        let mut status = started();
+        let mut delays = Vec::new();
+        let mut now = 0;
+        for _ in 0..3 {
+            now += 20;
+            let p = plan(&observe(&status, now, Some(failed_with(75)), Some(LakeFinding::Claimed)), &settings());
+            delays.push(p.status.next_attempt_at.as_ref().map(|t| t.0.duration_since(at(now)).as_secs()));
+            status = p.status;
+            if status.phase == Some(EtlRunPhase::Failed) {
+                break;
+            }
+            now += 1000;
+            status = plan(&observe(&status, now, None, None), &settings()).status;
+        }
+        assert_eq!(delays, [Some(30), Some(60), None]);
+        assert_eq!(status.phase, Some(EtlRunPhase::Failed));
+        assert_eq!(status.attempts.len(), 3);
+        assert_eq!(condition(&status, CONDITION_SUCCEEDED), ("False", "TransientFailure"));
+        let message = &status.conditions.iter().find(|c| c.type_ == CONDITION_SUCCEEDED).expect("c").message;
+        assert!(message.contains("attempt 3 of 3 failed, none left") && message.contains("exit code 75"), "{message}");
+    }
+
+    #[test]
+    fn terminal_runs_are_left_alone() {
+        let s = started();
+        let done = plan(&observe(&s, 20, Some(failed_with(3)), Some(LakeFinding::Nothing)), &settings()).status;
+        let p = plan(&observe(&done, 5000, Some(JobState::Missing), Some(LakeFinding::Nothing)), &settings());
+        assert_eq!(p.status, done);
+        assert!(p.launch.is_none() && p.transitions.is_empty() && p.requeue_after.is_none());
+    }
+
+    #[test]
+    fn a_missing_dataset_waits_and_reports_it_once() {
+        let empty = EtlRunStatus::default();
+        let mut o = observe(&empty, 0, None, None);
+        o.contract = Err(ContractProblem::DatasetNotFound { name: "tx".into() });
+        let p = plan(&o, &settings());
+        assert_eq!(p.status.phase, Some(EtlRunPhase::Pending));
+        assert!(p.launch.is_none());
+        assert_eq!(condition(&p.status, CONDITION_PROGRESSING), ("True", "DatasetNotFound"));
+        assert_eq!(p.transitions.len(), 1);
+        let mut again = observe(&p.status, 10, None, None);
+        again.contract = Err(ContractProblem::DatasetNotFound { name: "tx".into() });
+        let p2 = plan(&again, &settings());
+        assert!(p2.transitions.is_empty());
+        assert_eq!(p2.status, p.status, "nothing changes, so nothing is written");
+    }
+
+    #[test]
+    fn an_unchanged_observation_plans_an_unchanged_status() {
+        let s = started();
+        let p = plan(&observe(&s, 10, Some(JobState::Active), None), &settings());
+        assert_eq!(p.status, s);
+        assert!(p.transitions.is_empty() && p.launch.is_none());
+    }
+}

@@ -1,0 +1,97 @@
+//! `silverline-operator`: runs EtlRuns as Jobs of the worker. See operator/README.md.
+
+use clap::Parser;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use silverline_operator::config::Config;
+use silverline_operator::controller::{self, Context};
+use silverline_operator::http::{self, Probes};
+use silverline_operator::leader::LeaderElector;
+use silverline_operator::metrics::Metrics;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let metrics = Arc::new(Metrics::new()?);
+    let ready = Arc::new(AtomicBool::new(false));
+    let (addr, _server) =
+        http::serve(config.http_addr, Probes { metrics: metrics.clone(), ready: ready.clone() }).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+
+    let client = Client::try_default().await?;
+    let version = client.apiserver_version().await?;
+    ready.store(true, Ordering::Relaxed);
+    let elector = LeaderElector::new(client.clone(), config.lease_settings());
+    let lease = elector.settings().clone();
+    tracing::info!(
+        apiserver = %version.git_version, lease = %lease.name, lease_namespace = %lease.namespace,
+        identity = %lease.identity, "waiting for the leader Lease"
+    );
+    tokio::select! {
+        () = elector.acquire() => {}
+        () = shutdown_signal() => return Ok(()),
+    }
+    metrics.leader.set(1);
+    tracing::info!(identity = %lease.identity, namespace = ?config.namespace, "leading: reconciling EtlRuns");
+
+    let reporter = Reporter { controller: "silverline-operator".into(), instance: Some(lease.identity.clone()) };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client, reporter),
+        metrics: metrics.clone(),
+        jobs: config.job_settings(),
+        lifecycle: config.lifecycle_settings(),
+    });
+    tokio::select! {
+        () = controller::run(ctx, config.namespace.clone()) => {
+            elector.release().await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        lost = elector.hold() => {
+            metrics.leader.set(0);
+            Err(Box::new(lost))
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    init_logging();
+    match run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "silverline-operator stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Prometheus metrics. Labels are of low cardinality only: dataset, result, reason, error category — never run
+//! ids or object names.
+
+use crate::failure::FailureReason;
+use crate::lifecycle::Transition;
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramTimer, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+use silverline_crds::{AttemptOutcome, EtlRunPhase};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub runs: IntCounterVec,
+    pub attempts: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub run_duration: HistogramVec,
+    pub rows: IntCounterVec,
+    pub last_quarantine_rate: GaugeVec,
+    pub last_success: GaugeVec,
+    pub reconciles: IntCounter,
+    pub reconcile_errors: IntCounterVec,
+    pub reconcile_duration: Histogram,
+    pub leader: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("silverline".into()), None)?;
+        let runs = IntCounterVec::new(
+            Opts::new("runs_total", "EtlRuns finished, by result (succeeded, failed, quality_gate_failed)"),
+            &["dataset", "result"],
+        )?;
+        let attempts = IntCounterVec::new(
+            Opts::new("attempts_total", "Attempts ended, by result and reason"),
+            &["dataset", "result", "reason"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new("retries_total", "Attempts scheduled after a transient failure, by its reason"),
+            &["dataset", "reason"],
+        )?;
+        let run_duration = HistogramVec::new(
+            HistogramOpts::new("run_duration_seconds", "From the first attempt's start to the run's end")
+                .buckets(vec![1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0]),
+            &["dataset", "result"],
+        )?;
+        let rows = IntCounterVec::new(
+            Opts::new("rows_total", "Rows of finished runs, by kind (valid, quarantined, condemned)"),
+            &["dataset", "kind"],
+        )?;
+        let last_quarantine_rate = GaugeVec::new(
+            Opts::new("last_quarantine_rate", "Quarantine rate of the dataset's last finished run"),
+            &["dataset"],
+        )?;
+        let last_success = GaugeVec::new(
+            Opts::new("last_success_timestamp_seconds", "When the dataset's last run succeeded (freshness)"),
+            &["dataset"],
+        )?;
+        let reconciles = IntCounter::new("reconciles_total", "Reconciles of EtlRuns")?;
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new("reconcile_errors_total", "Failed reconciles, by error category"),
+            &["category"],
+        )?;
+        let reconcile_duration = Histogram::with_opts(
+            HistogramOpts::new("reconcile_duration_seconds", "Duration of one reconcile")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )?;
+        let leader = IntGauge::new("leader", "1 while this replica holds the leader Lease")?;
+        registry.register(Box::new(runs.clone()))?;
+        registry.register(Box::new(attempts.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(run_duration.clone()))?;
+        registry.register(Box::new(rows.clone()))?;
+        registry.register(Box::new(last_quarantine_rate.clone()))?;
+        registry.register(Box::new(last_success.clone()))?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(reconcile_errors.clone()))?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
+        Ok(Metrics {
+            registry,
+            runs,
+            attempts,
+            retries,
+            run_duration,
+            rows,
+            last_quarantine_rate,
+            last_success,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            leader,
+        })
+    }
+
+    /// Counts a reconcile and measures it until the returned timer is dropped.
+    pub fn reconcile_started(&self) -> HistogramTimer {
+        self.reconciles.inc();
+        self.reconcile_duration.start_timer()
+    }
+
+    pub fn reconcile_failed(&self, category: &str) {
+        self.reconcile_errors.with_label_values(&[category]).inc();
+    }
+
+    /// Records a change of an EtlRun, once it is written.
+    pub fn record(&self, dataset: &str, transition: &Transition, now_seconds: f64) {
+        match transition {
+            Transition::AttemptStarted { .. } | Transition::Waiting { .. } => {}
+            Transition::AttemptEnded { attempt, retry_after } => {
+                let result = match attempt.outcome {
+                    Some(AttemptOutcome::Succeeded) => "succeeded",
+                    Some(AttemptOutcome::QualityGateFailed) => "quality_gate_failed",
+                    Some(AttemptOutcome::Failed) | None => "failed",
+                };
+                let reason =
+                    attempt.reason.as_deref().and_then(FailureReason::parse).map_or("none", FailureReason::label);
+                self.attempts.with_label_values(&[dataset, result, reason]).inc();
+                if retry_after.is_some() {
+                    self.retries.with_label_values(&[dataset, reason]).inc();
+                }
+            }
+            Transition::Finished { phase, result, seconds, .. } => {
+                let label = phase_label(*phase);
+                self.runs.with_label_values(&[dataset, label]).inc();
+                if let Some(seconds) = seconds {
+                    self.run_duration.with_label_values(&[dataset, label]).observe(*seconds);
+                }
+                if let Some(result) = result {
+                    self.rows.with_label_values(&[dataset, "valid"]).inc_by(result.valid_rows);
+                    self.rows.with_label_values(&[dataset, "quarantined"]).inc_by(result.quarantined_rows);
+                    self.rows.with_label_values(&[dataset, "condemned"]).inc_by(result.condemned_rows);
+                    self.last_quarantine_rate.with_label_values(&[dataset]).set(result.quarantine_rate);
+                }
+                if *phase == EtlRunPhase::Succeeded {
+                    self.last_success.with_label_values(&[dataset]).set(now_seconds);
+                }
+            }
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            return format!("# metrics could not be encoded: {e}\n");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+fn phase_label(phase: EtlRunPhase) -> &'static str {
+    match phase {
+        EtlRunPhase::Succeeded => "succeeded",
+        EtlRunPhase::QualityGateFailed => "quality_gate_failed",
+        EtlRunPhase::Failed => "failed",
+        EtlRunPhase::Pending => "pending",
+        EtlRunPhase::Running => "running",
+        EtlRunPhase::Validating => "validating",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use silverline_crds::{AttemptStatus, RunResult};
+    use std::time::Duration;
+
+    fn attempt(outcome: AttemptOutcome, reason: &str) -> AttemptStatus {
+        AttemptStatus {
+            attempt: 1,
+            run_id: "20240101T000000Z-abc-a1".into(),
+            job_name: "tx-a1".into(),
+            started_at: None,
+            finished_at: None,
+            outcome: Some(outcome),
+            exit_code: None,
+            reason: Some(reason.into()),
+            message: None,
+            retryable: None,
+            lake_checks: 0,
+        }
+    }
+
+    #[test]
+    fn transitions_count_with_low_cardinality_labels_only() {
+        let m = Metrics::new().expect("metrics");
+        let failed = attempt(AttemptOutcome::Failed, "TransientFailure");
+        m.record("tx", &Transition::AttemptEnded { attempt: failed, retry_after: Some(Duration::from_secs(30)) }, 0.0);
+        let ok = attempt(AttemptOutcome::Succeeded, "SuccessVerified");
+        m.record("tx", &Transition::AttemptEnded { attempt: ok, retry_after: None }, 0.0);
+        let result = RunResult {
+            valid_rows: 7,
+            quarantined_rows: 2,
+            condemned_rows: 1,
+            quarantine_rate: 0.2,
+            ..RunResult::default()
+        };
+        m.record(
+            "tx",
+            &Transition::Finished {
+                phase: EtlRunPhase::Succeeded,
+                reason: "SuccessVerified".into(),
+                message: String::new(),
+                result: Some(result),
+                seconds: Some(12.0),
+            },
+            1_700_000_000.0,
+        );
+        let text = m.render();
+        for line in [
+            r#"silverline_attempts_total{dataset="tx",reason="transient_failure",result="failed"} 1"#,
+            r#"silverline_attempts_total{dataset="tx",reason="none",result="succeeded"} 1"#,
+            r#"silverline_retries_total{dataset="tx",reason="transient_failure"} 1"#,
+            r#"silverline_runs_total{dataset="tx",result="succeeded"} 1"#,
+            r#"silverline_rows_total{dataset="tx",kind="valid"} 7"#,
+            r#"silverline_rows_total{dataset="tx",kind="quarantined"} 2"#,
+            r#"silverline_last_quarantine_rate{dataset="tx"} 0.2"#,
+            r#"silverline_last_success_timestamp_seconds{dataset="tx"} 1700000000"#,
+            r#"silverline_run_duration_seconds_count{dataset="tx",result="succeeded"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains("20240101T000000Z"), "run ids never become labels");
+    }
+}
