@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Runs silverline-worker and the Polars and DuckDB peers (bench/peers.py) on the same CSV file.
+
+    python3 bench/harness.py counts --input FILE [--worker BIN] [--contract FILE] [--out DIR]
+    python3 bench/harness.py bench  --input FILE [--worker BIN] [--contract FILE] [--out DIR] [--reps 3]
+
+`counts` runs each engine once and fails (exit 1) unless all three report the same input, valid, quarantined and
+condemned counts and the same quarantine error types. `bench` runs each engine --reps times, interleaved
+(worker, polars, duckdb, worker, ...), each run into a fresh output directory, measures every run with
+/usr/bin/time (wall, user + system CPU, peak RSS of the process), fails unless every run of every engine gives the
+same counts, and prints a table of medians and the ratios of silverline against each peer. It only measures: there
+is no timing assertion anywhere.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+ENGINES = ["silverline", "polars", "duckdb"]
+TIME = "/usr/bin/time"
+
+
+def command(engine, args, out):
+    if engine == "silverline":
+        return [args.worker, "run", "--contract", args.contract, "--input", args.input, "--lake", str(out),
+                "--run-id", "bench", "--progress", "off"]
+    return [sys.executable, str(BENCH / "peers.py"), "--engine", engine, "--input", args.input, "--out", str(out),
+            "--contract", args.contract]
+
+
+def counts_of(engine, out, stdout):
+    """The counts an engine reports: the worker's _SUCCESS, or the peer's JSON line plus its quarantine file."""
+    if engine == "silverline":
+        run = out / "silver" / "transactions" / "schema_v=v1" / "run_id=bench"
+        success = json.loads((run / "_SUCCESS").read_text())
+        return {
+            "input_rows": success["input_rows"],
+            "valid": success["valid_rows_count"],
+            "quarantined": success["quarantined_rows_count"],
+            "condemned": success["condemned_rows_count"],
+            "error_types": {k: v for k, v in success["error_type_distribution"].items() if v},
+        }
+    line = json.loads(stdout.strip().splitlines()[-1])
+    counts = {k: line[k] for k in ("input_rows", "valid", "quarantined", "condemned")}
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    types = pq.read_table(out / "quarantine.parquet", columns=["error_type"]).column("error_type")
+    counts["error_types"] = {v["values"].as_py(): v["counts"].as_py() for v in pc.value_counts(types)}
+    return counts
+
+
+def run_once(engine, args, out, timed):
+    """Runs one engine into a fresh `out`; returns (counts, measurement or None)."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = command(engine, args, out)
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as t:
+        if timed:
+            cmd = [TIME, "-o", t.name, "-f", "%e %U %S %M"] + cmd
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0:
+            sys.stderr.write(p.stdout[-4000:] + p.stderr[-4000:])
+            sys.exit(f"{engine} failed with exit code {p.returncode}: {' '.join(cmd)}")
+        measured = None
+        if timed:
+            wall, user, system, max_rss_kib = t.read().split()[-4:]
+            measured = {"wall": float(wall), "cpu": float(user) + float(system), "rss_mib": int(max_rss_kib) / 1024}
+    counts = counts_of(engine, out, p.stdout)
+    shutil.rmtree(out, ignore_errors=True)
+    return counts, measured
+
+
+def same_counts(results):
+    """Fails loudly unless every engine's counts are the same."""
+    first_engine, first = next(iter(results.items()))
+    bad = [e for e, c in results.items() if c != first]
+    for engine, c in results.items():
+        print(f"  {engine:<10} {json.dumps(c, sort_keys=True)}", file=sys.stderr)
+    if bad:
+        sys.exit(f"COUNT MISMATCH: {', '.join(bad)} differ from {first_engine} (see above)")
+    return first
+
+
+def cmd_counts(args):
+    results = {}
+    for engine in ENGINES:
+        results[engine], _ = run_once(engine, args, Path(args.out) / engine, timed=False)
+    counts = same_counts(results)
+    print(json.dumps({"same_counts": True, **counts}, sort_keys=True))
+
+
+def versions(worker_bin):
+    import duckdb
+    import polars
+
+    worker = subprocess.run([worker_bin, "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{worker or 'silverline-worker'}; polars {polars.__version__}; duckdb {duckdb.__version__}"
+
+
+def cmd_bench(args):
+    if not os.access(TIME, os.X_OK):
+        sys.exit(f"{TIME} (GNU time) is needed to measure CPU time and peak RSS; install the `time` package")
+    size = os.path.getsize(args.input)
+    # Warm the page cache so the first engine does not pay for the disk.
+    with open(args.input, "rb") as f:
+        while f.read(1 << 24):
+            pass
+    runs = {e: [] for e in ENGINES}
+    counts = {}
+    for rep in range(args.reps):
+        for engine in ENGINES:
+            c, m = run_once(engine, args, Path(args.out) / f"{engine}-{rep}", timed=True)
+            print(f"  run {rep + 1}/{args.reps} {engine:<10} wall {m['wall']:6.2f} s  cpu {m['cpu']:6.2f} s  "
+                  f"rss {m['rss_mib']:7.1f} MiB  {c['valid']}/{c['quarantined']}/{c['condemned']}", file=sys.stderr)
+            if engine in counts and counts[engine] != c:
+                sys.exit(f"COUNT MISMATCH: {engine} gave {c} in run {rep + 1} but {counts[engine]} before")
+            counts[engine] = c
+            runs[engine].append(m)
+    agreed = same_counts(counts)
+
+    rows = agreed["input_rows"]
+    med = {
+        e: {k: statistics.median(r[k] for r in runs[e]) for k in ("wall", "cpu", "rss_mib")} for e in ENGINES
+    }
+    print(f"input: {args.input}: {rows:,} rows, {size / 1e6:.1f} MB; {args.reps} runs per engine, interleaved; "
+          f"medians; {os.cpu_count()} cores")
+    print(f"engines: {versions(args.worker)}")
+    print(f"counts (all engines): valid {agreed['valid']:,}, quarantined {agreed['quarantined']:,}, "
+          f"condemned {agreed['condemned']:,}")
+    print()
+    header = ["engine", "wall s", "rows/s", "MB/s", "CPU s", "peak RSS MiB"]
+    table = [header]
+    for e in ENGINES:
+        m = med[e]
+        table.append([e, f"{m['wall']:.2f}", f"{rows / m['wall'] / 1e6:.2f} M", f"{size / 1e6 / m['wall']:.0f}",
+                      f"{m['cpu']:.2f}", f"{m['rss_mib']:.0f}"])
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for i, r in enumerate(table):
+        print("| " + " | ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print()
+    s = med["silverline"]
+    for peer in ENGINES[1:]:
+        p = med[peer]
+        print(f"silverline vs {peer}: {p['wall'] / s['wall']:.2f}x the rows/s, "
+              f"{s['rss_mib'] / p['rss_mib']:.2f}x the peak RSS ({s['rss_mib']:.0f} vs {p['rss_mib']:.0f} MiB), "
+              f"{s['cpu'] / p['cpu']:.2f}x the CPU time")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=["counts", "bench"])
+    p.add_argument("--input", required=True)
+    p.add_argument("--worker", default=str(ROOT / "target" / "release" / "silverline-worker"))
+    p.add_argument("--contract", default=str(BENCH / "contract.yaml"))
+    p.add_argument("--out", default=str(BENCH / "out"), help="scratch space for the engines' outputs")
+    p.add_argument("--reps", type=int, default=3)
+    args = p.parse_args()
+    args.input = os.path.abspath(args.input)
+    if not os.access(args.worker, os.X_OK):
+        sys.exit(f"no worker binary at {args.worker}: cargo build --release -p silverline-worker")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (cmd_counts if args.mode == "counts" else cmd_bench)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+#!/usr/bin/env python3
+"""The benchmark's peers: the same job as `silverline-worker run`, written once with Polars and once with DuckDB.
+
+    python3 bench/peers.py --engine polars|duckdb --input FILE.csv --out DIR [--contract bench/contract.yaml]
+
+The job, on a transactions CSV (header, then TransactionID,CustomerID,TransactionAmount,Currency,TransactionTimestamp):
+
+* every value is trimmed of surrounding ASCII whitespace (space, \\t, \\n, \\r, \\v, \\f);
+* a row identical to an earlier row of the input (same raw record) is condemned before any check; the first
+  occurrence, by input order, goes on to the checks;
+* every other row gets exactly one error type, the first that applies: SCHEMA_ERROR (not exactly 5 fields),
+  NULL_VALUE_ERROR (a column is empty after trimming; all five are required), then per column in contract order
+  TYPE_ERROR / VALUE_ERROR for TransactionAmount (decimal(18,2): `[+-]digits[.d|.dd]`, at most 16 integer digits
+  not counting leading zeros), VALUE_ERROR for a Currency not in {EUR,USD,GBP,CHF,JPY} (case-sensitive),
+  TIMESTAMP_ERROR for a TransactionTimestamp that is not `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)?` on a real
+  calendar date and time (no zone means UTC; fraction digits beyond the microsecond must be zero); then
+  DUPLICATE_KEY_ERROR for a row passing every check whose trimmed TransactionID is the key of an earlier valid row;
+* valid rows are written as zstd (level 3, like the worker) Parquet, typed (strings, decimal(18,2),
+  timestamp[us, UTC]), Hive-partitioned by the UTC year and month: DIR/silver/year=YYYY/month=MM/*.parquet;
+  quarantined rows (raw untrimmed values, null when the field count is wrong, the raw record, record number and
+  error_type) go to DIR/quarantine.parquet and condemned rows (the same plus condemned_reason) to
+  DIR/condemned.parquet;
+* one JSON line on stdout: engine, input_rows, valid, quarantined, condemned (counted from what was written),
+  and the run exits 1 if input_rows != valid + quarantined + condemned.
+
+The transactions contract is hard-coded below (columns, allowed currencies, decimal(18,2), the timestamp rule):
+this is a benchmark of engines, not a contract interpreter. `--contract` is only checked to name the same
+columns in the same order, so a changed contract fails loudly instead of silently measuring something else.
+The input's header must be those five names in that order (the generator always writes it so).
+
+How each peer finds rows with the wrong number of fields without losing them (the tricky part):
+
+* Polars: its CSV reader either fails on ragged rows or, with `truncate_ragged_lines=True`, pads short rows and
+  silently truncates long ones, so it cannot say how many fields a row had. The peer therefore scans the file
+  twice, lazily and in parallel: `scan_csv(truncate_ragged_lines=True)` for the field values, and `scan_lines` for
+  the raw record, whose fields are counted with the RFC 4180 rule that a quote opens a quoted field only as the
+  field's first character (so `  "C1, EU" ` is two fields, as in the worker's csv-core tokenizer). The two scans
+  are glued with a strict horizontal concat, which fails if they ever disagree on the number of records (a quoted
+  field holding a line break would do that; the generator writes none). The raw line also serves as the exact-
+  duplicate key (the generator's duplicates repeat a record byte for byte).
+* DuckDB: `read_csv(all_varchar=true, ignore_errors=true, store_rejects=true)` keeps rows with too few or too many
+  columns out of the result and records each in the `reject_errors` table with its line number and raw
+  `csv_line`; those rows become SCHEMA_ERROR quarantine rows (or condemned when a rejected line repeats an earlier
+  one), so none is lost. Input order is `WITH ORDINALITY` on the scan. Known difference from the worker, not
+  exercised by the generator: DuckDB accepts a row with one extra, empty, trailing field (`a,b,c,d,e,`) as 5 fields.
+
+Both peers use every core (the engines' defaults) and count rows from the files they wrote.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+COLUMNS = ["TransactionID", "CustomerID", "TransactionAmount", "Currency", "TransactionTimestamp"]
+CURRENCIES = ["EUR", "USD", "GBP", "CHF", "JPY"]
+WHITESPACE = " \t\n\r\x0b\x0c"
+ZSTD_LEVEL = 3  # the worker's level (worker/src/sink.rs) and both engines' default
+# decimal(18,2): sign, digits, at most two decimals; more than 16 significant integer digits is a VALUE_ERROR.
+AMOUNT_RE = r"^[+-]?[0-9]+(\.[0-9]{1,2})?$"
+AMOUNT_TOO_BIG_RE = r"^[+-]?0*[1-9][0-9]{16}"
+# The timestamp's shape, with the ranges a regular expression can check (time of day, offset, at most 9 fraction
+# digits of which those past the 6th are zero, year not 0000); month lengths and leap days are left to each
+# engine's own timestamp parser, whose failure is also a TIMESTAMP_ERROR.
+TIMESTAMP_RE = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.([0-9]{1,6}0{0,3}))?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$"
+)
+# Counting fields of a raw line: a field is a quoted field starting right after the separator, or anything else.
+FIELD_RE = r'(?:^|,)(?:"(?:[^"]|"")*"|[^,]*)'
+
+
+def check_contract(path):
+    """Fails unless the contract names the hard-coded columns, in order."""
+    if not path:
+        return
+    import yaml
+
+    spec = yaml.safe_load(Path(path).read_text())["spec"]
+    names = [c["name"] for c in spec["columns"]]
+    if names != COLUMNS or spec.get("primaryKey") != ["TransactionID"]:
+        sys.exit(f"peers.py implements the transactions contract only; {path} has columns {names}")
+
+
+def check_header(path):
+    with open(path, "rb") as f:
+        header = f.readline().decode("utf-8-sig").rstrip("\r\n").split(",")
+    if [h.strip() for h in header] != COLUMNS:
+        sys.exit(f"{path}: expected the header {','.join(COLUMNS)}, found {','.join(header)}")
+
+
+def run_polars(input_path, out):
+    import polars as pl
+
+    raw = [f"{c}_raw" for c in COLUMNS]
+    # The raw records, header excluded, without a CRLF's \r.
+    lines = pl.scan_lines(input_path, name="raw_record").slice(1)
+    lines = lines.with_columns(pl.col("raw_record").str.strip_suffix("\r"))
+    values = pl.scan_csv(
+        input_path,
+        has_header=True,
+        schema={c: pl.String for c in COLUMNS},
+        truncate_ragged_lines=True,
+        empty_string_is_null=False,
+        raise_if_empty=True,
+    ).rename(dict(zip(COLUMNS, raw)))
+    rows = pl.concat([lines, values], how="horizontal").with_row_index("record_number", offset=1)
+
+    line = pl.col("raw_record")
+    # Fast path for the common record without quotes: count the commas.
+    field_count = (
+        pl.when(line.str.contains('"', literal=True))
+        .then(line.str.count_matches(FIELD_RE))
+        .otherwise(line.str.count_matches(",", literal=True) + 1)
+    )
+    t = {c: pl.col(f"{c}_raw").str.strip_chars(WHITESPACE) for c in COLUMNS}
+    amount, currency, ts = t["TransactionAmount"], t["Currency"], t["TransactionTimestamp"]
+    # chrono wants one zone format: make `Z` and a missing zone explicit UTC offsets.
+    ts_offset = (
+        pl.when(ts.str.ends_with("Z"))
+        .then(ts.str.strip_suffix("Z") + "+00:00")
+        .when(ts.str.contains(r"[+-][0-9]{2}:[0-9]{2}$"))
+        .then(ts)
+        .otherwise(ts + "+00:00")
+    )
+    parsed_ts = ts_offset.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=False)
+    error = (
+        pl.when(field_count != len(COLUMNS))
+        .then(pl.lit("SCHEMA_ERROR"))
+        .when(pl.any_horizontal([v.str.len_bytes() == 0 for v in t.values()]))
+        .then(pl.lit("NULL_VALUE_ERROR"))
+        .when(~amount.str.contains(AMOUNT_RE))
+        .then(pl.lit("TYPE_ERROR"))
+        .when(amount.str.contains(AMOUNT_TOO_BIG_RE))
+        .then(pl.lit("VALUE_ERROR"))
+        .when(~currency.is_in(CURRENCIES))
+        .then(pl.lit("VALUE_ERROR"))
+        .when(~ts.str.contains(TIMESTAMP_RE) | ts.str.starts_with("0000") | parsed_ts.is_null())
+        .then(pl.lit("TIMESTAMP_ERROR"))
+    )
+    checked = rows.with_columns(
+        error.alias("error_type"),
+        (~line.is_first_distinct()).alias("exact_duplicate"),
+        t["TransactionID"].alias("TransactionID"),
+        parsed_ts.alias("ts"),
+    )
+    # A key repeats only among rows that passed every check and are not exact duplicates; the others get a
+    # null key here, and nulls never collide with a real key.
+    candidate = pl.col("error_type").is_null() & ~pl.col("exact_duplicate")
+    repeated_key = candidate & ~pl.when(candidate).then(pl.col("TransactionID")).is_first_distinct()
+    checked = checked.with_columns(
+        pl.when(pl.col("exact_duplicate"))
+        .then(pl.lit("condemned"))
+        .when(candidate & ~repeated_key)
+        .then(pl.lit("valid"))
+        .otherwise(pl.lit("quarantined"))
+        .alias("status"),
+        pl.when(repeated_key).then(pl.lit("DUPLICATE_KEY_ERROR")).otherwise(pl.col("error_type")).alias("error_type"),
+    )
+    # The raw values of a record with the wrong field count mean nothing (padded or truncated): null, as in the
+    # worker's quarantine files.
+    wrong_count = pl.col("error_type") == "SCHEMA_ERROR"
+    side_columns = [pl.when(wrong_count).then(pl.lit(None)).otherwise(pl.col(r)).alias(c) for r, c in zip(raw, COLUMNS)]
+    side_columns += [pl.col("raw_record"), pl.col("record_number")]
+
+    # One plan, three sinks: collect_all runs them together and computes the shared scan and checks once.
+    ts_utc = pl.col("ts")
+    valid = checked.filter(pl.col("status") == "valid").select(
+        pl.col("TransactionID"),
+        t["CustomerID"].alias("CustomerID"),
+        amount.str.strip_prefix("+").cast(pl.Decimal(18, 2)).alias("TransactionAmount"),
+        currency.alias("Currency"),
+        ts_utc.alias("TransactionTimestamp"),
+        ts_utc.dt.year().cast(pl.String).str.zfill(4).alias("year"),
+        ts_utc.dt.month().cast(pl.String).str.zfill(2).alias("month"),
+    )
+    quarantined = checked.filter(pl.col("status") == "quarantined").select(*side_columns, pl.col("error_type"))
+    condemned = checked.filter(pl.col("status") == "condemned").select(
+        *side_columns, pl.lit("EXACT_DUPLICATE").alias("condemned_reason")
+    )
+    parquet = dict(compression="zstd", compression_level=ZSTD_LEVEL, lazy=True)
+    pl.collect_all(
+        [
+            valid.sink_parquet(
+                pl.PartitionBy(out / "silver", key=["year", "month"], include_key=False), mkdir=True, **parquet
+            ),
+            quarantined.sink_parquet(out / "quarantine.parquet", **parquet),
+            condemned.sink_parquet(out / "condemned.parquet", **parquet),
+        ],
+        engine="streaming",
+    )
+    input_rows = pl.scan_lines(input_path).select(pl.len()).collect().item() - 1
+
+    def count(path):
+        return pl.scan_parquet(path, hive_partitioning=False).select(pl.len()).collect().item()
+
+    return input_rows, count(out / "silver" / "**" / "*.parquet"), count(out / "quarantine.parquet"), count(
+        out / "condemned.parquet"
+    )
+
+
+def sql_str(value):
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def run_duckdb(input_path, out):
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")  # a timestamp without a zone is UTC; year()/month() give UTC parts
+    ws = "' \t\n\r' || chr(11) || chr(12)"
+    columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in COLUMNS) + "}"
+    currencies = ", ".join(sql_str(c) for c in CURRENCIES)
+    # Classify every well-formed record. Empty fields come back as NULL: coalesce them to '' for the raw values.
+    con.execute(
+        f"""
+        CREATE TEMP TABLE checked AS
+        WITH src AS (
+            SELECT ordinality AS ord,
+                   {", ".join(f'coalesce("{c}", {sql_str("")}) AS "{c}_raw"' for c in COLUMNS)}
+            FROM read_csv({sql_str(input_path)}, header = true, delim = ',', quote = '"', escape = '"',
+                          auto_detect = false, all_varchar = true, columns = {columns},
+                          ignore_errors = true, store_rejects = true) WITH ORDINALITY
+        ),
+        trimmed AS (
+            SELECT *, {", ".join(f'trim("{c}_raw", {ws}) AS "{c}"' for c in COLUMNS)}
+            FROM src
+        ),
+        typed AS (
+            SELECT *,
+                CASE WHEN regexp_full_match(TransactionTimestamp, {sql_str(TIMESTAMP_RE)})
+                      AND NOT starts_with(TransactionTimestamp, '0000')
+                     THEN try_cast(TransactionTimestamp AS TIMESTAMPTZ) END AS ts
+            FROM trimmed
+        ),
+        classified AS (
+            SELECT *,
+                CASE WHEN {" OR ".join(f'"{c}" = {sql_str("")}' for c in COLUMNS)} THEN 'NULL_VALUE_ERROR'
+                     WHEN NOT regexp_full_match(TransactionAmount, {sql_str(AMOUNT_RE)}) THEN 'TYPE_ERROR'
+                     WHEN regexp_matches(TransactionAmount, {sql_str(AMOUNT_TOO_BIG_RE)}) THEN 'VALUE_ERROR'
+                     WHEN Currency NOT IN ({currencies}) THEN 'VALUE_ERROR'
+                     WHEN ts IS NULL THEN 'TIMESTAMP_ERROR'
+                END AS error_type,
+                row_number() OVER (PARTITION BY {", ".join(f'"{c}_raw"' for c in COLUMNS)} ORDER BY ord) > 1
+                    AS exact_duplicate
+            FROM typed
+        ),
+        keyed AS (
+            SELECT *,
+                CASE WHEN error_type IS NULL AND NOT exact_duplicate
+                     THEN row_number() OVER (PARTITION BY TransactionID, error_type IS NULL AND NOT exact_duplicate
+                                             ORDER BY ord) END AS key_rank
+            FROM classified
+        )
+        SELECT ord, {", ".join(f'"{c}_raw", "{c}"' for c in COLUMNS)}, ts,
+               CASE WHEN exact_duplicate THEN 'condemned' WHEN key_rank = 1 THEN 'valid' ELSE 'quarantined' END
+                   AS status,
+               CASE WHEN key_rank > 1 THEN 'DUPLICATE_KEY_ERROR' ELSE error_type END AS error_type
+        FROM keyed
+        """
+    )
+    # Rejected lines (wrong field count, or anything else DuckDB's reader refuses) are SCHEMA_ERROR rows; a line
+    # may be listed once per problem, so take each once. Their order among themselves is their line number.
+    con.execute(
+        """
+        CREATE TEMP TABLE rejected AS
+        SELECT line, csv_line AS raw_record,
+               row_number() OVER (PARTITION BY csv_line ORDER BY line) > 1 AS exact_duplicate
+        FROM (SELECT DISTINCT line, csv_line FROM reject_errors)
+        """
+    )
+    parquet = f"FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL {ZSTD_LEVEL}"
+    con.execute(
+        f"""
+        COPY (
+            SELECT TransactionID, CustomerID, CAST(TransactionAmount AS DECIMAL(18, 2)) AS TransactionAmount,
+                   Currency, ts AS TransactionTimestamp,
+                   lpad(CAST(year(ts) AS VARCHAR), 4, '0') AS year, lpad(CAST(month(ts) AS VARCHAR), 2, '0') AS month
+            FROM checked WHERE status = 'valid' ORDER BY ord
+        ) TO {sql_str(out / "silver")} ({parquet}, PARTITION_BY (year, month))
+        """
+    )
+    # The raw record of a well-formed row, rebuilt from its fields (quoted where needed) for the side files.
+    csv_field = "CASE WHEN regexp_matches({0}, '[,\"\\n\\r]') THEN '\"' || replace({0}, '\"', '\"\"') || '\"' ELSE {0} END"
+    record = " || ',' || ".join(csv_field.format(f'"{c}_raw"') for c in COLUMNS)
+    side = ", ".join(f'"{c}_raw" AS "{c}"' for c in COLUMNS)
+    nulls = ", ".join(f'NULL::VARCHAR AS "{c}"' for c in COLUMNS)
+    header_lines = 1
+    con.execute(
+        f"""
+        COPY (
+            SELECT {side}, {record} AS raw_record, ord AS record_number, error_type
+            FROM checked WHERE status = 'quarantined'
+            UNION ALL
+            SELECT {nulls}, raw_record, CAST(line AS BIGINT) - {header_lines} AS record_number, 'SCHEMA_ERROR'
+            FROM rejected WHERE NOT exact_duplicate
+        ) TO {sql_str(out / "quarantine.parquet")} ({parquet})
+        """
+    )
+    con.execute(
+        f"""
+        COPY (
+            SELECT {side}, {record} AS raw_record, ord AS record_number, 'EXACT_DUPLICATE' AS condemned_reason
+            FROM checked WHERE status = 'condemned'
+            UNION ALL
+            SELECT {nulls}, raw_record, CAST(line AS BIGINT) - {header_lines}, 'EXACT_DUPLICATE'
+            FROM rejected WHERE exact_duplicate
+        ) TO {sql_str(out / "condemned.parquet")} ({parquet})
+        """
+    )
+    input_rows = con.execute("SELECT (SELECT count(*) FROM checked) + (SELECT count(*) FROM rejected)").fetchone()[0]
+
+    def count(glob):
+        return con.execute(f"SELECT count(*) FROM read_parquet({sql_str(glob)})").fetchone()[0]
+
+    return input_rows, count(out / "silver" / "**" / "*.parquet"), count(out / "quarantine.parquet"), count(
+        out / "condemned.parquet"
+    )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engine", choices=["polars", "duckdb"], required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True, help="a new or empty directory")
+    p.add_argument("--contract", help="checked to be the transactions contract the peers implement")
+    a = p.parse_args()
+    check_contract(a.contract)
+    check_header(a.input)
+    out = Path(a.out)
+    if out.exists() and any(out.iterdir()):
+        sys.exit(f"{out} is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    run = run_polars if a.engine == "polars" else run_duckdb
+    input_rows, valid, quarantined, condemned = run(os.path.abspath(a.input), out)
+    print(json.dumps({"engine": a.engine, "input_rows": input_rows, "valid": valid, "quarantined": quarantined,
+                      "condemned": condemned}))
+    if input_rows != valid + quarantined + condemned:
+        sys.exit(f"{a.engine}: conservation broken: {input_rows} input rows != {valid} + {quarantined} + {condemned}")
+
+
+if __name__ == "__main__":
+    main()
