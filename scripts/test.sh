@@ -21,5 +21,31 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# ---- BEGIN operator: test Kubernetes control plane (owned by the operator; see operator/README.md) ----
+# Builds (cached) and starts etcd, kube-apiserver and kube-controller-manager on loopback for the operator's
+# integration tests (operator/tests/: api_validation, lifecycle), which run with the workspace tests below.
+# A control plane that cannot be built or started fails this script: `set -e` stops here, nothing is skipped.
+# Exit traps are chained so that other sections' cleanups still run.
+add_exit_trap() {
+  local previous
+  previous="$(trap -p EXIT | sed -E "s/^trap -- '(.*)' EXIT$/\1/")"
+  trap "${previous:+$previous; }$1" EXIT
+}
+step "test control plane (build, cached, and start)"
+scripts/controlplane.sh build >/dev/null
+SILVERLINE_CP_DIR="$(mktemp -d "${TMPDIR:-/tmp}/silverline-cp.XXXXXX")"
+add_exit_trap 'scripts/controlplane.sh stop "$SILVERLINE_CP_DIR" || true; rm -rf "$SILVERLINE_CP_DIR"'
+scripts/controlplane.sh start "$SILVERLINE_CP_DIR"
+# shellcheck disable=SC1091
+source "$SILVERLINE_CP_DIR/env" # KUBECONFIG and SILVERLINE_CP_*
+step "worker binary for the test kubelet"
+cargo build -p silverline-worker --locked
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$PWD/$target_dir"
+export SILVERLINE_WORKER_BIN="$target_dir/debug/silverline-worker"
+[[ -x "$SILVERLINE_WORKER_BIN" ]] || { echo "no worker binary at $SILVERLINE_WORKER_BIN" >&2; exit 1; }
+# ---- END operator ----
+
 step "cargo test (unit, property and end-to-end tests)"
 cargo test --workspace --locked
+

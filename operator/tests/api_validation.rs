@@ -1,0 +1,91 @@
+//! The CRDs' validation as the real apiserver applies it: CEL rules on names that become paths, the input URI,
+//! the EtlRun's name, and an immutable spec.
+
+mod support;
+
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use silverline_crds::{Dataset, EtlRun, EtlRunSpec};
+
+fn run(name: &str, dataset: &str, input: &str) -> EtlRun {
+    EtlRun::new(
+        name,
+        EtlRunSpec { dataset: dataset.into(), input: input.into(), resources: None, deadline_seconds: None },
+    )
+}
+
+fn rejection(result: Result<EtlRun, kube::Error>) -> String {
+    match result {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            status.message
+        }
+        Err(e) => panic!("expected a validation error, got {e}"),
+        Ok(run) => panic!("the apiserver accepted {:?}", run.spec),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apiserver_rejects_runs_whose_names_or_input_could_escape_a_path() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::TestNamespace::create(&client, "cel").await;
+    let api: Api<EtlRun> = Api::namespaced(client.clone(), &ns.name);
+    let pp = PostParams::default();
+
+    let cases = [
+        ("bad-dataset", "../etc", "/in.csv", "dataset must be a DNS label"),
+        ("bad-dataset-case", "Transactions", "/in.csv", "dataset must be a DNS label"),
+        ("bad-input-relative", "transactions", "in.csv", "input must be"),
+        ("bad-input-dotdot", "transactions", "s3://bucket/a/../b.csv", "input must be"),
+        ("bad-input-space", "transactions", "/data/a b.csv", "input must be"),
+        ("bad-input-scheme", "transactions", "http://example.com/a.csv", "input must be"),
+        (&"a".repeat(51), "transactions", "/in.csv", "metadata.name must be a DNS label of at most 50"),
+    ];
+    for (name, dataset, input, expected) in cases {
+        let message = rejection(api.create(&pp, &run(name, dataset, input)).await);
+        assert!(message.contains(expected), "{name}: {message}");
+    }
+    for (name, input) in
+        [("ok-s3", "s3://bronze-bucket/tx/2024/"), ("ok-file", "file:///data/in.csv"), ("ok-path", "/data/in.csv")]
+    {
+        api.create(&pp, &run(name, "transactions", input)).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_of_a_run_cannot_change_but_its_status_can() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::TestNamespace::create(&client, "immutable").await;
+    let api: Api<EtlRun> = Api::namespaced(client.clone(), &ns.name);
+    api.create(&PostParams::default(), &run("tx", "transactions", "/in.csv")).await.expect("create");
+
+    let change = serde_json::json!({"spec": {"input": "/other.csv"}});
+    let message = rejection(api.patch("tx", &PatchParams::default(), &Patch::Merge(&change)).await);
+    assert!(message.contains("spec is immutable"), "{message}");
+    let deadline = serde_json::json!({"spec": {"deadlineSeconds": 60}});
+    let message = rejection(api.patch("tx", &PatchParams::default(), &Patch::Merge(&deadline)).await);
+    assert!(message.contains("spec is immutable"), "{message}");
+
+    let status = serde_json::json!({"status": {"phase": "Pending"}});
+    api.patch_status("tx", &PatchParams::default(), &Patch::Merge(&status)).await.expect("status is writable");
+    let bad_phase = serde_json::json!({"status": {"phase": "Done"}});
+    rejection(api.patch_status("tx", &PatchParams::default(), &Patch::Merge(&bad_phase)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apiserver_rejects_datasets_whose_schema_version_is_not_a_path_segment() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::TestNamespace::create(&client, "dsval").await;
+    let api: Api<Dataset> = Api::namespaced(client.clone(), &ns.name);
+    let lake = std::path::Path::new("/tmp/lake");
+    let mut dataset = support::transactions_dataset(lake, 3);
+    dataset.spec.schema_version = "v1/../../etc".into();
+    match api.create(&PostParams::default(), &dataset).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 422, "{status:?}"),
+        other => panic!("expected a 422, got {other:?}"),
+    }
+    api.create(&PostParams::default(), &support::transactions_dataset(lake, 3)).await.expect("the example is valid");
+}

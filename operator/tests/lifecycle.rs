@@ -1,0 +1,365 @@
+//! The EtlRun lifecycle against a real kube-apiserver and kube-controller-manager (Job and garbage-collector
+//! controllers), with the operator as a process of its own and the test kubelet running the real worker.
+
+mod support;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::{Api, ResourceExt};
+use silverline_crds::report::RunReport;
+use silverline_crds::{AttemptOutcome, Dataset, EtlRun, EtlRunPhase};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use support::kubelet::Fault;
+use support::{Scenario, create_dataset, create_run, eventually, finished, transactions_dataset};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn read_report(path: &Path) -> RunReport {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("a run report")
+}
+
+fn run_dir(lake: &Path, run_id: &str) -> std::path::PathBuf {
+    lake.join(format!("silver/transactions/schema_v=v1/run_id={run_id}"))
+}
+
+async fn jobs_of(s: &Scenario, run: &str) -> Vec<Job> {
+    let api: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let selector = format!("etl.silverline.dev/etlrun={run}");
+    api.list(&ListParams::default().labels(&selector)).await.expect("list jobs").items
+}
+
+/// A valid input of `rows` rows, large enough to take a while.
+fn big_input(rows: usize) -> String {
+    let mut text = String::from("TransactionID,CustomerID,TransactionAmount,Currency,TransactionTimestamp\n");
+    for i in 0..rows {
+        text.push_str(&format!(
+            "TX{i:010},C{:06},{}.{:02},EUR,2024-0{}-15T10:00:00Z\n",
+            i % 999_999,
+            i % 5000,
+            i % 100,
+            1 + i % 9
+        ));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_succeeds_with_the_counts_of_its_success_marker_in_status_and_metrics() {
+    let s = Scenario::new("happy").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-happy", &input).await;
+
+    let run = finished(&s.client, &s.ns.name, "tx-happy", RUN_TIMEOUT).await;
+    let status = run.status.clone().expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.attempts.len(), 1);
+    let attempt = &status.attempts[0];
+    assert_eq!(
+        (attempt.outcome, attempt.exit_code, attempt.job_name.as_str()),
+        (Some(AttemptOutcome::Succeeded), Some(0), "tx-happy-a1")
+    );
+    assert_eq!(status.run_id.as_deref(), Some(attempt.run_id.as_str()));
+    assert_eq!(status.observed_generation, run.metadata.generation);
+
+    // The counts in status are those of the _SUCCESS the worker wrote.
+    let report = read_report(&run_dir(&s.lake(), &attempt.run_id).join("_SUCCESS"));
+    let result = status.result.clone().expect("result");
+    assert_eq!(
+        (result.input_rows, result.valid_rows, result.quarantined_rows, result.condemned_rows),
+        (report.input_rows, report.valid_rows_count, report.quarantined_rows_count, report.condemned_rows_count)
+    );
+    assert_eq!(result.input_rows, 3000);
+    assert!(result.valid_rows > 0 && result.quarantined_rows > 0, "{result:?}");
+    assert_eq!(result.files.len(), report.files.len());
+    assert!(result.report_uri.ends_with(&format!("run_id={}/_SUCCESS", attempt.run_id)), "{}", result.report_uri);
+    let succeeded = status.conditions.iter().find(|c| c.type_ == "Succeeded").expect("Succeeded condition");
+    assert_eq!((succeeded.status.as_str(), succeeded.reason.as_str()), ("True", "SuccessVerified"));
+
+    // The Job as the apiserver holds it: one attempt, no retries inside, fails at once on permanent codes.
+    let jobs = jobs_of(&s, "tx-happy").await;
+    assert_eq!(jobs.len(), 1);
+    let spec = jobs[0].spec.clone().expect("job spec");
+    assert_eq!(spec.backoff_limit, Some(0));
+    assert!(
+        spec.pod_failure_policy.is_some()
+            && spec.active_deadline_seconds.is_some()
+            && spec.ttl_seconds_after_finished.is_some()
+    );
+    assert_eq!(jobs[0].owner_references()[0].uid, run.uid().expect("uid"));
+    let snapshots: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    assert_eq!(snapshots.get("tx-happy-contract").await.expect("contract snapshot").immutable, Some(true));
+
+    // Freshness on the Dataset, Events on each change, metrics by dataset and result.
+    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let dataset = eventually("the Dataset's last success", Duration::from_secs(10), || async {
+        let ds = datasets.get("transactions").await.ok()?;
+        ds.status.filter(|st| st.last_successful_run_id.is_some())
+    })
+    .await;
+    assert_eq!(dataset.last_successful_run_id.as_deref(), Some(attempt.run_id.as_str()));
+    let reasons: Vec<String> =
+        support::events(&s.client, &s.ns.name, "tx-happy").await.into_iter().filter_map(|e| e.reason).collect();
+    assert!(reasons.contains(&"AttemptStarted".to_owned()) && reasons.contains(&"Succeeded".to_owned()), "{reasons:?}");
+    let valid = op.metric(r#"silverline_rows_total{dataset="transactions",kind="valid"}"#).await;
+    assert_eq!(valid, Some(report.valid_rows_count as f64));
+    assert_eq!(op.metric(r#"silverline_runs_total{dataset="transactions",result="succeeded"}"#).await, Some(1.0));
+    assert!(
+        op.metric(r#"silverline_last_success_timestamp_seconds{dataset="transactions"}"#)
+            .await
+            .is_some_and(|t| t > 1e9)
+    );
+    assert!(op.get("/healthz").await.is_some_and(|(code, _)| code == 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_after_a_backoff_under_a_new_run_id() {
+    let s = Scenario::new("transient").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    s.kubelet.inject("tx-flaky-a1", Fault::Exit(75));
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-flaky", &input).await;
+
+    let run = finished(&s.client, &s.ns.name, "tx-flaky", RUN_TIMEOUT).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    let [first, second] = status.attempts.as_slice() else { panic!("two attempts expected: {:?}", status.attempts) };
+    assert_eq!(
+        (first.outcome, first.exit_code, first.reason.as_deref()),
+        (Some(AttemptOutcome::Failed), Some(75), Some("TransientFailure"))
+    );
+    assert_eq!(first.retryable, Some(true));
+    assert!(first.message.as_deref().is_some_and(|m| m.contains("exit code 75")), "{first:?}");
+    assert_eq!(second.outcome, Some(AttemptOutcome::Succeeded));
+    assert_ne!(first.run_id, second.run_id);
+    assert_eq!(status.run_id.as_deref(), Some(second.run_id.as_str()));
+    // The failed attempt's Event announces the backoff (base 1s in these tests) before the next attempt.
+    let events = support::events(&s.client, &s.ns.name, "tx-flaky").await;
+    let retry =
+        events.iter().find(|e| e.reason.as_deref() == Some("TransientFailure")).expect("a TransientFailure Event");
+    assert!(retry.message.as_deref().is_some_and(|m| m.contains("retrying in")), "{retry:?}");
+    assert_eq!(retry.type_.as_deref(), Some("Warning"));
+    assert_eq!(jobs_of(&s, "tx-flaky").await.len(), 2);
+    assert!(!run_dir(&s.lake(), &first.run_id).join("_SUCCESS").exists());
+    assert_eq!(
+        op.metric(r#"silverline_retries_total{dataset="transactions",reason="transient_failure"}"#).await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_drift_fails_the_run_at_once_without_a_retry() {
+    let s = Scenario::new("drift").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let op = s.operator("replica-a").await;
+    let drifted =
+        "TransactionID,CustomerID,Amount,Currency,TransactionTimestamp\nTX1,C1,1.00,EUR,2024-01-01T00:00:00Z\n";
+    let input = s.input("drifted.csv", drifted);
+    create_run(&s.client, &s.ns.name, "tx-drift", &input).await;
+
+    let run = finished(&s.client, &s.ns.name, "tx-drift", RUN_TIMEOUT).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Failed), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.attempts.len(), 1);
+    let attempt = &status.attempts[0];
+    assert_eq!(
+        (attempt.exit_code, attempt.reason.as_deref(), attempt.retryable),
+        (Some(3), Some("SchemaDrift"), Some(false))
+    );
+    let failed = status.conditions.iter().find(|c| c.type_ == "Succeeded").expect("condition");
+    assert_eq!((failed.status.as_str(), failed.reason.as_str()), ("False", "SchemaDrift"));
+    assert!(failed.message.contains("exit code 3: schema drift"), "{}", failed.message);
+    // The Job controller applied the pod failure policy: the Job failed at once on exit code 3.
+    let jobs = jobs_of(&s, "tx-drift").await;
+    let job_failed = jobs[0]
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Failed").cloned());
+    assert_eq!(job_failed.and_then(|c| c.reason).as_deref(), Some("PodFailurePolicy"));
+    // Longer than a backoff: still no second attempt.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(jobs_of(&s, "tx-drift").await.len(), 1);
+    assert_eq!(op.metric(r#"silverline_runs_total{dataset="transactions",result="failed"}"#).await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_is_retried_under_a_new_run_id() {
+    let s = Scenario::new("killed").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    s.kubelet.inject("tx-killed-a1", Fault::KillAfterClaim { lake: s.lake() });
+    let op = s.operator("replica-a").await;
+    let input = s.input("big.csv", &big_input(300_000));
+    create_run(&s.client, &s.ns.name, "tx-killed", &input).await;
+
+    let run = finished(&s.client, &s.ns.name, "tx-killed", Duration::from_secs(180)).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    let [first, second] = status.attempts.as_slice() else { panic!("two attempts expected: {:?}", status.attempts) };
+    assert_eq!((first.exit_code, first.reason.as_deref()), (Some(137), Some("Killed")), "{first:?}");
+    assert!(first.message.as_deref().is_some_and(|m| m.contains("SIGKILL")));
+    assert_ne!(first.run_id, second.run_id);
+    // The killed attempt claimed its run id and never committed; the retry committed under its own.
+    assert!(run_dir(&s.lake(), &first.run_id).join("_RUN.json").exists());
+    assert!(!run_dir(&s.lake(), &first.run_id).join("_SUCCESS").exists());
+    assert_eq!(read_report(&run_dir(&s.lake(), &second.run_id).join("_SUCCESS")).input_rows, 300_000);
+    assert_eq!(status.result.expect("result").input_rows, 300_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_succeeds_without_a_success_marker_is_a_failed_attempt() {
+    let s = Scenario::new("nomarker").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    s.kubelet.inject("tx-nomarker-a1", Fault::SucceedWithoutRunning);
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-nomarker", &input).await;
+
+    let run = finished(&s.client, &s.ns.name, "tx-nomarker", RUN_TIMEOUT).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    let [first, second] = status.attempts.as_slice() else { panic!("two attempts expected: {:?}", status.attempts) };
+    assert_eq!((first.outcome, first.reason.as_deref()), (Some(AttemptOutcome::Failed), Some("SuccessMarkerMissing")));
+    assert!(first.message.as_deref().is_some_and(|m| m.contains("_SUCCESS") && m.contains(&first.run_id)), "{first:?}");
+    assert!(first.lake_checks >= 2, "the marker was looked for more than once: {first:?}");
+    assert_eq!(second.outcome, Some(AttemptOutcome::Succeeded));
+    // The Job itself did succeed: only the lake tells the attempt failed.
+    let jobs = jobs_of(&s, "tx-nomarker").await;
+    let first_job = jobs.iter().find(|j| j.name_any() == "tx-nomarker-a1").expect("first job");
+    assert_eq!(first_job.status.as_ref().and_then(|st| st.succeeded), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_mid_run_adopts_the_job_and_completes_the_status() {
+    let s = Scenario::new("restart").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    s.kubelet.inject("tx-restart-a1", Fault::Hold(release.clone()));
+    let mut first = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-restart", &input).await;
+
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually("attempt 1 running", Duration::from_secs(30), || async {
+        let run = runs.get("tx-restart").await.ok()?;
+        (run.phase() == Some(EtlRunPhase::Running) && !jobs_of(&s, "tx-restart").await.is_empty()).then_some(())
+    })
+    .await;
+    first.kill().await;
+
+    // The worker finishes while no operator runs.
+    release.notify_one();
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually("the Job to complete with the operator down", Duration::from_secs(60), || async {
+        let job = jobs.get("tx-restart-a1").await.ok()?;
+        (job.status?.succeeded == Some(1)).then_some(())
+    })
+    .await;
+    assert_eq!(runs.get("tx-restart").await.expect("run").phase(), Some(EtlRunPhase::Running));
+
+    let second = s.operator("replica-b").await;
+    let run = finished(&s.client, &s.ns.name, "tx-restart", RUN_TIMEOUT).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&first, &second]));
+    assert_eq!(status.attempts.len(), 1, "the restarted operator adopted attempt 1: {:?}", status.attempts);
+    assert_eq!(jobs_of(&s, "tx-restart").await.len(), 1, "never a second Job");
+    assert_eq!(status.result.expect("result").input_rows, 3000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_of_two_replicas_acts() {
+    let s = Scenario::new("leader").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let mut a = s.operator("replica-a").await;
+    eventually("replica-a leads", Duration::from_secs(20), || async {
+        (a.metric("silverline_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+    let b = s.operator("replica-b").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-one", &input).await;
+    let run = finished(&s.client, &s.ns.name, "tx-one", RUN_TIMEOUT).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&a, &b]));
+
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let lease = leases.get("silverline-operator").await.expect("lease");
+    assert_eq!(lease.spec.and_then(|l| l.holder_identity).as_deref(), Some("replica-a"));
+    assert_eq!(b.metric("silverline_leader").await, Some(0.0));
+    assert_eq!(b.metric("silverline_reconciles_total").await, Some(0.0), "the standby never reconciled");
+    assert!(a.metric("silverline_reconciles_total").await.is_some_and(|n| n > 0.0));
+
+    // The leader dies without giving the Lease up: the standby takes over once it expires.
+    a.kill().await;
+    eventually("replica-b takes over", Duration::from_secs(30), || async {
+        (b.metric("silverline_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+    create_run(&s.client, &s.ns.name, "tx-two", &input).await;
+    let run = finished(&s.client, &s.ns.name, "tx-two", RUN_TIMEOUT).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&b]));
+    assert!(b.metric("silverline_reconciles_total").await.is_some_and(|n| n > 0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_run_does_not_stop_the_controller_from_serving_the_others() {
+    let s = Scenario::new("malformed").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    // Waits for a Dataset that does not exist yet; then its status is made unreadable for the operator:
+    // an attempt number beyond u32 is valid for the schema (an integer ≥ 1) but not for the operator's types.
+    create_run(&s.client, &s.ns.name, "tx-broken", &input).await;
+    let broken =
+        serde_json::json!({"status": {"attempts": [{"attempt": 99_999_999_999u64, "runId": "x", "jobName": "x"}]}});
+    let guarded: Api<DeserializeGuard<EtlRun>> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let patched = guarded.patch_status("tx-broken", &PatchParams::default(), &Patch::Merge(&broken)).await;
+    assert!(patched.expect("the apiserver accepts the status").0.is_err(), "the status no longer reads as an EtlRun");
+
+    let op = s.operator("replica-a").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    create_run(&s.client, &s.ns.name, "tx-fine", &input).await;
+    let run = finished(&s.client, &s.ns.name, "tx-fine", RUN_TIMEOUT).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
+    eventually("an InvalidResource Event for the malformed run", Duration::from_secs(20), || async {
+        let events = support::events(&s.client, &s.ns.name, "tx-broken").await;
+        events.iter().any(|e| e.reason.as_deref() == Some("InvalidResource")).then_some(())
+    })
+    .await;
+    assert!(
+        op.metric(r#"silverline_reconcile_errors_total{category="invalid_resource"}"#).await.is_some_and(|n| n >= 1.0)
+    );
+    assert!(jobs_of(&s, "tx-broken").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quality_gate_failure_ends_the_run_with_the_reports_metrics() {
+    let s = Scenario::new("quality").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let op = s.operator("replica-a").await;
+    let mut text = String::from("TransactionID,CustomerID,TransactionAmount,Currency,TransactionTimestamp\n");
+    for i in 0..100 {
+        let currency = if i % 4 == 0 { "XXX" } else { "EUR" };
+        text.push_str(&format!("TX{i:04},C{i},10.00,{currency},2024-03-01T00:00:00Z\n"));
+    }
+    let input = s.input("poor.csv", &text);
+    create_run(&s.client, &s.ns.name, "tx-poor", &input).await;
+
+    let run = finished(&s.client, &s.ns.name, "tx-poor", RUN_TIMEOUT).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::QualityGateFailed), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.attempts.len(), 1);
+    assert_eq!(
+        (status.attempts[0].exit_code, status.attempts[0].outcome),
+        (Some(5), Some(AttemptOutcome::QualityGateFailed))
+    );
+    let result = status.result.expect("the quality report's metrics");
+    assert_eq!((result.input_rows, result.quarantined_rows), (100, 25));
+    assert!(result.report_uri.ends_with("_QUALITY_REPORT.json"));
+    assert_eq!(op.metric(r#"silverline_last_quarantine_rate{dataset="transactions"}"#).await, Some(0.25));
+}

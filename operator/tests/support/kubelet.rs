@@ -1,0 +1,366 @@
+//! A test kubelet. The test control plane has no nodes, so this watches the Pods of one namespace, runs each
+//! pod's first container as a local process (the image is ignored; `silverline-worker` is the worker binary
+//! built by cargo), and writes the pod's status as a kubelet does: Running, then Succeeded or Failed with the
+//! container's exit code in `containerStatuses[].state.terminated`. The real Job controller turns that into
+//! Job status, so backoff limits, pod failure policies and owner references behave as in a cluster.
+//!
+//! What a process cannot honour: images, users, read-only root file systems and resource limits. ConfigMap
+//! volumes are materialised into a directory per pod, and arguments under a volume's mountPath are rewritten
+//! to it (there is no mount namespace).
+//!
+//! Faults are injected per Job name, the way they happen in a cluster: a container that exits with a code, one
+//! that exits 0 without doing its work, one killed with SIGKILL in the middle of its run, one held before start.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
+
+/// Something that goes wrong with the pod of one Job.
+#[derive(Clone)]
+pub enum Fault {
+    /// The container exits with this code without running the worker.
+    Exit(i32),
+    /// The container exits 0 without running the worker: a Job that completes but leaves nothing in the lake.
+    SucceedWithoutRunning,
+    /// The worker runs and is killed with SIGKILL once its run id's `_RUN.json` claim is in the lake under `lake`.
+    KillAfterClaim { lake: PathBuf },
+    /// The pod is Running but its worker only starts once the test notifies.
+    Hold(Arc<Notify>),
+}
+
+type Faults = Arc<Mutex<HashMap<String, Fault>>>;
+
+pub struct Kubelet {
+    faults: Faults,
+    task: tokio::task::JoinHandle<()>,
+    /// Where pod volumes and container logs are kept (removed with the kubelet).
+    pub dir: tempfile::TempDir,
+}
+
+impl Kubelet {
+    pub fn start(client: Client, namespace: &str, worker_bin: PathBuf) -> Kubelet {
+        let dir = tempfile::tempdir().expect("kubelet directory");
+        let faults: Faults = Arc::default();
+        let node = Node {
+            pods: Api::namespaced(client.clone(), namespace),
+            config_maps: Api::namespaced(client.clone(), namespace),
+            secrets: Api::namespaced(client, namespace),
+            worker_bin,
+            root: dir.path().to_owned(),
+            faults: faults.clone(),
+        };
+        let task = tokio::spawn(node.run());
+        Kubelet { faults, task, dir }
+    }
+
+    /// The next pod of Job `job` meets `fault` (once).
+    pub fn inject(&self, job: &str, fault: Fault) {
+        self.faults.lock().expect("faults").insert(job.to_owned(), fault);
+    }
+
+    /// The output of the container of every pod so far, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else { return out };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("container.log")).collect();
+        paths.sort();
+        for path in paths {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                out.push_str(&format!("--- {}\n", path.display()));
+                for line in tail.into_iter().rev() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        // Aborting drops every pod task, and with it each child process (kill_on_drop).
+        self.task.abort();
+    }
+}
+
+struct Node {
+    pods: Api<Pod>,
+    config_maps: Api<ConfigMap>,
+    secrets: Api<Secret>,
+    worker_bin: PathBuf,
+    root: PathBuf,
+    faults: Faults,
+}
+
+impl Node {
+    async fn run(self) {
+        let node = Arc::new(self);
+        let mut running: HashMap<String, oneshot::Sender<()>> = HashMap::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut events = watcher(node.pods.clone(), watcher::Config::default()).boxed();
+        while let Some(event) = events.next().await {
+            let pod = match event {
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,
+                Ok(watcher::Event::Delete(pod)) => {
+                    // The pod is gone: stop its container, as a kubelet does.
+                    running.remove(&pod.uid().unwrap_or_default());
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    eprintln!("test kubelet: watch error: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let uid = pod.uid().unwrap_or_default();
+            if pod.metadata.deletion_timestamp.is_some() {
+                running.remove(&uid);
+                continue;
+            }
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+            if running.contains_key(&uid) || phase == "Succeeded" || phase == "Failed" || phase == "Running" {
+                continue;
+            }
+            let (stop, stopped) = oneshot::channel();
+            running.insert(uid, stop);
+            let node = node.clone();
+            tasks.spawn(async move {
+                if let Err(e) = node.run_pod(pod, stopped).await {
+                    eprintln!("test kubelet: {e}");
+                }
+            });
+        }
+    }
+
+    async fn run_pod(&self, pod: Pod, mut stopped: oneshot::Receiver<()>) -> Result<(), String> {
+        let name = pod.name_any();
+        let uid = pod.uid().unwrap_or_default();
+        let spec = pod.spec.clone().ok_or("a pod without spec")?;
+        let container = spec.containers.first().cloned().ok_or("a pod without containers")?;
+        let labels = pod.labels();
+        let job =
+            labels.get("batch.kubernetes.io/job-name").or_else(|| labels.get("job-name")).cloned().unwrap_or_default();
+        let fault = self.faults.lock().map_err(|e| e.to_string())?.remove(&job);
+        let pod_dir = self.root.join(&uid);
+        std::fs::create_dir_all(&pod_dir).map_err(|e| e.to_string())?;
+
+        // Volumes: each ConfigMap volume becomes a directory of its keys.
+        let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+        for volume in spec.volumes.iter().flatten() {
+            let Some(source) = &volume.config_map else { continue };
+            let cm = self.config_maps.get(&source.name).await.map_err(|e| format!("ConfigMap {}: {e}", source.name))?;
+            let dir = pod_dir.join("volumes").join(&volume.name);
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            for (key, value) in cm.data.iter().flatten() {
+                std::fs::write(dir.join(key), value).map_err(|e| e.to_string())?;
+            }
+            for mount in container.volume_mounts.iter().flatten().filter(|m| m.name == volume.name) {
+                mounts.push((mount.mount_path.clone(), dir.clone()));
+            }
+        }
+        let rewrite = |arg: &String| {
+            for (mount_path, dir) in &mounts {
+                if let Some(rest) = arg.strip_prefix(mount_path.as_str()) {
+                    return format!("{}{rest}", dir.display());
+                }
+            }
+            arg.clone()
+        };
+        let args: Vec<String> = container.args.iter().flatten().map(rewrite).collect();
+        let command = container.command.clone().unwrap_or_default();
+        let program = match command.first().map(String::as_str) {
+            Some("silverline-worker") => self.worker_bin.clone(),
+            Some(other) => PathBuf::from(other),
+            None => return Err(format!("pod {name}: the container has no command")),
+        };
+        let mut args_all: Vec<String> = command.iter().skip(1).cloned().collect();
+        args_all.extend(args);
+
+        // Environment: literal values, and whole Secrets / ConfigMaps by envFrom.
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+        for from in container.env_from.iter().flatten() {
+            if let Some(secret) = &from.secret_ref {
+                let s = self.secrets.get(&secret.name).await.map_err(|e| format!("Secret {}: {e}", secret.name))?;
+                for (k, v) in s.data.iter().flatten() {
+                    env.insert(k.clone(), String::from_utf8_lossy(&v.0).into_owned());
+                }
+            }
+        }
+        for var in container.env.iter().flatten() {
+            if let Some(value) = &var.value {
+                env.insert(var.name.clone(), value.clone());
+            }
+        }
+
+        let started = Timestamp::now();
+        self.set_running(&name, &container.name, container.image.as_deref().unwrap_or(""), started).await?;
+        let image = container.image.clone().unwrap_or_default();
+        let log_path = pod_dir.join("container.log");
+        let exit_code = match fault {
+            Some(Fault::Exit(code)) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                code
+            }
+            Some(Fault::SucceedWithoutRunning) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                0
+            }
+            Some(Fault::Hold(release)) => {
+                tokio::select! {
+                    () = release.notified() => {}
+                    _ = &mut stopped => return Ok(()),
+                }
+                match spawn_and_wait(&program, &args_all, &env, &log_path, &pod_dir, &mut stopped, None).await? {
+                    Some(code) => code,
+                    None => return Ok(()),
+                }
+            }
+            Some(Fault::KillAfterClaim { lake }) => {
+                let run_id = pod.annotations().get("etl.silverline.dev/run-id").cloned().unwrap_or_default();
+                let claim = (lake, run_id);
+                match spawn_and_wait(&program, &args_all, &env, &log_path, &pod_dir, &mut stopped, Some(claim)).await? {
+                    Some(code) => code,
+                    None => return Ok(()),
+                }
+            }
+            None => match spawn_and_wait(&program, &args_all, &env, &log_path, &pod_dir, &mut stopped, None).await? {
+                Some(code) => code,
+                None => return Ok(()),
+            },
+        };
+        self.set_terminated(&name, &container.name, &image, started, exit_code).await
+    }
+
+    async fn patch_status(&self, name: &str, status: serde_json::Value) -> Result<(), String> {
+        let patch = serde_json::json!({ "status": status });
+        self.pods
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("pod {name}: writing status: {e}"))
+    }
+
+    async fn set_running(&self, name: &str, container: &str, image: &str, started: Timestamp) -> Result<(), String> {
+        let t = serde_json::to_value(Time(started)).map_err(|e| e.to_string())?;
+        let condition = |type_: &str| serde_json::json!({"type": type_, "status": "True", "lastTransitionTime": t});
+        self.patch_status(
+            name,
+            serde_json::json!({
+                "phase": "Running",
+                "startTime": t,
+                "conditions": [condition("PodScheduled"), condition("Initialized"), condition("ContainersReady"), condition("Ready")],
+                "containerStatuses": [{
+                    "name": container, "image": image, "imageID": "", "ready": true, "started": true, "restartCount": 0,
+                    "state": {"running": {"startedAt": t}}
+                }]
+            }),
+        )
+        .await
+    }
+
+    async fn set_terminated(
+        &self,
+        name: &str,
+        container: &str,
+        image: &str,
+        started: Timestamp,
+        code: i32,
+    ) -> Result<(), String> {
+        let (t0, t1) = (Time(started), Time(Timestamp::now()));
+        let (phase, reason) = if code == 0 { ("Succeeded", "Completed") } else { ("Failed", "Error") };
+        let not_ready = |type_: &str| serde_json::json!({"type": type_, "status": "False", "reason": "PodCompleted", "lastTransitionTime": t1});
+        let ready = |type_: &str| serde_json::json!({"type": type_, "status": "True", "lastTransitionTime": t0});
+        self.patch_status(
+            name,
+            serde_json::json!({
+                "phase": phase,
+                "conditions": [ready("PodScheduled"), ready("Initialized"), not_ready("ContainersReady"), not_ready("Ready")],
+                "containerStatuses": [{
+                    "name": container, "image": image, "imageID": "", "ready": false, "started": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": code, "reason": reason, "startedAt": t0, "finishedAt": t1}}
+                }]
+            }),
+        )
+        .await
+    }
+}
+
+/// Runs the container's process; `None` when the pod was deleted first (its process is killed).
+async fn spawn_and_wait(
+    program: &Path,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    log_path: &Path,
+    cwd: &Path,
+    stopped: &mut oneshot::Receiver<()>,
+    kill_after_claim: Option<(PathBuf, String)>,
+) -> Result<Option<i32>, String> {
+    let log = std::fs::File::create(log_path).map_err(|e| e.to_string())?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    let killer = async {
+        match &kill_after_claim {
+            Some((lake, run_id)) => loop {
+                if claim_exists(lake, run_id) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            },
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        status = child.wait() => {
+            let status = status.map_err(|e| e.to_string())?;
+            Ok(Some(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))))
+        }
+        () = killer => {
+            child.start_kill().map_err(|e| e.to_string())?;
+            let status = child.wait().await.map_err(|e| e.to_string())?;
+            Ok(Some(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))))
+        }
+        _ = stopped => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            Ok(None)
+        }
+    }
+}
+
+/// Whether `…/run_id={run_id}/_RUN.json` exists anywhere under the lake's silver area.
+fn claim_exists(lake: &Path, run_id: &str) -> bool {
+    let Ok(datasets) = std::fs::read_dir(lake.join("silver")) else { return false };
+    for dataset in datasets.flatten() {
+        let Ok(versions) = std::fs::read_dir(dataset.path()) else { continue };
+        for version in versions.flatten() {
+            if version.path().join(format!("run_id={run_id}")).join("_RUN.json").exists() {
+                return true;
+            }
+        }
+    }
+    false
+}

@@ -1,0 +1,311 @@
+//! What the integration tests share: the connection to the test control plane, the CRDs, a namespace per test,
+//! the operator as a real process, the test kubelet, and waiting.
+//!
+//! The control plane is started by `scripts/test.sh` (`scripts/controlplane.sh start`), which exports
+//! `KUBECONFIG`. Without it these tests fail: a control plane that is not there is a failure, never a skip.
+
+#![allow(dead_code)] // each test binary uses its own part of the support code
+
+pub mod kubelet;
+
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use silverline_crds::{Dataset, EtlRun, EtlRunSpec};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+
+pub const TRANSACTIONS_CONTRACT: &str = include_str!("../../../examples/datasets/transactions.yaml");
+pub const TRANSACTIONS_CSV: &str = include_str!("../../../examples/data/transactions.csv");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A client of the test control plane.
+pub async fn client() -> Client {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "KUBECONFIG is not set: run ./scripts/test.sh, or start a control plane with \
+         `scripts/controlplane.sh start DIR` and `source DIR/env`"
+    );
+    let client = Client::try_default().await.expect("a client from KUBECONFIG");
+    client.apiserver_version().await.expect("the test control plane answers");
+    client
+}
+
+static CRDS: OnceCell<()> = OnceCell::const_new();
+
+/// Applies the committed CRDs (crds/generated/*.yaml) once per test binary and waits until they are served.
+pub async fn install_crds(client: &Client) {
+    CRDS.get_or_init(|| async {
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for file in ["dataset.yaml", "etlrun.yaml"] {
+            let path = repo_root().join("crds/generated").join(file);
+            let text = std::fs::read_to_string(&path).expect("generated CRD");
+            let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("CRD YAML");
+            let name = crd.name_any();
+            api.patch(&name, &PatchParams::apply("silverline-tests").force(), &Patch::Apply(&crd))
+                .await
+                .unwrap_or_else(|e| panic!("the apiserver refused {file}: {e}"));
+            eventually(&format!("CRD {name} established"), Duration::from_secs(30), || async {
+                let crd = api.get(&name).await.ok()?;
+                let conditions = crd.status?.conditions?;
+                conditions.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+            })
+            .await;
+        }
+        let probe: Api<EtlRun> = Api::namespaced(client.clone(), "default");
+        eventually("EtlRuns served", Duration::from_secs(30), || async {
+            probe.list(&ListParams::default()).await.ok()
+        })
+        .await;
+    })
+    .await;
+}
+
+/// Polls `check` until it returns `Some`, or panics naming what did not happen.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A namespace of its own for one test, deleted at the end.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> TestNamespace {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let name = format!("{prefix}-{:x}-{n}", (nanos ^ std::process::id()) & 0xffffff);
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns).await.expect("create namespace");
+        TestNamespace { name, client: client.clone() }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let name = self.name.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            });
+        }
+    }
+}
+
+/// The worker binary the test kubelet runs for `silverline-worker`.
+pub fn worker_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SILVERLINE_WORKER_BIN") {
+        return PathBuf::from(path);
+    }
+    let built = repo_root().join("target/debug/silverline-worker");
+    assert!(
+        built.exists(),
+        "the worker binary is not built: run `cargo build -p silverline-worker` or set SILVERLINE_WORKER_BIN"
+    );
+    built
+}
+
+/// The transactions contract with its lake in `lake` and no credentials Secret.
+pub fn transactions_dataset(lake: &Path, max_attempts: u32) -> Dataset {
+    let mut dataset = Dataset::from_manifest(TRANSACTIONS_CONTRACT).expect("example contract");
+    dataset.spec.storage.lake_uri = format!("file://{}", lake.display());
+    dataset.spec.storage.region = None;
+    dataset.spec.storage.credentials_secret = None;
+    dataset.spec.max_attempts = max_attempts;
+    dataset.metadata = kube::api::ObjectMeta { name: Some("transactions".into()), ..Default::default() };
+    dataset
+}
+
+pub async fn create_dataset(client: &Client, namespace: &str, dataset: &Dataset) {
+    let api: Api<Dataset> = Api::namespaced(client.clone(), namespace);
+    api.create(&PostParams::default(), dataset).await.expect("create Dataset");
+}
+
+pub async fn create_run(client: &Client, namespace: &str, name: &str, input: &Path) -> EtlRun {
+    let api: Api<EtlRun> = Api::namespaced(client.clone(), namespace);
+    let spec = EtlRunSpec {
+        dataset: "transactions".into(),
+        input: input.display().to_string(),
+        resources: None,
+        deadline_seconds: None,
+    };
+    api.create(&PostParams::default(), &EtlRun::new(name, spec)).await.expect("create EtlRun")
+}
+
+/// Waits until the EtlRun reaches a terminal phase and returns it.
+pub async fn finished(client: &Client, namespace: &str, name: &str, timeout: Duration) -> EtlRun {
+    let api: Api<EtlRun> = Api::namespaced(client.clone(), namespace);
+    eventually(&format!("EtlRun {name} to finish"), timeout, || async {
+        let run = api.get(name).await.ok()?;
+        run.phase().is_some_and(|p| p.is_terminal()).then_some(run)
+    })
+    .await
+}
+
+pub async fn events(client: &Client, namespace: &str, object: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let list = api.list(&ListParams::default()).await.expect("list events");
+    list.items.into_iter().filter(|e| e.involved_object.name.as_deref() == Some(object)).collect()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// The operator, as a process of its own (so that it can be killed).
+pub struct Operator {
+    child: tokio::process::Child,
+    pub identity: String,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+/// How the tests run the operator: fast retries, a short lake grace, a short Lease.
+pub struct OperatorOptions<'a> {
+    pub namespace: &'a str,
+    pub identity: &'a str,
+    pub log_dir: &'a Path,
+}
+
+impl Operator {
+    pub async fn start(options: OperatorOptions<'_>) -> Operator {
+        let port = free_port();
+        let log = options.log_dir.join(format!("operator-{}-{port}.log", options.identity));
+        let file = std::fs::File::create(&log).expect("operator log");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_silverline-operator"))
+            .args(["--namespace", options.namespace])
+            .args(["--worker-image", "ghcr.io/silverline-dev/silverline-worker:test"])
+            .args(["--worker-service-account", "default"])
+            .args(["--retry-base-seconds", "1", "--retry-cap-seconds", "2"])
+            .args(["--lake-grace-seconds", "2", "--lake-check-interval-seconds", "0.5"])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--lease-namespace", options.namespace, "--identity", options.identity])
+            .args(["--lease-duration-seconds", "3", "--lease-renew-seconds", "0.5"])
+            .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start silverline-operator");
+        let operator = Operator { child, identity: options.identity.to_owned(), port, log };
+        eventually(&format!("operator {} /readyz", options.identity), Duration::from_secs(30), || async {
+            let (code, _) = operator.get("/readyz").await?;
+            (code == 200).then_some(())
+        })
+        .await;
+        operator
+    }
+
+    /// GET on the operator's HTTP port: (status code, body).
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Some((code, body))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.map(|(_, body)| body).unwrap_or_default()
+    }
+
+    /// The value of one sample line (`name{labels}`), if present.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    }
+
+    /// SIGKILL: the operator gets no chance to clean up.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Everything one scenario needs: namespace, lake, kubelet and a place for logs.
+pub struct Scenario {
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub dir: tempfile::TempDir,
+    pub kubelet: kubelet::Kubelet,
+}
+
+impl Scenario {
+    pub async fn new(prefix: &str) -> Scenario {
+        let client = client().await;
+        install_crds(&client).await;
+        let ns = TestNamespace::create(&client, prefix).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("lake")).expect("lake");
+        std::fs::create_dir_all(dir.path().join("input")).expect("input");
+        let kubelet = kubelet::Kubelet::start(client.clone(), &ns.name, worker_bin());
+        Scenario { client, ns, dir, kubelet }
+    }
+
+    pub fn lake(&self) -> PathBuf {
+        self.dir.path().join("lake")
+    }
+
+    /// Writes an input file and returns its path.
+    pub fn input(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join("input").join(name);
+        std::fs::write(&path, text).expect("write input");
+        path
+    }
+
+    pub async fn operator(&self, identity: &str) -> Operator {
+        Operator::start(OperatorOptions { namespace: &self.ns.name, identity, log_dir: self.dir.path() }).await
+    }
+
+    /// Logs of the kubelet's containers and of the given operators, for a failing assertion's message.
+    pub fn diagnostics(&self, operators: &[&Operator]) -> String {
+        let mut out = self.kubelet.logs();
+        for op in operators {
+            let logs = op.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+            out.push_str(&format!("--- operator {}\n", op.identity));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
