@@ -363,3 +363,38 @@ async fn a_quality_gate_failure_ends_the_run_with_the_reports_metrics() {
     assert!(result.report_uri.ends_with("_QUALITY_REPORT.json"));
     assert_eq!(op.metric(r#"silverline_last_quarantine_rate{dataset="transactions"}"#).await, Some(0.25));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_needs_no_more_than_its_published_rbac() {
+    let s = Scenario::new("rbac").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    s.kubelet.inject("tx-rbac-a1", Fault::Exit(75));
+    let kubeconfig = s.operator_service_account().await;
+    let op = support::Operator::start(support::OperatorOptions {
+        namespace: &s.ns.name,
+        identity: "replica-a",
+        log_dir: s.dir.path(),
+        kubeconfig: Some(&kubeconfig),
+    })
+    .await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-rbac", &input).await;
+
+    // A retried run touches every kind of object: Lease, EtlRun status, ConfigMap, Jobs, pods, Events, Dataset.
+    let run = finished(&s.client, &s.ns.name, "tx-rbac", RUN_TIMEOUT).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
+    assert_eq!(run.status.expect("status").attempts[0].exit_code, Some(75));
+    let reasons: Vec<String> =
+        support::events(&s.client, &s.ns.name, "tx-rbac").await.into_iter().filter_map(|e| e.reason).collect();
+    assert!(
+        reasons.contains(&"TransientFailure".to_owned()) && reasons.contains(&"Succeeded".to_owned()),
+        "{reasons:?}"
+    );
+    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually("the Dataset's last success", Duration::from_secs(10), || async {
+        datasets.get("transactions").await.ok()?.status?.last_successful_run_id
+    })
+    .await;
+    let forbidden = op.logs().lines().filter(|l| l.contains("forbidden") || l.contains("Forbidden")).count();
+    assert_eq!(forbidden, 0, "{}", op.logs());
+}

@@ -194,6 +194,8 @@ pub struct OperatorOptions<'a> {
     pub namespace: &'a str,
     pub identity: &'a str,
     pub log_dir: &'a Path,
+    /// Connect with this kubeconfig instead of the tests' (admin) one.
+    pub kubeconfig: Option<&'a Path>,
 }
 
 impl Operator {
@@ -201,7 +203,11 @@ impl Operator {
         let port = free_port();
         let log = options.log_dir.join(format!("operator-{}-{port}.log", options.identity));
         let file = std::fs::File::create(&log).expect("operator log");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_silverline-operator"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_silverline-operator"));
+        if let Some(kubeconfig) = options.kubeconfig {
+            command.env("KUBECONFIG", kubeconfig);
+        }
+        let child = command
             .args(["--namespace", options.namespace])
             .args(["--worker-image", "ghcr.io/silverline-dev/silverline-worker:test"])
             .args(["--worker-service-account", "default"])
@@ -291,7 +297,84 @@ impl Scenario {
     }
 
     pub async fn operator(&self, identity: &str) -> Operator {
-        Operator::start(OperatorOptions { namespace: &self.ns.name, identity, log_dir: self.dir.path() }).await
+        Operator::start(OperatorOptions {
+            namespace: &self.ns.name,
+            identity,
+            log_dir: self.dir.path(),
+            kubeconfig: None,
+        })
+        .await
+    }
+
+    /// A kubeconfig of a ServiceAccount `silverline-operator` in this namespace that holds exactly the rules of
+    /// the ClusterRole and the leader-election Role published in operator/deploy/operator.yaml.
+    pub async fn operator_service_account(&self) -> PathBuf {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+        let text = std::fs::read_to_string(repo_root().join("operator/deploy/operator.yaml")).expect("deploy manifest");
+        let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| serde::Deserialize::deserialize(doc).expect("a YAML document"))
+            .collect();
+        let rules_of = |kind: &str| {
+            let doc = docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in the manifest"));
+            doc["rules"].clone()
+        };
+        let ns = &self.ns.name;
+        let pp = PostParams::default();
+        let sa = "silverline-operator";
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+        let account: ServiceAccount =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": sa}})).expect("sa");
+        accounts.create(&pp, &account).await.expect("create ServiceAccount");
+        let subject = serde_json::json!([{"kind": "ServiceAccount", "name": sa, "namespace": ns}]);
+        let cluster_name = format!("silverline-operator-{ns}");
+        let cluster_role: ClusterRole = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": cluster_name}, "rules": rules_of("ClusterRole")}),
+        )
+        .expect("ClusterRole");
+        Api::<ClusterRole>::all(self.client.clone()).create(&pp, &cluster_role).await.expect("create ClusterRole");
+        let cluster_binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": cluster_name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name},
+            "subjects": subject,
+        }))
+        .expect("ClusterRoleBinding");
+        Api::<ClusterRoleBinding>::all(self.client.clone()).create(&pp, &cluster_binding).await.expect("binding");
+        let role: Role = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "silverline-operator-leader"}, "rules": rules_of("Role")}),
+        )
+        .expect("Role");
+        Api::<Role>::namespaced(self.client.clone(), ns).create(&pp, &role).await.expect("create Role");
+        let role_binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "silverline-operator-leader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "silverline-operator-leader"},
+            "subjects": subject,
+        }))
+        .expect("RoleBinding");
+        Api::<RoleBinding>::namespaced(self.client.clone(), ns).create(&pp, &role_binding).await.expect("binding");
+
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..TokenRequestSpec::default() }),
+            ..TokenRequest::default()
+        };
+        let issued: TokenRequest = accounts
+            .create_subresource("token", sa, &pp, &request)
+            .await
+            .expect("a token for the operator's ServiceAccount");
+        let token = issued.status.and_then(|s| s.token).expect("token");
+        let admin_path = std::env::var("KUBECONFIG").expect("KUBECONFIG");
+        let admin = std::fs::read_to_string(&admin_path).expect("kubeconfig");
+        let replaced: Vec<String> = admin
+            .lines()
+            .map(|line| match line.find("token: ") {
+                Some(i) => format!("{}token: {token}", &line[..i]),
+                None => line.to_owned(),
+            })
+            .collect();
+        let path = self.dir.path().join("operator.kubeconfig");
+        std::fs::write(&path, replaced.join("\n") + "\n").expect("write kubeconfig");
+        path
     }
 
     /// Logs of the kubelet's containers and of the given operators, for a failing assertion's message.
