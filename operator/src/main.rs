@@ -60,7 +60,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         () = shutdown_signal() => return Ok(()),
     }
     metrics.leader.set(1);
-    tracing::info!(identity = %lease.identity, namespace = ?config.namespace, "leading: reconciling EtlRuns");
+    let scope = config.namespace.as_deref().unwrap_or("all namespaces");
+    tracing::info!(identity = %lease.identity, scope, "leading: reconciling EtlRuns");
 
     let reporter = Reporter { controller: "silverline-operator".into(), instance: Some(lease.identity.clone()) };
     let ctx = Arc::new(Context {

@@ -398,3 +398,61 @@ async fn the_operator_needs_no_more_than_its_published_rbac() {
     let forbidden = op.logs().lines().filter(|l| l.contains("forbidden") || l.contains("Forbidden")).count();
     assert_eq!(forbidden, 0, "{}", op.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_waits_for_its_dataset_and_starts_when_it_appears() {
+    let s = Scenario::new("waits").await;
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-early", &input).await;
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let waiting = eventually("the run to wait for its Dataset", Duration::from_secs(20), || async {
+        let run = runs.get("tx-early").await.ok()?;
+        let status = run.status?;
+        let progressing = status.conditions.iter().find(|c| c.type_ == "Progressing")?.clone();
+        (progressing.reason == "DatasetNotFound").then_some((status.phase, progressing))
+    })
+    .await;
+    assert_eq!(waiting.0, Some(EtlRunPhase::Pending));
+    assert!(waiting.1.message.contains("Dataset transactions does not exist"), "{:?}", waiting.1);
+    assert!(jobs_of(&s, "tx-early").await.is_empty());
+
+    // The Dataset's arrival triggers the run (the periodic resync is minutes away).
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let run = finished(&s.client, &s.ns.name, "tx-early", Duration::from_secs(60)).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
+    let reasons: Vec<String> =
+        support::events(&s.client, &s.ns.name, "tx-early").await.into_iter().filter_map(|e| e.reason).collect();
+    assert_eq!(reasons.iter().filter(|r| *r == "DatasetNotFound").count(), 1, "one Event per change: {reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_past_its_deadline_is_stopped_and_retried() {
+    let s = Scenario::new("deadline").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    // Attempt 1 hangs (its worker never starts) until the Job controller stops it at the deadline.
+    s.kubelet.inject("tx-slow-a1", Fault::Hold(Arc::new(tokio::sync::Notify::new())));
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let mut run = EtlRun::new(
+        "tx-slow",
+        silverline_crds::EtlRunSpec {
+            dataset: "transactions".into(),
+            input: input.display().to_string(),
+            resources: None,
+            deadline_seconds: Some(10),
+        },
+    );
+    run.metadata.namespace = Some(s.ns.name.clone());
+    runs.create(&kube::api::PostParams::default(), &run).await.expect("create");
+
+    let run = finished(&s.client, &s.ns.name, "tx-slow", RUN_TIMEOUT).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    let [first, second] = status.attempts.as_slice() else { panic!("two attempts expected: {:?}", status.attempts) };
+    assert_eq!((first.reason.as_deref(), first.retryable), (Some("DeadlineExceeded"), Some(true)), "{first:?}");
+    assert_eq!(second.outcome, Some(AttemptOutcome::Succeeded));
+    let jobs = jobs_of(&s, "tx-slow").await;
+    assert!(jobs.iter().all(|j| j.spec.as_ref().and_then(|sp| sp.active_deadline_seconds) == Some(10)));
+}
