@@ -20,6 +20,7 @@ use std::time::Duration;
     status = "DatasetStatus",
     printcolumn = r#"{"name":"Schema","type":"string","jsonPath":".spec.schemaVersion"}"#,
     printcolumn = r#"{"name":"Team","type":"string","jsonPath":".spec.ownership.team"}"#,
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
     printcolumn = r#"{"name":"Last Success","type":"string","jsonPath":".status.lastSuccessfulRunId"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -183,7 +184,7 @@ pub struct OwnershipSpec {
 pub struct DatasetStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Valid`: whether the contract passes the checks the apiserver's schema cannot express.
+    /// `Valid`: whether the contract passes the checks the apiserver's schema cannot express (set by the operator).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -51,10 +51,18 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let runs: Api<DeserializeGuard<EtlRun>> = scoped(ctx.client.clone(), ns);
     let jobs: Api<Job> = scoped(ctx.client.clone(), ns);
     let datasets: Api<DeserializeGuard<Dataset>> = scoped(ctx.client.clone(), ns);
+    let contracts = Controller::new(datasets.clone(), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile_dataset, dataset_error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "Dataset reconcile ended with an error");
+            }
+        });
     let controller = Controller::new(runs, watcher::Config::default());
     let store = controller.store();
     let managed = format!("{}={}", job::LABEL_MANAGED_BY, job::MANAGED_BY);
-    controller
+    let runs = controller
         .owns(jobs, watcher::Config::default().labels(&managed))
         .watches(datasets, watcher::Config::default(), move |dataset| {
             // A Dataset that appears or changes may unblock the runs waiting for it.
@@ -75,14 +83,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile ended with an error");
             }
-        })
-        .await;
+        });
+    futures::join!(runs, contracts);
 }
 
-fn reference(meta: &kube::api::ObjectMeta) -> ObjectReference {
+fn reference(meta: &kube::api::ObjectMeta, kind: &str) -> ObjectReference {
     ObjectReference {
         api_version: Some(format!("{}/{}", silverline_crds::GROUP, silverline_crds::VERSION)),
-        kind: Some("EtlRun".into()),
+        kind: Some(kind.into()),
         name: meta.name.clone(),
         namespace: meta.namespace.clone(),
         uid: meta.uid.clone(),
@@ -99,6 +107,18 @@ async fn publish(
     action: &str,
     note: String,
 ) {
+    publish_on(ctx, meta, "EtlRun", type_, reason, action, note).await;
+}
+
+async fn publish_on(
+    ctx: &Context,
+    meta: &kube::api::ObjectMeta,
+    kind: &str,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let mut note = note;
     if note.len() > 1000 {
         let mut cut = 1000;
@@ -109,7 +129,7 @@ async fn publish(
     }
     let event =
         Event { type_, reason: reason.to_owned(), note: Some(note), action: action.to_owned(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &reference(meta)).await {
+    if let Err(e) = ctx.recorder.publish(&event, &reference(meta, kind)).await {
         tracing::warn!(error = %e, reason, "cannot publish an Event");
     }
 }
@@ -413,16 +433,74 @@ async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: 
     }
 }
 
-/// Notes the dataset's last successful run in its status: its freshness, for people and dashboards.
+/// Notes the dataset's last successful run in its status: its freshness, for people and dashboards. A merge
+/// patch, so that it never takes the `Valid` condition that the Dataset controller applies.
 async fn record_freshness(ctx: &Context, run: &EtlRun, namespace: &str, run_id: &str, now: Timestamp) {
     let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), namespace);
     let patch = serde_json::json!({
-        "apiVersion": format!("{}/{}", silverline_crds::GROUP, silverline_crds::VERSION),
-        "kind": "Dataset",
         "status": { "lastSuccessfulRunId": run_id, "lastSuccessTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now) },
     });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    if let Err(e) = api.patch_status(&run.spec.dataset, &params, &Patch::Apply(&patch)).await {
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    if let Err(e) = api.patch_status(&run.spec.dataset, &params, &Patch::Merge(&patch)).await {
         tracing::warn!(dataset = %run.spec.dataset, error = %e, "cannot record the dataset's last success");
+    }
+}
+
+/// One reconcile of one Dataset: its `Valid` condition.
+pub async fn reconcile_dataset(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>) -> Result<Action> {
+    let dataset = match &guard.0 {
+        Ok(dataset) => dataset,
+        Err(invalid) => {
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            return Err(Error::InvalidResource { name, message: invalid.error.clone() });
+        }
+    };
+    let name = dataset.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    let namespace = dataset.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
+    let current = dataset.status.clone().unwrap_or_default();
+    let validation = dataset.validate().map_err(|e| e.to_string());
+    let next =
+        crate::contract::dataset_status(&current, dataset.metadata.generation, validation.clone(), Timestamp::now());
+    if next == current {
+        return Ok(Action::await_change());
+    }
+    let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "apiVersion": format!("{}/{}", silverline_crds::GROUP, silverline_crds::VERSION),
+        "kind": "Dataset",
+        "metadata": { "name": name, "resourceVersion": dataset.metadata.resource_version },
+        "status": { "observedGeneration": next.observed_generation, "conditions": next.conditions },
+    });
+    match api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => return Err(Error::Conflict { name }),
+        Err(e) => return Err(Error::kube(format!("writing the status of Dataset {name}"))(e)),
+    }
+    let was_valid =
+        current.conditions.iter().find(|c| c.type_ == crate::contract::CONDITION_VALID).map(|c| c.status == "True");
+    match validation {
+        Err(message) if was_valid != Some(false) => {
+            tracing::warn!(dataset = %name, namespace = %namespace, "the contract is not valid: {message}");
+            publish_on(&ctx, &dataset.metadata, "Dataset", EventType::Warning, "InvalidContract", "Validate", message)
+                .await;
+        }
+        Ok(()) if was_valid == Some(false) => {
+            tracing::info!(dataset = %name, namespace = %namespace, "the contract is valid again");
+            let note = "the contract passes every check".to_owned();
+            publish_on(&ctx, &dataset.metadata, "Dataset", EventType::Normal, "ContractValid", "Validate", note).await;
+        }
+        _ => {}
+    }
+    Ok(Action::await_change())
+}
+
+fn dataset_error_policy(guard: Arc<DeserializeGuard<Dataset>>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.category());
+    let name = guard.meta().name.clone().unwrap_or_default();
+    tracing::warn!(dataset = %name, category = error.category(), error = %error, "Dataset reconcile failed");
+    match error {
+        Error::Conflict { .. } => Action::requeue(Duration::from_millis(200)),
+        Error::InvalidResource { .. } | Error::MissingField(_) => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(5)),
     }
 }

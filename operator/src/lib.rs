@@ -5,6 +5,7 @@
 //! `lake`, `leader`, `http`).
 
 pub mod config;
+pub mod contract;
 pub mod controller;
 pub mod failure;
 pub mod http;

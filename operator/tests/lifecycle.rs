@@ -456,3 +456,47 @@ async fn an_attempt_past_its_deadline_is_stopped_and_retried() {
     let jobs = jobs_of(&s, "tx-slow").await;
     assert!(jobs.iter().all(|j| j.spec.as_ref().and_then(|sp| sp.active_deadline_seconds) == Some(10)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_contract_is_reported_on_the_dataset_and_holds_its_runs_until_fixed() {
+    let s = Scenario::new("contract").await;
+    let op = s.operator("replica-a").await;
+    let mut dataset = transactions_dataset(&s.lake(), 3);
+    dataset.spec.primary_key = vec!["Nope".into()]; // valid for the schema, not for the contract's own checks
+    create_dataset(&s.client, &s.ns.name, &dataset).await;
+    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let valid = |want: &'static str| {
+        let datasets = datasets.clone();
+        async move {
+            let ds = datasets.get("transactions").await.ok()?;
+            let c = ds.status?.conditions.into_iter().find(|c| c.type_ == "Valid")?;
+            (c.status == want).then_some(c)
+        }
+    };
+    let invalid = eventually("Valid=False on the Dataset", Duration::from_secs(20), || valid("False")).await;
+    assert_eq!(invalid.reason, "InvalidContract");
+    assert!(invalid.message.contains("spec.primaryKey"), "{invalid:?}");
+
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-held", &input).await;
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually("the run to wait for a valid contract", Duration::from_secs(20), || async {
+        let status = runs.get("tx-held").await.ok()?.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
+        (c.reason == "InvalidDataset" && status.phase == Some(EtlRunPhase::Pending)).then_some(())
+    })
+    .await;
+    assert!(jobs_of(&s, "tx-held").await.is_empty());
+
+    let fix = serde_json::json!({"spec": {"primaryKey": ["TransactionID"]}});
+    datasets.patch("transactions", &PatchParams::default(), &Patch::Merge(&fix)).await.expect("fix the contract");
+    let run = finished(&s.client, &s.ns.name, "tx-held", RUN_TIMEOUT).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
+    eventually("Valid=True on the Dataset", Duration::from_secs(20), || valid("True")).await;
+    let reasons: Vec<String> =
+        support::events(&s.client, &s.ns.name, "transactions").await.into_iter().filter_map(|e| e.reason).collect();
+    assert!(
+        reasons.contains(&"InvalidContract".to_owned()) && reasons.contains(&"ContractValid".to_owned()),
+        "{reasons:?}"
+    );
+}
