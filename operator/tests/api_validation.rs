@@ -89,3 +89,30 @@ async fn the_apiserver_rejects_datasets_whose_schema_version_is_not_a_path_segme
     }
     api.create(&PostParams::default(), &support::transactions_dataset(lake, 3)).await.expect("the example is valid");
 }
+
+/// The operator's restart-safety rests on this: its server-side-apply status writes carry the resourceVersion it
+/// decided from, and the apiserver refuses them when the EtlRun changed since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_apply_from_a_stale_view_is_refused() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::TestNamespace::create(&client, "stale").await;
+    let api: Api<EtlRun> = Api::namespaced(client.clone(), &ns.name);
+    let created = api.create(&PostParams::default(), &run("tx", "transactions", "/in.csv")).await.expect("create");
+    let stale = created.metadata.resource_version.clone().expect("resourceVersion");
+    let apply = |rv: String, phase: &str| {
+        serde_json::json!({
+            "apiVersion": "etl.silverline.dev/v1alpha1", "kind": "EtlRun",
+            "metadata": {"name": "tx", "resourceVersion": rv}, "status": {"phase": phase},
+        })
+    };
+    let params = PatchParams::apply("silverline-operator").force();
+    let fresh =
+        api.patch_status("tx", &params, &Patch::Apply(&apply(stale.clone(), "Pending"))).await.expect("first write");
+    match api.patch_status("tx", &params, &Patch::Apply(&apply(stale, "Running"))).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 409, "{status:?}"),
+        other => panic!("a stale write must be refused, got {other:?}"),
+    }
+    let current = fresh.metadata.resource_version.expect("resourceVersion");
+    api.patch_status("tx", &params, &Patch::Apply(&apply(current, "Running"))).await.expect("a fresh write");
+}
