@@ -131,3 +131,46 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = Config::try_parse_from(["silverline-operator", "--worker-image", "w:1"]).expect("parses");
+        let jobs = config.job_settings();
+        assert_eq!((jobs.image.as_str(), jobs.service_account.as_str()), ("w:1", "silverline-worker"));
+        assert_eq!((jobs.default_deadline_seconds, jobs.ttl_seconds_after_finished), (21600, 604800));
+        assert!(jobs.default_resources.is_none());
+        let lifecycle = config.lifecycle_settings();
+        assert_eq!(lifecycle.retry, RetryPolicy::default());
+        assert_eq!(
+            (lifecycle.lake_grace, lifecycle.lake_check_interval),
+            (Duration::from_secs(30), Duration::from_secs(3))
+        );
+        let lease = config.lease_settings();
+        assert_eq!((lease.namespace.as_str(), lease.duration), ("default", Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn worker_resources_and_the_lease_namespace_follow_the_flags() {
+        let config = Config::try_parse_from([
+            "silverline-operator",
+            "--worker-image",
+            "w",
+            "--worker-memory",
+            "2Gi",
+            "--namespace",
+            "etl",
+            "--retry-base-seconds",
+            "0.5",
+        ])
+        .expect("parses");
+        let resources = config.job_settings().default_resources.expect("resources");
+        assert_eq!(resources.limits.and_then(|l| l.get("memory").cloned()).map(|q| q.0), Some("2Gi".into()));
+        assert_eq!(config.lease_settings().namespace, "etl");
+        assert_eq!(config.lifecycle_settings().retry.base, Duration::from_millis(500));
+    }
+}

@@ -504,3 +504,38 @@ fn dataset_error_policy(guard: Arc<DeserializeGuard<Dataset>>, error: &Error, ct
         _ => Action::requeue(Duration::from_secs(5)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "status": status})).expect("pod")
+    }
+
+    #[test]
+    fn a_pods_end_is_read_from_its_worker_container_and_conditions() {
+        let terminated = |code: i32, reason: &str| {
+            serde_json::json!({"phase": "Failed", "containerStatuses": [{
+                "name": "worker", "image": "w", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": code, "reason": reason}}
+            }]})
+        };
+        let end = pod_end(&pod(terminated(3, "Error")));
+        assert_eq!((end.exit_code, end.container_reason.as_deref(), end.disruption), (Some(3), Some("Error"), None));
+        assert_eq!(pod_end(&pod(terminated(137, "OOMKilled"))).container_reason.as_deref(), Some("OOMKilled"));
+
+        let mut evicted = terminated(143, "Error");
+        evicted["reason"] = "Evicted".into();
+        evicted["conditions"] =
+            serde_json::json!([{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]);
+        let end = pod_end(&pod(evicted));
+        assert_eq!(
+            (end.pod_reason.as_deref(), end.disruption.as_deref()),
+            (Some("Evicted"), Some("EvictionByEvictionAPI"))
+        );
+
+        let never_ran = pod_end(&pod(serde_json::json!({"phase": "Failed", "reason": "DeadlineExceeded"})));
+        assert_eq!((never_ran.exit_code, never_ran.pod_reason.as_deref()), (None, Some("DeadlineExceeded")));
+    }
+}
