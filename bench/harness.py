@@ -101,7 +101,9 @@ def versions(worker_bin):
     import polars
 
     worker = subprocess.run([worker_bin, "--version"], capture_output=True, text=True).stdout.strip()
-    return f"{worker or 'silverline-worker'}; polars {polars.__version__}; duckdb {duckdb.__version__}"
+    git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    commit = git.stdout.strip() or "unknown commit"
+    return f"{worker or 'silverline-worker'} ({commit}); polars {polars.__version__}; duckdb {duckdb.__version__}"
 
 
 def cmd_bench(args):
@@ -114,6 +116,7 @@ def cmd_bench(args):
             pass
     runs = {e: [] for e in ENGINES}
     counts = {}
+    load_before = os.getloadavg()
     for rep in range(args.reps):
         for engine in ENGINES:
             c, m = run_once(engine, args, Path(args.out) / f"{engine}-{rep}", timed=True)
@@ -124,13 +127,16 @@ def cmd_bench(args):
             counts[engine] = c
             runs[engine].append(m)
     agreed = same_counts(counts)
+    load_after = os.getloadavg()
 
     rows = agreed["input_rows"]
     med = {
         e: {k: statistics.median(r[k] for r in runs[e]) for k in ("wall", "cpu", "rss_mib")} for e in ENGINES
     }
-    print(f"input: {args.input}: {rows:,} rows, {size / 1e6:.1f} MB; {args.reps} runs per engine, interleaved; "
+    print(f"input: {args.input}: {rows:,} rows, {size / 1e6:.1f} MB; {args.reps} run(s) per engine, interleaved; "
           f"medians; {os.cpu_count()} cores")
+    print(f"load average (1, 5, 15 min) before {', '.join(f'{x:.2f}' for x in load_before)}, "
+          f"after {', '.join(f'{x:.2f}' for x in load_after)} (other processes share the cores)")
     print(f"engines: {versions(args.worker)}")
     print(f"counts (all engines): valid {agreed['valid']:,}, quarantined {agreed['quarantined']:,}, "
           f"condemned {agreed['condemned']:,}")
