@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks that silverline-worker and both peers (bench/peers.py) give the same input, valid, quarantined and
-# condemned counts, and the same quarantine error types, on a generated input. Exit 1 on any difference.
+# condemned counts, the same quarantine error types and the same rows in each output, on a generated input.
+# Exit 1 on any difference.
 #
 #   bench/compare_counts.sh [ROWS] [SEED]       defaults: 200000 rows, seed 3
 set -euo pipefail

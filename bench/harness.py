@@ -5,7 +5,8 @@
     python3 bench/harness.py bench  --input FILE [--worker BIN] [--contract FILE] [--out DIR] [--reps 3]
 
 `counts` runs each engine once and fails (exit 1) unless all three report the same input, valid, quarantined and
-condemned counts and the same quarantine error types. `bench` runs each engine --reps times, interleaved
+condemned counts and the same quarantine error types, and then the same rows: which records went to quarantine
+(with which error type), which to condemned, and the same set of valid rows. `bench` runs each engine --reps times, interleaved
 (worker, polars, duckdb, worker, ...), each run into a fresh output directory, measures every run with
 /usr/bin/time (wall, user + system CPU, peak RSS of the process), fails unless every run of every engine gives the
 same counts, and prints a table of medians and the ratios of silverline against each peer. It only measures: there
@@ -57,7 +58,7 @@ def counts_of(engine, out, stdout):
     return counts
 
 
-def run_once(engine, args, out, timed):
+def run_once(engine, args, out, timed, keep=False):
     """Runs one engine into a fresh `out`; returns (counts, measurement or None)."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = command(engine, args, out)
@@ -73,8 +74,48 @@ def run_once(engine, args, out, timed):
             wall, user, system, max_rss_kib = t.read().split()[-4:]
             measured = {"wall": float(wall), "cpu": float(user) + float(system), "rss_mib": int(max_rss_kib) / 1024}
     counts = counts_of(engine, out, p.stdout)
-    shutil.rmtree(out, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
     return counts, measured
+
+
+def side_files(engine, out):
+    """Globs of the (quarantine, condemned, valid) Parquet files an engine wrote."""
+    if engine == "silverline":
+        run = "transactions/schema_v=v1/run_id=bench"
+        return (f"{out}/quarantine/{run}/*.parquet", f"{out}/condemned/{run}/*.parquet",
+                f"{out}/silver/{run}/**/*.parquet")
+    return f"{out}/quarantine.parquet", f"{out}/condemned.parquet", f"{out}/silver/**/*.parquet"
+
+
+def same_rows(outs):
+    """Fails unless every engine put the same records in quarantine (record number, error type, raw
+    TransactionID), the same records in condemned, and the same valid rows (as a set: the order within a
+    partition is the engine's business)."""
+    import polars as pl
+
+    def load(engine, out):
+        q, c, v = side_files(engine, out)
+        number = pl.col("record_number").cast(pl.Int64)
+        return {
+            "quarantine": pl.read_parquet(q).select(number, "error_type", "TransactionID").sort("record_number"),
+            "condemned": pl.read_parquet(c).select(number).sort("record_number"),
+            "valid": pl.read_parquet(v, hive_partitioning=False)
+            .select("TransactionID", "CustomerID", "TransactionAmount", "Currency", "TransactionTimestamp")
+            .sort("TransactionID", "CustomerID", "TransactionAmount", "Currency", "TransactionTimestamp"),
+        }
+
+    frames = {e: load(e, out) for e, out in outs.items()}
+    reference = frames["silverline"]
+    for engine, f in frames.items():
+        for part, frame in f.items():
+            if not frame.equals(reference[part]):
+                diff = pl.concat([frame.join(reference[part], on=frame.columns, how="anti", nulls_equal=True).with_columns(
+                    pl.lit(f"only in {engine}").alias("where")), reference[part].join(
+                    frame, on=frame.columns, how="anti", nulls_equal=True).with_columns(pl.lit("only in silverline").alias("where"))])
+                print(diff.head(20), file=sys.stderr)
+                sys.exit(f"ROW MISMATCH: {engine}'s {part} rows differ from silverline's (first differences above)")
+    print("  same rows: quarantine (record, error type), condemned (record) and valid rows agree", file=sys.stderr)
 
 
 def same_counts(results):
@@ -89,10 +130,14 @@ def same_counts(results):
 
 
 def cmd_counts(args):
-    results = {}
+    results, outs = {}, {}
     for engine in ENGINES:
-        results[engine], _ = run_once(engine, args, Path(args.out) / engine, timed=False)
+        outs[engine] = Path(args.out) / engine
+        results[engine], _ = run_once(engine, args, outs[engine], timed=False, keep=True)
     counts = same_counts(results)
+    same_rows(outs)
+    for out in outs.values():
+        shutil.rmtree(out, ignore_errors=True)
     print(json.dumps({"same_counts": True, **counts}, sort_keys=True))
 
 

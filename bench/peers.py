@@ -164,7 +164,7 @@ def polars_checked(input_path):
         parsed_ts.alias("ts"),
     )
     # A key repeats only among rows that passed every check and are not exact duplicates; the others get a
-    # null key here, and nulls never collide with a real key.
+    # null key here, and only the candidates' answers are used.
     candidate = pl.col("error_type").is_null() & ~pl.col("exact_duplicate")
     repeated_key = candidate & ~pl.when(candidate).then(pl.col("TransactionID")).hash().is_first_distinct()
     checked = checked.with_columns(
