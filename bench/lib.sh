@@ -46,6 +46,8 @@ PY
 ensure_time() {
   if [ ! -x /usr/bin/time ]; then
     echo "installing GNU time" >&2
-    if [ "$(id -u)" = 0 ]; then apt-get install -y -qq time >&2; else sudo apt-get install -y -qq time >&2; fi
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq time >&2
   fi
 }
