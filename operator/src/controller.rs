@@ -16,7 +16,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use silverline_crds::{AttemptOutcome, AttemptStatus, Dataset, EtlRun, EtlRunPhase, EtlRunStatus};
 use std::sync::Arc;
@@ -32,6 +32,42 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub jobs: JobSettings,
     pub lifecycle: LifecycleSettings,
+    pub pod_ends: PodEnds,
+}
+
+/// How worker pods ended, as last seen by a watch, by `{namespace}/{job}`. An evicted or failed pod is often
+/// removed (the Job controller releases it) before its Job's failure is reconciled; this keeps its exit code and
+/// disruption reason for a while. Memory only: after a restart such a failure is reported as `PodLost`.
+#[derive(Clone, Default)]
+pub struct PodEnds(Arc<std::sync::Mutex<std::collections::HashMap<String, (PodEnd, std::time::Instant)>>>);
+
+impl PodEnds {
+    const KEEP: Duration = Duration::from_secs(3600);
+
+    fn key(namespace: &str, job: &str) -> String {
+        format!("{namespace}/{job}")
+    }
+
+    /// Remembers a pod's end if the pod has ended.
+    pub fn observe(&self, pod: &Pod) {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if !matches!(phase, Some("Failed" | "Succeeded")) {
+            return;
+        }
+        let (Some(namespace), Some(job)) =
+            (pod.metadata.namespace.as_deref(), pod.labels().get("batch.kubernetes.io/job-name"))
+        else {
+            return;
+        };
+        if let Ok(mut ends) = self.0.lock() {
+            ends.retain(|_, (_, seen)| seen.elapsed() < Self::KEEP);
+            ends.insert(Self::key(namespace, job), (pod_end(pod), std::time::Instant::now()));
+        }
+    }
+
+    pub fn get(&self, namespace: &str, job: &str) -> Option<PodEnd> {
+        self.0.lock().ok()?.get(&Self::key(namespace, job)).map(|(end, _)| end.clone())
+    }
 }
 
 fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<K>
@@ -78,13 +114,27 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
                 .collect::<Vec<_>>()
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile ended with an error");
             }
         });
-    futures::join!(runs, contracts);
+    // Worker pods are watched only to remember how they ended (see `PodEnds`).
+    let pods: Api<Pod> = scoped(ctx.client.clone(), ns);
+    let pod_ends = ctx.pod_ends.clone();
+    let endings = watcher(pods, watcher::Config::default().labels(&managed)).default_backoff().for_each(move |event| {
+        match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod_ends.observe(&pod),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "watching worker pods"),
+        }
+        futures::future::ready(())
+    });
+    tokio::select! {
+        _ = async { futures::join!(runs, contracts) } => {}
+        () = endings => {}
+    }
 }
 
 fn reference(meta: &kube::api::ObjectMeta, kind: &str) -> ObjectReference {
@@ -281,7 +331,7 @@ async fn last_pod(ctx: &Context, identity: &RunIdentity, job_name: &str) -> Resu
         .await
         .map_err(Error::kube(format!("listing the pods of Job {job_name}")))?;
     let newest = list.items.into_iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
-    Ok(newest.map(|pod| pod_end(&pod)))
+    Ok(newest.map(|pod| pod_end(&pod)).or_else(|| ctx.pod_ends.get(&identity.namespace, job_name)))
 }
 
 /// Reads a pod's end from its status, as a kubelet reports it.

@@ -70,6 +70,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         metrics: metrics.clone(),
         jobs: config.job_settings(),
         lifecycle: config.lifecycle_settings(),
+        pod_ends: controller::PodEnds::default(),
     });
     tokio::select! {
         () = controller::run(ctx, config.namespace.clone()) => {

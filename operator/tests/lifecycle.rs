@@ -5,8 +5,8 @@ mod support;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{EvictParams, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::{Api, ResourceExt};
 use silverline_crds::report::RunReport;
@@ -499,4 +499,44 @@ async fn an_invalid_contract_is_reported_on_the_dataset_and_holds_its_runs_until
         reasons.contains(&"InvalidContract".to_owned()) && reasons.contains(&"ContractValid".to_owned()),
         "{reasons:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_worker_is_retried_under_a_new_run_id() {
+    let s = Scenario::new("evicted").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let op = s.operator("replica-a").await;
+    let input = s.input("big.csv", &big_input(300_000));
+    create_run(&s.client, &s.ns.name, "tx-evict", &input).await;
+
+    // Once the worker has claimed its run id, evict its pod through the Eviction API, as a drain would.
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let lake = s.lake();
+    let run_id = eventually("attempt 1 to claim its run id", Duration::from_secs(60), || async {
+        let run_id = runs.get("tx-evict").await.ok()?.status?.attempts.first()?.run_id.clone();
+        run_dir(&lake, &run_id).join("_RUN.json").exists().then_some(run_id)
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let pod = pods
+        .list(&ListParams::default().labels("batch.kubernetes.io/job-name=tx-evict-a1"))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .next()
+        .expect("the worker pod");
+    pods.evict(&pod.name_any(), &EvictParams::default()).await.expect("evict");
+
+    let run = finished(&s.client, &s.ns.name, "tx-evict", Duration::from_secs(180)).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    let [first, second] = status.attempts.as_slice() else { panic!("two attempts expected: {:?}", status.attempts) };
+    assert_eq!(first.run_id, run_id);
+    // The pod is gone by then (the Job controller released it); the operator remembers how it ended.
+    assert_eq!(first.reason.as_deref(), Some("Evicted"), "{first:?}");
+    assert!(first.message.as_deref().is_some_and(|m| m.contains("EvictionByEvictionAPI")), "{first:?}");
+    assert_eq!(first.retryable, Some(true));
+    assert_ne!(second.run_id, first.run_id);
+    assert!(!run_dir(&s.lake(), &first.run_id).join("_SUCCESS").exists());
 }

@@ -8,6 +8,9 @@
 //! volumes are materialised into a directory per pod, and arguments under a volume's mountPath are rewritten
 //! to it (there is no mount namespace).
 //!
+//! A pod deleted gracefully (eviction, the Job controller stopping it) gets SIGTERM, then SIGKILL after 30 s, and
+//! its terminal status; a pod that vanishes has its process killed.
+//!
 //! Faults are injected per Job name, the way they happen in a cluster: a container that exits with a code, one
 //! that exits 0 without doing its work, one killed with SIGKILL in the middle of its run, one held before start.
 
@@ -127,7 +130,10 @@ impl Node {
             };
             let uid = pod.uid().unwrap_or_default();
             if pod.metadata.deletion_timestamp.is_some() {
-                running.remove(&uid);
+                // Graceful deletion (eviction, the Job controller stopping a pod): SIGTERM, then the terminal status.
+                if let Some(stop) = running.remove(&uid) {
+                    let _ = stop.send(());
+                }
                 continue;
             }
             let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
@@ -222,7 +228,11 @@ impl Node {
             Some(Fault::Hold(release)) => {
                 tokio::select! {
                     () = release.notified() => {}
-                    _ = &mut stopped => return Ok(()),
+                    graceful = &mut stopped => match graceful {
+                        // A held container dies of the SIGTERM it is sent.
+                        Ok(()) => return self.set_terminated(&name, &container.name, &image, started, 143).await,
+                        Err(_) => return Ok(()),
+                    },
                 }
                 match spawn_and_wait(&program, &args_all, &env, &log_path, &pod_dir, &mut stopped, None).await? {
                     Some(code) => code,
@@ -248,7 +258,9 @@ impl Node {
     async fn patch_status(&self, name: &str, status: serde_json::Value) -> Result<(), String> {
         let patch = serde_json::json!({ "status": status });
         self.pods
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            // Strategic merge, as the kubelet does: conditions merge by type, so a DisruptionTarget set by the
+            // eviction API is kept.
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
             .await
             .map(|_| ())
             .map_err(|e| format!("pod {name}: writing status: {e}"))
@@ -299,7 +311,8 @@ impl Node {
     }
 }
 
-/// Runs the container's process; `None` when the pod was deleted first (its process is killed).
+/// Runs the container's process and returns its exit code (128 + signal when killed). On graceful deletion it
+/// gets SIGTERM, then SIGKILL after the grace period; `None` when the pod vanished (its process is killed).
 async fn spawn_and_wait(
     program: &Path,
     args: &[String],
@@ -343,10 +356,23 @@ async fn spawn_and_wait(
             let status = child.wait().await.map_err(|e| e.to_string())?;
             Ok(Some(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))))
         }
-        _ = stopped => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            Ok(None)
+        graceful = stopped => {
+            if graceful.is_err() {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Ok(None);
+            }
+            if let Some(pid) = child.id() {
+                let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+            }
+            let status = match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                Ok(status) => status.map_err(|e| e.to_string())?,
+                Err(_) => {
+                    child.start_kill().map_err(|e| e.to_string())?;
+                    child.wait().await.map_err(|e| e.to_string())?
+                }
+            };
+            Ok(Some(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))))
         }
     }
 }
