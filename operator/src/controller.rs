@@ -588,4 +588,24 @@ mod tests {
         let never_ran = pod_end(&pod(serde_json::json!({"phase": "Failed", "reason": "DeadlineExceeded"})));
         assert_eq!((never_ran.exit_code, never_ran.pod_reason.as_deref()), (None, Some("DeadlineExceeded")));
     }
+
+    #[test]
+    fn only_ended_pods_are_remembered_by_namespace_and_job() {
+        let of_job = |phase: &str| {
+            let mut p = pod(serde_json::json!({"phase": phase}));
+            p.metadata.namespace = Some("etl".into());
+            p.metadata.labels = Some([("batch.kubernetes.io/job-name".to_owned(), "tx-a1".to_owned())].into());
+            p
+        };
+        let ends = PodEnds::default();
+        ends.observe(&of_job("Running"));
+        assert!(ends.get("etl", "tx-a1").is_none());
+        let mut failed = of_job("Failed");
+        if let Some(status) = failed.status.as_mut() {
+            status.reason = Some("Evicted".into());
+        }
+        ends.observe(&failed);
+        assert_eq!(ends.get("etl", "tx-a1").and_then(|e| e.pod_reason), Some("Evicted".into()));
+        assert!(ends.get("other", "tx-a1").is_none());
+    }
 }
