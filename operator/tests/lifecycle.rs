@@ -540,3 +540,40 @@ async fn an_evicted_worker_is_retried_under_a_new_run_id() {
     assert_ne!(second.run_id, first.run_id);
     assert!(!run_dir(&s.lake(), &first.run_id).join("_SUCCESS").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lake_credentials_reach_the_worker_by_reference_only() {
+    let s = Scenario::new("creds").await;
+    const SECRET_VALUE: &str = "s3cr3t-value-that-must-not-leak";
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "lake-credentials"},
+        "stringData": {"AWS_ACCESS_KEY_ID": "AKIATEST", "AWS_SECRET_ACCESS_KEY": SECRET_VALUE},
+    }))
+    .expect("secret");
+    secrets.create(&kube::api::PostParams::default(), &secret).await.expect("create Secret");
+    let mut dataset = transactions_dataset(&s.lake(), 3);
+    dataset.spec.storage.credentials_secret = Some(silverline_crds::SecretKeyRef { name: "lake-credentials".into() });
+    create_dataset(&s.client, &s.ns.name, &dataset).await;
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-creds", &input).await;
+
+    let run = finished(&s.client, &s.ns.name, "tx-creds", RUN_TIMEOUT).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
+    let jobs = jobs_of(&s, "tx-creds").await;
+    let pod_spec = jobs[0].spec.clone().and_then(|j| j.template.spec).expect("pod spec");
+    let secret_ref = pod_spec.containers[0].env_from.as_ref().and_then(|e| e[0].secret_ref.clone()).expect("envFrom");
+    assert_eq!(secret_ref.name, "lake-credentials");
+    // The value is nowhere but in the Secret: not in the run, its Job, its contract snapshot or the logs.
+    let snapshots: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let snapshot = snapshots.get("tx-creds-contract").await.expect("snapshot");
+    for (what, text) in [
+        ("EtlRun", serde_json::to_string(&run).expect("json")),
+        ("Job", serde_json::to_string(&jobs).expect("json")),
+        ("ConfigMap", serde_json::to_string(&snapshot).expect("json")),
+        ("operator log", op.logs()),
+    ] {
+        assert!(!text.contains(SECRET_VALUE), "the secret value leaked into the {what}");
+    }
+}
