@@ -3,7 +3,7 @@
 
 use crate::failure::{JobFailure, PodEnd};
 use crate::job::{self, AttemptPlan, JobSettings, RunIdentity};
-use crate::lake::{Lake, LakeFinding};
+use crate::lake::{LakeFinding, Lakes};
 use crate::lifecycle::{self, ContractFacts, ContractProblem, JobState, LifecycleSettings, Observed, Transition};
 use crate::metrics::Metrics;
 use crate::{Error, Result};
@@ -33,6 +33,7 @@ pub struct Context {
     pub jobs: JobSettings,
     pub lifecycle: LifecycleSettings,
     pub pod_ends: PodEnds,
+    pub lakes: Lakes,
 }
 
 /// How worker pods ended, as last seen by a watch, by `{namespace}/{job}`. An evicted or failed pod is often
@@ -208,7 +209,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
             let job_state = observe_job(&ctx, &identity, attempt).await?;
             let lake = match job_state {
                 JobState::Active => None,
-                _ => Some(read_lake(dataset, &attempt.run_id).await?),
+                _ => Some(read_lake(&ctx, dataset, &attempt.run_id).await?),
             };
             (Some(job_state), lake)
         }
@@ -355,10 +356,10 @@ pub fn pod_end(pod: &Pod) -> PodEnd {
     }
 }
 
-async fn read_lake(dataset: &Dataset, run_id: &str) -> Result<LakeFinding> {
+async fn read_lake(ctx: &Context, dataset: &Dataset, run_id: &str) -> Result<LakeFinding> {
     let name =
         dataset.checked_name().map_err(|e| Error::Snapshot { name: "contract".into(), message: e.to_string() })?;
-    let lake = Lake::open(&dataset.spec.storage)?;
+    let lake = ctx.lakes.open(&dataset.spec.storage)?;
     lake.find(name, &dataset.spec.schema_version, run_id).await
 }
 

@@ -34,6 +34,28 @@ pub enum LakeFinding {
     Nothing,
 }
 
+/// Opened lakes, by storage settings: one object-store client (and its connection pool) per lake, not one per
+/// reconcile.
+#[derive(Default)]
+pub struct Lakes(std::sync::Mutex<std::collections::HashMap<String, Arc<Lake>>>);
+
+impl Lakes {
+    pub fn open(&self, storage: &StorageSpec) -> Result<Arc<Lake>> {
+        let key = format!("{}|{:?}|{:?}", storage.lake_uri, storage.endpoint, storage.region);
+        if let Some(lake) = self.0.lock().ok().and_then(|lakes| lakes.get(&key).cloned()) {
+            return Ok(lake);
+        }
+        let lake = Arc::new(Lake::open(storage)?);
+        // A local lake that does not exist yet is opened again next time, once the worker has created it.
+        if lake.store.is_some() {
+            if let Ok(mut lakes) = self.0.lock() {
+                lakes.insert(key, lake.clone());
+            }
+        }
+        Ok(lake)
+    }
+}
+
 /// A lake root opened for reading.
 pub struct Lake {
     store: Option<Arc<dyn ObjectStore>>,
@@ -212,6 +234,19 @@ mod tests {
     async fn a_lake_that_does_not_exist_yet_holds_nothing() {
         let lake = Lake::open(&storage("/nonexistent/silverline/lake")).expect("open");
         assert_eq!(lake.find("tx", "v1", "r1").await.expect("find"), LakeFinding::Nothing);
+    }
+
+    #[tokio::test]
+    async fn lakes_are_opened_once_but_a_missing_local_lake_is_looked_for_again() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let lakes = Lakes::default();
+        let missing = storage(&format!("{}/lake", root.path().display()));
+        let first = lakes.open(&missing).expect("open");
+        assert!(!Arc::ptr_eq(&first, &lakes.open(&missing).expect("open")), "not cached while missing");
+        write(&root.path().join("lake"), "r1", SUCCESS, &report("r1", "success"));
+        let found = lakes.open(&missing).expect("open");
+        assert!(Arc::ptr_eq(&found, &lakes.open(&missing).expect("open")), "cached once it exists");
+        assert!(matches!(found.find("tx", "v1", "r1").await.expect("find"), LakeFinding::Success { .. }));
     }
 
     #[tokio::test]

@@ -71,6 +71,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         jobs: config.job_settings(),
         lifecycle: config.lifecycle_settings(),
         pod_ends: controller::PodEnds::default(),
+        lakes: silverline_operator::lake::Lakes::default(),
     });
     tokio::select! {
         () = controller::run(ctx, config.namespace.clone()) => {
