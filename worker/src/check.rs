@@ -34,14 +34,49 @@ pub enum Outcome {
 }
 
 /// A chunk after checking: its raw records (kept for quarantine and condemned rows), one hash and outcome per
-/// record, and the tentatively valid rows as a typed batch (in record order) with their partitions.
+/// record, and the tentatively valid rows as typed batches, one per partition (record order within each), each
+/// owning its memory so that an encoder can hold it without holding the rest of the chunk.
 pub struct CheckedChunk {
     pub raw: RecordChunk,
     pub hashes: Vec<u128>,
     pub outcomes: Vec<Outcome>,
-    pub valid: RecordBatch,
-    /// Partition of each row of `valid`: months since year 0 (`year * 12 + month - 1`), UTC.
-    pub partitions: Vec<u32>,
+    /// (partition, rows), in partition order. A partition is months since year 0 (`year * 12 + month - 1`), UTC.
+    pub valid: Vec<(u32, RecordBatch)>,
+    /// When grouping reordered the rows: for each row of the concatenated `valid`, its index among the valid
+    /// rows in record order.
+    pub order: Option<Vec<u32>>,
+}
+
+/// Groups rows by partition, stably. Returns the groups and, unless the rows were already grouped, the order.
+pub fn group_by_partition(partitions: &[u32]) -> (Vec<(u32, usize)>, Option<Vec<u32>>) {
+    let mut counts: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
+    let mut runs = 0;
+    let mut previous = None;
+    for p in partitions {
+        *counts.entry(*p).or_default() += 1;
+        if previous != Some(*p) {
+            runs += 1;
+            previous = Some(*p);
+        }
+    }
+    let groups: Vec<(u32, usize)> = counts.iter().map(|(p, n)| (*p, *n)).collect();
+    if runs == groups.len() && partitions.windows(2).all(|w| w[0] <= w[1]) {
+        return (groups, None);
+    }
+    let mut start: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
+    let mut at = 0;
+    for (p, n) in &groups {
+        start.insert(*p, at);
+        at += n;
+    }
+    let mut order = vec![0u32; partitions.len()];
+    for (row, p) in partitions.iter().enumerate() {
+        if let Some(slot) = start.get_mut(p) {
+            order[*slot] = row as u32;
+            *slot += 1;
+        }
+    }
+    (groups, Some(order))
 }
 
 /// The stable hash of a row: XXH3-128 over its field bytes (untrimmed, in contract column order), seeded with
@@ -214,8 +249,10 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
         fields.clear();
         fields.extend(map.source_index.iter().map(|&s| raw.field(range.start + s)));
         hashes.push(replay.map_or_else(|| row_hash(&fields, &mut scratch), |m| m.row_hash));
-        if let Some((c, err)) =
-            fields.iter().enumerate().find_map(|(c, f)| std::str::from_utf8(f).err().map(|e| (c, e)))
+        let ascii = raw.record_bytes(r).is_ascii();
+        if let Some((c, err)) = (!ascii)
+            .then(|| fields.iter().enumerate().find_map(|(c, f)| std::str::from_utf8(f).err().map(|e| (c, e))))
+            .flatten()
         {
             let message = format!(
                 "column {}: bytes that are not valid UTF-8 at byte {} of the value",
@@ -268,7 +305,26 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
     let columns: Vec<ArrayRef> = builders.into_iter().map(ColumnBuilder::finish).collect();
     let valid = RecordBatch::try_new(contract.silver_schema.clone(), columns)
         .unwrap_or_else(|e| unreachable_batch(&e.to_string()));
-    CheckedChunk { raw, hashes, outcomes, valid, partitions }
+    let (groups, order) = group_by_partition(&partitions);
+    let valid = match groups.as_slice() {
+        [] => Vec::new(),
+        [(p, _)] => vec![(*p, valid)],
+        _ => {
+            let indices: Vec<u32> = order.clone().unwrap_or_else(|| (0..valid.num_rows() as u32).collect());
+            let mut at = 0;
+            groups
+                .iter()
+                .map(|(p, n)| {
+                    let rows = arrow::array::UInt32Array::from(indices[at..at + n].to_vec());
+                    at += n;
+                    let part = arrow::compute::take_record_batch(&valid, &rows)
+                        .unwrap_or_else(|e| unreachable_batch(&e.to_string()));
+                    (*p, part)
+                })
+                .collect()
+        }
+    };
+    CheckedChunk { raw, hashes, outcomes, valid, order }
 }
 
 // Every column builder gets exactly one value per valid row, of the schema's own type.
@@ -355,6 +411,13 @@ mod tests {
             }
             other => panic!("expected a schema error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn grouping_by_partition_is_stable() {
+        assert_eq!(group_by_partition(&[]), (vec![], None));
+        assert_eq!(group_by_partition(&[3, 3, 5]), (vec![(3, 2), (5, 1)], None));
+        assert_eq!(group_by_partition(&[5, 3, 5, 3]), (vec![(3, 2), (5, 2)], Some(vec![1, 3, 0, 2])));
     }
 
     #[test]

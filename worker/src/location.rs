@@ -75,8 +75,10 @@ fn parse_uri(uri: &str) -> Result<Parsed> {
 }
 
 fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
-    let mut builder =
-        AmazonS3Builder::from_env().with_bucket_name(bucket).with_conditional_put(S3ConditionalPut::ETagMatch);
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_retry(retry_config());
     if let Some(region) = &options.region {
         builder = builder.with_region(region);
     }
@@ -89,6 +91,17 @@ fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>
     }
     let store = builder.build().map_err(|e| Error::Usage(format!("S3 bucket {bucket}: {e}")))?;
     Ok(Arc::new(store))
+}
+
+/// Throttling, 5xx and timeouts are retried with exponential backoff and jitter for up to
+/// `SILVERLINE_IO_RETRY_SECONDS` (default 180) per request; after that the run ends with exit 75.
+fn retry_config() -> object_store::RetryConfig {
+    let seconds = std::env::var("SILVERLINE_IO_RETRY_SECONDS").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(180);
+    object_store::RetryConfig {
+        retry_timeout: std::time::Duration::from_secs(seconds),
+        max_retries: 10,
+        backoff: object_store::BackoffConfig::default(),
+    }
 }
 
 /// Opens the lake root, creating a local directory if needed.

@@ -216,6 +216,14 @@ fn check_chunks(
     }
 }
 
+/// Rows in the whole input, estimated from the stored size and the first chunk's bytes per record (an
+/// underestimate for compressed input, which only means the ledger grows later). Capped, so that a wrong guess
+/// cannot reserve much.
+fn estimate_rows(first: &crate::tokenize::RecordChunk, total_bytes: u64) -> usize {
+    let per_record = (first.data.len() + first.field_ends.len()) as u64 / first.len().max(1) as u64;
+    (total_bytes / per_record.max(1)).min(50_000_000) as usize
+}
+
 /// The in-order half of the pipeline: ledger and writers.
 struct Committer<'a> {
     contract: &'a Contract,
@@ -231,6 +239,9 @@ struct Committer<'a> {
 impl Committer<'_> {
     fn commit(&mut self, chunk: CheckedChunk) -> Result<()> {
         self.control.check()?;
+        if self.ledger.counts.input_rows == 0 && !chunk.raw.is_empty() {
+            self.ledger.reserve(estimate_rows(&chunk.raw, self.control.total_bytes.load(Ordering::Relaxed)));
+        }
         let source = chunk.raw.source;
         let uri = &self.inputs[source].uri;
         let settled = self.ledger.settle(&chunk).map_err(|trip| {
@@ -245,8 +256,7 @@ impl Committer<'_> {
                 record,
             }
         })?;
-        let (batch, partitions) = kept_rows(&chunk, settled.keep.as_ref())?;
-        self.silver.write(&batch, &partitions)?;
+        self.silver.write(kept_rows(&chunk, settled.keep.as_ref())?)?;
         let map = &self.maps[source];
         self.quarantine.write(self.contract, &chunk, map, uri, &settled.quarantined)?;
         self.condemned.write(self.contract, &chunk, map, uri, &settled.condemned)?;
@@ -293,7 +303,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
         inputs: &inputs,
         maps: &maps,
         ledger: Ledger::new(contract.max_same_errors, contract.max_attempts),
-        silver: SilverWriter::new(lake.clone(), layout.clone(), contract.silver_schema.clone(), handle.clone()),
+        silver: SilverWriter::new(lake.clone(), layout.clone(), &contract, handle.clone(), threads)?,
         quarantine: SideWriter::new(Area::Quarantine, &contract, lake.clone(), layout.clone(), handle.clone()),
         condemned: SideWriter::new(Area::Condemned, &contract, lake.clone(), layout.clone(), handle.clone()),
         control,

@@ -8,15 +8,16 @@ use crate::layout::{Area, LakeLayout};
 use crate::ledger::SideRow;
 use crate::location::{Location, storage_error};
 use crate::{Error, Result};
+use arrow::array::BooleanArray;
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder, UInt32Builder, UInt64Builder};
-use arrow::array::{BooleanArray, UInt32Array};
-use arrow::compute::{filter_record_batch, take_record_batch};
+use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 pub use silverline_crds::report::FileRecord;
 use std::collections::BTreeMap;
@@ -29,17 +30,43 @@ use tokio_util::io::SyncIoBridge;
 pub const ROWS_PER_FILE: u64 = 8 * 1024 * 1024;
 /// Rows per row group.
 pub const ROWS_PER_ROW_GROUP: usize = 128 * 1024;
-/// Encoded bytes all open parts may buffer before the largest flushes its row group early.
-pub const BUFFER_BUDGET: usize = 48 * 1024 * 1024;
+/// Bytes of Arrow data all partitions may keep waiting for their row group before the largest is encoded early.
+pub const BUFFER_BUDGET: usize = 64 * 1024 * 1024;
+/// Data and dictionary page size: smaller than parquet's 1 MiB default, because every open partition holds
+/// a page per column in memory.
+pub const PAGE_BYTES: usize = 256 * 1024;
 /// zstd level, the same as the peers' default.
 pub const ZSTD_LEVEL: i32 = 3;
 
-pub fn writer_properties() -> WriterProperties {
+/// zstd, bounded row groups, and no dictionary where it cannot pay: primary-key columns are unique by contract
+/// and timestamps nearly so, so trying a dictionary there only costs time before falling back.
+pub fn writer_properties(contract: &Contract) -> WriterProperties {
+    let level = ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default();
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
+        .set_data_page_size_limit(PAGE_BYTES)
+        .set_dictionary_page_size_limit(PAGE_BYTES);
+    for (i, column) in contract.columns.iter().enumerate() {
+        if contract.key_columns == [i] || column.kind == crate::contract::Kind::Timestamp {
+            builder = builder.set_column_dictionary_enabled(ColumnPath::from(column.name.as_str()), false);
+        }
+    }
+    builder.build()
+}
+
+/// Quarantine rows carry long text (raw record, message), so their row groups are kept small.
+fn side_properties() -> WriterProperties {
     let level = ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default();
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
-        .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
+        .set_max_row_group_row_count(Some(16 * 1024))
         .build()
+}
+
+/// The upload buffer of one part: S3 needs multipart parts of at least 5 MiB; a local lake needs little.
+pub fn sink_capacity(location: &Location) -> usize {
+    if location.local_dir.is_some() { 1024 * 1024 } else { 5 * 1024 * 1024 }
 }
 
 /// A `Write` into one object: counts and checksums the bytes, completes the upload on `finish`, and aborts it
@@ -54,7 +81,8 @@ pub struct ObjectSink {
 
 impl ObjectSink {
     pub fn create(location: &Location, key: &Path, handle: &Handle) -> ObjectSink {
-        let writer = BufWriter::with_capacity(location.store.clone(), key.clone(), 8 * 1024 * 1024);
+        let writer = BufWriter::with_capacity(location.store.clone(), key.clone(), sink_capacity(location))
+            .with_max_concurrency(2);
         ObjectSink {
             bridge: Some(SyncIoBridge::new_with_handle(writer, handle.clone())),
             handle: handle.clone(),
@@ -116,9 +144,15 @@ struct OpenPart {
 }
 
 impl OpenPart {
-    fn create(location: &Location, key: &Path, schema: SchemaRef, handle: &Handle) -> Result<OpenPart> {
+    fn create(
+        location: &Location,
+        key: &Path,
+        schema: SchemaRef,
+        properties: WriterProperties,
+        handle: &Handle,
+    ) -> Result<OpenPart> {
         let sink = ObjectSink::create(location, key, handle);
-        let writer = ArrowWriter::try_new(sink, schema, Some(writer_properties()))
+        let writer = ArrowWriter::try_new(sink, schema, Some(properties))
             .map_err(|e| Error::internal(location.uri_of(key), e))?;
         Ok(OpenPart { writer, rows: 0 })
     }
@@ -151,68 +185,66 @@ fn parquet_error_key(err: parquet::errors::ParquetError, key: &str) -> Error {
     }
 }
 
-/// Valid rows, split into `year=YYYY/month=MM` partitions.
-pub struct SilverWriter {
+/// The partitions of one encoder thread. Rows wait as Arrow batches until a partition has a row group's worth
+/// (or the thread's budget is reached, when the partition holding the most goes first); a row group is then
+/// encoded in one go, so the encoders' own state (pages, dictionaries, zstd contexts) exists for one row group
+/// at a time rather than for every open partition.
+struct PartitionSet {
     location: Location,
     layout: LakeLayout,
     schema: SchemaRef,
+    properties: WriterProperties,
     handle: Handle,
+    budget: usize,
+    pending: BTreeMap<u32, (Vec<RecordBatch>, usize)>,
+    pending_bytes: usize,
     open: BTreeMap<u32, OpenPart>,
     next_part: BTreeMap<u32, u32>,
-    pub files: Vec<FileRecord>,
+    files: Vec<FileRecord>,
 }
 
-impl SilverWriter {
-    pub fn new(location: Location, layout: LakeLayout, schema: SchemaRef, handle: Handle) -> SilverWriter {
-        SilverWriter {
-            location,
-            layout,
-            schema,
-            handle,
-            open: BTreeMap::new(),
-            next_part: BTreeMap::new(),
-            files: Vec::new(),
-        }
-    }
-
-    /// Writes the rows of `batch` (with one partition per row) in order.
-    pub fn write(&mut self, batch: &RecordBatch, partitions: &[u32]) -> Result<()> {
-        if batch.num_rows() == 0 {
+impl PartitionSet {
+    fn write_partition(&mut self, partition: u32, batch: RecordBatch) -> Result<()> {
+        let rows = batch.num_rows();
+        if rows == 0 {
             return Ok(());
         }
-        let first = partitions[0];
-        if partitions.iter().all(|p| *p == first) {
-            self.write_partition(first, batch)?;
-        } else {
-            let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-            for (row, p) in partitions.iter().enumerate() {
-                groups.entry(*p).or_default().push(row as u32);
-            }
-            for (p, rows) in groups {
-                let part =
-                    take_record_batch(batch, &UInt32Array::from(rows)).map_err(|e| Error::internal("partition", e))?;
-                self.write_partition(p, &part)?;
-            }
+        self.pending_bytes += batch.get_array_memory_size();
+        let entry = self.pending.entry(partition).or_default();
+        entry.0.push(batch);
+        entry.1 += rows;
+        if entry.1 >= ROWS_PER_ROW_GROUP {
+            self.flush(partition)?;
         }
-        self.keep_within_budget()
+        while self.pending_bytes > self.budget {
+            let Some(largest) =
+                self.pending.iter().max_by_key(|(p, (_, n))| (*n, std::cmp::Reverse(**p))).map(|(p, _)| *p)
+            else {
+                break;
+            };
+            self.flush(largest)?;
+        }
+        Ok(())
     }
 
-    fn write_partition(&mut self, partition: u32, batch: &RecordBatch) -> Result<()> {
+    /// Encodes a partition's waiting rows as one row group.
+    fn flush(&mut self, partition: u32) -> Result<()> {
+        let Some((batches, _)) = self.pending.remove(&partition) else { return Ok(()) };
         if !self.open.contains_key(&partition) {
             let part = self.next_part.entry(partition).or_insert(0);
             let key = self.layout.silver_part((partition / 12) as i32, partition % 12 + 1, *part);
             *part += 1;
-            let open = OpenPart::create(&self.location, &key, self.schema.clone(), &self.handle)?;
+            let open =
+                OpenPart::create(&self.location, &key, self.schema.clone(), self.properties.clone(), &self.handle)?;
             self.open.insert(partition, open);
         }
-        let full = match self.open.get_mut(&partition) {
-            Some(open) => {
-                open.write(batch)?;
-                open.rows >= ROWS_PER_FILE
-            }
-            None => false,
-        };
-        if full {
+        let Some(open) = self.open.get_mut(&partition) else { return Ok(()) };
+        for batch in &batches {
+            self.pending_bytes = self.pending_bytes.saturating_sub(batch.get_array_memory_size());
+            open.write(batch)?;
+        }
+        open.writer.flush().map_err(|e| parquet_error(e, &open.writer))?;
+        if open.rows >= ROWS_PER_FILE {
             if let Some(open) = self.open.remove(&partition) {
                 self.files.push(open.close(Area::Silver)?);
             }
@@ -220,30 +252,123 @@ impl SilverWriter {
         Ok(())
     }
 
-    /// Bounds memory whatever the number of partitions: past the budget, the largest row group is flushed.
-    fn keep_within_budget(&mut self) -> Result<()> {
-        loop {
-            let total: usize = self.open.values().map(|o| o.writer.memory_size()).sum();
-            if total <= BUFFER_BUDGET {
-                return Ok(());
-            }
-            let Some(largest) = self.open.values_mut().max_by_key(|o| o.writer.memory_size()) else {
-                return Ok(());
-            };
-            if largest.writer.in_progress_rows() == 0 {
-                return Ok(());
-            }
-            largest.writer.flush().map_err(|e| parquet_error(e, &largest.writer))?;
+    fn finish(mut self) -> Result<Vec<FileRecord>> {
+        let waiting: Vec<u32> = self.pending.keys().copied().collect();
+        for partition in waiting {
+            self.flush(partition)?;
         }
-    }
-
-    /// Closes every open part, in partition order.
-    pub fn finish(mut self) -> Result<Vec<FileRecord>> {
         let open = std::mem::take(&mut self.open);
         for (_, part) in open {
             self.files.push(part.close(Area::Silver)?);
         }
-        Ok(std::mem::take(&mut self.files))
+        Ok(self.files)
+    }
+}
+
+enum EncoderMessage {
+    Write(u32, RecordBatch),
+    Finish,
+}
+
+/// Valid rows, split into `year=YYYY/month=MM` partitions and encoded in parallel: partition `p` belongs to
+/// encoder thread `p % threads`, which writes its batches in the order given, so the files do not depend on
+/// the number of threads. An encoder whose channel closes without `Finish` drops its parts, aborting them.
+pub struct SilverWriter {
+    senders: Vec<crossbeam_channel::Sender<EncoderMessage>>,
+    threads: Vec<std::thread::JoinHandle<Result<Vec<FileRecord>>>>,
+}
+
+impl SilverWriter {
+    pub fn new(
+        location: Location,
+        layout: LakeLayout,
+        contract: &Contract,
+        handle: Handle,
+        threads: usize,
+    ) -> Result<SilverWriter> {
+        let threads = threads.max(1);
+        let mut writer = SilverWriter { senders: Vec::new(), threads: Vec::new() };
+        for i in 0..threads {
+            let (tx, rx) = crossbeam_channel::bounded::<EncoderMessage>(4);
+            let mut set = PartitionSet {
+                location: location.clone(),
+                layout: layout.clone(),
+                schema: contract.silver_schema.clone(),
+                properties: writer_properties(contract),
+                handle: handle.clone(),
+                budget: BUFFER_BUDGET / threads,
+                pending: BTreeMap::new(),
+                pending_bytes: 0,
+                open: BTreeMap::new(),
+                next_part: BTreeMap::new(),
+                files: Vec::new(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("encoder-{i}"))
+                .spawn(move || {
+                    for message in rx.iter() {
+                        match message {
+                            EncoderMessage::Write(p, batch) => set.write_partition(p, batch)?,
+                            EncoderMessage::Finish => return set.finish(),
+                        }
+                    }
+                    Err(Error::internal("encoder", "stopped before the run finished"))
+                })
+                .map_err(|e| Error::internal("starting an encoder thread", e))?;
+            writer.senders.push(tx);
+            writer.threads.push(thread);
+        }
+        Ok(writer)
+    }
+
+    fn send(&mut self, partition: u32, batch: RecordBatch) -> Result<()> {
+        let i = partition as usize % self.senders.len();
+        if self.senders[i].send(EncoderMessage::Write(partition, batch)).is_ok() {
+            return Ok(());
+        }
+        // The encoder stopped on an error: report it.
+        let thread = self.threads.remove(i);
+        self.senders.remove(i);
+        match thread.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err(Error::internal("encoder", "the thread stopped unexpectedly")),
+        }
+    }
+
+    /// Writes the valid rows of a chunk, one batch per partition.
+    pub fn write(&mut self, parts: Vec<(u32, RecordBatch)>) -> Result<()> {
+        for (partition, batch) in parts {
+            if batch.num_rows() > 0 {
+                self.send(partition, batch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes every part; the files are listed in key order.
+    pub fn finish(mut self) -> Result<Vec<FileRecord>> {
+        for sender in &self.senders {
+            // A closed channel means the encoder already stopped on an error, which join reports.
+            let _ = sender.send(EncoderMessage::Finish);
+        }
+        let mut files = Vec::new();
+        let mut first_error = None;
+        for thread in std::mem::take(&mut self.threads) {
+            match thread.join() {
+                Ok(Ok(f)) => files.extend(f),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(Error::internal("encoder", "the thread panicked"));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        files.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(files)
     }
 }
 
@@ -329,7 +454,8 @@ impl SideWriter {
         if self.open.is_none() {
             let key = self.layout.side_part(self.area, self.next_part);
             self.next_part += 1;
-            self.open = Some(OpenPart::create(&self.location, &key, self.schema.clone(), &self.handle)?);
+            self.open =
+                Some(OpenPart::create(&self.location, &key, self.schema.clone(), side_properties(), &self.handle)?);
         }
         let full = match self.open.as_mut() {
             Some(open) => {
@@ -442,17 +568,25 @@ impl SideWriter {
     }
 }
 
-/// Keeps the valid rows the ledger kept, with their partitions.
-pub fn kept_rows(chunk: &CheckedChunk, keep: Option<&BooleanArray>) -> Result<(RecordBatch, Vec<u32>)> {
-    match keep {
-        None => Ok((chunk.valid.clone(), chunk.partitions.clone())),
-        Some(mask) => {
-            let batch = filter_record_batch(&chunk.valid, mask).map_err(|e| Error::internal("filtering rows", e))?;
-            let partitions =
-                chunk.partitions.iter().zip(mask.iter()).filter(|(_, k)| k.unwrap_or(false)).map(|(p, _)| *p).collect();
-            Ok((batch, partitions))
-        }
+/// Keeps the valid rows the ledger kept, per partition.
+pub fn kept_rows(chunk: &CheckedChunk, keep: Option<&BooleanArray>) -> Result<Vec<(u32, RecordBatch)>> {
+    let Some(mask) = keep else {
+        return Ok(chunk.valid.clone());
+    };
+    // The mask is in record order; the batches are grouped by partition.
+    let mask: BooleanArray = match &chunk.order {
+        Some(order) => order.iter().map(|&i| Some(mask.value(i as usize))).collect(),
+        None => mask.clone(),
+    };
+    let mut at = 0;
+    let mut kept = Vec::with_capacity(chunk.valid.len());
+    for (partition, batch) in &chunk.valid {
+        let part_mask = mask.slice(at, batch.num_rows());
+        at += batch.num_rows();
+        let filtered = filter_record_batch(batch, &part_mask).map_err(|e| Error::internal("filtering rows", e))?;
+        kept.push((*partition, filtered));
     }
+    Ok(kept)
 }
 
 #[cfg(test)]

@@ -63,6 +63,14 @@ impl RecordChunk {
         &self.data[start..self.field_ends[f]]
     }
 
+    /// The bytes of all fields of record `r`, back to back.
+    pub fn record_bytes(&self, r: usize) -> &[u8] {
+        let range = self.field_range(r);
+        let start = if range.start == 0 { 0 } else { self.field_ends[range.start - 1] };
+        let end = if range.is_empty() { start } else { self.field_ends[range.end - 1] };
+        &self.data[start..end]
+    }
+
     /// All fields of record `r`, in source order.
     pub fn fields(&self, r: usize) -> impl Iterator<Item = &[u8]> {
         self.field_range(r).map(move |f| self.field(f))

@@ -4,7 +4,7 @@
 
 mod support;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 use arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
 use std::io::Write;
 use support::*;
@@ -372,7 +372,7 @@ fn sigterm_stops_the_run_with_exit_75_and_no_success() {
             writeln!(f, "T{i},C{i},{}.{:02},EUR,2024-{:02}-15T10:00:00Z", i % 1000, i % 100, i % 12 + 1).unwrap();
         }
     }
-    let mut child = std::process::Command::new(worker_bin())
+    let child = std::process::Command::new(worker_bin())
         .args(["run", "--progress", "off", "--contract"])
         .arg(lenient(tmp.path()))
         .arg("--input")
