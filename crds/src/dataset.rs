@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::time::Duration;
 
+/// CEL rule on the Dataset's name, which becomes a path segment in the lake: [`names::DNS_LABEL_PATTERN`].
+pub const DATASET_NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')";
+
 /// The contract of one feed. The worker reads this same manifest from a file (`--contract`).
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "etl.silverline.dev",
     version = "v1alpha1",
@@ -22,7 +25,8 @@ use std::time::Duration;
     printcolumn = r#"{"name":"Team","type":"string","jsonPath":".spec.ownership.team"}"#,
     printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
     printcolumn = r#"{"name":"Last Success","type":"string","jsonPath":".status.lastSuccessfulRunId"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new(DATASET_NAME_RULE).message("metadata.name must be a DNS label (it becomes a lake path)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatasetSpec {
@@ -437,6 +441,17 @@ mod tests {
     fn a_manifest_of_another_kind_is_refused() {
         let other = EXAMPLE.replace("kind: Dataset", "kind: EtlRun");
         assert!(matches!(Dataset::from_manifest(&other), Err(ContractError::WrongKind { .. })));
+    }
+
+    #[test]
+    fn the_cel_name_rule_uses_the_dns_label_pattern_and_rejects_dotted_names() {
+        assert!(DATASET_NAME_RULE.contains(names::DNS_LABEL_PATTERN));
+        let ds = Dataset::from_manifest(EXAMPLE).expect("parses");
+        assert!(kube::core::cel::validate_cel(&ds).is_ok());
+        let mut dotted = ds.clone();
+        dotted.metadata.name = Some("tx.v2".into());
+        let errors = kube::core::cel::validate_cel(&dotted).expect_err("a dotted name is refused");
+        assert!(format!("{errors:?}").contains("metadata.name must be a DNS label"), "{errors:?}");
     }
 
     #[test]

@@ -75,7 +75,7 @@ async fn the_spec_of_a_run_cannot_change_but_its_status_can() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_apiserver_rejects_datasets_whose_schema_version_is_not_a_path_segment() {
+async fn the_apiserver_rejects_datasets_whose_name_or_schema_version_is_not_a_path_segment() {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::TestNamespace::create(&client, "dsval").await;
@@ -85,6 +85,15 @@ async fn the_apiserver_rejects_datasets_whose_schema_version_is_not_a_path_segme
     dataset.spec.schema_version = "v1/../../etc".into();
     match api.create(&PostParams::default(), &dataset).await {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 422, "{status:?}"),
+        other => panic!("expected a 422, got {other:?}"),
+    }
+    let mut dotted = support::transactions_dataset(lake, 3);
+    dotted.metadata.name = Some("transactions.v2".into());
+    match api.create(&PostParams::default(), &dotted).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            assert!(status.message.contains("metadata.name must be a DNS label"), "{}", status.message);
+        }
         other => panic!("expected a 422, got {other:?}"),
     }
     api.create(&PostParams::default(), &support::transactions_dataset(lake, 3)).await.expect("the example is valid");
