@@ -577,3 +577,23 @@ async fn lake_credentials_reach_the_worker_by_reference_only() {
         assert!(!text.contains(SECRET_VALUE), "the secret value leaked into the {what}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_gracefully_hands_the_lease_over_at_once() {
+    let s = Scenario::new("handover").await;
+    let mut a = s.operator("replica-a").await;
+    eventually("replica-a leads", Duration::from_secs(20), || async {
+        (a.metric("silverline_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+    let b = s.operator("replica-b").await;
+    assert!(a.terminate().await, "the leader exits 0 on SIGTERM\n{}", s.diagnostics(&[&a]));
+    // Released before exiting: nobody holds a Lease that would otherwise stay replica-a's for its duration.
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let holder = leases.get("silverline-operator").await.expect("lease").spec.and_then(|l| l.holder_identity);
+    assert_ne!(holder.as_deref(), Some("replica-a"));
+    eventually("replica-b takes over", Duration::from_secs(10), || async {
+        (b.metric("silverline_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+}

@@ -254,6 +254,17 @@ impl Operator {
         text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
     }
 
+    /// SIGTERM, as Kubernetes stops a pod; returns whether the operator then exited successfully.
+    pub async fn terminate(&mut self) -> bool {
+        let Some(pid) = self.child.id() else { return false };
+        let sent = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        assert!(sent.is_ok_and(|s| s.success()), "cannot send SIGTERM to the operator");
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => false,
+        }
+    }
+
     /// SIGKILL: the operator gets no chance to clean up.
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
