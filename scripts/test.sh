@@ -46,6 +46,22 @@ export SILVERLINE_WORKER_BIN="$target_dir/debug/silverline-worker"
 [[ -x "$SILVERLINE_WORKER_BIN" ]] || { echo "no worker binary at $SILVERLINE_WORKER_BIN" >&2; exit 1; }
 # ---- END operator ----
 
-step "cargo test (unit, property and end-to-end tests)"
+# ---- BEGIN worker: S3-compatible server (SeaweedFS, see tests/s3server/README.md) ----
+# Builds (cached) and starts SeaweedFS on loopback for the worker's S3 tests (worker/tests/s3.rs: conditional
+# writes, S3 runs, access denied, retry budget, SIGKILL and SIGTERM crash safety). They are #[ignore]d in a
+# plain `cargo test` and run below with --ignored; a server that cannot be built or started fails this script.
+step "S3 test server (build, cached, and start)"
+scripts/s3server.sh build >/dev/null
+SILVERLINE_S3_DIR="$(mktemp -d "${TMPDIR:-/tmp}/silverline-s3.XXXXXX")"
+add_exit_trap 'scripts/s3server.sh stop "$SILVERLINE_S3_DIR" || true; rm -rf "$SILVERLINE_S3_DIR"'
+scripts/s3server.sh start "$SILVERLINE_S3_DIR"
+# shellcheck disable=SC1091
+source "$SILVERLINE_S3_DIR/env" # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... and the read-only test identity
+# ---- END worker ----
+
+step "cargo test (unit, property, end-to-end and integration tests)"
 cargo test --workspace --locked
+
+step "worker S3 tests against the real server"
+cargo test -p silverline-worker --locked --test s3 -- --ignored
 

@@ -1,0 +1,297 @@
+//! Tests against a real S3-compatible server (SeaweedFS, started on loopback by `scripts/test.sh`, which runs
+//! them with `--ignored`). Without the server's environment they fail at once rather than pass vacuously.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+use tempfile::TempDir;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run these tests through scripts/test.sh"))
+}
+
+/// Creates a bucket with a signed request (object_store has no bucket API).
+fn create_bucket(name: &str) {
+    let status = Command::new("curl")
+        .args(["-sS", "-f", "-X", "PUT", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+        .arg(format!("{}:{}", env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")))
+        .arg(format!("{}/{name}", env("AWS_ENDPOINT_URL")))
+        .status()
+        .expect("curl runs");
+    assert!(status.success(), "creating bucket {name} failed");
+}
+
+fn unique_bucket(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let name = format!("sl-{tag}-{}", nanos % 1_000_000_000_000);
+    create_bucket(&name);
+    name
+}
+
+fn store(bucket: &str) -> AmazonS3 {
+    AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_endpoint(env("AWS_ENDPOINT_URL"))
+        .with_allow_http(true)
+        .with_virtual_hosted_style_request(false)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .build()
+        .unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn worker(contract: &std::path::Path, input: &str, lake: &str, run_id: &str) -> Command {
+    let mut cmd = Command::new(worker_bin());
+    cmd.args(["run", "--progress", "off", "--contract"])
+        .arg(contract)
+        .args(["--input", input, "--lake", lake, "--run-id", run_id]);
+    cmd
+}
+
+fn keys(rt: &tokio::runtime::Runtime, s: &AmazonS3, prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> = rt
+        .block_on(s.list(Some(&Path::from(prefix))).try_collect::<Vec<_>>())
+        .unwrap()
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn get(rt: &tokio::runtime::Runtime, s: &AmazonS3, key: &str) -> Bytes {
+    rt.block_on(async { s.get(&Path::from(key)).await.unwrap().bytes().await.unwrap() })
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn the_server_honours_conditional_writes() {
+    let rt = runtime();
+    let s = store(&unique_bucket("cond"));
+    let key = Path::from("pointer/_LATEST.json");
+    let create = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+    let first = rt.block_on(s.put_opts(&key, Bytes::from_static(b"v1").into(), create.clone())).unwrap();
+    let again = rt.block_on(s.put_opts(&key, Bytes::from_static(b"v2").into(), create));
+    assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. })), "{again:?}");
+    let version = UpdateVersion { e_tag: first.e_tag.clone(), version: None };
+    let update = PutOptions { mode: PutMode::Update(version.clone()), ..PutOptions::default() };
+    rt.block_on(s.put_opts(&key, Bytes::from_static(b"v3").into(), update.clone())).unwrap();
+    let stale = rt.block_on(s.put_opts(&key, Bytes::from_static(b"v4").into(), update));
+    assert!(matches!(stale, Err(object_store::Error::Precondition { .. })), "{stale:?}");
+    assert_eq!(get(&rt, &s, "pointer/_LATEST.json"), Bytes::from_static(b"v3"));
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn a_run_on_s3_writes_the_same_silver_files_as_on_a_local_lake() {
+    let rt = runtime();
+    let tmp = TempDir::new().unwrap();
+    let bucket = unique_bucket("run");
+    let s = store(&bucket);
+    let sample = std::fs::read(repo_root().join("examples/data/transactions.csv")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(format!("{HEADER}\nZ1,C,1.00,EUR,2024-05-05T05:05:05Z\n").as_bytes()).unwrap();
+    rt.block_on(s.put(&Path::from("bronze/transactions/2024/a.csv"), Bytes::from(sample.clone()).into())).unwrap();
+    rt.block_on(s.put(&Path::from("bronze/transactions/2024/b.csv.gz"), Bytes::from(gz.finish().unwrap()).into()))
+        .unwrap();
+    let contract = repo_root().join("examples/datasets/transactions.yaml");
+    let out =
+        worker(&contract, &format!("s3://{bucket}/bronze/transactions/2024/"), &format!("s3://{bucket}/lake"), "s3run")
+            .output()
+            .unwrap();
+    let out = ran(out);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let remote: silverline_crds::report::RunReport =
+        serde_json::from_slice(&get(&rt, &s, "lake/silver/transactions/schema_v=v1/run_id=s3run/_SUCCESS")).unwrap();
+    assert_eq!(remote.inputs.len(), 2);
+    assert_eq!(remote.input_rows, 3001);
+    assert!(remote.files.iter().all(|f| f.key.starts_with(&format!("s3://{bucket}/lake/"))));
+    // Every listed file is there with its size and checksum.
+    for f in &remote.files {
+        let key = f.key.strip_prefix(&format!("s3://{bucket}/")).unwrap();
+        let data = get(&rt, &s, key);
+        assert_eq!(data.len() as u64, f.bytes, "{key}");
+    }
+    // The same input from a local directory gives byte-identical silver files.
+    let local_in = tmp.path().join("in");
+    std::fs::create_dir(&local_in).unwrap();
+    std::fs::write(local_in.join("a.csv"), &sample).unwrap();
+    std::fs::write(local_in.join("b.csv.gz"), get(&rt, &s, "bronze/transactions/2024/b.csv.gz")).unwrap();
+    let local = run_worker(&contract, &local_in, &tmp.path().join("lake"), "s3run");
+    assert_eq!(local.code, 0, "{}", local.stderr);
+    let local_report = success(&tmp.path().join("lake"), "s3run");
+    let silver = |r: &silverline_crds::report::RunReport| -> Vec<(String, String)> {
+        r.files
+            .iter()
+            .filter(|f| f.area == "silver")
+            .map(|f| (f.key.rsplit("run_id=s3run/").next().unwrap().to_owned(), f.sha256.clone()))
+            .collect()
+    };
+    assert_eq!(silver(&remote), silver(&local_report));
+    assert_eq!(
+        (remote.valid_rows_count, remote.quarantined_rows_count, remote.condemned_rows_count),
+        (local_report.valid_rows_count, local_report.quarantined_rows_count, local_report.condemned_rows_count)
+    );
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn a_missing_bucket_and_denied_access_are_permanent_exit_2() {
+    let tmp = TempDir::new().unwrap();
+    let contract = repo_root().join("examples/datasets/transactions.yaml");
+    let input = repo_root().join("examples/data/transactions.csv");
+    let out = ran(worker(&contract, input.to_str().unwrap(), "s3://sl-no-such-bucket/lake", "r1").output().unwrap());
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("sl-no-such-bucket"), "{}", out.stderr);
+
+    let bucket = unique_bucket("ro");
+    let out = ran(worker(&contract, input.to_str().unwrap(), &format!("s3://{bucket}/lake"), "r1")
+        .env("AWS_ACCESS_KEY_ID", env("SILVERLINE_TEST_RO_ACCESS_KEY_ID"))
+        .env("AWS_SECRET_ACCESS_KEY", env("SILVERLINE_TEST_RO_SECRET_ACCESS_KEY"))
+        .output()
+        .unwrap());
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("s3://{bucket}/lake/silver/transactions")), "{}", out.stderr);
+    assert!(!out.stderr.contains(&env("SILVERLINE_TEST_RO_SECRET_ACCESS_KEY")), "a secret leaked into the log");
+    drop(tmp);
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn an_unreachable_store_is_transient_exit_75_after_the_retry_budget() {
+    let contract = repo_root().join("examples/datasets/transactions.yaml");
+    let input = repo_root().join("examples/data/transactions.csv");
+    let started = Instant::now();
+    let out = ran(worker(&contract, input.to_str().unwrap(), "s3://any-bucket/lake", "r1")
+        .args(["--s3-endpoint", "http://127.0.0.1:9"])
+        .env("SILVERLINE_IO_RETRY_SECONDS", "2")
+        .output()
+        .unwrap());
+    assert_eq!(out.code, 75, "{}", out.stderr);
+    assert!(out.stderr.contains("s3://any-bucket/lake/silver/transactions/schema_v=v1/run_id=r1"), "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+/// 800k rows in one month: the silver part is large enough to go up as a multipart upload.
+fn big_input() -> Vec<u8> {
+    let mut text = format!("{HEADER}\n").into_bytes();
+    let mut x: u64 = 42;
+    for i in 0..800_000u64 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        writeln!(
+            text,
+            "T{i:08},C{:06},{}.{:02},USD,2024-03-{:02}T{:02}:{:02}:00Z",
+            x % 1_000_000,
+            (x >> 20) % 100_000,
+            (x >> 40) % 100,
+            1 + (x >> 8) % 28,
+            (x >> 16) % 24,
+            (x >> 24) % 60
+        )
+        .unwrap();
+    }
+    text
+}
+
+fn every_visible_parquet_is_complete(rt: &tokio::runtime::Runtime, s: &AmazonS3, prefix: &str) {
+    for key in keys(rt, s, prefix).into_iter().filter(|k| k.ends_with(".parquet")) {
+        let data = get(rt, s, &key);
+        ParquetRecordBatchReaderBuilder::try_new(data)
+            .unwrap_or_else(|e| panic!("{key} is not a complete Parquet file: {e}"));
+    }
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn runs_killed_at_any_point_never_look_complete_and_a_new_run_id_succeeds() {
+    let rt = runtime();
+    let bucket = unique_bucket("kill");
+    let s = store(&bucket);
+    rt.block_on(s.put(&Path::from("bronze/big.csv"), Bytes::from(big_input()).into())).unwrap();
+    let tmp = TempDir::new().unwrap();
+    let contract = contract(tmp.path(), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")]);
+    let input = format!("s3://{bucket}/bronze/big.csv");
+    let lake = format!("s3://{bucket}/lake");
+    let run_path = |id: &str| format!("lake/silver/transactions/schema_v=v1/run_id={id}");
+    // Kill at the claim, early in the stream, and later on.
+    for (i, delay_ms) in [0u64, 300, 1500, 4000].into_iter().enumerate() {
+        let id = format!("killed-{i}");
+        let mut child =
+            worker(&contract, &input, &lake, &id).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let claim = format!("{}/_RUN.json", run_path(&id));
+        let started = Instant::now();
+        while rt.block_on(s.head(&Path::from(claim.as_str()))).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(60), "run {id} never claimed its run id");
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let finished_first = child.try_wait().unwrap().is_some();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!finished_first, "run {id} finished before it could be killed; the test needs a bigger input");
+        assert!(
+            !keys(&rt, &s, &run_path(&id)).iter().any(|k| k.ends_with("/_SUCCESS")),
+            "killed run {id} has _SUCCESS"
+        );
+        every_visible_parquet_is_complete(&rt, &s, "lake/");
+    }
+    let out = ran(worker(&contract, &input, &lake, "after").output().unwrap());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report: silverline_crds::report::RunReport =
+        serde_json::from_slice(&get(&rt, &s, &format!("{}/_SUCCESS", run_path("after")))).unwrap();
+    assert_eq!(report.valid_rows_count, 800_000);
+    assert!(
+        report.files.iter().any(|f| f.area == "silver" && f.bytes > 5 * 1024 * 1024),
+        "expected a multipart-sized part: {:?}",
+        report.files
+    );
+    // A consumer that follows the _SUCCESS rule sees exactly one complete run.
+    let complete: Vec<String> =
+        keys(&rt, &s, "lake/silver/transactions/").into_iter().filter(|k| k.ends_with("/_SUCCESS")).collect();
+    assert_eq!(complete, [format!("{}/_SUCCESS", run_path("after"))]);
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn sigterm_on_s3_aborts_uploads_and_exits_75() {
+    let rt = runtime();
+    let bucket = unique_bucket("term");
+    let s = store(&bucket);
+    rt.block_on(s.put(&Path::from("bronze/big.csv"), Bytes::from(big_input()).into())).unwrap();
+    let tmp = TempDir::new().unwrap();
+    let contract = contract(tmp.path(), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")]);
+    let child = worker(&contract, &format!("s3://{bucket}/bronze/big.csv"), &format!("s3://{bucket}/lake"), "t1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let claim = Path::from("lake/silver/transactions/schema_v=v1/run_id=t1/_RUN.json");
+    let started = Instant::now();
+    while rt.block_on(s.head(&claim)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the run never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(!keys(&rt, &s, "lake/").iter().any(|k| k.ends_with("/_SUCCESS")));
+    every_visible_parquet_is_complete(&rt, &s, "lake/");
+}
