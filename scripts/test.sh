@@ -38,6 +38,9 @@ add_exit_trap 'scripts/controlplane.sh stop "$SILVERLINE_CP_DIR" || true; rm -rf
 scripts/controlplane.sh start "$SILVERLINE_CP_DIR"
 # shellcheck disable=SC1091
 source "$SILVERLINE_CP_DIR/env" # KUBECONFIG and SILVERLINE_CP_*
+# One operator scenario runs the worker and operator on an S3 lake: its test starts its own SeaweedFS server.
+step "S3 test server binary (built once, cached)"
+scripts/s3server.sh build >/dev/null
 step "worker binary for the test kubelet"
 cargo build -p silverline-worker --locked
 target_dir="${CARGO_TARGET_DIR:-target}"

@@ -196,6 +196,8 @@ pub struct OperatorOptions<'a> {
     pub log_dir: &'a Path,
     /// Connect with this kubeconfig instead of the tests' (admin) one.
     pub kubeconfig: Option<&'a Path>,
+    /// More environment, e.g. the operator's own lake identity.
+    pub env: Vec<(String, String)>,
 }
 
 impl Operator {
@@ -207,6 +209,7 @@ impl Operator {
         if let Some(kubeconfig) = options.kubeconfig {
             command.env("KUBECONFIG", kubeconfig);
         }
+        command.envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = command
             .args(["--namespace", options.namespace])
             .args(["--worker-image", "ghcr.io/silverline-dev/silverline-worker:test"])
@@ -313,6 +316,7 @@ impl Scenario {
             identity,
             log_dir: self.dir.path(),
             kubeconfig: None,
+            env: vec![],
         })
         .await
     }
@@ -401,5 +405,64 @@ impl Scenario {
             }
         }
         out
+    }
+}
+
+/// A SeaweedFS S3 server of its own (scripts/s3server.sh), stopped when dropped.
+pub struct S3Server {
+    dir: tempfile::TempDir,
+    /// What `DIR/env` exports: AWS_ENDPOINT_URL, the admin and the read-only identities.
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        let dir = tempfile::tempdir().expect("s3 directory");
+        let status = tokio::process::Command::new(repo_root().join("scripts/s3server.sh"))
+            .arg("start")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .expect("run scripts/s3server.sh");
+        assert!(status.success(), "the S3 test server did not start (scripts/s3server.sh start)");
+        let text = std::fs::read_to_string(dir.path().join("env")).expect("s3 env");
+        let env = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        S3Server { dir, env }
+    }
+
+    pub fn var(&self, name: &str) -> String {
+        self.env.get(name).cloned().unwrap_or_else(|| panic!("{name} is not in the S3 server's env"))
+    }
+
+    /// Creates a bucket with the admin identity (a SigV4-signed PUT, by the s3server helper's client).
+    pub async fn create_bucket(&self, bucket: &str) {
+        let script = format!(
+            "import sys; sys.path.insert(0, {dir:?}); import check_conditional as c; \
+             r = c.request('PUT', '/{bucket}'); sys.exit(0 if r.status == 200 else f'CreateBucket: {{r}}')",
+            dir = repo_root().join("tests/s3server").display().to_string()
+        );
+        let status = tokio::process::Command::new("python3")
+            .args(["-c", &script])
+            .envs(&self.env)
+            .status()
+            .await
+            .expect("python3");
+        assert!(status.success(), "cannot create bucket {bucket}");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(repo_root().join("scripts/s3server.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
