@@ -48,32 +48,44 @@ pub struct CheckedChunk {
 }
 
 /// Groups rows by partition, stably. Returns the groups and, unless the rows were already grouped, the order.
+/// A chunk spans few partitions, so they are counted in a small vector, not a map.
 pub fn group_by_partition(partitions: &[u32]) -> (Vec<(u32, usize)>, Option<Vec<u32>>) {
-    let mut counts: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
-    let mut runs = 0;
-    let mut previous = None;
+    let mut groups: Vec<(u32, usize)> = Vec::new();
+    let mut sorted = true;
+    let mut last: Option<usize> = None;
     for p in partitions {
-        *counts.entry(*p).or_default() += 1;
-        if previous != Some(*p) {
-            runs += 1;
-            previous = Some(*p);
-        }
+        let at = match last {
+            Some(i) if groups[i].0 == *p => i,
+            _ => match groups.iter().position(|(q, _)| q == p) {
+                Some(i) => {
+                    sorted &= i + 1 == groups.len();
+                    i
+                }
+                None => {
+                    sorted &= groups.last().is_none_or(|(q, _)| q < p);
+                    groups.push((*p, 0));
+                    groups.len() - 1
+                }
+            },
+        };
+        groups[at].1 += 1;
+        last = Some(at);
     }
-    let groups: Vec<(u32, usize)> = counts.iter().map(|(p, n)| (*p, *n)).collect();
-    if runs == groups.len() && partitions.windows(2).all(|w| w[0] <= w[1]) {
+    if sorted {
         return (groups, None);
     }
-    let mut start: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
+    groups.sort_unstable_by_key(|(p, _)| *p);
+    let mut next: Vec<(u32, usize)> = Vec::with_capacity(groups.len());
     let mut at = 0;
     for (p, n) in &groups {
-        start.insert(*p, at);
+        next.push((*p, at));
         at += n;
     }
     let mut order = vec![0u32; partitions.len()];
     for (row, p) in partitions.iter().enumerate() {
-        if let Some(slot) = start.get_mut(p) {
-            order[*slot] = row as u32;
-            *slot += 1;
+        if let Ok(i) = next.binary_search_by_key(p, |(q, _)| *q) {
+            order[next[i].1] = row as u32;
+            next[i].1 += 1;
         }
     }
     (groups, Some(order))
@@ -181,7 +193,7 @@ fn check_value(contract: &Contract, c: usize, text: &[u8]) -> Result<Parsed, Row
         Kind::Int64 => Parsed::Int(values::parse_int64(text).map_err(fail)?),
     };
     if let Some(allowed) = &column.allowed {
-        if !allowed.contains(text) {
+        if !allowed.iter().any(|a| **a == *text) {
             return Err(RowError {
                 error_type: ErrorType::Value,
                 column: Some(c),
@@ -418,6 +430,8 @@ mod tests {
         assert_eq!(group_by_partition(&[]), (vec![], None));
         assert_eq!(group_by_partition(&[3, 3, 5]), (vec![(3, 2), (5, 1)], None));
         assert_eq!(group_by_partition(&[5, 3, 5, 3]), (vec![(3, 2), (5, 2)], Some(vec![1, 3, 0, 2])));
+        assert_eq!(group_by_partition(&[3, 3, 5, 3]), (vec![(3, 3), (5, 1)], Some(vec![0, 1, 3, 2])));
+        assert_eq!(group_by_partition(&[5, 5, 3]), (vec![(3, 1), (5, 2)], Some(vec![2, 0, 1])));
     }
 
     #[test]

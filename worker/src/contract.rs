@@ -5,7 +5,7 @@ use crate::{Error, Result};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use regex::bytes::Regex;
 use silverline_crds::{ColumnType, Dataset, StorageSpec};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Column names the quarantine and condemned files use for their own metadata.
@@ -36,7 +36,8 @@ pub struct Column {
     pub name: String,
     pub kind: Kind,
     pub required: bool,
-    pub allowed: Option<HashSet<Box<[u8]>>>,
+    /// Allowed values; lists are short, so a scan beats hashing.
+    pub allowed: Option<Vec<Box<[u8]>>>,
     pub allowed_display: Option<String>,
     pub pattern: Option<Regex>,
 }
