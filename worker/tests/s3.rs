@@ -214,15 +214,29 @@ fn every_visible_parquet_is_complete(rt: &tokio::runtime::Runtime, s: &AmazonS3,
     }
 }
 
-#[test]
-#[ignore = "needs the S3 server that scripts/test.sh starts"]
-fn runs_killed_at_any_point_never_look_complete_and_a_new_run_id_succeeds() {
+/// A bucket holding the big input, and a lenient contract.
+struct BigRun {
+    rt: tokio::runtime::Runtime,
+    bucket: String,
+    s: AmazonS3,
+    _tmp: TempDir,
+    contract: std::path::PathBuf,
+}
+
+fn big_run(tag: &str) -> BigRun {
     let rt = runtime();
-    let bucket = unique_bucket("kill");
+    let bucket = unique_bucket(tag);
     let s = store(&bucket);
     rt.block_on(s.put(&Path::from("bronze/big.csv"), Bytes::from(big_input()).into())).unwrap();
     let tmp = TempDir::new().unwrap();
     let contract = contract(tmp.path(), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")]);
+    BigRun { rt, bucket, s, _tmp: tmp, contract }
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn runs_killed_at_any_point_never_look_complete_and_a_new_run_id_succeeds() {
+    let BigRun { rt, bucket, s, _tmp, contract } = big_run("kill");
     let input = format!("s3://{bucket}/bronze/big.csv");
     let lake = format!("s3://{bucket}/lake");
     let run_path = |id: &str| format!("lake/silver/transactions/schema_v=v1/run_id={id}");
@@ -270,12 +284,7 @@ fn runs_killed_at_any_point_never_look_complete_and_a_new_run_id_succeeds() {
 #[test]
 #[ignore = "needs the S3 server that scripts/test.sh starts"]
 fn sigterm_on_s3_aborts_uploads_and_exits_75() {
-    let rt = runtime();
-    let bucket = unique_bucket("term");
-    let s = store(&bucket);
-    rt.block_on(s.put(&Path::from("bronze/big.csv"), Bytes::from(big_input()).into())).unwrap();
-    let tmp = TempDir::new().unwrap();
-    let contract = contract(tmp.path(), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")]);
+    let BigRun { rt, bucket, s, _tmp, contract } = big_run("term");
     let child = worker(&contract, &format!("s3://{bucket}/bronze/big.csv"), &format!("s3://{bucket}/lake"), "t1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
