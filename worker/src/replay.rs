@@ -12,12 +12,15 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::io::Read;
 use tokio::runtime::Handle;
 
-/// Reads a whole quarantine part file.
-fn fetch(input: &InputObject, handle: &Handle) -> Result<Bytes> {
+/// The checksum of an object, filled once it has been read to its end.
+pub type ChecksumSlot = std::sync::Arc<std::sync::Mutex<Option<crate::location::Checksum>>>;
+
+/// Reads a whole quarantine part file, with the checksum of what was read.
+fn fetch(input: &InputObject, handle: &Handle) -> Result<(Bytes, ChecksumSlot)> {
     let mut open = input.open(handle, None)?;
     let mut buf = Vec::with_capacity(input.size as usize);
     open.reader.read_to_end(&mut buf).map_err(|e| read_error(e, &input.uri))?;
-    Ok(Bytes::from(buf))
+    Ok((Bytes::from(buf), open.checksum))
 }
 
 fn drift(input: &InputObject, message: String) -> Error {
@@ -37,8 +40,8 @@ fn open_reader(
     input: &InputObject,
     contract: &Contract,
     handle: &Handle,
-) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
-    let bytes = fetch(input, handle)?;
+) -> Result<(parquet::arrow::arrow_reader::ParquetRecordBatchReader, ChecksumSlot)> {
+    let (bytes, checksum) = fetch(input, handle)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| Error::UnreadableInput {
         source_uri: input.uri.clone(),
         message: format!("not a Parquet file: {e}"),
@@ -54,10 +57,11 @@ fn open_reader(
             }
         }
     }
-    builder
+    let reader = builder
         .with_batch_size(16 * 1024)
         .build()
-        .map_err(|e| Error::UnreadableInput { source_uri: input.uri.clone(), message: e.to_string() })
+        .map_err(|e| Error::UnreadableInput { source_uri: input.uri.clone(), message: e.to_string() })?;
+    Ok((reader, checksum))
 }
 
 /// Checks that the object is a quarantine file of this contract, before anything is written.
@@ -65,14 +69,14 @@ pub fn preflight(input: &InputObject, contract: &Contract, handle: &Handle) -> R
     open_reader(input, contract, handle).map(|_| ())
 }
 
-/// Reads a quarantine file as chunks of replayed records.
+/// Reads a quarantine file as chunks of replayed records, with the checksum of the object.
 pub fn read_chunks(
     input: &InputObject,
     source: usize,
     contract: &Contract,
     handle: &Handle,
-) -> Result<Vec<RecordChunk>> {
-    let reader = open_reader(input, contract, handle)?;
+) -> Result<(Vec<RecordChunk>, ChecksumSlot)> {
+    let (reader, checksum) = open_reader(input, contract, handle)?;
     let mut chunks = Vec::new();
     let mut first = 1;
     for batch in reader {
@@ -82,7 +86,7 @@ pub fn read_chunks(
         first += chunk.len() as u64;
         chunks.push(chunk);
     }
-    Ok(chunks)
+    Ok((chunks, checksum))
 }
 
 fn to_chunk(

@@ -156,17 +156,14 @@ fn read_inputs(
     for (source, input) in inputs.iter().enumerate() {
         control.check()?;
         if input.format == InputFormat::Quarantine {
-            for chunk in replay::read_chunks(input, source, contract, handle)? {
+            let (chunks, checksum) = replay::read_chunks(input, source, contract, handle)?;
+            for chunk in chunks {
                 if out.send((seq, chunk)).is_err() {
                     return Ok(records);
                 }
                 seq += 1;
             }
-            // The replay reader has read the whole object; record its checksum from a second, metered read.
-            let open = input.open(handle, None)?;
-            let mut reader = open.reader;
-            std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| read_error(e, &input.uri))?;
-            records.push(checksum_of(input, &open.checksum)?);
+            records.push(checksum_of(input, &checksum)?);
             continue;
         }
         let open = input.open(handle, Some(control.bytes.clone()))?;
