@@ -9,7 +9,7 @@ use crate::contract::{Contract, HeaderMap, Kind};
 use crate::tokenize::RecordChunk;
 use crate::values::{self, ErrorType, lossy};
 use arrow::array::{
-    ArrayRef, Date32Builder, Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BinaryBuilder, Date32Builder, Decimal128Builder, Int64Builder, StringArray, TimestampMicrosecondBuilder,
 };
 use arrow::record_batch::RecordBatch;
 use std::sync::Arc;
@@ -95,12 +95,25 @@ pub fn group_by_partition(partitions: &[u32]) -> (Vec<(u32, usize)>, Option<Vec<
 /// the field lengths so that `a,bc` and `ab,c` differ. Replayed quarantine rows keep the hash they were given.
 pub fn row_hash(fields: &[&[u8]], scratch: &mut Vec<u8>) -> u128 {
     scratch.clear();
-    let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
     for field in fields {
         scratch.extend_from_slice(field);
-        seed = (seed ^ (field.len() as u64 + 1)).wrapping_mul(0x0100_0000_01b3);
     }
-    xxh3_128_with_seed(scratch, seed)
+    xxh3_128_with_seed(scratch, row_seed(fields.iter().map(|f| f.len())))
+}
+
+/// The seed of a row hash: the fields' lengths, so that moving bytes from one field to the next changes it.
+fn row_seed(lengths: impl Iterator<Item = usize>) -> u64 {
+    lengths.fold(0xcbf2_9ce4_8422_2325, |seed, len| (seed ^ (len as u64 + 1)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// [`row_hash`] of record `r`'s fields in source order, which lie back to back in the chunk: no copy needed.
+fn record_hash(raw: &RecordChunk, r: usize) -> u128 {
+    let range = raw.field_range(r);
+    let lengths = range.clone().map(|f| {
+        let start = if f == 0 { 0 } else { raw.field_ends[f - 1] };
+        raw.field_ends[f] - start
+    });
+    xxh3_128_with_seed(raw.record_bytes(r), row_seed(lengths))
 }
 
 /// The hash of a row's primary key (trimmed values).
@@ -109,7 +122,8 @@ fn key_hash(contract: &Contract, trimmed: &[&[u8]]) -> u64 {
 }
 
 enum ColumnBuilder {
-    Str(StringBuilder),
+    /// Text is collected as bytes and validated as UTF-8 once per chunk, not once per value.
+    Str(BinaryBuilder),
     Dec(Decimal128Builder, u8, i8),
     Ts(TimestampMicrosecondBuilder),
     Date(Date32Builder),
@@ -119,7 +133,7 @@ enum ColumnBuilder {
 impl ColumnBuilder {
     fn new(kind: Kind, capacity: usize) -> ColumnBuilder {
         match kind {
-            Kind::String => ColumnBuilder::Str(StringBuilder::with_capacity(capacity, capacity * 16)),
+            Kind::String => ColumnBuilder::Str(BinaryBuilder::with_capacity(capacity, capacity * 16)),
             Kind::Decimal { precision, scale } => {
                 ColumnBuilder::Dec(Decimal128Builder::with_capacity(capacity), precision, scale as i8)
             }
@@ -136,8 +150,7 @@ impl ColumnBuilder {
             (ColumnBuilder::Ts(b), Parsed::Null) => b.append_null(),
             (ColumnBuilder::Date(b), Parsed::Null) => b.append_null(),
             (ColumnBuilder::Int(b), Parsed::Null) => b.append_null(),
-            // The text was checked to be UTF-8 before any value is parsed.
-            (ColumnBuilder::Str(b), _) => b.append_value(std::str::from_utf8(text).unwrap_or_default()),
+            (ColumnBuilder::Str(b), _) => b.append_value(text),
             (ColumnBuilder::Dec(b, ..), Parsed::Dec(v)) => b.append_value(v),
             (ColumnBuilder::Ts(b), Parsed::Int(v)) => b.append_value(v),
             (ColumnBuilder::Date(b), Parsed::Date(v)) => b.append_value(v),
@@ -151,7 +164,10 @@ impl ColumnBuilder {
 
     fn finish(self) -> ArrayRef {
         match self {
-            ColumnBuilder::Str(mut b) => Arc::new(b.finish()),
+            // Every value was checked to be UTF-8 before it was appended.
+            ColumnBuilder::Str(mut b) => {
+                Arc::new(StringArray::try_from_binary(b.finish()).unwrap_or_else(|e| unreachable_text(&e.to_string())))
+            }
             ColumnBuilder::Dec(mut b, p, s) => {
                 Arc::new(b.finish().with_precision_and_scale(p, s).unwrap_or_else(|_| unreachable_decimal()))
             }
@@ -160,6 +176,11 @@ impl ColumnBuilder {
             ColumnBuilder::Int(mut b) => Arc::new(b.finish()),
         }
     }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_text(message: &str) -> StringArray {
+    panic!("text values are checked to be UTF-8 before they are appended: {message}")
 }
 
 // The contract guarantees 1 <= precision <= 38 and scale <= precision, which arrow accepts.
@@ -247,8 +268,7 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
         let field_count = range.len();
         let mismatch = replay.map_or(field_count != map.field_count, |m| !m.has_values);
         if mismatch {
-            let all: Vec<&[u8]> = raw.fields(r).collect();
-            hashes.push(replay.map_or_else(|| row_hash(&all, &mut scratch), |m| m.row_hash));
+            hashes.push(replay.map_or_else(|| record_hash(&raw, r), |m| m.row_hash));
             let message = match replay {
                 Some(_) => {
                     "the quarantined row has no per-column values (wrong field count or undecodable bytes)".to_owned()
@@ -260,7 +280,11 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
         }
         fields.clear();
         fields.extend(map.source_index.iter().map(|&s| raw.field(range.start + s)));
-        hashes.push(replay.map_or_else(|| row_hash(&fields, &mut scratch), |m| m.row_hash));
+        hashes.push(match replay {
+            Some(m) => m.row_hash,
+            None if map.identity && map.field_count == width => record_hash(&raw, r),
+            None => row_hash(&fields, &mut scratch),
+        });
         let ascii = raw.record_bytes(r).is_ascii();
         if let Some((c, err)) = (!ascii)
             .then(|| fields.iter().enumerate().find_map(|(c, f)| std::str::from_utf8(f).err().map(|e| (c, e))))
@@ -439,5 +463,16 @@ mod tests {
         let mut s = Vec::new();
         assert_ne!(row_hash(&[b"a", b"bc"], &mut s), row_hash(&[b"ab", b"c"], &mut s));
         assert_eq!(row_hash(&[b"a", b"bc"], &mut s), row_hash(&[b"a", b"bc"], &mut s));
+    }
+
+    #[test]
+    fn a_record_hashes_like_its_fields() {
+        let mut chunk = RecordChunk::new(0, 1);
+        chunk.push_record([&b"x"[..], b"yz"], 2);
+        chunk.push_record([&b""[..], b"a", b"bc", b""], 3);
+        let mut s = Vec::new();
+        assert_eq!(record_hash(&chunk, 0), row_hash(&[b"x", b"yz"], &mut s));
+        assert_eq!(record_hash(&chunk, 1), row_hash(&[b"", b"a", b"bc", b""], &mut s));
+        assert_ne!(record_hash(&chunk, 1), row_hash(&[b"a", b"bc"], &mut s));
     }
 }

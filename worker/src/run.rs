@@ -15,7 +15,7 @@ use crate::location::{
     InputFormat, InputObject, Location, StoreOptions, open_lake, read_error, resolve_inputs, storage_error,
 };
 use crate::report::{InputRecord, RunFacts, RunReport, build_report, put_json};
-use crate::sink::{SideWriter, SilverWriter, kept_rows};
+use crate::sink::{SideWriter, SilverWriter};
 use crate::tokenize::CsvTokenizer;
 use crate::{Error, Result, replay};
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 /// Records per chunk, and field bytes per chunk: the unit of parallel work and of memory in flight.
-pub const CHUNK_RECORDS: usize = 32 * 1024;
-pub const CHUNK_BYTES: usize = 2 * 1024 * 1024;
+pub const CHUNK_RECORDS: usize = 16 * 1024;
+pub const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// What `silverline-worker run` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -253,7 +253,7 @@ impl Committer<'_> {
                 record,
             }
         })?;
-        self.silver.write(kept_rows(&chunk, settled.keep.as_ref())?)?;
+        self.silver.write(&chunk, settled.keep.as_ref())?;
         let map = &self.maps[source];
         self.quarantine.write(self.contract, &chunk, map, uri, &settled.quarantined)?;
         self.condemned.write(self.contract, &chunk, map, uri, &settled.condemned)?;
@@ -300,15 +300,15 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
         inputs: &inputs,
         maps: &maps,
         ledger: Ledger::new(contract.max_same_errors, contract.max_attempts),
-        silver: SilverWriter::new(lake.clone(), layout.clone(), &contract, handle.clone(), threads)?,
+        silver: SilverWriter::new(lake.clone(), layout.clone(), &contract, handle.clone(), threads),
         quarantine: SideWriter::new(Area::Quarantine, &contract, lake.clone(), layout.clone(), handle.clone()),
         condemned: SideWriter::new(Area::Condemned, &contract, lake.clone(), layout.clone(), handle.clone()),
         control,
     };
 
     let (input_records, committed) = std::thread::scope(|scope| {
-        let (raw_tx, raw_rx) = bounded(threads * 2);
-        let (checked_tx, checked_rx) = bounded(threads * 2);
+        let (raw_tx, raw_rx) = bounded(threads);
+        let (checked_tx, checked_rx) = bounded(threads);
         let reader = scope.spawn(|| read_inputs(&inputs, &contract, handle, control, raw_tx));
         for _ in 0..threads {
             let (rx, tx) = (raw_rx.clone(), checked_tx.clone());

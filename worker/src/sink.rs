@@ -9,7 +9,7 @@ use crate::ledger::SideRow;
 use crate::location::{Location, storage_error};
 use crate::{Error, Result};
 use arrow::array::BooleanArray;
-use arrow::array::{ArrayRef, RecordBatch, StringBuilder, UInt32Builder, UInt64Builder};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder, UInt32Builder, UInt64Builder};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use object_store::buffered::BufWriter;
@@ -38,21 +38,61 @@ pub const PAGE_BYTES: usize = 256 * 1024;
 /// zstd level, the same as the peers' default.
 pub const ZSTD_LEVEL: i32 = 3;
 
-/// zstd, bounded row groups, and no dictionary where it cannot pay: primary-key columns are unique by contract
-/// and timestamps nearly so, so trying a dictionary there only costs time before falling back.
-pub fn writer_properties(contract: &Contract) -> WriterProperties {
+/// A column gets a dictionary when its sample holds at most this many distinct values per this many rows.
+pub const DICTIONARY_MAX_DISTINCT_PER_ROWS: (usize, usize) = (1, 4);
+
+/// zstd, bounded row groups, and a dictionary only for the columns in `dictionary` (one flag per column).
+pub fn writer_properties(contract: &Contract, dictionary: &[bool]) -> WriterProperties {
     let level = ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default();
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
         .set_data_page_size_limit(PAGE_BYTES)
         .set_dictionary_page_size_limit(PAGE_BYTES);
-    for (i, column) in contract.columns.iter().enumerate() {
-        if contract.key_columns == [i] || column.kind == crate::contract::Kind::Timestamp {
-            builder = builder.set_column_dictionary_enabled(ColumnPath::from(column.name.as_str()), false);
-        }
+    for (column, enabled) in contract.columns.iter().zip(dictionary) {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column.name.as_str()), *enabled);
     }
     builder.build()
+}
+
+/// Which columns are worth a dictionary, judged from the first valid rows of the run (a pure decision on the
+/// input, so the files stay deterministic): never a primary-key column, which is unique by contract, and
+/// otherwise only a column with at most one distinct value per four rows in the sample. Trying a dictionary on
+/// a column of mostly distinct values (ids, amounts, timestamps) costs a hash per value and ends in a fallback
+/// to plain encoding anyway.
+pub fn dictionary_columns(contract: &Contract, sample: &[(u32, RecordBatch)]) -> Vec<bool> {
+    let rows: usize = sample.iter().map(|(_, b)| b.num_rows()).sum();
+    let (distinct_max, per_rows) = DICTIONARY_MAX_DISTINCT_PER_ROWS;
+    (0..contract.columns.len())
+        .map(|c| {
+            if contract.key_columns == [c] {
+                return false;
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (_, batch) in sample {
+                distinct_values(batch.column(c).as_ref(), &mut seen);
+            }
+            seen.len() * per_rows <= rows * distinct_max
+        })
+        .collect()
+}
+
+/// Adds a hash of each value of `array` (one for null) to `seen`.
+fn distinct_values(array: &dyn Array, seen: &mut std::collections::HashSet<u64>) {
+    use xxhash_rust::xxh3::xxh3_64;
+    let data = array.to_data();
+    let strings = data.data_type() == &DataType::Utf8;
+    let width = data.data_type().primitive_width();
+    for i in 0..array.len() {
+        if array.is_null(i) {
+            seen.insert(0);
+        } else if strings {
+            seen.insert(xxh3_64(array.as_string::<i32>().value(i).as_bytes()));
+        } else if let Some(w) = width {
+            let at = (data.offset() + i) * w;
+            seen.insert(xxh3_64(&data.buffers()[0][at..at + w]));
+        }
+    }
 }
 
 /// Quarantine rows carry long text (raw record, message), so their row groups are kept small.
@@ -66,7 +106,7 @@ fn side_properties() -> WriterProperties {
 
 /// The upload buffer of one part: S3 needs multipart parts of at least 5 MiB; a local lake needs little.
 pub fn sink_capacity(location: &Location) -> usize {
-    if location.local_dir.is_some() { 1024 * 1024 } else { 5 * 1024 * 1024 }
+    if location.local_dir.is_some() { 256 * 1024 } else { 5 * 1024 * 1024 }
 }
 
 /// A `Write` into one object: counts and checksums the bytes, completes the upload on `finish`, and aborts it
@@ -204,7 +244,13 @@ struct PartitionSet {
 }
 
 impl PartitionSet {
-    fn write_partition(&mut self, partition: u32, batch: RecordBatch) -> Result<()> {
+    fn write_partition(&mut self, partition: u32, batch: RecordBatch, keep: Option<BooleanArray>) -> Result<()> {
+        let batch = match keep {
+            Some(mask) if mask.true_count() < batch.num_rows() => {
+                filter_record_batch(&batch, &mask).map_err(|e| Error::internal("filtering rows", e))?
+            }
+            _ => batch,
+        };
         let rows = batch.num_rows();
         if rows == 0 {
             return Ok(());
@@ -266,37 +312,48 @@ impl PartitionSet {
 }
 
 enum EncoderMessage {
-    Write(u32, RecordBatch),
+    Write(u32, RecordBatch, Option<BooleanArray>),
     Finish,
 }
 
 /// Valid rows, split into `year=YYYY/month=MM` partitions and encoded in parallel: partition `p` belongs to
 /// encoder thread `p % threads`, which writes its batches in the order given, so the files do not depend on
-/// the number of threads. An encoder whose channel closes without `Finish` drops its parts, aborting them.
+/// the number of threads. The encoders start with the first valid rows, which decide the dictionary columns.
+/// An encoder whose channel closes without `Finish` drops its parts, aborting them.
 pub struct SilverWriter {
+    location: Location,
+    layout: LakeLayout,
+    contract: Contract,
+    handle: Handle,
+    threads: usize,
     senders: Vec<crossbeam_channel::Sender<EncoderMessage>>,
-    threads: Vec<std::thread::JoinHandle<Result<Vec<FileRecord>>>>,
+    encoders: Vec<std::thread::JoinHandle<Result<Vec<FileRecord>>>>,
 }
 
 impl SilverWriter {
-    pub fn new(
-        location: Location,
-        layout: LakeLayout,
-        contract: &Contract,
-        handle: Handle,
-        threads: usize,
-    ) -> Result<SilverWriter> {
-        let threads = threads.max(1);
-        let mut writer = SilverWriter { senders: Vec::new(), threads: Vec::new() };
-        for i in 0..threads {
+    pub fn new(location: Location, layout: LakeLayout, contract: &Contract, handle: Handle, threads: usize) -> Self {
+        SilverWriter {
+            location,
+            layout,
+            contract: contract.clone(),
+            handle,
+            threads: threads.max(1),
+            senders: Vec::new(),
+            encoders: Vec::new(),
+        }
+    }
+
+    fn start(&mut self, sample: &[(u32, RecordBatch)]) -> Result<()> {
+        let properties = writer_properties(&self.contract, &dictionary_columns(&self.contract, sample));
+        for i in 0..self.threads {
             let (tx, rx) = crossbeam_channel::bounded::<EncoderMessage>(4);
             let mut set = PartitionSet {
-                location: location.clone(),
-                layout: layout.clone(),
-                schema: contract.silver_schema.clone(),
-                properties: writer_properties(contract),
-                handle: handle.clone(),
-                budget: BUFFER_BUDGET / threads,
+                location: self.location.clone(),
+                layout: self.layout.clone(),
+                schema: self.contract.silver_schema.clone(),
+                properties: properties.clone(),
+                handle: self.handle.clone(),
+                budget: BUFFER_BUDGET / self.threads,
                 pending: BTreeMap::new(),
                 pending_bytes: 0,
                 open: BTreeMap::new(),
@@ -308,26 +365,26 @@ impl SilverWriter {
                 .spawn(move || {
                     for message in rx.iter() {
                         match message {
-                            EncoderMessage::Write(p, batch) => set.write_partition(p, batch)?,
+                            EncoderMessage::Write(p, batch, keep) => set.write_partition(p, batch, keep)?,
                             EncoderMessage::Finish => return set.finish(),
                         }
                     }
                     Err(Error::internal("encoder", "stopped before the run finished"))
                 })
                 .map_err(|e| Error::internal("starting an encoder thread", e))?;
-            writer.senders.push(tx);
-            writer.threads.push(thread);
+            self.senders.push(tx);
+            self.encoders.push(thread);
         }
-        Ok(writer)
+        Ok(())
     }
 
-    fn send(&mut self, partition: u32, batch: RecordBatch) -> Result<()> {
+    fn send(&mut self, partition: u32, batch: RecordBatch, keep: Option<BooleanArray>) -> Result<()> {
         let i = partition as usize % self.senders.len();
-        if self.senders[i].send(EncoderMessage::Write(partition, batch)).is_ok() {
+        if self.senders[i].send(EncoderMessage::Write(partition, batch, keep)).is_ok() {
             return Ok(());
         }
         // The encoder stopped on an error: report it.
-        let thread = self.threads.remove(i);
+        let thread = self.encoders.remove(i);
         self.senders.remove(i);
         match thread.join() {
             Ok(Err(e)) => Err(e),
@@ -335,11 +392,28 @@ impl SilverWriter {
         }
     }
 
-    /// Writes the valid rows of a chunk, one batch per partition.
-    pub fn write(&mut self, parts: Vec<(u32, RecordBatch)>) -> Result<()> {
-        for (partition, batch) in parts {
-            if batch.num_rows() > 0 {
-                self.send(partition, batch)?;
+    /// Writes the valid rows of a chunk (one batch per partition) that the ledger kept: `keep`, in record
+    /// order, says which; `None` keeps all. The encoders do the filtering, off the in-order path.
+    pub fn write(&mut self, chunk: &CheckedChunk, keep: Option<&BooleanArray>) -> Result<()> {
+        if chunk.valid.is_empty() {
+            return Ok(());
+        }
+        if self.senders.is_empty() {
+            self.start(&chunk.valid)?;
+        }
+        let mask: Option<BooleanArray> = match (keep, &chunk.order) {
+            (None, _) => None,
+            (Some(mask), None) => Some(mask.clone()),
+            // The mask is in record order; the batches are grouped by partition.
+            (Some(mask), Some(order)) => Some(order.iter().map(|&i| Some(mask.value(i as usize))).collect()),
+        };
+        let mut at = 0;
+        for (partition, batch) in &chunk.valid {
+            let rows = batch.num_rows();
+            let part_mask = mask.as_ref().map(|m| m.slice(at, rows));
+            at += rows;
+            if rows > 0 {
+                self.send(*partition, batch.clone(), part_mask)?;
             }
         }
         Ok(())
@@ -353,7 +427,7 @@ impl SilverWriter {
         }
         let mut files = Vec::new();
         let mut first_error = None;
-        for thread in std::mem::take(&mut self.threads) {
+        for thread in std::mem::take(&mut self.encoders) {
             match thread.join() {
                 Ok(Ok(f)) => files.extend(f),
                 Ok(Err(e)) => {
@@ -568,30 +642,28 @@ impl SideWriter {
     }
 }
 
-/// Keeps the valid rows the ledger kept, per partition.
-pub fn kept_rows(chunk: &CheckedChunk, keep: Option<&BooleanArray>) -> Result<Vec<(u32, RecordBatch)>> {
-    let Some(mask) = keep else {
-        return Ok(chunk.valid.clone());
-    };
-    // The mask is in record order; the batches are grouped by partition.
-    let mask: BooleanArray = match &chunk.order {
-        Some(order) => order.iter().map(|&i| Some(mask.value(i as usize))).collect(),
-        None => mask.clone(),
-    };
-    let mut at = 0;
-    let mut kept = Vec::with_capacity(chunk.valid.len());
-    for (partition, batch) in &chunk.valid {
-        let part_mask = mask.slice(at, batch.num_rows());
-        at += batch.num_rows();
-        let filtered = filter_record_batch(batch, &part_mask).map_err(|e| Error::internal("filtering rows", e))?;
-        kept.push((*partition, filtered));
-    }
-    Ok(kept)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dictionaries_only_for_columns_whose_values_repeat() {
+        use crate::check::check_chunk;
+        use crate::contract::{HeaderMap, tests::transactions};
+        use crate::tokenize::RecordChunk;
+        let contract = transactions();
+        let mut raw = RecordChunk::new(0, 1);
+        for i in 0..100u64 {
+            let row = format!("T{i},C{},{i}.50,EUR,2024-01-{:02}T00:00:{:02}Z", i % 3, 1 + i % 28, i % 60);
+            raw.push_record(row.split(',').map(str::as_bytes), i + 2);
+        }
+        let checked = check_chunk(&contract, &HeaderMap::identity(5), raw);
+        // The key is never a dictionary; 3 customers and 1 currency repeat; amounts and timestamps do not.
+        assert_eq!(dictionary_columns(&contract, &checked.valid), vec![false, true, false, true, false]);
+        let properties = writer_properties(&contract, &[false, true, false, true, false]);
+        assert!(properties.dictionary_enabled(&ColumnPath::from("Currency")));
+        assert!(!properties.dictionary_enabled(&ColumnPath::from("TransactionID")));
+    }
 
     #[test]
     fn raw_records_are_valid_csv() {
