@@ -12,12 +12,62 @@ use crate::check::{CheckedChunk, Outcome, RowError};
 use crate::values::ErrorType;
 use arrow::array::BooleanArray;
 
+/// Zeroed 8-byte slots. Large tables live in their own anonymous mapping, for which the kernel is asked to use
+/// huge pages: probes land anywhere in a table of tens of megabytes, and with 4 KiB pages nearly every probe would
+/// also miss the TLB. Small tables, or a kernel that refuses, get ordinary memory.
+#[derive(Debug)]
+enum Slots {
+    Heap(Vec<u64>),
+    Mapped(memmap2::MmapMut),
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots::Heap(Vec::new())
+    }
+}
+
+impl Slots {
+    /// Tables from this many slots up get their own mapping (16 MiB).
+    const MAPPED_FROM: usize = 2 * 1024 * 1024;
+
+    fn zeroed(n: usize) -> Slots {
+        if n >= Self::MAPPED_FROM {
+            if let Ok(map) = memmap2::MmapMut::map_anon(n * 8) {
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage);
+                // A mapping is page-aligned, so it always holds whole aligned u64s; checked all the same.
+                if bytemuck::try_cast_slice::<u8, u64>(&map[..]).is_ok() {
+                    return Slots::Mapped(map);
+                }
+            }
+        }
+        Slots::Heap(vec![0; n])
+    }
+
+    #[inline]
+    fn get(&self) -> &[u64] {
+        match self {
+            Slots::Heap(v) => v,
+            Slots::Mapped(m) => bytemuck::try_cast_slice(&m[..]).unwrap_or_default(),
+        }
+    }
+
+    #[inline]
+    fn get_mut(&mut self) -> &mut [u64] {
+        match self {
+            Slots::Heap(v) => v,
+            Slots::Mapped(m) => bytemuck::try_cast_slice_mut(&mut m[..]).unwrap_or_default(),
+        }
+    }
+}
+
 /// A set of 64-bit hashes in one flat array with linear probing: 8 bytes per slot and nothing else, kept at
 /// most 3/4 full. The hashes are uniformly distributed already, so a slot is found by multiply-shift; 0 marks
 /// an empty slot, so a hash of 0 is stored as 1.
 #[derive(Debug, Default)]
 pub struct HashSet64 {
-    slots: Vec<u64>,
+    slots: Slots,
     len: usize,
 }
 
@@ -29,25 +79,26 @@ impl HashSet64 {
     /// Makes room for `additional` more hashes without growing on the way.
     pub fn reserve(&mut self, additional: usize) {
         let wanted = (self.len + additional) / 3 * 4 + 64;
-        if wanted > self.slots.len() {
+        if wanted > self.slots.get().len() {
             self.rebuild(wanted);
         }
     }
 
     fn rebuild(&mut self, slots: usize) {
-        let old = std::mem::replace(&mut self.slots, vec![0; slots]);
-        for hash in old.into_iter().filter(|h| *h != 0) {
-            self.place(hash);
+        let old = std::mem::replace(&mut self.slots, Slots::zeroed(slots));
+        for hash in old.get().iter().filter(|h| **h != 0) {
+            self.place(*hash);
         }
     }
 
     fn place(&mut self, hash: u64) -> bool {
-        let n = self.slots.len();
+        let slots = self.slots.get_mut();
+        let n = slots.len();
         let mut i = Self::slot(hash, n);
         loop {
-            match self.slots[i] {
+            match slots[i] {
                 0 => {
-                    self.slots[i] = hash;
+                    slots[i] = hash;
                     return true;
                 }
                 h if h == hash => return false,
@@ -59,8 +110,8 @@ impl HashSet64 {
     /// Adds a hash; false if it was already there.
     #[inline]
     pub fn insert(&mut self, hash: u64) -> bool {
-        if (self.len + 1) * 4 > self.slots.len() * 3 {
-            self.rebuild((self.slots.len() * 2).max(1024));
+        if (self.len + 1) * 4 > self.slots.get().len() * 3 {
+            self.rebuild((self.slots.get().len() * 2).max(1024));
         }
         let added = self.place(hash.max(1));
         self.len += usize::from(added);
@@ -75,11 +126,12 @@ impl HashSet64 {
     /// than the caches, so nearly every probe misses; reading the slots of a block of rows first lets those
     /// misses overlap instead of following one another, and the probes that follow find the slots cached.
     pub fn warm(&self, hashes: impl Iterator<Item = u64>) -> u64 {
-        let n = self.slots.len();
+        let slots = self.slots.get();
+        let n = slots.len();
         if n == 0 {
             return 0;
         }
-        hashes.fold(0, |acc, h| acc ^ self.slots[Self::slot(h.max(1), n)])
+        hashes.fold(0, |acc, h| acc ^ slots[Self::slot(h.max(1), n)])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -319,11 +371,23 @@ mod tests {
         assert_eq!(set.len(), 100_000);
         let mut sized = HashSet64::default();
         sized.reserve(1000);
-        let slots = sized.slots.len();
+        let slots = sized.slots.get().len();
         (1..=1000u64).for_each(|h| {
             sized.insert(h << 40);
         });
-        assert_eq!(sized.slots.len(), slots, "a reserved set does not grow");
+        assert_eq!(sized.slots.get().len(), slots, "a reserved set does not grow");
+    }
+
+    #[test]
+    fn a_large_set_lives_in_its_own_mapping_and_keeps_every_hash() {
+        let mut set = HashSet64::default();
+        set.reserve(Slots::MAPPED_FROM);
+        assert!(matches!(set.slots, Slots::Mapped(_)), "a table of {} slots is mapped", set.slots.get().len());
+        for h in 1..=200_000u64 {
+            assert!(set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        }
+        assert!((1..=200_000u64).all(|h| !set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
+        assert_eq!(set.len(), 200_000);
     }
 
     #[test]
