@@ -150,6 +150,7 @@ fn read_inputs(
     handle: &Handle,
     control: &RunControl,
     out: Sender<(u64, crate::tokenize::RecordChunk)>,
+    recycled: Receiver<crate::tokenize::RecordChunk>,
 ) -> Result<Vec<InputRecord>> {
     let mut seq = 0u64;
     let mut records = Vec::with_capacity(inputs.len());
@@ -173,8 +174,9 @@ fn read_inputs(
         let mut first = 1u64;
         loop {
             control.check()?;
+            let reuse = recycled.try_recv().unwrap_or_default();
             let chunk = tokenizer
-                .next_chunk(source, first, CHUNK_RECORDS, CHUNK_BYTES)
+                .next_chunk_reusing(reuse, source, first, CHUNK_RECORDS, CHUNK_BYTES)
                 .map_err(|e| read_error(e, &input.uri))?;
             let Some(chunk) = chunk else { break };
             first += chunk.len() as u64;
@@ -231,6 +233,8 @@ struct Committer<'a> {
     quarantine: SideWriter,
     condemned: SideWriter,
     control: &'a RunControl,
+    /// Committed chunks go back to the reader for their buffers.
+    recycle: Option<Sender<crate::tokenize::RecordChunk>>,
 }
 
 impl Committer<'_> {
@@ -258,6 +262,10 @@ impl Committer<'_> {
         self.quarantine.write(self.contract, &chunk, map, uri, &settled.quarantined)?;
         self.condemned.write(self.contract, &chunk, map, uri, &settled.condemned)?;
         self.control.rows.store(self.ledger.counts.input_rows, Ordering::Relaxed);
+        if let Some(recycle) = &self.recycle {
+            // A full queue or a finished reader only means this chunk's buffers are freed instead.
+            let _ = recycle.try_send(chunk.raw);
+        }
         Ok(())
     }
 }
@@ -304,12 +312,15 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
         quarantine: SideWriter::new(Area::Quarantine, &contract, lake.clone(), layout.clone(), handle.clone()),
         condemned: SideWriter::new(Area::Condemned, &contract, lake.clone(), layout.clone(), handle.clone()),
         control,
+        recycle: None,
     };
 
     let (input_records, committed) = std::thread::scope(|scope| {
         let (raw_tx, raw_rx) = bounded(threads);
         let (checked_tx, checked_rx) = bounded(threads);
-        let reader = scope.spawn(|| read_inputs(&inputs, &contract, handle, control, raw_tx));
+        let (recycle_tx, recycle_rx) = bounded(threads * 2);
+        committer.recycle = Some(recycle_tx);
+        let reader = scope.spawn(|| read_inputs(&inputs, &contract, handle, control, raw_tx, recycle_rx));
         for _ in 0..threads {
             let (rx, tx) = (raw_rx.clone(), checked_tx.clone());
             let (contract, maps) = (&contract, &maps);

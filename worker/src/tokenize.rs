@@ -45,6 +45,17 @@ impl RecordChunk {
         self.record_ends.len()
     }
 
+    /// Empties the chunk for reuse, keeping its buffers.
+    pub fn clear(&mut self, source: usize, first_record: u64) {
+        self.source = source;
+        self.first_record = first_record;
+        self.data.clear();
+        self.field_ends.clear();
+        self.record_ends.clear();
+        self.lines.clear();
+        self.replay.clear();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.record_ends.is_empty()
     }
@@ -184,7 +195,20 @@ impl<R: BufRead> CsvTokenizer<R> {
         max_records: usize,
         max_bytes: usize,
     ) -> io::Result<Option<RecordChunk>> {
-        let mut chunk = RecordChunk::new(source, first_record);
+        self.next_chunk_reusing(RecordChunk::default(), source, first_record, max_records, max_bytes)
+    }
+
+    /// [`Self::next_chunk`] into the buffers of a chunk that is done with, so that reading allocates (and
+    /// faults in) nothing once the buffers in flight have grown to size.
+    pub fn next_chunk_reusing(
+        &mut self,
+        mut chunk: RecordChunk,
+        source: usize,
+        first_record: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> io::Result<Option<RecordChunk>> {
+        chunk.clear(source, first_record);
         chunk.data.resize(max_bytes + 4096, 0);
         let mut filled = 0;
         while chunk.len() < max_records && filled < max_bytes {
@@ -246,6 +270,15 @@ mod tests {
             first += chunk.len() as u64;
         }
         assert_eq!(seen, 100);
+    }
+
+    #[test]
+    fn a_reused_chunk_holds_only_the_new_records() {
+        let mut t = CsvTokenizer::new(&b"a,b\nc,d\ne,f\n"[..]);
+        let first = t.next_chunk(0, 1, 2, 1 << 16).expect("reads").expect("records");
+        let second = t.next_chunk_reusing(first, 1, 3, 2, 1 << 16).expect("reads").expect("a record");
+        assert_eq!((second.source, second.first_record, second.len(), second.lines.clone()), (1, 3, 1, vec![3]));
+        assert_eq!(second.fields(0).collect::<Vec<_>>(), vec![&b"e"[..], b"f"]);
     }
 
     #[test]
