@@ -151,7 +151,9 @@ fn read_inputs(
     control: &RunControl,
     out: Sender<(u64, crate::tokenize::RecordChunk)>,
     recycled: Receiver<crate::tokenize::RecordChunk>,
+    limit: usize,
 ) -> Result<Vec<InputRecord>> {
+    let mut created = 0;
     let mut seq = 0u64;
     let mut records = Vec::with_capacity(inputs.len());
     for (source, input) in inputs.iter().enumerate() {
@@ -174,7 +176,9 @@ fn read_inputs(
         let mut first = 1u64;
         loop {
             control.check()?;
-            let reuse = recycled.try_recv().unwrap_or_default();
+            let Some(reuse) = next_buffers(&recycled, &mut created, limit, control)? else {
+                return Ok(records);
+            };
             let chunk = tokenizer
                 .next_chunk_reusing(reuse, source, first, CHUNK_RECORDS, CHUNK_BYTES)
                 .map_err(|e| read_error(e, &input.uri))?;
@@ -189,6 +193,31 @@ fn read_inputs(
         records.push(checksum_of(input, &checksum)?);
     }
     Ok(records)
+}
+
+/// The buffers for the next chunk: new ones until `limit` chunks exist, then those of a committed chunk. So the
+/// reader never runs more than `limit` chunks ahead of the committer, however the checkers are scheduled, and
+/// memory in flight is bounded. `None` when the committer is gone.
+fn next_buffers(
+    recycled: &Receiver<crate::tokenize::RecordChunk>,
+    created: &mut usize,
+    limit: usize,
+    control: &RunControl,
+) -> Result<Option<crate::tokenize::RecordChunk>> {
+    if let Ok(chunk) = recycled.try_recv() {
+        return Ok(Some(chunk));
+    }
+    if *created < limit {
+        *created += 1;
+        return Ok(Some(crate::tokenize::RecordChunk::default()));
+    }
+    loop {
+        match recycled.recv_timeout(Duration::from_millis(200)) {
+            Ok(chunk) => return Ok(Some(chunk)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => control.check()?,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(None),
+        }
+    }
 }
 
 fn checksum_of(input: &InputObject, slot: &std::sync::Mutex<Option<crate::location::Checksum>>) -> Result<InputRecord> {
@@ -318,9 +347,13 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     let (input_records, committed) = std::thread::scope(|scope| {
         let (raw_tx, raw_rx) = bounded(threads);
         let (checked_tx, checked_rx) = bounded(threads);
-        let (recycle_tx, recycle_rx) = bounded(threads * 2);
+        // Chunks in flight: one being read, one being committed, and a queue and one being checked per checker.
+        let in_flight = 3 * threads + 2;
+        let (recycle_tx, recycle_rx) = bounded(in_flight);
         committer.recycle = Some(recycle_tx);
-        let reader = scope.spawn(|| read_inputs(&inputs, &contract, handle, control, raw_tx, recycle_rx));
+        let (all_inputs, the_contract) = (&inputs, &contract);
+        let reader =
+            scope.spawn(move || read_inputs(all_inputs, the_contract, handle, control, raw_tx, recycle_rx, in_flight));
         for _ in 0..threads {
             let (rx, tx) = (raw_rx.clone(), checked_tx.clone());
             let (contract, maps) = (&contract, &maps);
@@ -353,6 +386,8 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
             }
         }
         drop(checked_rx);
+        // A reader waiting for buffers stops when the committer lets go of them.
+        committer.recycle = None;
         let read = reader.join().unwrap_or_else(|_| Err(Error::internal("input reader", "the thread panicked")));
         (read, committed)
     });
@@ -438,5 +473,32 @@ pub fn report_progress(control: &RunControl, done: &AtomicBool, terminal: bool) 
     }
     if printed {
         eprintln!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reader_gets_no_more_than_its_limit_of_chunks_ahead() {
+        let control = RunControl::default();
+        let (tx, rx) = bounded(4);
+        let mut created = 0;
+        let fresh = |r: Result<Option<crate::tokenize::RecordChunk>>| r.expect("no stop").expect("buffers");
+        let first = fresh(next_buffers(&rx, &mut created, 2, &control));
+        fresh(next_buffers(&rx, &mut created, 2, &control));
+        assert_eq!(created, 2);
+        // A committed chunk comes back and is reused before anything new is made.
+        tx.send(first).expect("queue has room");
+        fresh(next_buffers(&rx, &mut created, 2, &control));
+        assert_eq!(created, 2);
+        // At the limit the reader waits; a stop request ends the wait with the signal's error.
+        control.request_stop("SIGTERM");
+        assert!(matches!(next_buffers(&rx, &mut created, 2, &control), Err(Error::Interrupted { .. })));
+        // And once the committer is gone, the reader stops quietly.
+        drop(tx);
+        let control = RunControl::default();
+        assert!(next_buffers(&rx, &mut created, 2, &control).expect("no stop").is_none());
     }
 }
