@@ -31,7 +31,7 @@ pub const ROWS_PER_FILE: u64 = 8 * 1024 * 1024;
 /// Rows per row group.
 pub const ROWS_PER_ROW_GROUP: usize = 128 * 1024;
 /// Bytes of Arrow data all partitions may keep waiting for their row group before the largest is encoded early.
-pub const BUFFER_BUDGET: usize = 32 * 1024 * 1024;
+pub const BUFFER_BUDGET: usize = 24 * 1024 * 1024;
 /// Data and dictionary page size: smaller than parquet's 1 MiB default, because every open partition holds
 /// a page per column in memory.
 pub const PAGE_BYTES: usize = 256 * 1024;
