@@ -5,8 +5,8 @@
 //! Memory: the ledger keeps one 64-bit hash per distinct row and one per distinct valid key, in two flat tables
 //! of 8-byte slots kept between 3/8 and 3/4 full: 10.7–21.3 bytes per distinct row and the same per valid key,
 //! about 21–43 bytes per input row in all, 10.7 bytes each when the run pre-sizes them from the input's size
-//! (21.3 bytes per input row: ≈ 102 MiB for 5 M rows). Nothing else grows with the input. With 64-bit hashes the chance that two
-//! different rows or keys collide among 10 M is about 3 in a million per run.
+//! (21.3 bytes per input row: ≈ 102 MiB for 5 M rows). Nothing else grows with the input. With 64-bit hashes
+//! the chance that two different rows or keys collide among 10 M is about 3 in a million per run.
 
 use crate::check::{CheckedChunk, Outcome, RowError};
 use crate::values::ErrorType;
