@@ -113,14 +113,23 @@ fn distinct_values(array: &dyn Array, seen: &mut std::collections::HashSet<u64>)
     }
 }
 
-/// Quarantine rows carry long text (raw record, message), so their row groups are kept small.
+/// Quarantine rows carry long text (raw record, message), so their row groups are kept small, and only the
+/// columns that repeat by nature (where a row came from, what went wrong, why it was condemned) get a dictionary:
+/// building one for raw records, values or hashes, which hardly repeat, only holds memory until it is dropped.
 fn side_properties() -> WriterProperties {
     let level = ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default();
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
-        .set_max_row_group_row_count(Some(16 * 1024))
-        .build()
+        .set_max_row_group_row_count(Some(SIDE_ROWS_PER_ROW_GROUP))
+        .set_dictionary_enabled(false);
+    for column in ["source_uri", "error_type", "error_column", "attempt_count", "condemned_reason"] {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), true);
+    }
+    builder.build()
 }
+
+/// Rows per row group of quarantine and condemned files.
+pub const SIDE_ROWS_PER_ROW_GROUP: usize = 4 * 1024;
 
 /// The upload buffer of one part: S3 needs multipart parts of at least 5 MiB; a local lake needs little.
 pub fn sink_capacity(location: &Location) -> usize {
@@ -685,6 +694,18 @@ mod tests {
         assert_eq!(properties.encoding(&ColumnPath::from("TransactionID")), Some(Encoding::DELTA_BYTE_ARRAY));
         assert_eq!(properties.encoding(&ColumnPath::from("TransactionAmount")), Some(Encoding::DELTA_BINARY_PACKED));
         assert_eq!(properties.encoding(&ColumnPath::from("TransactionTimestamp")), Some(Encoding::DELTA_BINARY_PACKED));
+    }
+
+    #[test]
+    fn side_files_have_small_row_groups_and_dictionaries_only_for_repeating_columns() {
+        let properties = side_properties();
+        assert_eq!(properties.max_row_group_row_count(), Some(SIDE_ROWS_PER_ROW_GROUP));
+        for column in ["source_uri", "error_type", "error_column", "attempt_count", "condemned_reason"] {
+            assert!(properties.dictionary_enabled(&ColumnPath::from(column)), "{column}");
+        }
+        for column in ["raw_record", "row_hash", "error_message", "TransactionID"] {
+            assert!(!properties.dictionary_enabled(&ColumnPath::from(column)), "{column}");
+        }
     }
 
     #[test]
