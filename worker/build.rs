@@ -8,12 +8,14 @@ fn main() {
     });
     println!("cargo:rustc-env=SILVERLINE_GIT_SHA={}", sha.unwrap_or_else(|| "unknown".to_owned()));
     println!("cargo:rerun-if-env-changed=SILVERLINE_GIT_SHA");
-    // HEAD names the branch; a commit changes the branch's ref (or packed-refs), not HEAD.
-    println!("cargo:rerun-if-changed=../.git/HEAD");
-    println!("cargo:rerun-if-changed=../.git/packed-refs");
-    if let Some(branch) =
-        std::fs::read_to_string("../.git/HEAD").ok().and_then(|h| h.trim().strip_prefix("ref: ").map(str::to_owned))
-    {
-        println!("cargo:rerun-if-changed=../.git/{branch}");
+    // HEAD names the branch; a commit changes the branch's ref (or packed-refs), not HEAD. Only files that exist
+    // are watched: cargo would rerun the script every time for a missing one.
+    let branch = std::fs::read_to_string("../.git/HEAD")
+        .ok()
+        .and_then(|h| h.trim().strip_prefix("ref: ").map(|b| format!("../.git/{b}")));
+    for watched in ["../.git/HEAD".to_owned(), "../.git/packed-refs".to_owned()].into_iter().chain(branch) {
+        if std::path::Path::new(&watched).exists() {
+            println!("cargo:rerun-if-changed={watched}");
+        }
     }
 }
