@@ -108,12 +108,7 @@ fn row_seed(lengths: impl Iterator<Item = usize>) -> u64 {
 
 /// [`row_hash`] of record `r`'s fields in source order, which lie back to back in the chunk: no copy needed.
 fn record_hash(raw: &RecordChunk, r: usize) -> u128 {
-    let range = raw.field_range(r);
-    let lengths = range.clone().map(|f| {
-        let start = if f == 0 { 0 } else { raw.field_ends[f - 1] };
-        raw.field_ends[f] - start
-    });
-    xxh3_128_with_seed(raw.record_bytes(r), row_seed(lengths))
+    xxh3_128_with_seed(raw.record_bytes(r), row_seed(raw.fields(r).map(<[u8]>::len)))
 }
 
 /// The hash of a row's primary key (trimmed values).
@@ -346,7 +341,14 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
         [] => Vec::new(),
         [(p, _)] => vec![(*p, valid)],
         _ => {
-            let indices: Vec<u32> = order.clone().unwrap_or_else(|| (0..valid.num_rows() as u32).collect());
+            let in_record_order: Vec<u32>;
+            let indices: &[u32] = match &order {
+                Some(order) => order,
+                None => {
+                    in_record_order = (0..valid.num_rows() as u32).collect();
+                    &in_record_order
+                }
+            };
             let mut at = 0;
             groups
                 .iter()

@@ -41,11 +41,15 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// A column gets a dictionary when its sample holds at most this many distinct values per this many rows.
 pub const DICTIONARY_MAX_DISTINCT_PER_ROWS: (usize, usize) = (1, 4);
 
+/// zstd at [`ZSTD_LEVEL`], for silver and side files alike.
+fn zstd() -> Compression {
+    Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default())
+}
+
 /// zstd, bounded row groups, and a dictionary only for the columns in `dictionary` (one flag per column).
 pub fn writer_properties(contract: &Contract, dictionary: &[bool]) -> WriterProperties {
-    let level = ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default();
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(level))
+        .set_compression(zstd())
         .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
         .set_data_page_size_limit(PAGE_BYTES)
         .set_dictionary_page_size_limit(PAGE_BYTES);
@@ -99,13 +103,13 @@ pub fn dictionary_columns(contract: &Contract, sample: &[(u32, RecordBatch)]) ->
 fn distinct_values(array: &dyn Array, seen: &mut std::collections::HashSet<u64>) {
     use xxhash_rust::xxh3::xxh3_64;
     let data = array.to_data();
-    let strings = data.data_type() == &DataType::Utf8;
+    let strings = array.as_string_opt::<i32>();
     let width = data.data_type().primitive_width();
     for i in 0..array.len() {
         if array.is_null(i) {
             seen.insert(0);
-        } else if strings {
-            seen.insert(xxh3_64(array.as_string::<i32>().value(i).as_bytes()));
+        } else if let Some(strings) = strings {
+            seen.insert(xxh3_64(strings.value(i).as_bytes()));
         } else if let Some(w) = width {
             let at = (data.offset() + i) * w;
             seen.insert(xxh3_64(&data.buffers()[0][at..at + w]));
@@ -117,9 +121,8 @@ fn distinct_values(array: &dyn Array, seen: &mut std::collections::HashSet<u64>)
 /// columns that repeat by nature (where a row came from, what went wrong, why it was condemned) get a dictionary:
 /// building one for raw records, values or hashes, which hardly repeat, only holds memory until it is dropped.
 fn side_properties() -> WriterProperties {
-    let level = ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default();
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(level))
+        .set_compression(zstd())
         .set_max_row_group_row_count(Some(SIDE_ROWS_PER_ROW_GROUP))
         .set_dictionary_enabled(false);
     for column in ["source_uri", "error_type", "error_column", "attempt_count", "condemned_reason"] {

@@ -70,16 +70,19 @@ impl RecordChunk {
     /// Field `f` (an index into `field_ends`).
     #[inline]
     pub fn field(&self, f: usize) -> &[u8] {
-        let start = if f == 0 { 0 } else { self.field_ends[f - 1] };
-        &self.data[start..self.field_ends[f]]
+        &self.data[self.field_start(f)..self.field_ends[f]]
+    }
+
+    /// Where field `f` starts in `data`: where the one before it ends.
+    #[inline]
+    fn field_start(&self, f: usize) -> usize {
+        if f == 0 { 0 } else { self.field_ends[f - 1] }
     }
 
     /// The bytes of all fields of record `r`, back to back.
     pub fn record_bytes(&self, r: usize) -> &[u8] {
         let range = self.field_range(r);
-        let start = if range.start == 0 { 0 } else { self.field_ends[range.start - 1] };
-        let end = if range.is_empty() { start } else { self.field_ends[range.end - 1] };
-        &self.data[start..end]
+        &self.data[self.field_start(range.start)..self.field_start(range.end)]
     }
 
     /// All fields of record `r`, in source order.
