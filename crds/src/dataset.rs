@@ -1,6 +1,7 @@
 //! `Dataset`: the data contract of one feed — its columns and rules, thresholds, schedule, storage and owners.
 
 use crate::names::{self, InvalidName};
+use crate::promotion::PromotionPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -51,6 +52,9 @@ pub struct DatasetSpec {
     pub max_attempts: u32,
     pub storage: StorageSpec,
     pub ownership: OwnershipSpec,
+    /// How promotions change the dataset's current set of files, and whether a successful run requests one.
+    #[serde(default)]
+    pub promotion: PromotionPolicy,
     /// Optional cron schedule (UTC) for runs of this dataset, used by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
@@ -161,6 +165,30 @@ pub struct StorageSpec {
     pub credentials_secret: Option<SecretKeyRef>,
 }
 
+impl StorageSpec {
+    /// The lake URI forms the worker accepts: `s3://bucket[/prefix]`, `file://…` or a path.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        let uri = &self.lake_uri;
+        let fail = |message: &str| Err(ContractError::LakeUri { uri: uri.clone(), message: message.to_owned() });
+        if let Some(rest) = uri.strip_prefix("s3://") {
+            if rest.split('/').next().is_none_or(str::is_empty) {
+                return fail("names no bucket");
+            }
+            return Ok(());
+        }
+        if uri.starts_with("file://") {
+            return Ok(());
+        }
+        if uri.contains("://") {
+            return fail("only s3://, file:// and paths are supported");
+        }
+        if uri.trim().is_empty() {
+            return fail("must not be empty");
+        }
+        Ok(())
+    }
+}
+
 /// A reference to a Secret in the Dataset's namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -200,6 +228,21 @@ pub struct DatasetStatus {
     pub last_success_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
+/// Column names the worker's quarantine and condemned files use for their own metadata: a contract column of
+/// one of these names would collide with them, so the contract is refused here (and the worker never meets it).
+pub const RESERVED_COLUMNS: [&str; 10] = [
+    "source_uri",
+    "record_number",
+    "line_number",
+    "error_type",
+    "error_column",
+    "error_message",
+    "attempt_count",
+    "row_hash",
+    "raw_record",
+    "condemned_reason",
+];
+
 /// What is wrong with a contract, naming the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ContractError {
@@ -227,6 +270,10 @@ pub enum ContractError {
     Window(String),
     #[error("spec.maxAttempts must be at least 1")]
     MaxAttempts,
+    #[error("spec.columns[{0}]: the name is reserved for quarantine metadata; rename the column")]
+    ReservedColumn(String),
+    #[error("spec.storage.lakeUri {uri:?}: {message}")]
+    LakeUri { uri: String, message: String },
 }
 
 impl Dataset {
@@ -268,6 +315,9 @@ impl DatasetSpec {
             if !seen.insert(column.name.as_str()) {
                 return Err(ContractError::DuplicateColumn(column.name.clone()));
             }
+            if RESERVED_COLUMNS.contains(&column.name.as_str()) {
+                return Err(ContractError::ReservedColumn(column.name.clone()));
+            }
             column.validate()?;
         }
         if self.columns.is_empty() {
@@ -308,7 +358,7 @@ impl DatasetSpec {
         if self.max_attempts == 0 {
             return Err(ContractError::MaxAttempts);
         }
-        Ok(())
+        self.storage.validate()
     }
 
     pub fn column(&self, name: &str) -> Option<&ColumnSpec> {
@@ -428,12 +478,26 @@ mod tests {
             ("maxAttempts", Box::new(|d| d.spec.max_attempts = 0)),
             ("precision", Box::new(|d| d.spec.columns[2].precision = None)),
             ("pattern", Box::new(|d| d.spec.columns[0].pattern = Some("(".into()))),
+            ("reserved", Box::new(|d| d.spec.columns[1].name = "error_type".into())),
+            ("lakeUri", Box::new(|d| d.spec.storage.lake_uri = "gs://bucket/lake".into())),
+            ("lakeUri", Box::new(|d| d.spec.storage.lake_uri = "s3:///lake".into())),
         ];
         for (field, mutate) in cases {
             let err = mutated(mutate).expect_err(field);
             let text = err.to_string();
             let named = text.contains(field) || (field == "twice" && text.contains("declared twice"));
             assert!(named, "error for {field} should name it: {text}");
+        }
+    }
+
+    #[test]
+    fn every_reserved_column_name_is_refused_so_valid_never_meets_a_worker_exit_2() {
+        for reserved in RESERVED_COLUMNS {
+            let err = mutated(|d| d.spec.columns[1].name = reserved.into()).expect_err(reserved);
+            assert_eq!(err, ContractError::ReservedColumn(reserved.into()));
+        }
+        for good in ["s3://lake", "s3://lake/prefix/", "file:///tmp/lake", "/tmp/lake", "lake"] {
+            assert!(mutated(|d| d.spec.storage.lake_uri = good.into()).is_ok(), "{good}");
         }
     }
 

@@ -7,13 +7,15 @@ pub mod dataset;
 pub mod etlrun;
 pub mod generated;
 pub mod names;
+pub mod promotion;
 pub mod report;
 
 pub use dataset::{
     CircuitBreakerSpec, ColumnSpec, ColumnType, ContractError, Dataset, DatasetSpec, OwnershipSpec, QualitySpec,
-    SecretKeyRef, StorageSpec,
+    RESERVED_COLUMNS, SecretKeyRef, StorageSpec,
 };
 pub use etlrun::{AttemptOutcome, AttemptStatus, DataFile, EtlRun, EtlRunPhase, EtlRunSpec, EtlRunStatus, RunResult};
+pub use promotion::{PromotionMode, PromotionPolicy};
 
 /// The API group of every Silverline resource.
 pub const GROUP: &str = "etl.silverline.dev";

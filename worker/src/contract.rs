@@ -8,19 +8,8 @@ use silverline_crds::{ColumnType, Dataset, StorageSpec};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Column names the quarantine and condemned files use for their own metadata.
-pub const RESERVED_COLUMNS: [&str; 10] = [
-    "source_uri",
-    "record_number",
-    "line_number",
-    "error_type",
-    "error_column",
-    "error_message",
-    "attempt_count",
-    "row_hash",
-    "raw_record",
-    "condemned_reason",
-];
+/// Column names the quarantine and condemned files use for their own metadata; `Dataset::validate` refuses them.
+pub use silverline_crds::RESERVED_COLUMNS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -65,12 +54,6 @@ impl Contract {
         let position = |name: &str| spec.columns.iter().position(|c| c.name == name);
         let mut columns = Vec::with_capacity(spec.columns.len());
         for c in &spec.columns {
-            if RESERVED_COLUMNS.contains(&c.name.as_str()) {
-                return Err(Error::ContractUnsupported(format!(
-                    "column {:?} is reserved for quarantine metadata; rename it",
-                    c.name
-                )));
-            }
             let kind = match c.column_type {
                 ColumnType::String => Kind::String,
                 ColumnType::Decimal => {
