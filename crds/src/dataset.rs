@@ -382,15 +382,15 @@ impl ColumnSpec {
             (_, None, None) => {}
             (other, _, _) => return fail(format!("precision and scale apply only to decimals, not {other:?}")),
         }
-        if let Some(pattern) = &self.pattern {
-            if let Err(e) = regex::Regex::new(pattern) {
-                return fail(format!("pattern does not compile: {e}"));
-            }
+        if let Some(pattern) = &self.pattern
+            && let Err(e) = regex::Regex::new(pattern)
+        {
+            return fail(format!("pattern does not compile: {e}"));
         }
-        if let Some(values) = &self.allowed_values {
-            if values.is_empty() {
-                return fail("allowedValues must not be empty when set".into());
-            }
+        if let Some(values) = &self.allowed_values
+            && values.is_empty()
+        {
+            return fail("allowedValues must not be empty when set".into());
         }
         Ok(())
     }
