@@ -86,6 +86,7 @@ impl RunIdentity {
         let uid = run.metadata.uid.clone().ok_or(Error::MissingField("metadata.uid"))?;
         if name.len() > MAX_ETLRUN_NAME || silverline_crds::names::check_dataset_name(&name).is_err() {
             return Err(Error::InvalidResource {
+                kind: "EtlRun",
                 name,
                 message: format!("the name must be a DNS label of at most {MAX_ETLRUN_NAME} characters"),
             });
@@ -112,7 +113,7 @@ fn labels(run: &RunIdentity, dataset: &str, attempt: Option<u32>) -> BTreeMap<St
 pub fn contract_manifest(dataset: &Dataset) -> Result<String> {
     let name = dataset.metadata.name.clone().ok_or(Error::MissingField("Dataset metadata.name"))?;
     let snapshot = Dataset::new(&name, dataset.spec.clone());
-    serde_yaml::to_string(&snapshot).map_err(|e| Error::Serialize { what: "the Dataset", message: e.to_string() })
+    serde_yaml::to_string(&snapshot).map_err(|e| Error::Serialize { what: "the Dataset", source: Box::new(e) })
 }
 
 /// The immutable snapshot of the contract, owned by the EtlRun: every attempt of a run applies the same contract.

@@ -1,12 +1,12 @@
 //! The Silverline operator: turns each `EtlRun` into one Job of the worker per attempt, retries transient
 //! failures with backoff, verifies `_SUCCESS` in the lake and reports the run in status, Events and metrics.
 //!
-//! Decisions are pure functions (`lifecycle`, `failure`, `retry`, `job`); I/O lives at the edges (`controller`,
-//! `lake`, `leader`, `http`).
+//! Decisions are pure functions (`lifecycle`, `failure`, `retry`, `job`); I/O lives at the edges (`controllers`,
+//! `lake`, `leader`, `http`). One module per controller under `controllers/`, sharing one `Context`, status
+//! writer, Event publisher, condition update and error policy.
 
 pub mod config;
-pub mod contract;
-pub mod controller;
+pub mod controllers;
 pub mod failure;
 pub mod http;
 pub mod job;
@@ -16,27 +16,49 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod retry;
 
-/// Everything that can make a reconcile fail, each saying what failed and where.
+/// Everything that can make a reconcile fail, each saying what failed and where. Messages name the kind of
+/// the resource: every controller shares these.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {action}: {source}")]
-    Kube { action: String, source: kube::Error },
-    #[error("EtlRun {name} changed while it was reconciled; will retry")]
-    Conflict { name: String },
-    #[error("{kind} {name} exists but is not owned by this EtlRun (uid {uid}); waiting for it to be removed")]
-    NotOwned { kind: &'static str, name: String, uid: String },
-    #[error("EtlRun {name} cannot be read: {message}")]
-    InvalidResource { name: String, message: String },
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{kind} {name} changed while it was reconciled; will retry")]
+    Conflict { kind: &'static str, name: String },
+    #[error("{kind} {name} exists but is not owned by {owner} (uid {uid}); waiting for it to be removed")]
+    NotOwned { kind: &'static str, name: String, owner: String, uid: String },
+    #[error("{kind} {name} cannot be read: {message}")]
+    InvalidResource { kind: &'static str, name: String, message: String },
     #[error("the object has no {0}")]
     MissingField(&'static str),
     #[error("contract snapshot {name}: {message}")]
     Snapshot { name: String, message: String },
     #[error("lake {uri}: {message}")]
     Lake { uri: String, message: String },
-    #[error("cannot serialize {what}: {message}")]
-    Serialize { what: &'static str, message: String },
+    #[error("cannot serialize {what}: {source}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("lost the leader Lease {lease}: {message}")]
     LeadershipLost { lease: String, message: String },
+}
+
+/// How a failed reconcile is retried: by the error's type, never by its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Another writer was faster: look again at once.
+    Soon,
+    /// The API server or the lake may answer next time.
+    Transient,
+    /// Someone must remove or fix another object first.
+    Blocked,
+    /// The resource is wrong as it is: wait for a change of it.
+    OnChange,
 }
 
 impl Error {
@@ -52,6 +74,15 @@ impl Error {
             Error::Lake { .. } => "lake",
             Error::Serialize { .. } => "serialize",
             Error::LeadershipLost { .. } => "leadership_lost",
+        }
+    }
+
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Conflict { .. } => Retry::Soon,
+            Error::Kube { .. } | Error::Lake { .. } => Retry::Transient,
+            Error::NotOwned { .. } | Error::Snapshot { .. } | Error::Serialize { .. } => Retry::Blocked,
+            Error::InvalidResource { .. } | Error::MissingField(_) | Error::LeadershipLost { .. } => Retry::OnChange,
         }
     }
 

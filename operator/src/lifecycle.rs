@@ -9,11 +9,12 @@
 //!                        └──exit 5 + _QUALITY_REPORT.json──▶ QualityGateFailed
 //! ```
 
+use crate::controllers::{ConditionStatus, ConditionUpdate, set_condition};
 use crate::failure::{self, Classified, FailureReason, JobFailure};
 use crate::job;
 use crate::lake::LakeFinding;
 use crate::retry::{self, RetryPolicy};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use silverline_crds::report::RunReport;
 use silverline_crds::{AttemptOutcome, AttemptStatus, EtlRunPhase, EtlRunStatus, RunResult};
@@ -187,9 +188,13 @@ impl Builder<'_> {
     fn set_phase(&mut self, phase: EtlRunPhase, reason: &str, message: &str) {
         self.status.phase = Some(phase);
         let (progressing, succeeded, succeeded_reason) = match phase {
-            EtlRunPhase::Pending | EtlRunPhase::Running | EtlRunPhase::Validating => ("True", "Unknown", "InProgress"),
-            EtlRunPhase::Succeeded => ("False", "True", reason),
-            EtlRunPhase::Failed | EtlRunPhase::QualityGateFailed => ("False", "False", reason),
+            EtlRunPhase::Pending | EtlRunPhase::Running | EtlRunPhase::Validating => {
+                (ConditionStatus::True, ConditionStatus::Unknown, "InProgress")
+            }
+            EtlRunPhase::Succeeded => (ConditionStatus::False, ConditionStatus::True, reason),
+            EtlRunPhase::Failed | EtlRunPhase::QualityGateFailed => {
+                (ConditionStatus::False, ConditionStatus::False, reason)
+            }
         };
         let progress_reason = if phase.is_terminal() { "Finished" } else { reason };
         let succeeded_message = if phase.is_terminal() { message } else { "the run has not finished" };
@@ -197,24 +202,10 @@ impl Builder<'_> {
         self.set_condition(CONDITION_SUCCEEDED, succeeded, succeeded_reason, succeeded_message);
     }
 
-    fn set_condition(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
-        let now = self.now();
-        let generation = self.observed.generation;
-        let conditions = &mut self.status.conditions;
-        let transition_time = conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map_or_else(|| time(now), |c| c.last_transition_time.clone());
-        conditions.retain(|c| c.type_ != type_);
-        conditions.push(Condition {
-            type_: type_.to_owned(),
-            status: status.to_owned(),
-            reason: reason.to_owned(),
-            message: message.to_owned(),
-            last_transition_time: transition_time,
-            observed_generation: generation,
-        });
-        conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    fn set_condition(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: &str) {
+        let update = ConditionUpdate { type_, status, reason, message };
+        let (generation, now) = (self.observed.generation, self.now());
+        set_condition(&mut self.status.conditions, update, generation, now);
     }
 
     fn progressing_reason(status: &EtlRunStatus) -> Option<&str> {
@@ -227,7 +218,7 @@ impl Builder<'_> {
             self.set_phase(EtlRunPhase::Pending, reason, &message);
         } else {
             // An attempt is in flight: its phase stands, the condition says why the operator cannot follow it.
-            self.set_condition(CONDITION_PROGRESSING, "True", reason, &message);
+            self.set_condition(CONDITION_PROGRESSING, ConditionStatus::True, reason, &message);
         }
         if changed {
             self.transitions.push(Transition::Waiting { reason: reason.to_owned(), message });
@@ -241,13 +232,13 @@ impl Builder<'_> {
             let message = format!("all {} attempts have ended without success", facts.max_attempts);
             return self.finish(EtlRunPhase::Failed, "AttemptsExhausted", message, None);
         }
-        if let Some(at) = self.status.next_attempt_at.as_ref().map(|t| t.0) {
-            if at > self.now() {
-                let message = format!("attempt {number} of {} starts at {at}", facts.max_attempts);
-                self.set_phase(EtlRunPhase::Pending, "BackingOff", &message);
-                self.requeue_after = Some(until(self.now(), at).max(Duration::from_millis(100)));
-                return;
-            }
+        if let Some(at) = self.status.next_attempt_at.as_ref().map(|t| t.0)
+            && at > self.now()
+        {
+            let message = format!("attempt {number} of {} starts at {at}", facts.max_attempts);
+            self.set_phase(EtlRunPhase::Pending, "BackingOff", &message);
+            self.requeue_after = Some(until(self.now(), at).max(Duration::from_millis(100)));
+            return;
         }
         let run_id = job::run_id(self.now(), self.observed.uid, number);
         let attempt = AttemptStatus {

@@ -4,7 +4,7 @@ use clap::Parser;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use silverline_operator::config::Config;
-use silverline_operator::controller::{self, Context};
+use silverline_operator::controllers::{self, Context};
 use silverline_operator::http::{self, Probes};
 use silverline_operator::leader::LeaderElector;
 use silverline_operator::metrics::Metrics;
@@ -70,11 +70,11 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         metrics: metrics.clone(),
         jobs: config.job_settings(),
         lifecycle: config.lifecycle_settings(),
-        pod_ends: controller::PodEnds::default(),
+        pod_ends: controllers::etlrun::PodEnds::default(),
         lakes: silverline_operator::lake::Lakes::default(),
     });
     tokio::select! {
-        () = controller::run(ctx, config.namespace.clone()) => {
+        () = controllers::run(ctx, config.namespace.clone()) => {
             elector.release().await;
             tracing::info!("stopped");
             Ok(())

@@ -1,11 +1,12 @@
 //! Prometheus metrics. Labels are of low cardinality only: dataset, result, reason, error category — never run
 //! ids or object names.
 
+use crate::controllers::ControllerName;
 use crate::failure::FailureReason;
 use crate::lifecycle::Transition;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramTimer, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramTimer, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 use silverline_crds::{AttemptOutcome, EtlRunPhase};
 
@@ -18,9 +19,9 @@ pub struct Metrics {
     pub rows: IntCounterVec,
     pub last_quarantine_rate: GaugeVec,
     pub last_success: GaugeVec,
-    pub reconciles: IntCounter,
+    pub reconciles: IntCounterVec,
     pub reconcile_errors: IntCounterVec,
-    pub reconcile_duration: Histogram,
+    pub reconcile_duration: HistogramVec,
     pub leader: IntGauge,
 }
 
@@ -56,15 +57,22 @@ impl Metrics {
             Opts::new("last_success_timestamp_seconds", "When the dataset's last run succeeded (freshness)"),
             &["dataset"],
         )?;
-        let reconciles = IntCounter::new("reconciles_total", "Reconciles of EtlRuns")?;
+        let reconciles =
+            IntCounterVec::new(Opts::new("reconciles_total", "Reconciles, by controller"), &["controller"])?;
         let reconcile_errors = IntCounterVec::new(
-            Opts::new("reconcile_errors_total", "Failed reconciles, by error category"),
-            &["category"],
+            Opts::new("reconcile_errors_total", "Failed reconciles, by controller and error category"),
+            &["controller", "category"],
         )?;
-        let reconcile_duration = Histogram::with_opts(
-            HistogramOpts::new("reconcile_duration_seconds", "Duration of one reconcile")
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new("reconcile_duration_seconds", "Duration of one reconcile, by controller")
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["controller"],
         )?;
+        // Every controller's series exist from the start (0 on a standby replica).
+        for controller in ControllerName::ALL {
+            reconciles.with_label_values(&[controller.label()]);
+            reconcile_duration.with_label_values(&[controller.label()]);
+        }
         let leader = IntGauge::new("leader", "1 while this replica holds the leader Lease")?;
         registry.register(Box::new(runs.clone()))?;
         registry.register(Box::new(attempts.clone()))?;
@@ -93,14 +101,14 @@ impl Metrics {
         })
     }
 
-    /// Counts a reconcile and measures it until the returned timer is dropped.
-    pub fn reconcile_started(&self) -> HistogramTimer {
-        self.reconciles.inc();
-        self.reconcile_duration.start_timer()
+    /// Counts a reconcile of `controller` and measures it until the returned timer is dropped.
+    pub fn reconcile_started(&self, controller: &str) -> HistogramTimer {
+        self.reconciles.with_label_values(&[controller]).inc();
+        self.reconcile_duration.with_label_values(&[controller]).start_timer()
     }
 
-    pub fn reconcile_failed(&self, category: &str) {
-        self.reconcile_errors.with_label_values(&[category]).inc();
+    pub fn reconcile_failed(&self, controller: &str, category: &str) {
+        self.reconcile_errors.with_label_values(&[controller, category]).inc();
     }
 
     /// Records a change of an EtlRun, once it is written.
@@ -222,5 +230,22 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
         assert!(!text.contains("20240101T000000Z"), "run ids never become labels");
+    }
+
+    #[test]
+    fn reconciles_are_counted_per_controller_and_every_controller_starts_at_zero() {
+        let m = Metrics::new().expect("metrics");
+        drop(m.reconcile_started("etlrun"));
+        m.reconcile_failed("promotion", "conflict");
+        let text = m.render();
+        for line in [
+            r#"silverline_reconciles_total{controller="etlrun"} 1"#,
+            r#"silverline_reconciles_total{controller="dataset"} 0"#,
+            r#"silverline_reconciles_total{controller="promotion"} 0"#,
+            r#"silverline_reconcile_errors_total{category="conflict",controller="promotion"} 1"#,
+            r#"silverline_reconcile_duration_seconds_count{controller="etlrun"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
     }
 }

@@ -293,8 +293,12 @@ async fn only_the_leader_of_two_replicas_acts() {
     let lease = leases.get("silverline-operator").await.expect("lease");
     assert_eq!(lease.spec.and_then(|l| l.holder_identity).as_deref(), Some("replica-a"));
     assert_eq!(b.metric("silverline_leader").await, Some(0.0));
-    assert_eq!(b.metric("silverline_reconciles_total").await, Some(0.0), "the standby never reconciled");
-    assert!(a.metric("silverline_reconciles_total").await.is_some_and(|n| n > 0.0));
+    assert_eq!(
+        b.metric(r#"silverline_reconciles_total{controller="etlrun"}"#).await,
+        Some(0.0),
+        "the standby never reconciled"
+    );
+    assert!(a.metric(r#"silverline_reconciles_total{controller="etlrun"}"#).await.is_some_and(|n| n > 0.0));
 
     // The leader dies without giving the Lease up: the standby takes over once it expires.
     a.kill().await;
@@ -305,7 +309,7 @@ async fn only_the_leader_of_two_replicas_acts() {
     create_run(&s.client, &s.ns.name, "tx-two", &input).await;
     let run = finished(&s.client, &s.ns.name, "tx-two", RUN_TIMEOUT).await;
     assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&b]));
-    assert!(b.metric("silverline_reconciles_total").await.is_some_and(|n| n > 0.0));
+    assert!(b.metric(r#"silverline_reconciles_total{controller="etlrun"}"#).await.is_some_and(|n| n > 0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +336,9 @@ async fn a_malformed_run_does_not_stop_the_controller_from_serving_the_others() 
     })
     .await;
     assert!(
-        op.metric(r#"silverline_reconcile_errors_total{category="invalid_resource"}"#).await.is_some_and(|n| n >= 1.0)
+        op.metric(r#"silverline_reconcile_errors_total{category="invalid_resource",controller="etlrun"}"#)
+            .await
+            .is_some_and(|n| n >= 1.0)
     );
     assert!(jobs_of(&s, "tx-broken").await.is_empty());
 }

@@ -1,40 +1,29 @@
-//! The EtlRun controller: observe (contract, Job, pod, lake), decide (`lifecycle::plan`), then act — status
-//! first, then the Job — and report what changed as Events, logs and metrics.
+//! The EtlRun controller: observe (contract, Job, pod, lake), decide (`lifecycle::plan`, its pure plan), then
+//! act — status first, then the Job — and report what changed as Events, logs and metrics.
 
+use super::{
+    Context, ControllerName, FIELD_MANAGER, drain, error_policy as shared_error_policy, owned_by, publish, scoped,
+    write_status,
+};
 use crate::failure::{JobFailure, PodEnd};
-use crate::job::{self, AttemptPlan, JobSettings, RunIdentity};
-use crate::lake::{LakeFinding, Lakes};
-use crate::lifecycle::{self, ContractFacts, ContractProblem, JobState, LifecycleSettings, Observed, Transition};
-use crate::metrics::Metrics;
+use crate::job::{self, AttemptPlan, RunIdentity};
+use crate::lake::LakeFinding;
+use crate::lifecycle::{self, ContractFacts, ContractProblem, JobState, Observed, Transition};
 use crate::{Error, Result};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use silverline_crds::{AttemptOutcome, AttemptStatus, Dataset, EtlRun, EtlRunPhase, EtlRunStatus};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The one field manager of everything the operator writes with server-side apply.
-pub const FIELD_MANAGER: &str = "silverline-operator";
-
-/// What every reconcile shares.
-pub struct Context {
-    pub client: Client,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
-    pub jobs: JobSettings,
-    pub lifecycle: LifecycleSettings,
-    pub pod_ends: PodEnds,
-    pub lakes: Lakes,
-}
 
 /// How worker pods ended, as last seen by a watch, by `{namespace}/{job}`. An evicted or failed pod is often
 /// removed (the Job controller releases it) before its Job's failure is reconciled; this keeps its exit code and
@@ -71,36 +60,16 @@ impl PodEnds {
     }
 }
 
-fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    }
-}
-
-/// Runs the controller until a termination signal. Malformed EtlRuns and Datasets reach `reconcile` as errors
-/// of their own (`DeserializeGuard`) instead of breaking the watch of all the others.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
-    let ns = namespace.as_deref();
+/// Runs the EtlRun controller: it owns the attempts' Jobs and looks again at the runs of a Dataset that appears
+/// or changes.
+pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
     let runs: Api<DeserializeGuard<EtlRun>> = scoped(ctx.client.clone(), ns);
     let jobs: Api<Job> = scoped(ctx.client.clone(), ns);
     let datasets: Api<DeserializeGuard<Dataset>> = scoped(ctx.client.clone(), ns);
-    let contracts = Controller::new(datasets.clone(), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile_dataset, dataset_error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "Dataset reconcile ended with an error");
-            }
-        });
     let controller = Controller::new(runs, watcher::Config::default());
     let store = controller.store();
-    let managed = format!("{}={}", job::LABEL_MANAGED_BY, job::MANAGED_BY);
     let runs = controller
-        .owns(jobs, watcher::Config::default().labels(&managed))
+        .owns(jobs, watcher::Config::default().labels(&managed_selector()))
         .watches(datasets, watcher::Config::default(), move |dataset| {
             // A Dataset that appears or changes may unblock the runs waiting for it.
             let (name, namespace) = (dataset.name_any(), dataset.namespace());
@@ -115,86 +84,42 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
                 .collect::<Vec<_>>()
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile ended with an error");
-            }
-        });
-    // Worker pods are watched only to remember how they ended (see `PodEnds`).
+        .run(reconcile, error_policy, ctx.clone());
+    drain(runs, ControllerName::EtlRun).await;
+}
+
+fn managed_selector() -> String {
+    format!("{}={}", job::LABEL_MANAGED_BY, job::MANAGED_BY)
+}
+
+/// Watches worker pods only to remember how they ended (see `PodEnds`).
+pub(crate) async fn watch_pod_ends(ctx: Arc<Context>, ns: Option<&str>) {
     let pods: Api<Pod> = scoped(ctx.client.clone(), ns);
     let pod_ends = ctx.pod_ends.clone();
-    let endings = watcher(pods, watcher::Config::default().labels(&managed)).default_backoff().for_each(move |event| {
-        match event {
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod_ends.observe(&pod),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "watching worker pods"),
-        }
-        futures::future::ready(())
-    });
-    tokio::select! {
-        _ = async { futures::join!(runs, contracts) } => {}
-        () = endings => {}
-    }
-}
-
-fn reference(meta: &kube::api::ObjectMeta, kind: &str) -> ObjectReference {
-    ObjectReference {
-        api_version: Some(format!("{}/{}", silverline_crds::GROUP, silverline_crds::VERSION)),
-        kind: Some(kind.into()),
-        name: meta.name.clone(),
-        namespace: meta.namespace.clone(),
-        uid: meta.uid.clone(),
-        resource_version: None,
-        field_path: None,
-    }
-}
-
-async fn publish(
-    ctx: &Context,
-    meta: &kube::api::ObjectMeta,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    publish_on(ctx, meta, "EtlRun", type_, reason, action, note).await;
-}
-
-async fn publish_on(
-    ctx: &Context,
-    meta: &kube::api::ObjectMeta,
-    kind: &str,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let mut note = note;
-    if note.len() > 1000 {
-        let mut cut = 1000;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-    }
-    let event =
-        Event { type_, reason: reason.to_owned(), note: Some(note), action: action.to_owned(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &reference(meta, kind)).await {
-        tracing::warn!(error = %e, reason, "cannot publish an Event");
-    }
+    watcher(pods, watcher::Config::default().labels(&managed_selector()))
+        .default_backoff()
+        .for_each(move |event| {
+            match event {
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod_ends.observe(&pod),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "watching worker pods"),
+            }
+            futures::future::ready(())
+        })
+        .await;
 }
 
 /// One reconcile of one EtlRun.
 pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) -> Result<Action> {
-    let _timer = ctx.metrics.reconcile_started();
+    let _timer = ctx.metrics.reconcile_started(ControllerName::EtlRun.label());
     let run = match &guard.0 {
         Ok(run) => run,
         Err(invalid) => {
             let name = invalid.metadata.name.clone().unwrap_or_default();
             let message = invalid.error.clone();
-            publish(&ctx, &invalid.metadata, EventType::Warning, "InvalidResource", "Read", message.clone()).await;
-            return Err(Error::InvalidResource { name, message });
+            publish::<EtlRun>(&ctx, &invalid.metadata, EventType::Warning, "InvalidResource", "Read", message.clone())
+                .await;
+            return Err(Error::InvalidResource { kind: "EtlRun", name, message });
         }
     };
     if run.phase().is_some_and(EtlRunPhase::is_terminal) {
@@ -227,7 +152,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
     };
     let plan = lifecycle::plan(&observed, &ctx.lifecycle);
     if plan.status != status {
-        write_status(&ctx, run, &identity, &plan.status).await?;
+        write_status(&ctx, run, &plan.status).await?;
     }
     for transition in &plan.transitions {
         report(&ctx, run, &plan.status, transition).await;
@@ -238,25 +163,8 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
     Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
 }
 
-/// Requeues by the kind of error: a conflict at once, the API and the lake after a pause, a malformed resource
-/// only when it changes.
-pub fn error_policy(guard: Arc<DeserializeGuard<EtlRun>>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_failed(error.category());
-    let name = guard.meta().name.clone().unwrap_or_default();
-    let namespace = guard.meta().namespace.clone().unwrap_or_default();
-    tracing::warn!(etlrun = %name, namespace = %namespace, category = error.category(), error = %error, "reconcile failed");
-    match error {
-        Error::Conflict { .. } => Action::requeue(Duration::from_millis(200)),
-        Error::Kube { .. } => Action::requeue(Duration::from_secs(5)),
-        Error::Lake { .. } => Action::requeue(Duration::from_secs(10)),
-        Error::NotOwned { .. } => Action::requeue(Duration::from_secs(30)),
-        Error::Snapshot { .. } | Error::Serialize { .. } => Action::requeue(Duration::from_secs(60)),
-        Error::InvalidResource { .. } | Error::MissingField(_) | Error::LeadershipLost { .. } => Action::await_change(),
-    }
-}
-
-fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
-    meta.owner_references.iter().flatten().any(|o| o.uid == uid)
+fn error_policy(guard: Arc<DeserializeGuard<EtlRun>>, error: &Error, ctx: Arc<Context>) -> Action {
+    shared_error_policy(ControllerName::EtlRun, &guard, error, &ctx)
 }
 
 /// The run's contract: its snapshot once an attempt was launched, else the Dataset as it is now.
@@ -271,7 +179,7 @@ async fn load_contract(
         snapshots.get_opt(&snapshot_name).await.map_err(Error::kube(format!("reading ConfigMap {snapshot_name}")))?;
     if let Some(snapshot) = snapshot {
         if !owned_by(&snapshot.metadata, &identity.uid) {
-            return Err(Error::NotOwned { kind: "ConfigMap", name: snapshot_name, uid: identity.uid.clone() });
+            return Err(not_owned("ConfigMap", snapshot_name, identity));
         }
         let text = snapshot.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY)).ok_or_else(|| Error::Snapshot {
             name: snapshot_name.clone(),
@@ -309,7 +217,7 @@ async fn observe_job(ctx: &Context, identity: &RunIdentity, attempt: &AttemptSta
         return Ok(JobState::Missing);
     };
     if !owned_by(&found.metadata, &identity.uid) {
-        return Err(Error::NotOwned { kind: "Job", name: name.clone(), uid: identity.uid.clone() });
+        return Err(not_owned("Job", name.clone(), identity));
     }
     if let Some((at, _, _)) = condition_time(&found, "Complete") {
         let finished_at = found.status.as_ref().and_then(|s| s.completion_time.as_ref()).map_or(at, |t| t.0);
@@ -363,21 +271,8 @@ async fn read_lake(ctx: &Context, dataset: &Dataset, run_id: &str) -> Result<Lak
     lake.find(name, &dataset.spec.schema_version, run_id).await
 }
 
-/// Writes the whole status with server-side apply, on the condition that the EtlRun has not changed since it
-/// was read: a stale view can never overwrite a newer decision (nor launch a second attempt).
-async fn write_status(ctx: &Context, run: &EtlRun, identity: &RunIdentity, status: &EtlRunStatus) -> Result<()> {
-    let api: Api<EtlRun> = Api::namespaced(ctx.client.clone(), &identity.namespace);
-    let patch = serde_json::json!({
-        "apiVersion": format!("{}/{}", silverline_crds::GROUP, silverline_crds::VERSION),
-        "kind": "EtlRun",
-        "metadata": { "name": identity.name, "resourceVersion": run.metadata.resource_version },
-        "status": status,
-    });
-    match api.patch_status(&identity.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict { name: identity.name.clone() }),
-        Err(e) => Err(Error::kube(format!("writing the status of EtlRun {}", identity.name))(e)),
-    }
+fn not_owned(kind: &'static str, name: String, identity: &RunIdentity) -> Error {
+    Error::NotOwned { kind, name, owner: format!("EtlRun {}", identity.name), uid: identity.uid.clone() }
 }
 
 /// Makes sure the attempt's contract snapshot and Job exist. Names are deterministic, so a Job that already
@@ -416,7 +311,7 @@ async fn launch(
                 jobs.get(&attempt.job_name).await.map_err(Error::kube(format!("reading Job {}", attempt.job_name)))?;
             let run_id = existing.metadata.annotations.as_ref().and_then(|a| a.get(job::ANNOTATION_RUN_ID));
             if !owned_by(&existing.metadata, &identity.uid) || run_id != Some(&attempt.run_id) {
-                return Err(Error::NotOwned { kind: "Job", name: attempt.job_name.clone(), uid: identity.uid.clone() });
+                return Err(not_owned("Job", attempt.job_name.clone(), identity));
             }
             tracing::info!(
                 etlrun = %identity.name, namespace = %identity.namespace, dataset = %run.spec.dataset,
@@ -442,7 +337,7 @@ async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: 
                 attempt.attempt, attempt.job_name, attempt.run_id
             );
             tracing::info!(etlrun = %name, namespace = %namespace, dataset, attempt = attempt.attempt, run_id = %attempt.run_id, "{note}");
-            publish(ctx, &run.metadata, EventType::Normal, "AttemptStarted", "Launch", note).await;
+            publish::<EtlRun>(ctx, &run.metadata, EventType::Normal, "AttemptStarted", "Launch", note).await;
         }
         Transition::AttemptEnded { attempt, retry_after } => {
             if attempt.outcome != Some(AttemptOutcome::Failed) {
@@ -461,7 +356,7 @@ async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: 
                 reason = %reason, exit_code = attempt.exit_code, retryable = attempt.retryable, "{note}"
             );
             let action = if retry_after.is_some() { "Retry" } else { "Fail" };
-            publish(ctx, &run.metadata, EventType::Warning, &reason, action, note).await;
+            publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, &reason, action, note).await;
         }
         Transition::Finished { phase, reason, message, .. } => {
             let run_id = status.run_id.clone().unwrap_or_default();
@@ -472,14 +367,14 @@ async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: 
                 _ => (EventType::Warning, reason.as_str()),
             };
             tracing::info!(etlrun = %name, namespace = %namespace, dataset, attempt, run_id = %run_id, phase = %phase, reason = %reason, "{message}");
-            publish(ctx, &run.metadata, type_, event_reason, "Finish", format!("{phase}: {message}")).await;
+            publish::<EtlRun>(ctx, &run.metadata, type_, event_reason, "Finish", format!("{phase}: {message}")).await;
             if *phase == EtlRunPhase::Succeeded {
                 record_freshness(ctx, run, &namespace, &run_id, now).await;
             }
         }
         Transition::Waiting { reason, message } => {
             tracing::warn!(etlrun = %name, namespace = %namespace, dataset, reason = %reason, "{message}");
-            publish(ctx, &run.metadata, EventType::Warning, reason, "Wait", message.clone()).await;
+            publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, reason, "Wait", message.clone()).await;
         }
     }
 }
@@ -494,65 +389,6 @@ async fn record_freshness(ctx: &Context, run: &EtlRun, namespace: &str, run_id: 
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
     if let Err(e) = api.patch_status(&run.spec.dataset, &params, &Patch::Merge(&patch)).await {
         tracing::warn!(dataset = %run.spec.dataset, error = %e, "cannot record the dataset's last success");
-    }
-}
-
-/// One reconcile of one Dataset: its `Valid` condition.
-pub async fn reconcile_dataset(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>) -> Result<Action> {
-    let dataset = match &guard.0 {
-        Ok(dataset) => dataset,
-        Err(invalid) => {
-            let name = invalid.metadata.name.clone().unwrap_or_default();
-            return Err(Error::InvalidResource { name, message: invalid.error.clone() });
-        }
-    };
-    let name = dataset.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
-    let namespace = dataset.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
-    let current = dataset.status.clone().unwrap_or_default();
-    let validation = dataset.validate().map_err(|e| e.to_string());
-    let next =
-        crate::contract::dataset_status(&current, dataset.metadata.generation, validation.clone(), Timestamp::now());
-    if next == current {
-        return Ok(Action::await_change());
-    }
-    let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = serde_json::json!({
-        "apiVersion": format!("{}/{}", silverline_crds::GROUP, silverline_crds::VERSION),
-        "kind": "Dataset",
-        "metadata": { "name": name, "resourceVersion": dataset.metadata.resource_version },
-        "status": { "observedGeneration": next.observed_generation, "conditions": next.conditions },
-    });
-    match api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => return Err(Error::Conflict { name }),
-        Err(e) => return Err(Error::kube(format!("writing the status of Dataset {name}"))(e)),
-    }
-    let was_valid =
-        current.conditions.iter().find(|c| c.type_ == crate::contract::CONDITION_VALID).map(|c| c.status == "True");
-    match validation {
-        Err(message) if was_valid != Some(false) => {
-            tracing::warn!(dataset = %name, namespace = %namespace, "the contract is not valid: {message}");
-            publish_on(&ctx, &dataset.metadata, "Dataset", EventType::Warning, "InvalidContract", "Validate", message)
-                .await;
-        }
-        Ok(()) if was_valid == Some(false) => {
-            tracing::info!(dataset = %name, namespace = %namespace, "the contract is valid again");
-            let note = "the contract passes every check".to_owned();
-            publish_on(&ctx, &dataset.metadata, "Dataset", EventType::Normal, "ContractValid", "Validate", note).await;
-        }
-        _ => {}
-    }
-    Ok(Action::await_change())
-}
-
-fn dataset_error_policy(guard: Arc<DeserializeGuard<Dataset>>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_failed(error.category());
-    let name = guard.meta().name.clone().unwrap_or_default();
-    tracing::warn!(dataset = %name, category = error.category(), error = %error, "Dataset reconcile failed");
-    match error {
-        Error::Conflict { .. } => Action::requeue(Duration::from_millis(200)),
-        Error::InvalidResource { .. } | Error::MissingField(_) => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(5)),
     }
 }
 

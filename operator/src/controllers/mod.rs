@@ -1,0 +1,333 @@
+//! The controllers, one module each (`etlrun`, `dataset`, `promotion`), and what they share, written once: the
+//! `Context`, the status writer (server-side apply conditional on the observed resourceVersion), Events,
+//! condition updates and the error policy.
+
+pub mod dataset;
+pub mod etlrun;
+
+use crate::job::JobSettings;
+use crate::lake::Lakes;
+use crate::lifecycle::LifecycleSettings;
+use crate::metrics::Metrics;
+use crate::{Error, Result, Retry};
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The one field manager of everything the operator writes with server-side apply.
+pub const FIELD_MANAGER: &str = "silverline-operator";
+
+/// What every reconcile of every controller shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub jobs: JobSettings,
+    pub lifecycle: LifecycleSettings,
+    pub pod_ends: etlrun::PodEnds,
+    pub lakes: Lakes,
+}
+
+/// The controllers, as named in metric labels and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControllerName {
+    EtlRun,
+    Dataset,
+    Promotion,
+}
+
+impl ControllerName {
+    pub const ALL: [ControllerName; 3] = [ControllerName::EtlRun, ControllerName::Dataset, ControllerName::Promotion];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ControllerName::EtlRun => "etlrun",
+            ControllerName::Dataset => "dataset",
+            ControllerName::Promotion => "promotion",
+        }
+    }
+}
+
+pub(crate) fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    }
+}
+
+/// Runs every controller until a termination signal. Malformed resources reach `reconcile` as errors of their
+/// own (`DeserializeGuard`) instead of breaking the watch of all the others.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    let ns = namespace.as_deref();
+    tokio::select! {
+        _ = async {
+            futures::join!(
+                etlrun::run(ctx.clone(), ns),
+                dataset::run(ctx.clone(), ns),
+            )
+        } => {}
+        () = etlrun::watch_pod_ends(ctx.clone(), ns) => {}
+    }
+}
+
+/// Drains a controller's stream; errors are already counted and logged by the error policy.
+pub(crate) async fn drain<T, E: std::fmt::Display>(
+    stream: impl futures::Stream<Item = std::result::Result<T, E>>,
+    controller: ControllerName,
+) {
+    stream
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(controller = controller.label(), error = %e, "reconcile ended with an error");
+            }
+        })
+        .await;
+}
+
+/// The Event reference of an object of kind `K`: apiVersion and kind from the type, never formatted by hand.
+pub fn object_reference<K: Resource<DynamicType = ()>>(meta: &ObjectMeta) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: None,
+        field_path: None,
+    }
+}
+
+/// The longest Event note the API accepts (1 KiB), cut on a character boundary.
+pub const MAX_NOTE: usize = 1024;
+
+pub fn truncate_note(mut note: String) -> String {
+    if note.len() > MAX_NOTE {
+        let mut cut = MAX_NOTE;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    note
+}
+
+/// Publishes one Event about an object of kind `K`. Callers publish on a change of state only (a transition
+/// planned once), so a resync does not repeat it.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    meta: &ObjectMeta,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(truncate_note(note)),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &object_reference::<K>(meta)).await {
+        tracing::warn!(error = %e, reason, kind = %K::kind(&()), "cannot publish an Event");
+    }
+}
+
+/// Writes `status` of an object with server-side apply under the operator's field manager, on the condition
+/// that the object has not changed since it was read (its resourceVersion): a stale view never overwrites a
+/// newer decision. A conflict is `Error::Conflict`, retried at once with a fresh view.
+pub async fn write_status<K, S>(ctx: &Context, object: &K, status: &S) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let kind = static_kind::<K>();
+    let meta = object.meta();
+    let name = meta.name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    let namespace = meta.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": name, "resourceVersion": meta.resource_version },
+        "status": status,
+    });
+    match api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict { kind, name }),
+        Err(e) => Err(Error::kube(format!("writing the status of {kind} {name}"))(e)),
+    }
+}
+
+/// The kind of `K` as a `'static` name for error messages (Silverline's kinds and the built-ins it touches).
+pub fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "EtlRun" => "EtlRun",
+        "Dataset" => "Dataset",
+        "Promotion" => "Promotion",
+        "Job" => "Job",
+        "ConfigMap" => "ConfigMap",
+        _ => "object",
+    }
+}
+
+/// A condition's status, as Kubernetes spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
+impl From<bool> for ConditionStatus {
+    fn from(value: bool) -> Self {
+        if value { ConditionStatus::True } else { ConditionStatus::False }
+    }
+}
+
+/// One condition to set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConditionUpdate<'a> {
+    pub type_: &'a str,
+    pub status: ConditionStatus,
+    pub reason: &'a str,
+    pub message: &'a str,
+}
+
+/// Sets one condition of a list-map by type: its transition time changes only when its status does; the list
+/// stays sorted by type, so an unchanged decision is an unchanged status (nothing to write).
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    update: ConditionUpdate,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = update.status.as_str();
+    let transition_time = conditions
+        .iter()
+        .find(|c| c.type_ == update.type_ && c.status == status)
+        .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
+    conditions.retain(|c| c.type_ != update.type_);
+    conditions.push(Condition {
+        type_: update.type_.to_owned(),
+        status: status.to_owned(),
+        reason: update.reason.to_owned(),
+        message: update.message.to_owned(),
+        last_transition_time: transition_time,
+        observed_generation: generation,
+    });
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+/// The error policy of every controller: counted by controller and category, logged, and requeued by the
+/// error's type (`Error::retry`).
+pub fn error_policy<K>(controller: ControllerName, guard: &DeserializeGuard<K>, error: &Error, ctx: &Context) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    ctx.metrics.reconcile_failed(controller.label(), error.category());
+    let meta = guard.meta();
+    tracing::warn!(
+        controller = controller.label(),
+        kind = %K::kind(&()),
+        name = meta.name.as_deref().unwrap_or_default(),
+        namespace = meta.namespace.as_deref().unwrap_or_default(),
+        category = error.category(),
+        error = %error,
+        "reconcile failed"
+    );
+    requeue(error.retry())
+}
+
+/// How long each kind of failure waits before the next reconcile.
+pub fn requeue(retry: Retry) -> Action {
+    match retry {
+        Retry::Soon => Action::requeue(Duration::from_millis(200)),
+        Retry::Transient => Action::requeue(Duration::from_secs(5)),
+        Retry::Blocked => Action::requeue(Duration::from_secs(30)),
+        Retry::OnChange => Action::await_change(),
+    }
+}
+
+/// Whether `meta` names `uid` among its owners.
+pub fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.uid == uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use silverline_crds::{Dataset, EtlRun};
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).expect("valid")
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        let mut conditions = Vec::new();
+        let up = |status: bool, reason| ConditionUpdate { type_: "Valid", status: status.into(), reason, message: "m" };
+        set_condition(&mut conditions, up(true, "Ok"), Some(1), at(0));
+        set_condition(&mut conditions, up(true, "StillOk"), Some(2), at(10));
+        assert_eq!(conditions.len(), 1);
+        assert_eq!((conditions[0].reason.as_str(), &conditions[0].last_transition_time), ("StillOk", &Time(at(0))));
+        set_condition(&mut conditions, up(false, "Broken"), Some(3), at(20));
+        assert_eq!((conditions[0].status.as_str(), &conditions[0].last_transition_time), ("False", &Time(at(20))));
+        set_condition(&mut conditions, ConditionUpdate { type_: "Approved", ..up(true, "Ok") }, None, at(30));
+        assert_eq!(conditions.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), ["Approved", "Valid"]);
+    }
+
+    #[test]
+    fn event_references_take_api_version_and_kind_from_the_type() {
+        let meta = ObjectMeta { name: Some("tx".into()), namespace: Some("etl".into()), ..ObjectMeta::default() };
+        let r = object_reference::<EtlRun>(&meta);
+        assert_eq!(
+            (r.api_version.as_deref(), r.kind.as_deref()),
+            (Some("etl.silverline.dev/v1alpha1"), Some("EtlRun"))
+        );
+        assert_eq!(object_reference::<Dataset>(&meta).kind.as_deref(), Some("Dataset"));
+    }
+
+    #[test]
+    fn notes_are_cut_to_the_api_limit_on_a_character_boundary() {
+        let long = "é".repeat(MAX_NOTE);
+        let cut = truncate_note(long);
+        assert!(cut.len() <= MAX_NOTE && cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncate_note("short".into()), "short");
+    }
+
+    #[test]
+    fn errors_requeue_by_their_type() {
+        let conflict = Error::Conflict { kind: "Promotion", name: "p".into() };
+        assert_eq!(conflict.retry(), Retry::Soon);
+        assert!(conflict.to_string().starts_with("Promotion p changed"));
+        let invalid = Error::InvalidResource { kind: "Dataset", name: "d".into(), message: "bad".into() };
+        assert_eq!((invalid.retry(), requeue(invalid.retry())), (Retry::OnChange, Action::await_change()));
+        let lake = Error::Lake { uri: "s3://l".into(), message: "timeout".into() };
+        assert_eq!(requeue(lake.retry()), Action::requeue(Duration::from_secs(5)));
+    }
+}
