@@ -1,6 +1,6 @@
 //! Silverline's API: the custom resources of group `etl.silverline.dev`.
 //!
-//! `Dataset` is the data contract; `EtlRun` is one run of it over one input, driven by the operator. The worker reads the very same manifest from a file, so these types are
+//! `Dataset` is the data contract; `EtlRun` is one run of it over one input, driven by the operator; `Promotion` makes verified runs current once a person approves. The worker reads the very same manifest from a file, so these types are
 //! shared by the operator and the worker and own every rule about what a valid contract or name is.
 
 pub mod dataset;
@@ -15,7 +15,10 @@ pub use dataset::{
     RESERVED_COLUMNS, SecretKeyRef, StorageSpec,
 };
 pub use etlrun::{AttemptOutcome, AttemptStatus, DataFile, EtlRun, EtlRunPhase, EtlRunSpec, EtlRunStatus, RunResult};
-pub use promotion::{PromotionMode, PromotionPolicy};
+pub use promotion::{
+    FailedCheck, Promotion, PromotionChange, PromotionMode, PromotionPhase, PromotionPolicy, PromotionRun,
+    PromotionSpec, PromotionStatus,
+};
 
 /// The API group of every Silverline resource.
 pub const GROUP: &str = "etl.silverline.dev";
