@@ -152,71 +152,19 @@ pub fn worker_job(
 ) -> Result<Job> {
     let dataset_name = dataset.metadata.name.clone().ok_or(Error::MissingField("Dataset metadata.name"))?;
     let labels = labels(identity, &dataset_name, Some(attempt.attempt));
-    let env_from = dataset.spec.storage.credentials_secret.as_ref().map(|secret| {
-        vec![EnvFromSource {
-            secret_ref: Some(SecretEnvSource { name: secret.name.clone(), optional: Some(false) }),
-            ..EnvFromSource::default()
-        }]
-    });
-    let container = Container {
-        name: WORKER_CONTAINER.to_owned(),
-        image: Some(settings.image.clone()),
-        image_pull_policy: settings.image_pull_policy.clone(),
-        command: Some(vec![WORKER_COMMAND.to_owned()]),
-        args: Some(vec![
-            "run".into(),
-            "--contract".into(),
-            format!("{CONTRACT_MOUNT}/{CONTRACT_KEY}"),
-            "--input".into(),
-            run.spec.input.clone(),
-            "--run-id".into(),
-            attempt.run_id.to_owned(),
-            "--progress".into(),
-            "json".into(),
-        ]),
-        env_from,
-        resources: run.spec.resources.clone().or_else(|| settings.default_resources.clone()),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            seccomp_profile: Some(runtime_default()),
-            ..SecurityContext::default()
-        }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "contract".into(),
-            mount_path: CONTRACT_MOUNT.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
-    };
-    let pod = PodSpec {
-        restart_policy: Some("Never".into()),
-        service_account_name: Some(settings.service_account.clone()),
-        // The worker talks to the lake, never to the Kubernetes API.
-        automount_service_account_token: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(settings.run_as_user),
-            run_as_group: Some(settings.run_as_user),
-            seccomp_profile: Some(runtime_default()),
-            ..PodSecurityContext::default()
-        }),
-        containers: vec![container],
-        volumes: Some(vec![Volume {
-            name: "contract".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: contract_name(&identity.name),
-                default_mode: Some(0o444),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        }]),
-        ..PodSpec::default()
-    };
+    let args = vec![
+        "run".into(),
+        "--contract".into(),
+        format!("{CONTRACT_MOUNT}/{CONTRACT_KEY}"),
+        "--input".into(),
+        run.spec.input.clone(),
+        "--run-id".into(),
+        attempt.run_id.to_owned(),
+        "--progress".into(),
+        "json".into(),
+    ];
+    let resources = run.spec.resources.clone().or_else(|| settings.default_resources.clone());
+    let pod = worker_pod(args, dataset, &contract_name(&identity.name), resources, settings);
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(attempt.job_name.to_owned()),
@@ -253,6 +201,73 @@ pub fn worker_job(
         }),
         status: None,
     })
+}
+
+/// The restricted pod of a worker: non-root, read-only root file system, all capabilities dropped, seccomp
+/// `RuntimeDefault`, no service-account token; the contract snapshot mounted read-only; the Dataset's lake
+/// credentials by `envFrom` reference only.
+pub fn worker_pod(
+    args: Vec<String>,
+    dataset: &Dataset,
+    contract_config_map: &str,
+    resources: Option<ResourceRequirements>,
+    settings: &JobSettings,
+) -> PodSpec {
+    let env_from = dataset.spec.storage.credentials_secret.as_ref().map(|secret| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: secret.name.clone(), optional: Some(false) }),
+            ..EnvFromSource::default()
+        }]
+    });
+    let container = Container {
+        name: WORKER_CONTAINER.to_owned(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        command: Some(vec![WORKER_COMMAND.to_owned()]),
+        args: Some(args),
+        env_from,
+        resources,
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "contract".into(),
+            mount_path: CONTRACT_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+    PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: Some(settings.service_account.clone()),
+        // The worker talks to the lake, never to the Kubernetes API.
+        automount_service_account_token: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(settings.run_as_user),
+            run_as_group: Some(settings.run_as_user),
+            seccomp_profile: Some(runtime_default()),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![container],
+        volumes: Some(vec![Volume {
+            name: "contract".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: contract_config_map.to_owned(),
+                default_mode: Some(0o444),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    }
 }
 
 fn runtime_default() -> SeccompProfile {

@@ -4,11 +4,12 @@
 use crate::controllers::ControllerName;
 use crate::failure::FailureReason;
 use crate::lifecycle::Transition;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramTimer, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
-use silverline_crds::{AttemptOutcome, EtlRunPhase};
+use silverline_crds::{AttemptOutcome, EtlRunPhase, PromotionPhase};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -23,6 +24,10 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     pub reconcile_duration: HistogramVec,
     pub leader: IntGauge,
+    pub promotions: IntCounterVec,
+    pub promotions_awaiting: GaugeVec,
+    pub promotion_oldest_awaiting: GaugeVec,
+    pub last_promotion: GaugeVec,
 }
 
 impl Metrics {
@@ -74,6 +79,22 @@ impl Metrics {
             reconcile_duration.with_label_values(&[controller.label()]);
         }
         let leader = IntGauge::new("leader", "1 while this replica holds the leader Lease")?;
+        let promotions = IntCounterVec::new(
+            Opts::new("promotions_total", "Promotions finished, by result (promoted, rejected, failed)"),
+            &["dataset", "result"],
+        )?;
+        let promotions_awaiting = GaugeVec::new(
+            Opts::new("promotions_awaiting_approval", "Promotions waiting for a reviewer's approval"),
+            &["dataset"],
+        )?;
+        let promotion_oldest_awaiting = GaugeVec::new(
+            Opts::new("promotion_oldest_awaiting_seconds", "Age of the oldest Promotion awaiting approval"),
+            &["dataset"],
+        )?;
+        let last_promotion = GaugeVec::new(
+            Opts::new("last_promotion_timestamp_seconds", "When the dataset's current version was last promoted"),
+            &["dataset"],
+        )?;
         registry.register(Box::new(runs.clone()))?;
         registry.register(Box::new(attempts.clone()))?;
         registry.register(Box::new(retries.clone()))?;
@@ -85,6 +106,10 @@ impl Metrics {
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(promotions.clone()))?;
+        registry.register(Box::new(promotions_awaiting.clone()))?;
+        registry.register(Box::new(promotion_oldest_awaiting.clone()))?;
+        registry.register(Box::new(last_promotion.clone()))?;
         Ok(Metrics {
             registry,
             runs,
@@ -98,6 +123,10 @@ impl Metrics {
             reconcile_errors,
             reconcile_duration,
             leader,
+            promotions,
+            promotions_awaiting,
+            promotion_oldest_awaiting,
+            last_promotion,
         })
     }
 
@@ -144,6 +173,41 @@ impl Metrics {
                     self.last_success.with_label_values(&[dataset]).set(now_seconds);
                 }
             }
+        }
+    }
+
+    /// Records a finished Promotion, once it is written.
+    pub fn record_promotion(&self, dataset: &str, phase: PromotionPhase, now_seconds: f64) {
+        let result = match phase {
+            PromotionPhase::Promoted => "promoted",
+            PromotionPhase::Rejected => "rejected",
+            PromotionPhase::Failed => "failed",
+            PromotionPhase::AwaitingApproval | PromotionPhase::Promoting => return,
+        };
+        self.promotions.with_label_values(&[dataset, result]).inc();
+        if phase == PromotionPhase::Promoted {
+            self.last_promotion.with_label_values(&[dataset]).set(now_seconds);
+        }
+    }
+
+    /// Sets the awaiting-approval gauges from a full count: `(count, oldest age in seconds)` per dataset. A dataset
+    /// with none left reads 0.
+    pub fn set_awaiting_approval(&self, awaiting: &std::collections::BTreeMap<String, (i64, f64)>) {
+        let gathered = self.promotions_awaiting.collect();
+        let known: Vec<String> = gathered
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter_map(|m| m.get_label().iter().find(|l| l.name() == "dataset").map(|l| l.value().to_owned()))
+            .collect();
+        for dataset in known {
+            if !awaiting.contains_key(&dataset) {
+                self.promotions_awaiting.with_label_values(&[&dataset]).set(0.0);
+                self.promotion_oldest_awaiting.with_label_values(&[&dataset]).set(0.0);
+            }
+        }
+        for (dataset, (count, oldest)) in awaiting {
+            self.promotions_awaiting.with_label_values(&[dataset]).set(*count as f64);
+            self.promotion_oldest_awaiting.with_label_values(&[dataset]).set(*oldest);
         }
     }
 
@@ -230,6 +294,26 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
         assert!(!text.contains("20240101T000000Z"), "run ids never become labels");
+    }
+
+    #[test]
+    fn promotions_count_by_result_and_awaiting_gauges_drop_to_zero_when_none_is_left() {
+        let m = Metrics::new().expect("metrics");
+        m.record_promotion("tx", PromotionPhase::Promoted, 1_700_000_000.0);
+        m.record_promotion("tx", PromotionPhase::Failed, 0.0);
+        m.set_awaiting_approval(&[("tx".to_owned(), (2, 90.0))].into());
+        let text = m.render();
+        for line in [
+            r#"silverline_promotions_total{dataset="tx",result="promoted"} 1"#,
+            r#"silverline_promotions_total{dataset="tx",result="failed"} 1"#,
+            r#"silverline_last_promotion_timestamp_seconds{dataset="tx"} 1700000000"#,
+            r#"silverline_promotions_awaiting_approval{dataset="tx"} 2"#,
+            r#"silverline_promotion_oldest_awaiting_seconds{dataset="tx"} 90"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        m.set_awaiting_approval(&Default::default());
+        assert!(m.render().contains(r#"silverline_promotions_awaiting_approval{dataset="tx"} 0"#));
     }
 
     #[test]

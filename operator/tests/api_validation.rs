@@ -125,3 +125,64 @@ async fn a_status_apply_from_a_stale_view_is_refused() {
     let current = fresh.metadata.resource_version.expect("resourceVersion");
     api.patch_status("tx", &params, &Patch::Apply(&apply(current, "Running"))).await.expect("a fresh write");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apiserver_keeps_a_promotion_immutable_and_to_runs_or_a_version() {
+    use silverline_crds::Promotion;
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::TestNamespace::create(&client, "promo-cel").await;
+    let api: Api<Promotion> = Api::namespaced(client.clone(), &ns.name);
+    let pp = PostParams::default();
+    let promotion = |name: &str, spec: serde_json::Value| -> Promotion {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "etl.silverline.dev/v1alpha1", "kind": "Promotion", "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("a Promotion")
+    };
+    let refused = |result: Result<Promotion, kube::Error>| match result {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            status.message
+        }
+        Err(e) => panic!("expected a validation error, got {e}"),
+        Ok(p) => panic!("the apiserver accepted {:?}", p.spec),
+    };
+    let cases = [
+        (
+            "both",
+            serde_json::json!({"dataset": "tx", "runIds": ["r1"], "restoreVersion": 1, "reason": "r"}),
+            "not both",
+        ),
+        ("neither", serde_json::json!({"dataset": "tx", "reason": "r"}), "not both"),
+        ("bad-run", serde_json::json!({"dataset": "tx", "runIds": ["../x"], "reason": "r"}), "each run id"),
+        ("bad-dataset", serde_json::json!({"dataset": "../tx", "runIds": ["r1"], "reason": "r"}), "dataset must be"),
+        ("no-runs", serde_json::json!({"dataset": "tx", "runIds": [], "reason": "r"}), "runIds"),
+        (&"a".repeat(57), serde_json::json!({"dataset": "tx", "runIds": ["r1"], "reason": "r"}), "at most 56"),
+    ];
+    for (name, spec, expected) in cases {
+        let message = refused(api.create(&pp, &promotion(name, spec)).await);
+        assert!(message.contains(expected), "{name}: {message}");
+    }
+    api.create(
+        &pp,
+        &promotion(
+            "ok-runs",
+            serde_json::json!({"dataset": "tx", "runIds": ["20240101T000000Z-abc-a1"], "reason": "r"}),
+        ),
+    )
+    .await
+    .expect("runs");
+    api.create(&pp, &promotion("ok-restore", serde_json::json!({"dataset": "tx", "restoreVersion": 2, "reason": "r"})))
+        .await
+        .expect("a rollback");
+    let change = serde_json::json!({"spec": {"reason": "other"}});
+    let message = refused(api.patch("ok-runs", &PatchParams::default(), &Patch::Merge(&change)).await);
+    assert!(message.contains("spec is immutable"), "{message}");
+    let annotate = serde_json::json!({"metadata": {"annotations": {"etl.silverline.dev/approved-by": "jane"}}});
+    api.patch("ok-runs", &PatchParams::default(), &Patch::Merge(&annotate)).await.expect("approval annotations change");
+    let status = serde_json::json!({"status": {"phase": "AwaitingApproval"}});
+    api.patch_status("ok-runs", &PatchParams::default(), &Patch::Merge(&status)).await.expect("status is writable");
+    let bad_phase = serde_json::json!({"status": {"phase": "Approved"}});
+    refused(api.patch_status("ok-runs", &PatchParams::default(), &Patch::Merge(&bad_phase)).await);
+}

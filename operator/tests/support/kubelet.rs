@@ -1,7 +1,8 @@
 //! A test kubelet. The test control plane has no nodes, so this watches the Pods of one namespace, runs each
 //! pod's first container as a local process (the image is ignored; `silverline-worker` is the worker binary
 //! built by cargo), and writes the pod's status as a kubelet does: Running, then Succeeded or Failed with the
-//! container's exit code in `containerStatuses[].state.terminated`. The real Job controller turns that into
+//! container's exit code in `containerStatuses[].state.terminated` (with `terminationMessagePolicy:
+//! FallbackToLogsOnError`, a failed container's message is the tail of its log). The real Job controller turns that into
 //! Job status, so backoff limits, pod failure policies and owner references behave as in a cluster.
 //!
 //! What a process cannot honour: images, users, read-only root file systems and resource limits. ConfigMap
@@ -252,7 +253,12 @@ impl Node {
                 None => return Ok(()),
             },
         };
-        self.set_terminated(&name, &container.name, &image, started, exit_code).await
+        // `terminationMessagePolicy: FallbackToLogsOnError`: a failed container's message is the tail of its log.
+        let message = (exit_code != 0
+            && container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"))
+        .then(|| log_tail(&log_path))
+        .flatten();
+        self.set_terminated_with(&name, &container.name, &image, started, exit_code, message).await
     }
 
     async fn patch_status(&self, name: &str, status: serde_json::Value) -> Result<(), String> {
@@ -292,6 +298,18 @@ impl Node {
         started: Timestamp,
         code: i32,
     ) -> Result<(), String> {
+        self.set_terminated_with(name, container, image, started, code, None).await
+    }
+
+    async fn set_terminated_with(
+        &self,
+        name: &str,
+        container: &str,
+        image: &str,
+        started: Timestamp,
+        code: i32,
+        message: Option<String>,
+    ) -> Result<(), String> {
         let (t0, t1) = (Time(started), Time(Timestamp::now()));
         let (phase, reason) = if code == 0 { ("Succeeded", "Completed") } else { ("Failed", "Error") };
         let not_ready = |type_: &str| serde_json::json!({"type": type_, "status": "False", "reason": "PodCompleted", "lastTransitionTime": t1});
@@ -303,12 +321,29 @@ impl Node {
                 "conditions": [ready("PodScheduled"), ready("Initialized"), not_ready("ContainersReady"), not_ready("Ready")],
                 "containerStatuses": [{
                     "name": container, "image": image, "imageID": "", "ready": false, "started": false, "restartCount": 0,
-                    "state": {"terminated": {"exitCode": code, "reason": reason, "startedAt": t0, "finishedAt": t1}}
+                    "state": {"terminated": {
+                        "exitCode": code, "reason": reason, "startedAt": t0, "finishedAt": t1, "message": message,
+                    }}
                 }]
             }),
         )
         .await
     }
+}
+
+/// The last 80 lines (at most 2048 bytes) of a container's log, as a kubelet's `FallbackToLogsOnError` takes them.
+fn log_tail(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut tail = lines[lines.len().saturating_sub(80)..].join("\n");
+    if tail.len() > 2048 {
+        let mut cut = tail.len() - 2048;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = tail[cut..].to_owned();
+    }
+    (!tail.trim().is_empty()).then_some(tail)
 }
 
 /// Runs the container's process and returns its exit code (128 + signal when killed). On graceful deletion it

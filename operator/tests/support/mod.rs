@@ -45,7 +45,7 @@ static CRDS: OnceCell<()> = OnceCell::const_new();
 pub async fn install_crds(client: &Client) {
     CRDS.get_or_init(|| async {
         let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for file in ["dataset.yaml", "etlrun.yaml"] {
+        for file in ["dataset.yaml", "etlrun.yaml", "promotion.yaml"] {
             let path = repo_root().join("crds/generated").join(file);
             let text = std::fs::read_to_string(&path).expect("generated CRD");
             let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("CRD YAML");
@@ -62,6 +62,11 @@ pub async fn install_crds(client: &Client) {
         }
         let probe: Api<EtlRun> = Api::namespaced(client.clone(), "default");
         eventually("EtlRuns served", Duration::from_secs(30), || async {
+            probe.list(&ListParams::default()).await.ok()
+        })
+        .await;
+        let probe: Api<silverline_crds::Promotion> = Api::namespaced(client.clone(), "default");
+        eventually("Promotions served", Duration::from_secs(30), || async {
             probe.list(&ListParams::default()).await.ok()
         })
         .await;
