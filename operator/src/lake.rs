@@ -1,38 +1,19 @@
 //! Reads back what an attempt left in the lake: `_SUCCESS` (the commit), `_QUALITY_REPORT.json`,
-//! `_CIRCUIT_BREAKER.json` and the run-id claim `_RUN.json`. Paths follow the worker's `LakeLayout`.
+//! `_CIRCUIT_BREAKER.json` and the run-id claim `_RUN.json`. A thin adaptor over `silverline-lake`, which owns
+//! the URI rules, the S3 client, the layout and the marker names; here only the caching of opened lakes and the
+//! mapping into the operator's `Error`.
 //!
 //! The operator reads the lake with its own identity (for S3: the usual AWS environment, IRSA or web identity);
-//! it never reads the Dataset's credentials Secret.
+//! it never reads the Dataset's credentials Secret. Local lakes must be absolute paths.
 
 use crate::{Error, Result};
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 use silverline_crds::StorageSpec;
-use silverline_crds::names;
-use silverline_crds::report::RunReport;
+pub use silverline_lake::layout::{CIRCUIT_BREAKER_REPORT, QUALITY_REPORT, RUN_CLAIM, SUCCESS};
+use silverline_lake::{LakeUri, OpenOptions, RelativePaths, StoreOptions};
 use std::sync::Arc;
 
-pub const SUCCESS: &str = "_SUCCESS";
-pub const QUALITY_REPORT: &str = "_QUALITY_REPORT.json";
-pub const CIRCUIT_BREAKER_REPORT: &str = "_CIRCUIT_BREAKER.json";
-pub const RUN_CLAIM: &str = "_RUN.json";
-
 /// What the lake says about one run id.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LakeFinding {
-    /// `_SUCCESS` exists: the run committed.
-    Success { report: Box<RunReport>, uri: String },
-    /// `_QUALITY_REPORT.json` exists: the run failed its quality gate.
-    QualityReport { report: Box<RunReport>, uri: String },
-    /// `_CIRCUIT_BREAKER.json` exists: the run stopped on repeated errors.
-    CircuitBreaker { uri: String },
-    /// Only the run-id claim exists: a worker started and did not finish.
-    Claimed,
-    /// Nothing under the run id.
-    Nothing,
-}
+pub type LakeFinding = silverline_lake::RunFinding;
 
 /// Opened lakes, by storage settings: one object-store client (and its connection pool) per lake, not one per
 /// reconcile.
@@ -47,133 +28,52 @@ impl Lakes {
         }
         let lake = Arc::new(Lake::open(storage)?);
         // A local lake that does not exist yet is opened again next time, once the worker has created it.
-        if lake.store.is_some() {
-            if let Ok(mut lakes) = self.0.lock() {
-                lakes.insert(key, lake.clone());
-            }
+        if lake.inner.is_some()
+            && let Ok(mut lakes) = self.0.lock()
+        {
+            lakes.insert(key, lake.clone());
         }
         Ok(lake)
     }
 }
 
-/// A lake root opened for reading.
+/// A lake root opened for reading; a local lake that does not exist yet holds nothing.
 pub struct Lake {
-    store: Option<Arc<dyn ObjectStore>>,
-    prefix: Path,
-    uri: String,
+    inner: Option<silverline_lake::Lake>,
 }
 
 impl Lake {
     /// Opens the lake of a Dataset. A local lake that does not exist yet holds nothing.
     pub fn open(storage: &StorageSpec) -> Result<Lake> {
-        let uri = storage.lake_uri.clone();
-        let fail = |message: String| Error::Lake { uri: uri.clone(), message };
-        if let Some(rest) = uri.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(fail("the URI names no bucket".into()));
-            }
-            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-            if let Some(region) = &storage.region {
-                builder = builder.with_region(region);
-            }
-            let endpoint = storage.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
-            if let Some(endpoint) = endpoint {
-                builder = builder
-                    .with_endpoint(&endpoint)
-                    .with_virtual_hosted_style_request(false)
-                    .with_allow_http(endpoint.starts_with("http://"));
-            }
-            let store = builder.build().map_err(|e| fail(e.to_string()))?;
-            return Ok(Lake {
-                store: Some(Arc::new(store)),
-                prefix: Path::from(prefix.trim_matches('/')),
-                uri: format!("s3://{bucket}/{}", prefix.trim_matches('/')),
-            });
+        let uri = &storage.lake_uri;
+        let fail = |e: silverline_lake::StorageError| Error::Lake { uri: uri.clone(), message: e.to_string() };
+        if let LakeUri::Local(dir) = LakeUri::parse(uri, RelativePaths::Reject).map_err(fail)?
+            && !dir.exists()
+        {
+            return Ok(Lake { inner: None });
         }
-        let local = match uri.strip_prefix("file://") {
-            Some(rest) => rest.to_owned(),
-            None if uri.starts_with('/') => uri.clone(),
-            None => return Err(fail("the lake must be s3://, file:// or an absolute path".into())),
-        };
-        let dir = std::path::Path::new(&local);
-        if !dir.exists() {
-            return Ok(Lake { store: None, prefix: Path::default(), uri: format!("file://{local}") });
-        }
-        let dir = dir.canonicalize().map_err(|e| fail(e.to_string()))?;
-        let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| fail(e.to_string()))?;
-        Ok(Lake { store: Some(Arc::new(store)), prefix: Path::default(), uri: format!("file://{}", dir.display()) })
+        let lake = silverline_lake::Lake::open(uri, &StoreOptions::from_storage(storage), OpenOptions::READER)
+            .map_err(fail)?;
+        Ok(Lake { inner: Some(lake) })
     }
 
-    /// `silver/{dataset}/schema_v={v}/run_id={id}`, from checked names only.
-    fn run_prefix(&self, dataset: &str, schema_version: &str, run_id: &str) -> Result<Path> {
-        for check in [
-            names::check_dataset_name(dataset),
-            names::check_schema_version(schema_version),
-            names::check_run_id(run_id),
-        ] {
-            check.map_err(|e| Error::Lake { uri: self.uri.clone(), message: e.to_string() })?;
-        }
-        let mut parts: Vec<String> = self.prefix.parts().map(|p| p.as_ref().to_owned()).collect();
-        parts.extend([
-            "silver".to_owned(),
-            dataset.to_owned(),
-            format!("schema_v={schema_version}"),
-            format!("run_id={run_id}"),
-        ]);
-        Ok(Path::from_iter(parts))
-    }
-
-    fn uri_of(&self, path: &Path) -> String {
-        let relative: Vec<String> =
-            path.parts().skip(self.prefix.parts().count()).map(|p| p.as_ref().to_owned()).collect();
-        format!("{}/{}", self.uri.trim_end_matches('/'), relative.join("/"))
-    }
-
-    async fn read(&self, path: &Path) -> Result<Option<Vec<u8>>> {
-        let Some(store) = &self.store else { return Ok(None) };
-        match store.get(path).await {
-            Ok(got) => match got.bytes().await {
-                Ok(bytes) => Ok(Some(bytes.to_vec())),
-                Err(e) => Err(Error::Lake { uri: self.uri_of(path), message: e.to_string() }),
-            },
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Error::Lake { uri: self.uri_of(path), message: e.to_string() }),
-        }
-    }
-
-    async fn report(&self, path: &Path, run_id: &str) -> Result<Option<Box<RunReport>>> {
-        let Some(bytes) = self.read(path).await? else { return Ok(None) };
-        let report: RunReport = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Lake { uri: self.uri_of(path), message: format!("not a run report: {e}") })?;
-        if report.run_id != run_id {
-            return Err(Error::Lake {
-                uri: self.uri_of(path),
-                message: format!("the report is of run id {:?}, expected {run_id:?}", report.run_id),
-            });
-        }
-        Ok(Some(Box::new(report)))
+    /// The lake itself, for the promotion reads (`None` for a local lake that does not exist yet).
+    pub fn lake(&self) -> Option<&silverline_lake::Lake> {
+        self.inner.as_ref()
     }
 
     /// What the lake holds for one run id, the commit marker first.
     pub async fn find(&self, dataset: &str, schema_version: &str, run_id: &str) -> Result<LakeFinding> {
-        let prefix = self.run_prefix(dataset, schema_version, run_id)?;
-        let success = prefix.clone().join(SUCCESS);
-        if let Some(report) = self.report(&success, run_id).await? {
-            return Ok(LakeFinding::Success { report, uri: self.uri_of(&success) });
-        }
-        let quality = prefix.clone().join(QUALITY_REPORT);
-        if let Some(report) = self.report(&quality, run_id).await? {
-            return Ok(LakeFinding::QualityReport { report, uri: self.uri_of(&quality) });
-        }
-        let breaker = prefix.clone().join(CIRCUIT_BREAKER_REPORT);
-        if self.read(&breaker).await?.is_some() {
-            return Ok(LakeFinding::CircuitBreaker { uri: self.uri_of(&breaker) });
-        }
-        if self.read(&prefix.join(RUN_CLAIM)).await?.is_some() {
-            return Ok(LakeFinding::Claimed);
-        }
-        Ok(LakeFinding::Nothing)
+        let Some(lake) = &self.inner else {
+            // Names are still checked, so that an unsafe name is an error whether or not the lake exists.
+            silverline_lake::DatasetLayout::new(dataset)
+                .and_then(|l| l.run_prefix(silverline_lake::Area::Silver, schema_version, run_id))
+                .map_err(|e| Error::Lake { uri: "(lake not created yet)".into(), message: e.to_string() })?;
+            return Ok(LakeFinding::Nothing);
+        };
+        lake.find_run(dataset, schema_version, run_id)
+            .await
+            .map_err(|e| Error::Lake { uri: lake.uri.clone(), message: e.to_string() })
     }
 }
 

@@ -208,33 +208,28 @@ fn check_value(contract: &Contract, c: usize, text: &[u8]) -> Result<Parsed, Row
         Kind::Date => Parsed::Date(values::parse_date_days(text).map_err(fail)?),
         Kind::Int64 => Parsed::Int(values::parse_int64(text).map_err(fail)?),
     };
-    if let Some(allowed) = &column.allowed {
-        if !allowed.iter().any(|a| **a == *text) {
-            return Err(RowError {
-                error_type: ErrorType::Value,
-                column: Some(c),
-                message: format!(
-                    "column {}: {:?} is not one of {}",
-                    column.name,
-                    lossy(text),
-                    column.allowed_display.as_deref().unwrap_or_default()
-                ),
-            });
-        }
+    if let Some(allowed) = &column.allowed
+        && !allowed.iter().any(|a| **a == *text)
+    {
+        return Err(RowError {
+            error_type: ErrorType::Value,
+            column: Some(c),
+            message: format!(
+                "column {}: {:?} is not one of {}",
+                column.name,
+                lossy(text),
+                column.allowed_display.as_deref().unwrap_or_default()
+            ),
+        });
     }
-    if let Some(pattern) = &column.pattern {
-        if !pattern.is_match(text) {
-            return Err(RowError {
-                error_type: ErrorType::Value,
-                column: Some(c),
-                message: format!(
-                    "column {}: {:?} does not match pattern {}",
-                    column.name,
-                    lossy(text),
-                    pattern.as_str()
-                ),
-            });
-        }
+    if let Some(pattern) = &column.pattern
+        && !pattern.is_match(text)
+    {
+        return Err(RowError {
+            error_type: ErrorType::Value,
+            column: Some(c),
+            message: format!("column {}: {:?} does not match pattern {}", column.name, lossy(text), pattern.as_str()),
+        });
     }
     Ok(parsed)
 }

@@ -211,7 +211,11 @@ pub(crate) mod tests {
     #[test]
     fn reserved_names_cannot_be_contract_columns() {
         let text = include_str!("../../examples/datasets/transactions.yaml").replace("CustomerID", "error_type");
-        let ds = Dataset::from_manifest(&text).expect("parses");
+        // The contract itself refuses them now (so the Dataset's Valid condition does too); the worker keeps
+        // its own check for a Dataset built without validation.
+        assert!(matches!(Dataset::from_manifest(&text), Err(silverline_crds::ContractError::ReservedColumn(_))));
+        let mut ds = Dataset::from_manifest(include_str!("../../examples/datasets/transactions.yaml")).expect("parses");
+        ds.spec.columns[1].name = "error_type".into();
         assert!(Contract::compile(&ds).is_err());
     }
 }

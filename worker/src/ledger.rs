@@ -32,14 +32,14 @@ impl Slots {
     const MAPPED_FROM: usize = 2 * 1024 * 1024;
 
     fn zeroed(n: usize) -> Slots {
-        if n >= Self::MAPPED_FROM {
-            if let Ok(map) = memmap2::MmapMut::map_anon(n * 8) {
-                #[cfg(target_os = "linux")]
-                let _ = map.advise(memmap2::Advice::HugePage);
-                // A mapping is page-aligned, so it always holds whole aligned u64s; checked all the same.
-                if bytemuck::try_cast_slice::<u8, u64>(&map[..]).is_ok() {
-                    return Slots::Mapped(map);
-                }
+        if n >= Self::MAPPED_FROM
+            && let Ok(map) = memmap2::MmapMut::map_anon(n * 8)
+        {
+            #[cfg(target_os = "linux")]
+            let _ = map.advise(memmap2::Advice::HugePage);
+            // A mapping is page-aligned, so it always holds whole aligned u64s; checked all the same.
+            if bytemuck::try_cast_slice::<u8, u64>(&map[..]).is_ok() {
+                return Slots::Mapped(map);
             }
         }
         Slots::Heap(vec![0; n])

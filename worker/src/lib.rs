@@ -7,15 +7,18 @@
 
 pub mod check;
 pub mod contract;
-pub mod layout;
+pub mod input;
 pub mod ledger;
-pub mod location;
+pub mod promote;
 pub mod replay;
 pub mod report;
 pub mod run;
 pub mod sink;
 pub mod tokenize;
 pub mod values;
+
+pub use silverline_lake::layout;
+use silverline_lake::{StorageError, StorageErrorKind};
 
 use std::fmt;
 
@@ -28,6 +31,10 @@ pub enum ExitCode {
     SchemaDrift = 3,
     CircuitBreaker = 4,
     QualityGate = 5,
+    /// `promote`: the gate refused; the message names each failed check.
+    GateRefused = 6,
+    /// `promote`: `_LATEST.json` kept changing concurrently, after retries.
+    PointerContention = 7,
     Transient = 75,
 }
 
@@ -68,6 +75,16 @@ pub enum Error {
     QualityGate { rate: f64, max: f64, report_key: String },
     #[error("transient I/O failure at {key}: {message}")]
     Transient { key: String, message: String },
+    /// A failed call to the lake's or the input's object store, classified by kind.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A lake document that is unreadable or inconsistent (pointer, manifest, report).
+    #[error("lake: {0}")]
+    Lake(#[source] silverline_lake::Error),
+    #[error("promotion refused by the gate ({checks}): {message}")]
+    GateRefused { checks: String, message: String },
+    #[error("{0}")]
+    PointerContention(String),
     #[error("run stopped by {signal}: uploads aborted, no _SUCCESS")]
     Interrupted { signal: &'static str },
     #[error("{context}: {message}")]
@@ -87,7 +104,18 @@ impl Error {
             Error::CircuitBreaker { .. } => ExitCode::CircuitBreaker,
             Error::QualityGate { .. } => ExitCode::QualityGate,
             Error::Transient { .. } | Error::Interrupted { .. } => ExitCode::Transient,
-            Error::Internal { .. } => ExitCode::Other,
+            Error::Internal { .. } | Error::Lake(_) => ExitCode::Other,
+            Error::GateRefused { .. } => ExitCode::GateRefused,
+            Error::PointerContention(_) => ExitCode::PointerContention,
+            Error::Storage(e) => match e.kind {
+                StorageErrorKind::AccessDenied | StorageErrorKind::Usage | StorageErrorKind::AlreadyExists => {
+                    ExitCode::Usage
+                }
+                // A missing object is a missing input: the lake's own objects are never read before written.
+                StorageErrorKind::NotFound => ExitCode::SchemaDrift,
+                StorageErrorKind::Transient => ExitCode::Transient,
+                StorageErrorKind::Precondition => ExitCode::Other,
+            },
         }
     }
 
@@ -105,11 +133,28 @@ impl Error {
             Error::Transient { .. } => "transient_io",
             Error::Interrupted { .. } => "interrupted",
             Error::Internal { .. } => "internal",
+            Error::Lake(_) => "lake",
+            Error::GateRefused { .. } => "gate_refused",
+            Error::PointerContention(_) => "pointer_contention",
+            Error::Storage(e) => match e.kind {
+                StorageErrorKind::NotFound => "unreadable_input",
+                kind => kind.as_str(),
+            },
         }
     }
 
     pub(crate) fn internal(context: impl fmt::Display, err: impl fmt::Display) -> Error {
         Error::Internal { context: context.to_string(), message: err.to_string() }
+    }
+}
+
+impl From<silverline_lake::Error> for Error {
+    fn from(e: silverline_lake::Error) -> Error {
+        match e {
+            silverline_lake::Error::Storage(e) => Error::Storage(e),
+            silverline_lake::Error::InvalidName(e) => Error::Usage(e.to_string()),
+            other => Error::Lake(other),
+        }
     }
 }
 

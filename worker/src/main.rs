@@ -1,6 +1,10 @@
-//! `silverline-worker`: runs one history-safe CSV → Parquet transform. See the README for exit codes.
+//! `silverline-worker`: runs one history-safe CSV → Parquet transform (`run`), promotes verified runs
+//! (`promote`) and shows a dataset's history (`history`). See the README for exit codes.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use silverline_crds::PromotionMode;
+use silverline_lake::promotion::{Hooks, Step};
+use silverline_worker::promote::{LakeArgs, PromoteArgs, PromoteResult, history, history_table, promote};
 use silverline_worker::run::{RunArgs, RunControl, report_progress, run};
 use silverline_worker::{Error, ExitCode};
 use std::io::IsTerminal;
@@ -9,7 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
-#[command(name = "silverline-worker", version, about = "History-safe CSV to Parquet transform of one Silverline run")]
+#[command(
+    name = "silverline-worker",
+    version,
+    about = "Silverline's worker: history-safe CSV to Parquet runs, promotion and history"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +27,82 @@ struct Cli {
 enum Command {
     /// Transform an input into the lake under a new run id.
     Run(RunCli),
+    /// Make verified runs (or an old version) current, with a named approver; or record a rejection.
+    Promote(PromoteCli),
+    /// List the dataset's runs, versions and audit log, newest first.
+    History(HistoryCli),
+}
+
+#[derive(clap::Args)]
+struct LakeCli {
+    /// The Dataset manifest (the same YAML that is applied to the cluster).
+    #[arg(long, value_name = "FILE")]
+    contract: PathBuf,
+    /// The lake root (local path, file:// or s3://); defaults to the contract's spec.storage.lakeUri.
+    #[arg(long, value_name = "URI")]
+    lake: Option<String>,
+    /// S3 endpoint of an S3-compatible store (path-style addressing); overrides the contract and AWS_ENDPOINT_URL.
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// S3 region; overrides the contract and AWS_REGION.
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+}
+
+impl LakeCli {
+    fn args(&self) -> LakeArgs {
+        LakeArgs {
+            contract: self.contract.clone(),
+            lake: self.lake.clone(),
+            endpoint: self.s3_endpoint.clone(),
+            region: self.region.clone(),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct PromoteCli {
+    #[command(flatten)]
+    lake: LakeCli,
+    /// A run to promote; repeat for several runs promoted together as one version.
+    #[arg(long = "run-id", value_name = "ID", conflicts_with = "restore_version")]
+    run_ids: Vec<String>,
+    /// How current changes: append, replace-partitions or replace-all (default: the contract's spec.promotion.mode).
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    mode: Option<PromotionMode>,
+    /// A rollback: make the files of version N current again, as a new version.
+    #[arg(long, value_name = "N")]
+    restore_version: Option<u64>,
+    /// Who approved the promotion.
+    #[arg(long, value_name = "NAME", conflicts_with = "rejected_by")]
+    approved_by: Option<String>,
+    /// Record a rejection by NAME instead: writes a `rejected` audit record and moves nothing.
+    #[arg(long, value_name = "NAME")]
+    rejected_by: Option<String>,
+    /// Why (shown in the pointer and the audit log).
+    #[arg(long, value_name = "TEXT")]
+    reason: String,
+    /// The Kubernetes Promotion this is (NAMESPACE/NAME/UID): a repeat of it only catches up.
+    #[arg(long, value_name = "NS/NAME/UID")]
+    promotion: Option<String>,
+}
+
+fn parse_mode(text: &str) -> Result<PromotionMode, String> {
+    PromotionMode::parse(text).ok_or_else(|| "expected append, replace-partitions or replace-all".to_owned())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HistoryFormat {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct HistoryCli {
+    #[command(flatten)]
+    lake: LakeCli,
+    #[arg(long, value_enum, default_value = "table")]
+    format: HistoryFormat,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,7 +156,11 @@ fn log(level: &str, msg: &str, fields: serde_json::Value) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Promote(args) => return exit(execute_promote(&args)),
+        Command::History(args) => return exit(execute_history(&args)),
+    };
     let code = match execute(args) {
         Ok(()) => ExitCode::Success,
         Err(e) => {
@@ -162,5 +250,158 @@ fn execute(cli: RunCli) -> Result<(), Error> {
     );
     println!("  quarantine rate {:.2}%, errors {:?}", report.quarantine_rate * 100.0, report.error_type_distribution);
     println!("  _SUCCESS: {}", outcome.success_uri);
+    Ok(())
+}
+
+fn exit(outcome: Result<(), Error>) -> std::process::ExitCode {
+    let code = match outcome {
+        Ok(()) => ExitCode::Success,
+        Err(e) => {
+            eprintln!("silverline-worker: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::ExitCode::from(code.code() as u8)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal { context: "starting the I/O runtime".into(), message: e.to_string() })
+}
+
+/// Writes the one-line result where Kubernetes picks up a container's termination message: the file named by
+/// `SILVERLINE_TERMINATION_LOG`, else `/dev/termination-log` when it exists and is writable.
+fn termination_log(line: &serde_json::Value) {
+    let path = match std::env::var_os("SILVERLINE_TERMINATION_LOG") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let default = PathBuf::from("/dev/termination-log");
+            if !default.exists() {
+                return;
+            }
+            default
+        }
+    };
+    if let Ok(mut file) = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path) {
+        use std::io::Write;
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+/// Test-only hooks, from the environment (documented in docs/lake.md): `SILVERLINE_PROMOTE_CRASH_AFTER=
+/// manifest|pointer|copies` aborts the process right after that step, as a kill would;
+/// `SILVERLINE_PROMOTE_PAUSE_BEFORE_POINTER=FILE` creates `FILE.paused` once, just before the conditional
+/// write of `_LATEST.json`, and waits (up to 60 s) for `FILE.go`, so a test can move the pointer meanwhile.
+fn hooks() -> Hooks {
+    let crash_after = std::env::var("SILVERLINE_PROMOTE_CRASH_AFTER").ok();
+    let pause = std::env::var_os("SILVERLINE_PROMOTE_PAUSE_BEFORE_POINTER").map(PathBuf::from);
+    let paused_once = AtomicBool::new(false);
+    Hooks {
+        after_step: Some(Arc::new(move |step: Step| {
+            if crash_after.as_deref() == Some(step.name()) {
+                eprintln!("silverline-worker: SILVERLINE_PROMOTE_CRASH_AFTER={}: aborting", step.name());
+                std::process::abort();
+            }
+            if let (Step::BeforePointer, Some(file)) = (step, &pause)
+                && !paused_once.swap(true, Ordering::SeqCst)
+            {
+                let mut paused = file.clone().into_os_string();
+                paused.push(".paused");
+                let mut go = file.clone().into_os_string();
+                go.push(".go");
+                let _ = std::fs::write(&paused, b"");
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while !PathBuf::from(&go).exists() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        })),
+        log: Some(Arc::new(|msg: &str, fields: serde_json::Value| log("INFO", msg, fields))),
+    }
+}
+
+fn execute_promote(cli: &PromoteCli) -> Result<(), Error> {
+    let runtime = runtime()?;
+    let args = PromoteArgs {
+        lake: cli.lake.args(),
+        run_ids: cli.run_ids.clone(),
+        mode: cli.mode,
+        restore_version: cli.restore_version,
+        approved_by: cli.approved_by.clone(),
+        rejected_by: cli.rejected_by.clone(),
+        reason: cli.reason.clone(),
+        promotion: cli.promotion.clone(),
+    };
+    match promote(&args, runtime.handle(), &hooks()) {
+        Ok(PromoteResult::Promoted { dataset, outcome }) => {
+            let o = &outcome;
+            let before = o.version_before.map_or_else(|| "none".to_owned(), |v| v.to_string());
+            if o.already_promoted {
+                println!(
+                    "already promoted as version {} of dataset {dataset}; current/ and the audit log are caught up",
+                    o.version_after
+                );
+            } else {
+                println!(
+                    "{} dataset {dataset}: version {before} → {}",
+                    o.result.as_str().replace('_', " "),
+                    o.version_after
+                );
+            }
+            println!("  {}", o.change.summary());
+            if let Some(key) = &o.audit_key {
+                println!("  audit: {key}");
+            }
+            let line = serde_json::json!({
+                "result": o.result.as_str(), "already_promoted": o.already_promoted, "dataset": dataset,
+                "version_before": o.version_before, "version_after": o.version_after, "retries": o.retries,
+                "change": o.change, "audit": o.audit_key, "exit_code": 0,
+            });
+            log("INFO", "promotion finished", line.clone());
+            termination_log(&line);
+            Ok(())
+        }
+        Ok(PromoteResult::Rejected { dataset, audit_key, version }) => {
+            println!(
+                "rejected: nothing moved; dataset {dataset} stays at version {}",
+                version.map_or_else(|| "none".to_owned(), |v| v.to_string())
+            );
+            println!("  audit: {audit_key}");
+            let line = serde_json::json!({"result": "rejected", "dataset": dataset, "version": version, "audit": audit_key, "exit_code": 0});
+            log("INFO", "rejection recorded", line.clone());
+            termination_log(&line);
+            Ok(())
+        }
+        Err(e) => {
+            let result = match &e {
+                Error::GateRefused { .. } => "refused",
+                Error::PointerContention(_) => "contention",
+                _ => "failed",
+            };
+            let checks: Vec<&str> = match &e {
+                Error::GateRefused { checks, .. } => checks.split(',').collect(),
+                _ => Vec::new(),
+            };
+            let line = serde_json::json!({
+                "result": result, "error": e.to_string(), "category": e.category(), "checks": checks,
+                "exit_code": e.exit_code().code(),
+            });
+            log("ERROR", "promotion failed", line.clone());
+            termination_log(&line);
+            Err(e)
+        }
+    }
+}
+
+fn execute_history(cli: &HistoryCli) -> Result<(), Error> {
+    let runtime = runtime()?;
+    let found = history(&cli.lake.args(), runtime.handle())?;
+    match cli.format {
+        HistoryFormat::Table => print!("{}", history_table(&found)),
+        HistoryFormat::Json => println!("{}", serde_json::to_string_pretty(&found).unwrap_or_default()),
+    }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! row's lineage, hash and attempt count, so the ledger can revalidate them and condemn those out of attempts.
 
 use crate::contract::Contract;
-use crate::location::{InputObject, read_error};
+use crate::input::{InputObject, read_error};
 use crate::tokenize::{RecordChunk, ReplayMeta};
 use crate::{Error, Result};
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -13,7 +13,7 @@ use std::io::Read;
 use tokio::runtime::Handle;
 
 /// The checksum of an object, filled once it has been read to its end.
-pub type ChecksumSlot = std::sync::Arc<std::sync::Mutex<Option<crate::location::Checksum>>>;
+pub type ChecksumSlot = std::sync::Arc<std::sync::Mutex<Option<crate::input::Checksum>>>;
 
 /// Reads a whole quarantine part file, with the checksum of what was read.
 fn fetch(input: &InputObject, handle: &Handle) -> Result<(Bytes, ChecksumSlot)> {

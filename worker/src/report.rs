@@ -1,12 +1,13 @@
 //! Turning a run's counts into the `_SUCCESS` / `_QUALITY_REPORT.json` document (pure), and writing markers.
 
+use crate::input::storage_error;
 use crate::ledger::{CondemnReason, Counts};
-use crate::location::{Location, storage_error};
 use crate::values::ErrorType;
 use crate::{Error, Result};
 use object_store::path::Path;
 use object_store::{PutMode, PutOptions, PutPayload};
 pub use silverline_crds::report::{FileRecord, InputRecord, RunReport};
+use silverline_lake::Lake as Location;
 use std::collections::BTreeMap;
 use tokio::runtime::Handle;
 

@@ -9,11 +9,9 @@
 
 use crate::check::{CheckedChunk, check_chunk};
 use crate::contract::{Contract, HeaderMap};
+use crate::input::{InputFormat, InputObject, read_error, resolve_inputs, storage_error};
 use crate::layout::{self, Area, LakeLayout};
 use crate::ledger::Ledger;
-use crate::location::{
-    InputFormat, InputObject, Location, StoreOptions, open_lake, read_error, resolve_inputs, storage_error,
-};
 use crate::report::{InputRecord, RunFacts, RunReport, build_report, put_json};
 use crate::sink::{SideWriter, SilverWriter};
 use crate::tokenize::CsvTokenizer;
@@ -22,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use futures::StreamExt;
 use object_store::ObjectStore;
 use silverline_crds::Dataset;
+use silverline_lake::{Lake as Location, OpenOptions, StoreOptions};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -220,7 +219,7 @@ fn next_buffers(
     }
 }
 
-fn checksum_of(input: &InputObject, slot: &std::sync::Mutex<Option<crate::location::Checksum>>) -> Result<InputRecord> {
+fn checksum_of(input: &InputObject, slot: &std::sync::Mutex<Option<crate::input::Checksum>>) -> Result<InputRecord> {
     let sum = slot
         .lock()
         .ok()
@@ -311,7 +310,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     let run_id = args.run_id.clone().unwrap_or_else(|| started_at.format("%Y%m%dT%H%M%SZ").to_string());
     silverline_crds::names::check_run_id(&run_id).map_err(|e| Error::Usage(e.to_string()))?;
 
-    let lake = open_lake(&lake_uri, &options)?;
+    let lake = Location::open(&lake_uri, &options, OpenOptions::WRITER)?;
     let layout = LakeLayout::new(lake.prefix.clone(), &contract.dataset, &contract.schema_version, &run_id)
         .map_err(|e| Error::Usage(e.to_string()))?;
     ensure_unused(&lake, &layout, handle)?;

@@ -4,9 +4,9 @@
 
 use crate::check::CheckedChunk;
 use crate::contract::{Contract, HeaderMap};
+use crate::input::storage_error;
 use crate::layout::{Area, LakeLayout};
 use crate::ledger::SideRow;
-use crate::location::{Location, storage_error};
 use crate::{Error, Result};
 use arrow::array::BooleanArray;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder, UInt32Builder, UInt64Builder};
@@ -20,6 +20,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 pub use silverline_crds::report::FileRecord;
+use silverline_lake::Lake as Location;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -320,10 +321,10 @@ impl PartitionSet {
             open.write(batch)?;
         }
         open.writer.flush().map_err(|e| parquet_error(e, &open.writer))?;
-        if open.rows >= ROWS_PER_FILE {
-            if let Some(open) = self.open.remove(&partition) {
-                self.files.push(open.close(Area::Silver)?);
-            }
+        if open.rows >= ROWS_PER_FILE
+            && let Some(open) = self.open.remove(&partition)
+        {
+            self.files.push(open.close(Area::Silver)?);
         }
         Ok(())
     }
@@ -568,10 +569,8 @@ impl SideWriter {
             }
             None => false,
         };
-        if full {
-            if let Some(open) = self.open.take() {
-                self.files.push(open.close(self.area)?);
-            }
+        if full && let Some(open) = self.open.take() {
+            self.files.push(open.close(self.area)?);
         }
         Ok(())
     }

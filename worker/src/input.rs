@@ -1,133 +1,18 @@
-//! URIs of inputs and lakes: a local path, `file:///…` or `s3://bucket/prefix`, behind one object-store API.
-//! Errors from storage are classified here: access denied or a missing bucket is permanent (exit 2), a missing
-//! input is unreadable input (exit 3), anything else that failed after the store's own retries is transient
-//! (exit 75). Messages name the object key; credentials never appear in them.
+//! The run's input: a CSV object, or every supported object under a prefix (local path, `file:///…` or
+//! `s3://bucket/prefix`), read through the lake crate's URI rules and S3 client. Storage errors are classified by
+//! `silverline_lake::StorageError`; here a missing input becomes unreadable input (exit 3).
 
 use crate::{Error, Result};
 use futures::TryStreamExt;
-use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use silverline_lake::StorageErrorKind::Transient;
+use silverline_lake::store::s3_store;
+use silverline_lake::{LakeUri, RelativePaths, StorageError, StoreOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::runtime::Handle;
-
-/// S3 settings from the contract's `storage`, overridden by CLI flags; the rest comes from the standard AWS
-/// environment (credentials, web identity / IRSA, container credentials, `AWS_ENDPOINT_URL`).
-#[derive(Debug, Clone, Default)]
-pub struct StoreOptions {
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-}
-
-/// A root in some object store.
-#[derive(Debug, Clone)]
-pub struct Location {
-    pub store: Arc<dyn ObjectStore>,
-    /// Prefix of the root inside the store.
-    pub prefix: Path,
-    /// The URI of the root, for messages and reports (`file:///…` or `s3://…`).
-    pub uri: String,
-    /// For a local root, its directory.
-    pub local_dir: Option<PathBuf>,
-}
-
-impl Location {
-    /// The URI of an object of this store.
-    pub fn uri_of(&self, key: &Path) -> String {
-        match &self.local_dir {
-            Some(_) => format!("{}/{}", self.uri.trim_end_matches('/'), key.as_ref()),
-            None => {
-                let bucket_uri = self.uri.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
-                format!("{bucket_uri}/{}", key.as_ref())
-            }
-        }
-    }
-}
-
-enum Parsed {
-    Local(PathBuf),
-    S3 { bucket: String, prefix: String },
-}
-
-fn parse_uri(uri: &str) -> Result<Parsed> {
-    if let Some(rest) = uri.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(Error::Usage(format!("{uri:?} names no bucket")));
-        }
-        return Ok(Parsed::S3 { bucket: bucket.to_owned(), prefix: prefix.trim_matches('/').to_owned() });
-    }
-    if let Some(rest) = uri.strip_prefix("file://") {
-        return Ok(Parsed::Local(PathBuf::from(rest)));
-    }
-    if let Some((scheme, _)) = uri.split_once("://") {
-        return Err(Error::Usage(format!(
-            "{uri:?}: scheme {scheme}:// is not supported; use a path, file:// or s3://"
-        )));
-    }
-    if uri.is_empty() {
-        return Err(Error::Usage("an empty URI was given".into()));
-    }
-    Ok(Parsed::Local(PathBuf::from(uri)))
-}
-
-fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
-    let mut builder = AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .with_conditional_put(S3ConditionalPut::ETagMatch)
-        .with_retry(retry_config());
-    if let Some(region) = &options.region {
-        builder = builder.with_region(region);
-    }
-    let endpoint = options.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
-    if let Some(endpoint) = endpoint {
-        builder = builder
-            .with_endpoint(&endpoint)
-            .with_virtual_hosted_style_request(false)
-            .with_allow_http(endpoint.starts_with("http://"));
-    }
-    let store = builder.build().map_err(|e| Error::Usage(format!("S3 bucket {bucket}: {e}")))?;
-    Ok(Arc::new(store))
-}
-
-/// Throttling, 5xx and timeouts are retried with exponential backoff and jitter for up to
-/// `SILVERLINE_IO_RETRY_SECONDS` (default 180) per request; after that the run ends with exit 75.
-fn retry_config() -> object_store::RetryConfig {
-    let seconds = std::env::var("SILVERLINE_IO_RETRY_SECONDS").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(180);
-    object_store::RetryConfig {
-        retry_timeout: std::time::Duration::from_secs(seconds),
-        max_retries: 10,
-        backoff: object_store::BackoffConfig::default(),
-    }
-}
-
-/// Opens the lake root, creating a local directory if needed.
-pub fn open_lake(uri: &str, options: &StoreOptions) -> Result<Location> {
-    match parse_uri(uri)? {
-        Parsed::Local(dir) => {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Error::Usage(format!("lake {}: cannot create the directory: {e}", dir.display())))?;
-            let dir = dir.canonicalize().map_err(|e| Error::Usage(format!("lake {}: {e}", dir.display())))?;
-            let store = LocalFileSystem::new_with_prefix(&dir)
-                .map_err(|e| Error::Usage(format!("lake {}: {e}", dir.display())))?;
-            Ok(Location {
-                store: Arc::new(store),
-                prefix: Path::default(),
-                uri: format!("file://{}", dir.display()),
-                local_dir: Some(dir),
-            })
-        }
-        Parsed::S3 { bucket, prefix } => Ok(Location {
-            store: s3_store(&bucket, options)?,
-            prefix: Path::from(prefix.as_str()),
-            uri: format!("s3://{bucket}/{prefix}"),
-            local_dir: None,
-        }),
-    }
-}
 
 /// How an input object is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,8 +58,9 @@ enum Source {
 /// Lists the input: a single object, or every supported object under a prefix, in lexicographic order.
 pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Result<Vec<InputObject>> {
     let unreadable = |message: String| Error::UnreadableInput { source_uri: uri.to_owned(), message };
-    let mut inputs = match parse_uri(uri)? {
-        Parsed::Local(path) => {
+    let parsed = LakeUri::parse(uri, RelativePaths::Accept).map_err(|e| Error::Usage(e.to_string()))?;
+    let mut inputs = match parsed {
+        LakeUri::Local(path) => {
             let path = path.canonicalize().map_err(|e| unreadable(format!("{e}")))?;
             let mut files = Vec::new();
             collect_local(&path, &mut files).map_err(|e| unreadable(format!("cannot list: {e}")))?;
@@ -193,7 +79,7 @@ pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Res
                 })
                 .collect::<Vec<_>>()
         }
-        Parsed::S3 { bucket, prefix } => {
+        LakeUri::S3 { bucket, prefix } => {
             let store = s3_store(&bucket, options)?;
             let key = Path::from(prefix.as_str());
             let found = match handle.block_on(store.head(&key)) {
@@ -349,33 +235,21 @@ impl InputObject {
     }
 }
 
-/// Classifies a storage error at `key`.
+/// Classifies a storage error at `key` (the object's URI).
 pub fn storage_error(err: object_store::Error, key: &str) -> Error {
-    use object_store::Error as E;
-    match err {
-        E::NotFound { .. } => Error::UnreadableInput { source_uri: key.to_owned(), message: "no such object".into() },
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-            Error::AccessDenied { key: key.to_owned(), message: "access denied by the object store".into() }
-        }
-        other => {
-            let text = other.to_string();
-            if text.contains("NoSuchBucket") {
-                Error::AccessDenied { key: key.to_owned(), message: "the bucket does not exist".into() }
-            } else if text.contains("AccessDenied") || text.contains("403 Forbidden") {
-                Error::AccessDenied { key: key.to_owned(), message: "access denied by the object store".into() }
-            } else {
-                Error::Transient { key: key.to_owned(), message: text }
-            }
-        }
-    }
+    Error::Storage(StorageError::from_store(err, key))
 }
 
 /// Classifies a read error in the middle of an input stream.
 pub fn read_error(err: io::Error, uri: &str) -> Error {
-    if let Some(inner) = err.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
-        return match inner {
-            Error::Transient { key, message } => Error::Transient { key: key.clone(), message: message.clone() },
-            other => Error::UnreadableInput { source_uri: uri.to_owned(), message: other.to_string() },
+    if err.get_ref().is_some_and(|e| e.is::<Error>()) {
+        let inner = err.into_inner().and_then(|e| e.downcast::<Error>().ok());
+        return match inner.map(|e| *e) {
+            Some(transient @ (Error::Transient { .. } | Error::Storage(StorageError { kind: Transient, .. }))) => {
+                transient
+            }
+            Some(other) => Error::UnreadableInput { source_uri: uri.to_owned(), message: other.to_string() },
+            None => Error::internal(uri, "an input error vanished"),
         };
     }
     match err.kind() {
@@ -401,8 +275,8 @@ mod tests {
 
     #[test]
     fn unsupported_schemes_are_usage_errors() {
-        assert!(matches!(parse_uri("gs://b/x"), Err(Error::Usage(_))));
-        assert!(matches!(parse_uri("s3:///x"), Err(Error::Usage(_))));
-        assert!(matches!(parse_uri("s3://b/p/"), Ok(Parsed::S3 { .. })));
+        let handle = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let err = resolve_inputs("gs://b/x", &StoreOptions::default(), handle.handle()).expect_err("refused");
+        assert_eq!(err.exit_code(), crate::ExitCode::Usage, "{err}");
     }
 }

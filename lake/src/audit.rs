@@ -1,0 +1,207 @@
+//! `audit/{dataset}/{YYYYMMDDTHHMMSS.ffffffZ}-{result}-{unique}.json`: one immutable record per promotion,
+//! rollback, rejection and refused gate. Written create-only and never overwritten; the names sort by time, so
+//! the log reads newest first by listing.
+
+use crate::layout::DatasetLayout;
+use crate::plan::Change;
+use crate::pointer::PromotionRef;
+use crate::store::Lake;
+use crate::{Result, StorageErrorKind};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use silverline_crds::PromotionMode;
+use silverline_crds::report::RunReport;
+use std::collections::BTreeMap;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditResult {
+    Promoted,
+    RolledBack,
+    Rejected,
+    Refused,
+}
+
+impl AuditResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditResult::Promoted => "promoted",
+            AuditResult::RolledBack => "rolled_back",
+            AuditResult::Rejected => "rejected",
+            AuditResult::Refused => "refused",
+        }
+    }
+}
+
+/// The metrics a reviewer saw for one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunMetrics {
+    pub run_id: String,
+    /// What the lake holds: `committed`, `quality_failed`, `circuit_breaker`, `unfinished`, `missing`.
+    pub state: String,
+    pub input_rows: Option<u64>,
+    pub valid_rows: Option<u64>,
+    pub quarantined_rows: Option<u64>,
+    pub condemned_rows: Option<u64>,
+    pub quarantine_rate: Option<f64>,
+    #[serde(default)]
+    pub error_types: BTreeMap<String, u64>,
+    pub duration_seconds: Option<f64>,
+}
+
+impl RunMetrics {
+    pub fn of(run_id: &str, state: &str, report: Option<&RunReport>) -> RunMetrics {
+        RunMetrics {
+            run_id: run_id.to_owned(),
+            state: state.to_owned(),
+            input_rows: report.map(|r| r.input_rows),
+            valid_rows: report.map(|r| r.valid_rows_count),
+            quarantined_rows: report.map(|r| r.quarantined_rows_count),
+            condemned_rows: report.map(|r| r.condemned_rows_count),
+            quarantine_rate: report.map(|r| r.quarantine_rate),
+            error_types: report.map(|r| r.error_type_distribution.clone()).unwrap_or_default(),
+            duration_seconds: report.map(|r| r.duration_seconds),
+        }
+    }
+}
+
+/// A gate check that failed, by its stable name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedCheck {
+    pub check: String,
+    pub message: String,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub format: u32,
+    pub dataset: String,
+    /// RFC 3339, UTC, microseconds.
+    pub time: String,
+    pub result: AuditResult,
+    pub approved_by: Option<String>,
+    pub rejected_by: Option<String>,
+    pub reason: String,
+    pub runs: Vec<String>,
+    pub mode: Option<PromotionMode>,
+    pub restore_version: Option<u64>,
+    pub version_before: Option<u64>,
+    pub version_after: Option<u64>,
+    pub metrics: Vec<RunMetrics>,
+    /// For `refused`: every failed check.
+    #[serde(default)]
+    pub failed_checks: Vec<FailedCheck>,
+    pub change: Option<Change>,
+    pub promotion: Option<PromotionRef>,
+    /// Lake-relative key of this record (filled in when read back; not stored).
+    #[serde(default, skip_serializing)]
+    pub key: String,
+}
+
+fn unique_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    format!("{:08x}", hasher.finish() as u32)
+}
+
+/// Writes a record create-only under a fresh name; returns its lake-relative key.
+pub async fn write(lake: &Lake, record: &AuditRecord) -> Result<String> {
+    let layout = DatasetLayout::new(&record.dataset)?;
+    let time = chrono::DateTime::parse_from_rfc3339(&record.time)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|_| chrono::Utc::now());
+    let body = Bytes::from(serde_json::to_vec_pretty(record).unwrap_or_default());
+    let mut attempts = 0;
+    loop {
+        let key = format!(
+            "{}/{}-{}-{}.json",
+            layout.audit(),
+            time.format("%Y%m%dT%H%M%S%.6fZ"),
+            record.result.as_str(),
+            unique_suffix()
+        );
+        match lake.put_if_absent(&lake.path(&key), body.clone()).await {
+            Ok(()) => return Ok(key),
+            Err(e) if e.kind == StorageErrorKind::AlreadyExists && attempts < 3 => attempts += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Every audit record of a dataset, newest first.
+pub async fn list(lake: &Lake, dataset: &str) -> Result<Vec<AuditRecord>> {
+    let layout = DatasetLayout::new(dataset)?;
+    let mut keys: Vec<String> = lake
+        .list(&lake.path(&layout.audit()))
+        .await?
+        .into_iter()
+        .filter_map(|meta| lake.relative(&meta.location))
+        .filter(|key| key.ends_with(".json") && !key.rsplit('/').next().unwrap_or("").starts_with('.'))
+        .collect();
+    keys.sort_unstable_by(|a, b| b.cmp(a));
+    let mut records = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Some(mut record) = lake.read_json::<AuditRecord>(&lake.path(&key), "audit record").await? {
+            record.key = key;
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+/// A record with the fields every result shares; the caller fills in the rest.
+pub fn record(dataset: &str, result: AuditResult, reason: &str, runs: &[String]) -> AuditRecord {
+    AuditRecord {
+        format: crate::manifest::FORMAT,
+        dataset: dataset.to_owned(),
+        time: crate::now_rfc3339(),
+        result,
+        approved_by: None,
+        rejected_by: None,
+        reason: reason.to_owned(),
+        runs: runs.to_vec(),
+        mode: None,
+        restore_version: None,
+        version_before: None,
+        version_after: None,
+        metrics: Vec::new(),
+        failed_checks: Vec::new(),
+        change: None,
+        promotion: None,
+        key: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{OpenOptions, StoreOptions};
+
+    #[tokio::test]
+    async fn records_are_never_overwritten_and_list_newest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(dir.path().to_str().expect("utf-8"), &StoreOptions::default(), OpenOptions::WRITER)
+            .expect("open");
+        let mut first = record("tx", AuditResult::Refused, "too many errors", &["r1".into()]);
+        first.time = "2024-01-01T00:00:00.000001Z".into();
+        first.failed_checks.push(FailedCheck { check: "quarantine_rate".into(), message: "0.2 > 0.01".into() });
+        let mut second = record("tx", AuditResult::Promoted, "ok", &["r2".into()]);
+        second.time = "2024-01-02T00:00:00Z".into();
+        let k1 = write(&lake, &first).await.expect("write");
+        let k2 = write(&lake, &second).await.expect("write");
+        let k3 = write(&lake, &second).await.expect("the same record again gets its own name");
+        assert_ne!(k2, k3);
+        assert!(k1.starts_with("audit/tx/20240101T000000.000001Z-refused-"), "{k1}");
+        let listed = list(&lake, "tx").await.expect("list");
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[2].key, k1);
+        assert_eq!(listed[2].failed_checks[0].check, "quarantine_rate");
+        assert_eq!(listed[0].result, AuditResult::Promoted);
+        let again = lake.put_if_absent(&lake.path(&k1), Bytes::from_static(b"{}")).await;
+        assert_eq!(again.map_err(|e| e.kind), Err(StorageErrorKind::AlreadyExists));
+    }
+}

@@ -1,0 +1,168 @@
+//! Storage errors, classified once by what went wrong rather than by where: the worker turns the kind into an
+//! exit code, the operator into a requeue policy, the promoter into retry-or-refuse. The object store's own
+//! error stays attached as the `source`; messages name the object, never a credential.
+
+use std::fmt;
+
+/// What kind of failure a storage call met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StorageErrorKind {
+    /// No object under the key.
+    NotFound,
+    /// Credentials refused, or the bucket does not exist: permanent until someone changes the setup.
+    AccessDenied,
+    /// A create-only write met an existing object.
+    AlreadyExists,
+    /// A conditional replace met an object that changed since it was read.
+    Precondition,
+    /// Throttling, 5xx, timeouts, connection failures after the client's own retries: worth a later retry.
+    Transient,
+    /// A URI or setting that cannot work (unsupported scheme, no bucket, bad endpoint).
+    Usage,
+}
+
+impl StorageErrorKind {
+    /// A stable, low-cardinality name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageErrorKind::NotFound => "not_found",
+            StorageErrorKind::AccessDenied => "access_denied",
+            StorageErrorKind::AlreadyExists => "already_exists",
+            StorageErrorKind::Precondition => "precondition",
+            StorageErrorKind::Transient => "transient_io",
+            StorageErrorKind::Usage => "usage",
+        }
+    }
+}
+
+impl fmt::Display for StorageErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A failed storage call: its kind, the URI of the object (or root) it concerned, and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct StorageError {
+    pub kind: StorageErrorKind,
+    /// The object's URI (`file:///…` or `s3://bucket/key`).
+    pub uri: String,
+    /// What happened, in words, for the message (the `source` carries the store's own error).
+    pub detail: String,
+    #[source]
+    pub source: Option<Source>,
+}
+
+impl StorageError {
+    pub fn new(kind: StorageErrorKind, uri: impl Into<String>, detail: impl Into<String>) -> StorageError {
+        StorageError { kind, uri: uri.into(), detail: detail.into(), source: None }
+    }
+
+    pub fn with_source(mut self, source: impl Into<Source>) -> StorageError {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub fn usage(uri: impl Into<String>, detail: impl Into<String>) -> StorageError {
+        StorageError::new(StorageErrorKind::Usage, uri, detail)
+    }
+
+    fn describe(&self) -> String {
+        let (uri, detail) = (&self.uri, &self.detail);
+        match self.kind {
+            StorageErrorKind::AccessDenied => format!("access to {uri} was refused: {detail}"),
+            StorageErrorKind::Transient => format!("transient I/O failure at {uri}: {detail}"),
+            StorageErrorKind::NotFound => format!("{uri}: no such object"),
+            StorageErrorKind::AlreadyExists => format!("{uri} already exists"),
+            StorageErrorKind::Precondition => format!("{uri} changed since it was read: {detail}"),
+            StorageErrorKind::Usage => format!("{uri}: {detail}"),
+        }
+    }
+
+    /// Classifies an object-store error at `uri`. The typed variants decide; only for `Generic` errors, where
+    /// object_store passes the S3 error response through as text, the S3 error *codes* `NoSuchBucket` and
+    /// `AccessDenied` (stable protocol tokens, not prose) are recognised.
+    pub fn from_store(err: object_store::Error, uri: &str) -> StorageError {
+        use object_store::Error as E;
+        let (kind, detail) = match &err {
+            E::NotFound { .. } => (StorageErrorKind::NotFound, "no such object".to_owned()),
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+                (StorageErrorKind::AccessDenied, "access denied by the object store".to_owned())
+            }
+            E::AlreadyExists { .. } => (StorageErrorKind::AlreadyExists, "already exists".to_owned()),
+            E::Precondition { .. } => (StorageErrorKind::Precondition, "the object changed".to_owned()),
+            E::NotSupported { .. }
+            | E::NotImplemented { .. }
+            | E::InvalidPath { .. }
+            | E::UnknownConfigurationKey { .. } => (StorageErrorKind::Usage, err.to_string()),
+            other => {
+                let text = other.to_string();
+                if text.contains("NoSuchBucket") {
+                    (StorageErrorKind::AccessDenied, "the bucket does not exist".to_owned())
+                } else if text.contains("AccessDenied") || text.contains("403 Forbidden") {
+                    (StorageErrorKind::AccessDenied, "access denied by the object store".to_owned())
+                } else {
+                    (StorageErrorKind::Transient, text)
+                }
+            }
+        };
+        StorageError { kind, uri: uri.to_owned(), detail, source: Some(Box::new(err)) }
+    }
+
+    /// Classifies a local file-system error at `uri` (used by the local conditional writes).
+    pub fn from_io(err: std::io::Error, uri: &str) -> StorageError {
+        use std::io::ErrorKind as K;
+        let kind = match err.kind() {
+            K::NotFound => StorageErrorKind::NotFound,
+            K::PermissionDenied | K::ReadOnlyFilesystem => StorageErrorKind::AccessDenied,
+            K::AlreadyExists => StorageErrorKind::AlreadyExists,
+            _ => StorageErrorKind::Transient,
+        };
+        StorageError { kind, uri: uri.to_owned(), detail: err.to_string(), source: Some(Box::new(err)) }
+    }
+
+    pub fn is(&self, kind: StorageErrorKind) -> bool {
+        self.kind == kind
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_store_errors_are_classified_by_kind_and_keep_their_source() {
+        let cases = [
+            (object_store::Error::NotFound { path: "k".into(), source: "x".into() }, StorageErrorKind::NotFound),
+            (
+                object_store::Error::AlreadyExists { path: "k".into(), source: "x".into() },
+                StorageErrorKind::AlreadyExists,
+            ),
+            (
+                object_store::Error::Precondition { path: "k".into(), source: "x".into() },
+                StorageErrorKind::Precondition,
+            ),
+            (
+                object_store::Error::PermissionDenied { path: "k".into(), source: "x".into() },
+                StorageErrorKind::AccessDenied,
+            ),
+            (
+                object_store::Error::Generic { store: "S3", source: "connection reset".into() },
+                StorageErrorKind::Transient,
+            ),
+            (
+                object_store::Error::Generic { store: "S3", source: "Error code NoSuchBucket".into() },
+                StorageErrorKind::AccessDenied,
+            ),
+        ];
+        for (err, kind) in cases {
+            let classified = StorageError::from_store(err, "s3://b/k");
+            assert_eq!(classified.kind, kind, "{classified}");
+            assert!(std::error::Error::source(&classified).is_some());
+            assert!(classified.to_string().contains("s3://b/k"));
+        }
+    }
+}

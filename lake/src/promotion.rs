@@ -1,0 +1,735 @@
+//! Promotion: a set of verified runs (or an old version) becomes current, as one new version, with a named
+//! person's approval. The commit, in this order:
+//!
+//! 1. read `_LATEST.json` and the version it was read at; finish a promotion that this request already made
+//!    (same `Promotion` identity), and bring `current/` up to the pointer if it lags;
+//! 2. the gate ([`crate::gate`]); a refusal writes a `refused` audit record and moves nothing;
+//! 3. plan the next file set ([`crate::plan`]) and write manifest `N` create-only (if `N.json` exists — an
+//!    orphan of a promoter that crashed before step 4 — it is reused when it describes the same change,
+//!    otherwise the next free `N` is taken; orphans are harmless, nothing points at them);
+//! 4. replace `_LATEST.json` conditionally on the version read in 1 (create-if-absent for the first): the
+//!    commit point. If someone moved it meanwhile, go back to 1 (re-read, re-plan, re-check), up to
+//!    [`MAX_ATTEMPTS`] times, then give up with [`PromoteError::Contention`] — nothing is lost either way;
+//! 5. copy the files into `current/`, write `current/_MANIFEST.json` (equal to manifest `N`) after them,
+//!    then delete the files of the previous version that are no longer current;
+//! 6. write the `promoted` (or `rolled_back`) audit record.
+//!
+//! Killed at any step, the lake holds the old version (before 4) or the new one (from 4) as current: the
+//! pointer and the manifests are never half-written, and a repeat finishes 5 and 6 exactly once.
+
+use crate::audit::{self, AuditRecord, AuditResult, RunMetrics};
+use crate::gate::{self, Check, Depth, GateFailure, GateRules, Review};
+use crate::layout::DatasetLayout;
+use crate::manifest::{self, Manifest, ManifestFile, Totals};
+use crate::plan::{self, Change};
+use crate::pointer::{LatestPointer, PromotionRef, read_latest};
+use crate::store::{Lake, ObjectVersion};
+use crate::{Error, Result, StorageErrorKind};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+use silverline_crds::{Dataset, PromotionMode};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// How many times the pointer is re-read and the promotion re-planned when someone else moved it.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// What to make current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// These runs, together, as one version.
+    Runs { run_ids: Vec<String>, mode: PromotionMode },
+    /// A rollback: a new version whose files are exactly those of version `version`.
+    Restore { version: u64 },
+}
+
+/// A promotion someone approved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromoteRequest {
+    pub target: Target,
+    pub approved_by: String,
+    pub reason: String,
+    /// The Kubernetes `Promotion` this is, so a repeat is recognised (`--promotion NAMESPACE/NAME/UID`).
+    pub promotion: Option<PromotionRef>,
+}
+
+/// A step of the commit, for test hooks that stop the process there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Manifest `N` written; the pointer not yet moved.
+    Manifest,
+    /// About to replace the pointer (after reading it, gating and writing the manifest).
+    BeforePointer,
+    /// The pointer moved; `current/` not yet updated.
+    Pointer,
+    /// Files copied into `current/`; `current/_MANIFEST.json` not yet written.
+    Copies,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Manifest => "manifest",
+            Step::BeforePointer => "before_pointer",
+            Step::Pointer => "pointer",
+            Step::Copies => "copies",
+        }
+    }
+}
+
+type StepHook = Arc<dyn Fn(Step) + Send + Sync>;
+type LogHook = Arc<dyn Fn(&str, serde_json::Value) + Send + Sync>;
+
+/// Callbacks of the caller: `after_step` (tests stop the process there; the library never exits), `log` (one
+/// event per retry and repair, besides `tracing`).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    pub after_step: Option<StepHook>,
+    pub log: Option<LogHook>,
+}
+
+impl Hooks {
+    fn step(&self, step: Step) {
+        if let Some(hook) = &self.after_step {
+            hook(step);
+        }
+    }
+
+    fn log(&self, message: &str, fields: serde_json::Value) {
+        tracing::info!(%fields, "{message}");
+        if let Some(log) = &self.log {
+            log(message, fields);
+        }
+    }
+}
+
+/// What a promotion did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromoteOutcome {
+    /// True when this request had already been promoted; only `current/` and the audit record were caught up.
+    pub already_promoted: bool,
+    pub result: AuditResult,
+    pub version_before: Option<u64>,
+    pub version_after: u64,
+    pub change: Change,
+    pub metrics: Vec<RunMetrics>,
+    /// How many times the pointer had moved under us before the commit.
+    pub retries: u32,
+    pub audit_key: Option<String>,
+}
+
+/// Why a promotion did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    #[error("usage: {0}")]
+    Usage(String),
+    #[error("the gate refused: {}", .failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Refused { failures: Vec<GateFailure>, audit_key: Option<String> },
+    #[error(
+        "_LATEST.json of dataset {dataset} kept changing under the promoter ({attempts} attempts); nothing was lost, try again"
+    )]
+    Contention { dataset: String, attempts: u32 },
+    #[error(transparent)]
+    Lake(#[from] Error),
+}
+
+impl From<crate::StorageError> for PromoteError {
+    fn from(e: crate::StorageError) -> PromoteError {
+        PromoteError::Lake(e.into())
+    }
+}
+
+impl PromoteError {
+    /// The names of the failed checks, for a refusal.
+    pub fn failed_checks(&self) -> Vec<&'static str> {
+        match self {
+            PromoteError::Refused { failures, .. } => {
+                failures.iter().map(|f| f.check.name()).collect::<BTreeSet<_>>().into_iter().collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn validate(request: &PromoteRequest) -> Result<(), PromoteError> {
+    if request.approved_by.trim().is_empty() {
+        return Err(PromoteError::Usage("a promotion needs the approver's name".into()));
+    }
+    if request.reason.trim().is_empty() {
+        return Err(PromoteError::Usage("a promotion needs a reason".into()));
+    }
+    if let Target::Runs { run_ids, .. } = &request.target {
+        if run_ids.is_empty() {
+            return Err(PromoteError::Usage("name at least one run id".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for run_id in run_ids {
+            silverline_crds::names::check_run_id(run_id).map_err(|e| PromoteError::Usage(e.to_string()))?;
+            if !seen.insert(run_id) {
+                return Err(PromoteError::Usage(format!("run id {run_id} is named twice")));
+            }
+        }
+    }
+    if let Target::Restore { version: 0 } = request.target {
+        return Err(PromoteError::Usage("versions start at 1".into()));
+    }
+    Ok(())
+}
+
+/// A version's manifest as stored, checked against what the pointer says about it.
+async fn load_manifest(lake: &Lake, layout: &DatasetLayout, pointer: &LatestPointer) -> Result<(Manifest, Bytes)> {
+    let expected = layout.manifest(pointer.version);
+    let key = lake.path(&expected);
+    let uri = lake.uri_of(&key);
+    if pointer.manifest != expected {
+        return Err(Error::Inconsistent { uri, message: format!("the pointer names manifest {}", pointer.manifest) });
+    }
+    let bytes = lake.get(&key).await?.ok_or_else(|| Error::Inconsistent {
+        uri: uri.clone(),
+        message: "the current version's manifest is missing".into(),
+    })?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    if sha != pointer.manifest_sha256 {
+        return Err(Error::Inconsistent {
+            uri,
+            message: format!("SHA-256 {sha}, the pointer records {}", pointer.manifest_sha256),
+        });
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|source| Error::Format { uri, what: "manifest", source })?;
+    Ok((manifest, bytes))
+}
+
+/// Reads a version's manifest by number (`None` when there is none).
+pub async fn read_manifest(lake: &Lake, dataset: &str, version: u64) -> Result<Option<Manifest>> {
+    let layout = DatasetLayout::new(dataset)?;
+    lake.read_json(&lake.path(&layout.manifest(version)), "manifest").await
+}
+
+/// Brings `current/` to the pointer's version: copies what is missing, writes `current/_MANIFEST.json` after
+/// the copies (conditionally, so a slower promoter of an older version cannot overwrite a newer one), then
+/// deletes what is no longer current.
+pub async fn sync_current(
+    lake: &Lake,
+    layout: &DatasetLayout,
+    manifest: &Manifest,
+    manifest_bytes: &Bytes,
+    hooks: &Hooks,
+) -> Result<()> {
+    let manifest_key = lake.path(&layout.current_manifest());
+    for _ in 0..MAX_ATTEMPTS {
+        let existing = lake.get_versioned(&manifest_key).await?;
+        if let Some((bytes, _)) = &existing
+            && let Ok(there) = serde_json::from_slice::<Manifest>(bytes)
+            && there.version > manifest.version
+        {
+            return Ok(()); // a newer version is already there: never go back
+        }
+        let mut targets = BTreeSet::new();
+        let mut copies = Vec::new();
+        for file in &manifest.files {
+            let target = layout.current_file(&file.partition, &file.run_id, file.file_name())?;
+            targets.insert(target.clone());
+            copies.push((file, target));
+        }
+        futures::stream::iter(copies.iter().map(|(file, target)| async move {
+            let (from, to) = (lake.path(&file.key), lake.path(target));
+            match lake.head(&to).await? {
+                Some(meta) if meta.size == file.bytes => Ok::<(), Error>(()),
+                _ => Ok(lake.copy(&from, &to).await?),
+            }
+        }))
+        .buffer_unordered(4)
+        .try_collect::<Vec<()>>()
+        .await?;
+        hooks.step(Step::Copies);
+        let written = match &existing {
+            Some((bytes, _)) if bytes == manifest_bytes => Ok(()),
+            Some((_, version)) => lake.replace_if_unchanged(&manifest_key, manifest_bytes.clone(), version).await,
+            None => lake.put_conditional(&manifest_key, manifest_bytes.clone(), None).await,
+        };
+        match written {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind, StorageErrorKind::Precondition | StorageErrorKind::AlreadyExists) => {
+                hooks.log(
+                    "current/_MANIFEST.json changed while syncing; again",
+                    serde_json::json!({"dataset": layout.dataset()}),
+                );
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let current_prefix = layout.current();
+        for meta in lake.list(&lake.path(&current_prefix)).await? {
+            let Some(key) = lake.relative(&meta.location) else { continue };
+            let name = key.rsplit('/').next().unwrap_or("");
+            if key == layout.current_manifest() || name.starts_with('.') || targets.contains(&key) {
+                continue;
+            }
+            lake.delete(&meta.location).await?;
+        }
+        return Ok(());
+    }
+    Err(Error::Inconsistent {
+        uri: lake.uri_of(&manifest_key),
+        message: "current/_MANIFEST.json kept changing while current/ was being updated".into(),
+    })
+}
+
+/// Whether `current/` already shows the pointer's version.
+async fn current_is_up_to_date(lake: &Lake, layout: &DatasetLayout, pointer: &LatestPointer) -> Result<bool> {
+    let Some(bytes) = lake.get(&lake.path(&layout.current_manifest())).await? else { return Ok(false) };
+    Ok(hex::encode(Sha256::digest(&bytes)) == pointer.manifest_sha256)
+}
+
+/// Brings `current/` up to `_LATEST.json` if it lags (e.g. after a promoter was killed after the pointer moved).
+pub async fn repair_current(lake: &Lake, dataset: &str, hooks: &Hooks) -> Result<Option<u64>> {
+    let layout = DatasetLayout::new(dataset)?;
+    let Some((pointer, _)) = read_latest(lake, dataset).await? else { return Ok(None) };
+    if !current_is_up_to_date(lake, &layout, &pointer).await? {
+        hooks.log(
+            "current/ lags _LATEST.json; repairing",
+            serde_json::json!({"dataset": dataset, "version": pointer.version}),
+        );
+        let (manifest, bytes) = load_manifest(lake, &layout, &pointer).await?;
+        sync_current(lake, &layout, &manifest, &bytes, hooks).await?;
+    }
+    Ok(Some(pointer.version))
+}
+
+fn target_runs(target: &Target) -> Vec<String> {
+    match target {
+        Target::Runs { run_ids, .. } => run_ids.clone(),
+        Target::Restore { .. } => Vec::new(),
+    }
+}
+
+/// Whether a pointer records this very request: by `Promotion` identity when there is one; otherwise by the
+/// same runs, mode, approver and reason (the local command repeated after a crash).
+fn pointer_is_this_request(pointer: &LatestPointer, request: &PromoteRequest) -> bool {
+    if let Some(id) = &request.promotion {
+        return pointer.promotion.as_ref() == Some(id);
+    }
+    let same_target = match &request.target {
+        Target::Runs { run_ids, mode } => {
+            &pointer.runs == run_ids && pointer.mode == *mode && pointer.restored_version.is_none()
+        }
+        Target::Restore { version } => pointer.restored_version == Some(*version),
+    };
+    pointer.promotion.is_none()
+        && same_target
+        && pointer.approved_by == request.approved_by
+        && pointer.reason == request.reason
+}
+
+async fn metrics_of(lake: &Lake, rules: &GateRules, run_ids: &[String]) -> Result<Vec<RunMetrics>> {
+    let mut metrics = Vec::new();
+    for run_id in run_ids {
+        let found = lake.find_run(&rules.dataset, &rules.schema_version, run_id).await?;
+        let report = match &found {
+            crate::RunFinding::Success { report, .. } | crate::RunFinding::QualityReport { report, .. } => {
+                Some(report.as_ref())
+            }
+            _ => None,
+        };
+        metrics.push(RunMetrics::of(run_id, found.state(), report));
+    }
+    Ok(metrics)
+}
+
+fn runs_of(files: &[ManifestFile]) -> Vec<String> {
+    files.iter().map(|f| f.run_id.clone()).collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// Finishes a promotion this request already committed: `current/` and the audit record catch up.
+async fn finish_committed(
+    lake: &Lake,
+    rules: &GateRules,
+    layout: &DatasetLayout,
+    pointer: &LatestPointer,
+    request: &PromoteRequest,
+    hooks: &Hooks,
+) -> Result<PromoteOutcome> {
+    let (manifest, bytes) = load_manifest(lake, layout, pointer).await?;
+    sync_current(lake, layout, &manifest, &bytes, hooks).await?;
+    let before = match pointer.previous_version {
+        Some(v) => read_manifest(lake, &rules.dataset, v).await?.map(|m| m.files).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let change = plan::change(&before, &manifest.files);
+    let result = if pointer.restored_version.is_some() { AuditResult::RolledBack } else { AuditResult::Promoted };
+    let audited = audit::list(lake, &rules.dataset)
+        .await?
+        .into_iter()
+        .find(|r| r.result == result && r.version_after == Some(pointer.version));
+    let metric_runs = if pointer.runs.is_empty() { runs_of(&manifest.files) } else { pointer.runs.clone() };
+    let metrics = metrics_of(lake, rules, &metric_runs).await?;
+    let audit_key = match audited {
+        Some(record) => Some(record.key),
+        None => {
+            hooks.log(
+                "writing the audit record of a committed promotion",
+                serde_json::json!({"version": pointer.version}),
+            );
+            let record = committed_record(rules, pointer, request, &metrics, &change);
+            Some(audit::write(lake, &record).await?)
+        }
+    };
+    Ok(PromoteOutcome {
+        already_promoted: true,
+        result,
+        version_before: pointer.previous_version,
+        version_after: pointer.version,
+        change,
+        metrics,
+        retries: 0,
+        audit_key,
+    })
+}
+
+fn committed_record(
+    rules: &GateRules,
+    pointer: &LatestPointer,
+    request: &PromoteRequest,
+    metrics: &[RunMetrics],
+    change: &Change,
+) -> AuditRecord {
+    let result = if pointer.restored_version.is_some() { AuditResult::RolledBack } else { AuditResult::Promoted };
+    let mut record = audit::record(
+        &rules.dataset,
+        result,
+        &pointer.reason,
+        &metrics.iter().map(|m| m.run_id.clone()).collect::<Vec<_>>(),
+    );
+    record.approved_by = Some(pointer.approved_by.clone());
+    record.mode = Some(pointer.mode);
+    record.restore_version = pointer.restored_version;
+    record.version_before = pointer.previous_version;
+    record.version_after = Some(pointer.version);
+    record.metrics = metrics.to_vec();
+    record.change = Some(change.clone());
+    record.promotion = request.promotion.clone().or_else(|| pointer.promotion.clone());
+    record
+}
+
+/// The files and metrics a restore brings back, with its checks.
+async fn review_restore(
+    lake: &Lake,
+    rules: &GateRules,
+    version: u64,
+    current_version: Option<u64>,
+    depth: Depth,
+) -> Result<Review> {
+    let mut review = Review::default();
+    let fail = |message: String| GateFailure { check: Check::RestoreVersion, message };
+    if current_version == Some(version) {
+        review.failures.push(fail(format!("version {version} is already current")));
+        return Ok(review);
+    }
+    if current_version.is_none_or(|current| version > current) {
+        review.failures.push(fail(format!(
+            "version {version} was never current (the current version is {})",
+            current_version.map_or("none".into(), |v| v.to_string())
+        )));
+        return Ok(review);
+    }
+    let Some(manifest) = read_manifest(lake, &rules.dataset, version).await? else {
+        review.failures.push(fail(format!("manifest {version} does not exist")));
+        return Ok(review);
+    };
+    review.metrics = metrics_of(lake, rules, &runs_of(&manifest.files)).await?;
+    if depth == Depth::Full {
+        for failure in gate::verify_files(lake, &manifest.files).await? {
+            review.failures.push(fail(format!("version {version}: {}", failure.message)));
+        }
+    }
+    review.files = manifest.files;
+    Ok(review)
+}
+
+/// Writes manifest `N` create-only, reusing an orphan that describes the same change or taking the next
+/// free number.
+async fn write_manifest(lake: &Lake, layout: &DatasetLayout, mut manifest: Manifest) -> Result<(Manifest, Bytes)> {
+    for _ in 0..1000 {
+        let key = lake.path(&layout.manifest(manifest.version));
+        let bytes = Bytes::from(manifest.to_bytes());
+        match lake.put_if_absent(&key, bytes.clone()).await {
+            Ok(()) => return Ok((manifest, bytes)),
+            Err(e) if e.kind == StorageErrorKind::AlreadyExists => {
+                let existing = lake.get(&key).await?.unwrap_or_default();
+                if let Ok(orphan) = serde_json::from_slice::<Manifest>(&existing)
+                    && orphan.same_change(&manifest)
+                {
+                    return Ok((orphan, existing));
+                }
+                manifest.version += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Inconsistent {
+        uri: lake.uri_of(&lake.path(&layout.manifests())),
+        message: "no free manifest number".into(),
+    })
+}
+
+/// Writes a `refused` audit record for a gate refusal.
+async fn record_refusal(
+    lake: &Lake,
+    rules: &GateRules,
+    request: &PromoteRequest,
+    mode: PromotionMode,
+    version_before: Option<u64>,
+    review: &Review,
+) -> Result<String> {
+    let mut record =
+        audit::record(&rules.dataset, AuditResult::Refused, &request.reason, &target_runs(&request.target));
+    record.approved_by = Some(request.approved_by.clone());
+    record.mode = Some(mode);
+    record.restore_version = match request.target {
+        Target::Restore { version } => Some(version),
+        Target::Runs { .. } => None,
+    };
+    record.version_before = version_before;
+    record.metrics = review.metrics.clone();
+    record.failed_checks = review.failures.iter().map(GateFailure::to_record).collect();
+    record.promotion = request.promotion.clone();
+    audit::write(lake, &record).await
+}
+
+/// Promotes (or restores) with the commit described in the module's documentation.
+pub async fn promote(
+    lake: &Lake,
+    dataset: &Dataset,
+    request: &PromoteRequest,
+    hooks: &Hooks,
+) -> Result<PromoteOutcome, PromoteError> {
+    validate(request)?;
+    let rules = GateRules::of(dataset)?;
+    let layout = DatasetLayout::new(&rules.dataset).map_err(Error::from)?;
+    let mut retries = 0;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let latest = read_latest(lake, &rules.dataset).await?;
+        let (pointer, read_version): (Option<&LatestPointer>, Option<&ObjectVersion>) =
+            (latest.as_ref().map(|(p, _)| p), latest.as_ref().map(|(_, v)| v));
+        // 1. Already done by this request? Then only catch up.
+        if let Some(pointer) = pointer
+            && pointer_is_this_request(pointer, request)
+        {
+            let audited = audit::list(lake, &rules.dataset).await?;
+            let has_record = audited.iter().any(|r| {
+                r.version_after == Some(pointer.version)
+                    && matches!(r.result, AuditResult::Promoted | AuditResult::RolledBack)
+            });
+            // Without an identity, a pointer that already has its audit record was a finished promotion of an
+            // identical request: that is a new promotion, not a repeat.
+            if request.promotion.is_some() || !has_record {
+                return Ok(finish_committed(lake, &rules, &layout, pointer, request, hooks).await?);
+            }
+        }
+        if let Some(id) = &request.promotion {
+            let done = audit::list(lake, &rules.dataset).await?.into_iter().find(|r| {
+                r.promotion.as_ref() == Some(id) && matches!(r.result, AuditResult::Promoted | AuditResult::RolledBack)
+            });
+            if let Some(record) = done {
+                repair_current(lake, &rules.dataset, hooks).await?;
+                return Ok(PromoteOutcome {
+                    already_promoted: true,
+                    result: record.result,
+                    version_before: record.version_before,
+                    version_after: record.version_after.unwrap_or_default(),
+                    change: record.change.unwrap_or_default(),
+                    metrics: record.metrics,
+                    retries,
+                    audit_key: Some(record.key),
+                });
+            }
+        }
+        // Repair current/ first if a killed promoter left it behind the pointer.
+        let current = match pointer {
+            Some(pointer) => {
+                let (manifest, bytes) = load_manifest(lake, &layout, pointer).await?;
+                if !current_is_up_to_date(lake, &layout, pointer).await? {
+                    hooks.log(
+                        "current/ lags _LATEST.json; repairing",
+                        serde_json::json!({"dataset": rules.dataset, "version": pointer.version}),
+                    );
+                    sync_current(lake, &layout, &manifest, &bytes, hooks).await?;
+                }
+                Some(manifest)
+            }
+            None => None,
+        };
+        let current_files = current.as_ref().map(|m| m.files.as_slice()).unwrap_or_default();
+        let version_before = pointer.map(|p| p.version);
+        // 2. The gate.
+        let (review, mode, restored) = match &request.target {
+            Target::Runs { run_ids, mode } => {
+                (gate::review_runs(lake, &rules, run_ids, current_files, *mode, Depth::Full).await?, *mode, None)
+            }
+            Target::Restore { version } => (
+                review_restore(lake, &rules, *version, version_before, Depth::Full).await?,
+                PromotionMode::ReplaceAll,
+                Some(*version),
+            ),
+        };
+        if !review.failures.is_empty() {
+            let audit_key = record_refusal(lake, &rules, request, mode, version_before, &review).await?;
+            return Err(PromoteError::Refused { failures: review.failures, audit_key: Some(audit_key) });
+        }
+        // 3. Plan and write the manifest.
+        let files = match restored {
+            Some(_) => review.files.clone(),
+            None => plan::next_files(current_files, &review.files, mode),
+        };
+        let change = plan::change(current_files, &files);
+        let now = crate::now_rfc3339();
+        let runs = target_runs(&request.target);
+        let draft = Manifest {
+            format: manifest::FORMAT,
+            dataset: rules.dataset.clone(),
+            schema_v: rules.schema_version.clone(),
+            version: version_before.unwrap_or(0) + 1,
+            previous_version: version_before,
+            mode,
+            runs: runs.clone(),
+            restored_version: restored,
+            created_at: now.clone(),
+            totals: Totals::of(&files),
+            files,
+        };
+        let (manifest, manifest_bytes) = write_manifest(lake, &layout, draft).await?;
+        hooks.step(Step::Manifest);
+        // 4. Move the pointer, conditionally on what was read.
+        let next = LatestPointer {
+            format: manifest::FORMAT,
+            dataset: rules.dataset.clone(),
+            version: manifest.version,
+            manifest: layout.manifest(manifest.version),
+            manifest_sha256: hex::encode(Sha256::digest(&manifest_bytes)),
+            mode,
+            runs: runs.clone(),
+            restored_version: restored,
+            previous_version: version_before,
+            promoted_at: now,
+            approved_by: request.approved_by.clone(),
+            reason: request.reason.clone(),
+            promotion: request.promotion.clone(),
+        };
+        hooks.step(Step::BeforePointer);
+        let body = Bytes::from(serde_json::to_vec_pretty(&next).unwrap_or_default());
+        match lake.put_conditional(&lake.path(&layout.latest()), body, read_version).await {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind, StorageErrorKind::Precondition | StorageErrorKind::AlreadyExists) => {
+                retries += 1;
+                hooks.log(
+                    "_LATEST.json moved since it was read; re-reading, re-planning and re-checking",
+                    serde_json::json!({"dataset": rules.dataset, "attempt": attempt, "read_version": version_before}),
+                );
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        hooks.step(Step::Pointer);
+        // 5. current/
+        sync_current(lake, &layout, &manifest, &manifest_bytes, hooks).await?;
+        // 6. audit
+        let metrics = review.metrics.clone();
+        let record = committed_record(&rules, &next, request, &metrics, &change);
+        let audit_key = audit::write(lake, &record).await?;
+        return Ok(PromoteOutcome {
+            already_promoted: false,
+            result: record.result,
+            version_before,
+            version_after: next.version,
+            change,
+            metrics,
+            retries,
+            audit_key: Some(audit_key),
+        });
+    }
+    Err(PromoteError::Contention { dataset: rules.dataset, attempts: MAX_ATTEMPTS })
+}
+
+/// Records a rejection: a `rejected` audit record with the metrics reviewed; nothing moves.
+pub async fn reject(
+    lake: &Lake,
+    dataset: &Dataset,
+    target: &Target,
+    rejected_by: &str,
+    reason: &str,
+    promotion: Option<PromotionRef>,
+) -> Result<String, PromoteError> {
+    if rejected_by.trim().is_empty() || reason.trim().is_empty() {
+        return Err(PromoteError::Usage("a rejection needs who rejected and why".into()));
+    }
+    let rules = GateRules::of(dataset)?;
+    let latest = read_latest(lake, &rules.dataset).await?;
+    let version_before = latest.as_ref().map(|(p, _)| p.version);
+    let (metrics, mode, restore) = match target {
+        Target::Runs { run_ids, mode } => {
+            for run_id in run_ids {
+                silverline_crds::names::check_run_id(run_id).map_err(|e| PromoteError::Usage(e.to_string()))?;
+            }
+            (metrics_of(lake, &rules, run_ids).await?, *mode, None)
+        }
+        Target::Restore { version } => (Vec::new(), PromotionMode::ReplaceAll, Some(*version)),
+    };
+    let mut record = audit::record(&rules.dataset, AuditResult::Rejected, reason, &target_runs(target));
+    record.rejected_by = Some(rejected_by.to_owned());
+    record.mode = Some(mode);
+    record.restore_version = restore;
+    record.version_before = version_before;
+    record.version_after = version_before;
+    record.metrics = metrics;
+    record.promotion = promotion;
+    Ok(audit::write(lake, &record).await?)
+}
+
+/// What a promotion would do, for reviewers: read-only, no byte reads (`file_integrity` and `key_collision`
+/// are only checked at promotion time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    pub version_before: Option<u64>,
+    pub metrics: Vec<RunMetrics>,
+    pub change: Change,
+    /// Checks that would refuse the promotion already now.
+    pub failures: Vec<GateFailure>,
+}
+
+/// Previews promoting `run_ids` in `mode` (read-only).
+pub async fn preview(lake: &Lake, dataset: &Dataset, run_ids: &[String], mode: PromotionMode) -> Result<Preview> {
+    preview_target(lake, dataset, &Target::Runs { run_ids: run_ids.to_vec(), mode }).await
+}
+
+/// Previews a promotion or a rollback (read-only).
+pub async fn preview_target(lake: &Lake, dataset: &Dataset, target: &Target) -> Result<Preview> {
+    let rules = GateRules::of(dataset)?;
+    let layout = DatasetLayout::new(&rules.dataset)?;
+    let latest = read_latest(lake, &rules.dataset).await?;
+    let current = match &latest {
+        Some((pointer, _)) => Some(load_manifest(lake, &layout, pointer).await?.0),
+        None => None,
+    };
+    let current_files = current.as_ref().map(|m| m.files.as_slice()).unwrap_or_default();
+    let version_before = latest.as_ref().map(|(p, _)| p.version);
+    let (review, files) = match target {
+        Target::Runs { run_ids, mode } => {
+            let review = gate::review_runs(lake, &rules, run_ids, current_files, *mode, Depth::Quick).await?;
+            let files = plan::next_files(current_files, &review.files, *mode);
+            (review, files)
+        }
+        Target::Restore { version } => {
+            let review = review_restore(lake, &rules, *version, version_before, Depth::Quick).await?;
+            let files = review.files.clone();
+            (review, files)
+        }
+    };
+    Ok(Preview {
+        version_before,
+        metrics: review.metrics,
+        change: plan::change(current_files, &files),
+        failures: review.failures,
+    })
+}

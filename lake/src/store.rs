@@ -1,0 +1,428 @@
+//! An opened lake root: the object-store client (S3 with endpoint, region, path-style, `If-Match` conditional
+//! puts and the retry budget; or the local file system), the root's prefix and URI, and the lake's primitive
+//! operations, each returning a classified [`StorageError`].
+//!
+//! Conditional writes, the base of the promotion pointer:
+//! * [`Lake::put_if_absent`]: S3 `If-None-Match: *` (object_store `PutMode::Create`); locally a hard link that
+//!   fails if the name exists.
+//! * [`Lake::replace_if_unchanged`]: S3 `If-Match: <ETag>` (object_store `PutMode::Update`). object_store's
+//!   local file system has no `PutMode::Update`, so a local lake does the same under an exclusive
+//!   `flock` on a hidden sibling `.{name}.lock`: it compares the SHA-256 of the current bytes with the version
+//!   that was read, writes a temporary sibling, fsyncs it and `rename`s it over the object (atomic for readers,
+//!   who see the old bytes or the new ones), then fsyncs the directory. Writers that use this lock are
+//!   serialized; any other change of the bytes is still detected by the digest.
+
+use crate::error::{StorageError, StorageErrorKind};
+use crate::uri::{LakeUri, RelativePaths};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// S3 settings from the contract's `storage`, overridden by CLI flags; the rest comes from the standard AWS
+/// environment (credentials, web identity / IRSA, container credentials, `AWS_ENDPOINT_URL`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct StoreOptions {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+impl StoreOptions {
+    pub fn from_storage(storage: &silverline_crds::StorageSpec) -> StoreOptions {
+        StoreOptions { endpoint: storage.endpoint.clone(), region: storage.region.clone() }
+    }
+}
+
+/// How a local lake root is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    pub relative_paths: RelativePaths,
+    /// Create a missing local directory (writers); otherwise a missing one is `NotFound` (readers).
+    pub create_local: bool,
+}
+
+impl OpenOptions {
+    /// The worker and the CLI: relative paths are fine, the directory is created.
+    pub const WRITER: OpenOptions = OpenOptions { relative_paths: RelativePaths::Accept, create_local: true };
+    /// The operator: absolute paths only, nothing is created.
+    pub const READER: OpenOptions = OpenOptions { relative_paths: RelativePaths::Reject, create_local: false };
+}
+
+/// Throttling, 5xx and timeouts are retried with exponential backoff and jitter for up to
+/// `SILVERLINE_IO_RETRY_SECONDS` (default 180) per request.
+pub fn retry_config() -> object_store::RetryConfig {
+    let seconds = std::env::var("SILVERLINE_IO_RETRY_SECONDS").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(180);
+    object_store::RetryConfig {
+        retry_timeout: std::time::Duration::from_secs(seconds),
+        max_retries: 10,
+        backoff: object_store::BackoffConfig::default(),
+    }
+}
+
+/// The S3 client of one bucket: path-style when an endpoint is given (S3-compatible stores), conditional puts
+/// by ETag, the retry budget above.
+pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_retry(retry_config());
+    if let Some(region) = &options.region {
+        builder = builder.with_region(region);
+    }
+    let endpoint = options.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+    if let Some(endpoint) = endpoint {
+        builder = builder
+            .with_endpoint(&endpoint)
+            .with_virtual_hosted_style_request(false)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    let store = builder
+        .build()
+        .map_err(|e| StorageError::usage(format!("s3://{bucket}"), "cannot configure the S3 client").with_source(e))?;
+    Ok(Arc::new(store))
+}
+
+/// The version of an object as read, for a later conditional replace.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectVersion {
+    /// S3: the ETag (and version id, where the bucket versions objects).
+    ETag { e_tag: String, version: Option<String> },
+    /// A local lake: the SHA-256 of the bytes.
+    Sha256(String),
+}
+
+impl std::fmt::Display for ObjectVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectVersion::ETag { e_tag, .. } => write!(f, "etag {e_tag}"),
+            ObjectVersion::Sha256(sha) => write!(f, "sha256 {sha}"),
+        }
+    }
+}
+
+/// A lake root in some object store.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    pub store: Arc<dyn ObjectStore>,
+    /// Prefix of the root inside the store.
+    pub prefix: Path,
+    /// The URI of the root, for messages and reports (`file:///…` or `s3://…`).
+    pub uri: String,
+    /// For a local root, its directory (canonical).
+    pub local_dir: Option<PathBuf>,
+}
+
+impl Lake {
+    /// Opens a lake root.
+    pub fn open(uri: &str, options: &StoreOptions, open: OpenOptions) -> Result<Lake, StorageError> {
+        match LakeUri::parse(uri, open.relative_paths)? {
+            LakeUri::Local(dir) => {
+                if open.create_local {
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        StorageError::from_io(e, &dir.display().to_string())
+                            .reclassify_as_usage("cannot create the directory")
+                    })?;
+                }
+                let shown = dir.display().to_string();
+                let dir = dir.canonicalize().map_err(|e| StorageError::from_io(e, &shown))?;
+                let store = LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| StorageError::usage(&shown, "cannot open the directory").with_source(e))?;
+                Ok(Lake {
+                    store: Arc::new(store),
+                    prefix: Path::default(),
+                    uri: format!("file://{}", dir.display()),
+                    local_dir: Some(dir),
+                })
+            }
+            LakeUri::S3 { bucket, prefix } => Ok(Lake {
+                store: s3_store(&bucket, options)?,
+                prefix: Path::from(prefix.as_str()),
+                uri: format!("s3://{bucket}/{prefix}"),
+                local_dir: None,
+            }),
+        }
+    }
+
+    /// The path of a lake-relative key (`silver/tx/_LATEST.json`) in the store.
+    pub fn path(&self, relative: &str) -> Path {
+        let mut parts: Vec<String> = self.prefix.parts().map(|p| p.as_ref().to_owned()).collect();
+        parts.extend(relative.split('/').filter(|p| !p.is_empty()).map(str::to_owned));
+        Path::from_iter(parts)
+    }
+
+    /// The lake-relative key of a store path, if it lies under the root.
+    pub fn relative(&self, path: &Path) -> Option<String> {
+        let mut parts = path.parts();
+        for expected in self.prefix.parts() {
+            if parts.next()? != expected {
+                return None;
+            }
+        }
+        Some(parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"))
+    }
+
+    /// The URI of an object of this store.
+    pub fn uri_of(&self, key: &Path) -> String {
+        match &self.local_dir {
+            Some(_) => format!("{}/{}", self.uri.trim_end_matches('/'), key.as_ref()),
+            None => {
+                let bucket_uri = self.uri.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+                format!("{bucket_uri}/{}", key.as_ref())
+            }
+        }
+    }
+
+    fn error(&self, err: object_store::Error, key: &Path) -> StorageError {
+        StorageError::from_store(err, &self.uri_of(key))
+    }
+
+    /// The bytes of an object, or `None` when there is none.
+    pub async fn get(&self, key: &Path) -> Result<Option<Bytes>, StorageError> {
+        Ok(self.get_versioned(key).await?.map(|(bytes, _)| bytes))
+    }
+
+    /// The bytes of an object and its version, or `None` when there is none.
+    pub async fn get_versioned(&self, key: &Path) -> Result<Option<(Bytes, ObjectVersion)>, StorageError> {
+        let got = match self.store.get(key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error(e, key)),
+        };
+        let meta = got.meta.clone();
+        let bytes = got.bytes().await.map_err(|e| self.error(e, key))?;
+        let version = match (&self.local_dir, meta.e_tag) {
+            (None, Some(e_tag)) => ObjectVersion::ETag { e_tag, version: meta.version },
+            _ => ObjectVersion::Sha256(hex::encode(Sha256::digest(&bytes))),
+        };
+        Ok(Some((bytes, version)))
+    }
+
+    /// An object's metadata, or `None` when there is none.
+    pub async fn head(&self, key: &Path) -> Result<Option<ObjectMeta>, StorageError> {
+        match self.store.head(key).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(e, key)),
+        }
+    }
+
+    /// Writes an object, replacing any.
+    pub async fn put(&self, key: &Path, body: Bytes) -> Result<(), StorageError> {
+        self.store.put(key, PutPayload::from(body)).await.map(|_| ()).map_err(|e| self.error(e, key))
+    }
+
+    /// Writes an object only if none exists under the key (`AlreadyExists` otherwise).
+    pub async fn put_if_absent(&self, key: &Path, body: Bytes) -> Result<(), StorageError> {
+        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        self.store.put_opts(key, PutPayload::from(body), options).await.map(|_| ()).map_err(|e| self.error(e, key))
+    }
+
+    /// Replaces an object only if it is still at `expected` (`Precondition` otherwise, also when it is gone).
+    pub async fn replace_if_unchanged(
+        &self,
+        key: &Path,
+        body: Bytes,
+        expected: &ObjectVersion,
+    ) -> Result<(), StorageError> {
+        self.put_conditional(key, body, Some(expected)).await
+    }
+
+    /// Create-if-absent (`expected == None`) or replace-if-unchanged, the same way for every store. On a local
+    /// lake both go through the lock described in the module's documentation.
+    pub async fn put_conditional(
+        &self,
+        key: &Path,
+        body: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<(), StorageError> {
+        if let Some(dir) = &self.local_dir {
+            let file = dir.join(key.as_ref());
+            let uri = self.uri_of(key);
+            let expected = expected.cloned();
+            return tokio::task::spawn_blocking(move || local_put_conditional(&file, &body, expected.as_ref(), &uri))
+                .await
+                .map_err(|e| {
+                    StorageError::new(StorageErrorKind::Transient, self.uri_of(key), "the writer panicked")
+                        .with_source(e)
+                })?;
+        }
+        let mode = match expected {
+            None => PutMode::Create,
+            Some(ObjectVersion::ETag { e_tag, version }) => {
+                PutMode::Update(UpdateVersion { e_tag: Some(e_tag.clone()), version: version.clone() })
+            }
+            Some(ObjectVersion::Sha256(_)) => {
+                return Err(StorageError::usage(self.uri_of(key), "a SHA-256 version cannot condition an S3 write"));
+            }
+        };
+        let options = PutOptions { mode, ..PutOptions::default() };
+        match self.store.put_opts(key, PutPayload::from(body), options).await {
+            Ok(_) => Ok(()),
+            // If-Match on a key that is gone answers 404: for the caller that is a change too.
+            Err(object_store::Error::NotFound { .. }) if expected.is_some() => {
+                Err(StorageError::new(StorageErrorKind::Precondition, self.uri_of(key), "the object is gone"))
+            }
+            Err(e) => Err(self.error(e, key)),
+        }
+    }
+
+    /// Server-side copy where the store has one (S3 `CopyObject`; a local copy then rename).
+    pub async fn copy(&self, from: &Path, to: &Path) -> Result<(), StorageError> {
+        self.store.copy(from, to).await.map_err(|e| self.error(e, from))
+    }
+
+    /// Deletes an object; a missing one is fine.
+    pub async fn delete(&self, key: &Path) -> Result<(), StorageError> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(e, key)),
+        }
+    }
+
+    /// Every object under a prefix (recursively), in no particular order.
+    pub async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, StorageError> {
+        match self.store.list(Some(prefix)).try_collect::<Vec<_>>().await {
+            Ok(found) => Ok(found),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(self.error(e, prefix)),
+        }
+    }
+
+    /// The "directories" and objects directly under a prefix.
+    pub async fn list_dir(&self, prefix: &Path) -> Result<(Vec<Path>, Vec<ObjectMeta>), StorageError> {
+        match self.store.list_with_delimiter(Some(prefix)).await {
+            Ok(found) => Ok((found.common_prefixes, found.objects)),
+            Err(object_store::Error::NotFound { .. }) => Ok((Vec::new(), Vec::new())),
+            Err(e) => Err(self.error(e, prefix)),
+        }
+    }
+}
+
+impl StorageError {
+    fn reclassify_as_usage(mut self, detail: &str) -> StorageError {
+        self.kind = StorageErrorKind::Usage;
+        self.detail = format!("{detail}: {}", self.detail);
+        self
+    }
+}
+
+fn local_put_conditional(
+    file: &std::path::Path,
+    body: &[u8],
+    expected: Option<&ObjectVersion>,
+    uri: &str,
+) -> Result<(), StorageError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| StorageError::from_io(e, uri);
+    let parent = file.parent().ok_or_else(|| StorageError::usage(uri, "the key has no directory"))?;
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    std::fs::create_dir_all(parent).map_err(io)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(parent.join(format!(".{name}.lock")))
+        .map_err(io)?;
+    lock.lock().map_err(io)?;
+    let current = match std::fs::read(file) {
+        Ok(bytes) => Some(hex::encode(Sha256::digest(&bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(e)),
+    };
+    match (expected, &current) {
+        (None, None) => {}
+        (None, Some(_)) => return Err(StorageError::new(StorageErrorKind::AlreadyExists, uri, "already exists")),
+        (Some(ObjectVersion::Sha256(want)), Some(have)) if want == have => {}
+        (Some(ObjectVersion::Sha256(want)), Some(have)) => {
+            return Err(StorageError::new(
+                StorageErrorKind::Precondition,
+                uri,
+                format!("its SHA-256 is {have}, expected {want}"),
+            ));
+        }
+        (Some(_), None) => return Err(StorageError::new(StorageErrorKind::Precondition, uri, "the object is gone")),
+        (Some(ObjectVersion::ETag { .. }), Some(_)) => {
+            return Err(StorageError::usage(uri, "an ETag cannot condition a local write"));
+        }
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let temp = parent.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
+    let written = (|| {
+        let mut out = std::fs::File::create(&temp)?;
+        out.write_all(body)?;
+        out.sync_all()?;
+        std::fs::rename(&temp, file)?;
+        std::fs::File::open(parent)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written.map_err(io)?;
+    drop(lock);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(dir: &std::path::Path) -> Lake {
+        Lake::open(dir.to_str().expect("utf-8"), &StoreOptions::default(), OpenOptions::WRITER).expect("open")
+    }
+
+    #[tokio::test]
+    async fn a_local_replace_detects_a_change_since_the_read_and_create_detects_an_existing_object() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = local(dir.path());
+        let key = lake.path("silver/tx/_LATEST.json");
+        lake.put_conditional(&key, Bytes::from_static(b"v1"), None).await.expect("first create");
+        let again = lake.put_conditional(&key, Bytes::from_static(b"v1"), None).await;
+        assert_eq!(again.map_err(|e| e.kind), Err(StorageErrorKind::AlreadyExists));
+        let (_, read) = lake.get_versioned(&key).await.expect("get").expect("exists");
+        // Someone else moves it between our read and our write.
+        let (_, theirs) = lake.get_versioned(&key).await.expect("get").expect("exists");
+        lake.replace_if_unchanged(&key, Bytes::from_static(b"v2-theirs"), &theirs).await.expect("theirs");
+        let ours = lake.replace_if_unchanged(&key, Bytes::from_static(b"v2-ours"), &read).await;
+        assert_eq!(ours.map_err(|e| e.kind), Err(StorageErrorKind::Precondition));
+        assert_eq!(lake.get(&key).await.expect("get").expect("exists"), Bytes::from_static(b"v2-theirs"));
+        let (_, now) = lake.get_versioned(&key).await.expect("get").expect("exists");
+        lake.replace_if_unchanged(&key, Bytes::from_static(b"v3"), &now).await.expect("replace on a fresh read");
+        let gone = lake.replace_if_unchanged(&lake.path("silver/tx/none"), Bytes::new(), &now).await;
+        assert_eq!(gone.map_err(|e| e.kind), Err(StorageErrorKind::Precondition));
+    }
+
+    #[tokio::test]
+    async fn concurrent_local_replaces_from_one_read_let_exactly_one_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = local(dir.path());
+        let key = lake.path("p/_LATEST.json");
+        lake.put_conditional(&key, Bytes::from_static(b"0"), None).await.expect("create");
+        let (_, read) = lake.get_versioned(&key).await.expect("get").expect("exists");
+        let writers = (0..8).map(|i| {
+            let (lake, key, read) = (lake.clone(), key.clone(), read.clone());
+            tokio::spawn(
+                async move { lake.replace_if_unchanged(&key, Bytes::from(format!("writer {i}")), &read).await },
+            )
+        });
+        let results = futures::future::join_all(writers).await;
+        let won = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
+        assert_eq!(won, 1, "{results:?}");
+    }
+
+    #[test]
+    fn relative_keys_round_trip_under_a_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut lake = local(dir.path());
+        lake.prefix = Path::from("root/lake");
+        let path = lake.path("silver/tx/_LATEST.json");
+        assert_eq!(path.as_ref(), "root/lake/silver/tx/_LATEST.json");
+        assert_eq!(lake.relative(&path).as_deref(), Some("silver/tx/_LATEST.json"));
+        assert_eq!(lake.relative(&Path::from("other/silver")), None);
+    }
+}

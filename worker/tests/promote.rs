@@ -1,0 +1,491 @@
+//! End-to-end tests of `silverline-worker promote` and `history` on a local lake: the binary runs, the lake is
+//! read back from disk. Every mode, the gate's refusals by name, rollback, a pointer moved concurrently, and a
+//! promoter killed at each step of the commit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use support::*;
+use tempfile::TempDir;
+
+const JAN: &str = "year=2024/month=01";
+const FEB: &str = "year=2024/month=02";
+
+/// Rows `T{from}`..`T{to}` (exclusive) in one month, plus `bad` rows with a type error.
+fn csv(ids: std::ops::Range<usize>, month: u32, bad: usize) -> String {
+    let mut text = format!("{HEADER}\n");
+    for i in ids {
+        text.push_str(&format!("T{i},C{i},10.00,EUR,2024-{month:02}-15T10:00:00Z\n"));
+    }
+    for i in 0..bad {
+        text.push_str(&format!("B{i},C{i},not-a-number,EUR,2024-{month:02}-15T10:00:00Z\n"));
+    }
+    text
+}
+
+struct Lake {
+    _tmp: TempDir,
+    dir: PathBuf,
+    lake: PathBuf,
+    contract: PathBuf,
+}
+
+impl Lake {
+    fn new() -> Lake {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let contract = contract(&dir, &[]);
+        Lake { lake: dir.join("lake"), dir, contract, _tmp: tmp }
+    }
+
+    /// A run with the default contract, or with some lines of it replaced; returns its exit code.
+    fn run(&self, run_id: &str, input: &str, replacements: &[(&str, &str)]) -> i32 {
+        let contract = if replacements.is_empty() {
+            self.contract.clone()
+        } else {
+            let sub = self.dir.join(format!("c-{run_id}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            contract(&sub, replacements)
+        };
+        let input = write(&self.dir, &format!("{run_id}.csv"), input);
+        run_worker(&contract, &input, &self.lake, run_id).code
+    }
+
+    fn ok_run(&self, run_id: &str, input: &str) {
+        assert_eq!(self.run(run_id, input, &[]), 0, "run {run_id}");
+    }
+
+    fn command(&self, subcommand: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(worker_bin());
+        cmd.arg(subcommand).arg("--contract").arg(&self.contract).arg("--lake").arg(&self.lake).args(args);
+        cmd.env_remove("SILVERLINE_PROMOTE_CRASH_AFTER").env_remove("SILVERLINE_PROMOTE_PAUSE_BEFORE_POINTER");
+        cmd
+    }
+
+    fn promote(&self, args: &[&str]) -> Ran {
+        ran(self.command("promote", args).output().unwrap())
+    }
+
+    fn approve(&self, runs: &[&str], mode: &str) -> Ran {
+        let mut args = vec!["--approved-by", "jane", "--reason", "reviewed", "--mode", mode];
+        for r in runs {
+            args.extend(["--run-id", r]);
+        }
+        self.promote(&args)
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.lake.join(key)
+    }
+
+    fn json(&self, key: &str) -> Value {
+        let path = self.path(key);
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    }
+
+    fn latest(&self) -> Value {
+        self.json("silver/transactions/_LATEST.json")
+    }
+
+    fn manifest(&self, version: u64) -> Value {
+        self.json(&format!("silver/transactions/_manifests/{version}.json"))
+    }
+
+    /// The files under current/, relative to it.
+    fn current(&self) -> Vec<String> {
+        files_under(&self.path("silver/transactions/current"))
+            .into_iter()
+            .filter(|f| !f.rsplit('/').next().unwrap().starts_with('.'))
+            .collect()
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        let dir = self.path("audit/transactions");
+        let mut names = files_under(&dir);
+        names.sort();
+        names.reverse();
+        names.iter().map(|n| serde_json::from_slice(&std::fs::read(dir.join(n)).unwrap()).unwrap()).collect()
+    }
+
+    fn audit_results(&self) -> Vec<String> {
+        self.audit().iter().map(|r| r["result"].as_str().unwrap().to_owned()).collect()
+    }
+}
+
+fn manifest_files(manifest: &Value) -> Vec<(String, String)> {
+    manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["run_id"].as_str().unwrap().to_owned(), f["partition"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+fn current_rows(lake: &Lake) -> usize {
+    lake.current()
+        .iter()
+        .filter(|f| f.ends_with(".parquet"))
+        .map(|f| rows(&read_parquet(&lake.path("silver/transactions/current").join(f))))
+        .sum()
+}
+
+/// current/_MANIFEST.json must be byte-equal to the current version's manifest.
+fn assert_current_matches_pointer(lake: &Lake) {
+    let latest = lake.latest();
+    let manifest = std::fs::read(lake.path(latest["manifest"].as_str().unwrap())).unwrap();
+    let current = std::fs::read(lake.path("silver/transactions/current/_MANIFEST.json")).unwrap();
+    assert_eq!(current, manifest, "current/_MANIFEST.json equals the pointer's manifest");
+    let m: Value = serde_json::from_slice(&manifest).unwrap();
+    let mut expected: Vec<String> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let name = f["key"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+            format!("{}/{}-{name}", f["partition"].as_str().unwrap(), f["run_id"].as_str().unwrap())
+        })
+        .collect();
+    expected.push("_MANIFEST.json".into());
+    expected.sort();
+    assert_eq!(lake.current(), expected, "current/ holds exactly the current files");
+}
+
+#[test]
+fn each_mode_moves_pointer_manifest_current_and_audit() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(100..105, 2, 0));
+    lake.ok_run("r3", &csv(200..203, 1, 0));
+    lake.ok_run("r4", &csv(300..301, 2, 0));
+    let termination = lake.dir.join("termination-log");
+
+    let out = ran(lake
+        .command("promote", &["--run-id", "r1", "--approved-by", "jane", "--reason", "first feed"])
+        .env("SILVERLINE_TERMINATION_LOG", &termination)
+        .output()
+        .unwrap());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("version none → 1"), "{}", out.stdout);
+    let latest = lake.latest();
+    assert_eq!(latest["format"], 1);
+    assert_eq!(latest["version"], 1);
+    assert_eq!(latest["mode"], "Append", "the contract's default mode");
+    assert_eq!(latest["runs"], serde_json::json!(["r1"]));
+    assert_eq!(latest["approved_by"], "jane");
+    assert_eq!(latest["reason"], "first feed");
+    assert_eq!(latest["manifest"], "silver/transactions/_manifests/1.json");
+    assert_eq!(manifest_files(&lake.manifest(1)), vec![("r1".into(), JAN.into())]);
+    assert_eq!(lake.manifest(1)["totals"]["rows"], 10);
+    assert_current_matches_pointer(&lake);
+    assert_eq!(current_rows(&lake), 10);
+    let record = &lake.audit()[0];
+    assert_eq!(record["result"], "promoted");
+    assert_eq!((record["version_before"].clone(), record["version_after"].clone()), (Value::Null, 1.into()));
+    assert_eq!(record["metrics"][0]["input_rows"], 10);
+    let line: Value = serde_json::from_str(std::fs::read_to_string(&termination).unwrap().trim()).unwrap();
+    assert_eq!((line["result"].as_str(), line["version_after"].as_u64()), (Some("promoted"), Some(1)));
+    assert!(out.stderr.contains("\"promotion finished\""), "{}", out.stderr);
+
+    let out = lake.approve(&["r2"], "append");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(manifest_files(&lake.manifest(2)), vec![("r1".into(), JAN.into()), ("r2".into(), FEB.into())]);
+    assert!(out.stdout.contains("added year=2024/month=02"), "{}", out.stdout);
+    assert_current_matches_pointer(&lake);
+    assert_eq!(current_rows(&lake), 15);
+
+    let out = lake.approve(&["r3"], "replace-partitions");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(lake.latest()["mode"], "ReplacePartitions");
+    assert_eq!(manifest_files(&lake.manifest(3)), vec![("r3".into(), JAN.into()), ("r2".into(), FEB.into())]);
+    assert!(out.stdout.contains("replaced year=2024/month=01"), "{}", out.stdout);
+    assert_current_matches_pointer(&lake);
+    assert_eq!(current_rows(&lake), 8, "r1's January copies are gone from current/");
+
+    let out = lake.approve(&["r4"], "replace-all");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(manifest_files(&lake.manifest(4)), vec![("r4".into(), FEB.into())]);
+    assert_eq!(lake.manifest(4)["previous_version"], 3);
+    assert_current_matches_pointer(&lake);
+    assert_eq!(current_rows(&lake), 1);
+    assert_eq!(lake.audit_results(), ["promoted"; 4]);
+    // The runs' own files are never touched by promotion.
+    assert_eq!(rows(&read_area(&lake.lake, "silver", "r1")), 10);
+}
+
+#[test]
+fn two_runs_are_promoted_together_as_one_version() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..4, 1, 0));
+    lake.ok_run("r2", &csv(10..13, 2, 0));
+    let out = lake.approve(&["r1", "r2"], "append");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(lake.latest()["version"], 1);
+    assert_eq!(lake.latest()["runs"], serde_json::json!(["r1", "r2"]));
+    assert_eq!(manifest_files(&lake.manifest(1)).len(), 2);
+    assert_eq!(current_rows(&lake), 7);
+    assert_eq!(lake.audit_results(), ["promoted"]);
+    assert!(!lake.path("silver/transactions/_manifests/2.json").exists());
+}
+
+#[test]
+fn runs_without_success_are_refused_by_name_and_the_refusal_is_audited() {
+    let lake = Lake::new();
+    assert_eq!(lake.run("quality", &csv(0..9, 1, 1), &[]), 5, "quality gate failed");
+    assert_eq!(lake.run("breaker", &csv(0..9, 1, 3), &[("maxSameErrors: 100", "maxSameErrors: 1")]), 4);
+    let unfinished = run_dir(&lake.lake, "silver", "unfinished");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    std::fs::write(unfinished.join("_RUN.json"), "{}").unwrap();
+    assert_eq!(lake.run("lenient", &csv(0..9, 1, 1), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 0.5")]), 0);
+    lake.ok_run("good", &csv(50..60, 1, 0));
+    let cases = [
+        ("quality", "success_marker", "_QUALITY_REPORT.json"),
+        ("breaker", "success_marker", "_CIRCUIT_BREAKER.json"),
+        ("unfinished", "success_marker", "unfinished"),
+        ("never-ran", "success_marker", "holds nothing"),
+        ("lenient", "quarantine_rate", "0.1000 is above maxQuarantineRate 0.01"),
+    ];
+    for (run, check, detail) in cases {
+        // Each refused run is promoted together with a good one: one bad run refuses the whole version.
+        let out = lake.approve(&["good", run], "append");
+        assert_eq!(out.code, 6, "{run}: {}", out.stderr);
+        assert!(out.stderr.contains(check) && out.stderr.contains(detail), "{run}: {}", out.stderr);
+        assert!(out.stderr.contains(run), "{run}: {}", out.stderr);
+        let record = &lake.audit()[0];
+        assert_eq!(record["result"], "refused", "{run}");
+        assert_eq!(record["failed_checks"][0]["check"], check, "{run}");
+    }
+    assert!(!lake.path("silver/transactions/_LATEST.json").exists(), "nothing moved");
+    assert!(!lake.path("silver/transactions/current").exists());
+    // A schema version the dataset is no longer at.
+    let v2 = contract(&lake.dir.join("c-v2").tap_mkdir(), &[("schemaVersion: v1", "schemaVersion: v2")]);
+    let out = ran(Command::new(worker_bin())
+        .args(["promote", "--run-id", "good", "--approved-by", "jane", "--reason", "r", "--contract"])
+        .arg(&v2)
+        .arg("--lake")
+        .arg(&lake.lake)
+        .output()
+        .unwrap());
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("schema_version"), "{}", out.stderr);
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> PathBuf;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> PathBuf {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
+
+#[test]
+fn a_data_file_altered_after_success_is_refused_file_integrity() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    let part = run_dir(&lake.lake, "silver", "r1").join(JAN).join("part-00000.parquet");
+    let mut bytes = std::fs::read(&part).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&part, bytes).unwrap();
+    let out = lake.approve(&["r1"], "append");
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("file_integrity") && out.stderr.contains("SHA-256"), "{}", out.stderr);
+    assert!(!lake.path("silver/transactions/_LATEST.json").exists());
+}
+
+#[test]
+fn a_tampered_success_cannot_pull_in_objects_outside_its_run() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(20..30, 1, 0));
+    let success = run_dir(&lake.lake, "silver", "r1").join("_SUCCESS");
+    let text = std::fs::read_to_string(&success).unwrap().replace("run_id=r1/year", "run_id=r2/year");
+    std::fs::write(&success, text).unwrap();
+    let out = lake.approve(&["r1"], "append");
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("file_location") && out.stderr.contains("outside"), "{}", out.stderr);
+}
+
+#[test]
+fn appending_keys_already_current_is_refused_with_the_count_and_a_run_twice_as_already_current() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(5..14, 1, 0));
+    lake.ok_run("r3", &csv(5..14, 2, 0));
+    assert_eq!(lake.approve(&["r1"], "append").code, 0);
+    let out = lake.approve(&["r2"], "append");
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("key_collision") && out.stderr.contains("5 row(s)"), "{}", out.stderr);
+    assert!(out.stderr.contains("TransactionID=T5"), "examples are shown: {}", out.stderr);
+    // Keys are compared in the partitions the run touches only: February has none of them yet.
+    assert_eq!(lake.approve(&["r3"], "append").code, 0);
+    let out = lake.approve(&["r1"], "append");
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("already_current"), "{}", out.stderr);
+    // The same run may replace its partition, though.
+    let out = lake.approve(&["r2"], "replace-partitions");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(lake.latest()["version"], 3);
+}
+
+#[test]
+fn a_rollback_makes_an_old_versions_files_current_as_a_new_version() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(20..23, 2, 0));
+    assert_eq!(lake.approve(&["r1"], "append").code, 0);
+    assert_eq!(lake.approve(&["r2"], "replace-all").code, 0);
+    let out = lake.promote(&["--restore-version", "1", "--approved-by", "joe", "--reason", "r2 was wrong"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("rolled back dataset transactions: version 2 → 3"), "{}", out.stdout);
+    let latest = lake.latest();
+    assert_eq!((latest["version"].as_u64(), latest["restored_version"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(latest["previous_version"], 2);
+    assert_eq!(lake.manifest(3)["files"], lake.manifest(1)["files"]);
+    assert_current_matches_pointer(&lake);
+    assert_eq!(current_rows(&lake), 10);
+    assert_eq!(lake.audit_results()[0], "rolled_back");
+    // History is never rewritten: version 2 is still there.
+    assert_eq!(manifest_files(&lake.manifest(2)), vec![("r2".into(), FEB.into())]);
+    let again = lake.promote(&["--restore-version", "3", "--approved-by", "joe", "--reason", "x"]);
+    assert_eq!(again.code, 6, "{}", again.stderr);
+    assert!(again.stderr.contains("restore_version"), "{}", again.stderr);
+}
+
+#[test]
+fn a_rejection_is_audited_and_moves_nothing() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    let out = lake.promote(&["--run-id", "r1", "--rejected-by", "ann", "--reason", "numbers look off"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let record = &lake.audit()[0];
+    assert_eq!((record["result"].as_str(), record["rejected_by"].as_str()), (Some("rejected"), Some("ann")));
+    assert_eq!(record["metrics"][0]["valid_rows"], 10);
+    assert!(!lake.path("silver/transactions/_LATEST.json").exists());
+}
+
+#[test]
+fn a_pointer_moved_between_read_and_write_is_detected_and_nothing_is_lost() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(20..25, 2, 0));
+    let hook = lake.dir.join("pause");
+    let slow = lake
+        .command("promote", &["--run-id", "r1", "--approved-by", "jane", "--reason", "slow"])
+        .env("SILVERLINE_PROMOTE_PAUSE_BEFORE_POINTER", &hook)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let paused = PathBuf::from(format!("{}.paused", hook.display()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !paused.exists() {
+        assert!(std::time::Instant::now() < deadline, "the slow promoter never reached the pointer");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Meanwhile someone else promotes r2.
+    let fast = lake.promote(&["--run-id", "r2", "--approved-by", "joe", "--reason", "fast"]);
+    assert_eq!(fast.code, 0, "{}", fast.stderr);
+    // The slow promoter had already written manifest 1 (an orphan until it moves the pointer), so the fast one
+    // took the next free number.
+    assert_eq!(lake.latest()["version"], 2);
+    std::fs::write(format!("{}.go", hook.display()), "").unwrap();
+    let slow = ran(slow.wait_with_output().unwrap());
+    assert_eq!(slow.code, 0, "{}", slow.stderr);
+    assert!(slow.stderr.contains("moved since it was read"), "the retry is logged: {}", slow.stderr);
+    let latest = lake.latest();
+    assert_eq!((latest["version"].as_u64(), latest["reason"].as_str()), (Some(3), Some("slow")));
+    assert_eq!(latest["previous_version"], 2, "re-planned on top of the other promotion");
+    assert_eq!(manifest_files(&lake.manifest(3)), vec![("r1".into(), JAN.into()), ("r2".into(), FEB.into())]);
+    assert_current_matches_pointer(&lake);
+    assert_eq!(lake.audit_results(), ["promoted", "promoted"]);
+}
+
+fn killed_then_repeated(step: &str, identity: Option<&str>) {
+    let lake = Lake::new();
+    lake.ok_run("r0", &csv(100..102, 2, 0));
+    assert_eq!(lake.approve(&["r0"], "append").code, 0);
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    let mut args = vec!["--run-id", "r1", "--approved-by", "jane", "--reason", "feed"];
+    if let Some(id) = identity {
+        args.extend(["--promotion", id]);
+    }
+    let killed = ran(lake.command("promote", &args).env("SILVERLINE_PROMOTE_CRASH_AFTER", step).output().unwrap());
+    assert_ne!(killed.code, 0, "{step}: the hook aborts");
+    assert!(killed.stderr.contains("aborting"), "{step}: {}", killed.stderr);
+    // Whatever was killed, the pointer names a whole version: the old one or the new one.
+    let version = lake.latest()["version"].as_u64().unwrap();
+    assert_eq!(version, if step == "manifest" { 1 } else { 2 }, "{step}");
+    let again = lake.promote(&args);
+    assert_eq!(again.code, 0, "{step}: {}", again.stderr);
+    if step != "manifest" {
+        assert!(again.stdout.contains("already promoted as version 2"), "{step}: {}", again.stdout);
+    }
+    assert_eq!(lake.latest()["version"], 2, "{step}: exactly once");
+    assert!(!lake.path("silver/transactions/_manifests/3.json").exists(), "{step}");
+    assert_current_matches_pointer(&lake);
+    assert_eq!(current_rows(&lake), 12, "{step}");
+    assert_eq!(lake.audit_results(), ["promoted", "promoted"], "{step}");
+    if identity.is_some() {
+        let third = lake.promote(&args);
+        assert_eq!(third.code, 0, "{step}: {}", third.stderr);
+        assert!(third.stdout.contains("already promoted as version 2"), "{step}: {}", third.stdout);
+        assert_eq!(lake.audit_results().len(), 2, "{step}: no second record");
+    }
+}
+
+#[test]
+fn a_promoter_killed_at_any_step_completes_exactly_once_when_repeated() {
+    for step in ["manifest", "pointer", "copies"] {
+        killed_then_repeated(step, Some("team-a/promote-r1/0b7c"));
+    }
+    killed_then_repeated("pointer", None);
+}
+
+#[test]
+fn history_lists_runs_versions_and_the_audit_log_newest_first() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    assert_eq!(lake.run("r2-quality", &csv(0..9, 1, 1), &[]), 5);
+    lake.ok_run("r3", &csv(30..33, 2, 0));
+    assert_eq!(lake.approve(&["r1"], "append").code, 0);
+    assert_eq!(lake.approve(&["r2-quality"], "append").code, 6);
+    let out = ran(lake.command("history", &[]).output().unwrap());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("current version 1"), "{}", out.stdout);
+    for line in ["r1 ", "r2-quality", "quality_failed", "committed", "refused", "promoted", "jane"] {
+        assert!(out.stdout.contains(line), "{line}: {}", out.stdout);
+    }
+    let out = ran(lake.command("history", &["--format", "json"]).output().unwrap());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let history: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(history["current_version"], 1);
+    let runs = history["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[0]["run_id"], "r3", "newest first");
+    let state = |id: &str| runs.iter().find(|r| r["run_id"] == id).unwrap().clone();
+    assert_eq!((state("r1")["state"].as_str(), state("r1")["in_current"].as_bool()), (Some("committed"), Some(true)));
+    assert_eq!(state("r3")["in_current"], false);
+    assert_eq!(state("r2-quality")["state"], "quality_failed");
+    assert_eq!(history["versions"][0]["approved_by"], "jane");
+    assert_eq!(history["audit"][0]["result"], "refused", "newest first");
+}
+
+#[test]
+fn promote_usage_errors_exit_2() {
+    let lake = Lake::new();
+    for args in [
+        vec!["--approved-by", "jane", "--reason", "r"],
+        vec!["--run-id", "../etc", "--approved-by", "jane", "--reason", "r"],
+        vec!["--run-id", "r1", "--approved-by", "", "--reason", "r"],
+        vec!["--run-id", "r1", "--approved-by", "jane", "--reason", "r", "--promotion", "ns/name"],
+    ] {
+        let out = lake.promote(&args);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+    }
+}
