@@ -304,3 +304,117 @@ fn sigterm_on_s3_aborts_uploads_and_exits_75() {
     assert!(!keys(&rt, &s, "lake/").iter().any(|k| k.ends_with("/_SUCCESS")));
     every_visible_parquet_is_complete(&rt, &s, "lake/");
 }
+
+fn lake_on(bucket: &str) -> silverline_lake::Lake {
+    silverline_lake::Lake::open(
+        &format!("s3://{bucket}/lake"),
+        &silverline_lake::StoreOptions::default(),
+        silverline_lake::OpenOptions::WRITER,
+    )
+    .unwrap()
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn the_pointer_is_replaced_only_if_unchanged_on_s3() {
+    use silverline_lake::StorageErrorKind::{AlreadyExists, Precondition};
+    let rt = runtime();
+    let lake = lake_on(&unique_bucket("ifmatch"));
+    let key = lake.path("silver/transactions/_LATEST.json");
+    rt.block_on(lake.put_conditional(&key, Bytes::from_static(b"v1"), None)).unwrap();
+    let again = rt.block_on(lake.put_conditional(&key, Bytes::from_static(b"v1 again"), None));
+    assert_eq!(again.map_err(|e| e.kind), Err(AlreadyExists));
+    let (_, ours) = rt.block_on(lake.get_versioned(&key)).unwrap().unwrap();
+    assert!(matches!(ours, silverline_lake::ObjectVersion::ETag { .. }), "{ours:?}");
+    // Someone else moves the pointer between our read and our write: detected, theirs kept.
+    rt.block_on(lake.replace_if_unchanged(&key, Bytes::from_static(b"v2 theirs"), &ours)).unwrap();
+    let stale = rt.block_on(lake.replace_if_unchanged(&key, Bytes::from_static(b"v2 ours"), &ours));
+    assert_eq!(stale.map_err(|e| e.kind), Err(Precondition));
+    assert_eq!(rt.block_on(lake.get(&key)).unwrap().unwrap(), Bytes::from_static(b"v2 theirs"));
+    // Racing writers from one read: exactly one wins.
+    let (_, read) = rt.block_on(lake.get_versioned(&key)).unwrap().unwrap();
+    let results = rt.block_on(futures::future::join_all((0..4).map(|i| {
+        let (lake, key, read) = (lake.clone(), key.clone(), read.clone());
+        async move { lake.replace_if_unchanged(&key, Bytes::from(format!("writer {i}")), &read).await }
+    })));
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| e.kind == Precondition), "{results:?}");
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn a_promotion_on_s3_moves_pointer_current_and_audit_and_refuses_an_altered_file() {
+    let rt = runtime();
+    let tmp = TempDir::new().unwrap();
+    let bucket = unique_bucket("promote");
+    let s = store(&bucket);
+    let uri = format!("s3://{bucket}/lake");
+    let contract = repo_root().join("examples/datasets/transactions.yaml");
+    for (run, month, first) in [("r1", 1, 0), ("r2", 2, 100), ("r3", 3, 200)] {
+        let mut csv = format!("{HEADER}\n");
+        for i in first..first + 5 {
+            csv.push_str(&format!("T{i},C{i},10.00,EUR,2024-{month:02}-15T10:00:00Z\n"));
+        }
+        let input = write(tmp.path(), &format!("{run}.csv"), csv);
+        let out = ran(worker(&contract, input.to_str().unwrap(), &uri, run)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap());
+        assert_eq!(out.code, 0, "{run}: {}", out.stderr);
+    }
+    let promote = |args: &[&str]| {
+        ran(Command::new(worker_bin())
+            .args(["promote", "--contract"])
+            .arg(&contract)
+            .args(["--lake", &uri, "--approved-by", "jane", "--reason", "s3 test"])
+            .args(args)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap())
+    };
+    let out = promote(&["--run-id", "r1", "--promotion", "ns/p1/u1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = promote(&["--run-id", "r2", "--mode", "replace-all"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let latest: serde_json::Value =
+        serde_json::from_slice(&get(&rt, &s, "lake/silver/transactions/_LATEST.json")).unwrap();
+    assert_eq!((latest["version"].as_u64(), latest["mode"].as_str()), (Some(2), Some("ReplaceAll")));
+    let manifest = get(&rt, &s, "lake/silver/transactions/_manifests/2.json");
+    assert_eq!(get(&rt, &s, "lake/silver/transactions/current/_MANIFEST.json"), manifest);
+    assert_eq!(
+        keys(&rt, &s, "lake/silver/transactions/current"),
+        [
+            "lake/silver/transactions/current/_MANIFEST.json",
+            "lake/silver/transactions/current/year=2024/month=02/r2-part-00000.parquet",
+        ],
+        "r1's copies are gone, r2's landed"
+    );
+    let copy = get(&rt, &s, "lake/silver/transactions/current/year=2024/month=02/r2-part-00000.parquet");
+    let original = get(&rt, &s, "lake/silver/transactions/schema_v=v1/run_id=r2/year=2024/month=02/part-00000.parquet");
+    assert_eq!(copy, original);
+    assert_eq!(keys(&rt, &s, "lake/audit/transactions").len(), 2);
+    // The same Promotion again only catches up.
+    let out = promote(&["--run-id", "r1", "--promotion", "ns/p1/u1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("already promoted as version 1"), "{}", out.stdout);
+    // A silver file altered after _SUCCESS is refused.
+    let part = Path::from("lake/silver/transactions/schema_v=v1/run_id=r3/year=2024/month=03/part-00000.parquet");
+    let mut bytes = get(&rt, &s, part.as_ref()).to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    rt.block_on(s.put(&part, Bytes::from(bytes).into())).unwrap();
+    let out = promote(&["--run-id", "r3"]);
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("file_integrity"), "{}", out.stderr);
+    let history = ran(Command::new(worker_bin())
+        .args(["history", "--format", "json", "--contract"])
+        .arg(&contract)
+        .args(["--lake", &uri])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap());
+    assert_eq!(history.code, 0, "{}", history.stderr);
+    let history: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert_eq!(history["current_version"], 2);
+    assert_eq!(history["audit"][0]["result"], "refused");
+}
