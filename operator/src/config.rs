@@ -113,6 +113,14 @@ impl Config {
         }
     }
 
+    /// Promote Jobs retry with the same backoff as attempts of a run.
+    pub fn promotion_settings(&self) -> crate::controllers::promotion::PromotionSettings {
+        crate::controllers::promotion::PromotionSettings {
+            retry: self.lifecycle_settings().retry,
+            ..Default::default()
+        }
+    }
+
     pub fn lease_settings(&self) -> LeaseSettings {
         let identity = self.identity.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "silverline-operator".into());

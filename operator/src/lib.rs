@@ -38,6 +38,12 @@ pub enum Error {
     Snapshot { name: String, message: String },
     #[error("lake {uri}: {message}")]
     Lake { uri: String, message: String },
+    #[error("lake: reading {what}: {source}")]
+    LakeRead {
+        what: &'static str,
+        #[source]
+        source: silverline_lake::Error,
+    },
     #[error("cannot serialize {what}: {source}")]
     Serialize {
         what: &'static str,
@@ -71,7 +77,7 @@ impl Error {
             Error::InvalidResource { .. } => "invalid_resource",
             Error::MissingField(_) => "missing_field",
             Error::Snapshot { .. } => "contract_snapshot",
-            Error::Lake { .. } => "lake",
+            Error::Lake { .. } | Error::LakeRead { .. } => "lake",
             Error::Serialize { .. } => "serialize",
             Error::LeadershipLost { .. } => "leadership_lost",
         }
@@ -80,7 +86,7 @@ impl Error {
     pub fn retry(&self) -> Retry {
         match self {
             Error::Conflict { .. } => Retry::Soon,
-            Error::Kube { .. } | Error::Lake { .. } => Retry::Transient,
+            Error::Kube { .. } | Error::Lake { .. } | Error::LakeRead { .. } => Retry::Transient,
             Error::NotOwned { .. } | Error::Snapshot { .. } | Error::Serialize { .. } => Retry::Blocked,
             Error::InvalidResource { .. } | Error::MissingField(_) | Error::LeadershipLost { .. } => Retry::OnChange,
         }

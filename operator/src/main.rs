@@ -70,6 +70,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         metrics: metrics.clone(),
         jobs: config.job_settings(),
         lifecycle: config.lifecycle_settings(),
+        promotion: config.promotion_settings(),
+        promotion_locks: Default::default(),
         pod_ends: controllers::etlrun::PodEnds::default(),
         lakes: silverline_operator::lake::Lakes::default(),
     });

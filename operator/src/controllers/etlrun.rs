@@ -156,6 +156,9 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
     }
     for transition in &plan.transitions {
         report(&ctx, run, &plan.status, transition).await;
+        if let (Transition::Finished { phase: EtlRunPhase::Succeeded, .. }, Ok(dataset)) = (transition, &contract) {
+            request_promotion(&ctx, run, &identity, dataset, &plan.status).await;
+        }
     }
     if let (Some(attempt), Ok(dataset)) = (&plan.launch, &contract) {
         launch(&ctx, run, &identity, dataset, attempt).await?;
@@ -375,6 +378,31 @@ async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: 
         Transition::Waiting { reason, message } => {
             tracing::warn!(etlrun = %name, namespace = %namespace, dataset, reason = %reason, "{message}");
             publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, reason, "Wait", message.clone()).await;
+        }
+    }
+}
+
+/// Creates the Promotion the run's contract asks for (`spec.promotion.requestOnSuccess`), awaiting approval.
+/// A failure is reported (Warning Event) but does not fail the run.
+async fn request_promotion(
+    ctx: &Context,
+    run: &EtlRun,
+    identity: &RunIdentity,
+    dataset: &Dataset,
+    status: &EtlRunStatus,
+) {
+    let Some(run_id) = status.run_id.as_deref() else { return };
+    match super::promotion::request_for_run(ctx, &identity.namespace, &identity.name, dataset, run_id).await {
+        Ok(Some(name)) => {
+            let note = format!("Promotion {name} of run {run_id} awaits approval");
+            tracing::info!(etlrun = %identity.name, namespace = %identity.namespace, run_id, "{note}");
+            publish::<EtlRun>(ctx, &run.metadata, EventType::Normal, "PromotionRequested", "Request", note).await;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(etlrun = %identity.name, namespace = %identity.namespace, error = %e, "cannot request the promotion");
+            let note = format!("cannot create the Promotion of run {run_id}: {e}");
+            publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, "PromotionRequestFailed", "Request", note).await;
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod dataset;
 pub mod etlrun;
+pub mod promotion;
 
 use crate::job::JobSettings;
 use crate::lake::Lakes;
@@ -35,6 +36,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub jobs: JobSettings,
     pub lifecycle: LifecycleSettings,
+    pub promotion: promotion::PromotionSettings,
+    /// Serializes the start of promotions per dataset.
+    pub promotion_locks: promotion::DatasetLocks,
     pub pod_ends: etlrun::PodEnds,
     pub lakes: Lakes,
 }
@@ -78,6 +82,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             futures::join!(
                 etlrun::run(ctx.clone(), ns),
                 dataset::run(ctx.clone(), ns),
+                promotion::run(ctx.clone(), ns),
             )
         } => {}
         () = etlrun::watch_pod_ends(ctx.clone(), ns) => {}
@@ -310,6 +315,7 @@ mod tests {
             (Some("etl.silverline.dev/v1alpha1"), Some("EtlRun"))
         );
         assert_eq!(object_reference::<Dataset>(&meta).kind.as_deref(), Some("Dataset"));
+        assert_eq!(static_kind::<silverline_crds::Promotion>(), "Promotion");
     }
 
     #[test]

@@ -1,0 +1,1376 @@
+//! The Promotion controller: verified runs become current only with a person's approval.
+//!
+//! ```text
+//! (new) ──▶ AwaitingApproval ──approved, no other promotion of the dataset in progress──▶ Promoting ──▶ Promoted
+//!               │   (status: each run's metrics and what would change)                       │
+//!               └──rejected──▶ Rejected (a Job records the rejection in the audit log)       ├──gate refused (exit 6)──▶ Failed
+//!                                                                                             └──contended (7), transient──▶ retry
+//! ```
+//!
+//! The operator stays read-only on the lake: it previews (`silverline_lake::promotion::preview_target`), reads
+//! `_LATEST.json` and the audit log; the write is a Job of the worker (`silverline-worker promote`) with the
+//! Dataset's credentials. Decisions are the pure `plan`, table-tested below.
+
+use super::{
+    ConditionStatus, ConditionUpdate, Context, ControllerName, FIELD_MANAGER, drain,
+    error_policy as shared_error_policy, owned_by, publish, scoped, set_condition, write_status,
+};
+use crate::job::{self, JobSettings};
+use crate::retry::{self, RetryPolicy};
+use crate::{Error, Result};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use silverline_crds::promotion::{ANNOTATION_REQUESTED_BY, MAX_PROMOTION_NAME};
+use silverline_crds::{
+    Dataset, FailedCheck, Promotion, PromotionChange, PromotionMode, PromotionPhase, PromotionRun, PromotionSpec,
+    PromotionStatus,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const CONDITION_APPROVED: &str = "Approved";
+pub const CONDITION_READY: &str = "Ready";
+pub const CONDITION_PROMOTED: &str = "Promoted";
+
+/// The worker's exit codes of `promote` that the controller tells apart.
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_GATE_REFUSED: i32 = 6;
+
+/// Label on the Jobs and ConfigMaps of a Promotion.
+pub const LABEL_PROMOTION: &str = "etl.silverline.dev/promotion";
+/// Who the operator records as the requester of the Promotions it creates.
+pub const OPERATOR_REQUESTER: &str = "silverline-operator";
+
+/// Tunables of the Promotion controller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromotionSettings {
+    /// Backoff between promote Jobs after a retryable failure (pointer contention, transient I/O).
+    pub retry: RetryPolicy,
+    /// Promote Jobs per Promotion before it fails.
+    pub max_attempts: u32,
+    /// How often a Promotion awaiting approval refreshes its preview.
+    pub resync: Duration,
+    /// How often an approved Promotion waiting for another one of its dataset looks again.
+    pub wait_poll: Duration,
+}
+
+impl Default for PromotionSettings {
+    fn default() -> Self {
+        PromotionSettings {
+            retry: RetryPolicy::default(),
+            max_attempts: 5,
+            resync: Duration::from_secs(60),
+            wait_poll: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The Job of promote attempt `attempt`, and the Job that records a rejection.
+pub fn job_name(promotion: &str, attempt: u32) -> String {
+    format!("{promotion}-p{attempt}")
+}
+
+pub fn reject_job_name(promotion: &str) -> String {
+    format!("{promotion}-reject")
+}
+
+pub fn contract_name(promotion: &str) -> String {
+    format!("{promotion}-contract")
+}
+
+/// The Promotion the operator creates for a succeeded EtlRun when its Dataset asks for it.
+pub fn requested_name(etlrun: &str) -> String {
+    format!("{etlrun}-promo")
+}
+
+/// What the annotations say.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Pending,
+    Approved {
+        by: String,
+        reason: Option<String>,
+    },
+    /// Wins over an approval set at the same time.
+    Rejected {
+        by: String,
+        reason: Option<String>,
+    },
+}
+
+impl Decision {
+    pub fn of(promotion: &Promotion) -> Decision {
+        let owned = |(by, why): (&str, Option<&str>)| (by.to_owned(), why.map(str::to_owned));
+        if let Some((by, reason)) = promotion.rejection().map(owned) {
+            return Decision::Rejected { by, reason };
+        }
+        if let Some((by, reason)) = promotion.approval().map(owned) {
+            return Decision::Approved { by, reason };
+        }
+        Decision::Pending
+    }
+}
+
+/// What a reviewer needs, as previewed from the lake (read-only).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PreviewFacts {
+    pub version_before: Option<u64>,
+    pub runs: Vec<PromotionRun>,
+    pub change: PromotionChange,
+    /// Checks that would refuse the promotion already now.
+    pub failures: Vec<FailedCheck>,
+}
+
+/// The state of the Job named in status.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    Missing,
+    Active,
+    Complete,
+    Failed { exit_code: Option<i32>, message: String },
+}
+
+/// What the lake records about this Promotion (by its uid): the pointer first, then the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    Promoted { version: u64, previous_version: Option<u64> },
+    Refused { failed_checks: Vec<FailedCheck> },
+    Rejected,
+}
+
+/// Everything one decision needs.
+#[derive(Debug, Clone)]
+pub struct Observed<'a> {
+    pub now: Timestamp,
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub generation: Option<i64>,
+    pub spec: &'a PromotionSpec,
+    pub decision: Decision,
+    pub requested_by: Option<&'a str>,
+    pub status: &'a PromotionStatus,
+    /// The Dataset's default mode, or why the Dataset cannot be used (`reason`, `message`).
+    pub dataset: Result<PromotionMode, (&'static str, String)>,
+    /// Read while the Promotion awaits approval.
+    pub preview: Option<Result<PreviewFacts, String>>,
+    /// Another Promotion of the same dataset that is `Promoting`.
+    pub blocked_by: Option<String>,
+    pub job: Option<JobState>,
+    pub recorded: Option<Recorded>,
+}
+
+/// What the Job of a launch does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobAction {
+    Promote { approved_by: String, reason: String },
+    Reject { rejected_by: String, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub job_name: String,
+    pub action: JobAction,
+    pub mode: PromotionMode,
+}
+
+/// A change worth an Event, a log line and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    AwaitingApproval { message: String },
+    Waiting { reason: String, message: String },
+    Started { job_name: String, attempt: u32 },
+    Retrying { attempt: u32, message: String, after: Duration },
+    Finished { phase: PromotionPhase, reason: String, message: String },
+    RejectionNotRecorded { message: String },
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub status: PromotionStatus,
+    /// Make sure this Job exists (after the status naming it is written).
+    pub launch: Option<Launch>,
+    pub requeue_after: Option<Duration>,
+    pub transitions: Vec<Transition>,
+}
+
+/// Whether the rejection's audit record is still being written (the only work left on a terminal Promotion).
+pub fn rejection_pending(status: &PromotionStatus) -> bool {
+    status.phase == Some(PromotionPhase::Rejected)
+        && status.conditions.iter().any(|c| c.type_ == CONDITION_PROMOTED && c.reason == REJECTION_PENDING)
+}
+
+const REJECTION_PENDING: &str = "RejectionPending";
+
+struct Builder<'a> {
+    o: &'a Observed<'a>,
+    settings: &'a PromotionSettings,
+    status: PromotionStatus,
+    launch: Option<Launch>,
+    requeue_after: Option<Duration>,
+    transitions: Vec<Transition>,
+}
+
+/// Decides what comes next for one Promotion.
+pub fn plan(observed: &Observed, settings: &PromotionSettings) -> Plan {
+    let mut status = observed.status.clone();
+    status.observed_generation = observed.generation;
+    if status.created_by.is_none() {
+        status.created_by = observed.requested_by.map(str::to_owned);
+    }
+    if let Ok(dataset_mode) = &observed.dataset
+        && status.mode.is_none()
+    {
+        status.mode = Some(observed.spec.mode.unwrap_or(*dataset_mode));
+    }
+    let mut b = Builder { o: observed, settings, status, launch: None, requeue_after: None, transitions: Vec::new() };
+    match b.status.phase {
+        Some(PromotionPhase::Rejected) if rejection_pending(&b.status) => b.follow_rejection(),
+        Some(phase) if phase.is_terminal() => {}
+        Some(PromotionPhase::Promoting) => b.follow_promotion(),
+        None | Some(PromotionPhase::AwaitingApproval) => b.decide(),
+        Some(_) => {}
+    }
+    Plan { status: b.status, launch: b.launch, requeue_after: b.requeue_after, transitions: b.transitions }
+}
+
+impl Builder<'_> {
+    fn condition(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: &str) {
+        let update = ConditionUpdate { type_, status, reason, message };
+        set_condition(&mut self.status.conditions, update, self.o.generation, self.o.now);
+    }
+
+    fn mode(&self) -> PromotionMode {
+        self.status.mode.or(self.o.spec.mode).unwrap_or_default()
+    }
+
+    fn finish(&mut self, phase: PromotionPhase, reason: &str, message: String) {
+        self.status.phase = Some(phase);
+        self.status.next_attempt_at = None;
+        self.status.finished_at = Some(Time(self.o.now));
+        let promoted = phase == PromotionPhase::Promoted;
+        self.condition(CONDITION_PROMOTED, promoted.into(), reason, &message);
+        self.condition(CONDITION_READY, ConditionStatus::False, "Finished", &message);
+        self.transitions.push(Transition::Finished { phase, reason: reason.to_owned(), message });
+    }
+
+    /// Not yet promoting: wait for a decision, show the preview, or start.
+    fn decide(&mut self) {
+        match self.o.decision.clone() {
+            Decision::Rejected { by, reason } => self.reject(by, reason),
+            Decision::Pending => self.await_approval(),
+            Decision::Approved { by, reason } => self.approved(by, reason),
+        }
+    }
+
+    fn show_preview(&mut self) {
+        match &self.o.preview {
+            Some(Ok(preview)) => {
+                self.status.runs = preview.runs.clone();
+                self.status.change = Some(preview.change.clone());
+                self.status.previous_version = preview.version_before;
+                self.status.failed_checks = preview.failures.clone();
+                if preview.failures.is_empty() {
+                    let message = "the gate's checks pass as previewed (file integrity and key collisions are \
+                                   checked at promotion time)";
+                    self.condition(CONDITION_READY, ConditionStatus::True, "GatePreviewPassed", message);
+                } else {
+                    let message = format!("the gate would refuse: {}", describe(&preview.failures));
+                    self.condition(CONDITION_READY, ConditionStatus::False, "GateWouldRefuse", &message);
+                }
+            }
+            Some(Err(message)) => {
+                let message = format!("the lake cannot be previewed: {message}");
+                self.condition(CONDITION_READY, ConditionStatus::Unknown, "PreviewUnavailable", &message);
+            }
+            None => {}
+        }
+    }
+
+    fn dataset_problem(&mut self) -> bool {
+        let Err((reason, message)) = &self.o.dataset else { return false };
+        let changed = !self.status.conditions.iter().any(|c| c.type_ == CONDITION_READY && c.reason == *reason);
+        self.condition(CONDITION_READY, ConditionStatus::False, reason, message);
+        if changed {
+            self.transitions.push(Transition::Waiting { reason: (*reason).to_owned(), message: message.clone() });
+        }
+        self.requeue_after = Some(self.settings.resync);
+        true
+    }
+
+    fn await_approval(&mut self) {
+        let first = self.status.phase != Some(PromotionPhase::AwaitingApproval);
+        self.status.phase = Some(PromotionPhase::AwaitingApproval);
+        let message = format!(
+            "waiting for the annotation {} (and {}) from a reviewer",
+            silverline_crds::promotion::ANNOTATION_APPROVED_BY,
+            silverline_crds::promotion::ANNOTATION_APPROVAL_REASON
+        );
+        self.condition(CONDITION_APPROVED, ConditionStatus::False, "AwaitingApproval", &message);
+        if !self.dataset_problem() {
+            self.show_preview();
+        }
+        if first {
+            self.transitions.push(Transition::AwaitingApproval { message });
+        }
+        self.requeue_after = Some(self.settings.resync);
+    }
+
+    fn reject(&mut self, by: String, reason: Option<String>) {
+        self.status.phase = Some(PromotionPhase::Rejected);
+        self.status.rejected_by = Some(by.clone());
+        self.status.finished_at = Some(Time(self.o.now));
+        let why = reason.clone().unwrap_or_else(|| "no reason given".into());
+        let message = format!("rejected by {by}: {why}; the runs stay isolated, nothing moved");
+        self.condition(CONDITION_APPROVED, ConditionStatus::False, "Rejected", &message);
+        self.condition(CONDITION_READY, ConditionStatus::False, "Finished", &message);
+        if self.o.dataset.is_ok() {
+            // The audit log records the rejection: written by a Job, as every write to the lake.
+            let job_name = reject_job_name(self.o.name);
+            self.status.job_name = Some(job_name.clone());
+            let pending = "recording the rejection in the lake's audit log";
+            self.condition(CONDITION_PROMOTED, ConditionStatus::False, REJECTION_PENDING, pending);
+            self.launch = Some(Launch {
+                job_name,
+                action: JobAction::Reject { rejected_by: by, reason: why },
+                mode: self.mode(),
+            });
+        } else {
+            let note = "rejected; not recorded in the audit log: the Dataset cannot be read";
+            self.condition(CONDITION_PROMOTED, ConditionStatus::False, "Rejected", note);
+        }
+        self.transitions.push(Transition::Finished {
+            phase: PromotionPhase::Rejected,
+            reason: "Rejected".into(),
+            message,
+        });
+    }
+
+    fn follow_rejection(&mut self) {
+        let message = self.status.conditions.iter().find(|c| c.type_ == CONDITION_APPROVED).map(|c| c.message.clone());
+        let message = message.unwrap_or_default();
+        match (&self.o.job, &self.o.recorded) {
+            (_, Some(Recorded::Rejected)) | (Some(JobState::Complete), _) => {
+                self.condition(CONDITION_PROMOTED, ConditionStatus::False, "Rejected", &message);
+            }
+            (Some(JobState::Failed { message: failure, .. }), _) => {
+                let note = format!("the rejection could not be recorded in the audit log: {failure}");
+                self.condition(CONDITION_PROMOTED, ConditionStatus::False, "RejectionNotRecorded", &note);
+                self.transitions.push(Transition::RejectionNotRecorded { message: note });
+            }
+            (None | Some(JobState::Missing), _) => {
+                // Not created yet, or removed before it was seen to finish: create it (a rejection recorded
+                // twice is harmless; the audit log is append-only).
+                let job_name = self.status.job_name.clone().unwrap_or_else(|| reject_job_name(self.o.name));
+                self.status.job_name = Some(job_name.clone());
+                let by = self.status.rejected_by.clone().unwrap_or_default();
+                let why = match &self.o.decision {
+                    Decision::Rejected { reason: Some(why), .. } => why.clone(),
+                    _ => "no reason given".into(),
+                };
+                let action = JobAction::Reject { rejected_by: by, reason: why };
+                self.launch = Some(Launch { job_name, action, mode: self.mode() });
+                self.requeue_after = Some(self.settings.resync);
+            }
+            _ => self.requeue_after = Some(self.settings.resync),
+        }
+    }
+
+    fn approved(&mut self, by: String, reason: Option<String>) {
+        self.status.approved_by = Some(by.clone());
+        let why = reason.clone().unwrap_or_else(|| "no reason given".into());
+        self.condition(CONDITION_APPROVED, ConditionStatus::True, "Approved", &format!("approved by {by}: {why}"));
+        if self.status.phase.is_none() {
+            self.status.phase = Some(PromotionPhase::AwaitingApproval);
+        }
+        if self.dataset_problem() {
+            return;
+        }
+        self.show_preview();
+        if let Some(other) = &self.o.blocked_by {
+            let message = format!(
+                "waits for Promotion {other} of dataset {}: promotions of one dataset run one at a time",
+                self.o.spec.dataset
+            );
+            let changed = !self.status.conditions.iter().any(|c| c.type_ == CONDITION_READY && c.message == message);
+            self.condition(CONDITION_READY, ConditionStatus::False, "WaitingForPromotion", &message);
+            if changed {
+                self.transitions.push(Transition::Waiting { reason: "WaitingForPromotion".into(), message });
+            }
+            self.requeue_after = Some(self.settings.wait_poll);
+            return;
+        }
+        self.start_attempt(1);
+    }
+
+    fn promote_action(&self) -> JobAction {
+        let by = self.status.approved_by.clone().unwrap_or_default();
+        let reason = match &self.o.decision {
+            Decision::Approved { reason: Some(why), .. } => format!("{} (approved: {why})", self.o.spec.reason),
+            _ => self.o.spec.reason.clone(),
+        };
+        JobAction::Promote { approved_by: by, reason }
+    }
+
+    fn start_attempt(&mut self, attempt: u32) {
+        let job_name = job_name(self.o.name, attempt);
+        self.status.phase = Some(PromotionPhase::Promoting);
+        self.status.attempts = attempt;
+        self.status.job_name = Some(job_name.clone());
+        self.status.next_attempt_at = None;
+        let message = format!("promote Job {job_name} (attempt {attempt} of {})", self.settings.max_attempts);
+        self.condition(CONDITION_READY, ConditionStatus::True, "Promoting", &message);
+        self.launch = Some(Launch { job_name: job_name.clone(), action: self.promote_action(), mode: self.mode() });
+        self.transitions.push(Transition::Started { job_name, attempt });
+        self.requeue_after = Some(self.settings.resync);
+    }
+
+    fn follow_promotion(&mut self) {
+        match &self.o.recorded {
+            Some(Recorded::Promoted { version, previous_version }) => {
+                self.status.version = Some(*version);
+                self.status.previous_version = *previous_version;
+                self.status.failed_checks.clear();
+                let message = format!(
+                    "version {version} is current (previous {}), approved by {}",
+                    previous_version.map_or_else(|| "none".to_owned(), |v| v.to_string()),
+                    self.status.approved_by.as_deref().unwrap_or("?")
+                );
+                return self.finish(PromotionPhase::Promoted, "Promoted", message);
+            }
+            Some(Recorded::Refused { failed_checks }) if !matches!(self.o.job, Some(JobState::Active)) => {
+                self.status.failed_checks = failed_checks.clone();
+                let message = format!("the gate refused: {}", describe(failed_checks));
+                return self.finish(PromotionPhase::Failed, "GateRefused", message);
+            }
+            _ => {}
+        }
+        if let Some(at) = self.status.next_attempt_at.as_ref().map(|t| t.0) {
+            if at > self.o.now {
+                self.requeue_after = Some(until(self.o.now, at));
+            } else {
+                self.start_attempt(self.status.attempts + 1);
+            }
+            return;
+        }
+        let Some(job_name) = self.status.job_name.clone() else {
+            return self.start_attempt(self.status.attempts.max(1));
+        };
+        match self.o.job.clone() {
+            None | Some(JobState::Missing) => {
+                // Not created yet (the status was written first), or removed: create it; a repeat of this
+                // promotion only catches up (`--promotion` carries the uid).
+                self.launch = Some(Launch { job_name, action: self.promote_action(), mode: self.mode() });
+                self.requeue_after = Some(self.settings.resync);
+            }
+            Some(JobState::Active) => self.requeue_after = Some(self.settings.resync),
+            Some(JobState::Complete) => {
+                let message = format!(
+                    "the promote Job {job_name} completed, but neither _LATEST.json nor the audit log records this \
+                     Promotion"
+                );
+                self.finish(PromotionPhase::Failed, "NotRecorded", message);
+            }
+            Some(JobState::Failed { exit_code: Some(EXIT_GATE_REFUSED), message }) => {
+                self.status.failed_checks = checks_from_message(&message);
+                let message = format!("the gate refused: {}", describe(&self.status.failed_checks));
+                self.finish(PromotionPhase::Failed, "GateRefused", message);
+            }
+            Some(JobState::Failed { exit_code: Some(EXIT_USAGE), message }) => {
+                self.finish(PromotionPhase::Failed, "ConfigurationError", format!("exit 2: {message}"));
+            }
+            Some(JobState::Failed { exit_code, message }) => {
+                let what = match exit_code {
+                    Some(7) => "the pointer kept changing (exit 7)".to_owned(),
+                    Some(75) => "a transient failure (exit 75)".to_owned(),
+                    Some(code) => format!("exit {code}"),
+                    None => "no exit code".to_owned(),
+                };
+                let attempt = self.status.attempts.max(1);
+                if attempt >= self.settings.max_attempts {
+                    let message = format!("{what} in each of {attempt} promote Jobs; last: {message}");
+                    return self.finish(PromotionPhase::Failed, "AttemptsExhausted", message);
+                }
+                let delay = self.settings.retry.delay(attempt, retry::jitter(self.o.uid, attempt));
+                let at = after(self.o.now, delay);
+                self.status.next_attempt_at = Some(Time(at));
+                let message = format!("promote Job {job_name}: {what}: {message}; retrying in {}s", delay.as_secs());
+                self.condition(CONDITION_READY, ConditionStatus::False, "Retrying", &message);
+                self.transitions.push(Transition::Retrying { attempt, message, after: delay });
+                self.requeue_after = Some(delay.max(Duration::from_millis(100)));
+            }
+        }
+    }
+}
+
+fn until(now: Timestamp, later: Timestamp) -> Duration {
+    let d = later.duration_since(now);
+    Duration::try_from(d).unwrap_or_default().max(Duration::from_millis(100))
+}
+
+fn after(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::ZERO)).unwrap_or(t)
+}
+
+/// `name: message; …` of failed checks.
+pub fn describe(checks: &[FailedCheck]) -> String {
+    checks.iter().map(|c| format!("{}: {}", c.name, c.message)).collect::<Vec<_>>().join("; ")
+}
+
+/// Failed checks from a worker's error message (`the gate refused: check: message; check: message`), when the
+/// audit record cannot be read.
+pub fn checks_from_message(message: &str) -> Vec<FailedCheck> {
+    let text = message.rsplit_once("the gate refused:").map_or(message, |(_, rest)| rest);
+    let checks: Vec<FailedCheck> = text
+        .split("; ")
+        .filter_map(|part| {
+            let (name, message) = part.split_once(": ")?;
+            let name = name.trim();
+            let plausible = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            plausible.then(|| FailedCheck {
+                name: name.to_owned(),
+                message: message.trim().trim_end_matches("\"}").to_owned(),
+            })
+        })
+        .collect();
+    if checks.is_empty() {
+        vec![FailedCheck { name: "gate".into(), message: message.trim().to_owned() }]
+    } else {
+        checks
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// I/O: the reconcile, reading the lake, the Jobs.
+
+/// One lock per dataset: the decision to start promoting is taken under it, after a fresh list of the
+/// dataset's Promotions, so two approved Promotions of one dataset never start together (one leader reconciles).
+#[derive(Default)]
+pub struct DatasetLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl DatasetLocks {
+    fn of(&self, namespace: &str, dataset: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let key = format!("{namespace}/{dataset}");
+        match self.0.lock() {
+            Ok(mut locks) => locks.entry(key).or_default().clone(),
+            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+}
+
+pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
+    let promotions: Api<DeserializeGuard<Promotion>> = scoped(ctx.client.clone(), ns);
+    let jobs: Api<Job> = scoped(ctx.client.clone(), ns);
+    let selector = format!("{}={}", job::LABEL_MANAGED_BY, job::MANAGED_BY);
+    let controller = Controller::new(promotions, watcher::Config::default());
+    let store = controller.store();
+    let stream = controller.owns(jobs, watcher::Config::default().labels(&selector)).shutdown_on_signal().run(
+        reconcile,
+        error_policy,
+        ctx.clone(),
+    );
+    tokio::select! {
+        () = drain(stream, ControllerName::Promotion) => {}
+        () = export_awaiting(ctx.clone(), store) => {}
+    }
+}
+
+/// Keeps the gauges of Promotions awaiting approval (count and oldest age, per dataset) up to date.
+async fn export_awaiting(ctx: Arc<Context>, store: Store<DeserializeGuard<Promotion>>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        ticker.tick().await;
+        let now = Timestamp::now();
+        let mut awaiting: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+        for guard in store.state() {
+            let Ok(promotion) = &guard.0 else { continue };
+            if promotion.phase() != Some(PromotionPhase::AwaitingApproval) {
+                continue;
+            }
+            let age = promotion
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(0.0, |t| now.duration_since(t.0).as_secs_f64().max(0.0));
+            let entry = awaiting.entry(promotion.spec.dataset.clone()).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.max(age);
+        }
+        ctx.metrics.set_awaiting_approval(&awaiting);
+    }
+}
+
+fn error_policy(guard: Arc<DeserializeGuard<Promotion>>, error: &Error, ctx: Arc<Context>) -> Action {
+    shared_error_policy(ControllerName::Promotion, &guard, error, &ctx)
+}
+
+fn lake_error(what: &'static str) -> impl FnOnce(silverline_lake::Error) -> Error {
+    move |source| Error::LakeRead { what, source }
+}
+
+/// One reconcile of one Promotion.
+pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(ControllerName::Promotion.label());
+    let promotion = match &guard.0 {
+        Ok(promotion) => promotion,
+        Err(invalid) => {
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            let message = invalid.error.clone();
+            publish::<Promotion>(
+                &ctx,
+                &invalid.metadata,
+                EventType::Warning,
+                "InvalidResource",
+                "Read",
+                message.clone(),
+            )
+            .await;
+            return Err(Error::InvalidResource { kind: "Promotion", name, message });
+        }
+    };
+    let status = promotion.status.clone().unwrap_or_default();
+    if status.phase.is_some_and(PromotionPhase::is_terminal) && !rejection_pending(&status) {
+        return Ok(Action::await_change());
+    }
+    let name = promotion.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    let namespace = promotion.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
+    let uid = promotion.metadata.uid.clone().ok_or(Error::MissingField("metadata.uid"))?;
+    if name.len() > MAX_PROMOTION_NAME {
+        return Err(Error::InvalidResource {
+            kind: "Promotion",
+            name,
+            message: format!("the name must be at most {MAX_PROMOTION_NAME} characters"),
+        });
+    }
+    let dataset = load_dataset(&ctx, &namespace, &promotion.spec.dataset).await?;
+    let decision = Decision::of(promotion);
+    let awaiting = matches!(status.phase, None | Some(PromotionPhase::AwaitingApproval));
+    let target = target_of(&promotion.spec, status.mode.or(promotion.spec.mode), dataset.as_ref().ok());
+    let preview = match (&dataset, awaiting, &decision) {
+        (Ok(dataset), true, Decision::Pending | Decision::Approved { .. }) => {
+            Some(preview(&ctx, dataset, &target).await)
+        }
+        _ => None,
+    };
+    // Starting is decided under the dataset's lock, after a fresh look at the dataset's other Promotions.
+    let lock = ctx.promotion_locks.of(&namespace, &promotion.spec.dataset);
+    let serialized =
+        if awaiting && matches!(decision, Decision::Approved { .. }) { Some(lock.lock().await) } else { None };
+    let blocked_by = if serialized.is_some() {
+        promoting_other(&ctx, &namespace, &promotion.spec.dataset, &name).await?
+    } else {
+        None
+    };
+    let job = match &status.job_name {
+        Some(job_name) => Some(observe_job(&ctx, &namespace, job_name, &uid).await?),
+        None => None,
+    };
+    let recorded = match (&dataset, status.phase, &job) {
+        (Ok(dataset), Some(PromotionPhase::Promoting | PromotionPhase::Rejected), job)
+            if !matches!(job, Some(JobState::Active)) =>
+        {
+            read_recorded(&ctx, dataset, &uid).await?
+        }
+        _ => None,
+    };
+    let observed = Observed {
+        now: Timestamp::now(),
+        name: &name,
+        uid: &uid,
+        generation: promotion.metadata.generation,
+        spec: &promotion.spec,
+        decision,
+        requested_by: promotion.requested_by(),
+        status: &status,
+        dataset: dataset.as_ref().map(|d| d.spec.promotion.mode).map_err(Clone::clone),
+        preview,
+        blocked_by,
+        job,
+        recorded,
+    };
+    let plan = plan(&observed, &ctx.promotion);
+    if plan.status != status {
+        write_status(&ctx, promotion, &plan.status).await?;
+    }
+    drop(serialized);
+    for transition in &plan.transitions {
+        report(&ctx, promotion, &plan.status, transition).await;
+    }
+    if let (Some(launch), Ok(dataset)) = (&plan.launch, &dataset) {
+        launch_job(&ctx, promotion, &uid, dataset, launch).await?;
+    }
+    Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The Promotion's Dataset, valid, or why not (reason, message).
+async fn load_dataset(ctx: &Context, namespace: &str, name: &str) -> Result<Result<Dataset, (&'static str, String)>> {
+    let api: Api<DeserializeGuard<Dataset>> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = api.get_opt(name).await.map_err(Error::kube(format!("reading Dataset {name}")))?;
+    Ok(match found {
+        None => Err(("DatasetNotFound", format!("Dataset {name} does not exist in this namespace"))),
+        Some(DeserializeGuard(Err(invalid))) => {
+            Err(("InvalidDataset", format!("Dataset {name} is not valid: {}", invalid.error)))
+        }
+        Some(DeserializeGuard(Ok(dataset))) => match dataset.validate() {
+            Ok(()) => Ok(dataset),
+            Err(e) => Err(("InvalidDataset", format!("Dataset {name} is not valid: {e}"))),
+        },
+    })
+}
+
+fn target_of(spec: &PromotionSpec, mode: Option<PromotionMode>, dataset: Option<&Dataset>) -> silverline_lake::Target {
+    match (spec.restore_version, &spec.run_ids) {
+        (Some(version), _) => silverline_lake::Target::Restore { version },
+        (None, run_ids) => silverline_lake::Target::Runs {
+            run_ids: run_ids.clone().unwrap_or_default(),
+            mode: mode.or_else(|| dataset.map(|d| d.spec.promotion.mode)).unwrap_or_default(),
+        },
+    }
+}
+
+async fn preview(ctx: &Context, dataset: &Dataset, target: &silverline_lake::Target) -> Result<PreviewFacts, String> {
+    let lake = ctx.lakes.open(&dataset.spec.storage).map_err(|e| e.to_string())?;
+    if lake.lake().is_none() {
+        return Err("the lake does not exist yet".into());
+    }
+    // The library's preview future is not provably `Send` (a higher-ranked closure inside), which the
+    // controller's reconcile future must be: it runs to completion on a blocking thread of its own.
+    let (dataset, target, handle) = (dataset.clone(), target.clone(), tokio::runtime::Handle::current());
+    let preview = tokio::task::spawn_blocking(move || {
+        let lake = lake.lake().ok_or_else(|| "the lake does not exist yet".to_owned())?;
+        handle.block_on(silverline_lake::promotion::preview_target(lake, &dataset, &target)).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("the preview stopped: {e}"))??;
+    Ok(PreviewFacts {
+        version_before: preview.version_before,
+        runs: preview
+            .metrics
+            .iter()
+            .map(|m| PromotionRun {
+                run_id: m.run_id.clone(),
+                state: m.state.clone(),
+                input_rows: m.input_rows,
+                valid_rows: m.valid_rows,
+                quarantined_rows: m.quarantined_rows,
+                condemned_rows: m.condemned_rows,
+                quarantine_rate: m.quarantine_rate,
+                error_types: m.error_types.clone(),
+                duration_seconds: m.duration_seconds,
+            })
+            .collect(),
+        change: change_of(&preview.change),
+        failures: preview
+            .failures
+            .iter()
+            .map(|f| {
+                let record = f.to_record();
+                FailedCheck { name: record.check, message: record.message }
+            })
+            .collect(),
+    })
+}
+
+fn change_of(change: &silverline_lake::plan::Change) -> PromotionChange {
+    PromotionChange {
+        partitions_added: change.partitions_added.clone(),
+        partitions_extended: change.partitions_extended.clone(),
+        partitions_replaced: change.partitions_replaced.clone(),
+        partitions_removed: change.partitions_removed.clone(),
+        files_before: change.before.files,
+        files_after: change.after.files,
+        rows_before: change.before.rows,
+        rows_after: change.after.rows,
+    }
+}
+
+/// Another Promotion of the dataset that is `Promoting`, read fresh from the API (not from a cache).
+async fn promoting_other(ctx: &Context, namespace: &str, dataset: &str, name: &str) -> Result<Option<String>> {
+    let api: Api<DeserializeGuard<Promotion>> = Api::namespaced(ctx.client.clone(), namespace);
+    let list = api.list(&ListParams::default()).await.map_err(Error::kube("listing Promotions"))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|guard| guard.0.ok())
+        .filter(|p| p.spec.dataset == dataset && p.name_any() != name)
+        .filter(|p| p.phase() == Some(PromotionPhase::Promoting))
+        .map(|p| p.name_any())
+        .min())
+}
+
+async fn observe_job(ctx: &Context, namespace: &str, job_name: &str, uid: &str) -> Result<JobState> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(found) = jobs.get_opt(job_name).await.map_err(Error::kube(format!("reading Job {job_name}")))? else {
+        return Ok(JobState::Missing);
+    };
+    if !owned_by(&found.metadata, uid) {
+        return Err(Error::NotOwned {
+            kind: "Job",
+            name: job_name.to_owned(),
+            owner: "this Promotion".into(),
+            uid: uid.to_owned(),
+        });
+    }
+    let condition = |type_: &str| {
+        found
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == type_ && c.status == "True"))
+            .cloned()
+    };
+    if condition("Complete").is_some() {
+        return Ok(JobState::Complete);
+    }
+    if let Some(failed) = condition("Failed") {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        let selector = format!("batch.kubernetes.io/job-name={job_name}");
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(Error::kube(format!("listing the pods of Job {job_name}")))?;
+        let newest = list.items.iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        let end = newest.map(super::etlrun::pod_end).or_else(|| ctx.pod_ends.get(namespace, job_name));
+        let message = end
+            .as_ref()
+            .and_then(|e| e.message.clone())
+            .or(failed.message)
+            .unwrap_or_else(|| failed.reason.unwrap_or_default());
+        return Ok(JobState::Failed { exit_code: end.and_then(|e| e.exit_code), message });
+    }
+    Ok(JobState::Active)
+}
+
+/// What the lake records about this Promotion: `_LATEST.json` first (it names the Promotion that moved it),
+/// then the audit log (a later promotion may have moved the pointer again; a refusal or rejection).
+async fn read_recorded(ctx: &Context, dataset: &Dataset, uid: &str) -> Result<Option<Recorded>> {
+    let lake = ctx.lakes.open(&dataset.spec.storage)?;
+    let Some(lake) = lake.lake() else { return Ok(None) };
+    let name =
+        dataset.checked_name().map_err(|e| Error::Snapshot { name: "Dataset".into(), message: e.to_string() })?;
+    let latest = silverline_lake::read_latest(lake, name).await.map_err(lake_error("_LATEST.json"))?;
+    if let Some((pointer, _)) = latest
+        && pointer.promotion.as_ref().is_some_and(|p| p.uid == uid)
+    {
+        return Ok(Some(Recorded::Promoted { version: pointer.version, previous_version: pointer.previous_version }));
+    }
+    let records = silverline_lake::audit::list(lake, name).await.map_err(lake_error("the audit log"))?;
+    use silverline_lake::audit::AuditResult;
+    for record in records.into_iter().filter(|r| r.promotion.as_ref().is_some_and(|p| p.uid == uid)) {
+        return Ok(Some(match record.result {
+            AuditResult::Promoted | AuditResult::RolledBack => match record.version_after {
+                Some(version) => Recorded::Promoted { version, previous_version: record.version_before },
+                None => continue,
+            },
+            AuditResult::Refused => Recorded::Refused {
+                failed_checks: record
+                    .failed_checks
+                    .into_iter()
+                    .map(|c| FailedCheck { name: c.check, message: c.message })
+                    .collect(),
+            },
+            AuditResult::Rejected => Recorded::Rejected,
+        }));
+    }
+    Ok(None)
+}
+
+/// The arguments of `silverline-worker promote` for a launch.
+pub fn promote_args(promotion: &Promotion, uid: &str, launch: &Launch) -> Vec<String> {
+    let namespace = promotion.metadata.namespace.clone().unwrap_or_default();
+    let name = promotion.metadata.name.clone().unwrap_or_default();
+    let mut args =
+        vec!["promote".into(), "--contract".into(), format!("{}/{}", job::CONTRACT_MOUNT, job::CONTRACT_KEY)];
+    match (promotion.spec.restore_version, &promotion.spec.run_ids) {
+        (Some(version), _) => args.extend(["--restore-version".into(), version.to_string()]),
+        (None, run_ids) => {
+            for run_id in run_ids.iter().flatten() {
+                args.extend(["--run-id".into(), run_id.clone()]);
+            }
+            args.extend(["--mode".into(), launch.mode.cli_name().into()]);
+        }
+    }
+    match &launch.action {
+        JobAction::Promote { approved_by, reason } => {
+            args.extend(["--approved-by".into(), approved_by.clone(), "--reason".into(), reason.clone()]);
+        }
+        JobAction::Reject { rejected_by, reason } => {
+            args.extend(["--rejected-by".into(), rejected_by.clone(), "--reason".into(), reason.clone()]);
+        }
+    }
+    args.extend(["--promotion".into(), format!("{namespace}/{name}/{uid}")]);
+    args
+}
+
+/// The promote (or reject) Job: one pod, no retries inside the Job (the controller retries under a new Job
+/// name), the worker's restricted pod with the Dataset's credentials by reference and the frozen contract.
+pub fn promote_job(
+    promotion: &Promotion,
+    uid: &str,
+    dataset: &Dataset,
+    launch: &Launch,
+    settings: &JobSettings,
+) -> Result<Job> {
+    let name = promotion.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    let owner = promotion.controller_owner_ref(&()).ok_or(Error::MissingField("metadata.uid"))?;
+    let labels = promotion_labels(&name, &promotion.spec.dataset);
+    let args = promote_args(promotion, uid, launch);
+    let pod = job::worker_pod(args, dataset, &contract_name(&name), settings.default_resources.clone(), settings);
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(launch.job_name.clone()),
+            namespace: promotion.metadata.namespace.clone(),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(settings.default_deadline_seconds),
+            ttl_seconds_after_finished: Some(settings.ttl_seconds_after_finished),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                spec: Some(pod),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn promotion_labels(name: &str, dataset: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (job::LABEL_MANAGED_BY.to_owned(), job::MANAGED_BY.to_owned()),
+        ("app.kubernetes.io/name".to_owned(), "silverline-worker".to_owned()),
+        (LABEL_PROMOTION.to_owned(), name.to_owned()),
+        (job::LABEL_DATASET.to_owned(), dataset.to_owned()),
+    ])
+}
+
+/// The contract the promote Job applies, owned by the Promotion; frozen at the first launch.
+pub fn contract_config_map(promotion: &Promotion, dataset: &Dataset) -> Result<ConfigMap> {
+    let name = promotion.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    let owner = promotion.controller_owner_ref(&()).ok_or(Error::MissingField("metadata.uid"))?;
+    Ok(ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(contract_name(&name)),
+            namespace: promotion.metadata.namespace.clone(),
+            labels: Some(promotion_labels(&name, &promotion.spec.dataset)),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        immutable: Some(true),
+        data: Some(BTreeMap::from([(job::CONTRACT_KEY.to_owned(), job::contract_manifest(dataset)?)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// Makes sure the contract and the Job exist; a Job of that name that exists is adopted if it is ours.
+async fn launch_job(ctx: &Context, promotion: &Promotion, uid: &str, dataset: &Dataset, launch: &Launch) -> Result<()> {
+    let namespace = promotion.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let contract = contract_config_map(promotion, dataset)?;
+    match config_maps.create(&params, &contract).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(Error::kube(format!("creating ConfigMap {}", contract.name_any()))(e)),
+    }
+    let job = promote_job(promotion, uid, dataset, launch, &ctx.jobs)?;
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    match jobs.create(&params, &job).await {
+        Ok(_) => {
+            tracing::info!(promotion = %promotion.name_any(), namespace = %namespace, dataset = %promotion.spec.dataset,
+                job = %launch.job_name, "created the promote Job");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let existing =
+                jobs.get(&launch.job_name).await.map_err(Error::kube(format!("reading Job {}", launch.job_name)))?;
+            if owned_by(&existing.metadata, uid) {
+                Ok(())
+            } else {
+                Err(Error::NotOwned {
+                    kind: "Job",
+                    name: launch.job_name.clone(),
+                    owner: format!("Promotion {}", promotion.name_any()),
+                    uid: uid.to_owned(),
+                })
+            }
+        }
+        Err(e) => Err(Error::kube(format!("creating Job {}", launch.job_name))(e)),
+    }
+}
+
+/// Publishes one change (already written to status): an Event, a log line, metrics. Every failure a person
+/// must act on is a Warning Event besides the status condition.
+async fn report(ctx: &Context, promotion: &Promotion, status: &PromotionStatus, transition: &Transition) {
+    let name = promotion.name_any();
+    let namespace = promotion.namespace().unwrap_or_default();
+    let dataset = promotion.spec.dataset.as_str();
+    let meta = &promotion.metadata;
+    match transition {
+        Transition::AwaitingApproval { message } => {
+            tracing::info!(promotion = %name, namespace = %namespace, dataset, "{message}");
+            publish::<Promotion>(ctx, meta, EventType::Normal, "AwaitingApproval", "Review", message.clone()).await;
+        }
+        Transition::Waiting { reason, message } => {
+            tracing::info!(promotion = %name, namespace = %namespace, dataset, reason = %reason, "{message}");
+            let type_ = if reason == "WaitingForPromotion" { EventType::Normal } else { EventType::Warning };
+            publish::<Promotion>(ctx, meta, type_, reason, "Wait", message.clone()).await;
+        }
+        Transition::Started { job_name, attempt } => {
+            let note = format!(
+                "promote Job {job_name} (attempt {attempt}), approved by {}",
+                status.approved_by.as_deref().unwrap_or("?")
+            );
+            tracing::info!(promotion = %name, namespace = %namespace, dataset, job = %job_name, attempt, "{note}");
+            publish::<Promotion>(ctx, meta, EventType::Normal, "Promoting", "Launch", note).await;
+        }
+        Transition::Retrying { attempt, message, .. } => {
+            tracing::warn!(promotion = %name, namespace = %namespace, dataset, attempt, "{message}");
+            publish::<Promotion>(ctx, meta, EventType::Warning, "PromoteRetrying", "Retry", message.clone()).await;
+        }
+        Transition::Finished { phase, reason, message } => {
+            let now = Timestamp::now().as_millisecond() as f64 / 1000.0;
+            ctx.metrics.record_promotion(dataset, *phase, now);
+            let type_ = if *phase == PromotionPhase::Failed { EventType::Warning } else { EventType::Normal };
+            tracing::info!(promotion = %name, namespace = %namespace, dataset, phase = %phase, reason = %reason, "{message}");
+            publish::<Promotion>(ctx, meta, type_, reason, "Finish", format!("{phase}: {message}")).await;
+        }
+        Transition::RejectionNotRecorded { message } => {
+            tracing::warn!(promotion = %name, namespace = %namespace, dataset, "{message}");
+            publish::<Promotion>(ctx, meta, EventType::Warning, "RejectionNotRecorded", "Audit", message.clone()).await;
+        }
+    }
+}
+
+/// Creates the Promotion a succeeded EtlRun asks for when its Dataset says `spec.promotion.requestOnSuccess`:
+/// named `{etlrun}-promo`, awaiting approval, not owned by the EtlRun (deleting a run must not delete the
+/// review). One that exists already is left as it is.
+pub async fn request_for_run(
+    ctx: &Context,
+    namespace: &str,
+    etlrun: &str,
+    dataset: &Dataset,
+    run_id: &str,
+) -> Result<Option<String>> {
+    if !dataset.spec.promotion.request_on_success {
+        return Ok(None);
+    }
+    let dataset_name = dataset.metadata.name.clone().ok_or(Error::MissingField("Dataset metadata.name"))?;
+    let name = requested_name(etlrun);
+    let mut promotion = Promotion::new(
+        &name,
+        PromotionSpec {
+            dataset: dataset_name,
+            run_ids: Some(vec![run_id.to_owned()]),
+            restore_version: None,
+            mode: Some(dataset.spec.promotion.mode),
+            reason: format!("EtlRun {etlrun} succeeded (run {run_id})"),
+        },
+    );
+    promotion.metadata.namespace = Some(namespace.to_owned());
+    promotion.metadata.annotations =
+        Some(BTreeMap::from([(ANNOTATION_REQUESTED_BY.to_owned(), OPERATOR_REQUESTER.to_owned())]));
+    promotion.metadata.labels = Some(BTreeMap::from([(job::LABEL_ETLRUN.to_owned(), etlrun.to_owned())]));
+    let api: Api<Promotion> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    match api.create(&params, &promotion).await {
+        Ok(_) => Ok(Some(name)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        Err(e) => Err(Error::kube(format!("creating Promotion {name}"))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "0f3a9c12-aaaa-bbbb-cccc-000000000000";
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).expect("valid")
+    }
+
+    fn spec() -> PromotionSpec {
+        PromotionSpec {
+            dataset: "tx".into(),
+            run_ids: Some(vec!["20240101T000000Z-abc-a1".into()]),
+            restore_version: None,
+            mode: None,
+            reason: "January".into(),
+        }
+    }
+
+    fn settings() -> PromotionSettings {
+        PromotionSettings {
+            retry: RetryPolicy { jitter_ratio: 0.0, base: Duration::from_secs(1), ..RetryPolicy::default() },
+            max_attempts: 3,
+            ..PromotionSettings::default()
+        }
+    }
+
+    fn preview(failures: Vec<FailedCheck>) -> Option<Result<PreviewFacts, String>> {
+        Some(Ok(PreviewFacts {
+            version_before: Some(2),
+            runs: vec![PromotionRun {
+                run_id: "20240101T000000Z-abc-a1".into(),
+                state: "committed".into(),
+                valid_rows: Some(8),
+                ..PromotionRun::default()
+            }],
+            change: PromotionChange {
+                files_before: 1,
+                files_after: 2,
+                rows_before: 10,
+                rows_after: 18,
+                ..Default::default()
+            },
+            failures,
+        }))
+    }
+
+    fn approved() -> Decision {
+        Decision::Approved { by: "jane".into(), reason: Some("checked".into()) }
+    }
+
+    struct Case {
+        decision: Decision,
+        status: PromotionStatus,
+        dataset: Result<PromotionMode, (&'static str, String)>,
+        blocked_by: Option<&'static str>,
+        job: Option<JobState>,
+        recorded: Option<Recorded>,
+        now: i64,
+    }
+
+    impl Default for Case {
+        fn default() -> Self {
+            Case {
+                decision: Decision::Pending,
+                status: PromotionStatus::default(),
+                dataset: Ok(PromotionMode::ReplacePartitions),
+                blocked_by: None,
+                job: None,
+                recorded: None,
+                now: 0,
+            }
+        }
+    }
+
+    fn run(case: Case) -> Plan {
+        let spec = spec();
+        let observed = Observed {
+            now: at(case.now),
+            name: "tx-promo",
+            uid: UID,
+            generation: Some(1),
+            spec: &spec,
+            decision: case.decision,
+            requested_by: Some("alice"),
+            status: &case.status,
+            dataset: case.dataset,
+            preview: preview(vec![]),
+            blocked_by: case.blocked_by.map(str::to_owned),
+            job: case.job,
+            recorded: case.recorded,
+        };
+        plan(&observed, &settings())
+    }
+
+    fn condition<'a>(status: &'a PromotionStatus, type_: &str) -> (&'a str, &'a str) {
+        let c = status.conditions.iter().find(|c| c.type_ == type_).expect("condition");
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    fn promoting(attempt: u32) -> PromotionStatus {
+        let p = run(Case { decision: approved(), ..Case::default() });
+        assert_eq!(p.status.attempts, 1);
+        PromotionStatus { attempts: attempt, job_name: Some(job_name("tx-promo", attempt)), ..p.status }
+    }
+
+    #[test]
+    fn without_approval_it_waits_with_the_preview_and_launches_nothing() {
+        let p = run(Case::default());
+        assert_eq!(p.status.phase, Some(PromotionPhase::AwaitingApproval));
+        assert!(p.launch.is_none());
+        assert_eq!(p.status.runs[0].valid_rows, Some(8));
+        assert_eq!(p.status.change.as_ref().map(|c| (c.files_before, c.files_after)), Some((1, 2)));
+        assert_eq!(p.status.previous_version, Some(2));
+        assert_eq!(p.status.mode, Some(PromotionMode::ReplacePartitions), "the Dataset's mode");
+        assert_eq!(p.status.created_by.as_deref(), Some("alice"));
+        assert_eq!(condition(&p.status, CONDITION_APPROVED), ("False", "AwaitingApproval"));
+        assert_eq!(condition(&p.status, CONDITION_READY), ("True", "GatePreviewPassed"));
+        assert!(matches!(p.transitions.as_slice(), [Transition::AwaitingApproval { .. }]));
+        let again = run(Case { status: p.status.clone(), now: 30, ..Case::default() });
+        assert_eq!(again.status, p.status, "an unchanged observation writes nothing");
+        assert!(again.transitions.is_empty(), "the Event is published once");
+    }
+
+    #[test]
+    fn approval_starts_a_promote_job_named_in_status_first() {
+        let p = run(Case { decision: approved(), ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::Promoting));
+        assert_eq!(p.status.approved_by.as_deref(), Some("jane"));
+        assert_eq!(p.status.job_name.as_deref(), Some("tx-promo-p1"));
+        let launch = p.launch.expect("launch");
+        assert_eq!(launch.job_name, "tx-promo-p1");
+        assert_eq!(
+            launch.action,
+            JobAction::Promote { approved_by: "jane".into(), reason: "January (approved: checked)".into() }
+        );
+        assert_eq!(condition(&p.status, CONDITION_APPROVED), ("True", "Approved"));
+    }
+
+    #[test]
+    fn an_approved_promotion_waits_while_another_of_its_dataset_is_promoting() {
+        let p = run(Case { decision: approved(), blocked_by: Some("tx-other"), ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::AwaitingApproval));
+        assert!(p.launch.is_none());
+        let c = p.status.conditions.iter().find(|c| c.type_ == CONDITION_READY).expect("ready");
+        assert_eq!((c.reason.as_str(), c.message.contains("tx-other")), ("WaitingForPromotion", true));
+        assert_eq!(p.requeue_after, Some(settings().wait_poll));
+    }
+
+    #[test]
+    fn a_rejection_ends_it_and_records_the_rejection_by_a_job() {
+        let rejected = Decision::Rejected { by: "bob".into(), reason: Some("wrong month".into()) };
+        let p = run(Case { decision: rejected, ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::Rejected));
+        assert_eq!(p.status.rejected_by.as_deref(), Some("bob"));
+        let launch = p.launch.expect("a Job records the rejection");
+        assert_eq!(launch.job_name, "tx-promo-reject");
+        assert!(matches!(launch.action, JobAction::Reject { ref rejected_by, .. } if rejected_by == "bob"));
+        assert!(rejection_pending(&p.status));
+        let done = run(Case { status: p.status.clone(), job: Some(JobState::Complete), ..Case::default() });
+        assert!(!rejection_pending(&done.status));
+        assert!(done.launch.is_none());
+    }
+
+    #[test]
+    fn the_pointer_naming_this_promotion_makes_it_promoted() {
+        let p = run(Case {
+            status: promoting(1),
+            job: Some(JobState::Complete),
+            recorded: Some(Recorded::Promoted { version: 3, previous_version: Some(2) }),
+            ..Case::default()
+        });
+        assert_eq!(p.status.phase, Some(PromotionPhase::Promoted));
+        assert_eq!((p.status.version, p.status.previous_version), (Some(3), Some(2)));
+        assert_eq!(condition(&p.status, CONDITION_PROMOTED), ("True", "Promoted"));
+        assert!(matches!(p.transitions.as_slice(), [Transition::Finished { phase: PromotionPhase::Promoted, .. }]));
+    }
+
+    #[test]
+    fn the_job_follows_exit_codes_refused_fails_contended_retries_bounded() {
+        let refused = Recorded::Refused {
+            failed_checks: vec![FailedCheck { name: "run_committed".into(), message: "no _SUCCESS".into() }],
+        };
+        let failed = |code: i32| Some(JobState::Failed { exit_code: Some(code), message: "m".into() });
+        let p = run(Case { status: promoting(1), job: failed(6), recorded: Some(refused), ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::Failed));
+        assert_eq!(p.status.failed_checks[0].name, "run_committed");
+        assert_eq!(condition(&p.status, CONDITION_PROMOTED), ("False", "GateRefused"));
+
+        let from_message = run(Case {
+            status: promoting(1),
+            job: Some(JobState::Failed {
+                exit_code: Some(6),
+                message: "the gate refused: quarantine_rate: 0.3 > 0.1; schema_version: v2 is not v1".into(),
+            }),
+            ..Case::default()
+        });
+        let names: Vec<&str> = from_message.status.failed_checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["quarantine_rate", "schema_version"]);
+
+        for code in [7, 75, 1] {
+            let p = run(Case { status: promoting(1), job: failed(code), ..Case::default() });
+            assert_eq!(p.status.phase, Some(PromotionPhase::Promoting), "exit {code}");
+            assert!(p.status.next_attempt_at.is_some());
+            assert!(p.launch.is_none());
+            let next = run(Case { status: p.status.clone(), job: failed(code), now: 10, ..Case::default() });
+            assert_eq!(next.status.job_name.as_deref(), Some("tx-promo-p2"), "a new Job after the backoff");
+            assert!(next.launch.is_some());
+        }
+        let last = run(Case { status: promoting(3), job: failed(7), ..Case::default() });
+        assert_eq!(last.status.phase, Some(PromotionPhase::Failed));
+        assert_eq!(condition(&last.status, CONDITION_PROMOTED), ("False", "AttemptsExhausted"));
+
+        let usage = run(Case { status: promoting(1), job: failed(2), ..Case::default() });
+        assert_eq!(condition(&usage.status, CONDITION_PROMOTED), ("False", "ConfigurationError"));
+    }
+
+    #[test]
+    fn a_missing_job_is_created_again_and_an_active_one_is_awaited() {
+        let p = run(Case { status: promoting(1), job: Some(JobState::Missing), ..Case::default() });
+        assert_eq!(p.launch.map(|l| l.job_name), Some("tx-promo-p1".into()));
+        let active = run(Case { status: promoting(1), job: Some(JobState::Active), ..Case::default() });
+        assert!(active.launch.is_none());
+        assert_eq!(active.status, promoting(1));
+    }
+
+    #[test]
+    fn a_missing_dataset_holds_an_approved_promotion_and_says_so_once() {
+        let missing = || Err(("DatasetNotFound", "Dataset tx does not exist in this namespace".to_owned()));
+        let p = run(Case { decision: approved(), dataset: missing(), ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::AwaitingApproval));
+        assert!(p.launch.is_none());
+        assert_eq!(condition(&p.status, CONDITION_READY), ("False", "DatasetNotFound"));
+        assert!(matches!(p.transitions.as_slice(), [Transition::Waiting { .. }]));
+        let again = run(Case { decision: approved(), dataset: missing(), status: p.status.clone(), ..Case::default() });
+        assert!(again.transitions.is_empty());
+    }
+
+    #[test]
+    fn terminal_promotions_are_left_alone() {
+        for phase in [PromotionPhase::Promoted, PromotionPhase::Failed] {
+            let status = PromotionStatus { phase: Some(phase), ..PromotionStatus::default() };
+            let p = run(Case { decision: approved(), status: status.clone(), ..Case::default() });
+            assert_eq!((p.status.phase, p.launch, p.transitions.len()), (Some(phase), None, 0));
+        }
+    }
+
+    #[test]
+    fn the_promote_command_names_runs_mode_approver_and_the_promotion() {
+        let mut promotion = Promotion::new("tx-promo", spec());
+        promotion.metadata.namespace = Some("etl".into());
+        let launch = Launch {
+            job_name: "tx-promo-p1".into(),
+            action: JobAction::Promote { approved_by: "jane".into(), reason: "ok".into() },
+            mode: PromotionMode::ReplacePartitions,
+        };
+        assert_eq!(
+            promote_args(&promotion, UID, &launch).join(" "),
+            format!(
+                "promote --contract /etc/silverline/contract/dataset.yaml --run-id 20240101T000000Z-abc-a1 \
+                 --mode replace-partitions --approved-by jane --reason ok --promotion etl/tx-promo/{UID}"
+            )
+        );
+        promotion.spec.run_ids = None;
+        promotion.spec.restore_version = Some(2);
+        let reject = Launch { action: JobAction::Reject { rejected_by: "bob".into(), reason: "no".into() }, ..launch };
+        let args = promote_args(&promotion, UID, &reject).join(" ");
+        assert!(args.contains("--restore-version 2 --rejected-by bob --reason no"), "{args}");
+    }
+
+    #[test]
+    fn derived_names_stay_dns_labels_for_the_longest_names() {
+        let longest = "a".repeat(MAX_PROMOTION_NAME);
+        for name in [job_name(&longest, 99), reject_job_name(&longest)] {
+            assert!(name.len() <= 63, "{name}");
+        }
+        let run = "a".repeat(silverline_crds::etlrun::MAX_ETLRUN_NAME);
+        assert!(requested_name(&run).len() <= MAX_PROMOTION_NAME);
+    }
+}
