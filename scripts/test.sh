@@ -51,7 +51,8 @@ export SILVERLINE_WORKER_BIN="$target_dir/debug/silverline-worker"
 
 # ---- BEGIN worker: S3-compatible server (SeaweedFS, see tests/s3server/README.md) ----
 # Builds (cached) and starts SeaweedFS on loopback for the worker's S3 tests (worker/tests/s3.rs: conditional
-# writes, S3 runs, access denied, retry budget, SIGKILL and SIGTERM crash safety). They are #[ignore]d in a
+# writes, the promotion pointer's If-Match replace, a promotion end to end, S3 runs, access denied, retry budget,
+# SIGKILL and SIGTERM crash safety). They are #[ignore]d in a
 # plain `cargo test` and run below with --ignored; a server that cannot be built or started fails this script.
 step "S3 test server (build, cached, and start)"
 scripts/s3server.sh build >/dev/null
@@ -60,6 +61,8 @@ add_exit_trap 'scripts/s3server.sh stop "$SILVERLINE_S3_DIR" || true; rm -rf "$S
 scripts/s3server.sh start "$SILVERLINE_S3_DIR"
 # shellcheck disable=SC1091
 source "$SILVERLINE_S3_DIR/env" # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... and the read-only test identity
+# Never fall back to the EC2 instance metadata service for credentials in tests.
+export AWS_EC2_METADATA_DISABLED=true
 # ---- END worker ----
 
 step "cargo test (unit, property, end-to-end and integration tests)"

@@ -35,8 +35,11 @@ impl Change {
             ("replaced", &self.partitions_replaced),
             ("removed", &self.partitions_removed),
         ] {
-            if !list.is_empty() {
-                text.push_str(&format!("; {what} {}", list.join(", ")));
+            // Long lists (a first load touches every month) are cut after six, with the count of the rest.
+            match list.len() {
+                0 => {}
+                n if n <= 6 => text.push_str(&format!("; {what} {}", list.join(", "))),
+                n => text.push_str(&format!("; {what} {} … (+{} more)", list[..6].join(", "), n - 6)),
             }
         }
         text
@@ -205,5 +208,8 @@ mod tests {
         assert_eq!(back.partitions_removed, vec![FEB]);
         assert_eq!((back.before.rows, back.after.rows), (7, 10));
         assert!(back.summary().contains("files 2 → 1"), "{}", back.summary());
+        let months: Vec<ManifestFile> = (1..=12).map(|m| file("c", &format!("year=2024/month={m:02}"), 0, 1)).collect();
+        let first = change(&[], &months).summary();
+        assert!(first.ends_with("year=2024/month=06 … (+6 more)"), "{first}");
     }
 }

@@ -125,6 +125,10 @@ fn number(value: Option<u64>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
+fn version(value: Option<u64>) -> String {
+    value.map_or_else(|| "none".to_owned(), |v| v.to_string())
+}
+
 /// The history as text tables, newest first.
 pub fn history_table(history: &History) -> String {
     use std::fmt::Write;
@@ -186,6 +190,9 @@ pub fn history_table(history: &History) -> String {
         );
     }
     let _ = writeln!(out, "\nAUDIT (newest first)");
+    if history.audit.is_empty() {
+        let _ = writeln!(out, "(no promotion, rollback, rejection or refusal yet)");
+    }
     for a in &history.audit {
         let who = a.approved_by.as_deref().or(a.rejected_by.as_deref()).unwrap_or("-");
         let checks: Vec<&str> = a.failed_checks.iter().map(|c| c.check.as_str()).collect();
@@ -195,13 +202,13 @@ pub fn history_table(history: &History) -> String {
         };
         let _ = writeln!(
             out,
-            "{}  {:<11}  by {:<20}  {:<24}  v{} → v{}  {}{}",
+            "{}  {:<11}  by {:<20}  {:<24}  version {} → {}  {}{}",
             a.time,
             a.result.as_str(),
             who,
             what,
-            number(a.version_before),
-            number(a.version_after),
+            version(a.version_before),
+            version(a.version_after),
             a.reason,
             if checks.is_empty() { String::new() } else { format!("  [failed: {}]", checks.join(", ")) }
         );
