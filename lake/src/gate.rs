@@ -22,7 +22,7 @@ use crate::{Error, Result};
 use arrow::array::{Array, ArrayRef};
 use arrow::datatypes::DataType;
 use arrow::row::{RowConverter, SortField};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
@@ -244,11 +244,15 @@ pub async fn verify_file(lake: &Lake, file: &ManifestFile) -> Result<Option<Gate
     Ok(None)
 }
 
-/// Verifies files four at a time; returns the failures.
+/// Verifies files four at a time; returns the failures. (Chunks joined rather than a buffered stream: a
+/// stream of closures over borrowed files makes the caller's future not provably `Send`.)
 pub async fn verify_files(lake: &Lake, files: &[ManifestFile]) -> Result<Vec<GateFailure>> {
-    let found: Vec<Option<GateFailure>> =
-        futures::stream::iter(files.iter().map(|f| verify_file(lake, f))).buffered(4).try_collect().await?;
-    Ok(found.into_iter().flatten().collect())
+    let mut failures = Vec::new();
+    for chunk in files.chunks(4) {
+        let found = futures::future::try_join_all(chunk.iter().map(|f| verify_file(lake, f))).await?;
+        failures.extend(found.into_iter().flatten());
+    }
+    Ok(failures)
 }
 
 /// How many keys collide, with up to five examples.
@@ -330,7 +334,6 @@ pub async fn key_collisions(
     // The incoming runs' keys go first so that the converter takes their types.
     let mut seen_incoming: HashSet<Vec<u8>> = HashSet::new();
     let mut collisions = Collisions::default();
-    let mut incoming_keys: Vec<(Vec<u8>, String)> = Vec::new();
     for_each_key_batch(lake, incoming, primary_key, |columns| {
         let rows = encode(columns)?;
         for i in 0..rows.num_rows() {
@@ -340,8 +343,6 @@ pub async fn key_collisions(
                 if collisions.examples.len() < 5 {
                     collisions.examples.push(render_key(columns, i, primary_key));
                 }
-            } else {
-                incoming_keys.push((key, String::new()));
             }
         }
         Ok(())
@@ -363,7 +364,6 @@ pub async fn key_collisions(
         Ok(())
     })
     .await?;
-    drop(incoming_keys);
     Ok(collisions)
 }
 

@@ -26,7 +26,6 @@ use crate::pointer::{LatestPointer, PromotionRef, read_latest};
 use crate::store::{Lake, ObjectVersion};
 use crate::{Error, Result, StorageErrorKind};
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use silverline_crds::{Dataset, PromotionMode};
 use std::collections::BTreeSet;
@@ -233,16 +232,10 @@ pub async fn sync_current(
             targets.insert(target.clone());
             copies.push((file, target));
         }
-        futures::stream::iter(copies.iter().map(|(file, target)| async move {
-            let (from, to) = (lake.path(&file.key), lake.path(target));
-            match lake.head(&to).await? {
-                Some(meta) if meta.size == file.bytes => Ok::<(), Error>(()),
-                _ => Ok(lake.copy(&from, &to).await?),
-            }
-        }))
-        .buffer_unordered(4)
-        .try_collect::<Vec<()>>()
-        .await?;
+        for chunk in copies.chunks(4) {
+            futures::future::try_join_all(chunk.iter().map(|(file, target)| copy_into_current(lake, file, target)))
+                .await?;
+        }
         hooks.step(Step::Copies);
         let written = match &existing {
             Some((bytes, _)) if bytes == manifest_bytes => Ok(()),
@@ -275,6 +268,16 @@ pub async fn sync_current(
         uri: lake.uri_of(&manifest_key),
         message: "current/_MANIFEST.json kept changing while current/ was being updated".into(),
     })
+}
+
+/// Copies one file into `current/` unless a copy of the same size is there (files never change once committed:
+/// the gate verified their SHA-256).
+async fn copy_into_current(lake: &Lake, file: &ManifestFile, target: &str) -> Result<()> {
+    let (from, to) = (lake.path(&file.key), lake.path(target));
+    match lake.head(&to).await? {
+        Some(meta) if meta.size == file.bytes => Ok(()),
+        _ => Ok(lake.copy(&from, &to).await?),
+    }
 }
 
 /// Whether `current/` already shows the pointer's version.
@@ -732,4 +735,33 @@ pub async fn preview_target(lake: &Lake, dataset: &Dataset, target: &Target) -> 
         change: plan::change(current_files, &files),
         failures: review.failures,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The operator awaits these inside its controllers, whose futures must be `Send`.
+    #[test]
+    fn the_promotion_futures_are_send() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(
+            dir.path().to_str().expect("utf-8"),
+            &crate::StoreOptions::default(),
+            crate::OpenOptions::WRITER,
+        )
+        .expect("open");
+        let dataset =
+            Dataset::from_manifest(include_str!("../../examples/datasets/transactions.yaml")).expect("parses");
+        let target = Target::Restore { version: 1 };
+        assert_send(&preview_target(&lake, &dataset, &target));
+        assert_send(&preview(&lake, &dataset, &[], PromotionMode::Append));
+        let request = PromoteRequest { target, approved_by: "a".into(), reason: "r".into(), promotion: None };
+        let hooks = Hooks::default();
+        assert_send(&promote(&lake, &dataset, &request, &hooks));
+        assert_send(&crate::history::history(&lake, "transactions"));
+        assert_send(&crate::audit::list(&lake, "transactions"));
+    }
 }
