@@ -293,29 +293,26 @@ fn termination_log(line: &serde_json::Value) {
 
 /// Test-only hooks, from the environment (documented in docs/lake.md): `SILVERLINE_PROMOTE_CRASH_AFTER=
 /// manifest|pointer|copies` aborts the process right after that step, as a kill would;
-/// `SILVERLINE_PROMOTE_PAUSE_BEFORE_POINTER=FILE` creates `FILE.paused` once, just before the conditional
-/// write of `_LATEST.json`, and waits (up to 60 s) for `FILE.go`, so a test can move the pointer meanwhile.
+/// `SILVERLINE_PROMOTE_PAUSE_BEFORE_POINTER=FILE`, before each attempt's conditional write of `_LATEST.json`,
+/// creates `FILE.paused.N` (N = 1, 2, …) and waits (up to 60 s) for `FILE.go.N`, so a test can move the pointer
+/// meanwhile.
 fn hooks() -> Hooks {
     let crash_after = std::env::var("SILVERLINE_PROMOTE_CRASH_AFTER").ok();
     let pause = std::env::var_os("SILVERLINE_PROMOTE_PAUSE_BEFORE_POINTER").map(PathBuf::from);
-    let paused_once = AtomicBool::new(false);
+    let attempts = std::sync::atomic::AtomicU32::new(0);
     Hooks {
         after_step: Some(Arc::new(move |step: Step| {
             if crash_after.as_deref() == Some(step.name()) {
                 eprintln!("silverline-worker: SILVERLINE_PROMOTE_CRASH_AFTER={}: aborting", step.name());
                 std::process::abort();
             }
-            if let (Step::BeforePointer, Some(file)) = (step, &pause)
-                && !paused_once.swap(true, Ordering::SeqCst)
-            {
-                let mut paused = file.clone().into_os_string();
-                paused.push(".paused");
-                let mut go = file.clone().into_os_string();
-                go.push(".go");
-                let _ = std::fs::write(&paused, b"");
+            if let (Step::BeforePointer, Some(file)) = (step, &pause) {
+                let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+                let with = |suffix: &str| PathBuf::from(format!("{}.{suffix}.{attempt}", file.display()));
+                let _ = std::fs::write(with("paused"), b"");
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-                while !PathBuf::from(&go).exists() && std::time::Instant::now() < deadline {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
+                while !with("go").exists() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
             }
         })),

@@ -382,19 +382,15 @@ fn a_pointer_moved_between_read_and_write_is_detected_and_nothing_is_lost() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let paused = PathBuf::from(format!("{}.paused", hook.display()));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !paused.exists() {
-        assert!(std::time::Instant::now() < deadline, "the slow promoter never reached the pointer");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_pause(&hook, 1);
     // Meanwhile someone else promotes r2.
     let fast = lake.promote(&["--run-id", "r2", "--approved-by", "joe", "--reason", "fast"]);
     assert_eq!(fast.code, 0, "{}", fast.stderr);
     // The slow promoter had already written manifest 1 (an orphan until it moves the pointer), so the fast one
     // took the next free number.
     assert_eq!(lake.latest()["version"], 2);
-    std::fs::write(format!("{}.go", hook.display()), "").unwrap();
+    std::fs::write(format!("{}.go.1", hook.display()), "").unwrap();
+    std::fs::write(format!("{}.go.2", hook.display()), "").unwrap();
     let slow = ran(slow.wait_with_output().unwrap());
     assert_eq!(slow.code, 0, "{}", slow.stderr);
     assert!(slow.stderr.contains("moved since it was read"), "the retry is logged: {}", slow.stderr);
@@ -404,6 +400,47 @@ fn a_pointer_moved_between_read_and_write_is_detected_and_nothing_is_lost() {
     assert_eq!(manifest_files(&lake.manifest(3)), vec![("r1".into(), JAN.into()), ("r2".into(), FEB.into())]);
     assert_current_matches_pointer(&lake);
     assert_eq!(lake.audit_results(), ["promoted", "promoted"]);
+}
+
+fn wait_for_pause(hook: &std::path::Path, attempt: u32) {
+    let paused = PathBuf::from(format!("{}.paused.{attempt}", hook.display()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !paused.exists() {
+        assert!(std::time::Instant::now() < deadline, "the slow promoter never reached the pointer ({attempt})");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_pointer_that_keeps_moving_gives_up_with_exit_7_after_five_attempts_and_loses_nothing() {
+    let lake = Lake::new();
+    lake.ok_run("slow", &csv(0..3, 1, 0));
+    for i in 1..=5 {
+        lake.ok_run(&format!("r{i}"), &csv(100 * i..100 * i + 2, 2, 0));
+    }
+    let hook = lake.dir.join("pause");
+    let slow = lake
+        .command("promote", &["--run-id", "slow", "--approved-by", "jane", "--reason", "slow"])
+        .env("SILVERLINE_PROMOTE_PAUSE_BEFORE_POINTER", &hook)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for attempt in 1..=5u32 {
+        wait_for_pause(&hook, attempt);
+        let other = lake.approve(&[&format!("r{attempt}")], "append");
+        assert_eq!(other.code, 0, "{}", other.stderr);
+        std::fs::write(format!("{}.go.{attempt}", hook.display()), "").unwrap();
+    }
+    let slow = ran(slow.wait_with_output().unwrap());
+    assert_eq!(slow.code, 7, "{}", slow.stderr);
+    assert!(slow.stderr.contains("kept changing"), "{}", slow.stderr);
+    assert_eq!(slow.stderr.matches("moved since it was read").count(), 5, "each retry is logged: {}", slow.stderr);
+    // Every other promotion stands; the slow one moved nothing.
+    assert_eq!(lake.latest()["runs"], serde_json::json!(["r5"]));
+    assert_eq!(lake.audit_results(), ["promoted"; 5]);
+    assert_current_matches_pointer(&lake);
+    assert_eq!(current_rows(&lake), 10);
 }
 
 fn killed_then_repeated(step: &str, identity: Option<&str>) {
