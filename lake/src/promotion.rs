@@ -345,17 +345,16 @@ fn runs_of(files: &[ManifestFile]) -> Vec<String> {
     files.iter().map(|f| f.run_id.clone()).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
-/// Finishes a promotion this request already committed: `current/` and the audit record catch up.
-async fn finish_committed(
+/// Makes sure a committed version has its audit record (a promoter killed after moving the pointer did not
+/// write it): returns the record's key, the version's change and the runs' metrics.
+async fn ensure_audited(
     lake: &Lake,
     rules: &GateRules,
-    layout: &DatasetLayout,
     pointer: &LatestPointer,
-    request: &PromoteRequest,
+    manifest: &Manifest,
+    promotion: Option<PromotionRef>,
     hooks: &Hooks,
-) -> Result<PromoteOutcome> {
-    let (manifest, bytes) = load_manifest(lake, layout, pointer).await?;
-    sync_current(lake, layout, &manifest, &bytes, hooks).await?;
+) -> Result<(String, Change, Vec<RunMetrics>)> {
     let before = match pointer.previous_version {
         Some(v) => read_manifest(lake, &rules.dataset, v).await?.map(|m| m.files).unwrap_or_default(),
         None => Vec::new(),
@@ -368,33 +367,49 @@ async fn finish_committed(
         .find(|r| r.result == result && r.version_after == Some(pointer.version));
     let metric_runs = if pointer.runs.is_empty() { runs_of(&manifest.files) } else { pointer.runs.clone() };
     let metrics = metrics_of(lake, rules, &metric_runs).await?;
-    let audit_key = match audited {
-        Some(record) => Some(record.key),
+    let key = match audited {
+        Some(record) => record.key,
         None => {
             hooks.log(
                 "writing the audit record of a committed promotion",
-                serde_json::json!({"version": pointer.version}),
+                serde_json::json!({"dataset": rules.dataset, "version": pointer.version}),
             );
-            let record = committed_record(rules, pointer, request, &metrics, &change);
-            Some(audit::write(lake, &record).await?)
+            let record = committed_record(rules, pointer, promotion, &metrics, &change);
+            audit::write(lake, &record).await?
         }
     };
+    Ok((key, change, metrics))
+}
+
+/// Finishes a promotion this request already committed: `current/` and the audit record catch up.
+async fn finish_committed(
+    lake: &Lake,
+    rules: &GateRules,
+    layout: &DatasetLayout,
+    pointer: &LatestPointer,
+    request: &PromoteRequest,
+    hooks: &Hooks,
+) -> Result<PromoteOutcome> {
+    let (manifest, bytes) = load_manifest(lake, layout, pointer).await?;
+    sync_current(lake, layout, &manifest, &bytes, hooks).await?;
+    let promotion = request.promotion.clone().or_else(|| pointer.promotion.clone());
+    let (audit_key, change, metrics) = ensure_audited(lake, rules, pointer, &manifest, promotion, hooks).await?;
     Ok(PromoteOutcome {
         already_promoted: true,
-        result,
+        result: if pointer.restored_version.is_some() { AuditResult::RolledBack } else { AuditResult::Promoted },
         version_before: pointer.previous_version,
         version_after: pointer.version,
         change,
         metrics,
         retries: 0,
-        audit_key,
+        audit_key: Some(audit_key),
     })
 }
 
 fn committed_record(
     rules: &GateRules,
     pointer: &LatestPointer,
-    request: &PromoteRequest,
+    promotion: Option<PromotionRef>,
     metrics: &[RunMetrics],
     change: &Change,
 ) -> AuditRecord {
@@ -412,7 +427,7 @@ fn committed_record(
     record.version_after = Some(pointer.version);
     record.metrics = metrics.to_vec();
     record.change = Some(change.clone());
-    record.promotion = request.promotion.clone().or_else(|| pointer.promotion.clone());
+    record.promotion = promotion;
     record
 }
 
@@ -559,6 +574,7 @@ pub async fn promote(
                         serde_json::json!({"dataset": rules.dataset, "version": pointer.version}),
                     );
                     sync_current(lake, &layout, &manifest, &bytes, hooks).await?;
+                    ensure_audited(lake, &rules, pointer, &manifest, pointer.promotion.clone(), hooks).await?;
                 }
                 Some(manifest)
             }
@@ -639,7 +655,7 @@ pub async fn promote(
         sync_current(lake, &layout, &manifest, &manifest_bytes, hooks).await?;
         // 6. audit
         let metrics = review.metrics.clone();
-        let record = committed_record(&rules, &next, request, &metrics, &change);
+        let record = committed_record(&rules, &next, request.promotion.clone(), &metrics, &change);
         let audit_key = audit::write(lake, &record).await?;
         return Ok(PromoteOutcome {
             already_promoted: false,

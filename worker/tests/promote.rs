@@ -526,3 +526,28 @@ fn promote_usage_errors_exit_2() {
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
     }
 }
+
+#[test]
+fn the_next_promotion_repairs_current_and_audits_a_version_whose_promoter_was_killed() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(20..25, 2, 0));
+    let a = ["--run-id", "r1", "--approved-by", "jane", "--reason", "a", "--promotion", "ns/a/1"];
+    let killed = ran(lake.command("promote", &a).env("SILVERLINE_PROMOTE_CRASH_AFTER", "pointer").output().unwrap());
+    assert_ne!(killed.code, 0);
+    assert_eq!(lake.latest()["version"], 1);
+    assert!(!lake.path("silver/transactions/current/_MANIFEST.json").exists(), "current/ lags the pointer");
+    let b = lake.promote(&["--run-id", "r2", "--approved-by", "joe", "--reason", "b", "--promotion", "ns/b/2"]);
+    assert_eq!(b.code, 0, "{}", b.stderr);
+    assert!(b.stderr.contains("current/ lags _LATEST.json; repairing"), "{}", b.stderr);
+    assert_eq!(lake.latest()["version"], 2);
+    assert_current_matches_pointer(&lake);
+    let audit = lake.audit();
+    let promoted_by = |id: &str| audit.iter().filter(|r| r["promotion"]["name"] == id).count();
+    assert_eq!((promoted_by("a"), promoted_by("b")), (1, 1), "both pointer moves are audited: {audit:?}");
+    let again = lake.promote(&a);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.contains("already promoted as version 1"), "{}", again.stdout);
+    assert_eq!(lake.latest()["version"], 2, "nothing moved");
+    assert_eq!(lake.audit().len(), 2);
+}
