@@ -400,6 +400,16 @@ fn a_pointer_moved_between_read_and_write_is_detected_and_nothing_is_lost() {
     assert_eq!(manifest_files(&lake.manifest(3)), vec![("r1".into(), JAN.into()), ("r2".into(), FEB.into())]);
     assert_current_matches_pointer(&lake);
     assert_eq!(lake.audit_results(), ["promoted", "promoted"]);
+    // The slow promoter's first manifest never became current: history shows it as an orphan.
+    let out = ran(lake.command("history", &["--format", "json"]).output().unwrap());
+    let history: Value = serde_json::from_str(&out.stdout).unwrap();
+    let committed: Vec<(u64, bool)> = history["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["version"].as_u64().unwrap(), v["committed"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(committed, [(3, true), (2, true), (1, false)]);
 }
 
 fn wait_for_pause(hook: &std::path::Path, attempt: u32) {
