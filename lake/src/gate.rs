@@ -322,7 +322,9 @@ pub async fn key_collisions(
             let fields = types.iter().cloned().map(SortField::new).collect();
             converter = Some((RowConverter::new(fields).map_err(broken)?, types));
         }
-        let Some((converter, types)) = &converter else { unreachable!("set above") };
+        let Some((converter, types)) = &converter else {
+            return Err(Error::Inconsistent { uri: "key columns".into(), message: "no row converter".into() });
+        };
         let cast = columns
             .iter()
             .zip(types)
