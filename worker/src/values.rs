@@ -273,8 +273,23 @@ pub fn parse_timestamp_micros(s: &[u8]) -> Result<i64, ValueError> {
     };
     let days = days_from_civil(year, month, day);
     let seconds = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset_seconds;
-    Ok(seconds * 1_000_000 + micros_frac)
+    let micros = seconds * 1_000_000 + micros_frac;
+    // An offset can carry a valid local time across year 1 or 9999, where readers cannot follow.
+    if !(MIN_TIMESTAMP_MICROS..=MAX_TIMESTAMP_MICROS).contains(&micros) {
+        return Err(timestamp_error(format!(
+            "{:?} is outside the supported range {TIMESTAMP_RANGE} once converted to UTC",
+            lossy(s)
+        )));
+    }
+    Ok(micros)
 }
+
+/// The instants a timestamp may take, in UTC: years 1 to 9999, as every reader of Parquet supports.
+pub const TIMESTAMP_RANGE: &str = "0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999Z";
+/// 0001-01-01T00:00:00Z in microseconds since the epoch.
+pub const MIN_TIMESTAMP_MICROS: i64 = -62_135_596_800_000_000;
+/// 9999-12-31T23:59:59.999999Z in microseconds since the epoch.
+pub const MAX_TIMESTAMP_MICROS: i64 = 253_402_300_799_999_999;
 
 /// Text of a value for an error message, with undecodable bytes replaced.
 pub fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
@@ -348,6 +363,19 @@ mod tests {
             "",
         ] {
             assert_eq!(ts(bad).map(|_| ()), Err(ErrorType::Timestamp), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_stay_within_years_1_to_9999_utc() {
+        assert_eq!(ts("0001-01-01T00:00:00Z"), Ok(MIN_TIMESTAMP_MICROS));
+        assert_eq!(ts("9999-12-31T23:59:59.999999Z"), Ok(MAX_TIMESTAMP_MICROS));
+        assert_eq!(MIN_TIMESTAMP_MICROS, days_from_civil(1, 1, 1) * 86_400_000_000);
+        assert_eq!(MAX_TIMESTAMP_MICROS, days_from_civil(10_000, 1, 1) * 86_400_000_000 - 1);
+        for outside in ["0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00", "0001-01-01T00:00:00.5+00:01"] {
+            let err = parse_timestamp_micros(outside.as_bytes()).expect_err(outside);
+            assert_eq!(err.error_type, ErrorType::Timestamp);
+            assert!(err.reason.contains(TIMESTAMP_RANGE), "{}", err.reason);
         }
     }
 

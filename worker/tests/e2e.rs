@@ -502,3 +502,29 @@ fn the_same_input_and_run_id_give_byte_identical_files() {
     assert!(!pa.is_empty());
     assert_eq!(pa, pb);
 }
+
+#[test]
+fn instants_outside_years_1_to_9999_utc_are_timestamp_errors_naming_the_range() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let mut text = format!("{HEADER}\n");
+    text += &row("Y1", "C1", "1.00", "EUR", "0001-01-01T00:30:00+01:00"); // 0000-12-31T23:30Z
+    text += &row("Y2", "C1", "1.00", "EUR", "0001-01-01T00:00:00Z"); // the first instant: valid
+    text += &row("Y3", "C1", "1.00", "EUR", "9999-12-31T23:30:00-01:00"); // 10000-01-01T00:30Z
+    text += &row("Y4", "C1", "1.00", "EUR", "9999-12-31T23:59:59.999999Z"); // the last instant: valid
+    let input = write(tmp.path(), "edges.csv", text);
+    let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let parts: Vec<String> =
+        files_under(&run_dir(&lake, "silver", "r1")).into_iter().filter(|f| f.ends_with(".parquet")).collect();
+    assert_eq!(parts, ["year=0001/month=01/part-00000.parquet", "year=9999/month=12/part-00000.parquet"]);
+    let q = read_area(&lake, "quarantine", "r1");
+    assert_eq!(strings(&q, "TransactionID"), [Some("Y1".into()), Some("Y3".into())]);
+    assert_eq!(strings(&q, "error_type"), [Some("TIMESTAMP_ERROR".into()), Some("TIMESTAMP_ERROR".into())]);
+    for message in strings(&q, "error_message").into_iter().flatten() {
+        assert!(
+            message.contains("0001-01-01T00:00:00Z") && message.contains("9999-12-31T23:59:59.999999Z"),
+            "{message}"
+        );
+    }
+}
