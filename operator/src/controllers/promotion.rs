@@ -286,7 +286,14 @@ impl Builder<'_> {
                     self.condition(CONDITION_READY, ConditionStatus::True, "GatePreviewPassed", message);
                 } else {
                     let message = format!("the gate would refuse: {}", describe(&preview.failures));
+                    let changed =
+                        !self.status.conditions.iter().any(|c| {
+                            c.type_ == CONDITION_READY && c.reason == "GateWouldRefuse" && c.message == message
+                        });
                     self.condition(CONDITION_READY, ConditionStatus::False, "GateWouldRefuse", &message);
+                    if changed {
+                        self.transitions.push(Transition::Waiting { reason: "GateWouldRefuse".into(), message });
+                    }
                 }
             }
             Some(Err(message)) => {
@@ -572,13 +579,30 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
     let promotions: Api<DeserializeGuard<Promotion>> = scoped(ctx.client.clone(), ns);
     let jobs: Api<Job> = scoped(ctx.client.clone(), ns);
     let selector = format!("{}={}", job::LABEL_MANAGED_BY, job::MANAGED_BY);
+    let datasets: Api<DeserializeGuard<Dataset>> = scoped(ctx.client.clone(), ns);
     let controller = Controller::new(promotions, watcher::Config::default());
     let store = controller.store();
-    let stream = controller.owns(jobs, watcher::Config::default().labels(&selector)).shutdown_on_signal().run(
-        reconcile,
-        error_policy,
-        ctx.clone(),
-    );
+    let open = store.clone();
+    let stream = controller
+        .owns(jobs, watcher::Config::default().labels(&selector))
+        .watches(datasets, watcher::Config::default(), move |dataset| {
+            // A Dataset that appears or changes may unblock (or change the preview of) its open Promotions.
+            let (name, namespace) = (dataset.name_any(), dataset.namespace());
+            open.state()
+                .into_iter()
+                .filter(|p| match &p.0 {
+                    Ok(p) => {
+                        p.spec.dataset == name
+                            && p.namespace() == namespace
+                            && !p.phase().is_some_and(PromotionPhase::is_terminal)
+                    }
+                    Err(_) => false,
+                })
+                .map(|p| kube::runtime::reflector::ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx.clone());
     tokio::select! {
         () = drain(stream, ControllerName::Promotion) => {}
         () = export_awaiting(ctx.clone(), store) => {}
@@ -1216,6 +1240,40 @@ mod tests {
         let again = run(Case { status: p.status.clone(), now: 30, ..Case::default() });
         assert_eq!(again.status, p.status, "an unchanged observation writes nothing");
         assert!(again.transitions.is_empty(), "the Event is published once");
+    }
+
+    #[test]
+    fn a_preview_the_gate_would_refuse_is_a_condition_and_one_warning() {
+        let spec = spec();
+        let failures = vec![FailedCheck { name: "success_marker".into(), message: "no _SUCCESS".into() }];
+        let observe = |status: &PromotionStatus| {
+            let observed = Observed {
+                now: at(0),
+                name: "tx-promo",
+                uid: UID,
+                generation: Some(1),
+                spec: &spec,
+                decision: Decision::Pending,
+                requested_by: None,
+                status,
+                dataset: Ok(PromotionMode::Append),
+                preview: preview(failures.clone()),
+                blocked_by: None,
+                job: None,
+                recorded: None,
+            };
+            plan(&observed, &settings())
+        };
+        let p = observe(&PromotionStatus::default());
+        assert_eq!(condition(&p.status, CONDITION_READY), ("False", "GateWouldRefuse"));
+        assert_eq!(p.status.failed_checks[0].name, "success_marker");
+        let warned = |plan: &Plan| {
+            plan.transitions
+                .iter()
+                .any(|t| matches!(t, Transition::Waiting { reason, .. } if reason == "GateWouldRefuse"))
+        };
+        assert!(warned(&p));
+        assert!(!warned(&observe(&p.status)), "warned once");
     }
 
     #[test]
