@@ -149,13 +149,26 @@ pub struct MeteredReader<R> {
 impl<R: Read> Read for MeteredReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use sha2::Digest;
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).map_err(StoreRead::wrap)?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
         if let Some(p) = &self.progress {
             p.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(n)
+    }
+}
+
+/// An I/O error of the object's own bytes (file or store), marked as such on its way through a decompressor, so
+/// that it is told apart from the decompressor's errors: those mean undecodable input, whatever their kind.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StoreRead(#[source] io::Error);
+
+impl StoreRead {
+    /// Keeps the kind, which readers above act on (`Interrupted` is retried).
+    fn wrap(err: io::Error) -> io::Error {
+        io::Error::new(err.kind(), StoreRead(err))
     }
 }
 
@@ -240,21 +253,29 @@ pub fn storage_error(err: object_store::Error, key: &str) -> Error {
     Error::Storage(StorageError::from_store(err, key))
 }
 
-/// Classifies a read error in the middle of an input stream.
+/// Classifies a read error in the middle of an input stream: an error of the stored bytes by its kind (the
+/// store's own classification when it has one), any other — the decompressor's — as unreadable input.
 pub fn read_error(err: io::Error, uri: &str) -> Error {
+    let unreadable = |message: String| Error::UnreadableInput { source_uri: uri.to_owned(), message };
+    if !err.get_ref().is_some_and(|e| e.is::<StoreRead>()) {
+        return unreadable(err.to_string());
+    }
+    let Some(StoreRead(err)) = err.into_inner().and_then(|e| e.downcast::<StoreRead>().ok()).map(|e| *e) else {
+        return Error::internal(uri, "an input error vanished");
+    };
     if err.get_ref().is_some_and(|e| e.is::<Error>()) {
         let inner = err.into_inner().and_then(|e| e.downcast::<Error>().ok());
         return match inner.map(|e| *e) {
             Some(transient @ (Error::Transient { .. } | Error::Storage(StorageError { kind: Transient, .. }))) => {
                 transient
             }
-            Some(other) => Error::UnreadableInput { source_uri: uri.to_owned(), message: other.to_string() },
+            Some(other) => unreadable(other.to_string()),
             None => Error::internal(uri, "an input error vanished"),
         };
     }
     match err.kind() {
         io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof => {
-            Error::UnreadableInput { source_uri: uri.to_owned(), message: err.to_string() }
+            unreadable(err.to_string())
         }
         _ => Error::Transient { key: uri.to_owned(), message: err.to_string() },
     }
@@ -271,6 +292,19 @@ mod tests {
         assert_eq!(InputFormat::of("b.csv.zst"), Some(InputFormat::CsvZstd));
         assert_eq!(InputFormat::of("part-00000.parquet"), Some(InputFormat::Quarantine));
         assert_eq!(InputFormat::of("notes.txt"), None);
+    }
+
+    #[test]
+    fn read_errors_are_transient_only_when_the_stored_bytes_failed() {
+        let uri = "file:///in.csv.zst";
+        let decoder = io::Error::other("Destination buffer is too small");
+        assert_eq!(read_error(decoder, uri).exit_code(), crate::ExitCode::SchemaDrift);
+        let corrupt = io::Error::new(io::ErrorKind::InvalidData, "Data corruption detected");
+        assert_eq!(read_error(corrupt, uri).exit_code(), crate::ExitCode::SchemaDrift);
+        let store = StoreRead::wrap(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
+        assert_eq!(read_error(store, uri).exit_code(), crate::ExitCode::Transient);
+        let truncated = StoreRead::wrap(io::Error::new(io::ErrorKind::UnexpectedEof, "short"));
+        assert_eq!(read_error(truncated, uri).exit_code(), crate::ExitCode::SchemaDrift);
     }
 
     #[test]

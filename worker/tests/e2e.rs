@@ -528,3 +528,41 @@ fn instants_outside_years_1_to_9999_utc_are_timestamp_errors_naming_the_range() 
         );
     }
 }
+
+#[test]
+fn any_decoder_error_of_compressed_input_is_unreadable_input_exit_3() {
+    let tmp = TempDir::new().unwrap();
+    let c = lenient(tmp.path());
+    let text: String = format!("{HEADER}\n") + &(0..2000).map(good).collect::<String>();
+    let mut zst = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    zst.include_checksum(true).unwrap();
+    zst.write_all(text.as_bytes()).unwrap();
+    let zst = zst.finish().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let flip = |bytes: &[u8], at: usize| {
+        let mut b = bytes.to_vec();
+        b[at] ^= 0x55;
+        b
+    };
+    let mut garbage_frame = b"\x28\xb5\x2f\xfd".to_vec();
+    garbage_frame.extend(0..=199u8);
+    let mut bad_checksum = zst.clone();
+    let end = bad_checksum.len() - 1;
+    bad_checksum[end] ^= 0xff;
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("garbage-frame.csv.zst", garbage_frame),
+        ("unknown-frame.csv.zst", b"\x29\xb5\x2f\xfdnot a frame at all".to_vec()),
+        ("flipped-block.csv.zst", flip(&zst, zst.len() / 2)),
+        ("bad-checksum.csv.zst", bad_checksum),
+        ("flipped-deflate.csv.gz", flip(&gz, gz.len() / 2)),
+        ("bad-crc.csv.gz", flip(&gz, gz.len() - 6)),
+    ];
+    for (i, (name, bytes)) in cases.into_iter().enumerate() {
+        let input = write(tmp.path(), name, bytes);
+        let out = run_worker(&c, &input, &tmp.path().join(format!("lake{i}")), "r1");
+        assert_eq!(out.code, 3, "{name}: {}", out.stderr);
+        assert!(out.stderr.contains(name), "{name}: {}", out.stderr);
+    }
+}
