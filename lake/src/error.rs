@@ -98,6 +98,9 @@ impl StorageError {
             | E::NotImplemented { .. }
             | E::InvalidPath { .. }
             | E::UnknownConfigurationKey { .. } => (StorageErrorKind::Usage, err.to_string()),
+            other if permission_denied_in_chain(other) => {
+                (StorageErrorKind::AccessDenied, format!("permission denied: {other}"))
+            }
             other => {
                 let text = other.to_string();
                 if text.contains("NoSuchBucket") {
@@ -129,9 +132,53 @@ impl StorageError {
     }
 }
 
+/// Whether an I/O error refusing permission lies anywhere in the error's source chain: the local store reports
+/// it inside its `Generic` variant (e.g. "Unable to create dir"), and a permission problem is permanent on every store.
+fn permission_denied_in_chain(err: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    let mut at = Some(err);
+    while let Some(e) = at {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), K::PermissionDenied | K::ReadOnlyFilesystem)
+        {
+            return true;
+        }
+        at = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("Unable to create dir {path}: {source}")]
+    struct UnableToCreateDir {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_permission_error_anywhere_in_the_chain_is_access_denied() {
+        use std::io::{Error as IoError, ErrorKind as K};
+        let nested = |kind: K| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(UnableToCreateDir { path: "/lake/x".into(), source: IoError::from(kind) }),
+        };
+        assert_eq!(
+            StorageError::from_store(nested(K::PermissionDenied), "file:///lake/x").kind,
+            StorageErrorKind::AccessDenied
+        );
+        assert_eq!(
+            StorageError::from_store(nested(K::ReadOnlyFilesystem), "file:///lake/x").kind,
+            StorageErrorKind::AccessDenied
+        );
+        assert_eq!(
+            StorageError::from_store(nested(K::Interrupted), "file:///lake/x").kind,
+            StorageErrorKind::Transient
+        );
+    }
 
     #[test]
     fn typed_store_errors_are_classified_by_kind_and_keep_their_source() {

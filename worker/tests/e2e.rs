@@ -566,3 +566,37 @@ fn any_decoder_error_of_compressed_input_is_unreadable_input_exit_3() {
         assert!(out.stderr.contains(name), "{name}: {}", out.stderr);
     }
 }
+
+#[test]
+fn a_local_lake_without_write_permission_is_permanent_exit_2() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lake = tmp.path().join("lake");
+    std::fs::create_dir(&lake).unwrap();
+    std::fs::set_permissions(&lake, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let input = write(tmp.path(), "in.csv", format!("{HEADER}\n{}", good(1)));
+    let c = lenient(tmp.path());
+    // Root ignores file modes: run the worker as nobody then.
+    let root = std::process::Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0\n");
+    let mut command = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", worker_bin()]);
+        c
+    } else {
+        std::process::Command::new(worker_bin())
+    };
+    let out = command
+        .args(["run", "--progress", "off", "--run-id", "r1", "--contract"])
+        .arg(&c)
+        .arg("--input")
+        .arg(&input)
+        .arg("--lake")
+        .arg(&lake)
+        .output()
+        .expect("the worker starts");
+    let out = ran(out);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("access_denied"), "{}", out.stderr);
+    assert!(files_under(&lake).is_empty());
+}
