@@ -764,18 +764,8 @@ fn target_of(spec: &PromotionSpec, mode: Option<PromotionMode>, dataset: Option<
 
 async fn preview(ctx: &Context, dataset: &Dataset, target: &silverline_lake::Target) -> Result<PreviewFacts, String> {
     let lake = ctx.lakes.open(&dataset.spec.storage).map_err(|e| e.to_string())?;
-    if lake.lake().is_none() {
-        return Err("the lake does not exist yet".into());
-    }
-    // The library's preview future is not provably `Send` (a higher-ranked closure inside), which the
-    // controller's reconcile future must be: it runs to completion on a blocking thread of its own.
-    let (dataset, target, handle) = (dataset.clone(), target.clone(), tokio::runtime::Handle::current());
-    let preview = tokio::task::spawn_blocking(move || {
-        let lake = lake.lake().ok_or_else(|| "the lake does not exist yet".to_owned())?;
-        handle.block_on(silverline_lake::promotion::preview_target(lake, &dataset, &target)).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| format!("the preview stopped: {e}"))??;
+    let Some(lake) = lake.lake() else { return Err("the lake does not exist yet".into()) };
+    let preview = silverline_lake::promotion::preview_target(lake, dataset, target).await.map_err(|e| e.to_string())?;
     Ok(PreviewFacts {
         version_before: preview.version_before,
         runs: preview
