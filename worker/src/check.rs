@@ -39,6 +39,9 @@ pub enum Outcome {
 pub struct CheckedChunk {
     pub raw: RecordChunk,
     pub hashes: Vec<u128>,
+    /// Per record, the 64-bit hash of its content — the trimmed values — which decides exact duplicates: rows
+    /// that differ only in surrounding whitespace are the same row. See [`content_hash`].
+    pub contents: Vec<u64>,
     pub outcomes: Vec<Outcome>,
     /// (partition, rows), in partition order. A partition is months since year 0 (`year * 12 + month - 1`), UTC.
     pub valid: Vec<(u32, RecordBatch)>,
@@ -110,6 +113,24 @@ fn row_seed(lengths: impl Iterator<Item = usize>) -> u64 {
 fn record_hash(raw: &RecordChunk, r: usize) -> u128 {
     xxh3_128_with_seed(raw.record_bytes(r), row_seed(raw.fields(r).map(<[u8]>::len)))
 }
+
+/// A 128-bit row hash folded to the 64 bits the ledger keeps per row.
+pub fn fold(hash: u128) -> u64 {
+    (hash as u64) ^ ((hash >> 64) as u64)
+}
+
+/// The content hash of a row: [`row_hash`] of its trimmed values in contract order, folded to 64 bits. When no
+/// value needed trimming it equals the folded row hash, so the common row costs no second pass.
+fn content_hash(hash: u128, fields: &[&[u8]], trimmed: &[&[u8]], scratch: &mut Vec<u8>) -> u64 {
+    if fields.iter().zip(trimmed).all(|(f, t)| f.len() == t.len()) {
+        return fold(hash);
+    }
+    fold(row_hash(trimmed, scratch))
+}
+
+/// Marks the content hash of a record without per-column values (wrong field count), so that it never equals a
+/// row's with values; such records compare by their trimmed fields in source order.
+const NO_VALUES: u64 = 0x5c5c_a3a3_0f0f_7171;
 
 /// The hash of a row's primary key (trimmed values).
 fn key_hash(contract: &Contract, trimmed: &[&[u8]]) -> u64 {
@@ -244,6 +265,7 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
     let width = contract.columns.len();
     let mut builders: Vec<ColumnBuilder> = contract.columns.iter().map(|c| ColumnBuilder::new(c.kind, n)).collect();
     let mut hashes = Vec::with_capacity(n);
+    let mut contents = Vec::with_capacity(n);
     let mut outcomes = Vec::with_capacity(n);
     let mut partitions = Vec::with_capacity(n);
     let mut scratch = Vec::with_capacity(256);
@@ -258,7 +280,16 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
         let field_count = range.len();
         let mismatch = replay.map_or(field_count != map.field_count, |m| !m.has_values);
         if mismatch {
-            hashes.push(replay.map_or_else(|| record_hash(&raw, r), |m| m.row_hash));
+            let hash = replay.map_or_else(|| record_hash(&raw, r), |m| m.row_hash);
+            hashes.push(hash);
+            contents.push(match replay {
+                Some(_) => fold(hash) ^ NO_VALUES,
+                None => {
+                    trimmed.clear();
+                    trimmed.extend(raw.fields(r).map(values::trim));
+                    fold(row_hash(&trimmed, &mut scratch)) ^ NO_VALUES
+                }
+            });
             let message = match replay {
                 Some(_) => {
                     "the quarantined row has no per-column values (wrong field count or undecodable bytes)".to_owned()
@@ -270,10 +301,18 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
         }
         fields.clear();
         fields.extend(map.source_index.iter().map(|&s| raw.field(range.start + s)));
-        hashes.push(match replay {
+        let hash = match replay {
             Some(m) => m.row_hash,
             None if map.identity && map.field_count == width => record_hash(&raw, r),
             None => row_hash(&fields, &mut scratch),
+        };
+        hashes.push(hash);
+        trimmed.clear();
+        trimmed.extend(fields.iter().map(|f| values::trim(f)));
+        // A replayed row keeps the hash it was first given, which need not be its values' hash.
+        contents.push(match replay {
+            Some(_) => fold(row_hash(&trimmed, &mut scratch)),
+            None => content_hash(hash, &fields, &trimmed, &mut scratch),
         });
         let ascii = raw.record_bytes(r).is_ascii();
         if let Some((c, err)) = (!ascii)
@@ -288,8 +327,6 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
             outcomes.push(schema_error(message, Some(c)));
             continue;
         }
-        trimmed.clear();
-        trimmed.extend(fields.iter().map(|f| values::trim(f)));
         if let Some(c) = (0..width).find(|&c| contract.columns[c].required && trimmed[c].is_empty()) {
             outcomes.push(Outcome::Invalid(Box::new(RowError {
                 error_type: ErrorType::NullValue,
@@ -357,7 +394,7 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
                 .collect()
         }
     };
-    CheckedChunk { raw, hashes, outcomes, valid, order }
+    CheckedChunk { raw, hashes, contents, outcomes, valid, order }
 }
 
 // Every column builder gets exactly one value per valid row, of the schema's own type.

@@ -1,4 +1,5 @@
-//! The ledger decides, in input order, what happens to each checked row: exact duplicates are condemned before
+//! The ledger decides, in input order, what happens to each checked row: exact duplicates (rows whose trimmed
+//! values equal an earlier row's, see `check::CheckedChunk::contents`) are condemned before
 //! anything else, rows that used up their attempts are condemned, a valid row whose key was already taken is a
 //! DUPLICATE_KEY_ERROR, and every row is counted exactly once, so `input = valid + quarantined + condemned`.
 //!
@@ -205,10 +206,6 @@ pub struct Ledger {
 /// Rows whose table slots are read ahead together; see [`HashSet64::warm`].
 const WARM_BLOCK: usize = 32;
 
-fn fold(hash: u128) -> u64 {
-    (hash as u64) ^ ((hash >> 64) as u64)
-}
-
 impl Ledger {
     pub fn new(max_same_errors: u64, max_attempts: u32) -> Ledger {
         Ledger {
@@ -234,7 +231,7 @@ impl Ledger {
         for (r, outcome) in chunk.outcomes.iter().enumerate() {
             if r % WARM_BLOCK == 0 {
                 let block = r..(r + WARM_BLOCK).min(chunk.outcomes.len());
-                let rows = self.seen_rows.warm(block.clone().map(|i| fold(chunk.hashes[i])));
+                let rows = self.seen_rows.warm(chunk.contents[block.clone()].iter().copied());
                 let keys = self.seen_keys.warm(chunk.outcomes[block].iter().filter_map(|o| match o {
                     Outcome::Valid { key } => Some(*key),
                     Outcome::Invalid(_) => None,
@@ -243,7 +240,7 @@ impl Ledger {
             }
             self.counts.input_rows += 1;
             let attempt_count = chunk.raw.replay.get(r).map_or(1, |m| m.attempt_count.saturating_add(1));
-            let first_time = self.seen_rows.insert(fold(chunk.hashes[r]));
+            let first_time = self.seen_rows.insert(chunk.contents[r]);
             let is_valid = matches!(outcome, Outcome::Valid { .. });
             if !first_time {
                 self.counts.condemned += 1;
@@ -334,6 +331,21 @@ mod tests {
         assert_eq!(s.quarantined.len(), 1);
         assert_eq!(s.keep, Some(BooleanArray::from(vec![true, false])));
         assert_eq!((ledger.counts.valid, ledger.counts.quarantined, ledger.counts.condemned), (1, 1, 2));
+    }
+
+    #[test]
+    fn rows_equal_after_trimming_are_exact_duplicates() {
+        let c = chunk(&[
+            "T1,C1,1.00,EUR,2024-01-01T00:00:00Z",
+            " T1 ,C1 , 1.00,EUR,2024-01-01T00:00:00Z\t",
+            "bad, row",
+            " bad,row ",
+        ]);
+        let mut ledger = Ledger::new(100, 3);
+        let s = ledger.settle(&c).expect("no trip");
+        assert_eq!(s.condemned.iter().map(|r| r.record).collect::<Vec<_>>(), vec![1, 3]);
+        assert!(s.quarantined.iter().all(|r| r.error.as_ref().map(|e| e.error_type) == Some(ErrorType::Schema)));
+        assert_ne!(c.hashes[0], c.hashes[1], "row_hash stays the hash of the untrimmed fields");
     }
 
     #[test]

@@ -600,3 +600,36 @@ fn a_local_lake_without_write_permission_is_permanent_exit_2() {
     assert!(out.stderr.contains("access_denied"), "{}", out.stderr);
     assert!(files_under(&lake).is_empty());
 }
+
+#[test]
+fn rows_that_differ_only_in_surrounding_whitespace_are_exact_duplicates() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let mut text = format!("{HEADER}\n");
+    text += &row("TX1", "C1", "10.00", "EUR", "2024-01-15T10:00:00Z");
+    text += &row(" TX1 ", "C1", "10.00\t", "EUR", " 2024-01-15T10:00:00Z");
+    text += "bad, row\n";
+    text += " bad,row \n";
+    text += &row("TX1", "C1", "10.0", "EUR", "2024-01-15T10:00:00Z"); // other content: 10.0 is another text
+    let input = write(tmp.path(), "ws.csv", text);
+    let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let c = read_area(&lake, "condemned", "r1");
+    assert_eq!(strings(&c, "condemned_reason"), [Some("EXACT_DUPLICATE".into()), Some("EXACT_DUPLICATE".into())]);
+    assert_eq!(strings(&c, "raw_record")[0].as_deref(), Some(" TX1 ,C1,10.00\t,EUR, 2024-01-15T10:00:00Z"));
+    let q = read_area(&lake, "quarantine", "r1");
+    assert_eq!(strings(&q, "error_type"), [Some("SCHEMA_ERROR".into()), Some("DUPLICATE_KEY_ERROR".into())]);
+    let report = success(&lake, "r1");
+    assert_eq!((report.valid_rows_count, report.quarantined_rows_count, report.condemned_rows_count), (1, 2, 2));
+    // row_hash stays the hash of the untrimmed fields: the two spellings keep different hashes.
+    let hashes = strings(&c, "row_hash");
+    let valid_hash = {
+        let mut again = format!("{HEADER}\n");
+        again += &row("TX1", "C1", "10.00", "EUR", "2024-01-15T10:00:00Z");
+        again += &row("TX1", "C1", "10.00", "EUR", "2024-01-15T10:00:00Z");
+        let input = write(tmp.path(), "same.csv", again);
+        assert_eq!(run_worker(&lenient(tmp.path()), &input, &lake, "r2").code, 0);
+        strings(&read_area(&lake, "condemned", "r2"), "row_hash")[0].clone()
+    };
+    assert_ne!(hashes[0], valid_hash);
+}
