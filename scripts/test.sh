@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 export SILVERLINE_CACHE="${SILVERLINE_CACHE:-$HOME/.cache/silverline}"
 mkdir -p "$SILVERLINE_CACHE"
 
+# Tests reach loopback only: never the cloud instance-metadata endpoint for credentials (the lake crate refuses
+# an S3 client that would fall back to it while this is set).
+export AWS_EC2_METADATA_DISABLED=true
+
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "toolchain"
@@ -61,8 +65,6 @@ add_exit_trap 'scripts/s3server.sh stop "$SILVERLINE_S3_DIR" || true; rm -rf "$S
 scripts/s3server.sh start "$SILVERLINE_S3_DIR"
 # shellcheck disable=SC1091
 source "$SILVERLINE_S3_DIR/env" # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... and the read-only test identity
-# Never fall back to the EC2 instance metadata service for credentials in tests.
-export AWS_EC2_METADATA_DISABLED=true
 # ---- END worker ----
 
 step "cargo test (unit, property, end-to-end and integration tests)"

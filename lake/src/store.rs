@@ -81,10 +81,41 @@ pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectSt
             .with_virtual_hosted_style_request(false)
             .with_allow_http(endpoint.starts_with("http://"));
     }
+    if metadata_disabled(std::env::var(METADATA_DISABLED).ok().as_deref()) && needs_instance_metadata(&builder) {
+        return Err(StorageError::usage(
+            format!("s3://{bucket}"),
+            "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, web identity \
+             (AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, as IRSA sets) or container credentials; the \
+             instance-metadata fallback is off because AWS_EC2_METADATA_DISABLED=true",
+        ));
+    }
     let store = builder
         .build()
         .map_err(|e| StorageError::usage(format!("s3://{bucket}"), "cannot configure the S3 client").with_source(e))?;
     Ok(Arc::new(store))
+}
+
+/// The AWS SDKs' switch for the instance-metadata credential fallback (`http://169.254.169.254`). object_store has
+/// no such switch, so it is honoured here: with it set, a client that would fall back is refused with a clear
+/// error instead of calling (or hanging on) an address that is wrong outside a cloud instance.
+pub const METADATA_DISABLED: &str = "AWS_EC2_METADATA_DISABLED";
+
+fn metadata_disabled(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v.trim().eq_ignore_ascii_case("true") || v.trim() == "1")
+}
+
+/// Whether the client would take its credentials from the instance-metadata endpoint: object_store's last resort,
+/// after static keys, web identity and container credentials (in that order), unless requests go unsigned.
+fn needs_instance_metadata(builder: &AmazonS3Builder) -> bool {
+    use object_store::aws::AmazonS3ConfigKey as Key;
+    let set = |key: Key| builder.get_config_value(&key).is_some_and(|v| !v.is_empty());
+    let unsigned = builder.get_config_value(&Key::SkipSignature).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    !(unsigned
+        || set(Key::AccessKeyId)
+        || set(Key::SecretAccessKey)
+        || (set(Key::WebIdentityTokenFile) && set(Key::RoleArn))
+        || set(Key::ContainerCredentialsRelativeUri)
+        || (set(Key::ContainerCredentialsFullUri) && set(Key::ContainerAuthorizationTokenFile)))
 }
 
 /// The version of an object as read, for a later conditional replace.
@@ -371,6 +402,24 @@ fn local_put_conditional(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_metadata_is_needed_only_without_any_other_credentials() {
+        use object_store::aws::AmazonS3ConfigKey as Key;
+        let bare = || AmazonS3Builder::new().with_bucket_name("b");
+        assert!(needs_instance_metadata(&bare()));
+        assert!(!needs_instance_metadata(&bare().with_access_key_id("k").with_secret_access_key("s")));
+        assert!(!needs_instance_metadata(&bare().with_config(Key::SkipSignature, "true")));
+        let irsa = bare().with_config(Key::WebIdentityTokenFile, "/var/run/token").with_config(Key::RoleArn, "arn");
+        assert!(!needs_instance_metadata(&irsa));
+        assert!(needs_instance_metadata(&bare().with_config(Key::WebIdentityTokenFile, "/var/run/token")));
+        assert!(!needs_instance_metadata(&bare().with_config(Key::ContainerCredentialsRelativeUri, "/v2/creds")));
+        let cases =
+            [(Some("true"), true), (Some("TRUE"), true), (Some("1"), true), (Some("false"), false), (None, false)];
+        for (value, disabled) in cases {
+            assert_eq!(metadata_disabled(value), disabled, "{value:?}");
+        }
+    }
 
     fn local(dir: &std::path::Path) -> Lake {
         Lake::open(dir.to_str().expect("utf-8"), &StoreOptions::default(), OpenOptions::WRITER).expect("open")
