@@ -7,7 +7,7 @@
 
 use crate::contract::{Contract, HeaderMap, Kind};
 use crate::tokenize::RecordChunk;
-use crate::values::{self, ErrorType, lossy};
+use crate::values::{self, ErrorType, shown};
 use arrow::array::{
     ArrayRef, BinaryBuilder, Date32Builder, Decimal128Builder, Int64Builder, StringArray, TimestampMicrosecondBuilder,
 };
@@ -48,6 +48,21 @@ pub struct CheckedChunk {
     /// When grouping reordered the rows: for each row of the concatenated `valid`, its index among the valid
     /// rows in record order.
     pub order: Option<Vec<u32>>,
+    /// The primary key's columns: name and position in the record, to name a repeated key's value.
+    pub key_fields: Vec<(String, usize)>,
+}
+
+impl CheckedChunk {
+    /// The primary key of record `r` as text for a message, e.g. `TransactionID "T1"`.
+    pub fn key_text(&self, r: usize) -> String {
+        let start = self.raw.field_range(r).start;
+        let parts: Vec<String> = self
+            .key_fields
+            .iter()
+            .map(|(name, at)| format!("{name} {}", shown(values::trim(self.raw.field(start + at)))))
+            .collect();
+        parts.join(", ")
+    }
 }
 
 /// Groups rows by partition, stably. Returns the groups and, unless the rows were already grouped, the order.
@@ -236,9 +251,9 @@ fn check_value(contract: &Contract, c: usize, text: &[u8]) -> Result<Parsed, Row
             error_type: ErrorType::Value,
             column: Some(c),
             message: format!(
-                "column {}: {:?} is not one of {}",
+                "column {}: {} is not one of {}",
                 column.name,
-                lossy(text),
+                shown(text),
                 column.allowed_display.as_deref().unwrap_or_default()
             ),
         });
@@ -249,7 +264,7 @@ fn check_value(contract: &Contract, c: usize, text: &[u8]) -> Result<Parsed, Row
         return Err(RowError {
             error_type: ErrorType::Value,
             column: Some(c),
-            message: format!("column {}: {:?} does not match pattern {}", column.name, lossy(text), pattern.as_str()),
+            message: format!("column {}: {} does not match pattern {}", column.name, shown(text), pattern.as_str()),
         });
     }
     Ok(parsed)
@@ -294,7 +309,14 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
                 Some(_) => {
                     "the quarantined row has no per-column values (wrong field count or undecodable bytes)".to_owned()
                 }
-                None => format!("expected {} fields, found {field_count}", map.field_count),
+                None => match raw.open_quote {
+                    Some(q) if q.record == r => format!(
+                        "expected {} fields, found {field_count}: the quote that opens field {} on line {} is never \
+                         closed, so the rest of the input was read into that field",
+                        map.field_count, q.field, q.line
+                    ),
+                    _ => format!("expected {} fields, found {field_count}", map.field_count),
+                },
             };
             outcomes.push(schema_error(message, None));
             continue;
@@ -394,7 +416,9 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
                 .collect()
         }
     };
-    CheckedChunk { raw, hashes, contents, outcomes, valid, order }
+    let key_fields =
+        contract.key_columns.iter().map(|&c| (contract.columns[c].name.clone(), map.source_index[c])).collect();
+    CheckedChunk { raw, hashes, contents, outcomes, valid, order, key_fields }
 }
 
 // Every column builder gets exactly one value per valid row, of the schema's own type.

@@ -269,7 +269,11 @@ impl Ledger {
                     RowError {
                         error_type: ErrorType::DuplicateKey,
                         column: None,
-                        message: "primary key repeats the key of an earlier valid row with other content".into(),
+                        message: format!(
+                            "primary key {} is already held by an earlier valid row of this run, which has other \
+                             content (the ledger keeps a hash per key, not where it was first seen)",
+                            chunk.key_text(r)
+                        ),
                     }
                 }
                 Outcome::Invalid(e) => (**e).clone(),

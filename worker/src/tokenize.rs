@@ -34,6 +34,19 @@ pub struct RecordChunk {
     pub lines: Vec<u64>,
     /// For replayed quarantine rows, one entry per record; empty for CSV input.
     pub replay: Vec<ReplayMeta>,
+    /// The record, if any, that ended at the end of the input inside a quoted field: its quote was never closed.
+    pub open_quote: Option<OpenQuote>,
+}
+
+/// Where a quote that was never closed opened: it swallowed the rest of the input into one field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenQuote {
+    /// Index of the record in its chunk.
+    pub record: usize,
+    /// 1-based line of the quote.
+    pub line: u64,
+    /// 1-based field of the record that the quote opens.
+    pub field: usize,
 }
 
 impl RecordChunk {
@@ -54,6 +67,7 @@ impl RecordChunk {
         self.record_ends.clear();
         self.lines.clear();
         self.replay.clear();
+        self.open_quote = None;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -149,14 +163,20 @@ impl<R: BufRead> CsvTokenizer<R> {
         let start_line = self.line();
         let record_start = *filled;
         let mut n_ends = 0;
+        // Quotes read for this record: an odd count at the end of the input means a quote left open (csv-core
+        // then ends the record silently). A stray quote inside an unquoted field also counts, so the checker
+        // only uses this to explain a record that is wrong anyway.
+        let mut quotes = 0usize;
         loop {
             if chunk.data.len() < *filled + 1024 {
                 let grown = (*filled + 1024).max(chunk.data.len() * 2);
                 chunk.data.resize(grown, 0);
             }
             let input = self.input.fill_buf()?;
+            let at_end = input.is_empty();
             let (result, n_in, n_out, n_end) =
                 self.core.read_record(input, &mut chunk.data[*filled..], &mut self.ends[n_ends..]);
+            quotes += memchr::memchr_iter(b'"', &input[..n_in]).count();
             self.input.consume(n_in);
             *filled += n_out;
             n_ends += n_end;
@@ -164,6 +184,13 @@ impl<R: BufRead> CsvTokenizer<R> {
                 InputEmpty | OutputFull => {}
                 OutputEndsFull => self.ends.resize(self.ends.len() * 2, 0),
                 Record => {
+                    if at_end && quotes % 2 == 1 && n_ends > 0 {
+                        // The open field is the last one; line breaks before it lie inside earlier quoted fields.
+                        let last_start = if n_ends == 1 { record_start } else { record_start + self.ends[n_ends - 2] };
+                        let breaks = memchr::memchr_iter(b'\n', &chunk.data[record_start..last_start]).count();
+                        chunk.open_quote =
+                            Some(OpenQuote { record: chunk.len(), line: start_line + breaks as u64, field: n_ends });
+                    }
                     chunk.field_ends.extend(self.ends[..n_ends].iter().map(|e| record_start + e));
                     chunk.record_ends.push(chunk.field_ends.len());
                     chunk.lines.push(start_line);
@@ -282,6 +309,16 @@ mod tests {
         let second = t.next_chunk_reusing(first, 1, 3, 2, 1 << 16).expect("reads").expect("a record");
         assert_eq!((second.source, second.first_record, second.len(), second.lines.clone()), (1, 3, 1, vec![3]));
         assert_eq!(second.fields(0).collect::<Vec<_>>(), vec![&b"e"[..], b"f"]);
+    }
+
+    #[test]
+    fn a_quote_left_open_at_the_end_is_located() {
+        let mut t = CsvTokenizer::new(&b"a,b\n\"x\ny\",c\nd,\"e\nf,g\n"[..]);
+        let chunk = t.next_chunk(0, 1, 100, 1 << 16).expect("reads").expect("records");
+        assert_eq!(chunk.len(), 3);
+        assert_eq!(chunk.open_quote, Some(OpenQuote { record: 2, line: 4, field: 2 }));
+        let mut t = CsvTokenizer::new(&b"a,\"b\"\nc,d\n"[..]);
+        assert_eq!(t.next_chunk(0, 1, 100, 1 << 16).expect("reads").expect("records").open_quote, None);
     }
 
     #[test]

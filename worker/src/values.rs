@@ -84,8 +84,8 @@ pub fn parse_decimal(s: &[u8], precision: u8, scale: u8) -> Result<i128, ValueEr
     };
     let malformed = || {
         type_error(format!(
-            "{:?} is not a decimal: expected an optional sign, digits and at most {scale} decimals",
-            lossy(s)
+            "{} is not a decimal: expected an optional sign, digits and at most {scale} decimals",
+            shown(s)
         ))
     };
     if int_part.is_empty() || !int_part.iter().all(u8::is_ascii_digit) {
@@ -96,13 +96,17 @@ pub fn parse_decimal(s: &[u8], precision: u8, scale: u8) -> Result<i128, ValueEr
         return Err(malformed());
     }
     if frac.len() > scale as usize {
-        return Err(malformed());
+        return Err(type_error(format!(
+            "{} has {} fraction digits, more than the {scale} of decimal({precision},{scale})",
+            shown(s),
+            frac.len()
+        )));
     }
     let significant = int_part.iter().position(|b| *b != b'0').map_or(0, |i| int_part.len() - i);
     if significant > (precision - scale) as usize {
         return Err(value_error(format!(
-            "{:?} does not fit decimal({precision},{scale}): at most {} integer digits",
-            lossy(s),
+            "{} does not fit decimal({precision},{scale}): at most {} integer digits",
+            shown(s),
             precision - scale
         )));
     }
@@ -125,7 +129,7 @@ pub fn parse_int64(s: &[u8]) -> Result<i64, ValueError> {
         _ => (false, s),
     };
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(type_error(format!("{:?} is not an integer", lossy(s))));
+        return Err(type_error(format!("{} is not an integer", shown(s))));
     }
     let mut value: i64 = 0;
     for &d in digits {
@@ -133,7 +137,7 @@ pub fn parse_int64(s: &[u8]) -> Result<i64, ValueError> {
         value = value
             .checked_mul(10)
             .and_then(|v| if negative { v.checked_sub(digit) } else { v.checked_add(digit) })
-            .ok_or_else(|| value_error(format!("{:?} is out of range for int64", lossy(s))))?;
+            .ok_or_else(|| value_error(format!("{} is out of range for int64", shown(s))))?;
     }
     Ok(value)
 }
@@ -194,7 +198,7 @@ pub fn year_month_of_micros(micros: i64) -> (i32, u32) {
 }
 
 fn parse_date_prefix(s: &[u8]) -> Result<(i64, u32, u32), ValueError> {
-    let bad = || timestamp_error(format!("{:?} is not a date YYYY-MM-DD", lossy(s)));
+    let bad = || timestamp_error(format!("{} is not a date YYYY-MM-DD", shown(s)));
     if s.len() < 10 || s[4] != b'-' || s[7] != b'-' {
         return Err(bad());
     }
@@ -202,7 +206,7 @@ fn parse_date_prefix(s: &[u8]) -> Result<(i64, u32, u32), ValueError> {
     let month = digits::<2>(s, 5).ok_or_else(bad)?;
     let day = digits::<2>(s, 8).ok_or_else(bad)?;
     if year == 0 || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-        return Err(timestamp_error(format!("{:?} is not a real calendar date", lossy(&s[..10]))));
+        return Err(timestamp_error(format!("{} is not a real calendar date", shown(&s[..10]))));
     }
     Ok((year, month, day))
 }
@@ -210,7 +214,7 @@ fn parse_date_prefix(s: &[u8]) -> Result<(i64, u32, u32), ValueError> {
 /// `YYYY-MM-DD` as days since 1970-01-01.
 pub fn parse_date_days(s: &[u8]) -> Result<i32, ValueError> {
     if s.len() != 10 {
-        return Err(timestamp_error(format!("{:?} is not a date YYYY-MM-DD", lossy(s))));
+        return Err(timestamp_error(format!("{} is not a date YYYY-MM-DD", shown(s))));
     }
     let (y, m, d) = parse_date_prefix(s)?;
     Ok(days_from_civil(y, m, d) as i32)
@@ -222,8 +226,8 @@ pub fn parse_date_days(s: &[u8]) -> Result<i32, ValueError> {
 pub fn parse_timestamp_micros(s: &[u8]) -> Result<i64, ValueError> {
     let bad = || {
         timestamp_error(format!(
-            "{:?} is not a timestamp YYYY-MM-DDTHH:MM:SS[.fraction] with Z, an offset ±HH:MM or no zone",
-            lossy(s)
+            "{} is not a timestamp YYYY-MM-DDTHH:MM:SS[.fraction] with Z, an offset ±HH:MM or no zone",
+            shown(s)
         ))
     };
     if s.len() < 19 || s[10] != b'T' || s[13] != b':' || s[16] != b':' {
@@ -237,7 +241,7 @@ pub fn parse_timestamp_micros(s: &[u8]) -> Result<i64, ValueError> {
     let minute = digits::<2>(s, 14).ok_or_else(bad)?;
     let second = digits::<2>(s, 17).ok_or_else(bad)?;
     if hour > 23 || minute > 59 || second > 59 {
-        return Err(timestamp_error(format!("{:?} has an impossible time of day", lossy(s))));
+        return Err(timestamp_error(format!("{} has an impossible time of day", shown(s))));
     }
     let mut at = 19;
     let mut micros_frac: i64 = 0;
@@ -248,11 +252,18 @@ pub fn parse_timestamp_micros(s: &[u8]) -> Result<i64, ValueError> {
             at += 1;
         }
         let frac = &s[start..at];
-        if frac.is_empty() || frac.len() > 9 {
+        if frac.is_empty() {
             return Err(bad());
         }
+        if frac.len() > 9 {
+            return Err(timestamp_error(format!(
+                "{} has {} fraction digits; at most 9 are read, and only 6 may be non-zero",
+                shown(s),
+                frac.len()
+            )));
+        }
         if frac.iter().skip(6).any(|d| *d != b'0') {
-            return Err(timestamp_error(format!("{:?} has sub-microsecond precision, which would be lost", lossy(s))));
+            return Err(timestamp_error(format!("{} has sub-microsecond precision, which would be lost", shown(s))));
         }
         for i in 0..6 {
             micros_frac = micros_frac * 10 + frac.get(i).map_or(0, |d| i64::from(d - b'0'));
@@ -264,7 +275,7 @@ pub fn parse_timestamp_micros(s: &[u8]) -> Result<i64, ValueError> {
             let oh = digits::<2>(rest, 0).ok_or_else(bad)?;
             let om = digits::<2>(rest, 3).ok_or_else(bad)?;
             if oh > 23 || om > 59 {
-                return Err(timestamp_error(format!("{:?} has an impossible UTC offset", lossy(s))));
+                return Err(timestamp_error(format!("{} has an impossible UTC offset", shown(s))));
             }
             let offset = i64::from(oh * 3600 + om * 60);
             if *sign == b'-' { -offset } else { offset }
@@ -277,8 +288,8 @@ pub fn parse_timestamp_micros(s: &[u8]) -> Result<i64, ValueError> {
     // An offset can carry a valid local time across year 1 or 9999, where readers cannot follow.
     if !(MIN_TIMESTAMP_MICROS..=MAX_TIMESTAMP_MICROS).contains(&micros) {
         return Err(timestamp_error(format!(
-            "{:?} is outside the supported range {TIMESTAMP_RANGE} once converted to UTC",
-            lossy(s)
+            "{} is outside the supported range {TIMESTAMP_RANGE} once converted to UTC",
+            shown(s)
         )));
     }
     Ok(micros)
@@ -291,9 +302,18 @@ pub const MIN_TIMESTAMP_MICROS: i64 = -62_135_596_800_000_000;
 /// 9999-12-31T23:59:59.999999Z in microseconds since the epoch.
 pub const MAX_TIMESTAMP_MICROS: i64 = 253_402_300_799_999_999;
 
-/// Text of a value for an error message, with undecodable bytes replaced.
-pub fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
+/// Characters of a value quoted in an error message; the rest is elided, so that a huge value gives a short
+/// message (the value itself is kept in quarantine).
+pub const SHOWN_CHARS: usize = 64;
+
+/// A value for an error message: quoted, undecodable bytes replaced, at most [`SHOWN_CHARS`] characters, then
+/// `…` and the value's full size.
+pub fn shown(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    match text.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{text:?}"),
+        Some((at, _)) => format!("{:?}… ({} bytes)", &text[..at], bytes.len()),
+    }
 }
 
 #[cfg(test)]
@@ -410,6 +430,17 @@ mod tests {
         assert_eq!(parse_date_days(b"1970-01-02"), Ok(1));
         assert!(parse_date_days(b"2023-02-29").is_err());
         assert!(parse_date_days(b"2023-02-28T00:00:00").is_err());
+    }
+
+    #[test]
+    fn messages_quote_a_bounded_prefix_of_the_value() {
+        assert_eq!(shown(b"abc"), "\"abc\"");
+        let huge = "é".repeat(100_000);
+        let text = shown(huge.as_bytes());
+        assert!(text.starts_with(&format!("\"{}\"…", "é".repeat(SHOWN_CHARS))), "{text}");
+        assert!(text.ends_with("(200000 bytes)"), "{text}");
+        let err = parse_decimal(huge.as_bytes(), 18, 2).expect_err("not a decimal");
+        assert!(err.reason.len() < 300, "{}", err.reason);
     }
 
     #[test]

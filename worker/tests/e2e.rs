@@ -633,3 +633,35 @@ fn rows_that_differ_only_in_surrounding_whitespace_are_exact_duplicates() {
     };
     assert_ne!(hashes[0], valid_hash);
 }
+
+#[test]
+fn messages_name_the_key_the_open_quote_the_fraction_and_quote_huge_values_briefly() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let mut text = format!("{HEADER}\n");
+    text += &good(1); // record 1
+    text += &row("T1", "C9", "99.00", "EUR", "2024-01-15T10:00:00Z"); // record 2: key T1 again
+    text += &row("T3", "C3", "12.345", "EUR", "2024-01-15T10:00:00Z"); // record 3: three decimals
+    text += &row("T4", "C4", &"x".repeat(200_000), "EUR", "2024-01-15T10:00:00Z"); // record 4: a huge bad value
+    text += &row("T5", "C5", "10.00", "EUR", "2024-01-15T10:00:00.1234567890Z"); // record 5: ten fraction digits
+    text += "T6,\"C6,10.00,EUR,2024-01-15T10:00:00Z\n"; // record 6, line 7: a quote that never closes
+    text += &good(7);
+    text += &good(8);
+    let input = write(tmp.path(), "msgs.csv", text);
+    let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let q = read_area(&lake, "quarantine", "r1");
+    let types: Vec<String> = strings(&q, "error_type").into_iter().flatten().collect();
+    assert_eq!(types, ["DUPLICATE_KEY_ERROR", "TYPE_ERROR", "TYPE_ERROR", "TIMESTAMP_ERROR", "SCHEMA_ERROR"]);
+    let messages: Vec<String> = strings(&q, "error_message").into_iter().flatten().collect();
+    assert!(messages[0].contains("TransactionID") && messages[0].contains("\"T1\""), "{}", messages[0]);
+    assert!(messages[1].contains("\"12.345\"") && messages[1].contains("3 fraction digits"), "{}", messages[1]);
+    assert!(messages[2].len() < 400 && messages[2].contains('…'), "{} bytes", messages[2].len());
+    assert!(messages[2].contains("200000 bytes"), "{}", &messages[2]);
+    assert!(messages[3].contains("10 fraction digits"), "{}", messages[3]);
+    assert!(
+        messages[4].contains("quote") && messages[4].contains("line 7") && messages[4].contains("never closed"),
+        "{}",
+        messages[4]
+    );
+}
