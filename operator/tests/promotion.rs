@@ -1,17 +1,23 @@
 //! Promotions against the real control plane, the test kubelet and the built worker (`silverline-worker
 //! promote`): a run becomes current only once approved; a rejection or a refused gate moves nothing; two
-//! promotions of one dataset are serialized; a Dataset with `requestOnSuccess` asks for the review itself.
+//! promotions of one dataset are serialized; a Dataset with `requestOnSuccess` asks for the review itself; a
+//! promote Job killed after the pointer write with the operator restarted completes exactly once; a
+//! quality-failed run is refused by the `success_marker` check.
 
 mod support;
 
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use silverline_crds::promotion::{
     ANNOTATION_APPROVAL_REASON, ANNOTATION_APPROVED_BY, ANNOTATION_REJECTED_BY, ANNOTATION_REJECTION_REASON,
     ANNOTATION_REQUESTED_BY,
 };
 use silverline_crds::{EtlRunPhase, Promotion, PromotionMode, PromotionPhase, PromotionSpec};
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use support::{Scenario, create_dataset, create_run, eventually, finished, transactions_dataset};
 
@@ -384,4 +390,214 @@ async fn a_promotion_on_an_s3_lake_is_previewed_read_only_and_written_by_the_job
     let status = done.status.expect("status");
     assert_eq!(status.phase, Some(PromotionPhase::Promoted), "{status:?}\n{}", s.diagnostics(&[&op]));
     assert_eq!(status.version, Some(1));
+}
+
+/// Every file under `dir` (recursively), as paths relative to it.
+fn files_under(dir: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                out.insert(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The directory of one run's silver files: `silver/transactions/schema_v=v1/run_id={run_id}`.
+fn run_dir(lake: &Path, run_id: &str) -> PathBuf {
+    lake.join("silver/transactions/schema_v=v1").join(format!("run_id={run_id}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promote_job_killed_after_the_pointer_write_with_the_operator_restarted_completes_exactly_once() {
+    let s = Scenario::new("crash").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let mut first = s.operator("replica-a").await;
+    let run_id = succeeded_run(&s, "tx-jun", &first).await;
+    // The first promote Job's worker aborts right after it replaced `_LATEST.json`: before `current/`, its
+    // manifest and the audit record. It is held until the operator is gone.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let crash = vec![("SILVERLINE_PROMOTE_CRASH_AFTER".to_owned(), "pointer".to_owned())];
+    s.kubelet.inject("tx-jun-promo-p1", support::kubelet::Fault::Env { vars: crash, hold: Some(release.clone()) });
+    let created = create_promotion(&s, &promotion("tx-jun-promo", &[&run_id], None)).await;
+    approve(&s, "tx-jun-promo").await;
+
+    let api: Api<Promotion> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually("Promoting, the pod of tx-jun-promo-p1 running", Duration::from_secs(30), || async {
+        let p = api.get("tx-jun-promo").await.ok()?;
+        (p.phase() == Some(PromotionPhase::Promoting)).then_some(())?;
+        let selector = ListParams::default().labels("batch.kubernetes.io/job-name=tx-jun-promo-p1");
+        let list = pods.list(&selector).await.ok()?;
+        list.items
+            .iter()
+            .any(|pod| pod.status.as_ref().and_then(|st| st.phase.as_deref()) == Some("Running"))
+            .then_some(())
+    })
+    .await;
+    first.kill().await;
+
+    // With no operator running, the worker moves the pointer and dies (SIGABRT): version 1 is current by the
+    // pointer, but `current/` lags and nothing is audited yet.
+    release.notify_one();
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually("the Job tx-jun-promo-p1 to fail with the operator down", Duration::from_secs(60), || async {
+        let job = jobs.get("tx-jun-promo-p1").await.ok()?;
+        (job.status?.failed == Some(1)).then_some(())
+    })
+    .await;
+    let lake = s.lake();
+    let dataset_dir = lake.join("silver/transactions");
+    let pointer =
+        latest(&lake).unwrap_or_else(|| panic!("the crashed worker wrote _LATEST.json\n{}", s.kubelet.logs()));
+    assert_eq!(pointer["version"], 1);
+    assert_eq!(pointer["promotion"]["uid"], created.uid().expect("uid").as_str());
+    assert!(!dataset_dir.join("current/_MANIFEST.json").exists(), "the worker died before current/ was written");
+    assert!(audit_records(&lake).is_empty(), "the worker died before the audit record");
+    assert_eq!(api.get("tx-jun-promo").await.expect("promotion").phase(), Some(PromotionPhase::Promoting));
+
+    let second = s.operator("replica-b").await;
+    let done = finished_promotion(&s, "tx-jun-promo", &second).await;
+    let status = done.status.expect("status");
+    let diagnostics = || s.diagnostics(&[&first, &second]);
+    assert_eq!(status.phase, Some(PromotionPhase::Promoted), "{status:?}\n{}", diagnostics());
+    assert_eq!((status.version, status.previous_version), (Some(1), None), "{status:?}");
+    // The operator only reads the lake: the catch-up is a second promote Job, a repeat of the same Promotion.
+    assert_eq!((status.attempts, status.job_name.as_deref()), (2, Some("tx-jun-promo-p2")), "{status:?}");
+
+    // Exactly one new version.
+    let pointer = latest(&lake).expect("_LATEST.json");
+    assert_eq!(pointer["version"], 1, "{pointer}");
+    assert!(pointer["previous_version"].is_null(), "{pointer}");
+    assert_eq!(pointer["runs"], serde_json::json!([run_id]));
+    assert_eq!(pointer["manifest"], "silver/transactions/_manifests/1.json");
+    assert_eq!(files_under(&dataset_dir.join("_manifests")), BTreeSet::from(["1.json".to_owned()]));
+    let records = audit_records(&lake);
+    let promoted: Vec<&serde_json::Value> = records.iter().filter(|r| r["result"] == "promoted").collect();
+    assert_eq!(promoted.len(), 1, "one promoted audit record: {records:?}");
+    assert_eq!(records.len(), 1, "and nothing else audited: {records:?}");
+    assert_eq!(promoted[0]["version_after"], 1);
+    assert_eq!(promoted[0]["promotion"]["uid"], created.uid().expect("uid").as_str());
+    assert_eq!(promoted[0]["approved_by"], "jane");
+
+    // current/_MANIFEST.json is manifest 1, byte for byte, and current/ holds exactly the run's files.
+    let manifest_1 = std::fs::read(dataset_dir.join("_manifests/1.json")).expect("manifest 1");
+    let current_manifest = std::fs::read(dataset_dir.join("current/_MANIFEST.json")).expect("current/_MANIFEST.json");
+    assert_eq!(String::from_utf8_lossy(&current_manifest), String::from_utf8_lossy(&manifest_1));
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest_1).expect("manifest JSON");
+    assert_eq!(manifest["version"], 1);
+    let run_files: BTreeSet<String> =
+        files_under(&run_dir(&lake, &run_id)).into_iter().filter(|f| f.ends_with(".parquet")).collect();
+    assert!(!run_files.is_empty(), "the run wrote parquet files");
+    let entries = manifest["files"].as_array().expect("files");
+    let keys: BTreeSet<String> = entries.iter().map(|f| f["key"].as_str().expect("key").to_owned()).collect();
+    let run_prefix = format!("silver/transactions/schema_v=v1/run_id={run_id}/");
+    let expected_keys: BTreeSet<String> = run_files.iter().map(|f| format!("{run_prefix}{f}")).collect();
+    assert_eq!(keys, expected_keys, "manifest 1 lists exactly the run's files");
+    assert!(entries.iter().all(|f| f["run_id"] == run_id.as_str()));
+    assert_eq!(manifest["totals"]["files"], run_files.len());
+    // `current/year=YYYY/month=MM/{run_id}-part-NNNNN.parquet`, each a copy of the run's file.
+    let expected_current: BTreeSet<String> = run_files
+        .iter()
+        .map(|f| {
+            let (partition, part) = f.rsplit_once('/').expect("year=/month=/part");
+            format!("{partition}/{run_id}-{part}")
+        })
+        .chain(["_MANIFEST.json".to_owned()])
+        .collect();
+    // Hidden names are the local lake's lock files of its conditional writes (docs/lake.md), which prefix readers
+    // skip, as they skip `_`/`.` names.
+    let current: BTreeSet<String> = files_under(&dataset_dir.join("current"))
+        .into_iter()
+        .filter(|f| !f.rsplit('/').next().is_some_and(|name| name.starts_with('.')))
+        .collect();
+    assert_eq!(current, expected_current, "current/ holds exactly the run's files");
+    for f in &run_files {
+        let (partition, part) = f.rsplit_once('/').expect("year=/month=/part");
+        let copy = std::fs::read(dataset_dir.join("current").join(partition).join(format!("{run_id}-{part}")));
+        let original = std::fs::read(run_dir(&lake, &run_id).join(f));
+        assert_eq!(copy.expect("copy"), original.expect("original"), "{f}");
+    }
+
+    let reasons = reasons(support::events(&s.client, &s.ns.name, "tx-jun-promo").await);
+    assert!(reasons.contains(&"Promoted".to_owned()), "{reasons:?}");
+    assert_eq!(
+        second.metric(r#"silverline_promotions_total{dataset="transactions",result="promoted"}"#).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        jobs.list(&ListParams::default().labels("etl.silverline.dev/promotion=tx-jun-promo"))
+            .await
+            .expect("jobs")
+            .items
+            .len(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quality_failed_run_is_refused_by_the_success_marker_check_with_a_warning() {
+    let s = Scenario::new("qfail").await;
+    let mut dataset = transactions_dataset(&s.lake(), 3);
+    dataset.spec.quality.max_quarantine_rate = 0.0001;
+    create_dataset(&s.client, &s.ns.name, &dataset).await;
+    let op = s.operator("replica-a").await;
+    // Five rows in a currency the contract does not allow: quarantined, above the tiny threshold → exit 5.
+    let mut csv = support::TRANSACTIONS_CSV.to_owned();
+    for i in 0..5 {
+        csv.push_str(&format!("TX99999999{i:02},C100000,10.00,XXX,2024-01-05T00:00:00Z\n"));
+    }
+    let input = s.input("tx-bad.csv", &csv);
+    create_run(&s.client, &s.ns.name, "tx-bad", &input).await;
+    let run = finished(&s.client, &s.ns.name, "tx-bad", RUN_TIMEOUT).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::QualityGateFailed), "{}", s.diagnostics(&[&op]));
+    let run_id = run.status.and_then(|st| st.run_id).expect("run id");
+    let dir = run_dir(&s.lake(), &run_id);
+    assert!(dir.join("_QUALITY_REPORT.json").exists(), "{:?}", files_under(&dir));
+    assert!(!dir.join("_SUCCESS").exists());
+
+    create_promotion(&s, &promotion("tx-bad-promo", &[&run_id], None)).await;
+    // The preview already says what the gate will refuse.
+    eventually("the preview naming success_marker", Duration::from_secs(30), || async {
+        let p: Promotion = Api::namespaced(s.client.clone(), &s.ns.name).get("tx-bad-promo").await.ok()?;
+        let st = p.status?;
+        st.failed_checks.iter().any(|c| c.name == "success_marker").then_some(())
+    })
+    .await;
+    approve(&s, "tx-bad-promo").await;
+
+    let done = finished_promotion(&s, "tx-bad-promo", &op).await;
+    let status = done.status.expect("status");
+    assert_eq!(status.phase, Some(PromotionPhase::Failed), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.version, None);
+    let check = status.failed_checks.iter().find(|c| c.name == "success_marker");
+    let check = check.unwrap_or_else(|| panic!("no success_marker in {:?}", status.failed_checks));
+    assert!(check.message.contains(&run_id), "{}", check.message);
+    assert!(check.message.contains("failed its quality gate"), "{}", check.message);
+    assert!(check.message.contains("_QUALITY_REPORT.json"), "{}", check.message);
+    let promoted = status.conditions.iter().find(|c| c.type_ == "Promoted").expect("Promoted condition");
+    assert_eq!((promoted.status.as_str(), promoted.reason.as_str()), ("False", "GateRefused"));
+    assert!(promoted.message.contains("success_marker"), "{}", promoted.message);
+    let events = support::events(&s.client, &s.ns.name, "tx-bad-promo").await;
+    let warning =
+        events.iter().find(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("GateRefused"));
+    let warning = warning.unwrap_or_else(|| panic!("no Warning GateRefused in {:?}", reasons(events.clone())));
+    assert!(warning.message.as_deref().is_some_and(|m| m.contains("success_marker")), "{:?}", warning.message);
+
+    // The refusal is audited; nothing moved.
+    let records = audit_records(&s.lake());
+    let refused: Vec<&serde_json::Value> = records.iter().filter(|r| r["result"] == "refused").collect();
+    assert_eq!(refused.len(), 1, "{records:?}");
+    let checks = refused[0]["failed_checks"].as_array().expect("failed_checks");
+    assert!(checks.iter().any(|c| c["check"] == "success_marker"), "{checks:?}");
+    assert!(latest(&s.lake()).is_none(), "a refused promotion moves nothing");
+    assert!(!s.lake().join("silver/transactions/current").exists());
+    assert_eq!(op.metric(r#"silverline_promotions_total{dataset="transactions",result="failed"}"#).await, Some(1.0));
 }

@@ -444,7 +444,11 @@ impl Builder<'_> {
 
     fn follow_promotion(&mut self) {
         match &self.o.recorded {
-            Some(Recorded::Promoted { version, previous_version }) => {
+            // Final only once a promote Job of it completed: a Job that died after the pointer write left
+            // `current/` and the audit record behind, and the next Job (a repeat of this Promotion) catches up.
+            Some(Recorded::Promoted { version, previous_version })
+                if matches!(self.o.job, Some(JobState::Complete)) =>
+            {
                 self.status.version = Some(*version);
                 self.status.previous_version = *previous_version;
                 self.status.failed_checks.clear();
@@ -1318,6 +1322,23 @@ mod tests {
         assert_eq!((p.status.version, p.status.previous_version), (Some(3), Some(2)));
         assert_eq!(condition(&p.status, CONDITION_PROMOTED), ("True", "Promoted"));
         assert!(matches!(p.transitions.as_slice(), [Transition::Finished { phase: PromotionPhase::Promoted, .. }]));
+
+        // The Job died after the pointer write (current/ and the audit record lag): a new Job catches up.
+        let crashed = run(Case {
+            status: promoting(1),
+            job: Some(JobState::Failed { exit_code: Some(134), message: "aborted".into() }),
+            recorded: Some(Recorded::Promoted { version: 3, previous_version: Some(2) }),
+            ..Case::default()
+        });
+        assert_eq!(crashed.status.phase, Some(PromotionPhase::Promoting));
+        assert!(crashed.status.next_attempt_at.is_some());
+        let missing = run(Case {
+            status: promoting(1),
+            job: Some(JobState::Missing),
+            recorded: Some(Recorded::Promoted { version: 3, previous_version: Some(2) }),
+            ..Case::default()
+        });
+        assert_eq!(missing.launch.map(|l| l.job_name), Some("tx-promo-p1".into()));
     }
 
     #[test]

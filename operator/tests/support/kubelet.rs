@@ -13,7 +13,8 @@
 //! its terminal status; a pod that vanishes has its process killed.
 //!
 //! Faults are injected per Job name, the way they happen in a cluster: a container that exits with a code, one
-//! that exits 0 without doing its work, one killed with SIGKILL in the middle of its run, one held before start.
+//! that exits 0 without doing its work, one killed with SIGKILL in the middle of its run, one held before start,
+//! one whose worker runs with more environment (e.g. a test hook of the worker), optionally held before start.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
@@ -40,6 +41,9 @@ pub enum Fault {
     KillAfterClaim { lake: PathBuf },
     /// The pod is Running but its worker only starts once the test notifies.
     Hold(Arc<Notify>),
+    /// The worker runs with these environment variables added (e.g. `SILVERLINE_PROMOTE_CRASH_AFTER`), and
+    /// with `hold`, only once the test notifies.
+    Env { vars: Vec<(String, String)>, hold: Option<Arc<Notify>> },
 }
 
 type Faults = Arc<Mutex<HashMap<String, Fault>>>;
@@ -213,6 +217,10 @@ impl Node {
             }
         }
 
+        if let Some(Fault::Env { vars, .. }) = &fault {
+            env.extend(vars.iter().cloned());
+        }
+
         let started = Timestamp::now();
         self.set_running(&name, &container.name, container.image.as_deref().unwrap_or(""), started).await?;
         let image = container.image.clone().unwrap_or_default();
@@ -234,6 +242,21 @@ impl Node {
                         Ok(()) => return self.set_terminated(&name, &container.name, &image, started, 143).await,
                         Err(_) => return Ok(()),
                     },
+                }
+                match spawn_and_wait(&program, &args_all, &env, &log_path, &pod_dir, &mut stopped, None).await? {
+                    Some(code) => code,
+                    None => return Ok(()),
+                }
+            }
+            Some(Fault::Env { hold, .. }) => {
+                if let Some(release) = hold {
+                    tokio::select! {
+                        () = release.notified() => {}
+                        graceful = &mut stopped => match graceful {
+                            Ok(()) => return self.set_terminated(&name, &container.name, &image, started, 143).await,
+                            Err(_) => return Ok(()),
+                        },
+                    }
                 }
                 match spawn_and_wait(&program, &args_all, &env, &log_path, &pod_dir, &mut stopped, None).await? {
                     Some(code) => code,
