@@ -294,6 +294,7 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
         let replay = raw.replay.get(r);
         let field_count = range.len();
         let mismatch = replay.map_or(field_count != map.field_count, |m| !m.has_values);
+        let after_quote = raw.text_after_quote.iter().find(|(record, _)| *record == r).map(|(_, field)| *field);
         if mismatch {
             let hash = replay.map_or_else(|| record_hash(&raw, r), |m| m.row_hash);
             hashes.push(hash);
@@ -336,6 +337,17 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
             Some(_) => fold(row_hash(&trimmed, &mut scratch)),
             None => content_hash(hash, &fields, &trimmed, &mut scratch),
         });
+        if let Some(field) = after_quote {
+            let column = map.source_index.iter().position(|s| *s + 1 == field);
+            let name =
+                column.map_or_else(|| format!("field {field}"), |c| format!("column {}", contract.columns[c].name));
+            let message = format!(
+                "{name}: text after the closing quote (as in \"C1\"x); quote the whole value or none of it — it is \
+                 not joined to the quoted text"
+            );
+            outcomes.push(schema_error(message, column));
+            continue;
+        }
         let ascii = raw.record_bytes(r).is_ascii();
         if let Some((c, err)) = (!ascii)
             .then(|| fields.iter().enumerate().find_map(|(c, f)| std::str::from_utf8(f).err().map(|e| (c, e))))

@@ -36,6 +36,78 @@ pub struct RecordChunk {
     pub replay: Vec<ReplayMeta>,
     /// The record, if any, that ended at the end of the input inside a quoted field: its quote was never closed.
     pub open_quote: Option<OpenQuote>,
+    /// Records with text after a closing quote (`"C1"x`), which csv-core would silently join to `C1x`: (record
+    /// index in the chunk, 1-based field). Rare, so a list.
+    pub text_after_quote: Vec<(usize, usize)>,
+}
+
+/// Where the quote scanner is within a record's raw bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuoteState {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    /// Just after a quote inside a quoted field: the closing one, or the first of an escaped pair.
+    QuoteInQuoted,
+}
+
+/// Follows the quoting of a record's raw bytes, beside csv-core, to see what csv-core forgives: text after a
+/// closing quote, and a quote still open at the end of the input. Jumps with memchr, so it costs little.
+#[derive(Debug, Clone, Copy)]
+struct QuoteScan {
+    state: QuoteState,
+    /// 0-based field the scan is in.
+    field: usize,
+    /// 0-based field with text after its closing quote, the first one.
+    text_after_quote: Option<usize>,
+}
+
+impl QuoteScan {
+    fn new() -> QuoteScan {
+        QuoteScan { state: QuoteState::FieldStart, field: 0, text_after_quote: None }
+    }
+
+    fn scan(&mut self, bytes: &[u8]) {
+        use QuoteState::*;
+        let mut i = 0;
+        while i < bytes.len() {
+            match self.state {
+                Quoted => match memchr::memchr(b'"', &bytes[i..]) {
+                    Some(j) => {
+                        i += j + 1;
+                        self.state = QuoteInQuoted;
+                    }
+                    None => return,
+                },
+                Unquoted => match memchr::memchr3(b',', b'\r', b'\n', &bytes[i..]) {
+                    Some(j) => {
+                        self.field += usize::from(bytes[i + j] == b',');
+                        i += j + 1;
+                        self.state = FieldStart;
+                    }
+                    None => return,
+                },
+                FieldStart | QuoteInQuoted => {
+                    let after_quote = self.state == QuoteInQuoted;
+                    self.state = match bytes[i] {
+                        b'"' => Quoted,
+                        b',' => {
+                            self.field += 1;
+                            FieldStart
+                        }
+                        b'\r' | b'\n' => FieldStart,
+                        _ => {
+                            if after_quote {
+                                self.text_after_quote.get_or_insert(self.field);
+                            }
+                            Unquoted
+                        }
+                    };
+                    i += 1;
+                }
+            }
+        }
+    }
 }
 
 /// Where a quote that was never closed opened: it swallowed the rest of the input into one field.
@@ -68,6 +140,7 @@ impl RecordChunk {
         self.lines.clear();
         self.replay.clear();
         self.open_quote = None;
+        self.text_after_quote.clear();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -163,10 +236,7 @@ impl<R: BufRead> CsvTokenizer<R> {
         let start_line = self.line();
         let record_start = *filled;
         let mut n_ends = 0;
-        // Quotes read for this record: an odd count at the end of the input means a quote left open (csv-core
-        // then ends the record silently). A stray quote inside an unquoted field also counts, so the checker
-        // only uses this to explain a record that is wrong anyway.
-        let mut quotes = 0usize;
+        let mut quoting = QuoteScan::new();
         loop {
             if chunk.data.len() < *filled + 1024 {
                 let grown = (*filled + 1024).max(chunk.data.len() * 2);
@@ -176,7 +246,7 @@ impl<R: BufRead> CsvTokenizer<R> {
             let at_end = input.is_empty();
             let (result, n_in, n_out, n_end) =
                 self.core.read_record(input, &mut chunk.data[*filled..], &mut self.ends[n_ends..]);
-            quotes += memchr::memchr_iter(b'"', &input[..n_in]).count();
+            quoting.scan(&input[..n_in]);
             self.input.consume(n_in);
             *filled += n_out;
             n_ends += n_end;
@@ -184,7 +254,11 @@ impl<R: BufRead> CsvTokenizer<R> {
                 InputEmpty | OutputFull => {}
                 OutputEndsFull => self.ends.resize(self.ends.len() * 2, 0),
                 Record => {
-                    if at_end && quotes % 2 == 1 && n_ends > 0 {
+                    if let Some(field) = quoting.text_after_quote {
+                        chunk.text_after_quote.push((chunk.len(), field + 1));
+                    }
+                    // csv-core ends a record silently at the end of the input, even inside a quoted field.
+                    if at_end && quoting.state == QuoteState::Quoted && n_ends > 0 {
                         // The open field is the last one; line breaks before it lie inside earlier quoted fields.
                         let last_start = if n_ends == 1 { record_start } else { record_start + self.ends[n_ends - 2] };
                         let breaks = memchr::memchr_iter(b'\n', &chunk.data[record_start..last_start]).count();
@@ -319,6 +393,15 @@ mod tests {
         assert_eq!(chunk.open_quote, Some(OpenQuote { record: 2, line: 4, field: 2 }));
         let mut t = CsvTokenizer::new(&b"a,\"b\"\nc,d\n"[..]);
         assert_eq!(t.next_chunk(0, 1, 100, 1 << 16).expect("reads").expect("records").open_quote, None);
+    }
+
+    #[test]
+    fn text_after_a_closing_quote_is_noted_with_its_field() {
+        let mut t = CsvTokenizer::new(&b"a,\"b\"x,c\n\"d\"\"e\",f\"g\r\n\"h\"\n"[..]);
+        let chunk = t.next_chunk(0, 1, 100, 1 << 16).expect("reads").expect("records");
+        assert_eq!(chunk.len(), 3);
+        assert_eq!(chunk.text_after_quote, vec![(0, 2)]);
+        assert_eq!(chunk.open_quote, None);
     }
 
     #[test]

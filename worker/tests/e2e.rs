@@ -665,3 +665,25 @@ fn messages_name_the_key_the_open_quote_the_fraction_and_quote_huge_values_brief
         messages[4]
     );
 }
+
+#[test]
+fn text_after_a_closing_quote_is_a_schema_error_not_rewritten() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let mut text = format!("{HEADER}\n");
+    text += "T1,\"C1\"x,10.00,EUR,2024-01-15T10:00:00Z\n";
+    text += "T2,\"C\"\"2\",10.00,EUR,2024-01-15T10:00:00Z\n"; // an escaped quote: valid
+    text += "T3,C\"3,10.00,EUR,2024-01-15T10:00:00Z\n"; // a quote inside an unquoted field is text: valid
+    text += "T4,\"C4\" ,10.00,EUR,2024-01-15T10:00:00Z\n"; // even a space after the closing quote
+    let input = write(tmp.path(), "quotes.csv", text);
+    let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let q = read_area(&lake, "quarantine", "r1");
+    assert_eq!(strings(&q, "TransactionID"), [Some("T1".into()), Some("T4".into())]);
+    assert_eq!(strings(&q, "error_type"), [Some("SCHEMA_ERROR".into()), Some("SCHEMA_ERROR".into())]);
+    assert_eq!(strings(&q, "error_column"), [Some("CustomerID".into()), Some("CustomerID".into())]);
+    let message = strings(&q, "error_message")[0].clone().unwrap();
+    assert!(message.contains("after the closing quote"), "{message}");
+    let silver = read_area(&lake, "silver", "r1");
+    assert_eq!(strings(&silver, "CustomerID"), [Some("C\"2".into()), Some("C\"3".into())]);
+}
