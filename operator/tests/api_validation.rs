@@ -26,6 +26,7 @@ fn rejection(result: Result<EtlRun, kube::Error>) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn the_apiserver_rejects_runs_whose_names_or_input_could_escape_a_path() {
     let client = support::client().await;
     support::install_crds(&client).await;
@@ -54,6 +55,7 @@ async fn the_apiserver_rejects_runs_whose_names_or_input_could_escape_a_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn the_spec_of_a_run_cannot_change_but_its_status_can() {
     let client = support::client().await;
     support::install_crds(&client).await;
@@ -75,6 +77,7 @@ async fn the_spec_of_a_run_cannot_change_but_its_status_can() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn the_apiserver_rejects_datasets_whose_name_or_schema_version_is_not_a_path_segment() {
     let client = support::client().await;
     support::install_crds(&client).await;
@@ -102,6 +105,7 @@ async fn the_apiserver_rejects_datasets_whose_name_or_schema_version_is_not_a_pa
 /// The operator's restart-safety rests on this: its server-side-apply status writes carry the resourceVersion it
 /// decided from, and the apiserver refuses them when the EtlRun changed since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_status_apply_from_a_stale_view_is_refused() {
     let client = support::client().await;
     support::install_crds(&client).await;
@@ -127,6 +131,7 @@ async fn a_status_apply_from_a_stale_view_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn the_apiserver_keeps_a_promotion_immutable_and_to_runs_or_a_version() {
     use silverline_crds::Promotion;
     let client = support::client().await;

@@ -50,6 +50,7 @@ fn big_input(rows: usize) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_run_succeeds_with_the_counts_of_its_success_marker_in_status_and_metrics() {
     let s = Scenario::new("happy").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -120,6 +121,7 @@ async fn a_run_succeeds_with_the_counts_of_its_success_marker_in_status_and_metr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_transient_failure_is_retried_after_a_backoff_under_a_new_run_id() {
     let s = Scenario::new("transient").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -156,6 +158,7 @@ async fn a_transient_failure_is_retried_after_a_backoff_under_a_new_run_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn schema_drift_fails_the_run_at_once_without_a_retry() {
     let s = Scenario::new("drift").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -192,6 +195,7 @@ async fn schema_drift_fails_the_run_at_once_without_a_retry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_worker_killed_mid_run_is_retried_under_a_new_run_id() {
     let s = Scenario::new("killed").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -215,6 +219,7 @@ async fn a_worker_killed_mid_run_is_retried_under_a_new_run_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_job_that_succeeds_without_a_success_marker_is_a_failed_attempt() {
     let s = Scenario::new("nomarker").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -238,6 +243,7 @@ async fn a_job_that_succeeds_without_a_success_marker_is_a_failed_attempt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn an_operator_killed_mid_run_adopts_the_job_and_completes_the_status() {
     let s = Scenario::new("restart").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -275,6 +281,7 @@ async fn an_operator_killed_mid_run_adopts_the_job_and_completes_the_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn only_the_leader_of_two_replicas_acts() {
     let s = Scenario::new("leader").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -313,6 +320,7 @@ async fn only_the_leader_of_two_replicas_acts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_malformed_run_does_not_stop_the_controller_from_serving_the_others() {
     let s = Scenario::new("malformed").await;
     let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
@@ -344,6 +352,7 @@ async fn a_malformed_run_does_not_stop_the_controller_from_serving_the_others() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_quality_gate_failure_ends_the_run_with_the_reports_metrics() {
     let s = Scenario::new("quality").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -371,6 +380,7 @@ async fn a_quality_gate_failure_ends_the_run_with_the_reports_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn the_operator_needs_no_more_than_its_published_rbac() {
     let s = Scenario::new("rbac").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -407,6 +417,7 @@ async fn the_operator_needs_no_more_than_its_published_rbac() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_run_waits_for_its_dataset_and_starts_when_it_appears() {
     let s = Scenario::new("waits").await;
     let op = s.operator("replica-a").await;
@@ -434,6 +445,7 @@ async fn a_run_waits_for_its_dataset_and_starts_when_it_appears() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn an_attempt_past_its_deadline_is_stopped_and_retried() {
     let s = Scenario::new("deadline").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -465,6 +477,7 @@ async fn an_attempt_past_its_deadline_is_stopped_and_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn an_invalid_contract_is_reported_on_the_dataset_and_holds_its_runs_until_fixed() {
     let s = Scenario::new("contract").await;
     let op = s.operator("replica-a").await;
@@ -509,6 +522,7 @@ async fn an_invalid_contract_is_reported_on_the_dataset_and_holds_its_runs_until
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn an_evicted_worker_is_retried_under_a_new_run_id() {
     let s = Scenario::new("evicted").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -549,6 +563,7 @@ async fn an_evicted_worker_is_retried_under_a_new_run_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn lake_credentials_reach_the_worker_by_reference_only() {
     let s = Scenario::new("creds").await;
     const SECRET_VALUE: &str = "s3cr3t-value-that-must-not-leak";
@@ -586,6 +601,7 @@ async fn lake_credentials_reach_the_worker_by_reference_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_leader_stopped_gracefully_hands_the_lease_over_at_once() {
     let s = Scenario::new("handover").await;
     let mut a = s.operator("replica-a").await;
@@ -606,6 +622,7 @@ async fn a_leader_stopped_gracefully_hands_the_lease_over_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_run_on_an_s3_lake_succeeds_with_a_read_only_operator() {
     let s = Scenario::new("s3").await;
     let s3 = support::S3Server::start().await;

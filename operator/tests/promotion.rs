@@ -114,6 +114,7 @@ fn reasons(events: Vec<k8s_openapi::api::core::v1::Event>) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn an_unapproved_promotion_waits_and_moves_nothing_until_approved_then_becomes_version_1() {
     let s = Scenario::new("promote").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -178,6 +179,7 @@ async fn an_unapproved_promotion_waits_and_moves_nothing_until_approved_then_bec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_rejected_promotion_moves_nothing_and_is_audited() {
     let s = Scenario::new("reject").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -204,6 +206,7 @@ async fn a_rejected_promotion_moves_nothing_and_is_audited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_run_that_never_committed_is_refused_by_the_gate_naming_the_check() {
     let s = Scenario::new("refuse").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -232,6 +235,7 @@ async fn a_run_that_never_committed_is_refused_by_the_gate_naming_the_check() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_promote_job_that_finds_the_pointer_contended_is_retried_by_a_new_job() {
     let s = Scenario::new("contend").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -251,6 +255,7 @@ async fn a_promote_job_that_finds_the_pointer_contended_is_retried_by_a_new_job(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn two_approved_promotions_of_one_dataset_run_one_at_a_time_and_a_rollback_is_a_new_version() {
     let s = Scenario::new("serial").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -312,6 +317,7 @@ async fn two_approved_promotions_of_one_dataset_run_one_at_a_time_and_a_rollback
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_dataset_with_request_on_success_asks_for_review_and_the_published_rbac_suffices() {
     let s = Scenario::new("request").await;
     let mut dataset = transactions_dataset(&s.lake(), 3);
@@ -347,6 +353,7 @@ async fn a_dataset_with_request_on_success_asks_for_review_and_the_published_rba
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_promotion_on_an_s3_lake_is_previewed_read_only_and_written_by_the_job() {
     let s = Scenario::new("promo-s3").await;
     let s3 = support::S3Server::start().await;
@@ -416,6 +423,7 @@ fn run_dir(lake: &Path, run_id: &str) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_promote_job_killed_after_the_pointer_write_with_the_operator_restarted_completes_exactly_once() {
     let s = Scenario::new("crash").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
@@ -543,6 +551,7 @@ async fn a_promote_job_killed_after_the_pointer_write_with_the_operator_restarte
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_quality_failed_run_is_refused_by_the_success_marker_check_with_a_warning() {
     let s = Scenario::new("qfail").await;
     let mut dataset = transactions_dataset(&s.lake(), 3);

@@ -2,7 +2,8 @@
 //! the operator as a real process, the test kubelet, and waiting.
 //!
 //! The control plane is started by `scripts/test.sh` (`scripts/controlplane.sh start`), which exports
-//! `KUBECONFIG`. Without it these tests fail: a control plane that is not there is a failure, never a skip.
+//! `KUBECONFIG`. In a plain `cargo test` these tests are ignored with a hint naming that script; run with
+//! `--ignored` (as the script does) without a control plane they fail: that is a failure, never a skip.
 
 #![allow(dead_code)] // each test binary uses its own part of the support code
 
