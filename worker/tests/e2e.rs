@@ -687,3 +687,24 @@ fn text_after_a_closing_quote_is_a_schema_error_not_rewritten() {
     let silver = read_area(&lake, "silver", "r1");
     assert_eq!(strings(&silver, "CustomerID"), [Some("C\"2".into()), Some("C\"3".into())]);
 }
+
+#[test]
+fn a_truncated_gzip_exits_3_leaving_only_the_run_id_claim() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let text: String = format!("{HEADER}\n")
+        + &(0..50_000).map(good).collect::<String>()
+        + &(0..500).map(|i| row(&format!("X{i}"), "C", "bad", "EUR", "2024-01-15T10:00:00Z")).collect::<String>();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let input = write(tmp.path(), "cut.csv.gz", &gz[..gz.len() * 9 / 10]);
+    let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("cut.csv.gz"), "{}", out.stderr);
+    // As the README's exit code table says: the run id stays claimed, no part file and no _SUCCESS.
+    assert_eq!(files_under(&lake), ["silver/transactions/schema_v=v1/run_id=r1/_RUN.json"]);
+    let again =
+        run_worker(&lenient(tmp.path()), &write(tmp.path(), "ok.csv", format!("{HEADER}\n{}", good(1))), &lake, "r1");
+    assert_eq!(again.code, 2, "the claimed run id is not reused: {}", again.stderr);
+}
