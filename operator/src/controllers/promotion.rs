@@ -509,6 +509,18 @@ impl Builder<'_> {
                 };
                 let attempt = self.status.attempts.max(1);
                 if attempt >= self.settings.max_attempts {
+                    if let Some(Recorded::Promoted { version, previous_version }) = &self.o.recorded {
+                        // The pointer names this Promotion: its version is current, whatever the Jobs did after.
+                        // Saying Failed would be false; say what lags instead (a Warning: someone should look).
+                        self.status.version = Some(*version);
+                        self.status.previous_version = *previous_version;
+                        let message = format!(
+                            "version {version} is current (_LATEST.json names this Promotion), but {what} in each of \
+                             {attempt} promote Jobs after the pointer moved, so current/ and the audit record may lag \
+                             until the next promotion of this dataset catches them up; last: {message}"
+                        );
+                        return self.finish(PromotionPhase::Promoted, "PromotedCatchUpPending", message);
+                    }
                     let message = format!("{what} in each of {attempt} promote Jobs; last: {message}");
                     return self.finish(PromotionPhase::Failed, "AttemptsExhausted", message);
                 }
@@ -1062,7 +1074,9 @@ async fn report(ctx: &Context, promotion: &Promotion, status: &PromotionStatus, 
         Transition::Finished { phase, reason, message } => {
             let now = Timestamp::now().as_millisecond() as f64 / 1000.0;
             ctx.metrics.record_promotion(dataset, *phase, now);
-            let type_ = if *phase == PromotionPhase::Failed { EventType::Warning } else { EventType::Normal };
+            let lagging = reason == "PromotedCatchUpPending";
+            let type_ =
+                if *phase == PromotionPhase::Failed || lagging { EventType::Warning } else { EventType::Normal };
             tracing::info!(promotion = %name, namespace = %namespace, dataset, phase = %phase, reason = %reason, "{message}");
             publish::<Promotion>(ctx, meta, type_, reason, "Finish", format!("{phase}: {message}")).await;
         }
@@ -1375,6 +1389,12 @@ mod tests {
         let last = run(Case { status: promoting(3), job: failed(7), ..Case::default() });
         assert_eq!(last.status.phase, Some(PromotionPhase::Failed));
         assert_eq!(condition(&last.status, CONDITION_PROMOTED), ("False", "AttemptsExhausted"));
+        // Every Job died after the pointer write: the version is current, so the Promotion is not Failed.
+        let recorded = Some(Recorded::Promoted { version: 4, previous_version: Some(3) });
+        let lagging = run(Case { status: promoting(3), job: failed(1), recorded, ..Case::default() });
+        assert_eq!(lagging.status.phase, Some(PromotionPhase::Promoted));
+        assert_eq!(lagging.status.version, Some(4));
+        assert_eq!(condition(&lagging.status, CONDITION_PROMOTED), ("True", "PromotedCatchUpPending"));
 
         let usage = run(Case { status: promoting(1), job: failed(2), ..Case::default() });
         assert_eq!(condition(&usage.status, CONDITION_PROMOTED), ("False", "ConfigurationError"));
