@@ -11,6 +11,9 @@ use std::sync::Arc;
 /// Column names the quarantine and condemned files use for their own metadata; `Dataset::validate` refuses them.
 pub use silverline_crds::RESERVED_COLUMNS;
 
+/// The quarantine and condemned column with a record's original bytes when they are not UTF-8.
+pub const RAW_RECORD_BYTES: &str = "raw_record_bytes";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     String,
@@ -54,6 +57,12 @@ impl Contract {
         let position = |name: &str| spec.columns.iter().position(|c| c.name == name);
         let mut columns = Vec::with_capacity(spec.columns.len());
         for c in &spec.columns {
+            // Newer than the CRD's list of reserved names: checked here too.
+            if c.name == RAW_RECORD_BYTES {
+                return Err(Error::ContractUnsupported(format!(
+                    "spec.columns: {RAW_RECORD_BYTES:?} is a column of the worker's quarantine files; rename the column"
+                )));
+            }
             let kind = match c.column_type {
                 ColumnType::String => Kind::String,
                 ColumnType::Decimal => {
@@ -217,5 +226,9 @@ pub(crate) mod tests {
         let mut ds = Dataset::from_manifest(include_str!("../../examples/datasets/transactions.yaml")).expect("parses");
         ds.spec.columns[1].name = "error_type".into();
         assert!(Contract::compile(&ds).is_err());
+        let mut ds = Dataset::from_manifest(include_str!("../../examples/datasets/transactions.yaml")).expect("parses");
+        ds.spec.columns[1].name = RAW_RECORD_BYTES.into();
+        let err = Contract::compile(&ds).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(RAW_RECORD_BYTES), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! Replaying a quarantine run: its part files are read back as records in contract column order, keeping each
 //! row's lineage, hash and attempt count, so the ledger can revalidate them and condemn those out of attempts.
 
-use crate::contract::Contract;
+use crate::contract::{Contract, RAW_RECORD_BYTES};
 use crate::input::{InputObject, read_error};
 use crate::tokenize::{RecordChunk, ReplayMeta};
 use crate::{Error, Result};
@@ -57,6 +57,13 @@ fn open_reader(
             }
         }
     }
+    // Quarantine files written before the column existed have no raw_record_bytes: they held text only.
+    match schema.field_with_name(RAW_RECORD_BYTES) {
+        Ok(f) if *f.data_type() != DataType::Binary => {
+            return Err(drift(input, format!("column {RAW_RECORD_BYTES} is {}, expected Binary", f.data_type())));
+        }
+        _ => {}
+    }
     let reader = builder
         .with_batch_size(16 * 1024)
         .build()
@@ -109,6 +116,7 @@ fn to_chunk(
     let line_number = column("line_number")?.as_primitive::<UInt64Type>().clone();
     let attempt = column("attempt_count")?.as_primitive::<UInt32Type>().clone();
     let row_hash = column("row_hash")?.as_string::<i32>().clone();
+    let raw_bytes = batch.column_by_name(RAW_RECORD_BYTES).map(|a| a.as_binary::<i32>().clone());
     let mut chunk = RecordChunk::new(source, first);
     for r in 0..batch.num_rows() {
         let has_values = values.iter().all(|v| v.is_valid(r));
@@ -128,6 +136,7 @@ fn to_chunk(
             attempt_count: attempt.value(r),
             has_values,
             raw_record: raw_record.value(r).to_owned(),
+            raw_record_bytes: raw_bytes.as_ref().filter(|a| a.is_valid(r)).map(|a| a.value(r).to_vec()),
         });
     }
     Ok(chunk)

@@ -3,13 +3,13 @@
 //! Everything here is deterministic: the same rows in the same order give byte-identical files.
 
 use crate::check::CheckedChunk;
-use crate::contract::{Contract, HeaderMap};
+use crate::contract::{Contract, HeaderMap, RAW_RECORD_BYTES};
 use crate::input::storage_error;
 use crate::layout::{Area, LakeLayout};
 use crate::ledger::SideRow;
 use crate::{Error, Result};
 use arrow::array::BooleanArray;
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder, UInt32Builder, UInt64Builder};
+use arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, RecordBatch, StringBuilder, UInt32Builder, UInt64Builder};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use object_store::buffered::BufWriter;
@@ -483,6 +483,7 @@ pub fn side_schema(contract: &Contract, area: Area) -> SchemaRef {
     let mut fields: Vec<Field> = contract.columns.iter().map(|c| Field::new(&c.name, DataType::Utf8, true)).collect();
     fields.extend([
         Field::new("raw_record", DataType::Utf8, false),
+        Field::new(RAW_RECORD_BYTES, DataType::Binary, true),
         Field::new("source_uri", DataType::Utf8, false),
         Field::new("record_number", DataType::UInt64, false),
         Field::new("line_number", DataType::UInt64, false),
@@ -500,18 +501,27 @@ pub fn side_schema(contract: &Contract, area: Area) -> SchemaRef {
 
 /// Re-encodes fields as one CSV record, for `raw_record`.
 pub fn csv_record<'a>(fields: impl Iterator<Item = &'a [u8]>) -> String {
-    let mut out = String::new();
+    String::from_utf8_lossy(&csv_record_bytes(fields)).into_owned()
+}
+
+/// Re-encodes fields as one CSV record, byte for byte, for `raw_record_bytes`.
+pub fn csv_record_bytes<'a>(fields: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
     for (i, field) in fields.enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        let text = String::from_utf8_lossy(field);
-        if text.contains([',', '"', '\n', '\r']) {
-            out.push('"');
-            out.push_str(&text.replace('"', "\"\""));
-            out.push('"');
+        if field.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+            out.push(b'"');
+            for &b in field {
+                if b == b'"' {
+                    out.push(b'"');
+                }
+                out.push(b);
+            }
+            out.push(b'"');
         } else {
-            out.push_str(&text);
+            out.extend_from_slice(field);
         }
     }
     out
@@ -588,6 +598,7 @@ impl SideWriter {
         let mut values: Vec<StringBuilder> =
             contract.columns.iter().map(|_| StringBuilder::with_capacity(n, n * 16)).collect();
         let mut raw_record = StringBuilder::new();
+        let mut raw_bytes = BinaryBuilder::new();
         let mut source = StringBuilder::new();
         let mut record_number = UInt64Builder::with_capacity(n);
         let mut line_number = UInt64Builder::with_capacity(n);
@@ -615,12 +626,23 @@ impl SideWriter {
             match replay {
                 Some(m) => {
                     raw_record.append_value(&m.raw_record);
+                    raw_bytes.append_option(m.raw_record_bytes.as_deref());
                     source.append_value(&m.source_uri);
                     record_number.append_value(m.record_number);
                     line_number.append_value(m.line_number);
                 }
                 None => {
-                    raw_record.append_value(csv_record(raw.fields(r)));
+                    let bytes = csv_record_bytes(raw.fields(r));
+                    match String::from_utf8(bytes) {
+                        Ok(text) => {
+                            raw_record.append_value(text);
+                            raw_bytes.append_null();
+                        }
+                        Err(e) => {
+                            raw_record.append_value(String::from_utf8_lossy(e.as_bytes()));
+                            raw_bytes.append_value(e.as_bytes());
+                        }
+                    }
                     source.append_value(source_uri);
                     record_number.append_value(raw.first_record + r as u64);
                     line_number.append_value(raw.lines[r]);
@@ -649,6 +671,7 @@ impl SideWriter {
         }
         let mut columns: Vec<ArrayRef> = values.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef).collect();
         columns.push(Arc::new(raw_record.finish()));
+        columns.push(Arc::new(raw_bytes.finish()));
         columns.push(Arc::new(source.finish()));
         columns.push(Arc::new(record_number.finish()));
         columns.push(Arc::new(line_number.finish()));

@@ -708,3 +708,50 @@ fn a_truncated_gzip_exits_3_leaving_only_the_run_id_claim() {
         run_worker(&lenient(tmp.path()), &write(tmp.path(), "ok.csv", format!("{HEADER}\n{}", good(1))), &lake, "r1");
     assert_eq!(again.code, 2, "the claimed run id is not reused: {}", again.stderr);
 }
+
+fn binaries(batches: &[arrow::array::RecordBatch], column: &str) -> Vec<Option<Vec<u8>>> {
+    use arrow::array::Array;
+    batches
+        .iter()
+        .flat_map(|b| {
+            let a = b.column_by_name(column).unwrap_or_else(|| panic!("no column {column}")).as_binary::<i32>().clone();
+            (0..a.len()).map(move |i| a.is_valid(i).then(|| a.value(i).to_vec())).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn quarantine_keeps_the_original_bytes_of_a_row_that_is_not_utf8_across_replays() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let c = lenient(tmp.path());
+    let bad: &[u8] = b"TX1,C\xff\xfe1,10.00,EUR,2024-01-15T10:00:00Z";
+    let mut bytes = format!("{HEADER}\n").into_bytes();
+    bytes.extend_from_slice(bad);
+    bytes.extend_from_slice(b"\n");
+    bytes.extend_from_slice(row("TX2", "C2", "10.00", "XXX", "2024-01-15T10:00:00Z").as_bytes());
+    let input = write(tmp.path(), "latin1.csv", bytes);
+    assert_eq!(run_worker(&c, &input, &lake, "a1").code, 0);
+    let q = read_area(&lake, "quarantine", "a1");
+    // The text column cannot hold the bytes; the binary one does, and is null where the text is exact.
+    assert_eq!(binaries(&q, "raw_record_bytes"), [Some(bad.to_vec()), None]);
+    let out = run_worker(&c, &run_dir(&lake, "quarantine", "a1"), &lake, "a2");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let replayed = read_area(&lake, "quarantine", "a2");
+    assert_eq!(binaries(&replayed, "raw_record_bytes"), [Some(bad.to_vec()), None]);
+    assert_eq!(strings(&replayed, "error_type")[0].as_deref(), Some("SCHEMA_ERROR"));
+    // A quarantine file written before the column existed is still replayable.
+    let old_dir = tmp.path().join("old");
+    std::fs::create_dir(&old_dir).unwrap();
+    let batch = &q[0];
+    let keep: Vec<usize> =
+        (0..batch.num_columns()).filter(|i| batch.schema().field(*i).name() != "raw_record_bytes").collect();
+    let old = batch.project(&keep).unwrap();
+    let file = std::fs::File::create(old_dir.join("part-00000.parquet")).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, old.schema(), None).unwrap();
+    writer.write(&old).unwrap();
+    writer.close().unwrap();
+    let out = run_worker(&c, &old_dir, &lake, "a3");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(rows(&read_area(&lake, "quarantine", "a3")), 2);
+}
