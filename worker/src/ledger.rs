@@ -186,6 +186,17 @@ pub struct Counts {
     pub max_attempts_condemned: u64,
     /// Sum of attempt counts of quarantined rows.
     pub quarantined_attempts: u64,
+    /// Quarantined rows that fail anew: every row of a CSV input, but in a replay only the rows that fail with
+    /// another error type than they were quarantined with. The quality gate counts these.
+    pub newly_failed: u64,
+}
+
+impl Counts {
+    /// The rate the quality gate compares with `maxQuarantineRate`: rows failing anew per input row. For a CSV
+    /// run it is the quarantine rate; a replay is not failed by rows that were already in quarantine.
+    pub fn gated_rate(&self) -> f64 {
+        if self.input_rows == 0 { 0.0 } else { self.newly_failed as f64 / self.input_rows as f64 }
+    }
 }
 
 /// The circuit breaker tripped at this row.
@@ -292,6 +303,8 @@ impl Ledger {
             } else {
                 self.counts.quarantined += 1;
                 self.counts.quarantined_attempts += u64::from(attempt_count);
+                let previous = chunk.raw.replay.get(r).and_then(|m| m.previous_error);
+                self.counts.newly_failed += u64::from(previous != Some(error_type));
                 settled.quarantined.push(SideRow { record: r, error: Some(error), attempt_count, reason: None });
             }
             if self.counts.by_error[error_type.index()] > self.max_same_errors {

@@ -69,8 +69,9 @@ pub enum Error {
     )]
     CircuitBreaker { error_type: &'static str, max_same_errors: u64, source_uri: String, record: u64 },
     #[error(
-        "quality gate: quarantine rate {rate:.4} is above maxQuarantineRate {max}; data and quarantine are kept for \
-         review under {report_key}, no _SUCCESS"
+        "quality gate: quarantine rate {rate:.4} (rows failing anew; in a replay, rows failing as before are not \
+         counted) is above maxQuarantineRate {max}; data and quarantine are kept for review under {report_key}, no \
+         _SUCCESS"
     )]
     QualityGate { rate: f64, max: f64, report_key: String },
     #[error("transient I/O failure at {key}: {message}")]

@@ -116,6 +116,7 @@ fn to_chunk(
     let line_number = column("line_number")?.as_primitive::<UInt64Type>().clone();
     let attempt = column("attempt_count")?.as_primitive::<UInt32Type>().clone();
     let row_hash = column("row_hash")?.as_string::<i32>().clone();
+    let previous_error = batch.column_by_name("error_type").and_then(|a| a.as_string_opt::<i32>().cloned());
     let raw_bytes = batch.column_by_name(RAW_RECORD_BYTES).map(|a| a.as_binary::<i32>().clone());
     let mut chunk = RecordChunk::new(source, first);
     for r in 0..batch.num_rows() {
@@ -136,6 +137,10 @@ fn to_chunk(
             attempt_count: attempt.value(r),
             has_values,
             raw_record: raw_record.value(r).to_owned(),
+            previous_error: previous_error
+                .as_ref()
+                .filter(|a| a.is_valid(r))
+                .and_then(|a| crate::values::ErrorType::parse(a.value(r))),
             raw_record_bytes: raw_bytes.as_ref().filter(|a| a.is_valid(r)).map(|a| a.value(r).to_vec()),
         });
     }

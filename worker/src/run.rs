@@ -424,7 +424,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
         finished_at: chrono::Utc::now(),
         files,
     };
-    let rate = if counts.input_rows == 0 { 0.0 } else { counts.quarantined as f64 / counts.input_rows as f64 };
+    let rate = counts.gated_rate();
     if rate > contract.max_quarantine_rate {
         let report = build_report("quality_gate_failed", facts, &counts);
         let key = layout.marker(layout::QUALITY_REPORT);

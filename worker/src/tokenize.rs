@@ -16,6 +16,8 @@ pub struct ReplayMeta {
     /// False when the quarantined row had no per-column values (wrong field count or undecodable bytes).
     pub has_values: bool,
     pub raw_record: String,
+    /// The error the row was quarantined with: failing the same way again is not a new failure for the gate.
+    pub previous_error: Option<crate::values::ErrorType>,
     /// The record's original bytes, when they are not UTF-8 (`raw_record` then holds U+FFFD in their place).
     pub raw_record_bytes: Option<Vec<u8>>,
 }

@@ -755,3 +755,38 @@ fn quarantine_keeps_the_original_bytes_of_a_row_that_is_not_utf8_across_replays(
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(rows(&read_area(&lake, "quarantine", "a3")), 2);
 }
+
+#[test]
+fn a_replay_is_gated_on_rows_that_fail_anew_not_on_rows_that_fail_again() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let mut text = format!("{HEADER}\n");
+    text += &(1..=10).map(good).collect::<String>();
+    for (id, currency) in [("Q1", "XXX"), ("Q2", "XXX"), ("Q3", "XXX"), ("Q4", "XXX"), ("Q5", "ZZZ"), ("Q6", "ZZZ")] {
+        text += &row(id, "C", "10.00", currency, "2024-01-15T10:00:00Z");
+    }
+    text += &row("T1", "C9", "99.00", "EUR", "2024-01-15T10:00:00Z"); // DUPLICATE_KEY_ERROR
+    let input = write(tmp.path(), "in.csv", text);
+    assert_eq!(run_worker(&lenient(tmp.path()), &input, &lake, "a1").code, 0);
+    assert_eq!(success(&lake, "a1").quarantined_rows_count, 7);
+    // The source now allows XXX; the dataset keeps its 1 % gate. Q5 and Q6 fail again as before: not new.
+    let fixed = contract(tmp.path(), &[("[EUR, USD, GBP, CHF, JPY]", "[EUR, USD, GBP, CHF, JPY, XXX]")]);
+    let out = run_worker(&fixed, &run_dir(&lake, "quarantine", "a1"), &lake, "a2");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = success(&lake, "a2");
+    // The metric stays honest: 2 of 7 replayed rows are in quarantine again.
+    assert_eq!((report.valid_rows_count, report.quarantined_rows_count), (5, 2));
+    assert!((report.quarantine_rate - 2.0 / 7.0).abs() < 1e-9, "{}", report.quarantine_rate);
+    // The duplicate key passes a replay: its earlier holder is not in the replay's input (promotion's
+    // key_collision check is what catches it).
+    let silver_ids: Vec<String> =
+        strings(&read_area(&lake, "silver", "a2"), "TransactionID").into_iter().flatten().collect();
+    assert!(silver_ids.contains(&"T1".to_owned()), "{silver_ids:?}");
+    // A contract that makes the replayed rows fail in a new way is gated like any run.
+    let stricter = contract(
+        tmp.path(),
+        &[("[EUR, USD, GBP, CHF, JPY]", "[EUR, USD, GBP, CHF, JPY, XXX]"), ("scale: 2", "scale: 1")],
+    );
+    let out = run_worker(&stricter, &run_dir(&lake, "quarantine", "a1"), &lake, "a3");
+    assert_eq!(out.code, 5, "{}", out.stderr);
+}
