@@ -104,6 +104,9 @@ pub struct Observed<'a> {
     pub job: Option<JobState>,
     /// The lake's markers for the attempt in flight, read when its Job is not active.
     pub lake: Option<LakeFinding>,
+    /// How often the lake has been read for the attempt in flight, this read included. Not written to status
+    /// while the operator keeps looking (see `await_marker`).
+    pub lake_checks: u32,
 }
 
 /// A change worth an Event, a log line and metrics.
@@ -337,18 +340,21 @@ impl Builder<'_> {
         missing: FailureReason,
         exit_code: Option<i32>,
     ) {
-        let attempt = &mut self.status.attempts[index];
-        attempt.lake_checks = attempt.lake_checks.saturating_add(1);
-        let (checks, run_id) = (attempt.lake_checks, attempt.run_id.clone());
+        let attempt = &self.status.attempts[index];
+        let run_id = attempt.run_id.clone();
         let since = finished_at.or(attempt.started_at.as_ref().map(|t| t.0)).unwrap_or(self.observed.now);
         let deadline = after(since, self.settings.lake_grace);
         let marker = if missing == FailureReason::SuccessMarkerMissing { "_SUCCESS" } else { "_QUALITY_REPORT.json" };
         if self.now() < deadline {
-            let message = format!("the Job finished; looking for run {run_id}'s {marker} in the lake (check {checks})");
+            // The status says nothing that changes per check: a write would wake the controller again at once.
+            let message = format!("the Job finished; looking for run {run_id}'s {marker} in the lake until {deadline}");
             self.set_phase(EtlRunPhase::Validating, "AwaitingReport", &message);
             self.requeue_after = Some(self.settings.lake_check_interval.min(until(self.now(), deadline)));
             return;
         }
+        let attempt = &mut self.status.attempts[index];
+        attempt.lake_checks = attempt.lake_checks.max(self.observed.lake_checks);
+        let checks = attempt.lake_checks;
         let message = format!(
             "the Job finished (exit code {}) but run {run_id}'s {marker} is not in the lake after {checks} checks over {}s",
             exit_code.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
@@ -485,6 +491,7 @@ mod tests {
             contract: Ok(ContractFacts { max_attempts: 3 }),
             job,
             lake,
+            lake_checks: 1,
         }
     }
 
@@ -679,6 +686,33 @@ mod tests {
         let p2 = plan(&again, &settings());
         assert!(p2.transitions.is_empty());
         assert_eq!(p2.status, p.status, "nothing changes, so nothing is written");
+    }
+
+    #[test]
+    fn checking_the_lake_again_changes_nothing_in_status_until_the_grace_period_ends() {
+        let s = started();
+        let complete = || Some(JobState::Complete { finished_at: Some(at(20)) });
+        let mut first = observe(&s, 21, complete(), Some(LakeFinding::Nothing));
+        first.lake_checks = 1;
+        let validating = plan(&first, &settings());
+        assert_eq!(validating.status.phase, Some(EtlRunPhase::Validating));
+        for (now, checks) in [(22, 2), (23, 3), (29, 9)] {
+            let mut again = observe(&validating.status, now, complete(), Some(LakeFinding::Nothing));
+            again.lake_checks = checks;
+            let p = plan(&again, &settings());
+            assert_eq!(
+                p.status, validating.status,
+                "check {checks}: nothing to write, so nothing wakes the controller"
+            );
+            assert!(p.transitions.is_empty(), "check {checks}");
+            assert_eq!(p.requeue_after, Some(Duration::from_secs(2).min(until(at(now), at(30)))), "the interval");
+        }
+        let mut last = observe(&validating.status, 31, complete(), Some(LakeFinding::Nothing));
+        last.lake_checks = 10;
+        let ended = plan(&last, &settings());
+        assert_eq!(ended.status.attempts[0].lake_checks, 10, "the count reaches status when the attempt ends");
+        let message = ended.status.attempts[0].message.clone().unwrap_or_default();
+        assert!(message.contains("after 10 checks over 10s"), "{message}");
     }
 
     #[test]

@@ -73,6 +73,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         promotion: config.promotion_settings(),
         promotion_locks: Default::default(),
         pod_ends: controllers::etlrun::PodEnds::default(),
+        lake_checks: controllers::etlrun::LakeChecks::default(),
         lakes: silverline_operator::lake::Lakes::default(),
     });
     tokio::select! {

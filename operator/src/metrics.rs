@@ -21,6 +21,7 @@ pub struct Metrics {
     pub last_quarantine_rate: GaugeVec,
     pub last_success: GaugeVec,
     pub reconciles: IntCounterVec,
+    pub lake_checks: IntCounterVec,
     pub reconcile_errors: IntCounterVec,
     pub reconcile_duration: HistogramVec,
     pub leader: IntGauge,
@@ -64,6 +65,10 @@ impl Metrics {
         )?;
         let reconciles =
             IntCounterVec::new(Opts::new("reconciles_total", "Reconciles, by controller"), &["controller"])?;
+        let lake_checks = IntCounterVec::new(
+            Opts::new("lake_checks_total", "Reads of a run's markers in the lake (_SUCCESS, reports), by dataset"),
+            &["dataset"],
+        )?;
         let reconcile_errors = IntCounterVec::new(
             Opts::new("reconcile_errors_total", "Failed reconciles, by controller and error category"),
             &["controller", "category"],
@@ -103,6 +108,7 @@ impl Metrics {
         registry.register(Box::new(last_quarantine_rate.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(lake_checks.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(leader.clone()))?;
@@ -120,6 +126,7 @@ impl Metrics {
             last_quarantine_rate,
             last_success,
             reconciles,
+            lake_checks,
             reconcile_errors,
             reconcile_duration,
             leader,

@@ -244,6 +244,33 @@ async fn a_job_that_succeeds_without_a_success_marker_is_a_failed_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn while_validating_the_lake_is_checked_at_the_configured_interval_without_a_hot_loop() {
+    let s = Scenario::new("nospin").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 1)).await;
+    s.kubelet.inject("tx-nospin-a1", Fault::SucceedWithoutRunning);
+    // A grace of 6 s checked every second: about 7 reads, where a loop woken by its own writes made hundreds.
+    let env = [("SILVERLINE_LAKE_GRACE_SECONDS", "6"), ("SILVERLINE_LAKE_CHECK_INTERVAL_SECONDS", "1")];
+    let op = s.operator_with_env("replica-a", &env).await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-nospin", &input).await;
+
+    let run = finished(&s.client, &s.ns.name, "tx-nospin", RUN_TIMEOUT).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Failed), "{status:?}\n{}", s.diagnostics(&[&op]));
+    let first = &status.attempts[0];
+    assert_eq!(first.reason.as_deref(), Some("SuccessMarkerMissing"), "{first:?}");
+    let reads = op.metric(r#"silverline_lake_checks_total{dataset="transactions"}"#).await.unwrap_or(0.0);
+    let reconciles = op.metric(r#"silverline_reconciles_total{controller="etlrun"}"#).await.unwrap_or(0.0);
+    assert!((4.0..=12.0).contains(&reads), "6 s at 1 s intervals, a few more for the Job's own updates: {reads}");
+    assert!(reconciles <= 25.0, "reconciles of one run over its whole life: {reconciles}");
+    assert!(
+        (4..=12).contains(&first.lake_checks),
+        "the checks reach status when the attempt ends: {first:?} (reads {reads})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn an_operator_killed_mid_run_adopts_the_job_and_completes_the_status() {
     let s = Scenario::new("restart").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;

@@ -60,6 +60,31 @@ impl PodEnds {
     }
 }
 
+/// How often the lake was read for each attempt in flight, by run id (unique: it holds the EtlRun's uid). Kept
+/// in memory rather than in status so that a check changes nothing in the object: a status write per check would
+/// wake the controller again at once and bypass the check interval. The count reaches status when the attempt
+/// ends; after an operator restart it starts again from the count in status.
+#[derive(Clone, Default)]
+pub struct LakeChecks(Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>);
+
+impl LakeChecks {
+    /// Counts one more check of `run_id`'s markers and returns how many there were, `recorded` being the count
+    /// already in status.
+    pub fn count(&self, run_id: &str, recorded: u32) -> u32 {
+        let Ok(mut checks) = self.0.lock() else { return recorded.saturating_add(1) };
+        let n = checks.entry(run_id.to_owned()).or_insert(recorded);
+        *n = (*n).max(recorded).saturating_add(1);
+        *n
+    }
+
+    /// Forgets an attempt that has ended.
+    pub fn forget(&self, run_id: &str) {
+        if let Ok(mut checks) = self.0.lock() {
+            checks.remove(run_id);
+        }
+    }
+}
+
 /// Runs the EtlRun controller: it owns the attempts' Jobs and looks again at the runs of a Dataset that appears
 /// or changes.
 pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
@@ -129,16 +154,20 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
     let status = run.status.clone().unwrap_or_default();
     let contract = load_contract(&ctx, run, &identity).await?;
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
-    let (job_state, lake) = match (&current, &contract) {
+    let (job_state, lake, lake_checks) = match (&current, &contract) {
         (Some(attempt), Ok(dataset)) => {
             let job_state = observe_job(&ctx, &identity, attempt).await?;
-            let lake = match job_state {
-                JobState::Active => None,
-                _ => Some(read_lake(&ctx, dataset, &attempt.run_id).await?),
+            let (lake, checks) = match job_state {
+                JobState::Active => (None, attempt.lake_checks),
+                _ => {
+                    ctx.metrics.lake_checks.with_label_values(&[&run.spec.dataset]).inc();
+                    let checks = ctx.lake_checks.count(&attempt.run_id, attempt.lake_checks);
+                    (Some(read_lake(&ctx, dataset, &attempt.run_id).await?), checks)
+                }
             };
-            (Some(job_state), lake)
+            (Some(job_state), lake, checks)
         }
-        _ => (None, None),
+        _ => (None, None, 0),
     };
     let observed = Observed {
         now: Timestamp::now(),
@@ -149,8 +178,14 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
         contract: contract.as_ref().map(|d| ContractFacts { max_attempts: d.spec.max_attempts }).map_err(Clone::clone),
         job: job_state,
         lake,
+        lake_checks,
     };
     let plan = lifecycle::plan(&observed, &ctx.lifecycle);
+    if let Some(ended) = &current
+        && lifecycle::current_attempt(&plan.status).is_none_or(|i| plan.status.attempts[i].run_id != ended.run_id)
+    {
+        ctx.lake_checks.forget(&ended.run_id);
+    }
     if plan.status != status {
         write_status(&ctx, run, &plan.status).await?;
     }

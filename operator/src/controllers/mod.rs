@@ -40,6 +40,7 @@ pub struct Context {
     /// Serializes the start of promotions per dataset.
     pub promotion_locks: promotion::DatasetLocks,
     pub pod_ends: etlrun::PodEnds,
+    pub lake_checks: etlrun::LakeChecks,
     pub lakes: Lakes,
 }
 

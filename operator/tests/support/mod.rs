@@ -216,12 +216,15 @@ impl Operator {
             command.env("KUBECONFIG", kubeconfig);
         }
         command.envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // A test that sets the lake's timing in the environment gets it; the others a short grace.
+        if !options.env.iter().any(|(k, _)| k.starts_with("SILVERLINE_LAKE_")) {
+            command.args(["--lake-grace-seconds", "2", "--lake-check-interval-seconds", "0.5"]);
+        }
         let child = command
             .args(["--namespace", options.namespace])
             .args(["--worker-image", "ghcr.io/silverline-dev/silverline-worker:test"])
             .args(["--worker-service-account", "default"])
             .args(["--retry-base-seconds", "1", "--retry-cap-seconds", "2"])
-            .args(["--lake-grace-seconds", "2", "--lake-check-interval-seconds", "0.5"])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--lease-namespace", options.namespace, "--identity", options.identity])
             .args(["--lease-duration-seconds", "3", "--lease-renew-seconds", "0.5"])
@@ -317,12 +320,17 @@ impl Scenario {
     }
 
     pub async fn operator(&self, identity: &str) -> Operator {
+        self.operator_with_env(identity, &[]).await
+    }
+
+    /// The operator with more environment (e.g. `SILVERLINE_LAKE_GRACE_SECONDS`).
+    pub async fn operator_with_env(&self, identity: &str, env: &[(&str, &str)]) -> Operator {
         Operator::start(OperatorOptions {
             namespace: &self.ns.name,
             identity,
             log_dir: self.dir.path(),
             kubeconfig: None,
-            env: vec![],
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         })
         .await
     }
