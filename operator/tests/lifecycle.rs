@@ -159,6 +159,48 @@ async fn a_transient_failure_is_retried_after_a_backoff_under_a_new_run_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn every_attempts_events_say_that_attempt() {
+    let s = Scenario::new("attevents").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    s.kubelet.inject("tx-again-a1", Fault::Exit(75));
+    s.kubelet.inject("tx-again-a2", Fault::Exit(75));
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-again", &input).await;
+
+    let run = finished(&s.client, &s.ns.name, "tx-again", RUN_TIMEOUT).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.attempts.len(), 3);
+    let events = support::events(&s.client, &s.ns.name, "tx-again").await;
+    let notes = |reason: &str| {
+        let mut notes: Vec<String> = events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.message.clone().unwrap_or_default())
+            .collect();
+        notes.sort();
+        notes
+    };
+    let started = notes("AttemptStarted");
+    assert_eq!(started.len(), 3, "one Event per attempt, none folded into attempt 1's: {started:?}");
+    for (n, note) in started.iter().enumerate() {
+        assert!(note.starts_with(&format!("attempt {} of 3: Job tx-again-a{}", n + 1, n + 1)), "{started:?}");
+    }
+    let failed = notes("TransientFailure");
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(failed[0].starts_with("attempt 1 failed") && failed[1].starts_with("attempt 2 failed"), "{failed:?}");
+    for event in events.iter().filter(|e| e.reason.as_deref() == Some("AttemptStarted")) {
+        let job = event.related.as_ref().and_then(|r| r.name.clone()).unwrap_or_default();
+        assert!(
+            event.message.as_deref().is_some_and(|m| m.contains(&job)),
+            "related names the attempt's Job: {event:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn schema_drift_fails_the_run_at_once_without_a_retry() {
     let s = Scenario::new("drift").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;

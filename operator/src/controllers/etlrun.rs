@@ -2,8 +2,8 @@
 //! act — status first, then the Job — and report what changed as Events, logs and metrics.
 
 use super::{
-    Context, ControllerName, FIELD_MANAGER, drain, error_policy as shared_error_policy, owned_by, publish, scoped,
-    write_status,
+    Context, ControllerName, FIELD_MANAGER, drain, error_policy as shared_error_policy, owned_by, publish,
+    publish_related, scoped, write_status,
 };
 use crate::failure::{JobFailure, PodEnd};
 use crate::job::{self, AttemptPlan, RunIdentity};
@@ -375,7 +375,9 @@ async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: 
                 attempt.attempt, attempt.job_name, attempt.run_id
             );
             tracing::info!(etlrun = %name, namespace = %namespace, dataset, attempt = attempt.attempt, run_id = %attempt.run_id, "{note}");
-            publish::<EtlRun>(ctx, &run.metadata, EventType::Normal, "AttemptStarted", "Launch", note).await;
+            let job = Some(attempt_job(&namespace, &attempt.job_name));
+            publish_related::<EtlRun>(ctx, &run.metadata, job, EventType::Normal, "AttemptStarted", "Launch", note)
+                .await;
         }
         Transition::AttemptEnded { attempt, retry_after } => {
             if attempt.outcome != Some(AttemptOutcome::Failed) {
@@ -394,7 +396,8 @@ async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: 
                 reason = %reason, exit_code = attempt.exit_code, retryable = attempt.retryable, "{note}"
             );
             let action = if retry_after.is_some() { "Retry" } else { "Fail" };
-            publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, &reason, action, note).await;
+            let job = Some(attempt_job(&namespace, &attempt.job_name));
+            publish_related::<EtlRun>(ctx, &run.metadata, job, EventType::Warning, &reason, action, note).await;
         }
         Transition::Finished { phase, reason, message, .. } => {
             let run_id = status.run_id.clone().unwrap_or_default();
@@ -405,7 +408,9 @@ async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: 
                 _ => (EventType::Warning, reason.as_str()),
             };
             tracing::info!(etlrun = %name, namespace = %namespace, dataset, attempt, run_id = %run_id, phase = %phase, reason = %reason, "{message}");
-            publish::<EtlRun>(ctx, &run.metadata, type_, event_reason, "Finish", format!("{phase}: {message}")).await;
+            let job = status.attempts.last().map(|a| attempt_job(&namespace, &a.job_name));
+            let note = format!("{phase}: {message}");
+            publish_related::<EtlRun>(ctx, &run.metadata, job, type_, event_reason, "Finish", note).await;
             if *phase == EtlRunPhase::Succeeded {
                 record_freshness(ctx, run, &namespace, &run_id, now).await;
             }
@@ -415,6 +420,16 @@ async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: 
             publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, reason, "Wait", message.clone()).await;
         }
     }
+}
+
+/// A reference to an attempt's Job, the `related` object of that attempt's Events.
+fn attempt_job(namespace: &str, job_name: &str) -> k8s_openapi::api::core::v1::ObjectReference {
+    let meta = kube::api::ObjectMeta {
+        name: Some(job_name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        ..Default::default()
+    };
+    super::object_reference::<Job>(&meta)
 }
 
 /// Creates the Promotion the run's contract asks for (`spec.promotion.requestOnSuccess`), awaiting approval.

@@ -141,12 +141,28 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     action: &str,
     note: String,
 ) {
+    publish_related::<K>(ctx, meta, None, type_, reason, action, note).await;
+}
+
+/// Publishes one Event about an object of kind `K` that concerns another object too (`related`, e.g. an
+/// attempt's Job). The Recorder folds Events of one object with the same type, reason and action into a series
+/// of the first one — whose note then speaks for all — unless their `related` object differs: so each attempt's
+/// Events name that attempt's Job.
+pub async fn publish_related<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    meta: &ObjectMeta,
+    related: Option<ObjectReference>,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
         note: Some(truncate_note(note)),
         action: action.to_owned(),
-        secondary: None,
+        secondary: related,
     };
     if let Err(e) = ctx.recorder.publish(&event, &object_reference::<K>(meta)).await {
         tracing::warn!(error = %e, reason, kind = %K::kind(&()), "cannot publish an Event");
