@@ -52,6 +52,40 @@ impl ContractProblem {
     }
 }
 
+pub const REASON_SECRET_NOT_FOUND: &str = "CredentialsSecretNotFound";
+pub const REASON_CONTAINER_CONFIG: &str = "ContainerConfigError";
+
+/// Why the attempt's pod cannot start, as its kubelet says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodBlocker {
+    /// The Dataset's `storage.credentialsSecret` does not exist (`CreateContainerConfigError`).
+    SecretNotFound { name: String },
+    /// Another `CreateContainerConfigError`.
+    ContainerConfig { message: String },
+}
+
+impl PodBlocker {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PodBlocker::SecretNotFound { .. } => REASON_SECRET_NOT_FOUND,
+            PodBlocker::ContainerConfig { .. } => REASON_CONTAINER_CONFIG,
+        }
+    }
+
+    pub fn message(&self, attempt: &AttemptStatus) -> String {
+        match self {
+            PodBlocker::SecretNotFound { name } => format!(
+                "Secret {name} (the Dataset's storage.credentialsSecret) does not exist in this namespace: the pod \
+                 of attempt {} (Job {}) cannot start until it is created",
+                attempt.attempt, attempt.job_name
+            ),
+            PodBlocker::ContainerConfig { message } => {
+                format!("the pod of attempt {} (Job {}) cannot start: {message}", attempt.attempt, attempt.job_name)
+            }
+        }
+    }
+}
+
 /// The current attempt's Job, as read from the API.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobState {
@@ -107,6 +141,8 @@ pub struct Observed<'a> {
     /// How often the lake has been read for the attempt in flight, this read included. Not written to status
     /// while the operator keeps looking (see `await_marker`).
     pub lake_checks: u32,
+    /// Why the active Job's pod cannot start, if it cannot.
+    pub blocker: Option<PodBlocker>,
 }
 
 /// A change worth an Event, a log line and metrics.
@@ -279,13 +315,22 @@ impl Builder<'_> {
             return self.succeed(index, report, uri);
         }
         match self.observed.job.clone().unwrap_or(JobState::Missing) {
-            JobState::Active => {
-                let message = format!(
-                    "attempt {} of {} runs as Job {} with run id {}",
-                    attempt.attempt, facts.max_attempts, attempt.job_name, attempt.run_id
-                );
-                self.set_phase(EtlRunPhase::Running, "AttemptRunning", &message);
-            }
+            JobState::Active => match self.observed.blocker.clone() {
+                Some(blocker) => {
+                    let (reason, message) = (blocker.reason(), blocker.message(&attempt));
+                    self.set_phase(EtlRunPhase::Running, reason, &message);
+                    if Self::progressing_reason(self.observed.status) != Some(reason) {
+                        self.transitions.push(Transition::Waiting { reason: reason.to_owned(), message });
+                    }
+                }
+                None => {
+                    let message = format!(
+                        "attempt {} of {} runs as Job {} with run id {}",
+                        attempt.attempt, facts.max_attempts, attempt.job_name, attempt.run_id
+                    );
+                    self.set_phase(EtlRunPhase::Running, "AttemptRunning", &message);
+                }
+            },
             JobState::Missing => match lake {
                 LakeFinding::QualityReport { report, uri } => self.quality_gate_failed(index, &report, &uri),
                 LakeFinding::CircuitBreaker { uri } => {
@@ -492,6 +537,7 @@ mod tests {
             job,
             lake,
             lake_checks: 1,
+            blocker: None,
         }
     }
 
@@ -713,6 +759,27 @@ mod tests {
         assert_eq!(ended.status.attempts[0].lake_checks, 10, "the count reaches status when the attempt ends");
         let message = ended.status.attempts[0].message.clone().unwrap_or_default();
         assert!(message.contains("after 10 checks over 10s"), "{message}");
+    }
+
+    #[test]
+    fn a_pod_blocked_by_a_missing_secret_is_said_once_and_cleared_when_it_starts() {
+        let s = started();
+        let mut blocked = observe(&s, 5, Some(JobState::Active), None);
+        blocked.blocker = Some(PodBlocker::SecretNotFound { name: "lake-creds".into() });
+        let p = plan(&blocked, &settings());
+        assert_eq!(p.status.phase, Some(EtlRunPhase::Running));
+        assert_eq!(condition(&p.status, CONDITION_PROGRESSING), ("True", REASON_SECRET_NOT_FOUND));
+        let message = &p.status.conditions.iter().find(|c| c.type_ == CONDITION_PROGRESSING).expect("c").message;
+        assert!(message.starts_with("Secret lake-creds ") && message.contains("tx-a1"), "{message}");
+        assert!(
+            matches!(p.transitions.as_slice(), [Transition::Waiting { reason, .. }] if reason == REASON_SECRET_NOT_FOUND)
+        );
+        let mut again = observe(&p.status, 6, Some(JobState::Active), None);
+        again.blocker = blocked.blocker.clone();
+        let p2 = plan(&again, &settings());
+        assert!(p2.transitions.is_empty() && p2.status == p.status, "said once");
+        let started_now = plan(&observe(&p.status, 7, Some(JobState::Active), None), &settings());
+        assert_eq!(condition(&started_now.status, CONDITION_PROGRESSING), ("True", "AttemptRunning"));
     }
 
     #[test]

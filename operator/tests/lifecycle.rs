@@ -592,6 +592,60 @@ async fn an_invalid_contract_is_reported_on_the_dataset_and_holds_its_runs_until
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_run() {
+    use k8s_openapi::api::core::v1::Secret;
+    let s = Scenario::new("nosecret").await;
+    let mut dataset = transactions_dataset(&s.lake(), 3);
+    dataset.spec.storage.credentials_secret = Some(silverline_crds::SecretKeyRef { name: "lake-creds".into() });
+    create_dataset(&s.client, &s.ns.name, &dataset).await;
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-nosecret", &input).await;
+
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let waiting = eventually("the run to say its Secret is missing", Duration::from_secs(30), || async {
+        let status = runs.get("tx-nosecret").await.ok()?.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
+        (c.reason == "CredentialsSecretNotFound").then(|| c.message.clone())
+    })
+    .await;
+    assert!(waiting.contains("Secret lake-creds") && waiting.contains("tx-nosecret-a1"), "{waiting}");
+    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let credentials = |status: &'static str| {
+        let datasets = datasets.clone();
+        async move {
+            let ds = datasets.get("transactions").await.ok()?;
+            let c = ds.status?.conditions.into_iter().find(|c| c.type_ == "CredentialsSecret")?;
+            (c.status == status).then_some(c)
+        }
+    };
+    let missing =
+        eventually("CredentialsSecret=False on the Dataset", Duration::from_secs(20), || credentials("False")).await;
+    assert!(missing.reason == "SecretNotFound" && missing.message.contains("lake-creds"), "{missing:?}");
+    let valid = datasets.get("transactions").await.expect("dataset").status.expect("status");
+    assert!(valid.conditions.iter().any(|c| c.type_ == "Valid" && c.status == "True"), "Valid is kept: {valid:?}");
+    let warnings: Vec<_> = support::events(&s.client, &s.ns.name, "tx-nosecret")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("CredentialsSecretNotFound"))
+        .collect();
+    assert!(warnings.iter().any(|e| e.type_.as_deref() == Some("Warning")), "{warnings:?}");
+
+    // The Secret appears: the pod starts, the run succeeds, the Dataset says the Secret is found.
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "lake-creds"}, "stringData": {"SILVERLINE_TEST_CREDENTIAL": "x"}
+    }))
+    .expect("secret");
+    secrets.create(&Default::default(), &secret).await.expect("create the Secret");
+    let run = finished(&s.client, &s.ns.name, "tx-nosecret", RUN_TIMEOUT).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
+    assert_eq!(run.status.expect("status").attempts.len(), 1, "the same attempt, once its pod could start");
+    eventually("CredentialsSecret=True on the Dataset", Duration::from_secs(20), || credentials("True")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn an_evicted_worker_is_retried_under_a_new_run_id() {
     let s = Scenario::new("evicted").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;

@@ -8,9 +8,8 @@ use super::{
 use crate::failure::{JobFailure, PodEnd};
 use crate::job::{self, AttemptPlan, RunIdentity};
 use crate::lake::LakeFinding;
-use crate::lifecycle::{self, ContractFacts, ContractProblem, JobState, Observed, Transition};
+use crate::lifecycle::{self, ContractFacts, ContractProblem, JobState, Observed, PodBlocker, Transition};
 use crate::{Error, Result};
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -19,7 +18,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use silverline_crds::{AttemptOutcome, AttemptStatus, Dataset, EtlRun, EtlRunPhase, EtlRunStatus};
 use std::sync::Arc;
@@ -91,6 +90,8 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
     let runs: Api<DeserializeGuard<EtlRun>> = scoped(ctx.client.clone(), ns);
     let jobs: Api<Job> = scoped(ctx.client.clone(), ns);
     let datasets: Api<DeserializeGuard<Dataset>> = scoped(ctx.client.clone(), ns);
+    let pods: Api<Pod> = scoped(ctx.client.clone(), ns);
+    let pod_ends = ctx.pod_ends.clone();
     let controller = Controller::new(runs, watcher::Config::default());
     let store = controller.store();
     let runs = controller
@@ -108,6 +109,13 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
                 .map(|run| ObjectRef::from_obj(&*run))
                 .collect::<Vec<_>>()
         })
+        .watches(pods, watcher::Config::default().labels(&managed_selector()), move |pod| {
+            // Remembers how worker pods end (the Job controller may remove them before their failure is
+            // reconciled), and wakes the run of a pod that cannot start: the Job's status does not change then.
+            pod_ends.observe(&pod);
+            let run = pod.labels().get(job::LABEL_ETLRUN).filter(|_| pod_blocker(&pod).is_some());
+            run.map(|name| ObjectRef::new(name).within(pod.namespace().as_deref().unwrap_or_default()))
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone());
     drain(runs, ControllerName::EtlRun).await;
@@ -115,23 +123,6 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
 
 fn managed_selector() -> String {
     format!("{}={}", job::LABEL_MANAGED_BY, job::MANAGED_BY)
-}
-
-/// Watches worker pods only to remember how they ended (see `PodEnds`).
-pub(crate) async fn watch_pod_ends(ctx: Arc<Context>, ns: Option<&str>) {
-    let pods: Api<Pod> = scoped(ctx.client.clone(), ns);
-    let pod_ends = ctx.pod_ends.clone();
-    watcher(pods, watcher::Config::default().labels(&managed_selector()))
-        .default_backoff()
-        .for_each(move |event| {
-            match event {
-                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod_ends.observe(&pod),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "watching worker pods"),
-            }
-            futures::future::ready(())
-        })
-        .await;
 }
 
 /// One reconcile of one EtlRun.
@@ -154,9 +145,13 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
     let status = run.status.clone().unwrap_or_default();
     let contract = load_contract(&ctx, run, &identity).await?;
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
-    let (job_state, lake, lake_checks) = match (&current, &contract) {
+    let (job_state, lake, lake_checks, blocker) = match (&current, &contract) {
         (Some(attempt), Ok(dataset)) => {
             let job_state = observe_job(&ctx, &identity, attempt).await?;
+            let blocker = match job_state {
+                JobState::Active => observe_blocker(&ctx, &identity, &attempt.job_name).await?,
+                _ => None,
+            };
             let (lake, checks) = match job_state {
                 JobState::Active => (None, attempt.lake_checks),
                 _ => {
@@ -165,9 +160,9 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
                     (Some(read_lake(&ctx, dataset, &attempt.run_id).await?), checks)
                 }
             };
-            (Some(job_state), lake, checks)
+            (Some(job_state), lake, checks, blocker)
         }
-        _ => (None, None, 0),
+        _ => (None, None, 0, None),
     };
     let observed = Observed {
         now: Timestamp::now(),
@@ -179,6 +174,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
         job: job_state,
         lake,
         lake_checks,
+        blocker,
     };
     let plan = lifecycle::plan(&observed, &ctx.lifecycle);
     if let Some(ended) = &current
@@ -267,6 +263,46 @@ async fn observe_job(ctx: &Context, identity: &RunIdentity, attempt: &AttemptSta
         return Ok(JobState::Failed { failure, finished_at: Some(at) });
     }
     Ok(JobState::Active)
+}
+
+/// Why the attempt's pod cannot start, as its kubelet reports it, if it cannot.
+async fn observe_blocker(ctx: &Context, identity: &RunIdentity, job_name: &str) -> Result<Option<PodBlocker>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+    let selector = format!("batch.kubernetes.io/job-name={job_name}");
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube(format!("listing the pods of Job {job_name}")))?;
+    Ok(list.items.iter().find_map(pod_blocker))
+}
+
+/// Why a pod's worker container cannot start, from its waiting state. The operator does not read Secrets (its
+/// RBAC has no access to them): a missing credentials Secret is known from the kubelet's
+/// `CreateContainerConfigError`, whose message names it.
+pub fn pod_blocker(pod: &Pod) -> Option<PodBlocker> {
+    let waiting = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == job::WORKER_CONTAINER)?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?;
+    if waiting.reason.as_deref() != Some("CreateContainerConfigError") {
+        return None;
+    }
+    let message = waiting.message.clone().unwrap_or_default();
+    let secret = message
+        .strip_prefix("secret \"")
+        .and_then(|rest| rest.split_once("\" not found"))
+        .map(|(name, _)| name.to_owned());
+    Some(match secret {
+        Some(name) => PodBlocker::SecretNotFound { name },
+        None => PodBlocker::ContainerConfig { message },
+    })
 }
 
 /// How the Job's newest pod ended, if a pod is left.
@@ -413,11 +449,18 @@ async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: 
             publish_related::<EtlRun>(ctx, &run.metadata, job, type_, event_reason, "Finish", note).await;
             if *phase == EtlRunPhase::Succeeded {
                 record_freshness(ctx, run, &namespace, &run_id, now).await;
+                clear_credentials_condition(ctx, run, &namespace).await;
             }
         }
         Transition::Waiting { reason, message } => {
             tracing::warn!(etlrun = %name, namespace = %namespace, dataset, reason = %reason, "{message}");
             publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, reason, "Wait", message.clone()).await;
+            if let Some(secret) = missing_secret_of(reason, message) {
+                let note = format!(
+                    "Secret {secret} (storage.credentialsSecret) does not exist in namespace {namespace}: the worker pods of EtlRun {name} cannot start"
+                );
+                set_credentials_condition(ctx, run, &namespace, false, "SecretNotFound", &note).await;
+            }
         }
     }
 }
@@ -454,6 +497,60 @@ async fn request_promotion(
             let note = format!("cannot create the Promotion of run {run_id}: {e}");
             publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, "PromotionRequestFailed", "Request", note).await;
         }
+    }
+}
+
+/// The Secret a `CredentialsSecretNotFound` wait names (its message starts with `Secret {name} `).
+fn missing_secret_of<'a>(reason: &str, message: &'a str) -> Option<&'a str> {
+    (reason == lifecycle::REASON_SECRET_NOT_FOUND).then(|| message.strip_prefix("Secret ")?.split(' ').next())?
+}
+
+/// The field manager of the Dataset's `CredentialsSecret` condition: the Dataset controller owns `Valid` under
+/// its own, and server-side apply merges the two conditions by type.
+const CREDENTIALS_MANAGER: &str = "silverline-operator-credentials";
+pub const CONDITION_CREDENTIALS: &str = "CredentialsSecret";
+
+/// Says on the Dataset whether its credentials Secret was found by the kubelet of a worker pod.
+async fn set_credentials_condition(
+    ctx: &Context,
+    run: &EtlRun,
+    namespace: &str,
+    found: bool,
+    reason: &str,
+    message: &str,
+) {
+    let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), namespace);
+    let condition = serde_json::json!({
+        "type": CONDITION_CREDENTIALS,
+        "status": if found { "True" } else { "False" },
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+    });
+    let patch = serde_json::json!({
+        "apiVersion": <Dataset as kube::Resource>::api_version(&()),
+        "kind": <Dataset as kube::Resource>::kind(&()),
+        "metadata": { "name": run.spec.dataset },
+        "status": { "conditions": [condition] },
+    });
+    let params = PatchParams::apply(CREDENTIALS_MANAGER).force();
+    if let Err(e) = api.patch_status(&run.spec.dataset, &params, &Patch::Apply(&patch)).await {
+        tracing::warn!(dataset = %run.spec.dataset, error = %e, "cannot set the dataset's CredentialsSecret condition");
+    }
+}
+
+/// A run succeeded: if its Dataset says its Secret was missing, it is there now.
+async fn clear_credentials_condition(ctx: &Context, run: &EtlRun, namespace: &str) {
+    let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), namespace);
+    let Ok(Some(dataset)) = api.get_opt(&run.spec.dataset).await else { return };
+    let missing = dataset
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .any(|c| c.type_ == CONDITION_CREDENTIALS && c.status == "False");
+    if missing {
+        let message = format!("the worker pods of EtlRun {} started with the Secret", run.name_any());
+        set_credentials_condition(ctx, run, namespace, true, "SecretFound", &message).await;
     }
 }
 
@@ -502,6 +599,31 @@ mod tests {
 
         let never_ran = pod_end(&pod(serde_json::json!({"phase": "Failed", "reason": "DeadlineExceeded"})));
         assert_eq!((never_ran.exit_code, never_ran.pod_reason.as_deref()), (None, Some("DeadlineExceeded")));
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_names_what_it_misses() {
+        let waiting = |reason: &str, message: &str| {
+            pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{
+                "name": "worker", "image": "w", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": reason, "message": message}}
+            }]}))
+        };
+        let cases = [
+            (
+                waiting("CreateContainerConfigError", "secret \"lake-creds\" not found"),
+                Some(PodBlocker::SecretNotFound { name: "lake-creds".into() }),
+            ),
+            (
+                waiting("CreateContainerConfigError", "configmap \"x\" not found"),
+                Some(PodBlocker::ContainerConfig { message: "configmap \"x\" not found".into() }),
+            ),
+            (waiting("ContainerCreating", ""), None),
+            (pod(serde_json::json!({"phase": "Running"})), None),
+        ];
+        for (p, expected) in cases {
+            assert_eq!(pod_blocker(&p), expected, "{:?}", p.status);
+        }
     }
 
     #[test]

@@ -78,16 +78,8 @@ where
 /// own (`DeserializeGuard`) instead of breaking the watch of all the others.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let ns = namespace.as_deref();
-    tokio::select! {
-        _ = async {
-            futures::join!(
-                etlrun::run(ctx.clone(), ns),
-                dataset::run(ctx.clone(), ns),
-                promotion::run(ctx.clone(), ns),
-            )
-        } => {}
-        () = etlrun::watch_pod_ends(ctx.clone(), ns) => {}
-    }
+    // Worker pods are watched by the EtlRun controller (it remembers how they ended, for promotions too).
+    futures::join!(etlrun::run(ctx.clone(), ns), dataset::run(ctx.clone(), ns), promotion::run(ctx.clone(), ns));
 }
 
 /// Drains a controller's stream; errors are already counted and logged by the error policy.

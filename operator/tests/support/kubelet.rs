@@ -205,7 +205,28 @@ impl Node {
         env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
         for from in container.env_from.iter().flatten() {
             if let Some(secret) = &from.secret_ref {
-                let s = self.secrets.get(&secret.name).await.map_err(|e| format!("Secret {}: {e}", secret.name))?;
+                // As a kubelet: a missing Secret is a CreateContainerConfigError, retried until it exists.
+                let mut said = false;
+                let s = loop {
+                    match self
+                        .secrets
+                        .get_opt(&secret.name)
+                        .await
+                        .map_err(|e| format!("Secret {}: {e}", secret.name))?
+                    {
+                        Some(s) => break s,
+                        None if !said => {
+                            let message = format!("secret \"{}\" not found", secret.name);
+                            self.set_waiting(&name, &container.name, "CreateContainerConfigError", &message).await?;
+                            said = true;
+                        }
+                        None => {}
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = &mut stopped => return Ok(()),
+                    }
+                };
                 for (k, v) in s.data.iter().flatten() {
                     env.insert(k.clone(), String::from_utf8_lossy(&v.0).into_owned());
                 }
@@ -293,6 +314,20 @@ impl Node {
             .await
             .map(|_| ())
             .map_err(|e| format!("pod {name}: writing status: {e}"))
+    }
+
+    async fn set_waiting(&self, name: &str, container: &str, reason: &str, message: &str) -> Result<(), String> {
+        self.patch_status(
+            name,
+            serde_json::json!({
+                "phase": "Pending",
+                "containerStatuses": [{
+                    "name": container, "image": "", "imageID": "", "ready": false, "started": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": message}}
+                }]
+            }),
+        )
+        .await
     }
 
     async fn set_running(&self, name: &str, container: &str, image: &str, started: Timestamp) -> Result<(), String> {
