@@ -230,7 +230,7 @@ pub struct DatasetStatus {
 
 /// Column names the worker's quarantine and condemned files use for their own metadata: a contract column of
 /// one of these names would collide with them, so the contract is refused here (and the worker never meets it).
-pub const RESERVED_COLUMNS: [&str; 10] = [
+pub const RESERVED_COLUMNS: [&str; 11] = [
     "source_uri",
     "record_number",
     "line_number",
@@ -240,6 +240,7 @@ pub const RESERVED_COLUMNS: [&str; 10] = [
     "attempt_count",
     "row_hash",
     "raw_record",
+    "raw_record_bytes",
     "condemned_reason",
 ];
 

@@ -49,6 +49,11 @@ pub struct RunReport {
     pub condemned_rows_count: u64,
     /// quarantined / input rows (0 for an empty input).
     pub quarantine_rate: f64,
+    /// The rate the quality gate judged against `maxQuarantineRate`: the quarantine rate for a CSV run; for a
+    /// quarantine replay, rows that fail anew (another error type than before) per input row. Promotion's
+    /// `quarantine_rate` check judges the same number. Absent in reports of older workers: the quarantine rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gated_quarantine_rate: Option<f64>,
     /// Rows per error type, over quarantined rows and rows condemned for reaching maxAttempts.
     pub error_type_distribution: BTreeMap<String, u64>,
     /// Condemned rows per reason: EXACT_DUPLICATE, MAX_ATTEMPTS_REACHED.
@@ -60,4 +65,11 @@ pub struct RunReport {
     /// Rows condemned for reaching maxAttempts / input rows.
     pub auto_condemnation_rate: f64,
     pub files: Vec<FileRecord>,
+}
+
+impl RunReport {
+    /// The rate the quality gate judged (see `gated_quarantine_rate`).
+    pub fn gated_rate(&self) -> f64 {
+        self.gated_quarantine_rate.unwrap_or(self.quarantine_rate)
+    }
 }

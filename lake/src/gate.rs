@@ -143,13 +143,17 @@ pub fn check_report(rules: &GateRules, run_id: &str, report: &RunReport) -> Vec<
             ),
         ));
     }
-    if report.quarantine_rate.is_nan() || report.quarantine_rate > rules.max_quarantine_rate {
+    // The same number the worker's quality gate judged: for a replay, rows failing anew, not rows failing again.
+    let rate = report.gated_rate();
+    if rate.is_nan() || rate > rules.max_quarantine_rate {
+        let what = if report.gated_quarantine_rate.is_some_and(|g| g != report.quarantine_rate) {
+            "rate of rows failing anew"
+        } else {
+            "quarantine rate"
+        };
         failures.push(GateFailure::new(
             Check::QuarantineRate,
-            format!(
-                "run {run_id}: quarantine rate {:.4} is above maxQuarantineRate {}",
-                report.quarantine_rate, rules.max_quarantine_rate
-            ),
+            format!("run {run_id}: {what} {rate:.4} is above maxQuarantineRate {}", rules.max_quarantine_rate),
         ));
     }
     failures
@@ -495,9 +499,22 @@ mod tests {
     #[test]
     fn report_checks_name_what_failed() {
         type Case = (&'static str, fn(&mut RunReport), Vec<Check>);
-        let cases: [Case; 5] = [
+        let cases: [Case; 7] = [
             ("clean", |_| {}, vec![]),
             ("over the threshold", |r| r.quarantine_rate = 0.02, vec![Check::QuarantineRate]),
+            (
+                "a replay judged by its rows failing anew",
+                |r| {
+                    r.quarantine_rate = 0.5;
+                    r.gated_quarantine_rate = Some(0.0);
+                },
+                vec![],
+            ),
+            (
+                "a replay with too many rows failing anew",
+                |r| r.gated_quarantine_rate = Some(0.02),
+                vec![Check::QuarantineRate],
+            ),
             ("another schema", |r| r.schema_v = "v2".into(), vec![Check::SchemaVersion]),
             ("another run", |r| r.run_id = "r2".into(), vec![Check::SuccessMarker]),
             ("not a success", |r| r.outcome = "quality_gate_failed".into(), vec![Check::SuccessMarker]),

@@ -80,6 +80,7 @@ pub fn build_report(outcome: &str, facts: RunFacts, counts: &Counts) -> RunRepor
         quarantined_rows_count: counts.quarantined,
         condemned_rows_count: counts.condemned,
         quarantine_rate: rate(counts.quarantined, counts.input_rows),
+        gated_quarantine_rate: Some(counts.gated_rate()),
         error_type_distribution,
         condemned_reason_distribution,
         avg_attempt_count: rate(counts.quarantined_attempts, counts.quarantined),

@@ -561,3 +561,21 @@ fn the_next_promotion_repairs_current_and_audits_a_version_whose_promoter_was_ki
     assert_eq!(lake.latest()["version"], 2, "nothing moved");
     assert_eq!(lake.audit().len(), 2);
 }
+
+#[test]
+fn a_replay_whose_rows_fail_again_the_same_way_passes_its_gate_and_is_promoted() {
+    let lake = Lake::new();
+    // 1 bad row in 200: 0.5 % quarantined, within the contract's 1 %.
+    lake.ok_run("load", &csv(0..199, 1, 1));
+    assert_eq!(lake.approve(&["load"], "append").code, 0);
+    let quarantine = lake.path("quarantine/transactions/schema_v=v1/run_id=load");
+    let replay = run_worker(&lake.contract, &quarantine, &lake.lake, "replay");
+    assert_eq!(replay.code, 0, "a row failing again the same way is not counted by a replay's gate: {}", replay.stderr);
+    let report = success(&lake.lake, "replay");
+    assert_eq!((report.quarantine_rate, report.gated_quarantine_rate), (1.0, Some(0.0)));
+    // Promotion judges the rate the worker's gate judged, not the plain quarantine rate.
+    let promoted = lake.approve(&["replay"], "append");
+    assert_eq!(promoted.code, 0, "{}", promoted.stderr);
+    assert_eq!(lake.latest()["version"], 2);
+    assert_eq!(lake.latest()["runs"], serde_json::json!(["replay"]));
+}
