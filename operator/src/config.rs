@@ -51,6 +51,10 @@ pub struct Config {
     /// How often it looks in that time, in seconds.
     #[arg(long, env = "SILVERLINE_LAKE_CHECK_INTERVAL_SECONDS", default_value_t = 3.0)]
     pub lake_check_interval_seconds: f64,
+    /// How long an attempt may go without any pod being created (the Job's `FailedCreate`, e.g. a missing
+    /// ServiceAccount) before it fails for good, in seconds.
+    #[arg(long, env = "SILVERLINE_POD_CREATE_TIMEOUT_SECONDS", default_value_t = 120.0)]
+    pub pod_create_timeout_seconds: f64,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "SILVERLINE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -109,6 +113,7 @@ impl Config {
             },
             lake_grace: seconds(self.lake_grace_seconds),
             lake_check_interval: seconds(self.lake_check_interval_seconds),
+            pod_create_timeout: seconds(self.pod_create_timeout_seconds),
             ..LifecycleSettings::default()
         }
     }

@@ -39,10 +39,12 @@ pub enum FailureReason {
     SuccessMarkerMissing,
     /// The worker exited 5 but its `_QUALITY_REPORT.json` is not in the lake.
     QualityReportMissing,
+    /// No pod of the Job could be created (`FailedCreate`, e.g. a missing ServiceAccount) within the bound.
+    PodCreationFailed,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 16] = [
+    pub const ALL: [FailureReason; 17] = [
         FailureReason::ConfigurationError,
         FailureReason::SchemaDrift,
         FailureReason::CircuitBreaker,
@@ -59,6 +61,7 @@ impl FailureReason {
         FailureReason::JobLost,
         FailureReason::SuccessMarkerMissing,
         FailureReason::QualityReportMissing,
+        FailureReason::PodCreationFailed,
     ];
 
     /// Whether another attempt, under a new run id, may succeed.
@@ -69,7 +72,8 @@ impl FailureReason {
             | FailureReason::CircuitBreaker
             | FailureReason::QualityGate
             | FailureReason::OutOfMemory
-            | FailureReason::QualityReportMissing => false,
+            | FailureReason::QualityReportMissing
+            | FailureReason::PodCreationFailed => false,
             FailureReason::TransientFailure
             | FailureReason::WorkerError
             | FailureReason::Killed
@@ -102,6 +106,7 @@ impl FailureReason {
             FailureReason::JobLost => "JobLost",
             FailureReason::SuccessMarkerMissing => "SuccessMarkerMissing",
             FailureReason::QualityReportMissing => "QualityReportMissing",
+            FailureReason::PodCreationFailed => "PodCreationFailed",
         }
     }
 
@@ -124,6 +129,7 @@ impl FailureReason {
             FailureReason::JobLost => "job_lost",
             FailureReason::SuccessMarkerMissing => "success_marker_missing",
             FailureReason::QualityReportMissing => "quality_report_missing",
+            FailureReason::PodCreationFailed => "pod_creation_failed",
         }
     }
 

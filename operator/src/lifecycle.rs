@@ -62,6 +62,24 @@ pub enum PodBlocker {
     SecretNotFound { name: String },
     /// Another `CreateContainerConfigError`.
     ContainerConfig { message: String },
+    /// No pod of the Job exists and the Job controller reports `FailedCreate` with this message.
+    CannotCreate { message: String },
+}
+
+/// The object a `FailedCreate` message says is missing, e.g. `serviceaccount "x" not found` → `ServiceAccount x`.
+pub fn missing_object(message: &str) -> Option<String> {
+    let end = message.find("\" not found")?;
+    let start = message[..end].rfind('"')?;
+    let name = &message[start + 1..end];
+    let kind = message[..start].trim_end().rsplit([' ', ':']).next()?;
+    let kind = match kind {
+        "serviceaccount" => "ServiceAccount".to_owned(),
+        "secret" => "Secret".to_owned(),
+        "configmap" => "ConfigMap".to_owned(),
+        "persistentvolumeclaim" => "PersistentVolumeClaim".to_owned(),
+        other => other.to_owned(),
+    };
+    Some(format!("{kind} {name}"))
 }
 
 impl PodBlocker {
@@ -69,6 +87,7 @@ impl PodBlocker {
         match self {
             PodBlocker::SecretNotFound { .. } => REASON_SECRET_NOT_FOUND,
             PodBlocker::ContainerConfig { .. } => REASON_CONTAINER_CONFIG,
+            PodBlocker::CannotCreate { .. } => FailureReason::PodCreationFailed.as_str(),
         }
     }
 
@@ -81,6 +100,13 @@ impl PodBlocker {
             ),
             PodBlocker::ContainerConfig { message } => {
                 format!("the pod of attempt {} (Job {}) cannot start: {message}", attempt.attempt, attempt.job_name)
+            }
+            PodBlocker::CannotCreate { message } => {
+                let missing = missing_object(message).map_or_else(String::new, |o| format!("{o} does not exist: "));
+                format!(
+                    "no pod of attempt {} (Job {}) can be created: {missing}{message}",
+                    attempt.attempt, attempt.job_name
+                )
             }
         }
     }
@@ -112,6 +138,8 @@ pub struct LifecycleSettings {
     pub lake_check_interval: Duration,
     /// How often a run that is waiting on something else is looked at anyway.
     pub resync: Duration,
+    /// How long an attempt may go without any pod being created before it fails (`PodCreationFailed`).
+    pub pod_create_timeout: Duration,
 }
 
 impl Default for LifecycleSettings {
@@ -121,9 +149,13 @@ impl Default for LifecycleSettings {
             lake_grace: Duration::from_secs(30),
             lake_check_interval: Duration::from_secs(3),
             resync: Duration::from_secs(300),
+            pod_create_timeout: Duration::from_secs(120),
         }
     }
 }
+
+/// How often a Job without any pod is looked at: its `FailedCreate` Events change nothing the controller watches.
+const NO_POD_RECHECK: Duration = Duration::from_secs(5);
 
 /// Everything one decision needs.
 #[derive(Debug, Clone)]
@@ -143,6 +175,8 @@ pub struct Observed<'a> {
     pub lake_checks: u32,
     /// Why the active Job's pod cannot start, if it cannot.
     pub blocker: Option<PodBlocker>,
+    /// Whether the active Job has a pod (`None` when not looked at).
+    pub job_has_pod: Option<bool>,
 }
 
 /// A change worth an Event, a log line and metrics.
@@ -163,6 +197,8 @@ pub struct Plan {
     /// When to look again; `None` waits for a change.
     pub requeue_after: Option<Duration>,
     pub transitions: Vec<Transition>,
+    /// Delete this Job (after the status is written): an attempt given up while its Job still waits for a pod.
+    pub delete_job: Option<String>,
 }
 
 struct Builder<'a> {
@@ -172,6 +208,7 @@ struct Builder<'a> {
     launch: Option<AttemptStatus>,
     requeue_after: Option<Duration>,
     transitions: Vec<Transition>,
+    delete_job: Option<String>,
 }
 
 /// Decides what comes next for one EtlRun.
@@ -183,9 +220,10 @@ pub fn plan(observed: &Observed, settings: &LifecycleSettings) -> Plan {
         launch: None,
         requeue_after: Some(settings.resync),
         transitions: Vec::new(),
+        delete_job: None,
     };
     if observed.status.phase.is_some_and(EtlRunPhase::is_terminal) {
-        return Plan { status: b.status, launch: None, requeue_after: None, transitions: Vec::new() };
+        return Plan { status: b.status, launch: None, requeue_after: None, transitions: Vec::new(), delete_job: None };
     }
     b.status.observed_generation = observed.generation;
     match &observed.contract {
@@ -195,7 +233,13 @@ pub fn plan(observed: &Observed, settings: &LifecycleSettings) -> Plan {
             Some(index) => b.follow_attempt(index, facts),
         },
     }
-    Plan { status: b.status, launch: b.launch, requeue_after: b.requeue_after, transitions: b.transitions }
+    Plan {
+        status: b.status,
+        launch: b.launch,
+        requeue_after: b.requeue_after,
+        transitions: b.transitions,
+        delete_job: b.delete_job,
+    }
 }
 
 /// The attempt in flight: the last one, if it has not ended.
@@ -316,6 +360,26 @@ impl Builder<'_> {
         }
         match self.observed.job.clone().unwrap_or(JobState::Missing) {
             JobState::Active => match self.observed.blocker.clone() {
+                Some(PodBlocker::CannotCreate { message }) => {
+                    let blocker = PodBlocker::CannotCreate { message };
+                    let (reason, message) = (blocker.reason(), blocker.message(&attempt));
+                    let since = attempt.started_at.as_ref().map_or(self.now(), |t| t.0);
+                    let give_up = after(since, self.settings.pod_create_timeout);
+                    if self.now() >= give_up {
+                        let message =
+                            format!("{message} (for {}s, the bound)", self.settings.pod_create_timeout.as_secs());
+                        self.delete_job = Some(attempt.job_name.clone());
+                        let classified =
+                            Classified { reason: FailureReason::PodCreationFailed, exit_code: None, message };
+                        return self.end_attempt(index, facts, classified);
+                    }
+                    self.set_phase(EtlRunPhase::Running, reason, &message);
+                    if Self::progressing_reason(self.observed.status) != Some(reason) {
+                        self.transitions.push(Transition::Waiting { reason: reason.to_owned(), message });
+                    }
+                    self.requeue_after =
+                        Some(NO_POD_RECHECK.min(until(self.now(), give_up)).max(Duration::from_millis(100)));
+                }
                 Some(blocker) => {
                     let (reason, message) = (blocker.reason(), blocker.message(&attempt));
                     self.set_phase(EtlRunPhase::Running, reason, &message);
@@ -329,6 +393,9 @@ impl Builder<'_> {
                         attempt.attempt, facts.max_attempts, attempt.job_name, attempt.run_id
                     );
                     self.set_phase(EtlRunPhase::Running, "AttemptRunning", &message);
+                    if self.observed.job_has_pod == Some(false) {
+                        self.requeue_after = Some(NO_POD_RECHECK);
+                    }
                 }
             },
             JobState::Missing => match lake {
@@ -518,6 +585,7 @@ mod tests {
             lake_grace: Duration::from_secs(10),
             lake_check_interval: Duration::from_secs(2),
             resync: Duration::from_secs(300),
+            pod_create_timeout: Duration::from_secs(60),
         }
     }
 
@@ -538,6 +606,7 @@ mod tests {
             lake,
             lake_checks: 1,
             blocker: None,
+            job_has_pod: None,
         }
     }
 
@@ -780,6 +849,50 @@ mod tests {
         assert!(p2.transitions.is_empty() && p2.status == p.status, "said once");
         let started_now = plan(&observe(&p.status, 7, Some(JobState::Active), None), &settings());
         assert_eq!(condition(&started_now.status, CONDITION_PROGRESSING), ("True", "AttemptRunning"));
+    }
+
+    #[test]
+    fn a_job_without_pods_says_what_is_missing_at_once_and_fails_for_good_after_the_bound() {
+        let s = started();
+        let message = "Error creating: pods \"tx-a1-x\" is forbidden: error looking up service account etl/silverline-worker: serviceaccount \"silverline-worker\" not found";
+        let blocked = |status: &EtlRunStatus, now: i64| {
+            let mut o = observe(status, now, Some(JobState::Active), None);
+            o.blocker = Some(PodBlocker::CannotCreate { message: message.into() });
+            o.job_has_pod = Some(false);
+            plan(&o, &settings())
+        };
+        let p = blocked(&s, 2);
+        assert_eq!(p.status.phase, Some(EtlRunPhase::Running));
+        assert_eq!(condition(&p.status, CONDITION_PROGRESSING), ("True", "PodCreationFailed"));
+        assert!(
+            matches!(p.transitions.as_slice(), [Transition::Waiting { message, .. }] if message.contains("ServiceAccount silverline-worker does not exist"))
+        );
+        assert_eq!(p.requeue_after, Some(NO_POD_RECHECK), "FailedCreate wakes nothing: look again soon");
+        assert!(p.delete_job.is_none());
+        let still = blocked(&p.status, 30);
+        assert!(still.transitions.is_empty() && still.status == p.status, "said once");
+        let ended = blocked(&p.status, 60);
+        assert_eq!(ended.status.phase, Some(EtlRunPhase::Failed), "permanent: not retried");
+        assert_eq!(ended.status.attempts[0].reason.as_deref(), Some("PodCreationFailed"));
+        assert_eq!(ended.delete_job.as_deref(), Some("tx-a1"), "the Job would otherwise run once the object appears");
+        let no_pod_yet = {
+            let mut o = observe(&s, 1, Some(JobState::Active), None);
+            o.job_has_pod = Some(false);
+            plan(&o, &settings())
+        };
+        assert_eq!(no_pod_yet.requeue_after, Some(NO_POD_RECHECK));
+    }
+
+    #[test]
+    fn the_missing_object_is_read_from_a_failed_create_message() {
+        let cases = [
+            ("error looking up service account etl/sa: serviceaccount \"sa\" not found", Some("ServiceAccount sa")),
+            ("secret \"creds\" not found", Some("Secret creds")),
+            ("exceeded quota: compute-resources", None),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(missing_object(message).as_deref(), expected, "{message}");
+        }
     }
 
     #[test]

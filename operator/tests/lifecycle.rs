@@ -646,6 +646,54 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_job_whose_pods_cannot_be_created_is_reported_at_once_and_given_up_after_the_bound() {
+    let s = Scenario::new("nosa").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    // With only its published RBAC: listing the Job's Events and deleting the Job are in it.
+    let kubeconfig = s.operator_service_account().await;
+    let env =
+        [("SILVERLINE_WORKER_SERVICE_ACCOUNT", "missing-worker"), ("SILVERLINE_POD_CREATE_TIMEOUT_SECONDS", "10")];
+    let op = support::Operator::start(support::OperatorOptions {
+        namespace: &s.ns.name,
+        identity: "replica-a",
+        log_dir: s.dir.path(),
+        kubeconfig: Some(&kubeconfig),
+        env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+    })
+    .await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-nosa", &input).await;
+
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let waiting = eventually("the run to say no pod can be created", Duration::from_secs(10), || async {
+        let status = runs.get("tx-nosa").await.ok()?.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
+        (c.reason == "PodCreationFailed" && status.phase == Some(EtlRunPhase::Running)).then(|| c.message.clone())
+    })
+    .await;
+    assert!(waiting.contains("ServiceAccount missing-worker does not exist"), "{waiting}");
+    let warned = support::events(&s.client, &s.ns.name, "tx-nosa").await;
+    assert!(
+        warned
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("PodCreationFailed") && e.type_.as_deref() == Some("Warning")),
+        "{warned:?}"
+    );
+
+    let run = finished(&s.client, &s.ns.name, "tx-nosa", Duration::from_secs(30)).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Failed), "{status:?}\n{}", s.diagnostics(&[&op]));
+    let [attempt] = status.attempts.as_slice() else { panic!("one attempt, not retried: {:?}", status.attempts) };
+    assert_eq!((attempt.reason.as_deref(), attempt.retryable), (Some("PodCreationFailed"), Some(false)));
+    assert!(attempt.message.as_deref().is_some_and(|m| m.contains("ServiceAccount missing-worker")), "{attempt:?}");
+    eventually("the given-up Job to be deleted", Duration::from_secs(20), || async {
+        jobs_of(&s, "tx-nosa").await.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn an_evicted_worker_is_retried_under_a_new_run_id() {
     let s = Scenario::new("evicted").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;

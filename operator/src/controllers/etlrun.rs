@@ -145,12 +145,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
     let status = run.status.clone().unwrap_or_default();
     let contract = load_contract(&ctx, run, &identity).await?;
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
-    let (job_state, lake, lake_checks, blocker) = match (&current, &contract) {
+    let (job_state, lake, lake_checks, blocker, job_has_pod) = match (&current, &contract) {
         (Some(attempt), Ok(dataset)) => {
             let job_state = observe_job(&ctx, &identity, attempt).await?;
-            let blocker = match job_state {
+            let (blocker, job_has_pod) = match job_state {
                 JobState::Active => observe_blocker(&ctx, &identity, &attempt.job_name).await?,
-                _ => None,
+                _ => (None, None),
             };
             let (lake, checks) = match job_state {
                 JobState::Active => (None, attempt.lake_checks),
@@ -160,9 +160,9 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
                     (Some(read_lake(&ctx, dataset, &attempt.run_id).await?), checks)
                 }
             };
-            (Some(job_state), lake, checks, blocker)
+            (Some(job_state), lake, checks, blocker, job_has_pod)
         }
-        _ => (None, None, 0, None),
+        _ => (None, None, 0, None, None),
     };
     let observed = Observed {
         now: Timestamp::now(),
@@ -175,6 +175,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
         lake,
         lake_checks,
         blocker,
+        job_has_pod,
     };
     let plan = lifecycle::plan(&observed, &ctx.lifecycle);
     if let Some(ended) = &current
@@ -190,6 +191,9 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
         if let (Transition::Finished { phase: EtlRunPhase::Succeeded, .. }, Ok(dataset)) = (transition, &contract) {
             request_promotion(&ctx, run, &identity, dataset, &plan.status).await;
         }
+    }
+    if let Some(job_name) = &plan.delete_job {
+        delete_job(&ctx, &identity, job_name).await?;
     }
     if let (Some(attempt), Ok(dataset)) = (&plan.launch, &contract) {
         launch(&ctx, run, &identity, dataset, attempt).await?;
@@ -265,15 +269,42 @@ async fn observe_job(ctx: &Context, identity: &RunIdentity, attempt: &AttemptSta
     Ok(JobState::Active)
 }
 
-/// Why the attempt's pod cannot start, as its kubelet reports it, if it cannot.
-async fn observe_blocker(ctx: &Context, identity: &RunIdentity, job_name: &str) -> Result<Option<PodBlocker>> {
+/// Why the attempt's pod cannot start, if it cannot, and whether the Job has a pod at all. Without a pod, the
+/// Job controller's `FailedCreate` Event says why (e.g. a missing ServiceAccount); with one, its kubelet does.
+async fn observe_blocker(
+    ctx: &Context,
+    identity: &RunIdentity,
+    job_name: &str,
+) -> Result<(Option<PodBlocker>, Option<bool>)> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &identity.namespace);
     let selector = format!("batch.kubernetes.io/job-name={job_name}");
     let list = pods
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(Error::kube(format!("listing the pods of Job {job_name}")))?;
-    Ok(list.items.iter().find_map(pod_blocker))
+    if !list.items.is_empty() {
+        return Ok((list.items.iter().find_map(pod_blocker), Some(true)));
+    }
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+    let fields = format!("involvedObject.kind=Job,involvedObject.name={job_name},reason=FailedCreate");
+    let found = events
+        .list(&ListParams::default().fields(&fields))
+        .await
+        .map_err(Error::kube(format!("listing the Events of Job {job_name}")))?;
+    let newest = found.items.into_iter().max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0));
+    let blocker = newest.and_then(|e| e.message).map(|message| PodBlocker::CannotCreate { message });
+    Ok((blocker, Some(false)))
+}
+
+/// Deletes an attempt's Job that was given up (its pods are deleted with it).
+async fn delete_job(ctx: &Context, identity: &RunIdentity, job_name: &str) -> Result<()> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+    let params = kube::api::DeleteParams::background();
+    match jobs.delete(job_name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(format!("deleting Job {job_name}"))(e)),
+    }
 }
 
 /// Why a pod's worker container cannot start, from its waiting state. The operator does not read Secrets (its

@@ -220,10 +220,12 @@ impl Operator {
         if !options.env.iter().any(|(k, _)| k.starts_with("SILVERLINE_LAKE_")) {
             command.args(["--lake-grace-seconds", "2", "--lake-check-interval-seconds", "0.5"]);
         }
+        if !options.env.iter().any(|(k, _)| k == "SILVERLINE_WORKER_SERVICE_ACCOUNT") {
+            command.args(["--worker-service-account", "default"]);
+        }
         let child = command
             .args(["--namespace", options.namespace])
             .args(["--worker-image", "ghcr.io/silverline-dev/silverline-worker:test"])
-            .args(["--worker-service-account", "default"])
             .args(["--retry-base-seconds", "1", "--retry-cap-seconds", "2"])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--lease-namespace", options.namespace, "--identity", options.identity])
