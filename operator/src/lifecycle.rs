@@ -52,6 +52,7 @@ impl ContractProblem {
     }
 }
 
+pub const REASON_LAKE_UNREADABLE: &str = "LakeUnreadable";
 pub const REASON_SECRET_NOT_FOUND: &str = "CredentialsSecretNotFound";
 pub const REASON_CONTAINER_CONFIG: &str = "ContainerConfigError";
 
@@ -177,6 +178,8 @@ pub struct Observed<'a> {
     pub blocker: Option<PodBlocker>,
     /// Whether the active Job has a pod (`None` when not looked at).
     pub job_has_pod: Option<bool>,
+    /// Why the lake could not be read, when it was to be read (its URI, the key, what the store answered).
+    pub lake_error: Option<String>,
 }
 
 /// A change worth an Event, a log line and metrics.
@@ -398,6 +401,13 @@ impl Builder<'_> {
                     }
                 }
             },
+            JobState::Missing if self.observed.lake_error.is_some() => {
+                // The lake alone can tell what became of a vanished Job: say why it cannot, and look again.
+                let error = self.observed.lake_error.clone().unwrap_or_default();
+                let message = format!("Job {} is gone and the lake cannot be read: {error}", attempt.job_name);
+                self.say_lake_unreadable(message);
+                self.requeue_after = Some(self.settings.lake_check_interval);
+            }
             JobState::Missing => match lake {
                 LakeFinding::QualityReport { report, uri } => self.quality_gate_failed(index, &report, &uri),
                 LakeFinding::CircuitBreaker { uri } => {
@@ -426,6 +436,9 @@ impl Builder<'_> {
                     self.launch = Some(attempt);
                 }
             },
+            JobState::Complete { finished_at } if self.observed.lake_error.is_some() => {
+                self.await_readable_lake(index, facts, finished_at, Some(0));
+            }
             JobState::Complete { finished_at } => match lake {
                 LakeFinding::QualityReport { report, uri } => self.quality_gate_failed(index, &report, &uri),
                 _ => self.await_marker(index, facts, finished_at, FailureReason::SuccessMarkerMissing, Some(0)),
@@ -437,6 +450,9 @@ impl Builder<'_> {
                 }
                 match lake {
                     LakeFinding::QualityReport { report, uri } => self.quality_gate_failed(index, &report, &uri),
+                    _ if self.observed.lake_error.is_some() => {
+                        self.await_readable_lake(index, facts, finished_at, Some(5));
+                    }
                     _ => self.await_marker(index, facts, finished_at, FailureReason::QualityReportMissing, Some(5)),
                 }
             }
@@ -470,6 +486,56 @@ impl Builder<'_> {
         let message = format!(
             "the Job finished (exit code {}) but run {run_id}'s {marker} is not in the lake after {checks} checks over {}s",
             exit_code.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+            self.settings.lake_grace.as_secs()
+        );
+        self.end_attempt(index, facts, Classified { reason: missing, exit_code, message });
+    }
+
+    /// Says once that the lake cannot be read: the first error's message stands while it lasts, so that a check
+    /// writes nothing (a write per check would wake the controller at once).
+    fn say_lake_unreadable(&mut self, message: String) {
+        if Self::progressing_reason(self.observed.status) == Some(REASON_LAKE_UNREADABLE) {
+            return;
+        }
+        let phase = self.status.phase.unwrap_or(EtlRunPhase::Validating);
+        self.set_phase(phase, REASON_LAKE_UNREADABLE, &message);
+        self.transitions.push(Transition::Waiting { reason: REASON_LAKE_UNREADABLE.to_owned(), message });
+    }
+
+    /// The Job finished but the lake cannot be read: keep looking at the check interval for the lake grace
+    /// period, then end the attempt as one whose report is missing (retried, as a missing `_SUCCESS` is).
+    fn await_readable_lake(
+        &mut self,
+        index: usize,
+        facts: &ContractFacts,
+        finished_at: Option<Timestamp>,
+        exit_code: Option<i32>,
+    ) {
+        let error = self.observed.lake_error.clone().unwrap_or_default();
+        let attempt = &self.status.attempts[index];
+        let run_id = attempt.run_id.clone();
+        let since = finished_at.or(attempt.started_at.as_ref().map(|t| t.0)).unwrap_or(self.observed.now);
+        let deadline = after(since, self.settings.lake_grace);
+        let (missing, marker) = if exit_code == Some(5) {
+            (FailureReason::QualityReportMissing, "_QUALITY_REPORT.json")
+        } else {
+            (FailureReason::SuccessMarkerMissing, "_SUCCESS")
+        };
+        if self.now() < deadline {
+            self.status.phase = Some(EtlRunPhase::Validating);
+            let message = format!(
+                "the Job finished but run {run_id}'s {marker} cannot be read from the lake: {error}; looking again until {deadline}"
+            );
+            self.say_lake_unreadable(message);
+            self.requeue_after = Some(self.settings.lake_check_interval.min(until(self.now(), deadline)));
+            return;
+        }
+        let attempt = &mut self.status.attempts[index];
+        attempt.lake_checks = attempt.lake_checks.max(self.observed.lake_checks);
+        let message = format!(
+            "the Job finished (exit code {}) but run {run_id}'s {marker} could not be read from the lake in {} checks over {}s: {error}",
+            exit_code.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+            attempt.lake_checks,
             self.settings.lake_grace.as_secs()
         );
         self.end_attempt(index, facts, Classified { reason: missing, exit_code, message });
@@ -607,6 +673,7 @@ mod tests {
             lake_checks: 1,
             blocker: None,
             job_has_pod: None,
+            lake_error: None,
         }
     }
 
@@ -893,6 +960,34 @@ mod tests {
         for (message, expected) in cases {
             assert_eq!(missing_object(message).as_deref(), expected, "{message}");
         }
+    }
+
+    #[test]
+    fn an_unreadable_lake_is_said_once_and_ends_the_attempt_after_the_grace_period() {
+        let s = started();
+        let error = "lake s3://lake: access to s3://lake/silver/tx/schema_v=v1/run_id=r/_SUCCESS was refused: access denied by the object store";
+        let complete = || Some(JobState::Complete { finished_at: Some(at(20)) });
+        let unreadable = |status: &EtlRunStatus, now: i64, error: &str| {
+            let mut o = observe(status, now, complete(), None);
+            o.lake_error = Some(error.into());
+            plan(&o, &settings())
+        };
+        let p = unreadable(&s, 21, error);
+        assert_eq!(p.status.phase, Some(EtlRunPhase::Validating));
+        assert_eq!(condition(&p.status, CONDITION_PROGRESSING), ("True", REASON_LAKE_UNREADABLE));
+        let message = &p.status.conditions.iter().find(|c| c.type_ == CONDITION_PROGRESSING).expect("c").message;
+        assert!(message.contains(error) && message.contains("_SUCCESS"), "{message}");
+        assert!(
+            matches!(p.transitions.as_slice(), [Transition::Waiting { reason, .. }] if reason == REASON_LAKE_UNREADABLE)
+        );
+        assert_eq!(p.requeue_after, Some(Duration::from_secs(2)), "the check interval");
+        let again = unreadable(&p.status, 23, "another text of the same failure");
+        assert!(again.transitions.is_empty() && again.status == p.status, "said once; nothing to write per check");
+        let ended = unreadable(&p.status, 31, error);
+        assert_eq!(ended.status.attempts[0].reason.as_deref(), Some("SuccessMarkerMissing"));
+        assert_eq!(ended.status.phase, Some(EtlRunPhase::Pending), "retried, as the README promises");
+        let message = ended.status.attempts[0].message.clone().unwrap_or_default();
+        assert!(message.contains("could not be read from the lake") && message.contains(error), "{message}");
     }
 
     #[test]

@@ -692,6 +692,76 @@ async fn a_job_whose_pods_cannot_be_created_is_reported_at_once_and_given_up_aft
     .await;
 }
 
+/// An S3 endpoint that refuses every request with `403 AccessDenied`, as a store does to a wrong identity.
+async fn refusing_s3() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                let _ = stream.read(&mut buf).await;
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+                let response = format!(
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_lake_that_cannot_be_read_is_said_in_status_and_events_and_ends_the_attempt_after_the_grace() {
+    let s = Scenario::new("nolake").await;
+    let port = refusing_s3().await;
+    let mut dataset = transactions_dataset(&s.lake(), 1);
+    dataset.spec.storage.lake_uri = "s3://refused-lake/tx".into();
+    dataset.spec.storage.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    dataset.spec.storage.region = Some("us-east-1".into());
+    create_dataset(&s.client, &s.ns.name, &dataset).await;
+    s.kubelet.inject("tx-nolake-a1", Fault::SucceedWithoutRunning);
+    let env = [("AWS_ACCESS_KEY_ID", "operator-key-id"), ("AWS_SECRET_ACCESS_KEY", "operator-secret-value")];
+    let op = s.operator_with_env("replica-a", &env).await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-nolake", &input).await;
+
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let said = eventually("the run to say the lake cannot be read", Duration::from_secs(30), || async {
+        let status = runs.get("tx-nolake").await.ok()?.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
+        (c.reason == "LakeUnreadable").then(|| c.message.clone())
+    })
+    .await;
+    assert!(said.contains("s3://refused-lake/tx") && said.contains("_SUCCESS") && said.contains("access"), "{said}");
+    assert!(!said.contains("operator-secret-value"), "no credentials: {said}");
+
+    let run = finished(&s.client, &s.ns.name, "tx-nolake", RUN_TIMEOUT).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Failed), "{status:?}\n{}", s.diagnostics(&[&op]));
+    let attempt = &status.attempts[0];
+    assert_eq!(attempt.reason.as_deref(), Some("SuccessMarkerMissing"), "{attempt:?}");
+    let message = attempt.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("could not be read from the lake") && message.contains("s3://refused-lake/tx"),
+        "{message}"
+    );
+    let warnings: Vec<_> = support::events(&s.client, &s.ns.name, "tx-nolake")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("LakeUnreadable"))
+        .collect();
+    assert!(
+        warnings.iter().any(|e| e.type_.as_deref() == Some("Warning")
+            && e.message.as_deref().is_some_and(|m| m.contains("s3://refused-lake/tx"))),
+        "{warnings:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn an_evicted_worker_is_retried_under_a_new_run_id() {

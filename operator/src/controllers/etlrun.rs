@@ -145,6 +145,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
     let status = run.status.clone().unwrap_or_default();
     let contract = load_contract(&ctx, run, &identity).await?;
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
+    let mut lake_error = None;
     let (job_state, lake, lake_checks, blocker, job_has_pod) = match (&current, &contract) {
         (Some(attempt), Ok(dataset)) => {
             let job_state = observe_job(&ctx, &identity, attempt).await?;
@@ -157,7 +158,17 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
                 _ => {
                     ctx.metrics.lake_checks.with_label_values(&[&run.spec.dataset]).inc();
                     let checks = ctx.lake_checks.count(&attempt.run_id, attempt.lake_checks);
-                    (Some(read_lake(&ctx, dataset, &attempt.run_id).await?), checks)
+                    match read_lake(&ctx, dataset, &attempt.run_id).await {
+                        Ok(found) => (Some(found), checks),
+                        // The run says so (condition, Event) and the plan bounds it by the lake grace period.
+                        Err(e @ (Error::Lake { .. } | Error::LakeRead { .. })) => {
+                            ctx.metrics.reconcile_failed(ControllerName::EtlRun.label(), e.category());
+                            tracing::warn!(etlrun = %identity.name, namespace = %identity.namespace, run_id = %attempt.run_id, error = %e, "cannot read the lake");
+                            lake_error = Some(e.to_string());
+                            (None, checks)
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             };
             (Some(job_state), lake, checks, blocker, job_has_pod)
@@ -176,6 +187,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
         lake_checks,
         blocker,
         job_has_pod,
+        lake_error,
     };
     let plan = lifecycle::plan(&observed, &ctx.lifecycle);
     if let Some(ended) = &current
