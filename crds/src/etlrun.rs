@@ -193,10 +193,20 @@ pub struct RunResult {
     pub condemned_rows: u64,
     pub quarantine_rate: f64,
     pub duration_seconds: f64,
-    /// Every data file the run wrote.
+    /// How many data files the run wrote (silver, quarantine, condemned).
+    #[serde(default)]
+    pub file_count: u64,
+    /// Their bytes together.
+    #[serde(default)]
+    pub file_bytes: u64,
+    /// The first data files the run wrote, at most 20 (an object must stay far below the API's size limit
+    /// whatever the run wrote): the full list is the `files` of the report at `reportUri`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<DataFile>,
 }
+
+/// How many data files `status.result.files` lists at most.
+pub const MAX_LISTED_FILES: usize = 20;
 
 /// One Parquet file of a run.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -219,7 +229,9 @@ impl RunResult {
             condemned_rows: report.condemned_rows_count,
             quarantine_rate: report.quarantine_rate,
             duration_seconds: report.duration_seconds,
-            files: report.files.iter().map(DataFile::from).collect(),
+            file_count: report.files.len() as u64,
+            file_bytes: report.files.iter().map(|f| f.bytes).sum(),
+            files: report.files.iter().take(MAX_LISTED_FILES).map(DataFile::from).collect(),
         }
     }
 }
@@ -240,6 +252,27 @@ impl EtlRun {
 mod tests {
     use super::*;
     use crate::names;
+
+    #[test]
+    fn status_lists_the_first_files_and_counts_them_all() {
+        let file = |i: usize| serde_json::json!({"key": format!("s3://l/silver/part-{i:05}.parquet"), "area": "silver", "rows": 10, "bytes": 100, "sha256": "ab"});
+        for (files, listed) in [(0, 0), (3, 3), (20, 20), (5000, MAX_LISTED_FILES)] {
+            let report: RunReport = serde_json::from_value(serde_json::json!({
+                "outcome": "success", "run_id": "r", "dataset": "tx", "schema_v": "v1", "lake_uri": "s3://l",
+                "input_uri": "/in.csv", "input_checksum": "00", "inputs": [], "worker_version": "0.1.0", "git_sha": "x",
+                "started_at": "2024-01-01T00:00:00Z", "finished_at": "2024-01-01T00:00:01Z", "duration_seconds": 1.0,
+                "input_rows": 10, "valid_rows_count": 10, "quarantined_rows_count": 0, "condemned_rows_count": 0,
+                "quarantine_rate": 0.0, "error_type_distribution": {}, "condemned_reason_distribution": {},
+                "avg_attempt_count": 1.0, "duplicate_detection_rate": 0.0, "auto_condemnation_rate": 0.0,
+                "files": (0..files).map(file).collect::<Vec<_>>()
+            }))
+            .expect("report");
+            let result = RunResult::from_report(&report, "s3://l/_SUCCESS");
+            assert_eq!(result.files.len(), listed, "{files} files");
+            assert_eq!((result.file_count, result.file_bytes), (files as u64, 100 * files as u64), "{files} files");
+            assert_eq!(result.files.first().map(|f| f.key.as_str()), report.files.first().map(|f| f.key.as_str()));
+        }
+    }
     use kube::CustomResourceExt;
     use kube::core::ObjectMeta;
     use kube::core::cel::validate_cel;

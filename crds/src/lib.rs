@@ -14,7 +14,9 @@ pub use dataset::{
     CircuitBreakerSpec, ColumnSpec, ColumnType, ContractError, Dataset, DatasetSpec, OwnershipSpec, QualitySpec,
     RESERVED_COLUMNS, SecretKeyRef, StorageSpec,
 };
-pub use etlrun::{AttemptOutcome, AttemptStatus, DataFile, EtlRun, EtlRunPhase, EtlRunSpec, EtlRunStatus, RunResult};
+pub use etlrun::{
+    AttemptOutcome, AttemptStatus, DataFile, EtlRun, EtlRunPhase, EtlRunSpec, EtlRunStatus, MAX_LISTED_FILES, RunResult,
+};
 pub use promotion::{
     FailedCheck, Promotion, PromotionChange, PromotionMode, PromotionPhase, PromotionPolicy, PromotionRun,
     PromotionSpec, PromotionStatus,

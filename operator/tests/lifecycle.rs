@@ -79,7 +79,13 @@ async fn a_run_succeeds_with_the_counts_of_its_success_marker_in_status_and_metr
     );
     assert_eq!(result.input_rows, 3000);
     assert!(result.valid_rows > 0 && result.quarantined_rows > 0, "{result:?}");
-    assert_eq!(result.files.len(), report.files.len());
+    // Every file counted; the first 20 listed (the report at reportUri holds them all).
+    assert_eq!(result.file_count, report.files.len() as u64);
+    assert_eq!(result.file_bytes, report.files.iter().map(|f| f.bytes).sum::<u64>());
+    let first: Vec<silverline_crds::DataFile> =
+        report.files.iter().take(silverline_crds::MAX_LISTED_FILES).map(Into::into).collect();
+    assert!(report.files.len() > silverline_crds::MAX_LISTED_FILES, "this run writes more files than are listed");
+    assert_eq!(result.files, first);
     assert!(result.report_uri.ends_with(&format!("run_id={}/_SUCCESS", attempt.run_id)), "{}", result.report_uri);
     let succeeded = status.conditions.iter().find(|c| c.type_ == "Succeeded").expect("Succeeded condition");
     assert_eq!((succeeded.status.as_str(), succeeded.reason.as_str()), ("True", "SuccessVerified"));
