@@ -27,7 +27,7 @@ pub const DATASET_NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z
     printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
     printcolumn = r#"{"name":"Last Success","type":"string","jsonPath":".status.lastSuccessfulRunId"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = Rule::new(DATASET_NAME_RULE).message("metadata.name must be a DNS label (it becomes a lake path)")
+    validation = Rule::new(DATASET_NAME_RULE).message("metadata.name must be a DNS label (it becomes a lake path)").field_path(".metadata.name")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatasetSpec {

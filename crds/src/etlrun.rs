@@ -40,7 +40,7 @@ pub const IMMUTABLE_RULE: &str = "self == oldSelf";
     printcolumn = r#"{"name":"Valid","type":"integer","jsonPath":".status.result.validRows"}"#,
     printcolumn = r#"{"name":"Quarantined","type":"integer","jsonPath":".status.result.quarantinedRows"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = Rule::new(NAME_RULE).message("metadata.name must be a DNS label of at most 50 characters")
+    validation = Rule::new(NAME_RULE).message("metadata.name must be a DNS label of at most 50 characters").field_path(".metadata.name")
 )]
 #[x_kube(validation = Rule::new(IMMUTABLE_RULE).message("spec is immutable: create a new EtlRun instead"))]
 #[serde(rename_all = "camelCase")]

@@ -15,11 +15,84 @@ pub fn manifests() -> Vec<(&'static str, Result<String, serde_yaml::Error>)> {
 }
 
 fn render<T: serde::Serialize>(crd: &T) -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(crd).map(|yaml| format!("{HEADER}{yaml}"))
+    let mut value = serde_json::to_value(crd).map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
+    kubernetes_formats(&mut value);
+    declare_metadata_name(&mut value);
+    serde_yaml::to_string(&value).map(|yaml| format!("{HEADER}{yaml}"))
+}
+
+/// Declares `metadata.name` in each version's root schema (the one part of metadata a CRD may describe), so
+/// that the name rule can say `fieldPath: .metadata.name` and its error names the field instead of `<nil>`:
+/// the apiserver accepts a field path only into the schema it was given.
+pub fn declare_metadata_name(crd: &mut serde_json::Value) {
+    let Some(versions) = crd.pointer_mut("/spec/versions").and_then(|v| v.as_array_mut()) else { return };
+    for version in versions {
+        if let Some(properties) =
+            version.pointer_mut("/schema/openAPIV3Schema/properties").and_then(|p| p.as_object_mut())
+        {
+            properties
+                .entry("metadata")
+                .or_insert_with(|| serde_json::json!({"type": "object", "properties": {"name": {"type": "string"}}}));
+        }
+    }
+}
+
+/// Rewrites the integer formats schemars derives for unsigned types (`uint8` … `uint64`), which Kubernetes does
+/// not know (`kubectl apply` warns `unrecognized format`), to the ones it knows: `int32` for what fits, else
+/// `int64`. The minimum of 0 that schemars sets for them stays, so negative values are still refused.
+pub fn kubernetes_formats(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let known = match map.get("format").and_then(|f| f.as_str()) {
+                Some("uint8" | "uint16") => Some("int32"),
+                Some("uint32" | "uint64" | "uint") => Some("int64"),
+                _ => None,
+            };
+            if let Some(known) = known {
+                map.insert("format".into(), known.into());
+                map.entry("minimum").or_insert(0.into());
+            }
+            map.values_mut().for_each(kubernetes_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(kubernetes_formats),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_crds_use_only_formats_kubernetes_knows_with_a_minimum_for_unsigned_fields() {
+        fn visit(value: &serde_json::Value, file: &str, found: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(format) = map.get("format").and_then(|f| f.as_str())
+                        && !matches!(format, "int32" | "int64" | "double" | "float" | "date-time" | "byte")
+                    {
+                        found.push(format!("{file}: {format}"));
+                    }
+                    map.values().for_each(|v| visit(v, file, found));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| visit(v, file, found)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        for (file, text) in super::manifests() {
+            let value: serde_json::Value = serde_yaml::from_str(&text.expect("renders")).expect("YAML");
+            visit(&value, file, &mut found);
+        }
+        assert!(found.is_empty(), "formats Kubernetes does not know: {found:?}");
+        let mut unsigned = serde_json::json!({"a": {"type": "integer", "format": "uint8", "minimum": 0.0, "maximum": 255.0}, "b": [{"format": "uint64"}]});
+        super::kubernetes_formats(&mut unsigned);
+        assert_eq!(unsigned["a"]["format"], "int32");
+        assert_eq!(unsigned["a"]["maximum"], 255.0);
+        assert_eq!(
+            (unsigned["b"][0]["format"].as_str(), unsigned["b"][0]["minimum"].as_i64()),
+            (Some("int64"), Some(0))
+        );
+    }
+
     #[test]
     fn the_committed_crds_match_the_types() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("generated");

@@ -50,7 +50,7 @@ pub const TARGET_RULE: &str = "has(self.runIds) != has(self.restoreVersion)";
     printcolumn = r#"{"name":"Approved By","type":"string","jsonPath":".status.approvedBy"}"#,
     printcolumn = r#"{"name":"Version","type":"integer","jsonPath":".status.version"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = Rule::new(PROMOTION_NAME_RULE).message("metadata.name must be a DNS label of at most 56 characters")
+    validation = Rule::new(PROMOTION_NAME_RULE).message("metadata.name must be a DNS label of at most 56 characters").field_path(".metadata.name")
 )]
 #[x_kube(validation = Rule::new(crate::etlrun::IMMUTABLE_RULE).message("spec is immutable: create a new Promotion instead"))]
 #[x_kube(validation = Rule::new(TARGET_RULE).message("name either runIds or restoreVersion, not both"))]

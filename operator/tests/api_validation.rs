@@ -46,7 +46,10 @@ async fn the_apiserver_rejects_runs_whose_names_or_input_could_escape_a_path() {
     for (name, dataset, input, expected) in cases {
         let message = rejection(api.create(&pp, &run(name, dataset, input)).await);
         assert!(message.contains(expected), "{name}: {message}");
+        assert!(!message.contains("<nil>"), "every rule names its field: {name}: {message}");
     }
+    let long = rejection(api.create(&pp, &run(&"a".repeat(51), "transactions", "/in.csv")).await);
+    assert!(long.contains("metadata.name: Invalid value"), "the name rule's field path: {long}");
     for (name, input) in
         [("ok-s3", "s3://bronze-bucket/tx/2024/"), ("ok-file", "file:///data/in.csv"), ("ok-path", "/data/in.csv")]
     {
@@ -96,6 +99,7 @@ async fn the_apiserver_rejects_datasets_whose_name_or_schema_version_is_not_a_pa
         Err(kube::Error::Api(status)) => {
             assert_eq!(status.code, 422, "{status:?}");
             assert!(status.message.contains("metadata.name must be a DNS label"), "{}", status.message);
+            assert!(status.message.contains("metadata.name: Invalid value"), "a field path: {}", status.message);
         }
         other => panic!("expected a 422, got {other:?}"),
     }
