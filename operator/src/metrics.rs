@@ -13,6 +13,9 @@ use silverline_crds::{AttemptOutcome, EtlRunPhase, PromotionPhase};
 
 pub struct Metrics {
     pub registry: Registry,
+    /// The standard `process_*` metrics (CPU, resident memory, open file descriptors …), unprefixed as every
+    /// exporter names them; Linux only.
+    pub process: Registry,
     pub runs: IntCounterVec,
     pub attempts: IntCounterVec,
     pub retries: IntCounterVec,
@@ -116,8 +119,12 @@ impl Metrics {
         registry.register(Box::new(promotions_awaiting.clone()))?;
         registry.register(Box::new(promotion_oldest_awaiting.clone()))?;
         registry.register(Box::new(last_promotion.clone()))?;
+        let process = Registry::new();
+        #[cfg(target_os = "linux")]
+        process.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Metrics {
             registry,
+            process,
             runs,
             attempts,
             retries,
@@ -135,6 +142,21 @@ impl Metrics {
             promotion_oldest_awaiting,
             last_promotion,
         })
+    }
+
+    /// Creates a dataset's series at zero, so that `increase()` and `rate()` see their first change (a series that
+    /// appears at 1 has no increase to show).
+    pub fn init_dataset(&self, dataset: &str) {
+        for result in ["succeeded", "failed", "quality_gate_failed"] {
+            self.runs.with_label_values(&[dataset, result]);
+        }
+        for kind in ROW_KINDS {
+            self.rows.with_label_values(&[dataset, kind]);
+        }
+        for result in ["promoted", "rejected", "failed"] {
+            self.promotions.with_label_values(&[dataset, result]);
+        }
+        self.lake_checks.with_label_values(&[dataset]);
     }
 
     /// Counts a reconcile of `controller` and measures it until the returned timer is dropped.
@@ -171,7 +193,9 @@ impl Metrics {
                     self.run_duration.with_label_values(&[dataset, label]).observe(*seconds);
                 }
                 if let Some(result) = result {
-                    self.rows.with_label_values(&[dataset, "valid"]).inc_by(result.valid_rows);
+                    // A quality-gate failure's parsed rows are not valid output: the gate held them back.
+                    let parsed = if *phase == EtlRunPhase::Succeeded { "valid" } else { "held_by_gate" };
+                    self.rows.with_label_values(&[dataset, parsed]).inc_by(result.valid_rows);
                     self.rows.with_label_values(&[dataset, "quarantined"]).inc_by(result.quarantined_rows);
                     self.rows.with_label_values(&[dataset, "condemned"]).inc_by(result.condemned_rows);
                     self.last_quarantine_rate.with_label_values(&[dataset]).set(result.quarantine_rate);
@@ -221,12 +245,18 @@ impl Metrics {
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buffer) {
             return format!("# metrics could not be encoded: {e}\n");
         }
         String::from_utf8(buffer).unwrap_or_default()
     }
 }
+
+/// The kinds of `silverline_rows_total`: `valid`, `quarantined` and `condemned` rows of finished runs, and the
+/// rows a quality gate held back (`held_by_gate`: parsed, but the run failed its gate).
+pub const ROW_KINDS: [&str; 4] = ["valid", "quarantined", "condemned", "held_by_gate"];
 
 fn phase_label(phase: EtlRunPhase) -> &'static str {
     match phase {
@@ -301,6 +331,52 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
         assert!(!text.contains("20240101T000000Z"), "run ids never become labels");
+    }
+
+    #[test]
+    fn a_quality_gate_failures_rows_are_not_counted_as_valid_and_a_datasets_series_start_at_zero() {
+        let m = Metrics::new().expect("metrics");
+        m.init_dataset("tx");
+        let zero = m.render();
+        for line in [
+            r#"silverline_runs_total{dataset="tx",result="succeeded"} 0"#,
+            r#"silverline_runs_total{dataset="tx",result="failed"} 0"#,
+            r#"silverline_runs_total{dataset="tx",result="quality_gate_failed"} 0"#,
+            r#"silverline_rows_total{dataset="tx",kind="valid"} 0"#,
+            r#"silverline_rows_total{dataset="tx",kind="quarantined"} 0"#,
+            r#"silverline_rows_total{dataset="tx",kind="condemned"} 0"#,
+            r#"silverline_rows_total{dataset="tx",kind="held_by_gate"} 0"#,
+            r#"silverline_promotions_total{dataset="tx",result="promoted"} 0"#,
+        ] {
+            assert!(zero.contains(line), "missing {line} in\n{zero}");
+        }
+        let result = RunResult { valid_rows: 60, quarantined_rows: 39, condemned_rows: 1, ..RunResult::default() };
+        let finished = Transition::Finished {
+            phase: EtlRunPhase::QualityGateFailed,
+            reason: "QualityGate".into(),
+            message: String::new(),
+            result: Some(result),
+            seconds: Some(1.0),
+        };
+        m.record("tx", &finished, 0.0);
+        let text = m.render();
+        for line in [
+            r#"silverline_rows_total{dataset="tx",kind="valid"} 0"#,
+            r#"silverline_rows_total{dataset="tx",kind="held_by_gate"} 60"#,
+            r#"silverline_rows_total{dataset="tx",kind="quarantined"} 39"#,
+            r#"silverline_runs_total{dataset="tx",result="quality_gate_failed"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_process_metrics_are_exported_unprefixed() {
+        let text = Metrics::new().expect("metrics").render();
+        for name in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"] {
+            assert!(text.lines().any(|l| l.starts_with(name)), "missing {name} in\n{text}");
+        }
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>)
     };
     let name = dataset.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
     let namespace = dataset.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
+    ctx.metrics.init_dataset(&name);
     let current = dataset.status.clone().unwrap_or_default();
     let validation = dataset.validate().map_err(|e| e.to_string());
     let next = plan(&current, dataset.metadata.generation, validation.clone(), Timestamp::now());
