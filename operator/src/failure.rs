@@ -202,6 +202,34 @@ fn signal_name(signal: i32) -> String {
     }
 }
 
+/// How much of the worker's own words goes into status, conditions and Events.
+pub const WORKER_MESSAGE_LIMIT: usize = 512;
+
+/// The worker's final error from its container's termination message: the `error` of the JSON line the worker
+/// writes there, or else (a log tail, with `FallbackToLogsOnError`) the last line that says something; bounded.
+pub fn worker_said(message: &str) -> Option<String> {
+    let from_json = |line: &str| -> Option<String> {
+        let value: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+        value.get("error")?.as_str().map(str::to_owned)
+    };
+    let text = match message.lines().rev().find_map(from_json) {
+        Some(error) => error,
+        None => message.lines().rev().map(str::trim).find(|l| !l.is_empty())?.to_owned(),
+    };
+    let text = text.trim().trim_start_matches("silverline-worker: ").to_owned();
+    if text.is_empty() {
+        return None;
+    }
+    if text.len() <= WORKER_MESSAGE_LIMIT {
+        return Some(text);
+    }
+    let mut cut = WORKER_MESSAGE_LIMIT;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Some(format!("{}…", &text[..cut]))
+}
+
 /// Classifies a failed Job: deadline, disruption and memory first (they explain a kill), then the exit code.
 pub fn classify(failure: &JobFailure) -> Classified {
     let pod = failure.pod.as_ref();
@@ -257,7 +285,11 @@ pub fn classify(failure: &JobFailure) -> Classified {
                 0 => (FailureReason::UnexpectedExit, "the Job failed although the worker exited 0".into()),
                 _ => exit_code_meaning(code),
             };
-            return Classified { reason, exit_code: Some(code), message: format!("exit code {code}: {meaning}") };
+            let message = match pod.message.as_deref().and_then(worker_said) {
+                Some(said) => format!("exit code {code}: {meaning}: {said}"),
+                None => format!("exit code {code}: {meaning}"),
+            };
+            return Classified { reason, exit_code: Some(code), message };
         }
     }
     Classified {
@@ -270,6 +302,29 @@ pub fn classify(failure: &JobFailure) -> Classified {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workers_own_error_is_read_from_its_termination_message_and_bounded() {
+        let json = r#"{"error":"schema drift in file:///in.csv: missing column(s) [\"Amount\"]","category":"schema_drift","exit_code":3}"#;
+        assert_eq!(
+            worker_said(json).as_deref(),
+            Some(r#"schema drift in file:///in.csv: missing column(s) ["Amount"]"#)
+        );
+        let tail = "{\"level\":\"INFO\"}\nsilverline-worker: lake s3://b: access denied\n\n";
+        assert_eq!(worker_said(tail).as_deref(), Some("lake s3://b: access denied"));
+        assert_eq!(worker_said("  \n "), None);
+        let long = worker_said(&"é".repeat(1000)).expect("said");
+        assert!(long.len() <= WORKER_MESSAGE_LIMIT + '…'.len_utf8() && long.ends_with('…'), "{}", long.len());
+        let mut pod = PodEnd { exit_code: Some(3), ..PodEnd::default() };
+        pod.message = Some(json.to_owned());
+        let failure = JobFailure { job_reason: Some("PodFailurePolicy".into()), job_message: None, pod: Some(pod) };
+        let c = classify(&failure);
+        assert!(
+            c.message.starts_with("exit code 3: schema drift or unreadable input: schema drift in"),
+            "{}",
+            c.message
+        );
+    }
 
     fn exited(code: i32) -> JobFailure {
         JobFailure {

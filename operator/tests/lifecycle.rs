@@ -228,6 +228,9 @@ async fn schema_drift_fails_the_run_at_once_without_a_retry() {
     let failed = status.conditions.iter().find(|c| c.type_ == "Succeeded").expect("condition");
     assert_eq!((failed.status.as_str(), failed.reason.as_str()), ("False", "SchemaDrift"));
     assert!(failed.message.contains("exit code 3: schema drift"), "{}", failed.message);
+    // The worker's own words, from its termination message: which column is missing.
+    assert!(failed.message.contains("Amount") && failed.message.contains("TransactionAmount"), "{}", failed.message);
+    assert!(attempt.message.as_deref().is_some_and(|m| m.contains("TransactionAmount")), "{attempt:?}");
     // The Job controller applied the pod failure policy: the Job failed at once on exit code 3.
     let jobs = jobs_of(&s, "tx-drift").await;
     let job_failed = jobs[0]

@@ -164,11 +164,10 @@ fn main() -> std::process::ExitCode {
     let code = match execute(args) {
         Ok(()) => ExitCode::Success,
         Err(e) => {
-            log(
-                "ERROR",
-                "run failed",
-                serde_json::json!({"error": e.to_string(), "category": e.category(), "exit_code": e.exit_code().code()}),
-            );
+            let fields = serde_json::json!({"error": e.to_string(), "category": e.category(), "exit_code": e.exit_code().code()});
+            // Kubernetes shows the termination message in the pod's status; the operator copies it into the run's.
+            termination_log(&fields);
+            log("ERROR", "run failed", fields);
             eprintln!("silverline-worker: {e}");
             e.exit_code()
         }

@@ -871,9 +871,10 @@ async fn observe_job(ctx: &Context, namespace: &str, job_name: &str, uid: &str) 
             .map_err(Error::kube(format!("listing the pods of Job {job_name}")))?;
         let newest = list.items.iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
         let end = newest.map(super::etlrun::pod_end).or_else(|| ctx.pod_ends.get(namespace, job_name));
+        // The worker's own error from its termination message (a JSON line), not the whole line.
         let message = end
             .as_ref()
-            .and_then(|e| e.message.clone())
+            .and_then(|e| e.message.as_deref().and_then(crate::failure::worker_said))
             .or(failed.message)
             .unwrap_or_else(|| failed.reason.unwrap_or_default());
         return Ok(JobState::Failed { exit_code: end.and_then(|e| e.exit_code), message });

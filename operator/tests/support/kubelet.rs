@@ -241,6 +241,10 @@ impl Node {
         if let Some(Fault::Env { vars, .. }) = &fault {
             env.extend(vars.iter().cloned());
         }
+        // The container's terminationMessagePath (`/dev/termination-log`), as a file of the pod's own; the worker
+        // writes there when SILVERLINE_TERMINATION_LOG names it.
+        let termination_path = pod_dir.join("termination-log");
+        env.insert("SILVERLINE_TERMINATION_LOG".into(), termination_path.display().to_string());
 
         let started = Timestamp::now();
         self.set_running(&name, &container.name, container.image.as_deref().unwrap_or(""), started).await?;
@@ -297,11 +301,19 @@ impl Node {
                 None => return Ok(()),
             },
         };
-        // `terminationMessagePolicy: FallbackToLogsOnError`: a failed container's message is the tail of its log.
-        let message = (exit_code != 0
-            && container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"))
-        .then(|| log_tail(&log_path))
-        .flatten();
+        // As a kubelet does: the termination message file (at most 4096 bytes), else, with
+        // `terminationMessagePolicy: FallbackToLogsOnError`, a failed container's log tail.
+        let written = std::fs::read(&termination_path).ok().filter(|b| !b.iter().all(u8::is_ascii_whitespace));
+        let message = match written {
+            Some(mut bytes) => {
+                bytes.truncate(4096);
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            None => (exit_code != 0
+                && container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"))
+            .then(|| log_tail(&log_path))
+            .flatten(),
+        };
         self.set_terminated_with(&name, &container.name, &image, started, exit_code, message).await
     }
 
