@@ -42,11 +42,17 @@ pub struct DatasetSpec {
     pub primary_key: Vec<String>,
     /// A required timestamp column; rows are partitioned by its UTC year and month.
     pub partition_column: String,
+    /// The quality gate: a run quarantining more than `maxQuarantineRate` of its rows ends with exit 5, its data
+    /// and quarantine kept for review and no `_SUCCESS` (so it can never be promoted).
     #[serde(default)]
     pub quality: QualitySpec,
+    /// The circuit breaker: a run stops (exit 4, no `_SUCCESS`) as soon as more than `maxSameErrors` rows fail
+    /// with the same error type, rather than quarantining a whole broken feed.
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerSpec,
-    /// How many times a row may be tried (first run plus quarantine replays) before it is condemned.
+    /// How many times a row may be tried — its first run plus each quarantine replay — before it is condemned
+    /// (`MAX_ATTEMPTS_REACHED`). The operator also gives each EtlRun of this dataset at most this many attempts
+    /// (Jobs) when an attempt fails in a way worth retrying.
     #[serde(default = "default_max_attempts")]
     #[schemars(range(min = 1))]
     pub max_attempts: u32,
@@ -55,7 +61,8 @@ pub struct DatasetSpec {
     /// How promotions change the dataset's current set of files, and whether a successful run requests one.
     #[serde(default)]
     pub promotion: PromotionPolicy,
-    /// Optional cron schedule (UTC) for runs of this dataset, used by the operator.
+    /// A cron schedule (UTC) on which this feed is expected to arrive. Recorded for people and tooling only:
+    /// the operator does not start runs on a schedule yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
 }
