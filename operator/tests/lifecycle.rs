@@ -876,32 +876,8 @@ async fn a_leader_stopped_gracefully_hands_the_lease_over_at_once() {
 async fn a_run_on_an_s3_lake_succeeds_with_a_read_only_operator() {
     let s = Scenario::new("s3").await;
     let s3 = support::S3Server::start().await;
-    s3.create_bucket("lake").await;
     // The worker writes with the Dataset's credentials Secret; the operator only reads, with its own identity.
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "lake-writer"},
-        "stringData": {"AWS_ACCESS_KEY_ID": s3.var("AWS_ACCESS_KEY_ID"), "AWS_SECRET_ACCESS_KEY": s3.var("AWS_SECRET_ACCESS_KEY")},
-    }))
-    .expect("secret");
-    secrets.create(&kube::api::PostParams::default(), &secret).await.expect("create Secret");
-    let mut dataset = transactions_dataset(&s.lake(), 3);
-    dataset.spec.storage.lake_uri = "s3://lake/warehouse".into();
-    dataset.spec.storage.endpoint = Some(s3.var("AWS_ENDPOINT_URL"));
-    dataset.spec.storage.region = Some("us-east-1".into());
-    dataset.spec.storage.credentials_secret = Some(silverline_crds::SecretKeyRef { name: "lake-writer".into() });
-    create_dataset(&s.client, &s.ns.name, &dataset).await;
-    let op = support::Operator::start(support::OperatorOptions {
-        namespace: &s.ns.name,
-        identity: "replica-a",
-        log_dir: s.dir.path(),
-        kubeconfig: None,
-        env: vec![
-            ("AWS_ACCESS_KEY_ID".into(), s3.var("SILVERLINE_TEST_RO_ACCESS_KEY_ID")),
-            ("AWS_SECRET_ACCESS_KEY".into(), s3.var("SILVERLINE_TEST_RO_SECRET_ACCESS_KEY")),
-        ],
-    })
-    .await;
+    let op = s.s3_dataset_and_read_only_operator(&s3).await;
     let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
     create_run(&s.client, &s.ns.name, "tx-s3", &input).await;
 

@@ -357,32 +357,8 @@ async fn a_dataset_with_request_on_success_asks_for_review_and_the_published_rba
 async fn a_promotion_on_an_s3_lake_is_previewed_read_only_and_written_by_the_job() {
     let s = Scenario::new("promo-s3").await;
     let s3 = support::S3Server::start().await;
-    s3.create_bucket("lake").await;
     // The promote Job writes with the Dataset's credentials Secret; the operator only reads, with its own identity.
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "lake-writer"},
-        "stringData": {"AWS_ACCESS_KEY_ID": s3.var("AWS_ACCESS_KEY_ID"), "AWS_SECRET_ACCESS_KEY": s3.var("AWS_SECRET_ACCESS_KEY")},
-    }))
-    .expect("secret");
-    secrets.create(&PostParams::default(), &secret).await.expect("create Secret");
-    let mut dataset = transactions_dataset(&s.lake(), 3);
-    dataset.spec.storage.lake_uri = "s3://lake/warehouse".into();
-    dataset.spec.storage.endpoint = Some(s3.var("AWS_ENDPOINT_URL"));
-    dataset.spec.storage.region = Some("us-east-1".into());
-    dataset.spec.storage.credentials_secret = Some(silverline_crds::SecretKeyRef { name: "lake-writer".into() });
-    create_dataset(&s.client, &s.ns.name, &dataset).await;
-    let op = support::Operator::start(support::OperatorOptions {
-        namespace: &s.ns.name,
-        identity: "replica-a",
-        log_dir: s.dir.path(),
-        kubeconfig: None,
-        env: vec![
-            ("AWS_ACCESS_KEY_ID".into(), s3.var("SILVERLINE_TEST_RO_ACCESS_KEY_ID")),
-            ("AWS_SECRET_ACCESS_KEY".into(), s3.var("SILVERLINE_TEST_RO_SECRET_ACCESS_KEY")),
-        ],
-    })
-    .await;
+    let op = s.s3_dataset_and_read_only_operator(&s3).await;
     let run_id = succeeded_run(&s, "tx-s3", &op).await;
     create_promotion(&s, &promotion("tx-s3-promo", &[&run_id], None)).await;
     let status = eventually("the preview from S3 in status", Duration::from_secs(30), || async {

@@ -288,14 +288,9 @@ async fn observe_blocker(
     identity: &RunIdentity,
     job_name: &str,
 ) -> Result<(Option<PodBlocker>, Option<bool>)> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &identity.namespace);
-    let selector = format!("batch.kubernetes.io/job-name={job_name}");
-    let list = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::kube(format!("listing the pods of Job {job_name}")))?;
-    if !list.items.is_empty() {
-        return Ok((list.items.iter().find_map(pod_blocker), Some(true)));
+    let pods = super::pods_of_job(ctx, &identity.namespace, job_name).await?;
+    if !pods.is_empty() {
+        return Ok((pods.iter().find_map(pod_blocker), Some(true)));
     }
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(ctx.client.clone(), &identity.namespace);
     let fields = format!("involvedObject.kind=Job,involvedObject.name={job_name},reason=FailedCreate");
@@ -350,14 +345,8 @@ pub fn pod_blocker(pod: &Pod) -> Option<PodBlocker> {
 
 /// How the Job's newest pod ended, if a pod is left.
 async fn last_pod(ctx: &Context, identity: &RunIdentity, job_name: &str) -> Result<Option<PodEnd>> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &identity.namespace);
-    let selector = format!("batch.kubernetes.io/job-name={job_name}");
-    let list = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::kube(format!("listing the pods of Job {job_name}")))?;
-    let newest = list.items.into_iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
-    Ok(newest.map(|pod| pod_end(&pod)).or_else(|| ctx.pod_ends.get(&identity.namespace, job_name)))
+    let pods = super::pods_of_job(ctx, &identity.namespace, job_name).await?;
+    Ok(super::newest_pod(&pods).map(pod_end).or_else(|| ctx.pod_ends.get(&identity.namespace, job_name)))
 }
 
 /// Reads a pod's end from its status, as a kubelet reports it.

@@ -288,6 +288,26 @@ pub fn requeue(retry: Retry) -> Action {
 }
 
 /// Whether `meta` names `uid` among its owners.
+/// The pods of a Job (worker pods of an attempt, or of a promote Job), by the Job controller's label.
+pub async fn pods_of_job(
+    ctx: &Context,
+    namespace: &str,
+    job_name: &str,
+) -> Result<Vec<k8s_openapi::api::core::v1::Pod>> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("batch.kubernetes.io/job-name={job_name}");
+    let list = pods
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube(format!("listing the pods of Job {job_name}")))?;
+    Ok(list.items)
+}
+
+/// The newest of a Job's pods.
+pub fn newest_pod(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<&k8s_openapi::api::core::v1::Pod> {
+    pods.iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
 pub fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
     meta.owner_references.iter().flatten().any(|o| o.uid == uid)
 }

@@ -863,14 +863,9 @@ async fn observe_job(ctx: &Context, namespace: &str, job_name: &str, uid: &str) 
         return Ok(JobState::Complete);
     }
     if let Some(failed) = condition("Failed") {
-        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), namespace);
-        let selector = format!("batch.kubernetes.io/job-name={job_name}");
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(Error::kube(format!("listing the pods of Job {job_name}")))?;
-        let newest = list.items.iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
-        let end = newest.map(super::etlrun::pod_end).or_else(|| ctx.pod_ends.get(namespace, job_name));
+        let pods = super::pods_of_job(ctx, namespace, job_name).await?;
+        let end =
+            super::newest_pod(&pods).map(super::etlrun::pod_end).or_else(|| ctx.pod_ends.get(namespace, job_name));
         // The worker's own error from its termination message (a JSON line), not the whole line.
         let message = end
             .as_ref()

@@ -321,6 +321,37 @@ impl Scenario {
         path
     }
 
+    /// An S3 lake of the transactions dataset on `s3` (bucket `lake`): the Dataset's credentials Secret
+    /// `lake-writer` holds the writing identity (for worker and promote Jobs); the returned operator reads with the
+    /// server's read-only identity of its own.
+    pub async fn s3_dataset_and_read_only_operator(&self, s3: &S3Server) -> Operator {
+        s3.create_bucket("lake").await;
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "lake-writer"},
+            "stringData": {"AWS_ACCESS_KEY_ID": s3.var("AWS_ACCESS_KEY_ID"), "AWS_SECRET_ACCESS_KEY": s3.var("AWS_SECRET_ACCESS_KEY")},
+        }))
+        .expect("secret");
+        secrets.create(&PostParams::default(), &secret).await.expect("create Secret");
+        let mut dataset = transactions_dataset(&self.lake(), 3);
+        dataset.spec.storage.lake_uri = "s3://lake/warehouse".into();
+        dataset.spec.storage.endpoint = Some(s3.var("AWS_ENDPOINT_URL"));
+        dataset.spec.storage.region = Some("us-east-1".into());
+        dataset.spec.storage.credentials_secret = Some(silverline_crds::SecretKeyRef { name: "lake-writer".into() });
+        create_dataset(&self.client, &self.ns.name, &dataset).await;
+        Operator::start(OperatorOptions {
+            namespace: &self.ns.name,
+            identity: "replica-a",
+            log_dir: self.dir.path(),
+            kubeconfig: None,
+            env: vec![
+                ("AWS_ACCESS_KEY_ID".into(), s3.var("SILVERLINE_TEST_RO_ACCESS_KEY_ID")),
+                ("AWS_SECRET_ACCESS_KEY".into(), s3.var("SILVERLINE_TEST_RO_SECRET_ACCESS_KEY")),
+            ],
+        })
+        .await
+    }
+
     pub async fn operator(&self, identity: &str) -> Operator {
         self.operator_with_env(identity, &[]).await
     }
