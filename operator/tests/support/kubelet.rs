@@ -259,25 +259,17 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 0
             }
-            Some(Fault::Hold(release)) => {
-                tokio::select! {
-                    () = release.notified() => {}
-                    graceful = &mut stopped => match graceful {
-                        // A held container dies of the SIGTERM it is sent.
-                        Ok(()) => return self.set_terminated(&name, &container.name, &image, started, 143).await,
-                        Err(_) => return Ok(()),
-                    },
-                }
-                match spawn_and_wait(&program, &args_all, &env, &log_path, &pod_dir, &mut stopped, None).await? {
-                    Some(code) => code,
-                    None => return Ok(()),
-                }
-            }
-            Some(Fault::Env { hold, .. }) => {
-                if let Some(release) = hold {
+            Some(Fault::Hold(_) | Fault::Env { .. }) => {
+                let release = match &fault {
+                    Some(Fault::Hold(release)) => Some(release.clone()),
+                    Some(Fault::Env { hold, .. }) => hold.clone(),
+                    _ => None,
+                };
+                if let Some(release) = release {
                     tokio::select! {
                         () = release.notified() => {}
                         graceful = &mut stopped => match graceful {
+                            // A held container dies of the SIGTERM it is sent.
                             Ok(()) => return self.set_terminated(&name, &container.name, &image, started, 143).await,
                             Err(_) => return Ok(()),
                         },
