@@ -72,6 +72,15 @@ scripts/s3server.sh start "$SILVERLINE_S3_DIR"
 source "$SILVERLINE_S3_DIR/env" # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... and the read-only test identity
 # ---- END worker ----
 
+# ---- BEGIN readers: the README's "Reading silver" snippets (tests/readers/) ----
+# DuckDB, Polars, pyarrow and Spark each read lakes that the worker binary built above wrote, with the README's
+# snippet as written (types, counts against _SUCCESS, sums). The pinned readers live in a venv cached under
+# $SILVERLINE_CACHE: a cold build downloads ~550 MB (pyspark ~450 MB of it) and took 2-8 minutes here, once;
+# later runs reuse it. Spark runs local[1] on loopback without UI; Java 17+ is installed if missing.
+step "readers: the README's DuckDB, Polars, pyarrow and Spark snippets (tests/readers/run.sh)"
+tests/readers/run.sh -q
+# ---- END readers ----
+
 # The integration tests are #[ignore]d in a plain `cargo test` (with a hint naming this script); here their
 # services run, so they run with everything else.
 step "cargo test (unit, property, end-to-end, and integration tests against the services)"
