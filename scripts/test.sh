@@ -72,6 +72,19 @@ scripts/s3server.sh start "$SILVERLINE_S3_DIR"
 source "$SILVERLINE_S3_DIR/env" # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... and the read-only test identity
 # ---- END worker ----
 
+# ---- BEGIN ship: workflows, Argo CD health checks, example manifests, static binaries (docs/operations.md) ----
+# actionlint (pinned in tests/tools/actionlint) on .github/workflows; tests/argocd-health (Go): the Argo CD health
+# checks of examples/argocd run with gopher-lua as Argo CD runs them on samples of every phase, and every example
+# manifest has a fixed valid name and passes a server-side dry run on the control plane above; then the static
+# (musl) binaries that go into the images, built by the images' own script with the dev profile (CI's image job
+# builds the release profile) and run: the worker's quick start, the operator's --help. Cold: the musl target
+# (rustup), musl-tools (apt, as root) and a musl build of both binaries, ~5-8 minutes on 2 idle cores; warm: ~20 s.
+step "actionlint on .github/workflows"
+"$(scripts/gotool.sh path actionlint)" .github/workflows/*.yml
+step "Argo CD health checks and example manifests (tests/argocd-health)"
+(cd tests/argocd-health && SILVERLINE_REQUIRE_CP=1 GOWORK=off go test -count=1 ./...)
+# ---- END ship ----
+
 # ---- BEGIN readers: the README's "Reading silver" snippets (tests/readers/) ----
 # DuckDB, Polars, pyarrow and Spark each read lakes that the worker binary built above wrote, with the README's
 # snippet as written (types, counts against _SUCCESS, sums). The pinned readers live in a venv cached under
