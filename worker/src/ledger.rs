@@ -3,51 +3,56 @@
 //! anything else, rows that used up their attempts are condemned, a valid row whose key was already taken is a
 //! DUPLICATE_KEY_ERROR, and every row is counted exactly once, so `input = valid + quarantined + condemned`.
 //!
-//! Memory: the ledger keeps one 64-bit hash per distinct row and one per distinct valid key, in two flat tables
-//! of 8-byte slots kept between 3/8 and 3/4 full: 10.7–21.3 bytes per distinct row and the same per valid key,
-//! about 21–43 bytes per input row in all, 10.7 bytes each when the run pre-sizes them from the input's size
-//! (21.3 bytes per input row: ≈ 102 MiB for 5 M rows). Nothing else grows with the input. With 64-bit hashes
-//! the chance that two different rows or keys collide among 10 M is about 3 in a million per run.
+//! Memory: the ledger keeps, per distinct row and per distinct valid key, its 64-bit hash and the ordinal (0-based
+//! position in the run's input, 32 bits) of the row that brought it first, so that a repeat can name the record it
+//! repeats. Each table is two flat arrays beside each other — 8-byte hashes, probed on every row, and 4-byte
+//! ordinals, read only when a repeat is found — kept between 3/8 and 3/4 full: 16 bytes per distinct row and the
+//! same per valid key when the run pre-sizes them from the input's size (32 bytes per input row: ≈ 153 MiB for 5 M
+//! rows), up to twice that when the size is not known in advance. Beside them, one entry per input object and, for
+//! a replay, the lineage (source, record) of each replayed row. Nothing else grows with the input. With 64-bit
+//! hashes the chance that two different rows or keys collide among 10 M is about 3 in a million per run.
 
 use crate::check::{CheckedChunk, Outcome, RowError};
 use crate::values::ErrorType;
 use arrow::array::BooleanArray;
+use std::collections::BTreeMap;
 
-/// Zeroed 8-byte slots. Large tables live in their own anonymous mapping, for which the kernel is asked to use
-/// huge pages: probes land anywhere in a table of tens of megabytes, and with 4 KiB pages nearly every probe would
-/// also miss the TLB. Small tables, or a kernel that refuses, get ordinary memory.
+/// Zeroed slots of a plain type. Large tables live in their own anonymous mapping, for which the kernel is asked
+/// to use huge pages: probes land anywhere in a table of tens of megabytes, and with 4 KiB pages nearly every
+/// probe would also miss the TLB. Small tables, or a kernel that refuses, get ordinary memory.
 #[derive(Debug)]
-enum Slots {
-    Heap(Vec<u64>),
+enum Slots<T: bytemuck::Pod> {
+    Heap(Vec<T>),
     Mapped(memmap2::MmapMut),
 }
 
-impl Default for Slots {
+impl<T: bytemuck::Pod> Default for Slots<T> {
     fn default() -> Self {
         Slots::Heap(Vec::new())
     }
 }
 
-impl Slots {
-    /// Tables from this many slots up get their own mapping (16 MiB).
-    const MAPPED_FROM: usize = 2 * 1024 * 1024;
+impl<T: bytemuck::Pod> Slots<T> {
+    /// Tables from this many bytes up get their own mapping.
+    const MAPPED_FROM_BYTES: usize = 16 * 1024 * 1024;
 
-    fn zeroed(n: usize) -> Slots {
-        if n >= Self::MAPPED_FROM
-            && let Ok(map) = memmap2::MmapMut::map_anon(n * 8)
+    fn zeroed(n: usize) -> Slots<T> {
+        let bytes = n * std::mem::size_of::<T>();
+        if bytes >= Self::MAPPED_FROM_BYTES
+            && let Ok(map) = memmap2::MmapMut::map_anon(bytes)
         {
             #[cfg(target_os = "linux")]
             let _ = map.advise(memmap2::Advice::HugePage);
-            // A mapping is page-aligned, so it always holds whole aligned u64s; checked all the same.
-            if bytemuck::try_cast_slice::<u8, u64>(&map[..]).is_ok() {
+            // A mapping is page-aligned, so it always holds whole aligned values; checked all the same.
+            if bytemuck::try_cast_slice::<u8, T>(&map[..]).is_ok() {
                 return Slots::Mapped(map);
             }
         }
-        Slots::Heap(vec![0; n])
+        Slots::Heap(vec![T::zeroed(); n])
     }
 
     #[inline]
-    fn get(&self) -> &[u64] {
+    fn get(&self) -> &[T] {
         match self {
             Slots::Heap(v) => v,
             Slots::Mapped(m) => bytemuck::try_cast_slice(&m[..]).unwrap_or_default(),
@@ -55,7 +60,7 @@ impl Slots {
     }
 
     #[inline]
-    fn get_mut(&mut self) -> &mut [u64] {
+    fn get_mut(&mut self) -> &mut [T] {
         match self {
             Slots::Heap(v) => v,
             Slots::Mapped(m) => bytemuck::try_cast_slice_mut(&mut m[..]).unwrap_or_default(),
@@ -63,16 +68,21 @@ impl Slots {
     }
 }
 
-/// A set of 64-bit hashes in one flat array with linear probing: 8 bytes per slot and nothing else, kept at
-/// most 3/4 full. The hashes are uniformly distributed already, so a slot is found by multiply-shift; 0 marks
-/// an empty slot, so a hash of 0 is stored as 1.
+/// The ordinal stored for rows past `u32::MAX`: their first holder is not named.
+pub const UNKNOWN_ORDINAL: u32 = u32::MAX;
+
+/// A set of 64-bit hashes, each with the ordinal of the row that brought it first, in two flat arrays with
+/// linear probing, kept at most 3/4 full. The hashes are uniformly distributed already, so a slot is found by
+/// multiply-shift; 0 marks an empty slot, so a hash of 0 is stored as 1. Probing reads only the hash array; the
+/// ordinal of a slot is written once and read only for a repeat.
 #[derive(Debug, Default)]
-pub struct HashSet64 {
-    slots: Slots,
+pub struct FirstSeen {
+    hashes: Slots<u64>,
+    ordinals: Slots<u32>,
     len: usize,
 }
 
-impl HashSet64 {
+impl FirstSeen {
     fn slot(hash: u64, slots: usize) -> usize {
         ((u128::from(hash) * slots as u128) >> 64) as usize
     }
@@ -80,63 +90,164 @@ impl HashSet64 {
     /// Makes room for `additional` more hashes without growing on the way.
     pub fn reserve(&mut self, additional: usize) {
         let wanted = (self.len + additional) / 3 * 4 + 64;
-        if wanted > self.slots.get().len() {
+        if wanted > self.hashes.get().len() {
             self.rebuild(wanted);
         }
     }
 
     fn rebuild(&mut self, slots: usize) {
-        let old = std::mem::replace(&mut self.slots, Slots::zeroed(slots));
-        for hash in old.get().iter().filter(|h| **h != 0) {
-            self.place(*hash);
+        let old_hashes = std::mem::replace(&mut self.hashes, Slots::zeroed(slots));
+        let old_ordinals = std::mem::replace(&mut self.ordinals, Slots::zeroed(slots));
+        for (hash, ordinal) in old_hashes.get().iter().zip(old_ordinals.get()).filter(|(h, _)| **h != 0) {
+            // The old table held each hash once, so each is placed anew.
+            let _ = self.place(*hash, *ordinal);
         }
     }
 
-    fn place(&mut self, hash: u64) -> bool {
-        let slots = self.slots.get_mut();
+    /// Puts the hash in its slot; `Err` with the first holder's ordinal if it is there already.
+    fn place(&mut self, hash: u64, ordinal: u32) -> Result<(), u32> {
+        let slots = self.hashes.get_mut();
         let n = slots.len();
         let mut i = Self::slot(hash, n);
         loop {
             match slots[i] {
                 0 => {
                     slots[i] = hash;
-                    return true;
+                    self.ordinals.get_mut()[i] = ordinal;
+                    return Ok(());
                 }
-                h if h == hash => return false,
+                h if h == hash => return Err(self.ordinals.get()[i]),
                 _ => i = if i + 1 == n { 0 } else { i + 1 },
             }
         }
     }
 
-    /// Adds a hash; false if it was already there.
+    /// Adds a hash first seen at `ordinal`; if it was already there, `Err` with the ordinal of its first holder
+    /// ([`UNKNOWN_ORDINAL`] for a holder past `u32::MAX`).
     #[inline]
-    pub fn insert(&mut self, hash: u64) -> bool {
-        if (self.len + 1) * 4 > self.slots.get().len() * 3 {
-            self.rebuild((self.slots.get().len() * 2).max(1024));
+    pub fn insert(&mut self, hash: u64, ordinal: u64) -> Result<(), u32> {
+        if (self.len + 1) * 4 > self.hashes.get().len() * 3 {
+            self.rebuild((self.hashes.get().len() * 2).max(1024));
         }
-        let added = self.place(hash.max(1));
-        self.len += usize::from(added);
-        added
+        let ordinal = u32::try_from(ordinal).unwrap_or(UNKNOWN_ORDINAL);
+        let placed = self.place(hash.max(1), ordinal);
+        self.len += usize::from(placed.is_ok());
+        placed
     }
 
     pub fn len(&self) -> usize {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes the table holds.
+    pub fn bytes(&self) -> usize {
+        self.hashes.get().len() * 8 + self.ordinals.get().len() * 4
+    }
+
     /// Reads the home slot of each hash and returns a value that depends on them all. The tables are far larger
     /// than the caches, so nearly every probe misses; reading the slots of a block of rows first lets those
     /// misses overlap instead of following one another, and the probes that follow find the slots cached.
     pub fn warm(&self, hashes: impl Iterator<Item = u64>) -> u64 {
-        let slots = self.slots.get();
+        let slots = self.hashes.get();
         let n = slots.len();
         if n == 0 {
             return 0;
         }
         hashes.fold(0, |acc, h| acc ^ slots[Self::slot(h.max(1), n)])
     }
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+/// Where a row of the run came from: the input object and the 1-based record number in it (for a replayed row,
+/// its original source and record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRef {
+    pub source_uri: String,
+    pub record_number: u64,
+}
+
+impl std::fmt::Display for RecordRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "record {} of {}", self.record_number, self.source_uri)
+    }
+}
+
+/// A stretch of the run's input from one source chunk on: the ordinal of its first row, the source's index and
+/// record number there, and for replayed rows where their lineage starts in [`Lineage::replayed`].
+#[derive(Debug, Clone)]
+struct Span {
+    first_ordinal: u64,
+    source: usize,
+    first_record: u64,
+    replayed_at: Option<usize>,
+}
+
+/// Turns a row's ordinal back into its source and record number: one [`Span`] per chunk whose source differs from
+/// the previous chunk's, and for replayed rows their original source and record (a replay is a quarantine's size).
+#[derive(Debug, Default)]
+struct Lineage {
+    spans: Vec<Span>,
+    replayed: Vec<(u32, u64)>,
+    replayed_uris: Vec<String>,
+    uri_ids: BTreeMap<String, u32>,
+}
+
+impl Lineage {
+    fn record(&mut self, chunk: &CheckedChunk, first_ordinal: u64) {
+        let raw = &chunk.raw;
+        if raw.replay.is_empty() {
+            let continues = self.spans.last().is_some_and(|s| {
+                s.source == raw.source
+                    && s.replayed_at.is_none()
+                    && s.first_record + (first_ordinal - s.first_ordinal) == raw.first_record
+            });
+            if !continues {
+                self.spans.push(Span {
+                    first_ordinal,
+                    source: raw.source,
+                    first_record: raw.first_record,
+                    replayed_at: None,
+                });
+            }
+            return;
+        }
+        self.spans.push(Span {
+            first_ordinal,
+            source: raw.source,
+            first_record: raw.first_record,
+            replayed_at: Some(self.replayed.len()),
+        });
+        for meta in &raw.replay {
+            let next = self.replayed_uris.len() as u32;
+            let id = *self.uri_ids.entry(meta.source_uri.clone()).or_insert_with(|| next);
+            if id == next {
+                self.replayed_uris.push(meta.source_uri.clone());
+            }
+            self.replayed.push((id, meta.record_number));
+        }
+    }
+
+    fn resolve(&self, ordinal: u32, sources: &[String]) -> Option<RecordRef> {
+        if ordinal == UNKNOWN_ORDINAL {
+            return None;
+        }
+        let ordinal = u64::from(ordinal);
+        let at = self.spans.partition_point(|s| s.first_ordinal <= ordinal).checked_sub(1)?;
+        let span = &self.spans[at];
+        let offset = ordinal - span.first_ordinal;
+        match span.replayed_at {
+            Some(start) => {
+                let (id, record_number) = *self.replayed.get(start + offset as usize)?;
+                Some(RecordRef { source_uri: self.replayed_uris.get(id as usize)?.clone(), record_number })
+            }
+            None => Some(RecordRef {
+                source_uri: sources.get(span.source).cloned().unwrap_or_else(|| format!("input {}", span.source + 1)),
+                record_number: span.first_record + offset,
+            }),
+        }
     }
 }
 
@@ -163,6 +274,8 @@ pub struct SideRow {
     pub error: Option<RowError>,
     pub attempt_count: u32,
     pub reason: Option<CondemnReason>,
+    /// For an exact duplicate, the message naming the earlier record it repeats.
+    pub duplicate_of: Option<String>,
 }
 
 /// What the ledger decided for one chunk.
@@ -189,6 +302,8 @@ pub struct Counts {
     /// Quarantined rows that fail anew: every row of a CSV input, but in a replay only the rows that fail with
     /// another error type than they were quarantined with. The quality gate counts these.
     pub newly_failed: u64,
+    /// Quarantined and condemned rows with an error, by (error type index, contract column at fault).
+    pub by_error_column: BTreeMap<(usize, Option<usize>), u64>,
 }
 
 impl Counts {
@@ -207,25 +322,36 @@ pub struct Tripped {
 }
 
 pub struct Ledger {
-    seen_rows: HashSet64,
-    seen_keys: HashSet64,
+    seen_rows: FirstSeen,
+    seen_keys: FirstSeen,
+    lineage: Lineage,
+    /// The run's input objects, by source index, to name a first holder.
+    pub sources: Vec<String>,
     max_same_errors: u64,
     max_attempts: u32,
     pub counts: Counts,
 }
 
-/// Rows whose table slots are read ahead together; see [`HashSet64::warm`].
+/// Rows whose table slots are read ahead together; see [`FirstSeen::warm`].
 const WARM_BLOCK: usize = 32;
 
 impl Ledger {
     pub fn new(max_same_errors: u64, max_attempts: u32) -> Ledger {
         Ledger {
-            seen_rows: HashSet64::default(),
-            seen_keys: HashSet64::default(),
+            seen_rows: FirstSeen::default(),
+            seen_keys: FirstSeen::default(),
+            lineage: Lineage::default(),
+            sources: Vec::new(),
             max_same_errors,
             max_attempts,
             counts: Counts::default(),
         }
+    }
+
+    /// Names the run's input objects, by source index, so that a repeat can name where its first holder is.
+    pub fn with_sources(mut self, sources: Vec<String>) -> Ledger {
+        self.sources = sources;
+        self
     }
 
     /// Reserves room for about `rows` more rows, so that the tables do not grow (and briefly double) on the way.
@@ -234,11 +360,30 @@ impl Ledger {
         self.seen_keys.reserve(rows);
     }
 
+    /// The bytes of the duplicate and key state: the two tables and the lineage.
+    pub fn state_bytes(&self) -> usize {
+        self.seen_rows.bytes()
+            + self.seen_keys.bytes()
+            + self.lineage.spans.len() * std::mem::size_of::<Span>()
+            + self.lineage.replayed.len() * std::mem::size_of::<(u32, u64)>()
+    }
+
+    /// The record (source and record number) of the row at `ordinal`, if it can be named.
+    pub fn record_at(&self, ordinal: u32) -> Option<RecordRef> {
+        self.lineage.resolve(ordinal, &self.sources)
+    }
+
+    fn holder_text(&self, ordinal: u32) -> String {
+        self.record_at(ordinal)
+            .map_or_else(|| "an earlier record (past the 4,294,967,295th row)".to_owned(), |r| r.to_string())
+    }
+
     /// Settles every row of a chunk, in order. Stops at the row that trips the circuit breaker.
     pub fn settle(&mut self, chunk: &CheckedChunk) -> Result<Settled, Tripped> {
         let mut settled = Settled::default();
         let mut keep: Vec<bool> = Vec::new();
         let mut dropped_valid = false;
+        self.lineage.record(chunk, self.counts.input_rows);
         for (r, outcome) in chunk.outcomes.iter().enumerate() {
             if r % WARM_BLOCK == 0 {
                 let block = r..(r + WARM_BLOCK).min(chunk.outcomes.len());
@@ -249,11 +394,12 @@ impl Ledger {
                 }));
                 std::hint::black_box(rows ^ keys);
             }
+            let ordinal = self.counts.input_rows;
             self.counts.input_rows += 1;
             let attempt_count = chunk.raw.replay.get(r).map_or(1, |m| m.attempt_count.saturating_add(1));
-            let first_time = self.seen_rows.insert(chunk.contents[r]);
+            let first_time = self.seen_rows.insert(chunk.contents[r], ordinal);
             let is_valid = matches!(outcome, Outcome::Valid { .. });
-            if !first_time {
+            if let Err(holder) = first_time {
                 self.counts.condemned += 1;
                 self.counts.exact_duplicates += 1;
                 settled.condemned.push(SideRow {
@@ -261,6 +407,10 @@ impl Ledger {
                     error: None,
                     attempt_count,
                     reason: Some(CondemnReason::ExactDuplicate),
+                    duplicate_of: Some(format!(
+                        "exact duplicate of {}: the same values after trimming",
+                        self.holder_text(holder)
+                    )),
                 });
                 if is_valid {
                     keep.push(false);
@@ -270,20 +420,24 @@ impl Ledger {
             }
             let error = match outcome {
                 Outcome::Valid { key } => {
-                    if self.seen_keys.insert(*key) {
-                        self.counts.valid += 1;
-                        keep.push(true);
-                        continue;
-                    }
+                    let holder = match self.seen_keys.insert(*key, ordinal) {
+                        Ok(()) => {
+                            self.counts.valid += 1;
+                            keep.push(true);
+                            continue;
+                        }
+                        Err(holder) => holder,
+                    };
                     keep.push(false);
                     dropped_valid = true;
                     RowError {
                         error_type: ErrorType::DuplicateKey,
                         column: None,
                         message: format!(
-                            "primary key {} is already held by an earlier valid row of this run, which has other \
-                             content (the ledger keeps a hash per key, not where it was first seen)",
-                            chunk.key_text(r)
+                            "primary key {} is already held by {}, an earlier valid row of this run with other \
+                             content",
+                            chunk.key_text(r),
+                            self.holder_text(holder)
                         ),
                     }
                 }
@@ -291,6 +445,7 @@ impl Ledger {
             };
             let error_type = error.error_type;
             self.counts.by_error[error_type.index()] += 1;
+            *self.counts.by_error_column.entry((error_type.index(), error.column)).or_default() += 1;
             if attempt_count >= self.max_attempts {
                 self.counts.condemned += 1;
                 self.counts.max_attempts_condemned += 1;
@@ -299,13 +454,20 @@ impl Ledger {
                     error: Some(error),
                     attempt_count,
                     reason: Some(CondemnReason::MaxAttemptsReached),
+                    duplicate_of: None,
                 });
             } else {
                 self.counts.quarantined += 1;
                 self.counts.quarantined_attempts += u64::from(attempt_count);
                 let previous = chunk.raw.replay.get(r).and_then(|m| m.previous_error);
                 self.counts.newly_failed += u64::from(previous != Some(error_type));
-                settled.quarantined.push(SideRow { record: r, error: Some(error), attempt_count, reason: None });
+                settled.quarantined.push(SideRow {
+                    record: r,
+                    error: Some(error),
+                    attempt_count,
+                    reason: None,
+                    duplicate_of: None,
+                });
             }
             if self.counts.by_error[error_type.index()] > self.max_same_errors {
                 return Err(Tripped { error_type, record: r });
@@ -389,34 +551,100 @@ mod tests {
     }
 
     #[test]
-    fn the_hash_set_keeps_every_distinct_hash_across_growth() {
-        let mut set = HashSet64::default();
+    fn the_table_keeps_every_distinct_hash_and_its_first_holder_across_growth() {
+        let mut set = FirstSeen::default();
         for h in 0..100_000u64 {
-            assert!(set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            assert_eq!(set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), h + 7), Ok(()));
         }
         for h in 0..100_000u64 {
-            assert!(!set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15)), "{h}");
+            assert_eq!(set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1 << 20), Err(h as u32 + 7), "{h}");
         }
         assert_eq!(set.len(), 100_000);
-        let mut sized = HashSet64::default();
+        let mut sized = FirstSeen::default();
         sized.reserve(1000);
-        let slots = sized.slots.get().len();
+        let slots = sized.hashes.get().len();
         (1..=1000u64).for_each(|h| {
-            sized.insert(h << 40);
+            let _ = sized.insert(h << 40, h);
         });
-        assert_eq!(sized.slots.get().len(), slots, "a reserved set does not grow");
+        assert_eq!(sized.hashes.get().len(), slots, "a reserved set does not grow");
+        // 12 bytes a slot, at most 3/4 full once reserved: 16 bytes per hash.
+        assert_eq!(sized.bytes(), slots * 12);
+        assert!(sized.bytes() as f64 / 1000.0 <= 16.0 + 64.0 * 12.0 / 1000.0, "{}", sized.bytes());
+    }
+
+    #[test]
+    fn ordinals_past_u32_are_stored_as_unknown() {
+        let mut set = FirstSeen::default();
+        assert_eq!(set.insert(42, u64::from(u32::MAX) + 5), Ok(()));
+        assert_eq!(set.insert(42, 1), Err(UNKNOWN_ORDINAL));
     }
 
     #[test]
     fn a_large_set_lives_in_its_own_mapping_and_keeps_every_hash() {
-        let mut set = HashSet64::default();
-        set.reserve(Slots::MAPPED_FROM);
-        assert!(matches!(set.slots, Slots::Mapped(_)), "a table of {} slots is mapped", set.slots.get().len());
+        let mut set = FirstSeen::default();
+        set.reserve(4 * 1024 * 1024);
+        assert!(matches!(set.hashes, Slots::Mapped(_)), "a table of {} slots is mapped", set.hashes.get().len());
+        assert!(matches!(set.ordinals, Slots::Mapped(_)), "its ordinals too");
         for h in 1..=200_000u64 {
-            assert!(set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            assert_eq!(set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), h), Ok(()));
         }
-        assert!((1..=200_000u64).all(|h| !set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
+        assert!((1..=200_000u64).all(|h| set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 0) == Err(h as u32)));
         assert_eq!(set.len(), 200_000);
+    }
+
+    #[test]
+    fn repeats_name_the_record_that_holds_the_row_or_key_first() {
+        let mut ledger = Ledger::new(100, 3);
+        ledger.sources = vec!["file:///in/a.csv".into()];
+        let first = chunk(&["T1,C1,1.00,EUR,2024-01-01T00:00:00Z", "T2,C1,1.00,EUR,2024-01-01T00:00:00Z"]);
+        ledger.settle(&first).expect("no trip");
+        // The second chunk goes on from record 3 of the same file.
+        let mut raw = RecordChunk::new(0, 3);
+        for (i, row) in ["x,y", "T2,C9,9.00,EUR,2024-01-01T00:00:00Z", "x,y", "T1,C1,1.00,EUR,2024-01-01T00:00:00Z"]
+            .iter()
+            .enumerate()
+        {
+            raw.push_record(row.split(',').map(str::as_bytes), i as u64 + 4);
+        }
+        let second = check_chunk(&transactions(), &HeaderMap::identity(5), raw);
+        let s = ledger.settle(&second).expect("no trip");
+        let key_error =
+            s.quarantined.iter().find_map(|r| r.error.as_ref().filter(|e| e.error_type == ErrorType::DuplicateKey));
+        let message = &key_error.expect("a key error").message;
+        assert!(
+            message.contains("TransactionID \"T2\"") && message.contains("record 2 of file:///in/a.csv"),
+            "{message}"
+        );
+        let dups: Vec<&str> = s.condemned.iter().filter_map(|r| r.duplicate_of.as_deref()).collect();
+        assert_eq!(dups.len(), 2, "{dups:?}");
+        assert!(dups[0].contains("record 3 of file:///in/a.csv"), "{}", dups[0]);
+        assert!(dups[1].contains("record 1 of file:///in/a.csv"), "{}", dups[1]);
+    }
+
+    #[test]
+    fn replayed_rows_are_named_by_their_original_record() {
+        use crate::tokenize::ReplayMeta;
+        let mut ledger = Ledger::new(100, 3);
+        ledger.sources = vec!["file:///lake/quarantine/part-00000.parquet".into()];
+        let mut raw = RecordChunk::new(0, 1);
+        for (i, original) in [41u64, 97].iter().enumerate() {
+            raw.push_record("T1,C1,1.00,EUR,2024-01-01T00:00:00Z".split(',').map(str::as_bytes), i as u64 + 2);
+            raw.replay.push(ReplayMeta {
+                source_uri: "file:///in/orig.csv".into(),
+                record_number: *original,
+                line_number: original + 1,
+                row_hash: 7,
+                attempt_count: 1,
+                has_values: true,
+                raw_record: String::new(),
+                previous_error: None,
+                raw_record_bytes: None,
+            });
+        }
+        let checked = check_chunk(&transactions(), &HeaderMap::identity(5), raw);
+        let s = ledger.settle(&checked).expect("no trip");
+        let dup = s.condemned[0].duplicate_of.as_deref().expect("names the holder");
+        assert!(dup.contains("record 41 of file:///in/orig.csv"), "{dup}");
     }
 
     #[test]

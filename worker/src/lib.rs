@@ -9,11 +9,14 @@ pub mod check;
 pub mod contract;
 pub mod input;
 pub mod ledger;
+pub mod log;
 pub mod promote;
+pub mod quarantine;
 pub mod replay;
 pub mod report;
 pub mod run;
 pub mod sink;
+pub mod summary;
 pub mod tokenize;
 pub mod values;
 

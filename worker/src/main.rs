@@ -1,10 +1,13 @@
-//! `silverline-worker`: runs one history-safe CSV → Parquet transform (`run`), promotes verified runs
-//! (`promote`) and shows a dataset's history (`history`). See the README for exit codes.
+//! `silverline-worker`: runs one history-safe CSV → Parquet transform (`run`), helps triage a run's quarantine
+//! (`quarantine`), promotes verified runs (`promote`) and shows a dataset's history (`history`). A person at a
+//! terminal gets a progress line and a short summary (or one line on failure); a pod gets JSON log lines in the
+//! operator's shape. See the README for exit codes.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use silverline_crds::PromotionMode;
 use silverline_lake::promotion::{Hooks, Step};
 use silverline_worker::promote::{LakeArgs, PromoteArgs, PromoteResult, history, history_table, promote};
+use silverline_worker::quarantine::{TriageArgs, triage};
 use silverline_worker::run::{RunArgs, RunControl, report_progress, run};
 use silverline_worker::{Error, ExitCode};
 use std::io::IsTerminal;
@@ -27,6 +30,8 @@ struct Cli {
 enum Command {
     /// Transform an input into the lake under a new run id.
     Run(RunCli),
+    /// Triage a run's quarantine (or condemned rows): errors by type and column, bad values, sources, a sample.
+    Quarantine(QuarantineCli),
     /// Make verified runs (or an old version) current, with a named approver; or record a rejection.
     Promote(PromoteCli),
     /// List the dataset's runs, versions and audit log, newest first.
@@ -106,6 +111,47 @@ struct HistoryCli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum TriageFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(clap::Args)]
+struct QuarantineCli {
+    #[command(flatten)]
+    lake: LakeCli,
+    /// The run whose quarantine to read.
+    #[arg(long, value_name = "ID")]
+    run_id: String,
+    /// Rows in the sample (0: the summary only).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    limit: usize,
+    /// table (for a person), json (everything), csv (the sample rows).
+    #[arg(long, value_enum, default_value = "table")]
+    format: TriageFormat,
+    /// Only rows with this error type (with --condemned, also EXACT_DUPLICATE or MAX_ATTEMPTS_REACHED).
+    #[arg(long, value_name = "TYPE")]
+    error_type: Option<String>,
+    /// Only rows whose error is in this column.
+    #[arg(long, value_name = "COLUMN")]
+    column: Option<String>,
+    /// The condemned rows (exact duplicates, rows out of attempts) instead of the quarantined ones.
+    #[arg(long)]
+    condemned: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum LogFormat {
+    /// For a person when stderr is a terminal, JSON otherwise.
+    Auto,
+    /// For a person: a progress line, a summary, one line on failure.
+    Text,
+    /// JSON log lines on stderr, in the operator's shape; nothing on stdout.
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Progress {
     /// A progress line on a terminal, JSON progress logs otherwise.
     Auto,
@@ -140,42 +186,48 @@ struct RunCli {
     threads: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     progress: Progress,
+    /// How the run reports: auto (text on a terminal, JSON elsewhere), text or json.
+    #[arg(long, value_enum, default_value = "auto")]
+    log_format: LogFormat,
 }
 
 fn log(level: &str, msg: &str, fields: serde_json::Value) {
-    let mut line = serde_json::json!({
-        "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "level": level,
-        "msg": msg,
-    });
-    if let (Some(obj), serde_json::Value::Object(extra)) = (line.as_object_mut(), fields) {
-        obj.extend(extra);
-    }
-    eprintln!("{line}");
+    silverline_worker::log::emit(level, msg, fields);
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let args = match cli.command {
+    let mut args = match cli.command {
         Command::Run(args) => args,
+        Command::Quarantine(args) => return exit(execute_quarantine(&args)),
         Command::Promote(args) => return exit(execute_promote(&args)),
         Command::History(args) => return exit(execute_history(&args)),
     };
-    let code = match execute(args) {
+    let human = match args.log_format {
+        LogFormat::Auto => std::io::stderr().is_terminal(),
+        LogFormat::Text => true,
+        LogFormat::Json => false,
+    };
+    // The run id is known up front, so that a failure can name it.
+    let run_id = args.run_id.get_or_insert_with(|| chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()).clone();
+    let code = match execute(args, human) {
         Ok(()) => ExitCode::Success,
         Err(e) => {
             let fields = serde_json::json!({"error": e.to_string(), "category": e.category(), "exit_code": e.exit_code().code()});
             // Kubernetes shows the termination message in the pod's status; the operator copies it into the run's.
             termination_log(&fields);
-            log("ERROR", "run failed", fields);
-            eprintln!("silverline-worker: {e}");
+            if human {
+                eprintln!("silverline-worker: {}", silverline_worker::summary::failure_line(&e, &run_id));
+            } else {
+                log("ERROR", "run failed", fields);
+            }
             e.exit_code()
         }
     };
     std::process::ExitCode::from(code.code() as u8)
 }
 
-fn execute(cli: RunCli) -> Result<(), Error> {
+fn execute(cli: RunCli, human: bool) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -205,11 +257,17 @@ fn execute(cli: RunCli) -> Result<(), Error> {
         region: cli.region,
         threads: cli.threads,
     };
-    let terminal = std::io::stderr().is_terminal();
+    // A progress line on a terminal for a person, JSON progress logs otherwise; none for a person whose stderr is
+    // not a terminal (a line rewritten with \r would only clutter a file).
+    let progress = match cli.progress {
+        Progress::Off => None,
+        Progress::Json => Some(false),
+        Progress::Auto if human => std::io::stderr().is_terminal().then_some(true),
+        Progress::Auto => Some(false),
+    };
     let done = AtomicBool::new(false);
     let outcome = std::thread::scope(|scope| {
-        if !matches!(cli.progress, Progress::Off) {
-            let terminal = terminal && matches!(cli.progress, Progress::Auto);
+        if let Some(terminal) = progress {
             let (control, done) = (&*control, &done);
             scope.spawn(move || report_progress(control, done, terminal));
         }
@@ -218,37 +276,32 @@ fn execute(cli: RunCli) -> Result<(), Error> {
         outcome
     })?;
     let report = &outcome.report;
-    let metrics = serde_json::to_value(report).unwrap_or_default();
-    log("INFO", "run finished", metrics);
-    let prefix = |area: &str| {
-        report.files.iter().find(|f| f.area == area).map_or_else(
-            || "(no file)".to_owned(),
-            |f| match f.key.find("/run_id=") {
-                Some(i) => f.key[..i + 1 + f.key[i + 1..].find('/').unwrap_or(f.key.len() - i - 1)].to_owned() + "/",
-                None => f.key.clone(),
-            },
-        )
+    if human {
+        print!("{}", silverline_worker::summary::run_summary(report, &outcome.success_uri, &outcome.error_columns));
+    } else {
+        let mut fields = silverline_worker::summary::finished_fields(report, &outcome.success_uri);
+        fields["ledger_bytes"] = outcome.ledger_bytes.into();
+        log("INFO", "run finished", fields);
+    }
+    Ok(())
+}
+
+fn execute_quarantine(cli: &QuarantineCli) -> Result<(), Error> {
+    let runtime = runtime()?;
+    let args = TriageArgs {
+        lake: cli.lake.args(),
+        run_id: cli.run_id.clone(),
+        limit: cli.limit,
+        error_type: cli.error_type.clone(),
+        column: cli.column.clone(),
+        condemned: cli.condemned,
     };
-    let files = |area: &str| report.files.iter().filter(|f| f.area == area).count();
-    println!(
-        "run {} of dataset {} (schema {}): {} rows read",
-        report.run_id, report.dataset, report.schema_v, report.input_rows
-    );
-    println!("  valid       {:>10}  {} file(s) under {}", report.valid_rows_count, files("silver"), prefix("silver"));
-    println!(
-        "  quarantined {:>10}  {} file(s) under {}",
-        report.quarantined_rows_count,
-        files("quarantine"),
-        prefix("quarantine")
-    );
-    println!(
-        "  condemned   {:>10}  {} file(s) under {}",
-        report.condemned_rows_count,
-        files("condemned"),
-        prefix("condemned")
-    );
-    println!("  quarantine rate {:.2}%, errors {:?}", report.quarantine_rate * 100.0, report.error_type_distribution);
-    println!("  _SUCCESS: {}", outcome.success_uri);
+    let found = triage(&args, runtime.handle())?;
+    match cli.format {
+        TriageFormat::Table => print!("{}", silverline_worker::quarantine::table(&found)),
+        TriageFormat::Json => println!("{}", serde_json::to_string_pretty(&found).unwrap_or_default()),
+        TriageFormat::Csv => print!("{}", silverline_worker::quarantine::csv(&found)),
+    }
     Ok(())
 }
 

@@ -77,6 +77,10 @@ impl RunControl {
 pub struct RunOutcome {
     pub report: RunReport,
     pub success_uri: String,
+    /// Per error type, the rows with it by the column at fault, for the summary's "most affected column".
+    pub error_columns: crate::summary::ErrorColumns,
+    /// Bytes of the duplicate and key state at the end of the run (the only state that grows with the input).
+    pub ledger_bytes: usize,
 }
 
 /// Loads and compiles a contract manifest from a file.
@@ -335,7 +339,8 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
         contract: &contract,
         inputs: &inputs,
         maps: &maps,
-        ledger: Ledger::new(contract.max_same_errors, contract.max_attempts),
+        ledger: Ledger::new(contract.max_same_errors, contract.max_attempts)
+            .with_sources(inputs.iter().map(|i| i.uri.clone()).collect()),
         silver: SilverWriter::new(lake.clone(), layout.clone(), &contract, handle.clone(), threads),
         quarantine: SideWriter::new(Area::Quarantine, &contract, lake.clone(), layout.clone(), handle.clone()),
         condemned: SideWriter::new(Area::Condemned, &contract, lake.clone(), layout.clone(), handle.clone()),
@@ -409,7 +414,14 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     let mut files = silver.finish()?;
     files.extend(quarantine.finish()?);
     files.extend(condemned.finish()?);
+    let ledger_bytes = ledger.state_bytes();
     let counts = ledger.counts;
+    let mut error_columns = crate::summary::ErrorColumns::new();
+    for ((error, column), n) in &counts.by_error_column {
+        let name = crate::values::ErrorType::ALL.get(*error).map_or("UNKNOWN", |t| t.as_str());
+        let column = column.and_then(|c| contract.columns.get(c)).map(|c| c.name.clone());
+        *error_columns.entry(name.to_owned()).or_default().entry(column).or_default() += n;
+    }
     if counts.input_rows != counts.valid + counts.quarantined + counts.condemned {
         return Err(Error::internal("conservation", format!("{counts:?} does not add up")));
     }
@@ -438,7 +450,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
         Error::RunIdReused { key, .. } => Error::RunIdReused { run_id: run_id.clone(), key },
         other => other,
     })?;
-    Ok(RunOutcome { report, success_uri: lake.uri_of(&key) })
+    Ok(RunOutcome { report, success_uri: lake.uri_of(&key), error_columns, ledger_bytes })
 }
 
 /// Reports progress until `done` is set: a line on a terminal, a JSON log line every few seconds otherwise.
@@ -463,11 +475,11 @@ pub fn report_progress(control: &RunControl, done: &AtomicBool, terminal: bool) 
             eprint!("\r{rows} rows, {:.0} rows/s, {:.1} MB read{eta}   ", rows as f64 / seconds, bytes as f64 / 1e6);
             printed = true;
         } else {
-            let line = serde_json::json!({
-                "level": "INFO", "msg": "progress", "rows": rows, "rows_per_second": (rows as f64 / seconds).round(),
+            let fields = serde_json::json!({
+                "rows": rows, "rows_per_second": (rows as f64 / seconds).round(),
                 "bytes_read": bytes, "bytes_total": total, "eta_seconds": eta.map(f64::round),
             });
-            eprintln!("{line}");
+            crate::log::emit("INFO", "progress", fields);
         }
     }
     if printed {

@@ -660,7 +660,7 @@ impl SideWriter {
                 None => {
                     error_type.append_null();
                     error_column.append_null();
-                    error_message.append_null();
+                    error_message.append_option(row.duplicate_of.as_deref());
                 }
             }
             attempt.append_value(row.attempt_count);

@@ -67,11 +67,16 @@ fn the_sample_run_succeeds_and_accounts_for_every_row() {
         schema.field_with_name("TransactionTimestamp").unwrap().data_type(),
         &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
     );
-    assert!(out.stdout.contains("_SUCCESS"), "{}", out.stdout);
-    // One structured log line carries the metrics.
+    // Not on a terminal (as in a pod): one structured log line carries the metrics and the _SUCCESS path, not
+    // every file; stdout stays empty, so the pod's log is JSON only.
+    assert_eq!(out.stdout, "", "nothing but JSON logs in a pod");
     let metrics = out.stderr.lines().find(|l| l.contains("\"run finished\"")).expect("a metrics log line");
     let line: serde_json::Value = serde_json::from_str(metrics).unwrap();
     assert_eq!(line["valid_rows_count"], report.valid_rows_count);
+    assert_eq!(line["quarantined_rows_count"], report.quarantined_rows_count);
+    let success_path = run_dir(&lake, "silver", "sample").join("_SUCCESS");
+    assert!(line["success"].as_str().unwrap().ends_with(&*success_path.to_string_lossy()), "{line}");
+    assert!(line.get("files").is_none() && !metrics.contains(".parquet"), "the log line lists no files: {metrics}");
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -655,6 +660,11 @@ fn messages_name_the_key_the_open_quote_the_fraction_and_quote_huge_values_brief
     assert_eq!(types, ["DUPLICATE_KEY_ERROR", "TYPE_ERROR", "TYPE_ERROR", "TIMESTAMP_ERROR", "SCHEMA_ERROR"]);
     let messages: Vec<String> = strings(&q, "error_message").into_iter().flatten().collect();
     assert!(messages[0].contains("TransactionID") && messages[0].contains("\"T1\""), "{}", messages[0]);
+    assert!(
+        messages[0].contains("held by record 1 of file://") && messages[0].contains("/msgs.csv"),
+        "{}",
+        messages[0]
+    );
     assert!(messages[1].contains("\"12.345\"") && messages[1].contains("3 fraction digits"), "{}", messages[1]);
     assert!(messages[2].len() < 400 && messages[2].contains('…'), "{} bytes", messages[2].len());
     assert!(messages[2].contains("200000 bytes"), "{}", &messages[2]);
@@ -663,6 +673,44 @@ fn messages_name_the_key_the_open_quote_the_fraction_and_quote_huge_values_brief
         messages[4].contains("quote") && messages[4].contains("line 7") && messages[4].contains("never closed"),
         "{}",
         messages[4]
+    );
+}
+
+#[test]
+fn repeats_name_the_file_and_record_that_hold_the_key_or_row_first_across_files() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let feed = tmp.path().join("feed");
+    std::fs::create_dir(&feed).unwrap();
+    let mut a = format!("{HEADER}\n");
+    a += &good(1); // a.csv record 1
+    a += "bad,row\n"; // a.csv record 2
+    a += &good(3); // a.csv record 3
+    write(&feed, "a.csv", a);
+    let mut b = format!("{HEADER}\n");
+    b += &row("T3", "C9", "99.00", "EUR", "2024-01-15T10:00:00Z"); // b.csv record 1: key T3 of a.csv record 3
+    b += "bad,row\n"; // b.csv record 2: the same as a.csv record 2
+    b += &good(1); // b.csv record 3: the same as a.csv record 1
+    write(&feed, "b.csv", b);
+    let out = run_worker(&lenient(tmp.path()), &feed, &lake, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let q = read_area(&lake, "quarantine", "r1");
+    let key = strings(&q, "error_message")[1].clone().unwrap();
+    assert!(key.contains("TransactionID \"T3\" is already held by record 3 of file://"), "{key}");
+    assert!(key.contains("/feed/a.csv"), "{key}");
+    let c = read_area(&lake, "condemned", "r1");
+    let dups: Vec<String> = strings(&c, "error_message").into_iter().flatten().collect();
+    assert_eq!(dups.len(), 2, "{dups:?}");
+    assert!(
+        dups[0].starts_with("exact duplicate of record 2 of file://")
+            && dups[0].ends_with("/feed/a.csv: the same values after trimming"),
+        "{}",
+        dups[0]
+    );
+    assert!(
+        dups[1].starts_with("exact duplicate of record 1 of file://") && dups[1].contains("/feed/a.csv"),
+        "{}",
+        dups[1]
     );
 }
 

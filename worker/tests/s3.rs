@@ -418,3 +418,48 @@ fn a_promotion_on_s3_moves_pointer_current_and_audit_and_refuses_an_altered_file
     assert_eq!(history["current_version"], 2);
     assert_eq!(history["audit"][0]["result"], "refused");
 }
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn the_quarantine_triage_reads_an_s3_lake() {
+    let rt = runtime();
+    let bucket = unique_bucket("triage");
+    let s = store(&bucket);
+    let sample = std::fs::read(repo_root().join("examples/data/transactions.csv")).unwrap();
+    rt.block_on(s.put(&Path::from("bronze/tx.csv"), Bytes::from(sample).into())).unwrap();
+    let contract = repo_root().join("examples/datasets/transactions.yaml");
+    let lake = format!("s3://{bucket}/lake");
+    let out = ran(worker(&contract, &format!("s3://{bucket}/bronze/tx.csv"), &lake, "s3triage").output().unwrap());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report: silverline_crds::report::RunReport =
+        serde_json::from_slice(&get(&rt, &s, "lake/silver/transactions/schema_v=v1/run_id=s3triage/_SUCCESS")).unwrap();
+    let triage = |extra: &[&str]| {
+        let out = Command::new(worker_bin())
+            .arg("quarantine")
+            .arg("--contract")
+            .arg(&contract)
+            .args(["--lake", &lake, "--run-id", "s3triage", "--format", "json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let out = ran(out);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let t = triage(&[]);
+    assert_eq!(t["rows"], report.quarantined_rows_count);
+    assert!(t["prefix"].as_str().unwrap().starts_with(&format!("s3://{bucket}/lake/quarantine/")), "{t}");
+    assert_eq!(t["sources"][0]["source_uri"], format!("s3://{bucket}/bronze/tx.csv"));
+    let t = triage(&["--error-type", "TYPE_ERROR"]);
+    assert_eq!(t["rows"], report.error_type_distribution["TYPE_ERROR"]);
+    let t = triage(&["--condemned"]);
+    assert_eq!(t["rows"], report.condemned_rows_count);
+    let message = t["sample"][0]["error_message"].as_str().unwrap();
+    assert!(message.contains(&format!("of s3://{bucket}/bronze/tx.csv")), "{message}");
+    // Silver is not read: with it gone, the triage answers the same.
+    let silver = keys(&rt, &s, "lake/silver/");
+    for key in &silver {
+        rt.block_on(s.delete(&Path::from(key.as_str()))).unwrap();
+    }
+    assert_eq!(triage(&[])["rows"], report.quarantined_rows_count);
+}
