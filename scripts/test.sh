@@ -94,6 +94,16 @@ step "readers: the README's DuckDB, Polars, pyarrow and Spark snippets (tests/re
 tests/readers/run.sh -q
 # ---- END readers ----
 
+# ---- BEGIN alerts: Prometheus rules (charts/silverline/files/prometheus-rules.yaml, docs/runbook.md) ----
+# promtool, built once from its Go module pinned in tests/tools/promtool (cold: ~12 CPU-minutes, the largest Go
+# tool here; cached after), checks the rules as a plain file and as the chart's PrometheusRule and runs their unit
+# tests (tests/alerts/*.test.yaml: every alert fires in one case and stays silent in another). The operator's
+# metrics test runs `promtool check metrics` on its /metrics (SILVERLINE_PROMTOOL). Any failure fails this script.
+step "alert rules: promtool check rules, promtool test rules (tests/alerts/check.sh)"
+SILVERLINE_PROMTOOL="$(tests/alerts/check.sh)"
+export SILVERLINE_PROMTOOL
+# ---- END alerts ----
+
 # The integration tests are #[ignore]d in a plain `cargo test` (with a hint naming this script); here their
 # services run, so they run with everything else.
 step "cargo test (unit, property, end-to-end, and integration tests against the services)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/alerts/check.sh — checks Silverline's Prometheus rules with promtool (built once from its Go module pinned in
 # tests/tools/promtool): `promtool check rules` on the plain rule file and on the chart's PrometheusRule (rendered
-# by helm when SILVERLINE_HELM names it, as scripts/test.sh does), which must hold the same rules, then
+# by helm: SILVERLINE_HELM, else the one pinned in tests/tools/helm), which must hold the same rules, then
 # `promtool test rules` on every tests/alerts/*.test.yaml (each alert fires in one case and stays silent in
 # another). Prints the promtool binary's path on stdout last, for SILVERLINE_PROMTOOL. Any failure exits non-zero.
 set -euo pipefail
@@ -17,11 +17,13 @@ echo "promtool check rules $rules" >&2
 expected="$(count_rules "$rules")"
 [[ -n "$expected" && "$expected" -gt 0 ]] || { echo "alerts: no rule found in $rules" >&2; exit 1; }
 
-if [[ -n "${SILVERLINE_HELM:-}" ]]; then
+helm="${SILVERLINE_HELM:-}"
+[[ -n "$helm" || ! -f tests/tools/helm/go.mod ]] || helm="$(scripts/gotool.sh path helm)"
+if [[ -n "$helm" ]]; then
   tmp="$(mktemp -d "${TMPDIR:-/tmp}/silverline-alerts.XXXXXX")"
   trap 'rm -rf "$tmp"' EXIT
   # The PrometheusRule's spec is a rule file: keep what follows `spec:`, one indentation level less.
-  "$SILVERLINE_HELM" template silverline charts/silverline --namespace silverline-system \
+  "$helm" template silverline charts/silverline --namespace silverline-system \
     --set prometheusRule.enabled=true --set prometheusRule.labels.release=kube-prometheus-stack \
     --show-only templates/prometheusrule.yaml >"$tmp/prometheusrule.yaml"
   grep -q '^kind: PrometheusRule$' "$tmp/prometheusrule.yaml" ||
@@ -33,10 +35,12 @@ if [[ -n "${SILVERLINE_HELM:-}" ]]; then
   rendered="$(count_rules "$tmp/rendered-rules.yaml")"
   [[ "$rendered" == "$expected" ]] ||
     { echo "alerts: the chart's PrometheusRule holds ${rendered:-no} rules, $rules $expected" >&2; exit 1; }
-  if "$SILVERLINE_HELM" template silverline charts/silverline --show-only templates/prometheusrule.yaml >/dev/null 2>&1; then
+  if "$helm" template silverline charts/silverline --show-only templates/prometheusrule.yaml >/dev/null 2>&1; then
     echo "alerts: the chart renders a PrometheusRule although prometheusRule.enabled is false by default" >&2
     exit 1
   fi
+else
+  echo "alerts: no helm pinned (tests/tools/helm): the chart's PrometheusRule is not checked" >&2
 fi
 
 echo "promtool test rules tests/alerts/*.test.yaml" >&2
