@@ -104,6 +104,15 @@ SILVERLINE_PROMTOOL="$(tests/alerts/check.sh)"
 export SILVERLINE_PROMTOOL
 # ---- END alerts ----
 
+# ---- BEGIN chart: helm (charts/silverline) ----
+# Builds (cached) helm from its Go module pinned in tests/tools/helm for the chart tests (operator/tests/chart.rs:
+# lint, template, schema, server-side dry run, install; the RBAC tests in lifecycle.rs and promotion.rs take the
+# operator's rules from the chart's rendering). A helm that cannot be built fails this script.
+step "helm (built once from its Go module, cached)"
+SILVERLINE_HELM="$(scripts/gotool.sh path helm)"
+export SILVERLINE_HELM
+# ---- END chart ----
+
 # The integration tests are #[ignore]d in a plain `cargo test` (with a hint naming this script); here their
 # services run, so they run with everything else.
 step "cargo test (unit, property, end-to-end, and integration tests against the services)"

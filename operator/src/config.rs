@@ -10,9 +10,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "silverline-operator", version, about = "Runs Silverline EtlRuns as Jobs of the worker")]
 pub struct Config {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "SILVERLINE_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (repeat the flag, or separate them with commas; default: all namespaces).
+    /// The operator then needs its rules in each of them only (Roles instead of a ClusterRole).
+    #[arg(long = "namespace", env = "SILVERLINE_NAMESPACE", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
     /// The worker's container image.
     #[arg(long, env = "SILVERLINE_WORKER_IMAGE")]
     pub worker_image: String,
@@ -55,10 +56,16 @@ pub struct Config {
     /// ServiceAccount) before it fails for good, in seconds.
     #[arg(long, env = "SILVERLINE_POD_CREATE_TIMEOUT_SECONDS", default_value_t = 120.0)]
     pub pod_create_timeout_seconds: f64,
+    /// How many EtlRuns are reconciled at once. Each reconcile makes a few requests to the apiserver one after
+    /// the other; more at once than the apiserver serves in parallel only lengthens its queue (a burst of 1,000
+    /// new runs made it time out at no limit) and holds one more connection each. kube-rs has no client-side
+    /// QPS limit: this bound is the operator's only one. 0 means no limit.
+    #[arg(long, env = "SILVERLINE_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    pub reconcile_concurrency: u16,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "SILVERLINE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
-    /// Namespace of the leader-election Lease (default: the watched namespace, else `default`).
+    /// Namespace of the leader-election Lease (default: the first watched namespace, else `default`).
     #[arg(long, env = "SILVERLINE_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
     #[arg(long, env = "SILVERLINE_LEASE_NAME", default_value = "silverline-operator")]
@@ -126,6 +133,17 @@ impl Config {
         }
     }
 
+    /// The namespaces to watch, each once, in the order given; `None` for all namespaces.
+    pub fn watched_namespaces(&self) -> Option<Vec<String>> {
+        let mut namespaces: Vec<String> = Vec::new();
+        for namespace in self.namespaces.iter().map(|ns| ns.trim()).filter(|ns| !ns.is_empty()) {
+            if !namespaces.iter().any(|seen| seen == namespace) {
+                namespaces.push(namespace.to_owned());
+            }
+        }
+        (!namespaces.is_empty()).then_some(namespaces)
+    }
+
     pub fn lease_settings(&self) -> LeaseSettings {
         let identity = self.identity.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "silverline-operator".into());
@@ -136,7 +154,7 @@ impl Config {
             namespace: self
                 .lease_namespace
                 .clone()
-                .or_else(|| self.namespace.clone())
+                .or_else(|| self.watched_namespaces().and_then(|namespaces| namespaces.into_iter().next()))
                 .unwrap_or_else(|| "default".into()),
             identity,
             duration: Duration::from_secs(u64::from(self.lease_duration_seconds.max(1))),
@@ -185,5 +203,25 @@ mod tests {
         assert_eq!(resources.limits.and_then(|l| l.get("memory").cloned()).map(|q| q.0), Some("2Gi".into()));
         assert_eq!(config.lease_settings().namespace, "etl");
         assert_eq!(config.lifecycle_settings().retry.base, Duration::from_millis(500));
+        assert_eq!(config.watched_namespaces(), Some(vec!["etl".to_owned()]));
+    }
+
+    #[test]
+    fn namespaces_to_watch_come_repeated_or_comma_separated_and_none_means_all() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["silverline-operator", "--worker-image", "w"];
+            argv.extend_from_slice(args);
+            Config::try_parse_from(argv).expect("parses").watched_namespaces()
+        };
+        assert_eq!(parse(&[]), None);
+        assert_eq!(parse(&["--namespace", "etl-a,etl-b"]), Some(vec!["etl-a".to_owned(), "etl-b".to_owned()]));
+        assert_eq!(
+            parse(&["--namespace", "etl-b", "--namespace", "etl-a", "--namespace", "etl-b"]),
+            Some(vec!["etl-b".to_owned(), "etl-a".to_owned()])
+        );
+        assert_eq!(parse(&["--namespace", ""]), None);
+        let config = Config::try_parse_from(["silverline-operator", "--worker-image", "w", "--namespace", "b,a"])
+            .expect("parses");
+        assert_eq!(config.lease_settings().namespace, "b", "the Lease lives in the first watched namespace");
     }
 }

@@ -60,7 +60,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         () = shutdown_signal() => return Ok(()),
     }
     metrics.leader.set(1);
-    let scope = config.namespace.as_deref().unwrap_or("all namespaces");
+    let watched = config.watched_namespaces();
+    let scope = watched.as_ref().map_or_else(|| "all namespaces".to_owned(), |namespaces| namespaces.join(","));
     tracing::info!(identity = %lease.identity, scope, "leading: reconciling EtlRuns");
 
     let reporter = Reporter { controller: "silverline-operator".into(), instance: Some(lease.identity.clone()) };
@@ -75,9 +76,10 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         pod_ends: controllers::etlrun::PodEnds::default(),
         lake_checks: controllers::etlrun::LakeChecks::default(),
         lakes: silverline_operator::lake::Lakes::default(),
+        reconcile_concurrency: config.reconcile_concurrency,
     });
     tokio::select! {
-        () = controllers::run(ctx, config.namespace.clone()) => {
+        () = watch(ctx, watched) => {
             elector.release().await;
             tracing::info!("stopped");
             Ok(())
@@ -85,6 +87,17 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         lost = elector.hold() => {
             metrics.leader.set(0);
             Err(Box::new(lost))
+        }
+    }
+}
+
+/// Runs the controllers over all namespaces, or over each watched namespace (a namespace-scoped install grants
+/// the operator Roles in those namespaces only, so it must not list across the cluster).
+async fn watch(ctx: Arc<Context>, namespaces: Option<Vec<String>>) {
+    match namespaces {
+        None => controllers::run(ctx, None).await,
+        Some(namespaces) => {
+            futures::future::join_all(namespaces.into_iter().map(|ns| controllers::run(ctx.clone(), Some(ns)))).await;
         }
     }
 }

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the support code
 
+pub mod helm;
 pub mod kubelet;
 
 use k8s_openapi::api::core::v1::{Event, Namespace};
@@ -223,12 +224,16 @@ impl Operator {
         if !options.env.iter().any(|(k, _)| k == "SILVERLINE_WORKER_SERVICE_ACCOUNT") {
             command.args(["--worker-service-account", "default"]);
         }
+        // The Lease lives in the watched namespace unless the environment says where (a chart's release namespace).
+        if !options.env.iter().any(|(k, _)| k == "SILVERLINE_LEASE_NAMESPACE") {
+            command.args(["--lease-namespace", options.namespace]);
+        }
         let child = command
             .args(["--namespace", options.namespace])
             .args(["--worker-image", "ghcr.io/silverline-dev/silverline-worker:test"])
             .args(["--retry-base-seconds", "1", "--retry-cap-seconds", "2"])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--lease-namespace", options.namespace, "--identity", options.identity])
+            .args(["--identity", options.identity])
             .args(["--lease-duration-seconds", "3", "--lease-renew-seconds", "0.5"])
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())
@@ -369,17 +374,17 @@ impl Scenario {
     }
 
     /// A kubeconfig of a ServiceAccount `silverline-operator` in this namespace that holds exactly the rules of
-    /// the ClusterRole and the leader-election Role published in operator/deploy/operator.yaml.
+    /// the ClusterRole and the leader-election Role of the chart charts/silverline (`helm template`, default values).
     pub async fn operator_service_account(&self) -> PathBuf {
-        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
         use k8s_openapi::api::core::v1::ServiceAccount;
         use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-        let text = std::fs::read_to_string(repo_root().join("operator/deploy/operator.yaml")).expect("deploy manifest");
-        let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
-            .map(|doc| serde::Deserialize::deserialize(doc).expect("a YAML document"))
-            .collect();
-        let rules_of = |kind: &str| {
-            let doc = docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in the manifest"));
+        let docs = helm::template("silverline", helm::RELEASE_NAMESPACE, &[])
+            .unwrap_or_else(|e| panic!("helm template of charts/silverline failed: {e}"));
+        let rules_of = |kind: &str, name: &str| {
+            let doc = docs
+                .iter()
+                .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("no {kind} {name} in the chart's rendering"));
             doc["rules"].clone()
         };
         let ns = &self.ns.name;
@@ -392,7 +397,7 @@ impl Scenario {
         let subject = serde_json::json!([{"kind": "ServiceAccount", "name": sa, "namespace": ns}]);
         let cluster_name = format!("silverline-operator-{ns}");
         let cluster_role: ClusterRole = serde_json::from_value(
-            serde_json::json!({"metadata": {"name": cluster_name}, "rules": rules_of("ClusterRole")}),
+            serde_json::json!({"metadata": {"name": cluster_name}, "rules": rules_of("ClusterRole", "silverline-operator")}),
         )
         .expect("ClusterRole");
         Api::<ClusterRole>::all(self.client.clone()).create(&pp, &cluster_role).await.expect("create ClusterRole");
@@ -403,9 +408,10 @@ impl Scenario {
         }))
         .expect("ClusterRoleBinding");
         Api::<ClusterRoleBinding>::all(self.client.clone()).create(&pp, &cluster_binding).await.expect("binding");
-        let role: Role = serde_json::from_value(
-            serde_json::json!({"metadata": {"name": "silverline-operator-leader"}, "rules": rules_of("Role")}),
-        )
+        let role: Role = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "silverline-operator-leader"},
+            "rules": rules_of("Role", "silverline-operator-leader"),
+        }))
         .expect("Role");
         Api::<Role>::namespaced(self.client.clone(), ns).create(&pp, &role).await.expect("create Role");
         let role_binding: RoleBinding = serde_json::from_value(serde_json::json!({
@@ -416,27 +422,7 @@ impl Scenario {
         .expect("RoleBinding");
         Api::<RoleBinding>::namespaced(self.client.clone(), ns).create(&pp, &role_binding).await.expect("binding");
 
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..TokenRequestSpec::default() }),
-            ..TokenRequest::default()
-        };
-        let issued: TokenRequest = accounts
-            .create_subresource("token", sa, &pp, &request)
-            .await
-            .expect("a token for the operator's ServiceAccount");
-        let token = issued.status.and_then(|s| s.token).expect("token");
-        let admin_path = std::env::var("KUBECONFIG").expect("KUBECONFIG");
-        let admin = std::fs::read_to_string(&admin_path).expect("kubeconfig");
-        let replaced: Vec<String> = admin
-            .lines()
-            .map(|line| match line.find("token: ") {
-                Some(i) => format!("{}token: {token}", &line[..i]),
-                None => line.to_owned(),
-            })
-            .collect();
-        let path = self.dir.path().join("operator.kubeconfig");
-        std::fs::write(&path, replaced.join("\n") + "\n").expect("write kubeconfig");
-        path
+        service_account_kubeconfig(&self.client, ns, sa, &self.dir.path().join("operator.kubeconfig")).await
     }
 
     /// Logs of the kubelet's containers and of the given operators, for a failing assertion's message.
@@ -453,6 +439,34 @@ impl Scenario {
         }
         out
     }
+}
+
+/// Writes to `path` a kubeconfig of the test control plane that authenticates as ServiceAccount `sa` of
+/// `namespace`, with a token from the TokenRequest API (an hour long), and returns `path`.
+pub async fn service_account_kubeconfig(client: &Client, namespace: &str, sa: &str, path: &Path) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..TokenRequestSpec::default() }),
+        ..TokenRequest::default()
+    };
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let issued: TokenRequest = accounts
+        .create_subresource("token", sa, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("a token for ServiceAccount {namespace}/{sa}: {e}"));
+    let token = issued.status.and_then(|s| s.token).expect("token");
+    let admin_path = std::env::var("KUBECONFIG").expect("KUBECONFIG");
+    let admin = std::fs::read_to_string(&admin_path).expect("kubeconfig");
+    let replaced: Vec<String> = admin
+        .lines()
+        .map(|line| match line.find("token: ") {
+            Some(i) => format!("{}token: {token}", &line[..i]),
+            None => line.to_owned(),
+        })
+        .collect();
+    std::fs::write(path, replaced.join("\n") + "\n").expect("write kubeconfig");
+    path.to_owned()
 }
 
 /// A SeaweedFS S3 server of its own (scripts/s3server.sh), stopped when dropped.
