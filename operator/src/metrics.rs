@@ -1,15 +1,30 @@
 //! Prometheus metrics. Labels are of low cardinality only: dataset, result, reason, error category — never run
-//! ids or object names.
+//! ids or object names. The alert rules that read them are `charts/silverline/files/prometheus-rules.yaml`
+//! (what each alert means and who acts: docs/runbook.md).
+//!
+//! Besides counters of what happened, the operator exports what the alerts compare against, per dataset, from
+//! the Dataset itself: its owners (`silverline_dataset_info`, so that an alert on a dataset routes to the team the
+//! Dataset's `ownership` names), its quality threshold and its expected interval (from `schedule`). Gauges kept
+//! from full counts (datasets, unfinished runs, promotions awaiting approval) are set per watch scope and
+//! merged, so that one watch per namespace never zeroes another namespace's series.
+
+mod schedule;
 
 use crate::controllers::ControllerName;
 use crate::failure::FailureReason;
 use crate::lifecycle::Transition;
-use prometheus::core::Collector;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::Store;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramTimer, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
-use silverline_crds::{AttemptOutcome, EtlRunPhase, PromotionPhase};
+use silverline_crds::{AttemptOutcome, Dataset, EtlRun, EtlRunPhase, PromotionPhase};
+use silverline_lake::RunFinding;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -29,9 +44,26 @@ pub struct Metrics {
     pub reconcile_duration: HistogramVec,
     pub leader: IntGauge,
     pub promotions: IntCounterVec,
-    pub promotions_awaiting: GaugeVec,
-    pub promotion_oldest_awaiting: GaugeVec,
+    promotions_awaiting: ScopedGauge,
+    promotion_oldest_awaiting: ScopedGauge,
     pub last_promotion: GaugeVec,
+    /// `silverline_dataset_info{dataset, namespace, owner_team, steward, escalation}` = 1: the Dataset's
+    /// `ownership`, for routing an alert on the dataset to its owners.
+    dataset_info: ScopedGauge,
+    dataset_max_quarantine_rate: ScopedGauge,
+    dataset_expected_interval: ScopedGauge,
+    /// The quarantine rate the last finished run's quality gate judged (for a replay, rows failing anew).
+    pub last_gated_quarantine_rate: GaugeVec,
+    pub last_avg_attempt_count: GaugeVec,
+    pub last_auto_condemnation_rate: GaugeVec,
+    pub last_run_duration: GaugeVec,
+    pub last_run_input_rows: GaugeVec,
+    pub run_input_rows: IntCounterVec,
+    /// Per dataset and state (`waiting`, `running`, `validating`): how long the unfinished run that changed
+    /// longest ago has gone without a change of its status.
+    run_oldest_unchanged: ScopedGauge,
+    /// Expected intervals by schedule text: a schedule is read once, not on every export.
+    intervals: Mutex<HashMap<String, Option<f64>>>,
 }
 
 impl Metrics {
@@ -99,6 +131,56 @@ impl Metrics {
             Opts::new("promotion_oldest_awaiting_seconds", "Age of the oldest Promotion awaiting approval"),
             &["dataset"],
         )?;
+        let dataset_info = GaugeVec::new(
+            Opts::new("dataset_info", "1 per Dataset, labelled with the owners its spec.ownership names"),
+            &["dataset", "namespace", "owner_team", "steward", "escalation"],
+        )?;
+        let dataset_max_quarantine_rate = GaugeVec::new(
+            Opts::new("dataset_max_quarantine_rate", "The Dataset's quality gate: spec.quality.maxQuarantineRate"),
+            &["dataset"],
+        )?;
+        let dataset_expected_interval = GaugeVec::new(
+            Opts::new(
+                "dataset_expected_interval_seconds",
+                "Longest gap between two times of the Dataset's spec.schedule (absent without a schedule)",
+            ),
+            &["dataset"],
+        )?;
+        let last_gated_quarantine_rate = GaugeVec::new(
+            Opts::new(
+                "last_gated_quarantine_rate",
+                "Quarantine rate the quality gate judged in the dataset's last finished run (a replay: rows failing anew)",
+            ),
+            &["dataset"],
+        )?;
+        let last_avg_attempt_count = GaugeVec::new(
+            Opts::new("last_avg_attempts", "Mean attempt count of the quarantined rows of the last finished run"),
+            &["dataset"],
+        )?;
+        let last_auto_condemnation_rate = GaugeVec::new(
+            Opts::new(
+                "last_auto_condemnation_rate",
+                "Rows condemned for reaching maxAttempts per input row, in the last finished run",
+            ),
+            &["dataset"],
+        )?;
+        let last_run_duration = GaugeVec::new(
+            Opts::new("last_run_duration_seconds", "Duration of the dataset's last succeeded run"),
+            &["dataset"],
+        )?;
+        let last_run_input_rows = GaugeVec::new(
+            Opts::new("last_run_input_rows", "Input rows of the dataset's last succeeded run"),
+            &["dataset"],
+        )?;
+        let run_input_rows =
+            IntCounterVec::new(Opts::new("run_input_rows_total", "Input rows of succeeded runs"), &["dataset"])?;
+        let run_oldest_unchanged = GaugeVec::new(
+            Opts::new(
+                "run_oldest_unchanged_seconds",
+                "Longest time an unfinished run of the dataset has gone without a status change, by state",
+            ),
+            &["dataset", "state"],
+        )?;
         let last_promotion = GaugeVec::new(
             Opts::new("last_promotion_timestamp_seconds", "When the dataset's current version was last promoted"),
             &["dataset"],
@@ -119,6 +201,20 @@ impl Metrics {
         registry.register(Box::new(promotions_awaiting.clone()))?;
         registry.register(Box::new(promotion_oldest_awaiting.clone()))?;
         registry.register(Box::new(last_promotion.clone()))?;
+        for collector in [
+            &dataset_info,
+            &dataset_max_quarantine_rate,
+            &dataset_expected_interval,
+            &last_gated_quarantine_rate,
+            &last_avg_attempt_count,
+            &last_auto_condemnation_rate,
+            &last_run_duration,
+            &last_run_input_rows,
+            &run_oldest_unchanged,
+        ] {
+            registry.register(Box::new(collector.clone()))?;
+        }
+        registry.register(Box::new(run_input_rows.clone()))?;
         let process = Registry::new();
         #[cfg(target_os = "linux")]
         process.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
@@ -138,9 +234,20 @@ impl Metrics {
             reconcile_duration,
             leader,
             promotions,
-            promotions_awaiting,
-            promotion_oldest_awaiting,
+            promotions_awaiting: ScopedGauge::new(promotions_awaiting, Gone::Zero),
+            promotion_oldest_awaiting: ScopedGauge::new(promotion_oldest_awaiting, Gone::Zero),
             last_promotion,
+            dataset_info: ScopedGauge::new(dataset_info, Gone::Remove),
+            dataset_max_quarantine_rate: ScopedGauge::new(dataset_max_quarantine_rate, Gone::Remove),
+            dataset_expected_interval: ScopedGauge::new(dataset_expected_interval, Gone::Remove),
+            last_gated_quarantine_rate,
+            last_avg_attempt_count,
+            last_auto_condemnation_rate,
+            last_run_duration,
+            last_run_input_rows,
+            run_input_rows,
+            run_oldest_unchanged: ScopedGauge::new(run_oldest_unchanged, Gone::Remove),
+            intervals: Mutex::default(),
         })
     }
 
@@ -157,6 +264,9 @@ impl Metrics {
             self.promotions.with_label_values(&[dataset, result]);
         }
         self.lake_checks.with_label_values(&[dataset]);
+        self.run_input_rows.with_label_values(&[dataset]);
+        // The circuit-breaker alert counts the increase of this series.
+        self.attempts.with_label_values(&[dataset, "failed", FailureReason::CircuitBreaker.label()]);
     }
 
     /// Counts a reconcile of `controller` and measures it until the returned timer is dropped.
@@ -202,6 +312,13 @@ impl Metrics {
                 }
                 if *phase == EtlRunPhase::Succeeded {
                     self.last_success.with_label_values(&[dataset]).set(now_seconds);
+                    if let Some(seconds) = seconds {
+                        self.last_run_duration.with_label_values(&[dataset]).set(*seconds);
+                    }
+                    if let Some(result) = result {
+                        self.last_run_input_rows.with_label_values(&[dataset]).set(result.input_rows as f64);
+                        self.run_input_rows.with_label_values(&[dataset]).inc_by(result.input_rows);
+                    }
                 }
             }
         }
@@ -221,25 +338,85 @@ impl Metrics {
         }
     }
 
-    /// Sets the awaiting-approval gauges from a full count: `(count, oldest age in seconds)` per dataset. A dataset
-    /// with none left reads 0.
-    pub fn set_awaiting_approval(&self, awaiting: &std::collections::BTreeMap<String, (i64, f64)>) {
-        let gathered = self.promotions_awaiting.collect();
-        let known: Vec<String> = gathered
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .filter_map(|m| m.get_label().iter().find(|l| l.name() == "dataset").map(|l| l.value().to_owned()))
-            .collect();
-        for dataset in known {
-            if !awaiting.contains_key(&dataset) {
-                self.promotions_awaiting.with_label_values(&[&dataset]).set(0.0);
-                self.promotion_oldest_awaiting.with_label_values(&[&dataset]).set(0.0);
+    /// Records what only the finished run's report holds (`_SUCCESS` or `_QUALITY_REPORT.json`, read in the same
+    /// reconcile that decided the run finished): the rate its quality gate judged, the mean attempt count of its
+    /// quarantined rows and its auto-condemnation rate.
+    pub fn record_report(&self, dataset: &str, transition: &Transition, finding: Option<&RunFinding>) {
+        let Transition::Finished { phase, .. } = transition else { return };
+        let report = match (phase, finding) {
+            (EtlRunPhase::Succeeded, Some(RunFinding::Success { report, .. }))
+            | (EtlRunPhase::QualityGateFailed, Some(RunFinding::QualityReport { report, .. })) => report,
+            _ => return,
+        };
+        self.last_gated_quarantine_rate.with_label_values(&[dataset]).set(report.gated_rate());
+        self.last_avg_attempt_count.with_label_values(&[dataset]).set(report.avg_attempt_count);
+        self.last_auto_condemnation_rate.with_label_values(&[dataset]).set(report.auto_condemnation_rate);
+    }
+
+    /// Sets the awaiting-approval gauges of one watch scope (`""` for all namespaces) from a full count:
+    /// `(count, oldest age in seconds)` per dataset. A dataset with none left reads 0.
+    pub fn set_awaiting_approval(&self, scope: &str, awaiting: &BTreeMap<String, (i64, f64)>) {
+        let series = |pick: fn(&(i64, f64)) -> f64| -> BTreeMap<Vec<String>, f64> {
+            awaiting.iter().map(|(dataset, counts)| (vec![dataset.clone()], pick(counts))).collect()
+        };
+        self.promotions_awaiting.set(scope, series(|(count, _)| *count as f64));
+        self.promotion_oldest_awaiting.set(scope, series(|(_, oldest)| *oldest));
+    }
+
+    /// Sets the per-dataset series of one watch scope from all its Datasets: owners, quality threshold, expected
+    /// interval; and raises `last_success_timestamp_seconds` to the Dataset's `status.lastSuccessTime`, so that
+    /// freshness is known at once after an operator restart or a change of leader, not only after the next run.
+    /// The series of a Dataset that is gone are removed.
+    pub fn set_datasets(&self, scope: &str, datasets: &[&Dataset]) {
+        let mut info = BTreeMap::new();
+        let mut max_rate = BTreeMap::new();
+        let mut interval = BTreeMap::new();
+        let mut datasets = datasets.to_vec();
+        datasets
+            .sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+        for dataset in datasets {
+            let Some(name) = dataset.metadata.name.clone() else { continue };
+            let owners = &dataset.spec.ownership;
+            let namespace = dataset.metadata.namespace.clone().unwrap_or_default();
+            // Metrics carry no namespace: for a dataset name used in two namespaces, the first namespace by name
+            // gives its owners, threshold and expected interval.
+            if !info.keys().any(|labels: &Vec<String>| labels[0] == name) {
+                let labels = vec![
+                    name.clone(),
+                    namespace,
+                    owners.team.clone(),
+                    owners.steward.clone(),
+                    owners.escalation.clone(),
+                ];
+                info.insert(labels, 1.0);
+            }
+            max_rate.entry(vec![name.clone()]).or_insert(dataset.spec.quality.max_quarantine_rate);
+            if let Some(seconds) = dataset.spec.schedule.as_deref().and_then(|s| self.expected_interval(s)) {
+                interval.entry(vec![name.clone()]).or_insert(seconds);
+            }
+            let last_success = dataset.status.as_ref().and_then(|s| s.last_success_time.as_ref());
+            if let Some(time) = last_success {
+                let gauge = self.last_success.with_label_values(&[&name]);
+                gauge.set(gauge.get().max(time.0.as_millisecond() as f64 / 1000.0));
             }
         }
-        for (dataset, (count, oldest)) in awaiting {
-            self.promotions_awaiting.with_label_values(&[dataset]).set(*count as f64);
-            self.promotion_oldest_awaiting.with_label_values(&[dataset]).set(*oldest);
-        }
+        self.dataset_info.set(scope, info);
+        self.dataset_max_quarantine_rate.set(scope, max_rate);
+        self.dataset_expected_interval.set(scope, interval);
+    }
+
+    fn expected_interval(&self, schedule: &str) -> Option<f64> {
+        let Ok(mut known) = self.intervals.lock() else { return schedule::expected_interval_seconds(schedule) };
+        *known.entry(schedule.to_owned()).or_insert_with(|| schedule::expected_interval_seconds(schedule))
+    }
+
+    /// Sets `run_oldest_unchanged_seconds` of one watch scope from all its EtlRuns (see [`oldest_unchanged`]).
+    pub fn set_runs(&self, scope: &str, runs: &[&EtlRun], now: Timestamp) {
+        let series = oldest_unchanged(runs, now)
+            .into_iter()
+            .map(|((dataset, state), seconds)| (vec![dataset, state.to_owned()], seconds))
+            .collect();
+        self.run_oldest_unchanged.set(scope, series);
     }
 
     /// The text exposition of every metric.
@@ -251,6 +428,113 @@ impl Metrics {
             return format!("# metrics could not be encoded: {e}\n");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// How often the gauges kept from full counts are refreshed.
+pub const EXPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Calls `export` with every well-formed object of a controller's cache, once the cache holds its first full
+/// list and then every [`EXPORT_INTERVAL`], for the gauges kept from full counts.
+pub async fn export_from<K>(store: Store<DeserializeGuard<K>>, export: impl Fn(&[&K]))
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    if store.wait_until_ready().await.is_err() {
+        // The cache's writer is gone with its controller: nothing to export, and nothing to end early.
+        return std::future::pending().await;
+    }
+    let mut ticker = tokio::time::interval(EXPORT_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let state = store.state();
+        let objects: Vec<&K> = state.iter().filter_map(|guard| guard.0.as_ref().ok()).collect();
+        export(&objects);
+    }
+}
+
+/// The states of an unfinished run for `run_oldest_unchanged_seconds`: `running` (its attempt's Job runs:
+/// condition `Progressing` reason `AttemptRunning`), `validating` (looking for the run's report in the lake:
+/// `AwaitingReport`), or `waiting` for anything else (a missing or invalid Dataset, a missing credentials Secret,
+/// a pod that cannot be created, an unreadable lake, the next attempt's backoff).
+pub const RUN_STATES: [&str; 3] = ["waiting", "running", "validating"];
+
+/// Per dataset and state, the longest time one of the unfinished runs has gone without a change of its status:
+/// since the latest of its creation, its conditions' transitions and its attempts' starts and ends.
+pub fn oldest_unchanged(runs: &[&EtlRun], now: Timestamp) -> BTreeMap<(String, &'static str), f64> {
+    let mut oldest: BTreeMap<(String, &'static str), f64> = BTreeMap::new();
+    for run in runs {
+        let status = run.status.clone().unwrap_or_default();
+        if status.phase.is_some_and(EtlRunPhase::is_terminal) {
+            continue;
+        }
+        let progressing = status.conditions.iter().find(|c| c.type_ == crate::lifecycle::CONDITION_PROGRESSING);
+        let state = match (status.phase, progressing.map(|c| c.reason.as_str())) {
+            (Some(EtlRunPhase::Running), Some("AttemptRunning")) => "running",
+            (Some(EtlRunPhase::Validating), Some("AwaitingReport")) => "validating",
+            _ => "waiting",
+        };
+        let changes = run.metadata.creation_timestamp.iter().map(|t| t.0);
+        let conditions = status.conditions.iter().map(|c| c.last_transition_time.0);
+        let attempts =
+            status.attempts.iter().flat_map(|a| [a.started_at.as_ref(), a.finished_at.as_ref()]).flatten().map(|t| t.0);
+        let Some(last_change) = changes.chain(conditions).chain(attempts).max() else { continue };
+        let seconds = now.duration_since(last_change).as_secs_f64().max(0.0);
+        let entry = oldest.entry((run.spec.dataset.clone(), state)).or_default();
+        *entry = entry.max(seconds);
+    }
+    oldest
+}
+
+/// What happens to a series of a [`ScopedGauge`] that no scope names any more.
+#[derive(Clone, Copy)]
+enum Gone {
+    /// It is removed (the thing it described is gone).
+    Remove,
+    /// It reads 0 (a count that dropped to none).
+    Zero,
+}
+
+/// A gauge family set from full counts, one per watch scope (all namespaces, or each watched namespace): its
+/// series are the union of the scopes' latest counts (the larger value where two scopes name the same series).
+struct ScopedGauge {
+    gauge: GaugeVec,
+    gone: Gone,
+    scopes: Mutex<BTreeMap<String, BTreeMap<Vec<String>, f64>>>,
+}
+
+impl ScopedGauge {
+    fn new(gauge: GaugeVec, gone: Gone) -> ScopedGauge {
+        ScopedGauge { gauge, gone, scopes: Mutex::default() }
+    }
+
+    fn set(&self, scope: &str, series: BTreeMap<Vec<String>, f64>) {
+        let Ok(mut scopes) = self.scopes.lock() else { return };
+        let before = Self::union(&scopes);
+        scopes.insert(scope.to_owned(), series);
+        let after = Self::union(&scopes);
+        for labels in before.keys().filter(|labels| !after.contains_key(*labels)) {
+            let values: Vec<&str> = labels.iter().map(String::as_str).collect();
+            match self.gone {
+                // An error only says the series was not there.
+                Gone::Remove => drop(self.gauge.remove_label_values(&values)),
+                Gone::Zero => self.gauge.with_label_values(&values).set(0.0),
+            }
+        }
+        for (labels, value) in after {
+            let values: Vec<&str> = labels.iter().map(String::as_str).collect();
+            self.gauge.with_label_values(&values).set(value);
+        }
+    }
+
+    fn union(scopes: &BTreeMap<String, BTreeMap<Vec<String>, f64>>) -> BTreeMap<Vec<String>, f64> {
+        let mut all: BTreeMap<Vec<String>, f64> = BTreeMap::new();
+        for (labels, value) in scopes.values().flatten() {
+            let entry = all.entry(labels.clone()).or_insert(*value);
+            *entry = entry.max(*value);
+        }
+        all
     }
 }
 
@@ -272,6 +556,7 @@ fn phase_label(phase: EtlRunPhase) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use silverline_crds::report::RunReport;
     use silverline_crds::{AttemptStatus, RunResult};
     use std::time::Duration;
 
@@ -384,7 +669,7 @@ mod tests {
         let m = Metrics::new().expect("metrics");
         m.record_promotion("tx", PromotionPhase::Promoted, 1_700_000_000.0);
         m.record_promotion("tx", PromotionPhase::Failed, 0.0);
-        m.set_awaiting_approval(&[("tx".to_owned(), (2, 90.0))].into());
+        m.set_awaiting_approval("", &[("tx".to_owned(), (2, 90.0))].into());
         let text = m.render();
         for line in [
             r#"silverline_promotions_total{dataset="tx",result="promoted"} 1"#,
@@ -395,8 +680,268 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
-        m.set_awaiting_approval(&Default::default());
+        m.set_awaiting_approval("", &Default::default());
         assert!(m.render().contains(r#"silverline_promotions_awaiting_approval{dataset="tx"} 0"#));
+    }
+
+    fn finished(phase: EtlRunPhase, result: RunResult, seconds: f64) -> Transition {
+        Transition::Finished {
+            phase,
+            reason: String::new(),
+            message: String::new(),
+            result: Some(result),
+            seconds: Some(seconds),
+        }
+    }
+
+    fn report(gated: Option<f64>, avg_attempt_count: f64, auto_condemnation_rate: f64) -> Box<RunReport> {
+        let mut report: RunReport = serde_json::from_value(serde_json::json!({
+            "outcome": "success", "run_id": "20240101T000000Z-abc-a1", "dataset": "tx", "schema_v": "v1",
+            "lake_uri": "file:///lake", "input_uri": "in.csv",
+            "input_checksum": "", "inputs": [], "worker_version": "", "git_sha": "", "started_at": "",
+            "finished_at": "", "duration_seconds": 1.0, "input_rows": 100, "valid_rows_count": 90,
+            "quarantined_rows_count": 9, "condemned_rows_count": 1, "quarantine_rate": 0.09,
+            "error_type_distribution": {}, "condemned_reason_distribution": {}, "avg_attempt_count": 0.0,
+            "duplicate_detection_rate": 0.0, "auto_condemnation_rate": 0.0, "files": []
+        }))
+        .expect("a report");
+        report.gated_quarantine_rate = gated;
+        report.avg_attempt_count = avg_attempt_count;
+        report.auto_condemnation_rate = auto_condemnation_rate;
+        Box::new(report)
+    }
+
+    #[test]
+    fn a_finished_runs_report_sets_the_quality_gauges_and_a_succeeded_run_its_duration_and_volume() {
+        let m = Metrics::new().expect("metrics");
+        m.init_dataset("tx");
+        assert!(
+            m.render()
+                .contains(r#"silverline_attempts_total{dataset="tx",reason="circuit_breaker",result="failed"} 0"#)
+        );
+        let result = RunResult { input_rows: 100, valid_rows: 90, quarantined_rows: 10, ..RunResult::default() };
+        let succeeded = finished(EtlRunPhase::Succeeded, result.clone(), 42.0);
+        let finding = RunFinding::Success { report: report(Some(0.02), 1.75, 0.006), uri: "s3://l/_SUCCESS".into() };
+        m.record("tx", &succeeded, 0.0);
+        m.record_report("tx", &succeeded, Some(&finding));
+        let text = m.render();
+        for line in [
+            r#"silverline_last_gated_quarantine_rate{dataset="tx"} 0.02"#,
+            r#"silverline_last_avg_attempts{dataset="tx"} 1.75"#,
+            r#"silverline_last_auto_condemnation_rate{dataset="tx"} 0.006"#,
+            r#"silverline_last_run_duration_seconds{dataset="tx"} 42"#,
+            r#"silverline_last_run_input_rows{dataset="tx"} 100"#,
+            r#"silverline_run_input_rows_total{dataset="tx"} 100"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+
+        // A quality-gate failure: its report's rates count (without a gated rate, the plain one), its duration
+        // and volume do not (they describe succeeded runs).
+        let gate = finished(EtlRunPhase::QualityGateFailed, result.clone(), 7.0);
+        let finding = RunFinding::QualityReport { report: report(None, 1.0, 0.0), uri: "s3://l/_Q".into() };
+        m.record("tx", &gate, 0.0);
+        m.record_report("tx", &gate, Some(&finding));
+        let text = m.render();
+        for line in [
+            r#"silverline_last_gated_quarantine_rate{dataset="tx"} 0.09"#,
+            r#"silverline_last_avg_attempts{dataset="tx"} 1"#,
+            r#"silverline_last_auto_condemnation_rate{dataset="tx"} 0"#,
+            r#"silverline_last_run_duration_seconds{dataset="tx"} 42"#,
+            r#"silverline_run_input_rows_total{dataset="tx"} 100"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+
+        // A report that does not match how the run finished, or another change, sets nothing.
+        let other = report(Some(0.5), 3.0, 0.5);
+        let failed = finished(EtlRunPhase::Failed, result, 1.0);
+        m.record_report("tx", &failed, Some(&RunFinding::Success { report: other.clone(), uri: String::new() }));
+        m.record_report("tx", &gate, Some(&RunFinding::Success { report: other, uri: String::new() }));
+        m.record_report("tx", &Transition::Waiting { reason: String::new(), message: String::new() }, None);
+        assert!(m.render().contains(r#"silverline_last_avg_attempts{dataset="tx"} 1"#));
+    }
+
+    fn dataset(namespace: &str, name: &str, schedule: Option<&str>, last_success: Option<&str>) -> Dataset {
+        let mut dataset =
+            Dataset::from_manifest(include_str!("../../examples/datasets/transactions.yaml")).expect("example");
+        dataset.metadata.name = Some(name.into());
+        dataset.metadata.namespace = Some(namespace.into());
+        dataset.spec.schedule = schedule.map(str::to_owned);
+        dataset.status = last_success.map(|t| silverline_crds::dataset::DatasetStatus {
+            last_success_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t.parse().expect("time"))),
+            ..Default::default()
+        });
+        dataset
+    }
+
+    #[test]
+    fn datasets_export_their_owners_threshold_and_expected_interval_until_they_are_gone() {
+        let m = Metrics::new().expect("metrics");
+        let tx = dataset("etl", "transactions", Some("0 * * * *"), Some("2023-11-14T22:13:20Z"));
+        let mut orders = dataset("sales", "orders", None, None);
+        orders.spec.quality.max_quarantine_rate = 0.1;
+        orders.spec.ownership.team = "sales-data".into();
+        let same_name = dataset("zzz", "transactions", Some("@daily"), None);
+        m.set_datasets("", &[&tx, &orders, &same_name]);
+        let text = m.render();
+        for line in [
+            r##"silverline_dataset_info{dataset="transactions",escalation="#payments-data-oncall",namespace="etl",owner_team="payments-data",steward="jane.doe@example.com"} 1"##,
+            r##"silverline_dataset_info{dataset="orders",escalation="#payments-data-oncall",namespace="sales",owner_team="sales-data",steward="jane.doe@example.com"} 1"##,
+            r#"silverline_dataset_max_quarantine_rate{dataset="transactions"} 0.01"#,
+            r#"silverline_dataset_max_quarantine_rate{dataset="orders"} 0.1"#,
+            r#"silverline_dataset_expected_interval_seconds{dataset="transactions"} 3600"#,
+            r#"silverline_last_success_timestamp_seconds{dataset="transactions"} 1700000000"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert_eq!(text.matches("silverline_dataset_info{").count(), 2, "one owner series per dataset:\n{text}");
+        assert!(!text.contains(r#"silverline_dataset_expected_interval_seconds{dataset="orders"}"#), "no schedule");
+
+        // A newer success from a run is kept; an older status time never lowers it.
+        m.last_success.with_label_values(&["transactions"]).set(1_800_000_000.0);
+        m.set_datasets("", &[&tx, &orders]);
+        assert!(m.render().contains(r#"silverline_last_success_timestamp_seconds{dataset="transactions"} 1800000000"#));
+
+        // orders is deleted: its series go; transactions' stay.
+        m.set_datasets("", &[&tx]);
+        let text = m.render();
+        assert!(!text.contains(r#"dataset="orders""#), "orders is gone:\n{text}");
+        assert!(text.contains(r#"silverline_dataset_max_quarantine_rate{dataset="transactions"} 0.01"#));
+    }
+
+    #[test]
+    fn a_watch_scope_never_erases_another_scopes_series() {
+        let m = Metrics::new().expect("metrics");
+        m.set_awaiting_approval("etl", &[("tx".to_owned(), (2, 90.0))].into());
+        m.set_awaiting_approval("sales", &[("orders".to_owned(), (1, 30.0))].into());
+        m.set_awaiting_approval("sales", &Default::default());
+        let text = m.render();
+        assert!(text.contains(r#"silverline_promotions_awaiting_approval{dataset="tx"} 2"#), "{text}");
+        assert!(text.contains(r#"silverline_promotions_awaiting_approval{dataset="orders"} 0"#), "{text}");
+        let tx = dataset("etl", "transactions", None, None);
+        let orders = dataset("sales", "orders", None, None);
+        m.set_datasets("etl", &[&tx]);
+        m.set_datasets("sales", &[&orders]);
+        m.set_datasets("sales", &[]);
+        let text = m.render();
+        assert!(text.contains(r#"silverline_dataset_max_quarantine_rate{dataset="transactions"} 0.01"#), "{text}");
+        assert!(!text.contains(r#"silverline_dataset_max_quarantine_rate{dataset="orders"}"#), "{text}");
+    }
+
+    fn run(dataset: &str, status: serde_json::Value) -> EtlRun {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "etl.silverline.dev/v1alpha1", "kind": "EtlRun",
+            "metadata": {"name": "r", "namespace": "etl", "creationTimestamp": "2023-11-14T22:00:00Z"},
+            "spec": {"dataset": dataset, "input": "s3://b/in/"},
+            "status": status,
+        }))
+        .expect("an EtlRun")
+    }
+
+    fn progressing(reason: &str, at: &str) -> serde_json::Value {
+        serde_json::json!([{"type": "Progressing", "status": "True", "reason": reason, "message": "",
+            "lastTransitionTime": at}])
+    }
+
+    #[test]
+    fn unfinished_runs_are_aged_by_their_last_status_change_per_dataset_and_state() {
+        let now: Timestamp = "2023-11-14T23:00:00Z".parse().expect("time");
+        let runs = [
+            // No status yet: waiting since its creation (1 h).
+            run("tx", serde_json::json!({})),
+            // Waiting for a Secret for 20 min, while its attempt started 40 min ago.
+            run(
+                "tx",
+                serde_json::json!({"phase": "Running",
+                "conditions": progressing("CredentialsSecretNotFound", "2023-11-14T22:40:00Z"),
+                "attempts": [{"attempt": 1, "runId": "x-a1", "jobName": "r-a1", "startedAt": "2023-11-14T22:20:00Z"}]}),
+            ),
+            // Running for 30 min; an older run's attempt ended 50 min ago and the next started 30 min ago.
+            run(
+                "tx",
+                serde_json::json!({"phase": "Running",
+                "conditions": progressing("AttemptRunning", "2023-11-14T22:10:00Z"),
+                "attempts": [
+                    {"attempt": 1, "runId": "x-a1", "jobName": "r-a1", "startedAt": "2023-11-14T22:05:00Z", "finishedAt": "2023-11-14T22:10:00Z", "outcome": "Failed"},
+                    {"attempt": 2, "runId": "x-a2", "jobName": "r-a2", "startedAt": "2023-11-14T22:30:00Z"}]}),
+            ),
+            run(
+                "orders",
+                serde_json::json!({"phase": "Validating",
+                "conditions": progressing("AwaitingReport", "2023-11-14T22:55:00Z")}),
+            ),
+            // Finished runs are not aged, however old.
+            run(
+                "orders",
+                serde_json::json!({"phase": "Succeeded",
+                "conditions": progressing("Finished", "2023-11-14T22:01:00Z")}),
+            ),
+        ];
+        let refs: Vec<&EtlRun> = runs.iter().collect();
+        let oldest = oldest_unchanged(&refs, now);
+        let expected: BTreeMap<(String, &str), f64> = [
+            (("tx".to_owned(), "waiting"), 3600.0),
+            (("tx".to_owned(), "running"), 1800.0),
+            (("orders".to_owned(), "validating"), 300.0),
+        ]
+        .into();
+        assert_eq!(oldest, expected);
+
+        let m = Metrics::new().expect("metrics");
+        m.set_runs("", &refs, now);
+        assert!(m.render().contains(r#"silverline_run_oldest_unchanged_seconds{dataset="tx",state="waiting"} 3600"#));
+        m.set_runs("", &[], now);
+        assert!(!m.render().contains("silverline_run_oldest_unchanged_seconds{"), "no unfinished run, no series");
+    }
+
+    /// `promtool check metrics` (the linter Prometheus ships) on everything the operator exports, every family
+    /// with a series. promtool is built by scripts/test.sh (tests/tools/promtool), which sets SILVERLINE_PROMTOOL.
+    #[test]
+    #[ignore = "needs promtool (SILVERLINE_PROMTOOL): run ./scripts/test.sh"]
+    fn promtool_check_metrics_finds_nothing_to_lint_in_what_the_operator_exports() {
+        use std::io::Write;
+        let promtool = std::env::var("SILVERLINE_PROMTOOL").expect("SILVERLINE_PROMTOOL names the promtool binary");
+        let m = Metrics::new().expect("metrics");
+        m.init_dataset("tx");
+        let result = RunResult { input_rows: 10, valid_rows: 10, ..RunResult::default() };
+        let succeeded = finished(EtlRunPhase::Succeeded, result, 3.0);
+        m.record("tx", &succeeded, 1.0);
+        m.record_report(
+            "tx",
+            &succeeded,
+            Some(&RunFinding::Success { report: report(None, 1.0, 0.0), uri: String::new() }),
+        );
+        m.record(
+            "tx",
+            &Transition::AttemptEnded {
+                attempt: attempt(AttemptOutcome::Failed, "TransientFailure"),
+                retry_after: Some(Duration::from_secs(1)),
+            },
+            0.0,
+        );
+        m.record_promotion("tx", PromotionPhase::Promoted, 1.0);
+        m.set_awaiting_approval("", &[("tx".to_owned(), (1, 5.0))].into());
+        m.set_datasets("", &[&dataset("etl", "tx", Some("@hourly"), None)]);
+        m.set_runs("", &[&run("tx", serde_json::json!({}))], Timestamp::now());
+        drop(m.reconcile_started("etlrun"));
+        m.reconcile_failed("etlrun", "kube_api");
+        m.lake_checks.with_label_values(&["tx"]).inc();
+        m.leader.set(1);
+        let text = m.render();
+        let mut child = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {promtool}: {e}"));
+        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write the metrics to promtool");
+        let out = child.wait_with_output().expect("promtool's output");
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\non\n{text}");
+        let families = text.lines().filter(|l| l.starts_with("# TYPE silverline_")).count();
+        assert_eq!(families, 26, "every silverline family has a series here:\n{text}");
     }
 
     #[test]

@@ -40,12 +40,14 @@ pub fn plan(
 
 pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
     let datasets: Api<DeserializeGuard<Dataset>> = scoped(ctx.client.clone(), ns);
-    let stream = Controller::new(datasets, watcher::Config::default()).shutdown_on_signal().run(
-        reconcile,
-        error_policy,
-        ctx.clone(),
-    );
-    drain(stream, ControllerName::Dataset).await;
+    let controller = Controller::new(datasets, watcher::Config::default());
+    let store = controller.store();
+    let stream = controller.shutdown_on_signal().run(reconcile, error_policy, ctx.clone());
+    let (metrics, scope) = (ctx.metrics.clone(), ns.unwrap_or_default());
+    tokio::select! {
+        () = drain(stream, ControllerName::Dataset) => {}
+        () = crate::metrics::export_from(store, |datasets| metrics.set_datasets(scope, datasets)) => {}
+    }
 }
 
 /// One reconcile of one Dataset: its `Valid` condition, and an Event when validity changes.

@@ -94,6 +94,7 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
     let pod_ends = ctx.pod_ends.clone();
     let controller = Controller::new(runs, watcher::Config::default());
     let store = controller.store();
+    let exported = store.clone();
     let runs = controller
         .owns(jobs, watcher::Config::default().labels(&managed_selector()))
         .watches(datasets, watcher::Config::default(), move |dataset| {
@@ -118,7 +119,11 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone());
-    drain(runs, ControllerName::EtlRun).await;
+    let (metrics, scope) = (ctx.metrics.clone(), ns.unwrap_or_default());
+    tokio::select! {
+        () = drain(runs, ControllerName::EtlRun) => {}
+        () = crate::metrics::export_from(exported, |runs| metrics.set_runs(scope, runs, Timestamp::now())) => {}
+    }
 }
 
 fn managed_selector() -> String {
@@ -199,6 +204,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
         write_status(&ctx, run, &plan.status).await?;
     }
     for transition in &plan.transitions {
+        ctx.metrics.record_report(&run.spec.dataset, transition, observed.lake.as_ref());
         report(&ctx, run, &plan.status, transition).await;
         if let (Transition::Finished { phase: EtlRunPhase::Succeeded, .. }, Ok(dataset)) = (transition, &contract) {
             request_promotion(&ctx, run, &identity, dataset, &plan.status).await;

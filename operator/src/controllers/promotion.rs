@@ -621,12 +621,12 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
         .run(reconcile, error_policy, ctx.clone());
     tokio::select! {
         () = drain(stream, ControllerName::Promotion) => {}
-        () = export_awaiting(ctx.clone(), store) => {}
+        () = export_awaiting(ctx.clone(), ns.unwrap_or_default(), store) => {}
     }
 }
 
 /// Keeps the gauges of Promotions awaiting approval (count and oldest age, per dataset) up to date.
-async fn export_awaiting(ctx: Arc<Context>, store: Store<DeserializeGuard<Promotion>>) {
+async fn export_awaiting(ctx: Arc<Context>, scope: &str, store: Store<DeserializeGuard<Promotion>>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(5));
     loop {
         ticker.tick().await;
@@ -646,7 +646,7 @@ async fn export_awaiting(ctx: Arc<Context>, store: Store<DeserializeGuard<Promot
             entry.0 += 1;
             entry.1 = entry.1.max(age);
         }
-        ctx.metrics.set_awaiting_approval(&awaiting);
+        ctx.metrics.set_awaiting_approval(scope, &awaiting);
     }
 }
 
