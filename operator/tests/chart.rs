@@ -511,10 +511,6 @@ async fn an_installed_release_runs_an_etlrun_to_succeeded_as_the_charts_operator
         &set_watched,
         "--set",
         "approvalPolicy.enabled=false",
-        "--set",
-        "operator.leaderElection.leaseDurationSeconds=3",
-        "--set",
-        "operator.leaderElection.renewSeconds=0.5",
     ]);
     assert!(
         out.status.success(),
