@@ -164,6 +164,7 @@ pub struct StorageSpec {
     /// Custom S3 endpoint for S3-compatible stores (path-style addressing is used with it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The S3 region, e.g. `eu-west-1`; unset: the pod's AWS environment decides (`AWS_REGION`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// Secret in the same namespace holding `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
@@ -200,6 +201,8 @@ impl StorageSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
+    /// Name of the Secret (in the Dataset's namespace). The operator never reads it; worker pods get it by
+    /// `envFrom` reference.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
@@ -208,8 +211,10 @@ pub struct SecretKeyRef {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OwnershipSpec {
+    /// The team that owns the feed and answers for its data.
     #[schemars(length(min = 1))]
     pub team: String,
+    /// The person who decides about the data's meaning and quality (e.g. who approves its promotions).
     #[schemars(length(min = 1))]
     pub steward: String,
     /// Escalation contact (pager, channel or e-mail).
@@ -221,6 +226,7 @@ pub struct OwnershipSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DatasetStatus {
+    /// The generation of the spec the `Valid` condition was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Valid`: whether the contract passes the checks the apiserver's schema cannot express (set by the operator).

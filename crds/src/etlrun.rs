@@ -136,8 +136,10 @@ pub struct EtlRunStatus {
     /// When the next attempt may start, after a transient failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Time>,
+    /// When the operator started the first attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    /// When the run reached its terminal phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
     /// The metrics of the attempt that ended the run, from its `_SUCCESS` or `_QUALITY_REPORT.json`.
@@ -152,10 +154,14 @@ pub struct AttemptStatus {
     /// 1 for the first attempt.
     #[schemars(range(min = 1))]
     pub attempt: u32,
+    /// The run id this attempt's worker writes under (`run_id=…` in the lake); never reused by another attempt.
     pub run_id: String,
+    /// The attempt's Job, `{etlrun}-a{attempt}`, owned by the EtlRun.
     pub job_name: String,
+    /// When the operator decided to start the attempt (written before its Job is created).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    /// When the attempt ended: its Job finished, or it was given up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
     /// Unset while the attempt runs.
@@ -167,6 +173,7 @@ pub struct AttemptStatus {
     /// A stable reason such as `SchemaDrift`, `TransientFailure`, `Evicted` or `SuccessMarkerMissing`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What happened, for a person: the exit code's meaning and the worker's own error, or what the operator saw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Whether this failure was worth another attempt.
@@ -187,11 +194,17 @@ fn is_zero(n: &u32) -> bool {
 pub struct RunResult {
     /// The report it was read from: the run's `_SUCCESS` or `_QUALITY_REPORT.json`.
     pub report_uri: String,
+    /// Records read from the input (the header excluded).
     pub input_rows: u64,
+    /// Rows that passed every check and were written to silver.
     pub valid_rows: u64,
+    /// Rows that failed a check, kept in quarantine with their error.
     pub quarantined_rows: u64,
+    /// Exact duplicates and rows out of attempts, kept in condemned.
     pub condemned_rows: u64,
+    /// Quarantined rows / input rows (what the quality gate compares, for a CSV run).
     pub quarantine_rate: f64,
+    /// How long the worker ran, in seconds.
     pub duration_seconds: f64,
     /// How many data files the run wrote (silver, quarantine, condemned).
     #[serde(default)]
@@ -212,10 +225,13 @@ pub const MAX_LISTED_FILES: usize = 20;
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataFile {
+    /// The file's object key under the lake root.
     pub key: String,
     /// `silver`, `quarantine` or `condemned`.
     pub area: String,
+    /// Rows in the file.
     pub rows: u64,
+    /// The file's size in bytes.
     pub bytes: u64,
 }
 

@@ -93,6 +93,39 @@ mod tests {
         );
     }
 
+    /// What `kubectl explain` shows a person: every field of spec and status says what it is in its own words.
+    /// Kubernetes' own types (conditions, resources) bring their documentation; a field typed as one of them
+    /// (a `Time`) must not show the Go type's doc ("Time is a wrapper around time.Time …") instead of its own.
+    #[test]
+    fn every_field_has_a_description_of_its_own() {
+        fn visit(schema: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
+            let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) else { return };
+            for (name, field) in properties {
+                let path = format!("{path}.{name}");
+                if matches!(name.as_str(), "metadata" | "conditions" | "resources") {
+                    continue;
+                }
+                let description = field.get("description").and_then(|d| d.as_str()).unwrap_or_default();
+                if description.is_empty() || description.starts_with("Time is a wrapper") {
+                    missing.push(path.clone());
+                }
+                visit(field, &path, missing);
+                if let Some(items) = field.get("items") {
+                    visit(items, &format!("{path}[]"), missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        for (file, text) in super::manifests() {
+            let crd: serde_json::Value = serde_yaml::from_str(&text.expect("renders")).expect("YAML");
+            for version in crd.pointer("/spec/versions").and_then(|v| v.as_array()).into_iter().flatten() {
+                let root = version.pointer("/schema/openAPIV3Schema").expect("a schema");
+                visit(root, file, &mut missing);
+            }
+        }
+        assert!(missing.is_empty(), "fields without a description of their own: {missing:?}");
+    }
+
     #[test]
     fn the_committed_crds_match_the_types() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("generated");

@@ -119,22 +119,29 @@ impl fmt::Display for PromotionPhase {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PromotionRun {
+    /// The run id, as under `run_id=…` in the lake.
     pub run_id: String,
     /// What the lake holds for it: `committed`, `quality_failed`, `circuit_breaker`, `unfinished`, `missing`.
     pub state: String,
+    /// Records the run read (from its report; unset while the lake holds none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_rows: Option<u64>,
+    /// Rows written to silver: what becomes current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_rows: Option<u64>,
+    /// Rows held in quarantine with their error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantined_rows: Option<u64>,
+    /// Exact duplicates and rows out of attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condemned_rows: Option<u64>,
+    /// Quarantined rows / input rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine_rate: Option<f64>,
     /// Quarantined rows by error type.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub error_types: BTreeMap<String, u64>,
+    /// How long the run's worker ran, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<f64>,
 }
@@ -143,24 +150,34 @@ pub struct PromotionRun {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PromotionChange {
+    /// Partitions (`year=YYYY/month=MM`) current does not have yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions_added: Vec<String>,
+    /// Partitions of current that get more files (`Append`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions_extended: Vec<String>,
+    /// Partitions of current whose files are replaced by the runs' files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions_replaced: Vec<String>,
+    /// Partitions that leave current (`ReplaceAll`, or a rollback).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions_removed: Vec<String>,
+    /// Data files in current before the promotion.
     pub files_before: u64,
+    /// Data files in current after it.
     pub files_after: u64,
+    /// Rows in current before the promotion.
     pub rows_before: u64,
+    /// Rows in current after it.
     pub rows_after: u64,
 }
 
 /// A gate check that refused (or would refuse) the promotion, by its stable name.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct FailedCheck {
+    /// The check's stable name, e.g. `success_marker`, `quarantine_rate`, `key_collision`.
     pub name: String,
+    /// What the check found, for the reviewer.
     pub message: String,
 }
 
@@ -170,6 +187,7 @@ pub struct FailedCheck {
 pub struct PromotionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<PromotionPhase>,
+    /// The generation of the spec this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Approved`, `Ready` (the gate as previewed, or why it waits), `Promoted`.
@@ -179,8 +197,10 @@ pub struct PromotionStatus {
     /// Who asked for it: the `etl.silverline.dev/requested-by` annotation its creator set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// Who approved it: the `etl.silverline.dev/approved-by` annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// Who rejected it: the `etl.silverline.dev/rejected-by` annotation (a rejection wins over an approval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_by: Option<String>,
     /// The mode in effect: the spec's, else the Dataset's.
@@ -198,6 +218,7 @@ pub struct PromotionStatus {
     /// The version current was before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_version: Option<u64>,
+    /// The gate's checks that refused the promotion (or, while it awaits approval, would refuse it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_checks: Vec<FailedCheck>,
     /// The Job of the current (or last) promote attempt.
@@ -209,6 +230,7 @@ pub struct PromotionStatus {
     /// When the next promote Job may start, after a retryable failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Time>,
+    /// When the promotion reached `Promoted`, `Rejected` or `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
 }
