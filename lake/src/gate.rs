@@ -9,7 +9,7 @@
 //! | `quarantine_rate` | a run whose quarantine rate is above the Dataset's `quality.maxQuarantineRate` |
 //! | `schema_version` | a run written under another `schema_v` than the Dataset's `schemaVersion` |
 //! | `already_current` | `Append` of a run whose files are already current |
-//! | `key_collision` | `Append` of rows whose primary key is already current in the partitions they touch, or repeated across the runs promoted together |
+//! | `key_collision` | rows whose primary key stays current in a file the promotion keeps (any partition: all current files for `Append`, those outside the replaced partitions for `ReplacePartitions`), or is repeated across the runs promoted together |
 //! | `restore_version` | a rollback to a version that does not exist, is already current, or whose files are gone or altered |
 
 use crate::audit::{FailedCheck, RunMetrics};
@@ -306,17 +306,15 @@ fn render_key(columns: &[ArrayRef], row: usize, names: &[String]) -> String {
         .join(",")
 }
 
-/// Counts the incoming rows whose primary key is already current in the partitions they touch, or repeats
-/// a key of another incoming run.
+/// Counts the incoming rows whose primary key is also in a file that stays current (`kept`, in any partition:
+/// a key is unique across the dataset, as the worker's duplicate-key check is across a run), or repeats a key of
+/// another incoming run. Only the incoming keys are held in memory; the kept files' keys are streamed.
 pub async fn key_collisions(
     lake: &Lake,
     primary_key: &[String],
-    current: &[ManifestFile],
+    kept: &[ManifestFile],
     incoming: &[ManifestFile],
 ) -> Result<Collisions> {
-    let touched: BTreeSet<&str> = incoming.iter().map(|f| f.partition.as_str()).collect();
-    let current: Vec<ManifestFile> =
-        current.iter().filter(|f| touched.contains(f.partition.as_str())).cloned().collect();
     let mut converter: Option<(RowConverter, Vec<DataType>)> = None;
     let mut encode = |columns: &[ArrayRef]| -> Result<arrow::row::Rows> {
         let broken =
@@ -355,7 +353,7 @@ pub async fn key_collisions(
     })
     .await?;
     let mut current_keys: HashSet<Vec<u8>> = HashSet::new();
-    for_each_key_batch(lake, &current, primary_key, |columns| {
+    for_each_key_batch(lake, kept, primary_key, |columns| {
         let rows = encode(columns)?;
         for i in 0..rows.num_rows() {
             let row = rows.row(i);
@@ -423,14 +421,15 @@ pub async fn review_runs(
     if depth == Depth::Full {
         review.failures.extend(verify_files(lake, &review.files).await?);
         let clean = review.failures.is_empty();
-        if clean && mode == PromotionMode::Append && !rules.primary_key.is_empty() {
-            let found = key_collisions(lake, &rules.primary_key, current, &review.files).await?;
+        if clean && !rules.primary_key.is_empty() {
+            let kept = crate::plan::kept_files(current, &review.files, mode);
+            let found = key_collisions(lake, &rules.primary_key, &kept, &review.files).await?;
             if found.count > 0 {
                 review.failures.push(GateFailure::new(
                     Check::KeyCollision,
                     format!(
-                        "{} row(s) have a primary key already current in the partitions they touch (or repeated \
-                         across the runs), e.g. {}",
+                        "{} row(s) have a primary key that stays current in another file of the dataset, in any \
+                         partition (or is repeated across the runs), e.g. {}",
                         found.count,
                         found.examples.join("; ")
                     ),

@@ -46,15 +46,26 @@ impl Change {
     }
 }
 
+/// The current files that stay current beside the incoming ones: all of them for `Append`, those outside the
+/// incoming partitions for `ReplacePartitions`, none for `ReplaceAll`.
+pub fn kept_files(current: &[ManifestFile], incoming: &[ManifestFile], mode: PromotionMode) -> Vec<ManifestFile> {
+    let touched: BTreeSet<&str> = incoming.iter().map(|f| f.partition.as_str()).collect();
+    current
+        .iter()
+        .filter(|f| match mode {
+            PromotionMode::Append => true,
+            PromotionMode::ReplacePartitions => !touched.contains(f.partition.as_str()),
+            PromotionMode::ReplaceAll => false,
+        })
+        .cloned()
+        .collect()
+}
+
 /// The next file set, sorted by partition then key.
 pub fn next_files(current: &[ManifestFile], incoming: &[ManifestFile], mode: PromotionMode) -> Vec<ManifestFile> {
-    let touched: BTreeSet<&str> = incoming.iter().map(|f| f.partition.as_str()).collect();
-    let kept = current.iter().filter(|f| match mode {
-        PromotionMode::Append => true,
-        PromotionMode::ReplacePartitions => !touched.contains(f.partition.as_str()),
-        PromotionMode::ReplaceAll => false,
-    });
-    let mut files: Vec<ManifestFile> = kept.chain(incoming).cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let kept = kept_files(current, incoming, mode);
+    let mut files: Vec<ManifestFile> =
+        kept.iter().chain(incoming).cloned().collect::<BTreeSet<_>>().into_iter().collect();
     files.sort_by(|a, b| (&a.partition, &a.key).cmp(&(&b.partition, &b.key)));
     files
 }

@@ -322,13 +322,23 @@ fn appending_keys_already_current_is_refused_with_the_count_and_a_run_twice_as_a
     assert_eq!(out.code, 6, "{}", out.stderr);
     assert!(out.stderr.contains("key_collision") && out.stderr.contains("5 row(s)"), "{}", out.stderr);
     assert!(out.stderr.contains("TransactionID=T5"), "examples are shown: {}", out.stderr);
-    // Keys are compared in the partitions the run touches only: February has none of them yet.
-    assert_eq!(lake.approve(&["r3"], "append").code, 0);
+    // A key is unique across the dataset, not per month: r3 holds keys T5..T9 in February, current in January.
+    let out = lake.approve(&["r3"], "append");
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("key_collision") && out.stderr.contains("5 row(s)"), "{}", out.stderr);
     let out = lake.approve(&["r1"], "append");
     assert_eq!(out.code, 6, "{}", out.stderr);
     assert!(out.stderr.contains("already_current"), "{}", out.stderr);
-    // The same run may replace its partition, though.
+    // The same run may replace its partition, though: the replaced January files do not stay current.
     let out = lake.approve(&["r2"], "replace-partitions");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(lake.latest()["version"], 2);
+    // Replacing February keeps January (now r2, keys T5..T13), so r3's keys T5..T13 collide with it there.
+    let out = lake.approve(&["r3"], "replace-partitions");
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("key_collision") && out.stderr.contains("9 row(s)"), "{}", out.stderr);
+    // Replacing everything keeps nothing, so nothing collides.
+    let out = lake.approve(&["r3"], "replace-all");
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(lake.latest()["version"], 3);
 }
