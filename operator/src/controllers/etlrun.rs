@@ -27,8 +27,13 @@ use std::time::Duration;
 /// How worker pods ended, as last seen by a watch, by `{namespace}/{job}`. An evicted or failed pod is often
 /// removed (the Job controller releases it) before its Job's failure is reconciled; this keeps its exit code and
 /// disruption reason for a while. Memory only: after a restart such a failure is reported as `PodLost`.
+///
+/// It also keeps why a worker pod cannot start (`pod_blocker`), as the watch last saw each Job's pod, so that a
+/// reconcile of a running attempt needs no pod list. After a restart the watch's first list fills it again.
 #[derive(Clone, Default)]
-pub struct PodEnds(Arc<std::sync::Mutex<std::collections::HashMap<String, (PodEnd, std::time::Instant)>>>);
+pub struct PodEnds(Arc<std::sync::Mutex<std::collections::HashMap<String, (PodEnd, std::time::Instant)>>>, PodBlockers);
+
+type PodBlockers = Arc<std::sync::Mutex<std::collections::HashMap<String, PodBlocker>>>;
 
 impl PodEnds {
     const KEEP: Duration = Duration::from_secs(3600);
@@ -37,17 +42,23 @@ impl PodEnds {
         format!("{namespace}/{job}")
     }
 
-    /// Remembers a pod's end if the pod has ended.
+    /// Remembers a pod's end if the pod has ended, and why it cannot start if it cannot.
     pub fn observe(&self, pod: &Pod) {
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if !matches!(phase, Some("Failed" | "Succeeded")) {
-            return;
-        }
         let (Some(namespace), Some(job)) =
             (pod.metadata.namespace.as_deref(), pod.labels().get("batch.kubernetes.io/job-name"))
         else {
             return;
         };
+        if let Ok(mut blockers) = self.1.lock() {
+            match pod_blocker(pod) {
+                Some(blocker) => blockers.insert(Self::key(namespace, job), blocker),
+                None => blockers.remove(&Self::key(namespace, job)),
+            };
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if !matches!(phase, Some("Failed" | "Succeeded")) {
+            return;
+        }
         if let Ok(mut ends) = self.0.lock() {
             ends.retain(|_, (_, seen)| seen.elapsed() < Self::KEEP);
             ends.insert(Self::key(namespace, job), (pod_end(pod), std::time::Instant::now()));
@@ -56,6 +67,11 @@ impl PodEnds {
 
     pub fn get(&self, namespace: &str, job: &str) -> Option<PodEnd> {
         self.0.lock().ok()?.get(&Self::key(namespace, job)).map(|(end, _)| end.clone())
+    }
+
+    /// Why the Job's pod cannot start, as the watch last saw it.
+    pub fn blocker(&self, namespace: &str, job: &str) -> Option<PodBlocker> {
+        self.1.lock().ok()?.get(&Self::key(namespace, job)).cloned()
     }
 }
 
@@ -92,7 +108,9 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
     let datasets: Api<DeserializeGuard<Dataset>> = scoped(ctx.client.clone(), ns);
     let pods: Api<Pod> = scoped(ctx.client.clone(), ns);
     let pod_ends = ctx.pod_ends.clone();
-    let controller = Controller::new(runs, watcher::Config::default());
+    // Bounded, not kube-runtime's unbounded default: see `Context::reconcile_concurrency`.
+    let controller = Controller::new(runs, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.reconcile_concurrency));
     let store = controller.store();
     let exported = store.clone();
     let runs = controller
@@ -148,14 +166,14 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
     }
     let identity = RunIdentity::of(run)?;
     let status = run.status.clone().unwrap_or_default();
-    let contract = load_contract(&ctx, run, &identity).await?;
+    let contract = load_contract(&ctx, run, &identity, &status).await?;
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
     let mut lake_error = None;
     let (job_state, lake, lake_checks, blocker, job_has_pod) = match (&current, &contract) {
         (Some(attempt), Ok(dataset)) => {
-            let job_state = observe_job(&ctx, &identity, attempt).await?;
+            let (job_state, pods) = observe_job(&ctx, &identity, attempt).await?;
             let (blocker, job_has_pod) = match job_state {
-                JobState::Active => observe_blocker(&ctx, &identity, &attempt.job_name).await?,
+                JobState::Active => observe_blocker(&ctx, &identity, &attempt.job_name, pods).await?,
                 _ => (None, None),
             };
             let (lake, checks) = match job_state {
@@ -203,6 +221,9 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
     if plan.status != status {
         write_status(&ctx, run, &plan.status).await?;
     }
+    // The Job right after the status that names it, the Events after the Job: an Event is not on the way from
+    // a new run to its Job. A failed create or delete is returned once the Events are out.
+    let acted = act(&ctx, run, &identity, &plan, &contract).await;
     for transition in &plan.transitions {
         ctx.metrics.record_report(&run.spec.dataset, transition, observed.lake.as_ref());
         report(&ctx, run, &plan.status, transition).await;
@@ -210,29 +231,49 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
             request_promotion(&ctx, run, &identity, dataset, &plan.status).await;
         }
     }
-    if let Some(job_name) = &plan.delete_job {
-        delete_job(&ctx, &identity, job_name).await?;
-    }
-    if let (Some(attempt), Ok(dataset)) = (&plan.launch, &contract) {
-        launch(&ctx, run, &identity, dataset, attempt).await?;
-    }
+    acted?;
     Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Deletes the Job the plan gives up and creates the one it launches.
+async fn act(
+    ctx: &Context,
+    run: &EtlRun,
+    identity: &RunIdentity,
+    plan: &lifecycle::Plan,
+    contract: &Result<Dataset, ContractProblem>,
+) -> Result<()> {
+    if let Some(job_name) = &plan.delete_job {
+        delete_job(ctx, identity, job_name).await?;
+    }
+    if let (Some(attempt), Ok(dataset)) = (&plan.launch, contract) {
+        launch(ctx, run, identity, dataset, attempt).await?;
+    }
+    Ok(())
 }
 
 fn error_policy(guard: Arc<DeserializeGuard<EtlRun>>, error: &Error, ctx: Arc<Context>) -> Action {
     shared_error_policy(ControllerName::EtlRun, &guard, error, &ctx)
 }
 
-/// The run's contract: its snapshot once an attempt was launched, else the Dataset as it is now.
+/// The run's contract: its snapshot once an attempt was launched, else the Dataset as it is now. A status with
+/// no attempt needs no look for a snapshot: the snapshot is created only after a status naming an attempt was
+/// written, so if one exists this view is stale and its status write will conflict.
 async fn load_contract(
     ctx: &Context,
     run: &EtlRun,
     identity: &RunIdentity,
+    status: &EtlRunStatus,
 ) -> Result<Result<Dataset, ContractProblem>> {
     let snapshots: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &identity.namespace);
     let snapshot_name = job::contract_name(&identity.name);
-    let snapshot =
-        snapshots.get_opt(&snapshot_name).await.map_err(Error::kube(format!("reading ConfigMap {snapshot_name}")))?;
+    let snapshot = match status.attempts.is_empty() {
+        true => None,
+        false => snapshots
+            .get_opt(&snapshot_name)
+            .await
+            .map_err(Error::kube(format!("reading ConfigMap {snapshot_name}")))?,
+    };
     if let Some(snapshot) = snapshot {
         if !owned_by(&snapshot.metadata, &identity.uid) {
             return Err(not_owned("ConfigMap", snapshot_name, identity));
@@ -265,35 +306,66 @@ fn condition_time(job: &Job, type_: &str) -> Option<(Timestamp, Option<String>, 
     Some((at, c.reason.clone(), c.message.clone()))
 }
 
-/// The state of the attempt's Job; for a failed Job, also how its pod ended.
-async fn observe_job(ctx: &Context, identity: &RunIdentity, attempt: &AttemptStatus) -> Result<JobState> {
+/// What a Job's status says of its pods, so that a reconcile lists pods or Events only when it must.
+#[derive(Debug, Clone, Copy, Default)]
+struct JobPods {
+    /// Pods the Job controller counts as active (pending or running).
+    active: i32,
+    /// How long ago the Job was created (whole seconds, as the API keeps it).
+    age: Duration,
+}
+
+/// The state of the attempt's Job, and what it says of its pods; for a failed Job, also how its pod ended.
+async fn observe_job(ctx: &Context, identity: &RunIdentity, attempt: &AttemptStatus) -> Result<(JobState, JobPods)> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &identity.namespace);
     let name = &attempt.job_name;
     let Some(found) = jobs.get_opt(name).await.map_err(Error::kube(format!("reading Job {name}")))? else {
-        return Ok(JobState::Missing);
+        return Ok((JobState::Missing, JobPods::default()));
     };
     if !owned_by(&found.metadata, &identity.uid) {
         return Err(not_owned("Job", name.clone(), identity));
     }
+    let pods = JobPods {
+        active: found.status.as_ref().and_then(|s| s.active).unwrap_or(0),
+        age: found.metadata.creation_timestamp.as_ref().map_or(Duration::ZERO, |t| {
+            Duration::try_from(Timestamp::now().duration_since(t.0)).unwrap_or(Duration::ZERO)
+        }),
+    };
     if let Some((at, _, _)) = condition_time(&found, "Complete") {
         let finished_at = found.status.as_ref().and_then(|s| s.completion_time.as_ref()).map_or(at, |t| t.0);
-        return Ok(JobState::Complete { finished_at: Some(finished_at) });
+        return Ok((JobState::Complete { finished_at: Some(finished_at) }, pods));
     }
     if let Some((at, reason, message)) = condition_time(&found, "Failed") {
         let pod = last_pod(ctx, identity, name).await?;
         let failure = JobFailure { job_reason: reason, job_message: message, pod };
-        return Ok(JobState::Failed { failure, finished_at: Some(at) });
+        return Ok((JobState::Failed { failure, finished_at: Some(at) }, pods));
     }
-    Ok(JobState::Active)
+    Ok((JobState::Active, pods))
 }
 
-/// Why the attempt's pod cannot start, if it cannot, and whether the Job has a pod at all. Without a pod, the
-/// Job controller's `FailedCreate` Event says why (e.g. a missing ServiceAccount); with one, its kubelet does.
+/// How long a Job may have no pod before the operator looks for the Job controller's `FailedCreate` Events:
+/// before that its pod is normally just not created yet, and listing Events for every new Job would cost the
+/// apiserver a scan of the namespace's Events per run (the plan looks again after `NO_POD_RECHECK`).
+const YOUNG_JOB: Duration = Duration::from_secs(2);
+
+/// Why the attempt's pod cannot start, if it cannot, and whether the Job has a pod at all. With a pod, its
+/// kubelet says why, as the pod watch saw it (no request); without one, the Job controller's `FailedCreate` Event
+/// does (e.g. a missing ServiceAccount), looked up only once the Job is no longer young.
 async fn observe_blocker(
     ctx: &Context,
     identity: &RunIdentity,
     job_name: &str,
+    job_pods: JobPods,
 ) -> Result<(Option<PodBlocker>, Option<bool>)> {
+    if let Some(blocker) = ctx.pod_ends.blocker(&identity.namespace, job_name) {
+        return Ok((Some(blocker), Some(true)));
+    }
+    if job_pods.active > 0 {
+        return Ok((None, Some(true)));
+    }
+    if job_pods.age < YOUNG_JOB {
+        return Ok((None, Some(false)));
+    }
     let pods = super::pods_of_job(ctx, &identity.namespace, job_name).await?;
     if !pods.is_empty() {
         return Ok((pods.iter().find_map(pod_blocker), Some(true)));

@@ -42,6 +42,8 @@ pub struct Context {
     pub pod_ends: etlrun::PodEnds,
     pub lake_checks: etlrun::LakeChecks,
     pub lakes: Lakes,
+    /// How many EtlRuns are reconciled at once (`--reconcile-concurrency`; see `Config`).
+    pub reconcile_concurrency: u16,
 }
 
 /// The controllers, as named in metric labels and logs.

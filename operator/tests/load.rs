@@ -1,0 +1,437 @@
+//! The operator's load benchmark (issue #10, item 9): 1,000 EtlRuns created at once against the test control
+//! plane, the real operator binary running as a process of its own. It prints, on stderr (uncaptured, so that
+//! `./scripts/test.sh` shows it), the create → Job latency (p50/p95/p99/max), the reconciles and apiserver
+//! requests per run and the operator's peak RSS, against the goal (p99 < 1 s, RSS < 64 MiB).
+//!
+//! A benchmark, not a timed test: the figures are reported, never asserted (a 2-core CI machine shared with other
+//! work must not make it flaky). What it does assert is that the operator kept up at all: every run gets exactly
+//! one Job (`{run}-a1`, owned by it) within two minutes and its status says attempt 1 runs as that Job.
+//!
+//! Method:
+//! * Latency: the benchmark creates the runs 32 requests at a time and notes, per run, the instant its create
+//!   returned; a watch on Jobs notes the instant each Job's first event arrived. Both are the benchmark's own
+//!   monotonic clock, so the figure has sub-second precision (the objects' `creationTimestamp` has whole
+//!   seconds only) and includes the operator's watch delay, its reconcile and the Job's create.
+//! * Reconciles: `silverline_reconciles_total{controller="etlrun"}` from the operator's `/metrics`.
+//! * Apiserver requests: the apiserver's own `apiserver_request_total`, before and after, by verb and resource.
+//!   The control plane has no per-user label (priority and fairness is off), so the operator's requests are
+//!   told apart by what only it does: every request on `etl.silverline.dev` except the benchmark's creates, on
+//!   configmaps and on `events.k8s.io` (the kube-controller-manager writes core Events), and gets, lists,
+//!   creates and deletes of Jobs, lists of pods and of core Events (the controller-manager only watches those).
+//!   Leases (both renew theirs on a timer) are left out.
+//! * Peak RSS: `VmHWM` in `/proc/PID/status` of the operator process at the end.
+//!
+//! There is no test kubelet here: the Jobs' pods stay Pending (the benchmark stops at Job creation), which keeps
+//! 1,000 worker processes off the 2 cores that the operator and the control plane are measured on.
+
+mod support;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{ListParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use silverline_crds::{EtlRun, EtlRunSpec};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{TestNamespace, eventually, free_port};
+
+/// How many runs are created at once.
+const RUNS: usize = 1_000;
+/// How many creates the benchmark has in flight at a time (a burst, as `kubectl apply` of a directory or a
+/// GitOps sync would send, without opening 1,000 connections).
+const CREATES_IN_FLIGHT: usize = 32;
+
+/// Prints to the test's stderr without the test harness capturing it.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, $($arg)*);
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_thousand_runs_created_at_once_each_get_their_job() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "load").await;
+    let outcome = std::panic::AssertUnwindSafe(benchmark(client.clone(), ns.name.clone())).catch_unwind().await;
+    // Whatever happened, the namespace's 4,000 objects go, and the tests after this one meet an idle apiserver.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(&ns.name, &kube::api::DeleteParams::default()).await;
+    wait_namespace_gone(&client, &ns.name).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn benchmark(client: Client, namespace: String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dataset = support::transactions_dataset(&dir.path().join("lake"), 3);
+    support::create_dataset(&client, &namespace, &dataset).await;
+
+    let mut operator = OperatorProcess::start(&namespace, dir.path()).await;
+    let jobs_seen = watch_jobs(client.clone(), &namespace).await;
+    let requests_before = apiserver_requests(&client).await;
+    let reconciles_before = operator.metric(r#"silverline_reconciles_total{controller="etlrun"}"#).await;
+
+    // The burst: every run created as fast as the client can, each noting when its create returned.
+    let runs: Api<EtlRun> = Api::namespaced(client.clone(), &namespace);
+    let started = Instant::now();
+    let created: HashMap<String, Instant> = futures::stream::iter((0..RUNS).map(|i| {
+        let runs = runs.clone();
+        async move {
+            let name = format!("load-{i:04}");
+            let spec = EtlRunSpec {
+                dataset: "transactions".into(),
+                input: format!("/data/in/{name}.csv"),
+                resources: None,
+                deadline_seconds: None,
+            };
+            runs.create(&PostParams::default(), &EtlRun::new(&name, spec))
+                .await
+                .unwrap_or_else(|e| panic!("cannot create EtlRun {name}: {e}"));
+            (name, Instant::now())
+        }
+    }))
+    .buffer_unordered(CREATES_IN_FLIGHT)
+    .collect()
+    .await;
+    let burst = started.elapsed();
+
+    let mut all_jobs = HashMap::new();
+    while started.elapsed() < Duration::from_secs(120) {
+        all_jobs = jobs_seen.lock().expect("jobs seen").clone();
+        if all_jobs.len() >= RUNS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        all_jobs.len() >= RUNS,
+        "only {} of {RUNS} runs got their Job within 120 s (created in {:.1} s); the operator's log ends:\n{}",
+        all_jobs.len(),
+        burst.as_secs_f64(),
+        operator.log_tail()
+    );
+    let all_jobs_after = started.elapsed();
+    // Then until the operator is idle again (the Job controller's pods and Job status updates wake it too).
+    let reconciles_after = operator.quiet("silverline_reconciles_total{controller=\"etlrun\"}").await;
+    let requests_after = apiserver_requests(&client).await;
+    let peak_rss_kib = operator.peak_rss_kib();
+
+    let mut latencies: Vec<Duration> = created
+        .iter()
+        .map(|(run, created_at)| {
+            let job = format!("{run}-a1");
+            let seen = all_jobs.get(&job).unwrap_or_else(|| panic!("no Job {job} for EtlRun {run}"));
+            seen.saturating_duration_since(*created_at)
+        })
+        .collect();
+    latencies.sort();
+    let reconciles = reconciles_after - reconciles_before;
+    let requests = RequestDelta::between(&requests_before, &requests_after);
+
+    report!("\n==== operator load benchmark: {RUNS} EtlRuns created at once (debug build, test control plane) ====");
+    report!(
+        "created in {:.2} s ({CREATES_IN_FLIGHT} creates in flight); every Job seen after {:.2} s",
+        burst.as_secs_f64(),
+        all_jobs_after.as_secs_f64()
+    );
+    report!(
+        "create -> Job latency: p50 {} ms, p95 {} ms, p99 {} ms, max {} ms",
+        percentile(&latencies, 50).as_millis(),
+        percentile(&latencies, 95).as_millis(),
+        percentile(&latencies, 99).as_millis(),
+        latencies.last().copied().unwrap_or_default().as_millis()
+    );
+    report!("reconciles per run: {:.2} ({reconciles} in all)", reconciles / RUNS as f64);
+    report!(
+        "apiserver requests per run by the operator: {:.2} ({} in all); by everyone: {:.2}",
+        requests.operator as f64 / RUNS as f64,
+        requests.operator,
+        requests.total as f64 / RUNS as f64
+    );
+    for (series, n) in &requests.operator_by_series {
+        report!("    {series:<40} {:>6.2} per run", *n as f64 / RUNS as f64);
+    }
+    report!("operator peak RSS (VmHWM): {:.1} MiB", peak_rss_kib as f64 / 1024.0);
+    let p99 = percentile(&latencies, 99);
+    let rss_ok = peak_rss_kib < 64 * 1024;
+    report!(
+        "goal p99 < 1 s: {}; goal RSS < 64 MiB: {}\n",
+        if p99 < Duration::from_secs(1) { "met" } else { "MISSED" },
+        if rss_ok { "met" } else { "MISSED" }
+    );
+
+    // What the figures stand on: exactly one Job per run, owned by it, and each run's status names it.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    let listed = jobs.list(&ListParams::default()).await.expect("list Jobs");
+    assert_eq!(listed.items.len(), RUNS, "one Job per run, no more");
+    let listed_runs = runs.list(&ListParams::default()).await.expect("list EtlRuns");
+    let uids: HashMap<String, String> =
+        listed_runs.items.iter().map(|r| (r.name_any(), r.uid().unwrap_or_default())).collect();
+    for job in &listed.items {
+        let run = job
+            .name_any()
+            .strip_suffix("-a1")
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("Job {} is not an attempt 1", job.name_any()));
+        let uid = uids.get(&run).unwrap_or_else(|| panic!("Job {} has no EtlRun", job.name_any()));
+        assert!(
+            job.owner_references().iter().any(|o| &o.uid == uid),
+            "Job {} is not owned by EtlRun {run}",
+            job.name_any()
+        );
+    }
+    for run in &listed_runs.items {
+        let status = run.status.as_ref().unwrap_or_else(|| panic!("EtlRun {} has no status", run.name_any()));
+        let attempt = status.attempts.first().unwrap_or_else(|| panic!("EtlRun {} has no attempt", run.name_any()));
+        assert_eq!(
+            (status.attempts.len(), attempt.job_name.clone()),
+            (1, format!("{}-a1", run.name_any())),
+            "EtlRun {}",
+            run.name_any()
+        );
+    }
+    assert!(operator.terminate().await, "the operator did not stop cleanly on SIGTERM:\n{}", operator.log_tail());
+}
+
+/// The `q`-th percentile (nearest rank) of sorted durations.
+fn percentile(sorted: &[Duration], q: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (q * sorted.len()).div_ceil(100).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Watches the namespace's Jobs and notes when each was first seen.
+async fn watch_jobs(client: Client, namespace: &str) -> Arc<Mutex<HashMap<String, Instant>>> {
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let jobs: Api<Job> = Api::namespaced(client, namespace);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut events = watcher(jobs, watcher::Config::default()).boxed();
+        while let Some(event) = events.next().await {
+            let now = Instant::now();
+            match event {
+                Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
+                    record.lock().expect("jobs seen").entry(job.name_any()).or_insert(now);
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => report!("load benchmark: Job watch error: {e}"),
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .expect("the Job watch started within 30 s")
+        .expect("the Job watch task");
+    seen
+}
+
+/// `apiserver_request_total` by (verb, group, resource, subresource), summed over the other labels.
+async fn apiserver_requests(client: &Client) -> BTreeMap<(String, String, String, String), f64> {
+    let request = axum::http::Request::get("/metrics").body(Vec::new()).expect("a GET request");
+    let text = client.request_text(request).await.expect("the apiserver's /metrics");
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let Some((labels, value)) = line.strip_prefix("apiserver_request_total{").and_then(|l| l.rsplit_once("} "))
+        else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split("\",")
+                .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let key = (label("verb"), label("group"), label("resource"), label("subresource"));
+        *out.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+/// The apiserver's requests in the benchmark's window: all of them, and the operator's by verb and resource.
+struct RequestDelta {
+    total: u64,
+    operator: u64,
+    operator_by_series: Vec<(String, u64)>,
+}
+
+impl RequestDelta {
+    fn between(
+        before: &BTreeMap<(String, String, String, String), f64>,
+        after: &BTreeMap<(String, String, String, String), f64>,
+    ) -> RequestDelta {
+        let mut delta = RequestDelta { total: 0, operator: 0, operator_by_series: Vec::new() };
+        for (key, value) in after {
+            let n = (value - before.get(key).copied().unwrap_or(0.0)).max(0.0) as u64;
+            if n == 0 {
+                continue;
+            }
+            delta.total += n;
+            let (verb, group, resource, subresource) = key;
+            if is_operators(verb, group, resource, subresource) {
+                delta.operator += n;
+                let group = if group.is_empty() { String::new() } else { format!(".{group}") };
+                let sub = if subresource.is_empty() { String::new() } else { format!("/{subresource}") };
+                delta.operator_by_series.push((format!("{verb} {resource}{group}{sub}"), n));
+            }
+        }
+        delta.operator_by_series.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        delta
+    }
+}
+
+/// Whether a request of this kind can only come from the operator in this benchmark (see the file's doc).
+fn is_operators(verb: &str, group: &str, resource: &str, subresource: &str) -> bool {
+    match (group, resource) {
+        ("etl.silverline.dev", "etlruns") => !(verb == "POST" && subresource.is_empty()),
+        ("etl.silverline.dev", _) | ("", "configmaps") | ("events.k8s.io", _) => true,
+        ("batch", "jobs") => subresource.is_empty() && matches!(verb, "GET" | "LIST" | "POST" | "DELETE"),
+        ("", "pods" | "events") => verb == "LIST",
+        _ => false,
+    }
+}
+
+/// Waits (up to 30 s, without failing: it is cleanup) until the namespace is gone.
+async fn wait_namespace_gone(client: &Client, name: &str) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if matches!(namespaces.get_opt(name).await, Ok(None)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    report!("load benchmark: namespace {name} removed in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The operator binary as a process of its own, with its defaults (the concurrency under test) and the
+/// benchmark's namespace.
+struct OperatorProcess {
+    child: tokio::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl OperatorProcess {
+    async fn start(namespace: &str, dir: &std::path::Path) -> OperatorProcess {
+        let port = free_port();
+        let log = dir.join("operator.log");
+        let file = std::fs::File::create(&log).expect("operator log");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_silverline-operator"))
+            .args(["--namespace", namespace, "--lease-namespace", namespace, "--identity", "load"])
+            .args(["--worker-image", "ghcr.io/silverline-dev/silverline-worker:test"])
+            .args(["--worker-service-account", "default"])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start silverline-operator");
+        let operator = OperatorProcess { child, port, log };
+        eventually("the operator leads", Duration::from_secs(60), || async {
+            (operator.metric("silverline_leader").await == 1.0).then_some(())
+        })
+        .await;
+        operator
+    }
+
+    /// One sample's value from the operator's `/metrics` (0 when absent or unreachable).
+    async fn metric(&self, series: &str) -> f64 {
+        let body = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
+            let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+            tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.ok()?;
+            let mut response = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await.ok()?;
+            Some(response)
+        }
+        .await
+        .unwrap_or_default();
+        body.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+    }
+
+    /// Waits until `series` has not changed for 3 s (at most 60 s) and returns its value.
+    async fn quiet(&self, series: &str) -> f64 {
+        let started = Instant::now();
+        let mut last = self.metric(series).await;
+        let mut since = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) && since.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = self.metric(series).await;
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+        }
+        last
+    }
+
+    /// The process's peak resident set (`VmHWM`), in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("the operator is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+
+    async fn terminate(&mut self) -> bool {
+        let Some(pid) = self.child.id() else { return false };
+        let sent = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        assert!(sent.is_ok_and(|s| s.success()), "cannot send SIGTERM to the operator");
+        matches!(tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await, Ok(Ok(s)) if s.success())
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+#[test]
+fn percentiles_are_nearest_rank() {
+    let ms: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+    assert_eq!([50, 95, 99, 100].map(|q| percentile(&ms, q).as_millis()), [50, 95, 99, 100]);
+    assert_eq!(percentile(&ms[..1], 99), Duration::from_millis(1));
+    assert_eq!(percentile(&[], 50), Duration::ZERO);
+}
+
+#[test]
+fn the_operators_requests_are_told_apart_from_the_benchmarks_and_the_controller_managers() {
+    let cases = [
+        (("POST", "etl.silverline.dev", "etlruns", ""), false),
+        (("PATCH", "etl.silverline.dev", "etlruns", "status"), true),
+        (("GET", "etl.silverline.dev", "datasets", ""), true),
+        (("POST", "batch", "jobs", ""), true),
+        (("PUT", "batch", "jobs", "status"), false),
+        (("POST", "", "pods", ""), false),
+        (("LIST", "", "pods", ""), true),
+        (("POST", "", "events", ""), false),
+        (("POST", "events.k8s.io", "events", ""), true),
+        (("PUT", "coordination.k8s.io", "leases", ""), false),
+    ];
+    for ((verb, group, resource, sub), expected) in cases {
+        assert_eq!(is_operators(verb, group, resource, sub), expected, "{verb} {group}/{resource}/{sub}");
+    }
+}
