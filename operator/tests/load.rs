@@ -44,6 +44,8 @@ const RUNS: usize = 1_000;
 /// How many creates the benchmark has in flight at a time (a burst, as `kubectl apply` of a directory or a
 /// GitOps sync would send, without opening 1,000 connections).
 const CREATES_IN_FLIGHT: usize = 32;
+/// How long the benchmark waits for every run's Job before it calls the operator hung.
+const HANG_GUARD: Duration = Duration::from_secs(600);
 
 /// Prints to the test's stderr without the test harness capturing it.
 macro_rules! report {
@@ -104,7 +106,9 @@ async fn benchmark(client: Client, namespace: String) {
     let burst = started.elapsed();
 
     let mut all_jobs = HashMap::new();
-    while started.elapsed() < Duration::from_secs(120) {
+    // A guard against a hang, not a goal: the latency figures printed below are what this benchmark reports, and a
+    // slow or shared machine must not turn them into a failure.
+    while started.elapsed() < HANG_GUARD {
         all_jobs = jobs_seen.lock().expect("jobs seen").clone();
         if all_jobs.len() >= RUNS {
             break;
@@ -113,8 +117,9 @@ async fn benchmark(client: Client, namespace: String) {
     }
     assert!(
         all_jobs.len() >= RUNS,
-        "only {} of {RUNS} runs got their Job within 120 s (created in {:.1} s); the operator's log ends:\n{}",
+        "only {} of {RUNS} runs got their Job within {} s (created in {:.1} s); the operator's log ends:\n{}",
         all_jobs.len(),
+        HANG_GUARD.as_secs(),
         burst.as_secs_f64(),
         operator.log_tail()
     );
