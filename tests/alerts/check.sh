@@ -43,6 +43,18 @@ else
   echo "alerts: no helm pinned (tests/tools/helm): the chart's PrometheusRule is not checked" >&2
 fi
 
+# Each test file orders every group of the rule file, the recording rules first: promtool evaluates the groups of
+# one instant in random order otherwise, and an alert on a recording rule then passes or fails by chance.
+groups="[$(sed -n 's/^  - name: //p' "$rules" | paste -sd, - | sed 's/,/, /g')]"
+[[ "$(sed -n 's/^  - name: //p' "$rules" | head -1)" == silverline.recording ]] ||
+  { echo "alerts: the first group of $rules must be silverline.recording (the recording rules)" >&2; exit 1; }
+for test_file in tests/alerts/*.test.yaml; do
+  grep -qxF "group_eval_order: $groups" "$test_file" || {
+    echo "alerts: $test_file must say 'group_eval_order: $groups' (every group of $rules, in its order)" >&2
+    exit 1
+  }
+done
+
 echo "promtool test rules tests/alerts/*.test.yaml" >&2
 "$promtool" test rules tests/alerts/*.test.yaml >&2
 echo "$promtool"
