@@ -155,7 +155,8 @@ impl Default for LifecycleSettings {
     }
 }
 
-/// How often a Job without any pod is looked at: its `FailedCreate` Events change nothing the controller watches.
+/// How often a Job without any pod is looked at. The watch of the Job controller's `FailedCreate` Events wakes
+/// its run at once; looking again keeps the bound of `pod_create_timeout` and covers an Event the watch missed.
 const NO_POD_RECHECK: Duration = Duration::from_secs(5);
 
 /// Everything one decision needs.
@@ -934,7 +935,7 @@ mod tests {
         assert!(
             matches!(p.transitions.as_slice(), [Transition::Waiting { message, .. }] if message.contains("ServiceAccount silverline-worker does not exist"))
         );
-        assert_eq!(p.requeue_after, Some(NO_POD_RECHECK), "FailedCreate wakes nothing: look again soon");
+        assert_eq!(p.requeue_after, Some(NO_POD_RECHECK), "looks again within the bound");
         assert!(p.delete_job.is_none());
         let still = blocked(&p.status, 30);
         assert!(still.transitions.is_empty() && still.status == p.status, "said once");

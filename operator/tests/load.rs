@@ -141,7 +141,12 @@ async fn benchmark(client: Client, namespace: String) {
     let reconciles = reconciles_after - reconciles_before;
     let requests = RequestDelta::between(&requests_before, &requests_after);
 
-    report!("\n==== operator load benchmark: {RUNS} EtlRuns created at once (debug build, test control plane) ====");
+    let cpu = operator.cpu_seconds();
+    report!(
+        "\n==== operator load benchmark: {RUNS} EtlRuns created at once ({}, test control plane; load average {}) ====",
+        operator_build(),
+        load_average()
+    );
     report!(
         "created in {:.2} s ({CREATES_IN_FLIGHT} creates in flight); every Job seen after {:.2} s",
         burst.as_secs_f64(),
@@ -164,7 +169,7 @@ async fn benchmark(client: Client, namespace: String) {
     for (series, n) in &requests.operator_by_series {
         report!("    {series:<40} {:>6.2} per run", *n as f64 / RUNS as f64);
     }
-    report!("operator peak RSS (VmHWM): {:.1} MiB", peak_rss_kib as f64 / 1024.0);
+    report!("operator peak RSS (VmHWM): {:.1} MiB; operator CPU (user+sys): {cpu:.1} s", peak_rss_kib as f64 / 1024.0);
     let p99 = percentile(&latencies, 99);
     let rss_ok = peak_rss_kib < 64 * 1024;
     report!(
@@ -339,7 +344,7 @@ impl OperatorProcess {
         let port = free_port();
         let log = dir.join("operator.log");
         let file = std::fs::File::create(&log).expect("operator log");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_silverline-operator"))
+        let child = tokio::process::Command::new(operator_binary())
             .args(["--namespace", namespace, "--lease-namespace", namespace, "--identity", "load"])
             .args(["--worker-image", "ghcr.io/silverline-dev/silverline-worker:test"])
             .args(["--worker-service-account", "default"])
@@ -390,6 +395,16 @@ impl OperatorProcess {
     }
 
     /// The process's peak resident set (`VmHWM`), in KiB.
+    /// The CPU time (user + system) the operator process has used, from `/proc/PID/stat`.
+    fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.id().expect("the operator is running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+        // Fields after the command name (which ends with the last ')'): state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')').expect("stat has a command name").1.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+        ticks / clock_ticks_per_second()
+    }
+
     fn peak_rss_kib(&self) -> u64 {
         let pid = self.child.id().expect("the operator is running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
@@ -439,4 +454,36 @@ fn the_operators_requests_are_told_apart_from_the_benchmarks_and_the_controller_
     for ((verb, group, resource, sub), expected) in cases {
         assert_eq!(is_operators(verb, group, resource, sub), expected, "{verb} {group}/{resource}/{sub}");
     }
+}
+
+/// The operator binary measured: `SILVERLINE_OPERATOR_BIN` (e.g. a release build, as deployed), else this test's
+/// own debug build.
+fn operator_binary() -> std::path::PathBuf {
+    std::env::var_os("SILVERLINE_OPERATOR_BIN")
+        .map_or_else(|| env!("CARGO_BIN_EXE_silverline-operator").into(), Into::into)
+}
+
+fn operator_build() -> String {
+    match std::env::var("SILVERLINE_OPERATOR_BIN") {
+        Ok(path) => format!("operator binary {path}"),
+        Err(_) => "debug build".to_owned(),
+    }
+}
+
+/// The machine's load average (1, 5, 15 minutes), which the figures depend on.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The kernel's clock ticks per second, the unit of `/proc/PID/stat`'s times (`getconf CLK_TCK`).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100.0)
 }

@@ -13,27 +13,47 @@ use crate::{Error, Result};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Api, ResourceExt};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
 use silverline_crds::{AttemptOutcome, AttemptStatus, Dataset, EtlRun, EtlRunPhase, EtlRunStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How worker pods ended, as last seen by a watch, by `{namespace}/{job}`. An evicted or failed pod is often
-/// removed (the Job controller releases it) before its Job's failure is reconciled; this keeps its exit code and
-/// disruption reason for a while. Memory only: after a restart such a failure is reported as `PodLost`.
+/// What the watches of worker pods and of the Job controller's `FailedCreate` Events last said, by
+/// `{namespace}/{job}`, so that a reconcile of a running attempt sends no request:
+/// - how worker pods ended: an evicted or failed pod is often removed (the Job controller releases it) before its
+///   Job's failure is reconciled; this keeps its exit code and disruption reason for a while. Memory only: after a
+///   restart such a failure is reported as `PodLost`;
+/// - why a Job's pod cannot start (`pod_blocker`), and which Jobs have had a pod at all;
+/// - why no pod of a Job can be created (the Job controller's `FailedCreate` Event, with the Job's uid: an Event
+///   of an earlier Job of the same name says nothing of this one).
 ///
-/// It also keeps why a worker pod cannot start (`pod_blocker`), as the watch last saw each Job's pod, so that a
-/// reconcile of a running attempt needs no pod list. After a restart the watch's first list fills it again.
+/// After a restart the watches' first lists fill it again.
 #[derive(Clone, Default)]
-pub struct PodEnds(Arc<std::sync::Mutex<std::collections::HashMap<String, (PodEnd, std::time::Instant)>>>, PodBlockers);
+pub struct PodEnds(Arc<std::sync::Mutex<PodMemory>>);
 
-type PodBlockers = Arc<std::sync::Mutex<std::collections::HashMap<String, PodBlocker>>>;
+#[derive(Default)]
+struct PodMemory {
+    ends: std::collections::HashMap<String, (PodEnd, std::time::Instant)>,
+    blockers: std::collections::HashMap<String, PodBlocker>,
+    /// Jobs seen with a pod, and when last.
+    with_pod: std::collections::HashMap<String, std::time::Instant>,
+    /// The newest `FailedCreate` message of each Job: (the Job's uid, the message, when seen).
+    cannot_create: std::collections::HashMap<String, (String, String, std::time::Instant)>,
+}
+
+impl PodMemory {
+    fn forget_old(&mut self) {
+        self.ends.retain(|_, (_, seen)| seen.elapsed() < PodEnds::KEEP);
+        self.with_pod.retain(|_, seen| seen.elapsed() < PodEnds::KEEP);
+        self.cannot_create.retain(|_, (_, _, seen)| seen.elapsed() < PodEnds::KEEP);
+    }
+}
 
 impl PodEnds {
     const KEEP: Duration = Duration::from_secs(3600);
@@ -42,36 +62,69 @@ impl PodEnds {
         format!("{namespace}/{job}")
     }
 
-    /// Remembers a pod's end if the pod has ended, and why it cannot start if it cannot.
+    /// Remembers that the pod's Job has a pod, how the pod ended if it has ended, and why it cannot start if it
+    /// cannot.
     pub fn observe(&self, pod: &Pod) {
         let (Some(namespace), Some(job)) =
             (pod.metadata.namespace.as_deref(), pod.labels().get("batch.kubernetes.io/job-name"))
         else {
             return;
         };
-        if let Ok(mut blockers) = self.1.lock() {
-            match pod_blocker(pod) {
-                Some(blocker) => blockers.insert(Self::key(namespace, job), blocker),
-                None => blockers.remove(&Self::key(namespace, job)),
-            };
+        let key = Self::key(namespace, job);
+        let Ok(mut memory) = self.0.lock() else { return };
+        let now = std::time::Instant::now();
+        if memory.with_pod.len() > 1024 && !memory.with_pod.contains_key(&key) {
+            memory.forget_old();
         }
+        memory.with_pod.insert(key.clone(), now);
+        match pod_blocker(pod) {
+            Some(blocker) => memory.blockers.insert(key.clone(), blocker),
+            None => memory.blockers.remove(&key),
+        };
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if !matches!(phase, Some("Failed" | "Succeeded")) {
-            return;
+        if matches!(phase, Some("Failed" | "Succeeded")) {
+            memory.forget_old();
+            memory.ends.insert(key, (pod_end(pod), now));
         }
-        if let Ok(mut ends) = self.0.lock() {
-            ends.retain(|_, (_, seen)| seen.elapsed() < Self::KEEP);
-            ends.insert(Self::key(namespace, job), (pod_end(pod), std::time::Instant::now()));
+    }
+
+    /// Remembers a `FailedCreate` Event of a Job (why none of its pods can be created).
+    pub fn observe_failed_create(&self, event: &k8s_openapi::api::core::v1::Event) {
+        let object = &event.involved_object;
+        let (Some(namespace), Some(job), Some(uid), Some(message)) = (
+            object.namespace.as_deref().or(event.metadata.namespace.as_deref()),
+            object.name.as_deref(),
+            object.uid.as_deref(),
+            event.message.as_deref(),
+        ) else {
+            return;
+        };
+        if let Ok(mut memory) = self.0.lock() {
+            memory.forget_old();
+            let seen = std::time::Instant::now();
+            memory.cannot_create.insert(Self::key(namespace, job), (uid.to_owned(), message.to_owned(), seen));
         }
     }
 
     pub fn get(&self, namespace: &str, job: &str) -> Option<PodEnd> {
-        self.0.lock().ok()?.get(&Self::key(namespace, job)).map(|(end, _)| end.clone())
+        self.0.lock().ok()?.ends.get(&Self::key(namespace, job)).map(|(end, _)| end.clone())
     }
 
     /// Why the Job's pod cannot start, as the watch last saw it.
     pub fn blocker(&self, namespace: &str, job: &str) -> Option<PodBlocker> {
-        self.1.lock().ok()?.get(&Self::key(namespace, job)).cloned()
+        self.0.lock().ok()?.blockers.get(&Self::key(namespace, job)).cloned()
+    }
+
+    /// Whether the pod watch has seen a pod of the Job.
+    pub fn has_pod(&self, namespace: &str, job: &str) -> bool {
+        self.0.lock().is_ok_and(|m| m.with_pod.contains_key(&Self::key(namespace, job)))
+    }
+
+    /// Why no pod of the Job with this uid can be created, as its newest `FailedCreate` Event says.
+    pub fn cannot_create(&self, namespace: &str, job: &str, uid: &str) -> Option<String> {
+        let memory = self.0.lock().ok()?;
+        let (of, message, _) = memory.cannot_create.get(&Self::key(namespace, job))?;
+        (of == uid).then(|| message.clone())
     }
 }
 
@@ -100,22 +153,87 @@ impl LakeChecks {
     }
 }
 
+/// What the EtlRun controller of one scope (every namespace, or one watched namespace) reads instead of asking
+/// the apiserver: the attempts' Jobs and the Datasets, from reflector stores fed by the very watches that trigger
+/// its reconciles (a store is updated before the reconcile its event triggers), and the contract snapshots it
+/// has created or read. A reconcile of a running attempt then sends no request at all; a store that does not
+/// (yet) hold an object is confirmed with one GET, so a lagging store never decides anything.
+pub struct Scope {
+    pub ctx: Arc<Context>,
+    jobs: Store<Job>,
+    datasets: Store<DeserializeGuard<Dataset>>,
+    snapshots: Snapshots,
+}
+
+/// The contract snapshots of unfinished runs, parsed, by the EtlRun's uid. A snapshot never changes (it is
+/// created once, owned by its run), so this copy is always right; it is dropped when the run ends or is gone.
+#[derive(Clone, Default)]
+struct Snapshots(Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Dataset>>>>);
+
+impl Snapshots {
+    fn get(&self, uid: &str) -> Option<Arc<Dataset>> {
+        self.0.lock().ok()?.get(uid).cloned()
+    }
+
+    fn insert(&self, uid: &str, dataset: Arc<Dataset>) {
+        if let Ok(mut snapshots) = self.0.lock() {
+            snapshots.insert(uid.to_owned(), dataset);
+        }
+    }
+
+    fn forget(&self, uid: &str) {
+        if let Ok(mut snapshots) = self.0.lock() {
+            snapshots.remove(uid);
+        }
+    }
+
+    /// Keeps only the snapshots of runs that still exist.
+    fn retain(&self, live: &std::collections::HashSet<String>) {
+        if let Ok(mut snapshots) = self.0.lock() {
+            snapshots.retain(|uid, _| live.contains(uid));
+        }
+    }
+}
+
+/// How often the snapshots of runs deleted before they finished are dropped.
+const SNAPSHOT_SWEEP: Duration = Duration::from_secs(60);
+
+/// What the operator keeps of a Job: its identity, owners, annotations, labels and status. The pod template
+/// and managed fields (most of a Job's bytes) are dropped before the store, to keep the operator's memory flat
+/// with thousands of runs.
+fn slim_job(job: &mut Job) {
+    job.metadata.managed_fields = None;
+    job.spec = None;
+}
+
 /// Runs the EtlRun controller: it owns the attempts' Jobs and looks again at the runs of a Dataset that appears
-/// or changes.
+/// or changes, at the run of a worker pod that cannot start and at the run of a Job whose pods cannot be created.
 pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
     let runs: Api<DeserializeGuard<EtlRun>> = scoped(ctx.client.clone(), ns);
-    let jobs: Api<Job> = scoped(ctx.client.clone(), ns);
-    let datasets: Api<DeserializeGuard<Dataset>> = scoped(ctx.client.clone(), ns);
+    let jobs_api: Api<Job> = scoped(ctx.client.clone(), ns);
+    let datasets_api: Api<DeserializeGuard<Dataset>> = scoped(ctx.client.clone(), ns);
     let pods: Api<Pod> = scoped(ctx.client.clone(), ns);
-    let pod_ends = ctx.pod_ends.clone();
+    let events: Api<k8s_openapi::api::core::v1::Event> = scoped(ctx.client.clone(), ns);
+    let (jobs, jobs_writer) = reflector::store();
+    let (datasets, datasets_writer) = reflector::store();
+    let job_stream = watcher(jobs_api, watcher::Config::default().labels(&managed_selector()))
+        .default_backoff()
+        .modify(slim_job)
+        .reflect(jobs_writer)
+        .touched_objects();
+    let dataset_stream =
+        watcher(datasets_api, watcher::Config::default()).default_backoff().reflect(datasets_writer).touched_objects();
+    let scope = Arc::new(Scope { ctx: ctx.clone(), jobs: jobs.clone(), datasets, snapshots: Snapshots::default() });
+    let (pod_ends, failed_creates) = (ctx.pod_ends.clone(), ctx.pod_ends.clone());
     // Bounded, not kube-runtime's unbounded default: see `Context::reconcile_concurrency`.
     let controller = Controller::new(runs, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.reconcile_concurrency));
     let store = controller.store();
     let exported = store.clone();
+    let swept = store.clone();
     let runs = controller
-        .owns(jobs, watcher::Config::default().labels(&managed_selector()))
-        .watches(datasets, watcher::Config::default(), move |dataset| {
+        .owns_stream(job_stream)
+        .watches_stream(dataset_stream, move |dataset| {
             // A Dataset that appears or changes may unblock the runs waiting for it.
             let (name, namespace) = (dataset.name_any(), dataset.namespace());
             store
@@ -135,12 +253,35 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
             let run = pod.labels().get(job::LABEL_ETLRUN).filter(|_| pod_blocker(&pod).is_some());
             run.map(|name| ObjectRef::new(name).within(pod.namespace().as_deref().unwrap_or_default()))
         })
+        .watches(events, watcher::Config::default().fields(FAILED_CREATE_EVENTS), move |event| {
+            // Why no pod of a Job can be created (e.g. a missing ServiceAccount) changes nothing of the Job: the
+            // Job controller's Event is the only news of it. It wakes the Job's run at once.
+            failed_creates.observe_failed_create(&event);
+            let (namespace, name) = (event.involved_object.namespace.clone()?, event.involved_object.name.clone()?);
+            let job = jobs.get(&ObjectRef::new(&name).within(&namespace))?;
+            let run = job.labels().get(job::LABEL_ETLRUN)?;
+            Some(ObjectRef::new(run).within(&namespace))
+        })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx.clone());
-    let (metrics, scope) = (ctx.metrics.clone(), ns.unwrap_or_default());
+        .run(reconcile, error_policy, scope.clone());
+    let (metrics, label) = (ctx.metrics.clone(), ns.unwrap_or_default());
     tokio::select! {
         () = drain(runs, ControllerName::EtlRun) => {}
-        () = crate::metrics::export_from(exported, |runs| metrics.set_runs(scope, runs, Timestamp::now())) => {}
+        () = crate::metrics::export_from(exported, |runs| metrics.set_runs(label, runs, Timestamp::now())) => {}
+        () = sweep_snapshots(swept, scope.snapshots.clone()) => {}
+    }
+}
+
+/// The Job controller's Events that say a Job's pods cannot be created.
+const FAILED_CREATE_EVENTS: &str = "involvedObject.kind=Job,reason=FailedCreate";
+
+/// Drops the snapshots of runs that are gone (deleted before they finished), now and then.
+async fn sweep_snapshots(runs: Store<DeserializeGuard<EtlRun>>, snapshots: Snapshots) {
+    let mut ticker = tokio::time::interval(SNAPSHOT_SWEEP);
+    loop {
+        ticker.tick().await;
+        let live = runs.state().iter().filter_map(|run| run.meta().uid.clone()).collect();
+        snapshots.retain(&live);
     }
 }
 
@@ -149,31 +290,35 @@ fn managed_selector() -> String {
 }
 
 /// One reconcile of one EtlRun.
-pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) -> Result<Action> {
+    let ctx = &scope.ctx;
     let _timer = ctx.metrics.reconcile_started(ControllerName::EtlRun.label());
     let run = match &guard.0 {
         Ok(run) => run,
         Err(invalid) => {
             let name = invalid.metadata.name.clone().unwrap_or_default();
             let message = invalid.error.clone();
-            publish::<EtlRun>(&ctx, &invalid.metadata, EventType::Warning, "InvalidResource", "Read", message.clone())
+            publish::<EtlRun>(ctx, &invalid.metadata, EventType::Warning, "InvalidResource", "Read", message.clone())
                 .await;
             return Err(Error::InvalidResource { kind: "EtlRun", name, message });
         }
     };
     if run.phase().is_some_and(EtlRunPhase::is_terminal) {
+        if let Some(uid) = &run.metadata.uid {
+            scope.snapshots.forget(uid);
+        }
         return Ok(Action::await_change());
     }
     let identity = RunIdentity::of(run)?;
     let status = run.status.clone().unwrap_or_default();
-    let contract = load_contract(&ctx, run, &identity, &status).await?;
+    let contract = load_contract(&scope, run, &identity, &status).await?;
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
     let mut lake_error = None;
     let (job_state, lake, lake_checks, blocker, job_has_pod) = match (&current, &contract) {
         (Some(attempt), Ok(dataset)) => {
-            let (job_state, pods) = observe_job(&ctx, &identity, attempt).await?;
+            let (job_state, pods) = observe_job(&scope, &identity, attempt).await?;
             let (blocker, job_has_pod) = match job_state {
-                JobState::Active => observe_blocker(&ctx, &identity, &attempt.job_name, pods).await?,
+                JobState::Active => observe_blocker(ctx, &identity, &attempt.job_name, pods),
                 _ => (None, None),
             };
             let (lake, checks) = match job_state {
@@ -181,7 +326,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
                 _ => {
                     ctx.metrics.lake_checks.with_label_values(&[&run.spec.dataset]).inc();
                     let checks = ctx.lake_checks.count(&attempt.run_id, attempt.lake_checks);
-                    match read_lake(&ctx, dataset, &attempt.run_id).await {
+                    match read_lake(ctx, dataset, &attempt.run_id).await {
                         Ok(found) => (Some(found), checks),
                         // The run says so (condition, Event) and the plan bounds it by the lake grace period.
                         Err(e @ (Error::Lake { .. } | Error::LakeRead { .. })) => {
@@ -219,16 +364,16 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
         ctx.lake_checks.forget(&ended.run_id);
     }
     if plan.status != status {
-        write_status(&ctx, run, &plan.status).await?;
+        write_status(ctx, run, &plan.status).await?;
     }
     // The Job right after the status that names it, the Events after the Job: an Event is not on the way from
     // a new run to its Job. A failed create or delete is returned once the Events are out.
-    let acted = act(&ctx, run, &identity, &plan, &contract).await;
+    let acted = act(&scope, run, &identity, &plan, &contract).await;
     for transition in &plan.transitions {
         ctx.metrics.record_report(&run.spec.dataset, transition, observed.lake.as_ref());
-        report(&ctx, run, &plan.status, transition).await;
+        report(&scope, run, &plan.status, transition).await;
         if let (Transition::Finished { phase: EtlRunPhase::Succeeded, .. }, Ok(dataset)) = (transition, &contract) {
-            request_promotion(&ctx, run, &identity, dataset, &plan.status).await;
+            request_promotion(ctx, run, &identity, dataset, &plan.status).await;
         }
     }
     acted?;
@@ -237,63 +382,78 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, ctx: Arc<Context>) 
 
 /// Deletes the Job the plan gives up and creates the one it launches.
 async fn act(
-    ctx: &Context,
+    scope: &Scope,
     run: &EtlRun,
     identity: &RunIdentity,
     plan: &lifecycle::Plan,
-    contract: &Result<Dataset, ContractProblem>,
+    contract: &Result<Arc<Dataset>, ContractProblem>,
 ) -> Result<()> {
     if let Some(job_name) = &plan.delete_job {
-        delete_job(ctx, identity, job_name).await?;
+        delete_job(&scope.ctx, identity, job_name).await?;
     }
     if let (Some(attempt), Ok(dataset)) = (&plan.launch, contract) {
-        launch(ctx, run, identity, dataset, attempt).await?;
+        launch(scope, run, identity, dataset, attempt).await?;
     }
     Ok(())
 }
 
-fn error_policy(guard: Arc<DeserializeGuard<EtlRun>>, error: &Error, ctx: Arc<Context>) -> Action {
-    shared_error_policy(ControllerName::EtlRun, &guard, error, &ctx)
+fn error_policy(guard: Arc<DeserializeGuard<EtlRun>>, error: &Error, scope: Arc<Scope>) -> Action {
+    shared_error_policy(ControllerName::EtlRun, &guard, error, &scope.ctx)
 }
 
 /// The run's contract: its snapshot once an attempt was launched, else the Dataset as it is now. A status with
 /// no attempt needs no look for a snapshot: the snapshot is created only after a status naming an attempt was
-/// written, so if one exists this view is stale and its status write will conflict.
+/// written, so if one exists this view is stale and its status write will conflict. The snapshot comes from
+/// memory once created or read; the Dataset from the controller's store, confirmed with a GET when missing there.
 async fn load_contract(
-    ctx: &Context,
+    scope: &Scope,
     run: &EtlRun,
     identity: &RunIdentity,
     status: &EtlRunStatus,
-) -> Result<Result<Dataset, ContractProblem>> {
-    let snapshots: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &identity.namespace);
-    let snapshot_name = job::contract_name(&identity.name);
-    let snapshot = match status.attempts.is_empty() {
-        true => None,
-        false => snapshots
+) -> Result<Result<Arc<Dataset>, ContractProblem>> {
+    let ctx = &scope.ctx;
+    if !status.attempts.is_empty() {
+        if let Some(dataset) = scope.snapshots.get(&identity.uid) {
+            return Ok(Ok(dataset));
+        }
+        let snapshots: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+        let snapshot_name = job::contract_name(&identity.name);
+        let found = snapshots
             .get_opt(&snapshot_name)
             .await
-            .map_err(Error::kube(format!("reading ConfigMap {snapshot_name}")))?,
-    };
-    if let Some(snapshot) = snapshot {
-        if !owned_by(&snapshot.metadata, &identity.uid) {
-            return Err(not_owned("ConfigMap", snapshot_name, identity));
+            .map_err(Error::kube(format!("reading ConfigMap {snapshot_name}")))?;
+        if let Some(snapshot) = found {
+            if !owned_by(&snapshot.metadata, &identity.uid) {
+                return Err(not_owned("ConfigMap", snapshot_name, identity));
+            }
+            let text = snapshot.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY)).ok_or_else(|| {
+                Error::Snapshot { name: snapshot_name.clone(), message: format!("it has no key {}", job::CONTRACT_KEY) }
+            })?;
+            let dataset = Arc::new(
+                Dataset::from_manifest(text)
+                    .map_err(|e| Error::Snapshot { name: snapshot_name.clone(), message: e.to_string() })?,
+            );
+            scope.snapshots.insert(&identity.uid, dataset.clone());
+            return Ok(Ok(dataset));
         }
-        let text = snapshot.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY)).ok_or_else(|| Error::Snapshot {
-            name: snapshot_name.clone(),
-            message: format!("it has no key {}", job::CONTRACT_KEY),
-        })?;
-        let dataset = Dataset::from_manifest(text)
-            .map_err(|e| Error::Snapshot { name: snapshot_name.clone(), message: e.to_string() })?;
-        return Ok(Ok(dataset));
     }
     let name = run.spec.dataset.clone();
-    let datasets: Api<DeserializeGuard<Dataset>> = Api::namespaced(ctx.client.clone(), &identity.namespace);
-    let found = datasets.get_opt(&name).await.map_err(Error::kube(format!("reading Dataset {name}")))?;
-    Ok(match found {
+    let cached = scope.datasets.get(&ObjectRef::new(&name).within(&identity.namespace));
+    let found = match cached {
+        Some(found) => Some(found),
+        None => {
+            // Not in the store: absent, or created a moment ago and not seen by the watch yet.
+            let datasets: Api<DeserializeGuard<Dataset>> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+            datasets.get_opt(&name).await.map_err(Error::kube(format!("reading Dataset {name}")))?.map(Arc::new)
+        }
+    };
+    Ok(match found.as_deref() {
         None => Err(ContractProblem::DatasetNotFound { name }),
-        Some(DeserializeGuard(Err(invalid))) => Err(ContractProblem::InvalidDataset { name, message: invalid.error }),
+        Some(DeserializeGuard(Err(invalid))) => {
+            Err(ContractProblem::InvalidDataset { name, message: invalid.error.clone() })
+        }
         Some(DeserializeGuard(Ok(dataset))) => match dataset.validate() {
-            Ok(()) => Ok(dataset),
+            Ok(()) => Ok(Arc::new(dataset.clone())),
             Err(e) => Err(ContractProblem::InvalidDataset { name, message: e.to_string() }),
         },
     })
@@ -307,78 +467,66 @@ fn condition_time(job: &Job, type_: &str) -> Option<(Timestamp, Option<String>, 
 }
 
 /// What a Job's status says of its pods, so that a reconcile lists pods or Events only when it must.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct JobPods {
     /// Pods the Job controller counts as active (pending or running).
     active: i32,
-    /// How long ago the Job was created (whole seconds, as the API keeps it).
-    age: Duration,
+    /// The Job's uid (its `FailedCreate` Events name it).
+    uid: String,
 }
 
-/// The state of the attempt's Job, and what it says of its pods; for a failed Job, also how its pod ended.
-async fn observe_job(ctx: &Context, identity: &RunIdentity, attempt: &AttemptStatus) -> Result<(JobState, JobPods)> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+/// The state of the attempt's Job, and what it says of its pods; for a failed Job, also how its pod ended. The
+/// Job comes from the controller's store; one missing there is confirmed with a GET (it may have been created a
+/// moment ago).
+async fn observe_job(scope: &Scope, identity: &RunIdentity, attempt: &AttemptStatus) -> Result<(JobState, JobPods)> {
     let name = &attempt.job_name;
-    let Some(found) = jobs.get_opt(name).await.map_err(Error::kube(format!("reading Job {name}")))? else {
-        return Ok((JobState::Missing, JobPods::default()));
+    let found = match scope.jobs.get(&ObjectRef::new(name).within(&identity.namespace)) {
+        Some(job) => job,
+        None => {
+            let jobs: Api<Job> = Api::namespaced(scope.ctx.client.clone(), &identity.namespace);
+            match jobs.get_opt(name).await.map_err(Error::kube(format!("reading Job {name}")))? {
+                Some(job) => Arc::new(job),
+                None => return Ok((JobState::Missing, JobPods::default())),
+            }
+        }
     };
     if !owned_by(&found.metadata, &identity.uid) {
         return Err(not_owned("Job", name.clone(), identity));
     }
     let pods = JobPods {
         active: found.status.as_ref().and_then(|s| s.active).unwrap_or(0),
-        age: found.metadata.creation_timestamp.as_ref().map_or(Duration::ZERO, |t| {
-            Duration::try_from(Timestamp::now().duration_since(t.0)).unwrap_or(Duration::ZERO)
-        }),
+        uid: found.metadata.uid.clone().unwrap_or_default(),
     };
     if let Some((at, _, _)) = condition_time(&found, "Complete") {
         let finished_at = found.status.as_ref().and_then(|s| s.completion_time.as_ref()).map_or(at, |t| t.0);
         return Ok((JobState::Complete { finished_at: Some(finished_at) }, pods));
     }
     if let Some((at, reason, message)) = condition_time(&found, "Failed") {
-        let pod = last_pod(ctx, identity, name).await?;
+        let pod = last_pod(&scope.ctx, identity, name).await?;
         let failure = JobFailure { job_reason: reason, job_message: message, pod };
         return Ok((JobState::Failed { failure, finished_at: Some(at) }, pods));
     }
     Ok((JobState::Active, pods))
 }
 
-/// How long a Job may have no pod before the operator looks for the Job controller's `FailedCreate` Events:
-/// before that its pod is normally just not created yet, and listing Events for every new Job would cost the
-/// apiserver a scan of the namespace's Events per run (the plan looks again after `NO_POD_RECHECK`).
-const YOUNG_JOB: Duration = Duration::from_secs(2);
-
-/// Why the attempt's pod cannot start, if it cannot, and whether the Job has a pod at all. With a pod, its
-/// kubelet says why, as the pod watch saw it (no request); without one, the Job controller's `FailedCreate` Event
-/// does (e.g. a missing ServiceAccount), looked up only once the Job is no longer young.
-async fn observe_blocker(
+/// Why the attempt's pod cannot start, if it cannot, and whether the Job has a pod at all, as the watches last
+/// saw them (no request): with a pod, its kubelet says why (the pod watch); without one, the Job controller's
+/// `FailedCreate` Event does (e.g. a missing ServiceAccount; the Event watch).
+fn observe_blocker(
     ctx: &Context,
     identity: &RunIdentity,
     job_name: &str,
     job_pods: JobPods,
-) -> Result<(Option<PodBlocker>, Option<bool>)> {
-    if let Some(blocker) = ctx.pod_ends.blocker(&identity.namespace, job_name) {
-        return Ok((Some(blocker), Some(true)));
+) -> (Option<PodBlocker>, Option<bool>) {
+    let namespace = &identity.namespace;
+    if let Some(blocker) = ctx.pod_ends.blocker(namespace, job_name) {
+        return (Some(blocker), Some(true));
     }
-    if job_pods.active > 0 {
-        return Ok((None, Some(true)));
+    if job_pods.active > 0 || ctx.pod_ends.has_pod(namespace, job_name) {
+        return (None, Some(true));
     }
-    if job_pods.age < YOUNG_JOB {
-        return Ok((None, Some(false)));
-    }
-    let pods = super::pods_of_job(ctx, &identity.namespace, job_name).await?;
-    if !pods.is_empty() {
-        return Ok((pods.iter().find_map(pod_blocker), Some(true)));
-    }
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(ctx.client.clone(), &identity.namespace);
-    let fields = format!("involvedObject.kind=Job,involvedObject.name={job_name},reason=FailedCreate");
-    let found = events
-        .list(&ListParams::default().fields(&fields))
-        .await
-        .map_err(Error::kube(format!("listing the Events of Job {job_name}")))?;
-    let newest = found.items.into_iter().max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0));
-    let blocker = newest.and_then(|e| e.message).map(|message| PodBlocker::CannotCreate { message });
-    Ok((blocker, Some(false)))
+    let blocker = ctx.pod_ends.cannot_create(namespace, job_name, &job_pods.uid);
+    (blocker.map(|message| PodBlocker::CannotCreate { message }), Some(false))
 }
 
 /// Deletes an attempt's Job that was given up (its pods are deleted with it).
@@ -462,19 +610,27 @@ fn not_owned(kind: &'static str, name: String, identity: &RunIdentity) -> Error 
 /// Makes sure the attempt's contract snapshot and Job exist. Names are deterministic, so a Job that already
 /// exists (a restart, a stale view) is adopted, never duplicated.
 async fn launch(
-    ctx: &Context,
+    scope: &Scope,
     run: &EtlRun,
     identity: &RunIdentity,
     dataset: &Dataset,
     attempt: &AttemptStatus,
 ) -> Result<()> {
+    let ctx = &scope.ctx;
     let snapshots: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &identity.namespace);
     let snapshot = job::contract_config_map(identity, dataset)?;
     match snapshots
         .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &snapshot)
         .await
     {
-        Ok(_) => {}
+        Ok(_) => {
+            // Remembered as a later read of the ConfigMap would give it: parsed from the text just stored.
+            let text = snapshot.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY));
+            if let Some(Ok(stored)) = text.map(|t| Dataset::from_manifest(t)) {
+                scope.snapshots.insert(&identity.uid, Arc::new(stored));
+            }
+        }
+        // Created by an earlier reconcile: read (and remembered) by the next one.
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => return Err(Error::kube(format!("creating ConfigMap {}", job::contract_name(&identity.name)))(e)),
     }
@@ -508,7 +664,8 @@ async fn launch(
 }
 
 /// Publishes one change (it is already written to status): an Event, a log line, metrics.
-async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: &Transition) {
+async fn report(scope: &Scope, run: &EtlRun, status: &EtlRunStatus, transition: &Transition) {
+    let ctx = &scope.ctx;
     let name = run.name_any();
     let namespace = run.namespace().unwrap_or_default();
     let dataset = run.spec.dataset.as_str();
@@ -559,7 +716,7 @@ async fn report(ctx: &Context, run: &EtlRun, status: &EtlRunStatus, transition: 
             publish_related::<EtlRun>(ctx, &run.metadata, job, type_, event_reason, "Finish", note).await;
             if *phase == EtlRunPhase::Succeeded {
                 record_freshness(ctx, run, &namespace, &run_id, now).await;
-                clear_credentials_condition(ctx, run, &namespace).await;
+                clear_credentials_condition(scope, run, &namespace).await;
             }
         }
         Transition::Waiting { reason, message } => {
@@ -650,17 +807,17 @@ async fn set_credentials_condition(
 }
 
 /// A run succeeded: if its Dataset says its Secret was missing, it is there now.
-async fn clear_credentials_condition(ctx: &Context, run: &EtlRun, namespace: &str) {
-    let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), namespace);
-    let Ok(Some(dataset)) = api.get_opt(&run.spec.dataset).await else { return };
+async fn clear_credentials_condition(scope: &Scope, run: &EtlRun, namespace: &str) {
+    let Some(dataset) = scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(namespace)) else { return };
     let missing = dataset
-        .status
-        .iter()
-        .flat_map(|s| &s.conditions)
-        .any(|c| c.type_ == CONDITION_CREDENTIALS && c.status == "False");
+        .0
+        .as_ref()
+        .ok()
+        .and_then(|d| d.status.as_ref())
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == CONDITION_CREDENTIALS && c.status == "False"));
     if missing {
         let message = format!("the worker pods of EtlRun {} started with the Secret", run.name_any());
-        set_credentials_condition(ctx, run, namespace, true, "SecretFound", &message).await;
+        set_credentials_condition(&scope.ctx, run, namespace, true, "SecretFound", &message).await;
     }
 }
 
