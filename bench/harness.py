@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Runs silverline-worker and the Polars and DuckDB peers (bench/peers.py) on the same CSV file.
+"""Runs silverline-worker and every peer of bench/peers.py (Polars and DuckDB, each full and lean) on the same CSV file.
 
     python3 bench/harness.py counts --input FILE [--worker BIN] [--contract FILE] [--out DIR]
     python3 bench/harness.py bench  --input FILE [--worker BIN] [--contract FILE] [--out DIR] [--reps 3]
 
-`counts` runs each engine once and fails (exit 1) unless all three report the same input, valid, quarantined and
+`counts` runs each engine once and fails (exit 1) unless all of them report the same input, valid, quarantined and
 condemned counts and the same quarantine error types, and then the same rows: which records went to quarantine
 (with which error type), which to condemned, and the same set of valid rows. `bench` runs each engine --reps times, interleaved
-(worker, polars, duckdb, worker, ...), each run into a fresh output directory, measures every run with
+(worker, polars, polars-lean, duckdb, duckdb-lean, worker, ...), each run into a fresh output directory, measures every run with
 /usr/bin/time (wall, user + system CPU, peak RSS of the process), fails unless every run of every engine gives the
-same counts, and prints a table of medians and the ratios of silverline against each peer. It only measures: there
+same counts, and prints a table of medians, the ratios of silverline against each peer and against the fastest
+peer (the one with the lowest median wall time), which it names. It only measures: there
 is no timing assertion anywhere.
 """
 import argparse
@@ -24,7 +25,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-ENGINES = ["silverline", "polars", "duckdb"]
+PEERS = ["polars", "polars-lean", "duckdb", "duckdb-lean"]  # bench/peers.py --engine
+ENGINES = ["silverline"] + PEERS
 TIME = "/usr/bin/time"
 
 
@@ -204,6 +206,11 @@ def cmd_bench(args):
         print(f"silverline vs {peer}: {p['wall'] / s['wall']:.2f}x the rows/s, "
               f"{s['rss_mib'] / p['rss_mib']:.2f}x the peak RSS ({s['rss_mib']:.0f} vs {p['rss_mib']:.0f} MiB), "
               f"{s['cpu'] / p['cpu']:.2f}x the CPU time")
+    peers = [e for e in ENGINES if e != "silverline"]
+    if peers:
+        fastest = min(peers, key=lambda e: med[e]["wall"])
+        print(f"fastest peer: {fastest} ({med[fastest]['wall']:.2f} s); silverline/fastest peer: "
+              f"{med[fastest]['wall'] / s['wall']:.2f}x the rows/s")
 
 
 def main():
@@ -214,7 +221,14 @@ def main():
     p.add_argument("--contract", default=str(BENCH / "contract.yaml"))
     p.add_argument("--out", default=str(BENCH / "out"), help="scratch space for the engines' outputs")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--engines", default=",".join(ENGINES),
+                   help="comma-separated subset of " + ",".join(ENGINES) + " (silverline is always run)")
     args = p.parse_args()
+    chosen = [e for e in args.engines.split(",") if e]
+    unknown = sorted(set(chosen) - set(ENGINES))
+    if unknown:
+        sys.exit(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(ENGINES)}")
+    ENGINES[:] = ["silverline"] + [e for e in PEERS if e in chosen]
     args.input = os.path.abspath(args.input)
     if not os.access(args.worker, os.X_OK):
         sys.exit(f"no worker binary at {args.worker}: cargo build --release -p silverline-worker")

@@ -4,7 +4,9 @@
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 CACHE_DIR=${SILVERLINE_CACHE:-$HOME/.cache/silverline}/bench
-WORKER=$ROOT/target/release/silverline-worker
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+[[ "$TARGET_DIR" == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
+WORKER=$TARGET_DIR/release/silverline-worker
 PYTHON=${PYTHON:-python3}
 
 # prepare_input ROWS SEED: prints the path of the cached input, generating it once. The name holds the rows, the
@@ -27,19 +29,22 @@ build_worker() {
   (cd "$ROOT" && cargo build --release -p silverline-worker) >&2
 }
 
-# ensure_peers: Polars 2.1.0 and DuckDB 2.0.x (plus PyYAML and PyArrow, which the scripts read files with),
-# installed with pip only when missing or at another version.
+# ensure_peers: the pinned peers of bench/requirements.txt (Polars, DuckDB, PyArrow, PyYAML) in a venv under the
+# cache, keyed by a hash of that file and the Python version, built once; sets PYTHON to the venv's python.
 ensure_peers() {
-  if ! "$PYTHON" - <<'PY' 2>/dev/null
-import duckdb, polars, pyarrow, yaml
-assert polars.__version__ == "2.1.0", polars.__version__
-assert duckdb.__version__.startswith("2.0."), duckdb.__version__
-PY
-  then
-    echo "installing the peers with pip" >&2
-    "$PYTHON" -m pip install --quiet "polars==2.1.0" "duckdb==2.0.*" pyarrow pyyaml >&2
+  local key venv
+  key=$( { cat "$BENCH_DIR/requirements.txt"; "$PYTHON" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16)
+  venv=$CACHE_DIR/venv-$key
+  if [ ! -f "$venv/.complete" ]; then
+    echo "building $venv with the pinned peers (bench/requirements.txt)" >&2
+    rm -rf "$venv"
+    mkdir -p "$CACHE_DIR"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$BENCH_DIR/requirements.txt" >&2
+    touch "$venv/.complete"
   fi
-  "$PYTHON" -m pip list 2>/dev/null | grep -iE '^(polars|duckdb) ' | tr -s ' ' | sed 's/^/pip has /' >&2
+  PYTHON=$venv/bin/python
+  "$PYTHON" -c 'import duckdb, polars, pyarrow; print(f"peers: polars {polars.__version__}, duckdb {duckdb.__version__}, pyarrow {pyarrow.__version__}")' >&2
 }
 
 # ensure_time: GNU time measures CPU time and peak RSS per run.
