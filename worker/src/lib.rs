@@ -47,11 +47,18 @@ impl ExitCode {
     }
 }
 
-/// Everything that can end a run early, each saying what failed and where.
+/// The underlying error of a variant that keeps it (a decoder's, an encoder's, the system's).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can end a run early, each saying what failed and where. A variant built from another error
+/// keeps it as its `source` (its message repeats the source's, so the one line a person reads is complete).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("usage: {0}")]
     Usage(String),
+    /// A run id, dataset or other name from the command line that is not valid.
+    #[error("usage: {0}")]
+    InvalidName(#[from] silverline_crds::names::InvalidName),
     #[error("contract {path}: {source}")]
     Contract { path: String, source: silverline_crds::ContractError },
     #[error("contract {path}: cannot read it: {source}")]
@@ -60,12 +67,19 @@ pub enum Error {
     ContractUnsupported(String),
     #[error("run id {run_id} is already used: {key} exists; a run id is never reused, choose another")]
     RunIdReused { run_id: String, key: String },
-    #[error("access to {key} was refused: {message}")]
-    AccessDenied { key: String, message: String },
     #[error("schema drift in {source_uri}: {message}")]
     SchemaDrift { source_uri: String, message: String },
+    /// An input that is not what it should be, in words (e.g. a header that is not UTF-8).
     #[error("cannot read input {source_uri}: {message}")]
     UnreadableInput { source_uri: String, message: String },
+    /// An input (or a quarantine file) whose decoder failed: what it should have been, and the decoder's error.
+    #[error("cannot read input {source_uri}: {expected}: {source}")]
+    UndecodableInput {
+        source_uri: String,
+        expected: String,
+        #[source]
+        source: BoxError,
+    },
     #[error(
         "circuit breaker: more than {max_same_errors} rows with {error_type} (last at {source_uri} record {record}); \
          the run stopped without _SUCCESS"
@@ -85,26 +99,37 @@ pub enum Error {
     /// A lake document that is unreadable or inconsistent (pointer, manifest, report).
     #[error("lake: {0}")]
     Lake(#[source] silverline_lake::Error),
-    #[error("promotion refused by the gate ({checks}): {message}")]
-    GateRefused { checks: String, message: String },
+    #[error("promotion refused by the gate ({checks}): {source}")]
+    GateRefused {
+        checks: String,
+        #[source]
+        source: silverline_lake::PromoteError,
+    },
+    /// `_LATEST.json` kept changing under the promoter (the lake's `PromoteError::Contention`).
     #[error("{0}")]
-    PointerContention(String),
+    PointerContention(#[source] silverline_lake::PromoteError),
     #[error("run stopped by {signal}: uploads aborted, no _SUCCESS")]
     Interrupted { signal: &'static str },
-    #[error("{context}: {message}")]
-    Internal { context: String, message: String },
+    #[error("{context}: {source}")]
+    Internal {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
 }
 
 impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Usage(_)
+            | Error::InvalidName(_)
             | Error::Contract { .. }
             | Error::ContractRead { .. }
             | Error::ContractUnsupported(_)
-            | Error::RunIdReused { .. }
-            | Error::AccessDenied { .. } => ExitCode::Usage,
-            Error::SchemaDrift { .. } | Error::UnreadableInput { .. } => ExitCode::SchemaDrift,
+            | Error::RunIdReused { .. } => ExitCode::Usage,
+            Error::SchemaDrift { .. } | Error::UnreadableInput { .. } | Error::UndecodableInput { .. } => {
+                ExitCode::SchemaDrift
+            }
             Error::CircuitBreaker { .. } => ExitCode::CircuitBreaker,
             Error::QualityGate { .. } => ExitCode::QualityGate,
             Error::Transient { .. } | Error::Interrupted { .. } => ExitCode::Transient,
@@ -126,12 +151,11 @@ impl Error {
     /// A stable, low-cardinality name for logs and metrics.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Usage(_) => "usage",
+            Error::Usage(_) | Error::InvalidName(_) => "usage",
             Error::Contract { .. } | Error::ContractRead { .. } | Error::ContractUnsupported(_) => "contract",
             Error::RunIdReused { .. } => "run_id_reused",
-            Error::AccessDenied { .. } => "access_denied",
             Error::SchemaDrift { .. } => "schema_drift",
-            Error::UnreadableInput { .. } => "unreadable_input",
+            Error::UnreadableInput { .. } | Error::UndecodableInput { .. } => "unreadable_input",
             Error::CircuitBreaker { .. } => "circuit_breaker",
             Error::QualityGate { .. } => "quality_gate",
             Error::Transient { .. } => "transient_io",
@@ -147,8 +171,14 @@ impl Error {
         }
     }
 
-    pub(crate) fn internal(context: impl fmt::Display, err: impl fmt::Display) -> Error {
-        Error::Internal { context: context.to_string(), message: err.to_string() }
+    /// An unexpected failure while doing `context`, keeping the error (or a description of what went wrong).
+    pub(crate) fn internal(context: impl fmt::Display, err: impl Into<BoxError>) -> Error {
+        Error::Internal { context: context.to_string(), source: err.into() }
+    }
+
+    /// An input whose decoder failed, keeping the decoder's error.
+    pub(crate) fn undecodable(source_uri: &str, expected: impl Into<String>, err: impl Into<BoxError>) -> Error {
+        Error::UndecodableInput { source_uri: source_uri.to_owned(), expected: expected.into(), source: err.into() }
     }
 }
 
@@ -156,7 +186,7 @@ impl From<silverline_lake::Error> for Error {
     fn from(e: silverline_lake::Error) -> Error {
         match e {
             silverline_lake::Error::Storage(e) => Error::Storage(e),
-            silverline_lake::Error::InvalidName(e) => Error::Usage(e.to_string()),
+            silverline_lake::Error::InvalidName(e) => Error::InvalidName(e),
             other => Error::Lake(other),
         }
     }

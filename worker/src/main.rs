@@ -1,7 +1,7 @@
 //! `silverline-worker`: runs one history-safe CSV → Parquet transform (`run`), helps triage a run's quarantine
 //! (`quarantine`), promotes verified runs (`promote`) and shows a dataset's history (`history`). A person at a
 //! terminal gets a progress line and a short summary (or one line on failure); a pod gets JSON log lines in the
-//! operator's shape. See the README for exit codes.
+//! operator's shape, through `tracing` (see `log`). See the README for exit codes.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use silverline_crds::PromotionMode;
@@ -9,7 +9,7 @@ use silverline_lake::promotion::{Hooks, Step};
 use silverline_worker::promote::{LakeArgs, PromoteArgs, PromoteResult, history, history_table, promote};
 use silverline_worker::quarantine::{TriageArgs, triage};
 use silverline_worker::run::{RunArgs, RunControl, report_progress, run};
-use silverline_worker::{Error, ExitCode};
+use silverline_worker::{Error, ExitCode, log};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -153,9 +153,9 @@ enum LogFormat {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Progress {
-    /// A progress line on a terminal, JSON progress logs otherwise.
+    /// A progress line on a terminal, progress log lines otherwise.
     Auto,
-    /// JSON progress logs.
+    /// Progress log lines every few seconds (JSON in a pod, text with `--log-format text`).
     Json,
     /// No progress reports.
     Off,
@@ -191,23 +191,29 @@ struct RunCli {
     log_format: LogFormat,
 }
 
-fn log(level: &str, msg: &str, fields: serde_json::Value) {
-    silverline_worker::log::emit(level, msg, fields);
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let mut args = match cli.command {
         Command::Run(args) => args,
-        Command::Quarantine(args) => return exit(execute_quarantine(&args)),
-        Command::Promote(args) => return exit(execute_promote(&args)),
-        Command::History(args) => return exit(execute_history(&args)),
+        Command::Quarantine(args) => {
+            log::init(log::Format::Text);
+            return exit(execute_quarantine(&args));
+        }
+        Command::Promote(args) => {
+            log::init(log::Format::Json);
+            return exit(execute_promote(&args));
+        }
+        Command::History(args) => {
+            log::init(log::Format::Text);
+            return exit(execute_history(&args));
+        }
     };
     let human = match args.log_format {
         LogFormat::Auto => std::io::stderr().is_terminal(),
         LogFormat::Text => true,
         LogFormat::Json => false,
     };
+    log::init(if human { log::Format::Text } else { log::Format::Json });
     // The run id is known up front, so that a failure can name it.
     let run_id = args.run_id.get_or_insert_with(|| chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()).clone();
     let code = match execute(args, human) {
@@ -219,7 +225,7 @@ fn main() -> std::process::ExitCode {
             if human {
                 eprintln!("silverline-worker: {}", silverline_worker::summary::failure_line(&e, &run_id));
             } else {
-                log("ERROR", "run failed", fields);
+                log::run_failed(&run_id, &e);
             }
             e.exit_code()
         }
@@ -232,7 +238,7 @@ fn execute(cli: RunCli, human: bool) -> Result<(), Error> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Error::Internal { context: "starting the I/O runtime".into(), message: e.to_string() })?;
+        .map_err(|e| Error::Internal { context: "starting the I/O runtime".into(), source: e.into() })?;
     let control = Arc::new(RunControl::default());
     {
         let control = control.clone();
@@ -279,9 +285,7 @@ fn execute(cli: RunCli, human: bool) -> Result<(), Error> {
     if human {
         print!("{}", silverline_worker::summary::run_summary(report, &outcome.success_uri, &outcome.error_columns));
     } else {
-        let mut fields = silverline_worker::summary::finished_fields(report, &outcome.success_uri);
-        fields["ledger_bytes"] = outcome.ledger_bytes.into();
-        log("INFO", "run finished", fields);
+        log::run_finished(report, &outcome.success_uri, outcome.ledger_bytes);
     }
     Ok(())
 }
@@ -321,7 +325,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Error::Internal { context: "starting the I/O runtime".into(), message: e.to_string() })
+        .map_err(|e| Error::Internal { context: "starting the I/O runtime".into(), source: e.into() })
 }
 
 /// Writes the one-line result where Kubernetes picks up a container's termination message: the file named by
@@ -368,7 +372,8 @@ fn hooks() -> Hooks {
                 }
             }
         })),
-        log: Some(Arc::new(|msg: &str, fields: serde_json::Value| log("INFO", msg, fields))),
+        // The promotion logs its retries and repairs through `tracing` itself.
+        log: None,
     }
 }
 
@@ -409,7 +414,7 @@ fn execute_promote(cli: &PromoteCli) -> Result<(), Error> {
                 "version_before": o.version_before, "version_after": o.version_after, "retries": o.retries,
                 "change": o.change, "audit": o.audit_key, "exit_code": 0,
             });
-            log("INFO", "promotion finished", line.clone());
+            log::promotion_finished(&dataset, o);
             termination_log(&line);
             Ok(())
         }
@@ -420,7 +425,7 @@ fn execute_promote(cli: &PromoteCli) -> Result<(), Error> {
             );
             println!("  audit: {audit_key}");
             let line = serde_json::json!({"result": "rejected", "dataset": dataset, "version": version, "audit": audit_key, "exit_code": 0});
-            log("INFO", "rejection recorded", line.clone());
+            log::rejection_recorded(&dataset, version, &audit_key);
             termination_log(&line);
             Ok(())
         }
@@ -438,7 +443,7 @@ fn execute_promote(cli: &PromoteCli) -> Result<(), Error> {
                 "result": result, "error": e.to_string(), "category": e.category(), "checks": checks,
                 "exit_code": e.exit_code().code(),
             });
-            log("ERROR", "promotion failed", line.clone());
+            log::promotion_failed(result, &checks, &e);
             termination_log(&line);
             Err(e)
         }

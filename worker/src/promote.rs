@@ -47,6 +47,12 @@ pub fn load_dataset(path: &std::path::Path) -> Result<Dataset> {
     Dataset::from_manifest(&text).map_err(|source| Error::Contract { path: shown, source })
 }
 
+/// The dataset's name, checked; a missing or invalid one is the contract file's error.
+fn checked_name(dataset: &Dataset, path: &std::path::Path) -> Result<String> {
+    let name = dataset.checked_name().map_err(|source| Error::Contract { path: path.display().to_string(), source })?;
+    Ok(name.to_owned())
+}
+
 fn open(args: &LakeArgs, dataset: &Dataset) -> Result<Lake> {
     let storage = &dataset.spec.storage;
     let options = StoreOptions {
@@ -62,9 +68,9 @@ impl From<PromoteError> for Error {
         match e {
             PromoteError::Usage(message) => Error::Usage(message),
             refused @ PromoteError::Refused { .. } => {
-                Error::GateRefused { checks: refused.failed_checks().join(","), message: refused.to_string() }
+                Error::GateRefused { checks: refused.failed_checks().join(","), source: refused }
             }
-            contention @ PromoteError::Contention { .. } => Error::PointerContention(contention.to_string()),
+            contention @ PromoteError::Contention { .. } => Error::PointerContention(contention),
             PromoteError::Lake(e) => Error::from(e),
         }
     }
@@ -73,7 +79,7 @@ impl From<PromoteError> for Error {
 /// Runs `promote`: a promotion, a rollback, or (with `rejected_by`) the record of a rejection.
 pub fn promote(args: &PromoteArgs, handle: &Handle, hooks: &Hooks) -> Result<PromoteResult> {
     let dataset = load_dataset(&args.lake.contract)?;
-    let name = dataset.checked_name().map_err(|e| Error::Usage(e.to_string()))?.to_owned();
+    let name = checked_name(&dataset, &args.lake.contract)?;
     let lake = open(&args.lake, &dataset)?;
     let promotion = match &args.promotion {
         Some(text) => Some(
@@ -116,7 +122,7 @@ pub fn promote(args: &PromoteArgs, handle: &Handle, hooks: &Hooks) -> Result<Pro
 /// Reads the dataset's history.
 pub fn history(args: &LakeArgs, handle: &Handle) -> Result<History> {
     let dataset = load_dataset(&args.contract)?;
-    let name = dataset.checked_name().map_err(|e| Error::Usage(e.to_string()))?.to_owned();
+    let name = checked_name(&dataset, &args.contract)?;
     let lake = open(args, &dataset)?;
     Ok(handle.block_on(silverline_lake::history::history(&lake, &name))?)
 }

@@ -367,7 +367,7 @@ fn check_filters(contract: &Contract, args: &TriageArgs) -> Result<()> {
 pub fn triage(args: &TriageArgs, handle: &Handle) -> Result<Triage> {
     let contract = crate::run::load_contract(&args.lake.contract)?;
     check_filters(&contract, args)?;
-    silverline_crds::names::check_run_id(&args.run_id).map_err(|e| Error::Usage(e.to_string()))?;
+    silverline_crds::names::check_run_id(&args.run_id)?;
     let options = StoreOptions {
         endpoint: args.lake.endpoint.clone().or_else(|| contract.storage.endpoint.clone()),
         region: args.lake.region.clone().or_else(|| contract.storage.region.clone()),
@@ -375,8 +375,7 @@ pub fn triage(args: &TriageArgs, handle: &Handle) -> Result<Triage> {
     let uri = args.lake.lake.clone().unwrap_or_else(|| contract.storage.lake_uri.clone());
     // A reader: relative paths are fine on a laptop, but a missing local lake is an error, not created.
     let lake = Lake::open(&uri, &options, OpenOptions { relative_paths: RelativePaths::Accept, create_local: false })?;
-    let layout = LakeLayout::new(lake.prefix.clone(), &contract.dataset, &contract.schema_version, &args.run_id)
-        .map_err(|e| Error::Usage(e.to_string()))?;
+    let layout = LakeLayout::new(lake.prefix.clone(), &contract.dataset, &contract.schema_version, &args.run_id)?;
     let area = if args.condemned { Area::Condemned } else { Area::Quarantine };
     let prefix = layout.run_prefix(area);
     let mut parts: Vec<object_store::path::Path> = handle
@@ -411,11 +410,9 @@ pub fn triage(args: &TriageArgs, handle: &Handle) -> Result<Triage> {
         let bytes = handle
             .block_on(async { lake.store.get(part).await?.bytes().await })
             .map_err(|e| storage_error(e, &shown))?;
-        let unreadable = |e: &dyn std::fmt::Display| Error::UnreadableInput {
-            source_uri: shown.clone(),
-            message: format!("not a readable {} file: {e}", area.as_str()),
-        };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| unreadable(&e))?;
+        let unreadable =
+            |e: crate::BoxError| Error::undecodable(&shown, format!("not a readable {} file", area.as_str()), e);
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| unreadable(e.into()))?;
         let schema = builder.schema().clone();
         if let Some(missing) = names.iter().find(|n| schema.field_with_name(n).is_err()) {
             return Err(Error::SchemaDrift {
@@ -424,9 +421,10 @@ pub fn triage(args: &TriageArgs, handle: &Handle) -> Result<Triage> {
             });
         }
         let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().map(String::as_str));
-        let reader = builder.with_projection(mask).with_batch_size(64 * 1024).build().map_err(|e| unreadable(&e))?;
+        let reader =
+            builder.with_projection(mask).with_batch_size(64 * 1024).build().map_err(|e| unreadable(e.into()))?;
         for batch in reader {
-            tally.add(&batch.map_err(|e| unreadable(&e))?, &contract, args)?;
+            tally.add(&batch.map_err(|e| unreadable(e.into()))?, &contract, args)?;
         }
     }
     let head = Triage {

@@ -42,10 +42,8 @@ fn open_reader(
     handle: &Handle,
 ) -> Result<(parquet::arrow::arrow_reader::ParquetRecordBatchReader, ChecksumSlot)> {
     let (bytes, checksum) = fetch(input, handle)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| Error::UnreadableInput {
-        source_uri: input.uri.clone(),
-        message: format!("not a Parquet file: {e}"),
-    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| Error::undecodable(&input.uri, "not a Parquet file", e))?;
     let schema = builder.schema().clone();
     let expected = contract.columns.iter().map(|c| (c.name.as_str(), DataType::Utf8)).chain(META);
     for (name, data_type) in expected {
@@ -67,7 +65,7 @@ fn open_reader(
     let reader = builder
         .with_batch_size(16 * 1024)
         .build()
-        .map_err(|e| Error::UnreadableInput { source_uri: input.uri.clone(), message: e.to_string() })?;
+        .map_err(|e| Error::undecodable(&input.uri, "cannot start its Parquet reader", e))?;
     Ok((reader, checksum))
 }
 
@@ -87,8 +85,7 @@ pub fn read_chunks(
     let mut chunks = Vec::new();
     let mut first = 1;
     for batch in reader {
-        let batch =
-            batch.map_err(|e| Error::UnreadableInput { source_uri: input.uri.clone(), message: e.to_string() })?;
+        let batch = batch.map_err(|e| Error::undecodable(&input.uri, "a Parquet row group is not readable", e))?;
         let chunk = to_chunk(&batch, source, first, contract, input)?;
         first += chunk.len() as u64;
         chunks.push(chunk);

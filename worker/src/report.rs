@@ -90,22 +90,37 @@ pub fn build_report(outcome: &str, facts: RunFacts, counts: &Counts) -> RunRepor
     }
 }
 
-/// Writes a small JSON object; with `create_only`, fails with `AlreadyExists` rather than overwrite.
+/// How [`put_json`] writes a marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put<'a> {
+    /// Replaces whatever is there (the failure reports).
+    Replace,
+    /// Creates the marker of run `run_id` (its claim, its `_SUCCESS`): one that exists means that run id was used
+    /// before, and the write fails with [`Error::RunIdReused`] naming it.
+    OnceFor(&'a str),
+}
+
+/// Writes a small JSON object, as `put` says.
 pub fn put_json(
     location: &Location,
     key: &Path,
     value: &impl serde::Serialize,
-    create_only: bool,
+    put: Put<'_>,
     handle: &Handle,
 ) -> Result<()> {
     let body = serde_json::to_vec_pretty(value).map_err(|e| Error::internal("serialising a marker", e))?;
-    let mode = if create_only { PutMode::Create } else { PutMode::Overwrite };
+    let mode = match put {
+        Put::Replace => PutMode::Overwrite,
+        Put::OnceFor(_) => PutMode::Create,
+    };
     let options = PutOptions { mode, ..PutOptions::default() };
-    handle.block_on(location.store.put_opts(key, PutPayload::from(body), options)).map(|_| ()).map_err(|e| match e {
-        object_store::Error::AlreadyExists { .. } => {
-            Error::RunIdReused { run_id: String::new(), key: location.uri_of(key) }
+    handle.block_on(location.store.put_opts(key, PutPayload::from(body), options)).map(|_| ()).map_err(|e| {
+        match (e, put) {
+            (object_store::Error::AlreadyExists { .. }, Put::OnceFor(run_id)) => {
+                Error::RunIdReused { run_id: run_id.to_owned(), key: location.uri_of(key) }
+            }
+            (other, _) => storage_error(other, &location.uri_of(key)),
         }
-        other => storage_error(other, &location.uri_of(key)),
     })
 }
 
@@ -131,6 +146,35 @@ mod tests {
         assert_eq!(report.quarantine_rate, 0.0);
         assert_eq!(report.avg_attempt_count, 0.0);
         assert_eq!(report.input_checksum, "ab");
+    }
+
+    #[test]
+    fn a_second_marker_of_a_run_names_the_reused_run_id_and_the_key() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let lake = Location::open(
+            dir.path().to_str().expect("UTF-8"),
+            &silverline_lake::StoreOptions::default(),
+            silverline_lake::OpenOptions::WRITER,
+        )
+        .expect("a local lake");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let key = Path::from("silver/d/schema_v=v1/run_id=r7/_RUN.json");
+        put_json(&lake, &key, &serde_json::json!({"n": 1}), Put::OnceFor("r7"), runtime.handle()).expect("first");
+        match put_json(&lake, &key, &serde_json::json!({"n": 2}), Put::OnceFor("r7"), runtime.handle()) {
+            Err(Error::RunIdReused { run_id, key: shown }) => {
+                assert_eq!(run_id, "r7");
+                assert_eq!(shown, lake.uri_of(&key));
+            }
+            other => panic!("expected RunIdReused, got {other:?}"),
+        }
+        let kept: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(key.as_ref())).expect("the marker")).expect("JSON");
+        assert_eq!(kept["n"], 1, "the first marker stays");
+        // A report that replaces is not a claim: writing it twice is fine.
+        let report = Path::from("silver/d/schema_v=v1/run_id=r7/_QUALITY_REPORT.json");
+        for n in [1, 2] {
+            put_json(&lake, &report, &serde_json::json!({"n": n}), Put::Replace, runtime.handle()).expect("replace");
+        }
     }
 
     #[test]

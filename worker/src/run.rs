@@ -12,7 +12,7 @@ use crate::contract::{Contract, HeaderMap};
 use crate::input::{InputFormat, InputObject, read_error, resolve_inputs, storage_error};
 use crate::layout::{self, Area, LakeLayout};
 use crate::ledger::Ledger;
-use crate::report::{InputRecord, RunFacts, RunReport, build_report, put_json};
+use crate::report::{InputRecord, Put, RunFacts, RunReport, build_report, put_json};
 use crate::sink::{SideWriter, SilverWriter};
 use crate::tokenize::CsvTokenizer;
 use crate::{Error, Result, replay};
@@ -329,10 +329,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
         "started_at": started_at.to_rfc3339(),
         "worker_version": crate::report::WORKER_VERSION,
     });
-    put_json(&lake, &layout.marker(layout::RUN_CLAIM), &claim, true, handle).map_err(|e| match e {
-        Error::RunIdReused { key, .. } => Error::RunIdReused { run_id: run_id.clone(), key },
-        other => other,
-    })?;
+    put_json(&lake, &layout.marker(layout::RUN_CLAIM), &claim, Put::OnceFor(&run_id), handle)?;
 
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
     let mut committer = Committer {
@@ -403,7 +400,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
                 "error": e.to_string(),
                 "rows_read": committer.ledger.counts.input_rows,
             });
-            put_json(&lake, &layout.marker(layout::CIRCUIT_BREAKER_REPORT), &trip, false, handle)?;
+            put_json(&lake, &layout.marker(layout::CIRCUIT_BREAKER_REPORT), &trip, Put::Replace, handle)?;
         }
         return Err(e);
     }
@@ -440,16 +437,13 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     if rate > contract.max_quarantine_rate {
         let report = build_report("quality_gate_failed", facts, &counts);
         let key = layout.marker(layout::QUALITY_REPORT);
-        put_json(&lake, &key, &report, false, handle)?;
+        put_json(&lake, &key, &report, Put::Replace, handle)?;
         return Err(Error::QualityGate { rate, max: contract.max_quarantine_rate, report_key: lake.uri_of(&key) });
     }
     let report = build_report("success", facts, &counts);
     let key = layout.marker(layout::SUCCESS);
     control.check()?;
-    put_json(&lake, &key, &report, true, handle).map_err(|e| match e {
-        Error::RunIdReused { key, .. } => Error::RunIdReused { run_id: run_id.clone(), key },
-        other => other,
-    })?;
+    put_json(&lake, &key, &report, Put::OnceFor(&run_id), handle)?;
     Ok(RunOutcome { report, success_uri: lake.uri_of(&key), error_columns, ledger_bytes })
 }
 
@@ -475,11 +469,7 @@ pub fn report_progress(control: &RunControl, done: &AtomicBool, terminal: bool) 
             eprint!("\r{rows} rows, {:.0} rows/s, {:.1} MB read{eta}   ", rows as f64 / seconds, bytes as f64 / 1e6);
             printed = true;
         } else {
-            let fields = serde_json::json!({
-                "rows": rows, "rows_per_second": (rows as f64 / seconds).round(),
-                "bytes_read": bytes, "bytes_total": total, "eta_seconds": eta.map(f64::round),
-            });
-            crate::log::emit("INFO", "progress", fields);
+            crate::log::progress(rows, (rows as f64 / seconds).round(), bytes, total, eta.map(f64::round));
         }
     }
     if printed {

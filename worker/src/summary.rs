@@ -1,7 +1,7 @@
 //! What a run tells its reader when it ends (pure, table-tested): on a terminal, a short summary for a person —
 //! counts with percentages, a table of error types, where each area went, the `_SUCCESS` path — or one line saying
-//! what failed, what its exit code means and what to do next; in a pod, the fields of the one JSON log line
-//! (counts and the `_SUCCESS` path; the file list stays in `_SUCCESS`).
+//! what failed, what its exit code means and what to do next; in a pod, each area's totals for the one JSON log
+//! line (written by `log`; the file list stays in `_SUCCESS`).
 
 use crate::report::RunReport;
 use crate::{Error, ExitCode};
@@ -91,39 +91,18 @@ pub fn run_summary(report: &RunReport, success_uri: &str, columns: &ErrorColumns
     out
 }
 
-/// The fields of the `run finished` log line: the counts, rates and where things went; not the file list.
-pub fn finished_fields(report: &RunReport, success_uri: &str) -> serde_json::Value {
-    let mut areas = serde_json::Map::new();
-    for area in ["silver", "quarantine", "condemned"] {
-        let files: Vec<_> = report.files.iter().filter(|f| f.area == area).collect();
-        areas.insert(
-            area.to_owned(),
-            serde_json::json!({
-                "prefix": area_prefix(report, area),
-                "files": files.len(),
-                "bytes": files.iter().map(|f| f.bytes).sum::<u64>(),
-            }),
-        );
-    }
-    serde_json::json!({
-        "outcome": report.outcome,
-        "run_id": report.run_id,
-        "dataset": report.dataset,
-        "schema_v": report.schema_v,
-        "input_uri": report.input_uri,
-        "input_checksum": report.input_checksum,
-        "duration_seconds": report.duration_seconds,
-        "input_rows": report.input_rows,
-        "valid_rows_count": report.valid_rows_count,
-        "quarantined_rows_count": report.quarantined_rows_count,
-        "condemned_rows_count": report.condemned_rows_count,
-        "quarantine_rate": report.quarantine_rate,
-        "gated_quarantine_rate": report.gated_quarantine_rate,
-        "error_type_distribution": report.error_type_distribution,
-        "condemned_reason_distribution": report.condemned_reason_distribution,
-        "areas": areas,
-        "success": success_uri,
-    })
+/// What one area of a run holds: its run folder (`None` without files), file count and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AreaTotals {
+    pub prefix: Option<String>,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// The totals of `area` (`silver`, `quarantine` or `condemned`) in the report, for the `run finished` log line.
+pub fn area_totals(report: &RunReport, area: &str) -> AreaTotals {
+    let files: Vec<_> = report.files.iter().filter(|f| f.area == area).collect();
+    AreaTotals { prefix: area_prefix(report, area), files: files.len(), bytes: files.iter().map(|f| f.bytes).sum() }
 }
 
 /// What an exit code means, in a few words.
@@ -145,22 +124,23 @@ pub fn exit_meaning(code: ExitCode) -> &'static str {
 fn next_step(e: &Error, run_id: &str) -> String {
     use silverline_lake::StorageErrorKind as Kind;
     match e {
-        Error::Usage(_) => "check the command line (silverline-worker run --help); nothing was written".into(),
+        Error::Usage(_) | Error::InvalidName(_) => {
+            "check the command line (silverline-worker run --help); nothing was written".into()
+        }
         Error::Contract { .. } | Error::ContractRead { .. } | Error::ContractUnsupported(_) => {
             "fix the contract file; nothing was written".into()
         }
         Error::RunIdReused { .. } => "choose another --run-id, or leave it out to use the start time; nothing was \
                                       written"
             .into(),
-        Error::AccessDenied { .. } => "check the credentials and the permissions on the lake and the input; \
-                                       nothing was written"
-            .into(),
         Error::SchemaDrift { .. } => "fix the feed, or if the change is intended, create a new schemaVersion of the \
                                       contract; nothing was written"
             .into(),
-        Error::UnreadableInput { .. } => "check the input object (complete, not corrupt, the right file); then run \
+        Error::UnreadableInput { .. } | Error::UndecodableInput { .. } => {
+            "check the input object (complete, not corrupt, the right file); then run \
                                           again under a new run id"
-            .into(),
+                .into()
+        }
         Error::CircuitBreaker { .. } => format!(
             "the feed is broken in bulk: look at the rows quarantined so far (silverline-worker quarantine \
              --run-id {run_id}), fix the feed and run it again under a new run id; no _SUCCESS"
@@ -263,13 +243,14 @@ mod tests {
     }
 
     #[test]
-    fn the_log_fields_carry_counts_and_success_but_no_file_list() {
-        let fields = finished_fields(&report(), "file:///s");
-        assert_eq!(fields["valid_rows_count"], 2964);
-        assert_eq!(fields["success"], "file:///s");
-        assert_eq!(fields["areas"]["silver"]["files"], 2);
-        assert!(fields.get("files").is_none());
-        assert!(!fields.to_string().contains("part-00000"), "{fields}");
+    fn an_areas_totals_are_its_folder_file_count_and_bytes() {
+        let report = report();
+        let silver = area_totals(&report, "silver");
+        assert_eq!(silver.files, 2);
+        assert_eq!(silver.bytes, report.files.iter().filter(|f| f.area == "silver").map(|f| f.bytes).sum::<u64>());
+        let prefix = silver.prefix.expect("a folder");
+        assert!(prefix.ends_with("/run_id=r1/") && !prefix.contains("part-00000"), "{prefix}");
+        assert_eq!(area_totals(&report, "nowhere"), AreaTotals { prefix: None, files: 0, bytes: 0 });
     }
 
     #[test]

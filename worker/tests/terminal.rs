@@ -141,7 +141,9 @@ fn a_person_sees_one_line_saying_what_failed_its_exit_code_and_what_next() {
     assert!(lines[0].contains("silverline-worker quarantine --contract FILE --run-id gate"), "{}", lines[0]);
 }
 
-/// Every line is one JSON object in the operator's shape.
+/// Every line is one JSON object in the operator's shape (tracing-subscriber's JSON formatter, flattened events):
+/// it opens with the timestamp (RFC 3339, UTC) and the level, has a message, and closes with the target, a module
+/// of the worker.
 fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
@@ -150,7 +152,16 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
             for key in ["timestamp", "level", "message", "target"] {
                 assert!(v.get(key).is_some_and(serde_json::Value::is_string), "no {key}: {l}");
             }
-            assert_eq!(v["target"], "silverline_worker");
+            let timestamp = v["timestamp"].as_str().unwrap();
+            assert!(chrono::DateTime::parse_from_rfc3339(timestamp).is_ok() && timestamp.ends_with('Z'), "{l}");
+            assert!(
+                l.starts_with("{\"timestamp\":") && l.contains(&format!("\"timestamp\":\"{timestamp}\",\"level\":")),
+                "{l}"
+            );
+            let target = v["target"].as_str().unwrap();
+            assert!(target == "silverline_worker" || target.starts_with("silverline_worker::"), "{l}");
+            assert!(l.ends_with(&format!(",\"target\":\"{target}\"}}")), "the target closes the line: {l}");
+            assert!(["INFO", "WARN", "ERROR"].contains(&v["level"].as_str().unwrap()), "{l}");
             v
         })
         .collect()
@@ -186,9 +197,16 @@ fn a_pod_gets_json_logs_in_the_operators_shape_with_counts_and_the_success_path(
     let finished = lines.iter().find(|l| l["message"] == "run finished").expect("a run finished line");
     assert_eq!(finished["level"], "INFO");
     assert_eq!(finished["valid_rows_count"], 2964);
-    assert_eq!(finished["error_type_distribution"]["DUPLICATE_KEY_ERROR"], 4);
+    // A map keyed by data is the JSON text of the map (see worker/src/log.rs); the fixed ones are flattened.
+    let errors: serde_json::Value =
+        serde_json::from_str(finished["error_type_distribution"].as_str().unwrap()).unwrap();
+    assert_eq!(errors["DUPLICATE_KEY_ERROR"], 4);
+    let report = success(&lake, "pod");
+    let silver_files = report.files.iter().filter(|f| f.area == "silver").count();
+    assert_eq!(finished["silver_files"], silver_files, "{finished}");
+    assert!(finished["silver_prefix"].as_str().unwrap().ends_with("/run_id=pod/"), "{finished}");
     assert!(finished["success"].as_str().unwrap().ends_with("run_id=pod/_SUCCESS"), "{finished}");
-    assert!(finished.get("files").is_none(), "{finished}");
+    assert!(finished.get("files").is_none() && !out.stderr.contains(".parquet"), "{finished}");
     let timestamp = finished["timestamp"].as_str().unwrap();
     assert!(chrono::DateTime::parse_from_rfc3339(timestamp).is_ok(), "{timestamp}");
 
@@ -205,4 +223,7 @@ fn a_pod_gets_json_logs_in_the_operators_shape_with_counts_and_the_success_path(
     assert_eq!(lines[0]["message"], "run failed");
     assert_eq!(lines[0]["exit_code"], 2);
     assert_eq!(lines[0]["category"], "run_id_reused");
+    assert_eq!(lines[0]["run_id"], "pod");
+    let error = lines[0]["error"].as_str().unwrap();
+    assert!(error.starts_with("run id pod is already used: file://") && error.contains("run_id=pod/"), "{error}");
 }
