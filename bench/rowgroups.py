@@ -11,7 +11,8 @@ worker wrote them: decimal(18,2), timestamp[us, UTC]), dictionaries only for Cur
 worker's delta encodings for the other columns, so that the row-group size is the only difference between the
 rewritten sets. The worker's own files are measured beside them as `worker`.
 
-The queries, each timed --reps times per reader and set (median wall time, warm page cache, in this process):
+The queries, each timed --reps times per reader and set, in rounds over all sets, readers and queries so that the
+machine's drift hits every set alike (median wall time, warm page cache, in this process):
 
 * `count`: the number of rows (footer metadata only, where the reader can);
 * `sum`: sum(TransactionAmount) over every row: a full scan of one column;
@@ -44,6 +45,7 @@ def parquet_files(root):
 
 def rewrite(silver, dest, size):
     """Rewrites every file of `silver` into `dest` (same relative paths) at `size` rows per row group."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     shutil.rmtree(dest, ignore_errors=True)
@@ -51,8 +53,11 @@ def rewrite(silver, dest, size):
         table = pq.read_table(src, partitioning=None)
         out = dest / src.relative_to(silver)
         out.parent.mkdir(parents=True, exist_ok=True)
-        encodings = {c: ("DELTA_BYTE_ARRAY" if str(t) == "string" else "DELTA_BINARY_PACKED")
-                     for c, t in zip(table.column_names, table.schema.types) if c != "Currency"}
+        # pyarrow refuses DELTA_BINARY_PACKED for decimals (even stored as INT64), so the amount stays PLAIN.
+        encodings = {c: ("DELTA_BYTE_ARRAY" if pa.types.is_string(t) or pa.types.is_large_string(t)
+                         else "DELTA_BINARY_PACKED")
+                     for c, t in zip(table.column_names, table.schema.types)
+                     if c != "Currency" and not pa.types.is_decimal(t)}
         pq.write_table(table, out, row_group_size=size, compression="zstd", compression_level=ZSTD_LEVEL,
                        use_dictionary=["Currency"], column_encoding=encodings, store_decimal_as_integer=True,
                        write_statistics=True)
@@ -151,16 +156,6 @@ def print_table(table):
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
-def timed(fn, reps):
-    fn()  # warm-up: page cache, imports, first-call setup
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--silver", required=True, help="one run's silver directory (year=/month= partitions inside)")
@@ -180,23 +175,32 @@ def main():
         sets[f"{size // 1024} Ki"] = dest
     probe = probe_values(silver)
     load_before = os.getloadavg()
-    results = {}
+    results, calls = {}, []
     for name, root in sets.items():
         files, groups, rows, size = layout(root)
-        row = {"files": files, "groups": groups, "rows_per_group": rows / groups, "mib": size / 2**20}
+        results[name] = {"rows": rows, "files": files, "groups": groups, "rows_per_group": rows / groups, "mib": size / 2**20}
         for reader in READERS:
             queries = globals()[f"{reader}_queries"](root, probe)
             for q in QUERIES:
-                row[(reader, q)] = timed(queries[q], a.reps)
-        results[name] = row
-        print(f"  measured {name}", file=sys.stderr)
+                queries[q]()  # warm-up: page cache, first-call setup
+                calls.append(((name, reader, q), queries[q]))
+    # Round-robin over sets, readers and queries, so that the machine's drift (other tenants) hits every set alike.
+    times = {key: [] for key, _ in calls}
+    for rep in range(a.reps):
+        for key, fn in calls:
+            t = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t)
+        print(f"  round {rep + 1}/{a.reps} done", file=sys.stderr)
+    for (name, reader, q), ts in times.items():
+        results[name][(reader, q)] = statistics.median(ts)
     load_after = os.getloadavg()
 
     import duckdb
     import polars
     import pyarrow
 
-    print(f"silver: {silver}: {rows:,} rows; probe: year={probe[0]} month={probe[1]}, TransactionID {probe[2]}, "
+    print(f"silver: {silver}: {results['worker']['rows']:,} rows; probe: year={probe[0]} month={probe[1]}, TransactionID {probe[2]}, "
           f"CustomerID {probe[3]}")
     print(f"readers: duckdb {duckdb.__version__}, polars {polars.__version__}, pyarrow {pyarrow.__version__}; "
           f"median of {a.reps} warm runs each, in ms; {os.cpu_count()} cores")
