@@ -9,7 +9,8 @@ partitions). Every Parquet file is rewritten with pyarrow at each size into WORK
 layout, the same compression as the worker (zstd level 3), the same physical types (pyarrow reads them back as the
 worker wrote them: decimal(18,2), timestamp[us, UTC]), dictionaries only for Currency (as the worker) and the
 worker's delta encodings for the other columns, so that the row-group size is the only difference between the
-rewritten sets. The worker's own files are measured beside them as `worker`.
+rewritten sets. The worker's own files are measured beside them as `worker`, and one more set at 128 Ki with pyarrow's
+default encodings (dictionaries, PLAIN fallback) tells the encodings' effect from the row groups'.
 
 The queries, each timed --reps times per reader and set, in rounds over all sets, readers and queries so that the
 machine's drift hits every set alike (median wall time, warm page cache, in this process):
@@ -43,8 +44,9 @@ def parquet_files(root):
     return sorted(p for p in Path(root).rglob("*.parquet") if p.is_file())
 
 
-def rewrite(silver, dest, size):
-    """Rewrites every file of `silver` into `dest` (same relative paths) at `size` rows per row group."""
+def rewrite(silver, dest, size, worker_encodings=True):
+    """Rewrites every file of `silver` into `dest` (same relative paths) at `size` rows per row group, with the
+    worker's encodings or else pyarrow's defaults (dictionaries for every column, PLAIN where one overflows)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -58,9 +60,12 @@ def rewrite(silver, dest, size):
                          else "DELTA_BINARY_PACKED")
                      for c, t in zip(table.column_names, table.schema.types)
                      if c != "Currency" and not pa.types.is_decimal(t)}
+        if worker_encodings:
+            options = dict(use_dictionary=["Currency"], column_encoding=encodings)
+        else:
+            options = dict(use_dictionary=True)
         pq.write_table(table, out, row_group_size=size, compression="zstd", compression_level=ZSTD_LEVEL,
-                       use_dictionary=["Currency"], column_encoding=encodings, store_decimal_as_integer=True,
-                       write_statistics=True)
+                       store_decimal_as_integer=True, write_statistics=True, **options)
 
 
 def layout(root):
@@ -173,6 +178,11 @@ def main():
         print(f"rewriting at {size} rows per row group into {dest}", file=sys.stderr)
         rewrite(silver, dest, size)
         sets[f"{size // 1024} Ki"] = dest
+    # A control: the same rows at 128 Ki with pyarrow's default encodings, to tell the row-group size's effect
+    # from the encodings'.
+    dest = work / "rg-131072-pyarrow-defaults"
+    rewrite(silver, dest, 128 * 1024, worker_encodings=False)
+    sets["128 Ki, pyarrow encodings"] = dest
     probe = probe_values(silver)
     load_before = os.getloadavg()
     results, calls = {}, []
