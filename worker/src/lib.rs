@@ -72,11 +72,12 @@ pub enum Error {
     /// An input that is not what it should be, in words (e.g. a header that is not UTF-8).
     #[error("cannot read input {source_uri}: {message}")]
     UnreadableInput { source_uri: String, message: String },
-    /// An input (or a quarantine file) whose decoder failed: what it should have been, and the decoder's error.
-    #[error("cannot read input {source_uri}: {expected}: {source}")]
+    /// An input (or a quarantine file) whose decoder failed: what failed (or what the input should have been), and
+    /// the decoder's error.
+    #[error("cannot read input {source_uri}: {context}: {source}")]
     UndecodableInput {
         source_uri: String,
-        expected: String,
+        context: String,
         #[source]
         source: BoxError,
     },
@@ -177,8 +178,8 @@ impl Error {
     }
 
     /// An input whose decoder failed, keeping the decoder's error.
-    pub(crate) fn undecodable(source_uri: &str, expected: impl Into<String>, err: impl Into<BoxError>) -> Error {
-        Error::UndecodableInput { source_uri: source_uri.to_owned(), expected: expected.into(), source: err.into() }
+    pub(crate) fn undecodable(source_uri: &str, context: impl Into<String>, err: impl Into<BoxError>) -> Error {
+        Error::UndecodableInput { source_uri: source_uri.to_owned(), context: context.into(), source: err.into() }
     }
 }
 
@@ -193,3 +194,40 @@ impl From<silverline_lake::Error> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn an_error_built_from_another_keeps_it_as_its_source_and_says_it_too() {
+        let io = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad frame header");
+        /// What the source must be.
+        type SourceIs = fn(&(dyn std::error::Error + 'static)) -> bool;
+        let cases: [(Error, &str, SourceIs); 3] = [
+            (
+                Error::internal("starting an encoder thread", io()),
+                "starting an encoder thread: bad frame header",
+                |s| s.downcast_ref::<std::io::Error>().is_some(),
+            ),
+            (
+                Error::undecodable("s3://b/in.csv.zst", "zstd", io()),
+                "cannot read input s3://b/in.csv.zst: zstd: bad frame header",
+                |s| s.downcast_ref::<std::io::Error>().is_some(),
+            ),
+            (Error::from(silverline_crds::names::check_run_id("no/slash").expect_err("invalid")), "usage: ", |s| {
+                s.is::<silverline_crds::names::InvalidName>()
+            }),
+        ];
+        for (e, message, source_is) in cases {
+            assert!(e.to_string().starts_with(message), "{e}");
+            let source = e.source().unwrap_or_else(|| panic!("{e} has no source"));
+            assert!(source_is(source), "{e}: {source:?}");
+        }
+        let invalid = Error::from(silverline_crds::names::check_run_id("no/slash").expect_err("invalid"));
+        assert_eq!((invalid.exit_code(), invalid.category()), (ExitCode::Usage, "usage"));
+        let undecodable = Error::undecodable("in.csv", "zstd", io());
+        assert_eq!((undecodable.exit_code(), undecodable.category()), (ExitCode::SchemaDrift, "unreadable_input"));
+    }
+}
