@@ -6,7 +6,8 @@ bench/s3.sh where the kernel has no `tc netem` (CONFIG_NET_SCH_NETEM unset, as o
 
 Like netem on `lo` (a delay on every packet), each chunk read from one side is written to the other side
 `--delay-ms` after it arrived, in order, so a request and its response take 2 x delay more than without the proxy
-(netem `delay 10ms` on lo gives the same 20 ms round trip). Bandwidth is not limited. It listens on 127.0.0.1 on
+(netem `delay 10ms` on lo gives the same 20 ms round trip); a new connection first waits 2 x delay, the
+handshake's round trip. Bandwidth is not limited. It listens on 127.0.0.1 on
 a free port, writes the port to --listen-port-file once listening, and runs until killed. Its own CPU time is
 reported by bench/s3.sh beside the worker's and the server's.
 """
@@ -60,6 +61,7 @@ async def main():
     delay = a.delay_ms / 1000
 
     async def handle(client_reader, client_writer):
+        await asyncio.sleep(2 * delay)  # the TCP handshake's round trip, which netem would delay too
         try:
             server_reader, server_writer = await asyncio.open_connection(host, int(port))
         except OSError:

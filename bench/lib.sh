@@ -6,7 +6,8 @@ ROOT=$(cd "$BENCH_DIR/.." && pwd)
 CACHE_DIR=${SILVERLINE_CACHE:-$HOME/.cache/silverline}/bench
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 [[ "$TARGET_DIR" == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
-WORKER=$TARGET_DIR/release/silverline-worker
+# SILVERLINE_WORKER_BIN: measure that binary instead of building this checkout's release build.
+WORKER=${SILVERLINE_WORKER_BIN:-$TARGET_DIR/release/silverline-worker}
 PYTHON=${PYTHON:-python3}
 
 # prepare_input ROWS SEED: prints the path of the cached input, generating it once. The name holds the rows, the
@@ -24,8 +25,13 @@ prepare_input() {
   echo "$input"
 }
 
-# build_worker: the release binary of the worker (needs only the crds and worker crates).
+# build_worker: the release binary of the worker (needs only the crds, lake and worker crates), unless
+# SILVERLINE_WORKER_BIN names one.
 build_worker() {
+  if [ -n "${SILVERLINE_WORKER_BIN:-}" ]; then
+    echo "using the worker $SILVERLINE_WORKER_BIN (SILVERLINE_WORKER_BIN), not building" >&2
+    return
+  fi
   (cd "$ROOT" && cargo build --release -p silverline-worker) >&2
 }
 
