@@ -116,8 +116,8 @@ def polars_queries(root, probe):
     year, month, tid, cid = probe
 
     def scan():
-        return pl.scan_parquet(f"{root}/**/*.parquet", hive_partitioning=True,
-                               hive_schema={"year": pl.Int32, "month": pl.Int32})
+        # Hive keys inferred: the worker's paths also hold schema_v= and run_id= above year=/month=.
+        return pl.scan_parquet(f"{root}/**/*.parquet", hive_partitioning=True, try_parse_hive_dates=False)
 
     return {
         "count": lambda: scan().select(pl.len()).collect(),
