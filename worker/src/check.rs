@@ -13,7 +13,7 @@ use arrow::array::{
 };
 use arrow::record_batch::RecordBatch;
 use std::sync::Arc;
-use xxhash_rust::xxh3::{xxh3_64_with_seed, xxh3_128_with_seed};
+use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 /// Why a row is not valid, naming the column.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,9 +26,9 @@ pub struct RowError {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Passed every check; `key` hashes the trimmed primary-key values.
+    /// Passed every check; `key` is the 128-bit fingerprint of the trimmed primary-key values.
     Valid {
-        key: u64,
+        key: u128,
     },
     Invalid(Box<RowError>),
 }
@@ -39,9 +39,9 @@ pub enum Outcome {
 pub struct CheckedChunk {
     pub raw: RecordChunk,
     pub hashes: Vec<u128>,
-    /// Per record, the 64-bit hash of its content — the trimmed values — which decides exact duplicates: rows
-    /// that differ only in surrounding whitespace are the same row. See [`content_hash`].
-    pub contents: Vec<u64>,
+    /// Per record, the 128-bit fingerprint of its content — the trimmed values — which decides exact duplicates:
+    /// rows that differ only in surrounding whitespace are the same row. See [`content_hash`].
+    pub contents: Vec<u128>,
     pub outcomes: Vec<Outcome>,
     /// (partition, rows), in partition order. A partition is months since year 0 (`year * 12 + month - 1`), UTC.
     pub valid: Vec<(u32, RecordBatch)>,
@@ -129,27 +129,30 @@ fn record_hash(raw: &RecordChunk, r: usize) -> u128 {
     xxh3_128_with_seed(raw.record_bytes(r), row_seed(raw.fields(r).map(<[u8]>::len)))
 }
 
-/// A 128-bit row hash folded to the 64 bits the ledger keeps per row.
-pub fn fold(hash: u128) -> u64 {
-    (hash as u64) ^ ((hash >> 64) as u64)
-}
-
-/// The content hash of a row: [`row_hash`] of its trimmed values in contract order, folded to 64 bits. When no
-/// value needed trimming it equals the folded row hash, so the common row costs no second pass.
-fn content_hash(hash: u128, fields: &[&[u8]], trimmed: &[&[u8]], scratch: &mut Vec<u8>) -> u64 {
+/// The content fingerprint of a row: [`row_hash`] of its trimmed values in contract order. When no value needed
+/// trimming it equals the row hash, so the common row costs no second pass.
+fn content_hash(hash: u128, fields: &[&[u8]], trimmed: &[&[u8]], scratch: &mut Vec<u8>) -> u128 {
     if fields.iter().zip(trimmed).all(|(f, t)| f.len() == t.len()) {
-        return fold(hash);
+        return hash;
     }
-    fold(row_hash(trimmed, scratch))
+    row_hash(trimmed, scratch)
 }
 
-/// Marks the content hash of a record without per-column values (wrong field count), so that it never equals a
-/// row's with values; such records compare by their trimmed fields in source order.
-const NO_VALUES: u64 = 0x5c5c_a3a3_0f0f_7171;
+/// Marks the content fingerprint of a record without per-column values (wrong field count), so that it differs
+/// from a row's with values; such records compare by their trimmed fields in source order.
+const NO_VALUES: u128 = 0x5c5c_a3a3_0f0f_7171_e1e1_2d2d_9696_b4b4;
 
-/// The hash of a row's primary key (trimmed values).
-fn key_hash(contract: &Contract, trimmed: &[&[u8]]) -> u64 {
-    contract.key_columns.iter().fold(0x9e37_79b9_7f4a_7c15, |seed, &c| xxh3_64_with_seed(trimmed[c], seed))
+/// The 128-bit fingerprint of a row's primary key: [`row_hash`] of its trimmed values.
+fn key_hash(contract: &Contract, trimmed: &[&[u8]], scratch: &mut Vec<u8>) -> u128 {
+    let columns = &contract.key_columns;
+    if let [c] = columns.as_slice() {
+        return xxh3_128_with_seed(trimmed[*c], row_seed(std::iter::once(trimmed[*c].len())));
+    }
+    scratch.clear();
+    for &c in columns {
+        scratch.extend_from_slice(trimmed[c]);
+    }
+    xxh3_128_with_seed(scratch, row_seed(columns.iter().map(|&c| trimmed[c].len())))
 }
 
 enum ColumnBuilder {
@@ -299,11 +302,11 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
             let hash = replay.map_or_else(|| record_hash(&raw, r), |m| m.row_hash);
             hashes.push(hash);
             contents.push(match replay {
-                Some(_) => fold(hash) ^ NO_VALUES,
+                Some(_) => hash ^ NO_VALUES,
                 None => {
                     trimmed.clear();
                     trimmed.extend(raw.fields(r).map(values::trim));
-                    fold(row_hash(&trimmed, &mut scratch)) ^ NO_VALUES
+                    row_hash(&trimmed, &mut scratch) ^ NO_VALUES
                 }
             });
             let message = match replay {
@@ -334,7 +337,7 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
         trimmed.extend(fields.iter().map(|f| values::trim(f)));
         // A replayed row keeps the hash it was first given, which need not be its values' hash.
         contents.push(match replay {
-            Some(_) => fold(row_hash(&trimmed, &mut scratch)),
+            Some(_) => row_hash(&trimmed, &mut scratch),
             None => content_hash(hash, &fields, &trimmed, &mut scratch),
         });
         if let Some(field) = after_quote {
@@ -395,7 +398,7 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
             let (year, month) = values::year_month_of_micros(micros);
             partitions.push((year.max(0) as u32) * 12 + month - 1);
         }
-        outcomes.push(Outcome::Valid { key: key_hash(contract, &trimmed) });
+        outcomes.push(Outcome::Valid { key: key_hash(contract, &trimmed, &mut scratch) });
         valid_rows += 1;
     }
     debug_assert_eq!(partitions.len(), valid_rows);

@@ -3,14 +3,15 @@
 //! anything else, rows that used up their attempts are condemned, a valid row whose key was already taken is a
 //! DUPLICATE_KEY_ERROR, and every row is counted exactly once, so `input = valid + quarantined + condemned`.
 //!
-//! Memory: the ledger keeps, per distinct row and per distinct valid key, its 64-bit hash and the ordinal (0-based
-//! position in the run's input, 32 bits) of the row that brought it first, so that a repeat can name the record it
-//! repeats. Each table is two flat arrays beside each other — 8-byte hashes, probed on every row, and 4-byte
-//! ordinals, read only when a repeat is found — kept between 3/8 and 3/4 full: 16 bytes per distinct row and the
-//! same per valid key when the run pre-sizes them from the input's size (32 bytes per input row: ≈ 153 MiB for 5 M
-//! rows), up to twice that when the size is not known in advance. Beside them, one entry per input object and, for
-//! a replay, the lineage (source, record) of each replayed row. Nothing else grows with the input. With 64-bit
-//! hashes the chance that two different rows or keys collide among 10 M is about 3 in a million per run.
+//! Memory: the ledger keeps, per distinct row and per distinct valid key, 96 bits of its 128-bit fingerprint and
+//! the ordinal (0-based position in the run's input, 32 bits) of the row that brought it first, so that a repeat
+//! can name the record it repeats. Each table is two flat arrays beside each other — 8-byte probe bits, read on
+//! every probe, and 8 bytes of check bits and ordinal, read only when the probe bits match — kept at most 13/16
+//! full: 16 bytes a slot, 19.7 bytes per distinct row and the same per valid key when the run pre-sizes them from
+//! the input's size (39.4 bytes per input row: ≈ 188 MiB for 5 M rows), up to twice that when the size is not
+//! known in advance. Beside them, one entry per input object and, for a replay, the lineage (source, record) of
+//! each replayed row. Nothing else grows with the input. A wrong verdict needs two different rows (or keys) whose
+//! 96 compared bits agree: about n²/2⁹⁷ per table, 6·10⁻¹⁴ per run at 100 M rows (see [`FirstSeen`]).
 
 use crate::check::{CheckedChunk, Outcome, RowError};
 use crate::values::ErrorType;
@@ -71,66 +72,92 @@ impl<T: bytemuck::Pod> Slots<T> {
 /// The ordinal stored for rows past `u32::MAX`: their first holder is not named.
 pub const UNKNOWN_ORDINAL: u32 = u32::MAX;
 
-/// A set of 64-bit hashes, each with the ordinal of the row that brought it first, in two flat arrays with
-/// linear probing, kept at most 3/4 full. The hashes are uniformly distributed already, so a slot is found by
-/// multiply-shift; 0 marks an empty slot, so a hash of 0 is stored as 1. Probing reads only the hash array; the
-/// ordinal of a slot is written once and read only for a repeat.
+/// How full a table may get, as a fraction of its slots: 13/16. Linear probing with uniformly spread hashes
+/// scans about 15 slots for a new hash at that load, two cache lines of the probe array.
+const MAX_LOAD: (usize, usize) = (13, 16);
+
+/// A set of 128-bit fingerprints, each with the ordinal of the row that brought it first. Two verdicts depend on
+/// it — exact duplicate and duplicate key — so it compares 96 bits of each fingerprint: 64 probe bits in one flat
+/// array, read on every probe, and beside them, read only when the probe bits match, 32 check bits and the
+/// ordinal. Two different rows are taken for one only if all 96 bits agree: among n rows the chance of that
+/// anywhere in a run is about n²/2⁹⁷, 6·10⁻¹⁴ at 100 M rows per table. Slots are found by multiply-shift on the
+/// probe bits, with linear probing; 0 marks an empty slot, so probe bits of 0 are stored as 1.
 #[derive(Debug, Default)]
 pub struct FirstSeen {
-    hashes: Slots<u64>,
-    ordinals: Slots<u32>,
+    probes: Slots<u64>,
+    /// Per slot: check bits (high half) and ordinal (low half).
+    tags: Slots<u64>,
     len: usize,
 }
 
+/// The bits of a fingerprint that are compared: where it is probed, and what confirms a match.
+#[inline]
+fn split(fingerprint: u128) -> (u64, u32) {
+    ((fingerprint as u64).max(1), (fingerprint >> 64) as u32)
+}
+
 impl FirstSeen {
-    fn slot(hash: u64, slots: usize) -> usize {
-        ((u128::from(hash) * slots as u128) >> 64) as usize
+    fn slot(probe: u64, slots: usize) -> usize {
+        ((u128::from(probe) * slots as u128) >> 64) as usize
     }
 
-    /// Makes room for `additional` more hashes without growing on the way.
+    /// Slots for `n` fingerprints at the maximum load.
+    fn slots_for(n: usize) -> usize {
+        n / MAX_LOAD.0 * MAX_LOAD.1 + 64
+    }
+
+    /// Makes room for `additional` more fingerprints without growing on the way.
     pub fn reserve(&mut self, additional: usize) {
-        let wanted = (self.len + additional) / 3 * 4 + 64;
-        if wanted > self.hashes.get().len() {
+        let wanted = Self::slots_for(self.len + additional);
+        if wanted > self.probes.get().len() {
             self.rebuild(wanted);
         }
     }
 
     fn rebuild(&mut self, slots: usize) {
-        let old_hashes = std::mem::replace(&mut self.hashes, Slots::zeroed(slots));
-        let old_ordinals = std::mem::replace(&mut self.ordinals, Slots::zeroed(slots));
-        for (hash, ordinal) in old_hashes.get().iter().zip(old_ordinals.get()).filter(|(h, _)| **h != 0) {
-            // The old table held each hash once, so each is placed anew.
-            let _ = self.place(*hash, *ordinal);
+        let old_probes = std::mem::replace(&mut self.probes, Slots::zeroed(slots));
+        let old_tags = std::mem::replace(&mut self.tags, Slots::zeroed(slots));
+        for (probe, tag) in old_probes.get().iter().zip(old_tags.get()).filter(|(p, _)| **p != 0) {
+            // The old table held each fingerprint once, so each is placed anew.
+            let _ = self.place(*probe, *tag);
         }
     }
 
-    /// Puts the hash in its slot; `Err` with the first holder's ordinal if it is there already.
-    fn place(&mut self, hash: u64, ordinal: u32) -> Result<(), u32> {
-        let slots = self.hashes.get_mut();
-        let n = slots.len();
-        let mut i = Self::slot(hash, n);
+    /// Puts the fingerprint in its slot; `Err` with the first holder's ordinal if it is there already.
+    fn place(&mut self, probe: u64, tag: u64) -> Result<(), u32> {
+        let probes = self.probes.get_mut();
+        let n = probes.len();
+        let mut i = Self::slot(probe, n);
         loop {
-            match slots[i] {
+            match probes[i] {
                 0 => {
-                    slots[i] = hash;
-                    self.ordinals.get_mut()[i] = ordinal;
+                    probes[i] = probe;
+                    self.tags.get_mut()[i] = tag;
                     return Ok(());
                 }
-                h if h == hash => return Err(self.ordinals.get()[i]),
+                p if p == probe => {
+                    let held = self.tags.get()[i];
+                    if held >> 32 == tag >> 32 {
+                        return Err(held as u32);
+                    }
+                    // The same probe bits, other check bits: another fingerprint; probing goes on.
+                    i = if i + 1 == n { 0 } else { i + 1 };
+                }
                 _ => i = if i + 1 == n { 0 } else { i + 1 },
             }
         }
     }
 
-    /// Adds a hash first seen at `ordinal`; if it was already there, `Err` with the ordinal of its first holder
-    /// ([`UNKNOWN_ORDINAL`] for a holder past `u32::MAX`).
+    /// Adds a fingerprint first seen at `ordinal`; if it was already there, `Err` with the ordinal of its first
+    /// holder ([`UNKNOWN_ORDINAL`] for a holder past `u32::MAX`).
     #[inline]
-    pub fn insert(&mut self, hash: u64, ordinal: u64) -> Result<(), u32> {
-        if (self.len + 1) * 4 > self.hashes.get().len() * 3 {
-            self.rebuild((self.hashes.get().len() * 2).max(1024));
+    pub fn insert(&mut self, fingerprint: u128, ordinal: u64) -> Result<(), u32> {
+        if (self.len + 1) * MAX_LOAD.1 > self.probes.get().len() * MAX_LOAD.0 {
+            self.rebuild((self.probes.get().len() * 2).max(1024));
         }
         let ordinal = u32::try_from(ordinal).unwrap_or(UNKNOWN_ORDINAL);
-        let placed = self.place(hash.max(1), ordinal);
+        let (probe, check) = split(fingerprint);
+        let placed = self.place(probe, u64::from(check) << 32 | u64::from(ordinal));
         self.len += usize::from(placed.is_ok());
         placed
     }
@@ -145,19 +172,19 @@ impl FirstSeen {
 
     /// The bytes the table holds.
     pub fn bytes(&self) -> usize {
-        self.hashes.get().len() * 8 + self.ordinals.get().len() * 4
+        self.probes.get().len() * 8 + self.tags.get().len() * 8
     }
 
-    /// Reads the home slot of each hash and returns a value that depends on them all. The tables are far larger
-    /// than the caches, so nearly every probe misses; reading the slots of a block of rows first lets those
+    /// Reads the home slot of each fingerprint and returns a value that depends on them all. The tables are far
+    /// larger than the caches, so nearly every probe misses; reading the slots of a block of rows first lets those
     /// misses overlap instead of following one another, and the probes that follow find the slots cached.
-    pub fn warm(&self, hashes: impl Iterator<Item = u64>) -> u64 {
-        let slots = self.hashes.get();
-        let n = slots.len();
+    pub fn warm(&self, fingerprints: impl Iterator<Item = u128>) -> u64 {
+        let probes = self.probes.get();
+        let n = probes.len();
         if n == 0 {
             return 0;
         }
-        hashes.fold(0, |acc, h| acc ^ slots[Self::slot(h.max(1), n)])
+        fingerprints.fold(0, |acc, f| acc ^ probes[Self::slot(split(f).0, n)])
     }
 }
 
@@ -487,6 +514,11 @@ mod tests {
     use crate::contract::{HeaderMap, tests::transactions};
     use crate::tokenize::RecordChunk;
 
+    /// A fingerprint with every bit in play.
+    fn spread(h: u64) -> u128 {
+        u128::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+    }
+
     fn chunk(rows: &[&str]) -> CheckedChunk {
         let mut raw = RecordChunk::new(0, 1);
         for (i, row) in rows.iter().enumerate() {
@@ -554,22 +586,61 @@ mod tests {
     fn the_table_keeps_every_distinct_hash_and_its_first_holder_across_growth() {
         let mut set = FirstSeen::default();
         for h in 0..100_000u64 {
-            assert_eq!(set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), h + 7), Ok(()));
+            assert_eq!(set.insert(spread(h), h + 7), Ok(()));
         }
         for h in 0..100_000u64 {
-            assert_eq!(set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1 << 20), Err(h as u32 + 7), "{h}");
+            assert_eq!(set.insert(spread(h), 1 << 20), Err(h as u32 + 7), "{h}");
         }
         assert_eq!(set.len(), 100_000);
         let mut sized = FirstSeen::default();
         sized.reserve(1000);
-        let slots = sized.hashes.get().len();
+        let slots = sized.probes.get().len();
         (1..=1000u64).for_each(|h| {
-            let _ = sized.insert(h << 40, h);
+            let _ = sized.insert(spread(h), h);
         });
-        assert_eq!(sized.hashes.get().len(), slots, "a reserved set does not grow");
-        // 12 bytes a slot, at most 3/4 full once reserved: 16 bytes per hash.
-        assert_eq!(sized.bytes(), slots * 12);
-        assert!(sized.bytes() as f64 / 1000.0 <= 16.0 + 64.0 * 12.0 / 1000.0, "{}", sized.bytes());
+        assert_eq!(sized.probes.get().len(), slots, "a reserved set does not grow");
+        // 16 bytes a slot, at most 13/16 full once reserved: 19.7 bytes per fingerprint.
+        assert_eq!(sized.bytes(), slots * 16);
+        assert!(sized.bytes() as f64 / 1000.0 <= 16.0 * 16.0 / 13.0 + 64.0 * 16.0 / 1000.0, "{}", sized.bytes());
+    }
+
+    #[test]
+    fn fingerprints_that_share_their_probe_bits_but_not_their_check_bits_are_different() {
+        let mut set = FirstSeen::default();
+        let probe = 0x1234_5678_9abc_def0u128;
+        assert_eq!(set.insert(probe | 1 << 64, 3), Ok(()));
+        assert_eq!(set.insert(probe | 2 << 64, 4), Ok(()), "a 64-bit collision is not a repeat");
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.insert(probe | 2 << 64, 9), Err(4));
+        assert_eq!(set.insert(probe | 1 << 64, 9), Err(3));
+    }
+
+    #[test]
+    fn a_forced_64_bit_collision_condemns_and_quarantines_nothing() {
+        // Two different rows with different keys whose fingerprints agree in their low 64 bits, as a 64-bit
+        // fingerprint would let them: neither is an exact duplicate, nor a duplicate key, of the other.
+        let mut c = chunk(&["T1,C1,1.00,EUR,2024-01-01T00:00:00Z", "T2,C2,2.00,EUR,2024-01-01T00:00:00Z"]);
+        let low = |f: u128| f & u128::from(u64::MAX);
+        c.contents[1] = c.contents[1] & !u128::from(u64::MAX) | low(c.contents[0]);
+        let first_key = match &c.outcomes[0] {
+            Outcome::Valid { key } => *key,
+            Outcome::Invalid(e) => panic!("the first row is valid: {e:?}"),
+        };
+        if let Outcome::Valid { key } = &mut c.outcomes[1] {
+            *key = *key & !u128::from(u64::MAX) | low(first_key);
+        }
+        assert_eq!(low(c.contents[0]), low(c.contents[1]));
+        assert_ne!(c.contents[0], c.contents[1]);
+        let mut ledger = Ledger::new(100, 3);
+        let s = ledger.settle(&c).expect("no trip");
+        assert!(s.condemned.is_empty(), "{:?}", s.condemned);
+        assert!(s.quarantined.is_empty(), "{:?}", s.quarantined);
+        assert_eq!(s.keep, None);
+        assert_eq!(ledger.counts.valid, 2);
+        // While a true repeat is still found.
+        let again = chunk(&["T1,C1,1.00,EUR,2024-01-01T00:00:00Z"]);
+        let s = ledger.settle(&again).expect("no trip");
+        assert_eq!(s.condemned.len(), 1);
     }
 
     #[test]
@@ -583,12 +654,12 @@ mod tests {
     fn a_large_set_lives_in_its_own_mapping_and_keeps_every_hash() {
         let mut set = FirstSeen::default();
         set.reserve(4 * 1024 * 1024);
-        assert!(matches!(set.hashes, Slots::Mapped(_)), "a table of {} slots is mapped", set.hashes.get().len());
-        assert!(matches!(set.ordinals, Slots::Mapped(_)), "its ordinals too");
+        assert!(matches!(set.probes, Slots::Mapped(_)), "a table of {} slots is mapped", set.probes.get().len());
+        assert!(matches!(set.tags, Slots::Mapped(_)), "its check bits and ordinals too");
         for h in 1..=200_000u64 {
-            assert_eq!(set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), h), Ok(()));
+            assert_eq!(set.insert(spread(h), h), Ok(()));
         }
-        assert!((1..=200_000u64).all(|h| set.insert(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 0) == Err(h as u32)));
+        assert!((1..=200_000u64).all(|h| set.insert(spread(h), 0) == Err(h as u32)));
         assert_eq!(set.len(), 200_000);
     }
 

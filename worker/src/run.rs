@@ -28,9 +28,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
-/// Records per chunk, and field bytes per chunk: the unit of parallel work and of memory in flight.
-pub const CHUNK_RECORDS: usize = 16 * 1024;
+/// Input bytes per chunk (whole records, so a little more or less): the unit of parallel work and of memory in
+/// flight.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Sets input bytes per chunk instead of [`CHUNK_BYTES`] (for tests: the output must not depend on it).
+pub const CHUNK_BYTES_ENV: &str = "SILVERLINE_CHUNK_BYTES";
+
+/// Input bytes per chunk: [`CHUNK_BYTES`], or a positive number from [`CHUNK_BYTES_ENV`].
+fn chunk_bytes() -> usize {
+    std::env::var(CHUNK_BYTES_ENV).ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(CHUNK_BYTES)
+}
 
 /// What `silverline-worker run` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -146,25 +153,24 @@ fn preflight(inputs: &[InputObject], contract: &Contract, handle: &Handle) -> Re
         .collect()
 }
 
-/// Reads every input in order into chunks. Stops quietly when the consumers are gone.
+/// Reads every input in order into chunks: CSV as blocks of whole records, tokenized later by the checkers (see
+/// [`crate::tokenize::record_prefix`]), a replay as tokenized chunks. Stops quietly when the consumers are gone.
 fn read_inputs(
     inputs: &[InputObject],
     contract: &Contract,
     handle: &Handle,
     control: &RunControl,
-    out: Sender<(u64, crate::tokenize::RecordChunk)>,
-    recycled: Receiver<crate::tokenize::RecordChunk>,
-    limit: usize,
+    flow: &mut dyn ChunkFlow,
 ) -> Result<Vec<InputRecord>> {
-    let mut created = 0;
     let mut seq = 0u64;
     let mut records = Vec::with_capacity(inputs.len());
+    let block_bytes = chunk_bytes();
     for (source, input) in inputs.iter().enumerate() {
         control.check()?;
         if input.format == InputFormat::Quarantine {
             let (chunks, checksum) = replay::read_chunks(input, source, contract, handle)?;
             for chunk in chunks {
-                if out.send((seq, chunk)).is_err() {
+                if !flow.send(seq, chunk)? {
                     return Ok(records);
                 }
                 seq += 1;
@@ -174,28 +180,117 @@ fn read_inputs(
         }
         let open = input.open(handle, Some(control.bytes.clone()))?;
         let checksum = open.checksum.clone();
-        let mut tokenizer = CsvTokenizer::new(open.reader);
-        tokenizer.read_header().map_err(|e| read_error(e, &input.uri))?;
-        let mut first = 1u64;
-        loop {
+        let mut header = CsvTokenizer::new(open.reader);
+        header.read_header().map_err(|e| read_error(e, &input.uri))?;
+        let mut line = header.line();
+        let mut reader = header.into_inner();
+        let mut carry: Vec<u8> = Vec::new();
+        let mut at_end = false;
+        while !(at_end && carry.is_empty()) {
             control.check()?;
-            let Some(reuse) = next_buffers(&recycled, &mut created, limit, control)? else {
+            let Some(mut chunk) = flow.buffers()? else {
                 return Ok(records);
             };
-            let chunk = tokenizer
-                .next_chunk_reusing(reuse, source, first, CHUNK_RECORDS, CHUNK_BYTES)
-                .map_err(|e| read_error(e, &input.uri))?;
-            let Some(chunk) = chunk else { break };
-            first += chunk.len() as u64;
-            if out.send((seq, chunk)).is_err() {
+            chunk.clear(source, 0);
+            let mut block = std::mem::take(&mut chunk.block);
+            block.append(&mut carry);
+            loop {
+                if at_end {
+                    break;
+                }
+                if block.len() >= block_bytes
+                    && let Some(cut) = crate::tokenize::record_prefix(&block)
+                {
+                    carry.extend_from_slice(&block[cut..]);
+                    block.truncate(cut);
+                    break;
+                }
+                let start = block.len();
+                block.resize(start.max(block_bytes) + 64 * 1024, 0);
+                let n = read_some(&mut reader, &mut block[start..]).map_err(|e| read_error(e, &input.uri))?;
+                block.truncate(start + n);
+                at_end = n == 0;
+            }
+            if block.is_empty() {
+                break;
+            }
+            chunk.block_line = line;
+            chunk.block_is_last = at_end && carry.is_empty();
+            line += memchr::memchr_iter(b'\n', &block).count() as u64;
+            chunk.block = block;
+            if !flow.send(seq, chunk)? {
                 return Ok(records);
             }
             seq += 1;
         }
-        drop(tokenizer);
+        // Read to the end (a header-only input has no block), so that the checksum is complete.
+        let mut rest = [0u8; 64];
+        while read_some(&mut reader, &mut rest).map_err(|e| read_error(e, &input.uri))? > 0 {}
+        drop(reader);
         records.push(checksum_of(input, &checksum)?);
     }
     Ok(records)
+}
+
+/// Where the reader's chunks go, and where their buffers come from.
+trait ChunkFlow {
+    /// Buffers for the next chunk; `None` when the consumers are gone.
+    fn buffers(&mut self) -> Result<Option<crate::tokenize::RecordChunk>>;
+    /// Hands on chunk `seq`; `false` when the consumers are gone.
+    fn send(&mut self, seq: u64, chunk: crate::tokenize::RecordChunk) -> Result<bool>;
+}
+
+/// To the checker threads over a channel, with buffers recycled by the committer (see [`next_buffers`]).
+struct ToCheckers<'a> {
+    out: Sender<(u64, crate::tokenize::RecordChunk)>,
+    recycled: Receiver<crate::tokenize::RecordChunk>,
+    created: usize,
+    limit: usize,
+    control: &'a RunControl,
+}
+
+impl ChunkFlow for ToCheckers<'_> {
+    fn buffers(&mut self) -> Result<Option<crate::tokenize::RecordChunk>> {
+        next_buffers(&self.recycled, &mut self.created, self.limit, self.control)
+    }
+
+    fn send(&mut self, seq: u64, chunk: crate::tokenize::RecordChunk) -> Result<bool> {
+        Ok(self.out.send((seq, chunk)).is_ok())
+    }
+}
+
+/// One thread: each chunk is tokenized, checked and committed where it is read, and its buffers reused.
+struct Inline<'a, 'c> {
+    committer: &'a mut Committer<'c>,
+    inputs: &'a [InputObject],
+    maps: &'a [HeaderMap],
+    spare: Option<crate::tokenize::RecordChunk>,
+}
+
+impl ChunkFlow for Inline<'_, '_> {
+    fn buffers(&mut self) -> Result<Option<crate::tokenize::RecordChunk>> {
+        Ok(Some(self.spare.take().unwrap_or_default()))
+    }
+
+    fn send(&mut self, _seq: u64, chunk: crate::tokenize::RecordChunk) -> Result<bool> {
+        let checked = tokenize_and_check(self.committer.contract, self.inputs, self.maps, chunk)?;
+        self.spare = Some(self.committer.commit(checked)?);
+        Ok(true)
+    }
+}
+
+/// Reads as much as `buf` holds, unless the input ends first; 0 only at its end.
+fn read_some(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// The buffers for the next chunk: new ones until `limit` chunks exist, then those of a committed chunk. So the
@@ -232,19 +327,32 @@ fn checksum_of(input: &InputObject, slot: &std::sync::Mutex<Option<crate::input:
     Ok(InputRecord { uri: input.uri.clone(), bytes: sum.bytes, sha256: sum.sha256 })
 }
 
-/// Checks chunks until the input ends or the consumer is gone.
+/// Tokenizes (a CSV block) and checks chunks until the input ends or the consumer is gone.
 fn check_chunks(
     contract: &Contract,
+    inputs: &[InputObject],
     maps: &[HeaderMap],
     input: Receiver<(u64, crate::tokenize::RecordChunk)>,
-    out: Sender<(u64, CheckedChunk)>,
+    out: Sender<(u64, Result<CheckedChunk>)>,
 ) {
     for (seq, chunk) in input.iter() {
-        let checked = check_chunk(contract, &maps[chunk.source], chunk);
-        if out.send((seq, checked)).is_err() {
+        if out.send((seq, tokenize_and_check(contract, inputs, maps, chunk))).is_err() {
             return;
         }
     }
+}
+
+/// Tokenizes a chunk's block, if it holds one, then checks its records.
+fn tokenize_and_check(
+    contract: &Contract,
+    inputs: &[InputObject],
+    maps: &[HeaderMap],
+    mut chunk: crate::tokenize::RecordChunk,
+) -> Result<CheckedChunk> {
+    if !chunk.block.is_empty() {
+        crate::tokenize::tokenize_block(&mut chunk).map_err(|e| read_error(e, &inputs[chunk.source].uri))?;
+    }
+    Ok(check_chunk(contract, &maps[chunk.source], chunk))
 }
 
 /// Rows in the whole input, estimated from the stored size and the first chunk's bytes per record (an
@@ -265,13 +373,22 @@ struct Committer<'a> {
     quarantine: SideWriter,
     condemned: SideWriter,
     control: &'a RunControl,
-    /// Committed chunks go back to the reader for their buffers.
-    recycle: Option<Sender<crate::tokenize::RecordChunk>>,
+    /// The source being read and the number of its next record: blocks are tokenized in any order, so their
+    /// records are numbered here, in input order.
+    next_record: (usize, u64),
 }
 
 impl Committer<'_> {
-    fn commit(&mut self, chunk: CheckedChunk) -> Result<()> {
+    /// Settles and writes a chunk; returns its raw records, whose buffers the reader may reuse.
+    fn commit(&mut self, mut chunk: CheckedChunk) -> Result<crate::tokenize::RecordChunk> {
         self.control.check()?;
+        if chunk.raw.first_record == 0 && chunk.raw.replay.is_empty() {
+            if self.next_record.0 != chunk.raw.source {
+                self.next_record = (chunk.raw.source, 1);
+            }
+            chunk.raw.first_record = self.next_record.1;
+            self.next_record.1 += chunk.raw.len() as u64;
+        }
         if self.ledger.counts.input_rows == 0 && !chunk.raw.is_empty() {
             self.ledger.reserve(estimate_rows(&chunk.raw, self.control.total_bytes.load(Ordering::Relaxed)));
         }
@@ -294,11 +411,7 @@ impl Committer<'_> {
         self.quarantine.write(self.contract, &chunk, map, uri, &settled.quarantined)?;
         self.condemned.write(self.contract, &chunk, map, uri, &settled.condemned)?;
         self.control.rows.store(self.ledger.counts.input_rows, Ordering::Relaxed);
-        if let Some(recycle) = &self.recycle {
-            // A full queue or a finished reader only means this chunk's buffers are freed instead.
-            let _ = recycle.try_send(chunk.raw);
-        }
-        Ok(())
+        Ok(chunk.raw)
     }
 }
 
@@ -342,56 +455,73 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
         quarantine: SideWriter::new(Area::Quarantine, &contract, lake.clone(), layout.clone(), handle.clone()),
         condemned: SideWriter::new(Area::Condemned, &contract, lake.clone(), layout.clone(), handle.clone()),
         control,
-        recycle: None,
+        next_record: (usize::MAX, 1),
     };
 
-    let (input_records, committed) = std::thread::scope(|scope| {
-        let (raw_tx, raw_rx) = bounded(threads);
-        let (checked_tx, checked_rx) = bounded(threads);
-        // Chunks in flight: one being read, one being committed, and a queue and one being checked per checker.
-        let in_flight = 3 * threads + 2;
-        let (recycle_tx, recycle_rx) = bounded(in_flight);
-        committer.recycle = Some(recycle_tx);
-        let (all_inputs, the_contract) = (&inputs, &contract);
-        let reader =
-            scope.spawn(move || read_inputs(all_inputs, the_contract, handle, control, raw_tx, recycle_rx, in_flight));
-        for _ in 0..threads {
-            let (rx, tx) = (raw_rx.clone(), checked_tx.clone());
-            let (contract, maps) = (&contract, &maps);
-            scope.spawn(move || check_chunks(contract, maps, rx, tx));
+    let (input_records, committed) = if threads == 1 {
+        // One thread does everything, in order: no queues, no hand-offs.
+        let mut flow = Inline { committer: &mut committer, inputs: &inputs, maps: &maps, spare: None };
+        match read_inputs(&inputs, &contract, handle, control, &mut flow) {
+            Ok(records) => (Ok(records), Ok(())),
+            Err(e) => (Ok(Vec::new()), Err(e)),
         }
-        drop((raw_rx, checked_tx));
-        let mut pending = BTreeMap::new();
-        let mut next = 0u64;
-        let mut committed = Ok(());
-        'receive: loop {
-            // Wake up now and then, so that a stop request is honoured even while the input stalls.
-            let (seq, chunk) = match checked_rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(item) => item,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => match control.check() {
-                    Ok(()) => continue,
-                    Err(e) => {
-                        committed = Err(e);
-                        break;
+    } else {
+        std::thread::scope(|scope| {
+            let (raw_tx, raw_rx) = bounded(threads);
+            let (checked_tx, checked_rx) = bounded(threads);
+            // Chunks in flight: one being read, one being committed, and a queue and one being checked per checker.
+            let in_flight = 3 * threads + 2;
+            let (recycle_tx, recycle_rx) = bounded(in_flight);
+            let (all_inputs, the_contract) = (&inputs, &contract);
+            let reader = scope.spawn(move || {
+                let mut flow = ToCheckers { out: raw_tx, recycled: recycle_rx, created: 0, limit: in_flight, control };
+                read_inputs(all_inputs, the_contract, handle, control, &mut flow)
+            });
+            for _ in 0..threads {
+                let (rx, tx) = (raw_rx.clone(), checked_tx.clone());
+                let (contract, inputs, maps) = (&contract, &inputs, &maps);
+                scope.spawn(move || check_chunks(contract, inputs, maps, rx, tx));
+            }
+            drop((raw_rx, checked_tx));
+            let recycle = recycle_tx;
+            let mut pending = BTreeMap::new();
+            let mut next = 0u64;
+            let mut committed = Ok(());
+            'receive: loop {
+                // Wake up now and then, so that a stop request is honoured even while the input stalls.
+                let (seq, chunk) = match checked_rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(item) => item,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => match control.check() {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            committed = Err(e);
+                            break;
+                        }
+                    },
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
+                pending.insert(seq, chunk);
+                while let Some(chunk) = pending.remove(&next) {
+                    next += 1;
+                    match chunk.and_then(|chunk| committer.commit(chunk)) {
+                        // A full queue or a finished reader only means this chunk's buffers are freed instead.
+                        Ok(raw) => {
+                            let _ = recycle.try_send(raw);
+                        }
+                        Err(e) => {
+                            committed = Err(e);
+                            break 'receive;
+                        }
                     }
-                },
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            };
-            pending.insert(seq, chunk);
-            while let Some(chunk) = pending.remove(&next) {
-                next += 1;
-                if let Err(e) = committer.commit(chunk) {
-                    committed = Err(e);
-                    break 'receive;
                 }
             }
-        }
-        drop(checked_rx);
-        // A reader waiting for buffers stops when the committer lets go of them.
-        committer.recycle = None;
-        let read = reader.join().unwrap_or_else(|_| Err(Error::internal("input reader", "the thread panicked")));
-        (read, committed)
-    });
+            drop(checked_rx);
+            // A reader waiting for buffers stops when the committer lets go of them.
+            drop(recycle);
+            let read = reader.join().unwrap_or_else(|_| Err(Error::internal("input reader", "the thread panicked")));
+            (read, committed)
+        })
+    };
     if let Err(e) = committed {
         if let Error::CircuitBreaker { .. } = &e {
             let trip = serde_json::json!({

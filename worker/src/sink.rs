@@ -27,15 +27,23 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio_util::io::SyncIoBridge;
 
-/// Rows per part file before the next part starts.
+/// Rows per part file before the next part starts (a whole number of row groups).
 pub const ROWS_PER_FILE: u64 = 8 * 1024 * 1024;
-/// Rows per row group.
-pub const ROWS_PER_ROW_GROUP: usize = 128 * 1024;
-/// Bytes of Arrow data all partitions may keep waiting for their row group before the largest is encoded early.
-pub const BUFFER_BUDGET: usize = 24 * 1024 * 1024;
+/// Rows per row group: every row group of a file but its last holds exactly this many, whatever the chunking or
+/// the thread count. Each open partition keeps its row group in progress, encoded and compressed, in memory.
+/// 32 Ki: bench/README "Row-group size" measured no reader scanning faster with larger groups, and selective
+/// queries slower from 128 Ki up.
+pub const ROWS_PER_ROW_GROUP: usize = 32 * 1024;
+/// Rows handed to a Parquet writer per call: every write but a file's last holds a whole multiple of this, itself
+/// a multiple of the writer's 1,024-row mini-batches, after which it decides where a page ends. So page and row
+/// group boundaries fall on the same rows however the input was cut into chunks, and the bytes depend only on
+/// the rows.
+pub const WRITE_ALIGN: usize = 4 * 1024;
+/// Valid rows, in input order, from which the dictionary columns are chosen (see [`dictionary_columns`]).
+pub const DICTIONARY_SAMPLE_ROWS: usize = 16 * 1024;
 /// Data and dictionary page size: smaller than parquet's 1 MiB default, because every open partition holds
 /// a page per column in memory.
-pub const PAGE_BYTES: usize = 256 * 1024;
+pub const PAGE_BYTES: usize = 128 * 1024;
 /// zstd level, the same as the peers' default.
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -246,35 +254,132 @@ fn parquet_error(err: parquet::errors::ParquetError, writer: &ArrowWriter<Object
     parquet_error_key(err, &writer.inner().key)
 }
 
+/// A Parquet writer's error: a failed write to the store underneath is the store's error (and may be transient);
+/// anything else is the encoder's own, which a retry would meet again, so it is never transient.
 fn parquet_error_key(err: parquet::errors::ParquetError, key: &str) -> Error {
     match err {
         parquet::errors::ParquetError::External(inner) => match inner.downcast::<io::Error>() {
             Ok(io) => upload_error(*io, key),
-            Err(other) => Error::internal(key, other),
+            Err(other) => Error::internal(format!("encoding Parquet for {key}"), other),
         },
-        other => Error::Transient { key: key.to_owned(), message: other.to_string() },
+        other => Error::internal(format!("encoding Parquet for {key}"), other),
     }
 }
 
-/// The partitions of one encoder thread. Rows wait as Arrow batches until a partition has a row group's worth
-/// (or the thread's budget is reached, when the partition holding the most goes first); a row group is then
-/// encoded in one go, so the encoders' own state (pages, dictionaries, zstd contexts) exists for one row group
-/// at a time rather than for every open partition.
-struct PartitionSet {
-    location: Location,
-    layout: LakeLayout,
+/// The part files of one stream of rows (one partition of silver, or one side area), written in order: rows wait
+/// until a whole multiple of [`WRITE_ALIGN`] is there, then go to the open part, which cuts its row groups at
+/// exactly [`ROWS_PER_ROW_GROUP`] rows; a part is completed at exactly [`ROWS_PER_FILE`] rows and the next one
+/// starts. Nothing here depends on how the rows arrived, only on the rows.
+struct PartStream {
+    area: Area,
     schema: SchemaRef,
     properties: WriterProperties,
-    handle: Handle,
-    budget: usize,
-    pending: BTreeMap<u32, (Vec<RecordBatch>, usize)>,
-    pending_bytes: usize,
-    open: BTreeMap<u32, OpenPart>,
-    next_part: BTreeMap<u32, u32>,
+    waiting: Vec<RecordBatch>,
+    waiting_rows: usize,
+    open: Option<OpenPart>,
+    next_part: u32,
     files: Vec<FileRecord>,
 }
 
+impl PartStream {
+    fn new(area: Area, schema: SchemaRef, properties: WriterProperties) -> PartStream {
+        PartStream {
+            area,
+            schema,
+            properties,
+            waiting: Vec::new(),
+            waiting_rows: 0,
+            open: None,
+            next_part: 0,
+            files: Vec::new(),
+        }
+    }
+
+    /// Adds rows; `key_of` names part `n` of this stream, should one start.
+    fn push(&mut self, batch: RecordBatch, sink: &SinkContext, key_of: &dyn Fn(u32) -> Path) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.waiting_rows += batch.num_rows();
+        self.waiting.push(batch);
+        if self.waiting_rows >= WRITE_ALIGN { self.write_waiting(false, sink, key_of) } else { Ok(()) }
+    }
+
+    /// Writes the waiting rows: a whole multiple of [`WRITE_ALIGN`], or all of them at the end.
+    fn write_waiting(&mut self, all: bool, sink: &SinkContext, key_of: &dyn Fn(u32) -> Path) -> Result<()> {
+        let whole = if all { self.waiting_rows } else { self.waiting_rows / WRITE_ALIGN * WRITE_ALIGN };
+        if whole == 0 {
+            return Ok(());
+        }
+        let batch = match self.waiting.as_slice() {
+            [one] => one.clone(),
+            many => arrow::compute::concat_batches(&self.schema, many)
+                .map_err(|e| Error::internal("joining rows for a part file", e))?,
+        };
+        self.waiting.clear();
+        let mut at = 0;
+        while at < whole {
+            let open = match &mut self.open {
+                Some(open) => open,
+                slot => {
+                    let key = key_of(self.next_part);
+                    self.next_part += 1;
+                    slot.insert(OpenPart::create(
+                        &sink.location,
+                        &key,
+                        self.schema.clone(),
+                        self.properties.clone(),
+                        &sink.handle,
+                    )?)
+                }
+            };
+            let n = ((ROWS_PER_FILE - open.rows) as usize).min(whole - at);
+            open.write(&batch.slice(at, n))?;
+            at += n;
+            if open.rows >= ROWS_PER_FILE
+                && let Some(open) = self.open.take()
+            {
+                self.files.push(open.close(self.area)?);
+            }
+        }
+        self.waiting_rows -= whole;
+        if self.waiting_rows > 0 {
+            self.waiting.push(batch.slice(whole, self.waiting_rows));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, sink: &SinkContext, key_of: &dyn Fn(u32) -> Path) -> Result<Vec<FileRecord>> {
+        self.write_waiting(true, sink, key_of)?;
+        if let Some(open) = self.open.take() {
+            self.files.push(open.close(self.area)?);
+        }
+        Ok(self.files)
+    }
+}
+
+/// Where part files go.
+#[derive(Clone)]
+struct SinkContext {
+    location: Location,
+    layout: LakeLayout,
+    handle: Handle,
+}
+
+/// The partitions of one encoder thread, each a [`PartStream`] of its own. Each open partition holds its row group
+/// in progress, encoded and compressed, and a page per column; rows waiting for a whole [`WRITE_ALIGN`] stay Arrow.
+struct PartitionSet {
+    sink: SinkContext,
+    schema: SchemaRef,
+    properties: WriterProperties,
+    streams: BTreeMap<u32, PartStream>,
+}
+
 impl PartitionSet {
+    fn key_of(layout: &LakeLayout, partition: u32) -> impl Fn(u32) -> Path + '_ {
+        move |part| layout.silver_part((partition / 12) as i32, partition % 12 + 1, part)
+    }
+
     fn write_partition(&mut self, partition: u32, batch: RecordBatch, keep: Option<BooleanArray>) -> Result<()> {
         let batch = match keep {
             Some(mask) if mask.true_count() < batch.num_rows() => {
@@ -282,63 +387,19 @@ impl PartitionSet {
             }
             _ => batch,
         };
-        let rows = batch.num_rows();
-        if rows == 0 {
-            return Ok(());
-        }
-        self.pending_bytes += batch.get_array_memory_size();
-        let entry = self.pending.entry(partition).or_default();
-        entry.0.push(batch);
-        entry.1 += rows;
-        if entry.1 >= ROWS_PER_ROW_GROUP {
-            self.flush(partition)?;
-        }
-        while self.pending_bytes > self.budget {
-            let Some(largest) =
-                self.pending.iter().max_by_key(|(p, (_, n))| (*n, std::cmp::Reverse(**p))).map(|(p, _)| *p)
-            else {
-                break;
-            };
-            self.flush(largest)?;
-        }
-        Ok(())
-    }
-
-    /// Encodes a partition's waiting rows as one row group.
-    fn flush(&mut self, partition: u32) -> Result<()> {
-        let Some((batches, _)) = self.pending.remove(&partition) else { return Ok(()) };
-        if !self.open.contains_key(&partition) {
-            let part = self.next_part.entry(partition).or_insert(0);
-            let key = self.layout.silver_part((partition / 12) as i32, partition % 12 + 1, *part);
-            *part += 1;
-            let open =
-                OpenPart::create(&self.location, &key, self.schema.clone(), self.properties.clone(), &self.handle)?;
-            self.open.insert(partition, open);
-        }
-        let Some(open) = self.open.get_mut(&partition) else { return Ok(()) };
-        for batch in &batches {
-            self.pending_bytes = self.pending_bytes.saturating_sub(batch.get_array_memory_size());
-            open.write(batch)?;
-        }
-        open.writer.flush().map_err(|e| parquet_error(e, &open.writer))?;
-        if open.rows >= ROWS_PER_FILE
-            && let Some(open) = self.open.remove(&partition)
-        {
-            self.files.push(open.close(Area::Silver)?);
-        }
-        Ok(())
+        let stream = self
+            .streams
+            .entry(partition)
+            .or_insert_with(|| PartStream::new(Area::Silver, self.schema.clone(), self.properties.clone()));
+        stream.push(batch, &self.sink, &Self::key_of(&self.sink.layout, partition))
     }
 
     fn finish(mut self) -> Result<Vec<FileRecord>> {
-        let waiting: Vec<u32> = self.pending.keys().copied().collect();
-        for partition in waiting {
-            self.flush(partition)?;
+        let mut files = Vec::new();
+        for (partition, stream) in std::mem::take(&mut self.streams) {
+            files.extend(stream.finish(&self.sink, &Self::key_of(&self.sink.layout, partition))?);
         }
-        let open = std::mem::take(&mut self.open);
-        for (_, part) in open {
-            self.files.push(part.close(Area::Silver)?);
-        }
-        Ok(self.files)
+        Ok(files)
     }
 }
 
@@ -349,47 +410,58 @@ enum EncoderMessage {
 
 /// Valid rows, split into `year=YYYY/month=MM` partitions and encoded in parallel: partition `p` belongs to
 /// encoder thread `p % threads`, which writes its batches in the order given, so the files do not depend on
-/// the number of threads. The encoders start with the first valid rows, which decide the dictionary columns.
+/// the number of threads. The encoders start once the first [`DICTIONARY_SAMPLE_ROWS`] valid rows are there
+/// (or the input ends), which decide the dictionary columns; until then the batches wait here. With one thread
+/// the rows are encoded right here, in the caller's thread.
 /// An encoder whose channel closes without `Finish` drops its parts, aborting them.
 pub struct SilverWriter {
-    location: Location,
-    layout: LakeLayout,
+    sink: SinkContext,
     contract: Contract,
-    handle: Handle,
     threads: usize,
     senders: Vec<crossbeam_channel::Sender<EncoderMessage>>,
     encoders: Vec<std::thread::JoinHandle<Result<Vec<FileRecord>>>>,
+    /// With one thread, the partitions encoded in the caller's thread.
+    inline: Option<PartitionSet>,
+    /// Before the encoders start: the batches to send them, and the sample so far.
+    held: Vec<(u32, RecordBatch, Option<BooleanArray>)>,
+    sample: Vec<(u32, RecordBatch)>,
+    sample_rows: usize,
 }
 
 impl SilverWriter {
     pub fn new(location: Location, layout: LakeLayout, contract: &Contract, handle: Handle, threads: usize) -> Self {
         SilverWriter {
-            location,
-            layout,
+            sink: SinkContext { location, layout, handle },
             contract: contract.clone(),
-            handle,
             threads: threads.max(1),
             senders: Vec::new(),
             encoders: Vec::new(),
+            inline: None,
+            held: Vec::new(),
+            sample: Vec::new(),
+            sample_rows: 0,
         }
     }
 
-    fn start(&mut self, sample: &[(u32, RecordBatch)]) -> Result<()> {
-        let properties = writer_properties(&self.contract, &dictionary_columns(&self.contract, sample));
-        for i in 0..self.threads {
-            let (tx, rx) = crossbeam_channel::bounded::<EncoderMessage>(4);
-            let mut set = PartitionSet {
-                location: self.location.clone(),
-                layout: self.layout.clone(),
+    fn start(&mut self) -> Result<()> {
+        let properties = writer_properties(&self.contract, &dictionary_columns(&self.contract, &self.sample));
+        self.sample.clear();
+        let encoders = if self.threads == 1 { 0 } else { self.threads };
+        if encoders == 0 {
+            self.inline = Some(PartitionSet {
+                sink: self.sink.clone(),
                 schema: self.contract.silver_schema.clone(),
                 properties: properties.clone(),
-                handle: self.handle.clone(),
-                budget: BUFFER_BUDGET / self.threads,
-                pending: BTreeMap::new(),
-                pending_bytes: 0,
-                open: BTreeMap::new(),
-                next_part: BTreeMap::new(),
-                files: Vec::new(),
+                streams: BTreeMap::new(),
+            });
+        }
+        for i in 0..encoders {
+            let (tx, rx) = crossbeam_channel::bounded::<EncoderMessage>(4);
+            let mut set = PartitionSet {
+                sink: self.sink.clone(),
+                schema: self.contract.silver_schema.clone(),
+                properties: properties.clone(),
+                streams: BTreeMap::new(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("encoder-{i}"))
@@ -406,10 +478,16 @@ impl SilverWriter {
             self.senders.push(tx);
             self.encoders.push(thread);
         }
+        for (partition, batch, keep) in std::mem::take(&mut self.held) {
+            self.send(partition, batch, keep)?;
+        }
         Ok(())
     }
 
     fn send(&mut self, partition: u32, batch: RecordBatch, keep: Option<BooleanArray>) -> Result<()> {
+        if let Some(set) = &mut self.inline {
+            return set.write_partition(partition, batch, keep);
+        }
         let i = partition as usize % self.senders.len();
         if self.senders[i].send(EncoderMessage::Write(partition, batch, keep)).is_ok() {
             return Ok(());
@@ -423,14 +501,34 @@ impl SilverWriter {
         }
     }
 
+    /// Adds the first valid rows of `chunk`, in record order, to the dictionary sample, up to its size.
+    fn take_sample(&mut self, chunk: &CheckedChunk) -> Result<()> {
+        let rows: usize = chunk.valid.iter().map(|(_, b)| b.num_rows()).sum();
+        let need = DICTIONARY_SAMPLE_ROWS - self.sample_rows;
+        if rows <= need {
+            self.sample.extend(chunk.valid.iter().cloned());
+            self.sample_rows += rows;
+            return Ok(());
+        }
+        let mut at = 0;
+        for (partition, batch) in &chunk.valid {
+            let n = batch.num_rows();
+            // The batches are grouped by partition; `order` gives each row's place among the valid rows.
+            let mask: BooleanArray =
+                (at..at + n).map(|i| Some(chunk.order.as_ref().map_or(i, |o| o[i] as usize) < need)).collect();
+            at += n;
+            let part = filter_record_batch(batch, &mask).map_err(|e| Error::internal("sampling rows", e))?;
+            self.sample.push((*partition, part));
+        }
+        self.sample_rows = DICTIONARY_SAMPLE_ROWS;
+        Ok(())
+    }
+
     /// Writes the valid rows of a chunk (one batch per partition) that the ledger kept: `keep`, in record
     /// order, says which; `None` keeps all. The encoders do the filtering, off the in-order path.
     pub fn write(&mut self, chunk: &CheckedChunk, keep: Option<&BooleanArray>) -> Result<()> {
         if chunk.valid.is_empty() {
             return Ok(());
-        }
-        if self.senders.is_empty() {
-            self.start(&chunk.valid)?;
         }
         let mask: Option<BooleanArray> = match (keep, &chunk.order) {
             (None, _) => None,
@@ -438,25 +536,47 @@ impl SilverWriter {
             // The mask is in record order; the batches are grouped by partition.
             (Some(mask), Some(order)) => Some(order.iter().map(|&i| Some(mask.value(i as usize))).collect()),
         };
+        let started = self.started();
+        if !started {
+            self.take_sample(chunk)?;
+        }
         let mut at = 0;
         for (partition, batch) in &chunk.valid {
             let rows = batch.num_rows();
             let part_mask = mask.as_ref().map(|m| m.slice(at, rows));
             at += rows;
-            if rows > 0 {
-                self.send(*partition, batch.clone(), part_mask)?;
+            if rows == 0 {
+                continue;
             }
+            if started {
+                self.send(*partition, batch.clone(), part_mask)?;
+            } else {
+                self.held.push((*partition, batch.clone(), part_mask));
+            }
+        }
+        if !started && self.sample_rows >= DICTIONARY_SAMPLE_ROWS {
+            self.start()?;
         }
         Ok(())
     }
 
+    fn started(&self) -> bool {
+        !self.senders.is_empty() || self.inline.is_some()
+    }
+
     /// Completes every part; the files are listed in key order.
     pub fn finish(mut self) -> Result<Vec<FileRecord>> {
+        if !self.started() && !self.held.is_empty() {
+            self.start()?;
+        }
+        let mut files = match self.inline.take() {
+            Some(set) => set.finish()?,
+            None => Vec::new(),
+        };
         for sender in &self.senders {
             // A closed channel means the encoder already stopped on an error, which join reports.
             let _ = sender.send(EncoderMessage::Finish);
         }
-        let mut files = Vec::new();
         let mut first_error = None;
         for thread in std::mem::take(&mut self.encoders) {
             match thread.join() {
@@ -530,26 +650,19 @@ pub fn csv_record_bytes<'a>(fields: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
 /// Quarantine or condemned rows, in input order, in `part-NNNNN.parquet` files.
 pub struct SideWriter {
     area: Area,
-    location: Location,
-    layout: LakeLayout,
+    sink: SinkContext,
     schema: SchemaRef,
-    handle: Handle,
-    open: Option<OpenPart>,
-    next_part: u32,
-    pub files: Vec<FileRecord>,
+    stream: PartStream,
 }
 
 impl SideWriter {
     pub fn new(area: Area, contract: &Contract, location: Location, layout: LakeLayout, handle: Handle) -> SideWriter {
+        let schema = side_schema(contract, area);
         SideWriter {
             area,
-            schema: side_schema(contract, area),
-            location,
-            layout,
-            handle,
-            open: None,
-            next_part: 0,
-            files: Vec::new(),
+            stream: PartStream::new(area, schema.clone(), side_properties()),
+            schema,
+            sink: SinkContext { location, layout, handle },
         }
     }
 
@@ -566,23 +679,8 @@ impl SideWriter {
             return Ok(());
         }
         let batch = self.build(contract, chunk, map, source_uri, rows)?;
-        if self.open.is_none() {
-            let key = self.layout.side_part(self.area, self.next_part);
-            self.next_part += 1;
-            self.open =
-                Some(OpenPart::create(&self.location, &key, self.schema.clone(), side_properties(), &self.handle)?);
-        }
-        let full = match self.open.as_mut() {
-            Some(open) => {
-                open.write(&batch)?;
-                open.rows >= ROWS_PER_FILE
-            }
-            None => false,
-        };
-        if full && let Some(open) = self.open.take() {
-            self.files.push(open.close(self.area)?);
-        }
-        Ok(())
+        let (layout, area) = (&self.sink.layout, self.area);
+        self.stream.push(batch, &self.sink, &|part| layout.side_part(area, part))
     }
 
     fn build(
@@ -686,11 +784,9 @@ impl SideWriter {
         RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| Error::internal("building side rows", e))
     }
 
-    pub fn finish(mut self) -> Result<Vec<FileRecord>> {
-        if let Some(open) = self.open.take() {
-            self.files.push(open.close(self.area)?);
-        }
-        Ok(std::mem::take(&mut self.files))
+    pub fn finish(self) -> Result<Vec<FileRecord>> {
+        let (layout, area) = (&self.sink.layout, self.area);
+        self.stream.finish(&self.sink, &|part| layout.side_part(area, part))
     }
 }
 
@@ -731,6 +827,29 @@ mod tests {
         for column in ["raw_record", "row_hash", "error_message", "TransactionID"] {
             assert!(!properties.dictionary_enabled(&ColumnPath::from(column)), "{column}");
         }
+    }
+
+    #[test]
+    fn an_encoder_error_is_permanent_and_only_store_io_is_transient() {
+        use crate::ExitCode;
+        use parquet::errors::ParquetError;
+        let key = "file:///lake/silver/part-00000.parquet";
+        for encoder in [
+            ParquetError::General("cannot encode".into()),
+            ParquetError::NYI("an encoding".into()),
+            ParquetError::ArrowError("a schema mismatch".into()),
+            ParquetError::External(Box::new(std::fmt::Error)),
+        ] {
+            let e = parquet_error_key(encoder, key);
+            assert_eq!(e.exit_code(), ExitCode::Other, "{e}");
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let store =
+            io::Error::other(object_store::Error::Generic { store: "S3", source: "connection reset by peer".into() });
+        let e = parquet_error_key(ParquetError::External(Box::new(store)), key);
+        assert_eq!(e.exit_code(), ExitCode::Transient, "{e}");
+        let e = parquet_error_key(ParquetError::External(Box::new(io::Error::other("broken pipe"))), key);
+        assert_eq!(e.exit_code(), ExitCode::Transient, "{e}");
     }
 
     #[test]

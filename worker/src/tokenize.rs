@@ -2,6 +2,10 @@
 //! breaks; CRLF or LF; a UTF-8 BOM is skipped). Fields are kept as bytes: decoding is the checker's job, so one
 //! undecodable byte costs one row, not the run. A chunk is a flat byte buffer with field and record ends, so
 //! reading allocates per chunk, not per row.
+//!
+//! To tokenize in parallel, the input is first cut into blocks of whole records ([`record_prefix`] follows only
+//! the quotes, as csv-core reads them, to find where a record ends); each block is then tokenized on its own
+//! ([`tokenize_block`]) by any thread, starting on the line where the block starts.
 
 use std::io::{self, BufRead};
 
@@ -43,6 +47,11 @@ pub struct RecordChunk {
     /// Records with text after a closing quote (`"C1"x`), which csv-core would silently join to `C1x`: (record
     /// index in the chunk, 1-based field). Rare, so a list.
     pub text_after_quote: Vec<(usize, usize)>,
+    /// The input bytes of a block not yet tokenized (see [`tokenize_block`]); kept for reuse afterwards.
+    pub block: Vec<u8>,
+    /// 1-based line on which `block` starts, and whether the input ends with it.
+    pub block_line: u64,
+    pub block_is_last: bool,
 }
 
 /// Where the quote scanner is within a record's raw bytes.
@@ -145,6 +154,9 @@ impl RecordChunk {
         self.replay.clear();
         self.open_quote = None;
         self.text_after_quote.clear();
+        self.block.clear();
+        self.block_line = 0;
+        self.block_is_last = false;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -197,19 +209,45 @@ pub struct CsvTokenizer<R> {
     input: R,
     core: csv_core::Reader,
     ends: Vec<usize>,
-    /// Newlines consumed outside of records (blank lines), which csv-core does not see.
+    /// Newlines consumed outside of records (blank lines), which csv-core does not see, and the lines before the
+    /// start of the input given.
     skipped_lines: u64,
     done: bool,
+    /// The last record read ended because the input did, not at a line break.
+    ended_by_input_end: bool,
+    /// The input starts mid-file: a UTF-8 BOM there is data, which csv-core would skip at its first read.
+    keep_bom: bool,
 }
 
 impl<R: BufRead> CsvTokenizer<R> {
     pub fn new(input: R) -> Self {
-        CsvTokenizer { input, core: csv_core::Reader::new(), ends: vec![0; 64], skipped_lines: 0, done: false }
+        CsvTokenizer {
+            input,
+            core: csv_core::Reader::new(),
+            ends: vec![0; 64],
+            skipped_lines: 0,
+            done: false,
+            ended_by_input_end: false,
+            keep_bom: false,
+        }
+    }
+
+    /// A tokenizer of input that starts on 1-based line `line`, in the middle of a file.
+    pub fn starting_at_line(input: R, line: u64) -> Self {
+        let mut tokenizer = CsvTokenizer::new(input);
+        tokenizer.skipped_lines = line.saturating_sub(1);
+        tokenizer.keep_bom = true;
+        tokenizer
     }
 
     /// The 1-based line the reader is on.
-    fn line(&self) -> u64 {
+    pub fn line(&self) -> u64 {
         self.skipped_lines + self.core.line()
+    }
+
+    /// The input not read yet (after the header, the data records).
+    pub fn into_inner(self) -> R {
+        self.input
     }
 
     /// Skips blank lines before a record, so that the record's line number is exact.
@@ -246,7 +284,12 @@ impl<R: BufRead> CsvTokenizer<R> {
                 let grown = (*filled + 1024).max(chunk.data.len() * 2);
                 chunk.data.resize(grown, 0);
             }
-            let input = self.input.fill_buf()?;
+            let mut input = self.input.fill_buf()?;
+            if self.keep_bom && !input.is_empty() {
+                // csv-core skips a BOM only when its first read holds all three bytes.
+                self.keep_bom = false;
+                input = &input[..1];
+            }
             let at_end = input.is_empty();
             let (result, n_in, n_out, n_end) =
                 self.core.read_record(input, &mut chunk.data[*filled..], &mut self.ends[n_ends..]);
@@ -258,6 +301,7 @@ impl<R: BufRead> CsvTokenizer<R> {
                 InputEmpty | OutputFull => {}
                 OutputEndsFull => self.ends.resize(self.ends.len() * 2, 0),
                 Record => {
+                    self.ended_by_input_end = at_end;
                     if let Some(field) = quoting.text_after_quote {
                         chunk.text_after_quote.push((chunk.len(), field + 1));
                     }
@@ -327,6 +371,74 @@ impl<R: BufRead> CsvTokenizer<R> {
         chunk.data.truncate(filled);
         Ok(if chunk.is_empty() { None } else { Some(chunk) })
     }
+}
+
+/// The length of the longest prefix of `data` that ends just after a line break ending a record, when `data`
+/// starts at the start of a record; `None` if no record ends in it. It follows only the quotes, jumping from one
+/// to the next, and reads them as csv-core does: a quote opens a quoted field only at the start of a field (after
+/// a comma, a line break or at the start), `""` inside one is a quote, a lone quote closes it, and any other quote
+/// is a plain character. A line break outside a quoted field ends a record (or a blank line).
+pub fn record_prefix(data: &[u8]) -> Option<usize> {
+    let mut cut = None;
+    let mut at = 0;
+    let mut quoted = false;
+    loop {
+        if quoted {
+            // No closing quote yet: the block ends inside a quoted field, after the last cut.
+            let Some(q) = memchr::memchr(b'"', &data[at..]).map(|q| at + q) else { return cut };
+            match data.get(q + 1) {
+                Some(b'"') => at = q + 2,
+                Some(_) => {
+                    quoted = false;
+                    at = q + 1;
+                }
+                // A quote at the very end: closing, or the first of a pair? The next bytes would tell.
+                None => return cut,
+            }
+        } else {
+            let next_quote = memchr::memchr(b'"', &data[at..]).map(|q| at + q);
+            let end = next_quote.unwrap_or(data.len());
+            if let Some(n) = memchr::memrchr(b'\n', &data[at..end]) {
+                cut = Some(at + n + 1);
+            }
+            let Some(q) = next_quote else { return cut };
+            quoted = q == 0 || matches!(data[q - 1], b',' | b'\n' | b'\r');
+            at = q + 1;
+        }
+    }
+}
+
+/// Tokenizes the block held in `chunk.block` (whole records of source `chunk.source`, starting on line
+/// `chunk.block_line`) into the chunk's records. Its first record number is left at 0, for the committer to set
+/// in input order. A block that is not the input's last must end with a record's line break; if its last record
+/// ends only because the block does, the boundary was misread, and that is an error rather than a record cut in
+/// two.
+pub fn tokenize_block(chunk: &mut RecordChunk) -> io::Result<()> {
+    let block = std::mem::take(&mut chunk.block);
+    let (source, line, last) = (chunk.source, chunk.block_line, chunk.block_is_last);
+    let mut tokenizer = CsvTokenizer::starting_at_line(&block[..], line);
+    chunk.clear(source, 0);
+    chunk.data.resize(block.len() + 4096, 0);
+    let mut filled = 0;
+    let read = loop {
+        match tokenizer.read_record(chunk, &mut filled) {
+            Ok(true) => {}
+            Ok(false) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    chunk.data.truncate(filled);
+    let misread = !last && tokenizer.ended_by_input_end;
+    let end_line = tokenizer.line();
+    chunk.block = block;
+    chunk.block.clear();
+    read?;
+    if misread {
+        return Err(io::Error::other(format!(
+            "internal: a block of the input was cut inside a record (line {end_line}); please report this input"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -406,6 +518,59 @@ mod tests {
         assert_eq!(chunk.len(), 3);
         assert_eq!(chunk.text_after_quote, vec![(0, 2)]);
         assert_eq!(chunk.open_quote, None);
+    }
+
+    /// (line, fields) of every record of a chunk.
+    fn listed(chunk: &RecordChunk) -> Vec<(u64, Vec<Vec<u8>>)> {
+        (0..chunk.len()).map(|r| (chunk.lines[r], chunk.fields(r).map(<[u8]>::to_vec).collect())).collect()
+    }
+
+    fn block(data: &[u8], line: u64, last: bool) -> io::Result<RecordChunk> {
+        let mut chunk =
+            RecordChunk { block: data.to_vec(), block_line: line, block_is_last: last, ..Default::default() };
+        tokenize_block(&mut chunk).map(|()| chunk)
+    }
+
+    #[test]
+    fn blocks_cut_where_a_record_ends_tokenize_like_the_whole_input() {
+        let inputs: [&[u8]; 8] = [
+            b"a,b\n1,\"x\ny\"\n2,\"say \"\"hi\"\"\nthere\"\n3,z\n",
+            b"a,\"b\"x,c\n\"d\"\"e\",f\"g\r\n\"h\"\n\"\"\"\n\",i\n",
+            b"ab\"c,d\ne,\"f\ng\"\nh\"i\"j,k\n\"\n\"\n",
+            b"x,y\r\n\r\n\n1,2\r\n\"3\r\n4\",5\r\n\n",
+            b"a,\"b\nc,d\ne\n",
+            b"\"\",\"\"\"\"\n\",\"\n,\n\"\"\"a\n\"\"\"\n",
+            b"1,2\n3,4",
+            b"\n\n\"a\nb\"\"\n\"\"\n\"\n",
+        ];
+        for data in inputs {
+            let whole = listed(&block(data, 1, true).expect("tokenizes"));
+            for k in 0..=data.len() {
+                let Some(cut) = record_prefix(&data[..k]) else { continue };
+                assert!(cut <= k && data[cut - 1] == b'\n', "{data:?} at {k}: {cut}");
+                let first = block(&data[..cut], 1, false)
+                    .unwrap_or_else(|e| panic!("{:?} cut at {cut}: {e}", String::from_utf8_lossy(data)));
+                let line = 1 + data[..cut].iter().filter(|b| **b == b'\n').count() as u64;
+                let second = block(&data[cut..], line, true).expect("tokenizes");
+                let mut parts = listed(&first);
+                parts.extend(listed(&second));
+                assert_eq!(parts, whole, "{:?} cut at {cut}", String::from_utf8_lossy(data));
+            }
+        }
+    }
+
+    #[test]
+    fn a_block_cut_inside_a_record_is_an_error_not_two_records() {
+        assert!(block(b"1,\"a\nb", 1, false).is_err());
+        assert!(block(b"1,2\n3,4", 1, false).is_err());
+        assert_eq!(block(b"1,2\n3,4", 1, true).expect("the input's end").len(), 2);
+        assert_eq!(record_prefix(b"1,\"a\nb"), None);
+        // Only the input's start may hold a BOM to skip; in a block it is data.
+        let bom = block(b"\xef\xbb\xbfa,b\n", 5, true).expect("tokenizes");
+        assert_eq!((bom.lines[0], bom.field(0)), (5, &b"\xef\xbb\xbfa"[..]));
+        assert_eq!(record_prefix(b"1,\"a\"\"\nb\"\n2"), Some(10));
+        // A quote at the very end may be the first of a pair: the cut stays before it.
+        assert_eq!(record_prefix(b"1\n2,\"a\n\""), Some(2));
     }
 
     #[test]
