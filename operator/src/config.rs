@@ -56,11 +56,13 @@ pub struct Config {
     /// ServiceAccount) before it fails for good, in seconds.
     #[arg(long, env = "SILVERLINE_POD_CREATE_TIMEOUT_SECONDS", default_value_t = 120.0)]
     pub pod_create_timeout_seconds: f64,
-    /// How many EtlRuns are reconciled at once. Each reconcile makes a few requests to the apiserver one after
-    /// the other; more at once than the apiserver serves in parallel only lengthens its queue (a burst of 1,000
-    /// new runs made it time out at no limit) and holds one more connection each. kube-rs has no client-side
-    /// QPS limit: this bound is the operator's only one. 0 means no limit.
-    #[arg(long, env = "SILVERLINE_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    /// How many EtlRuns are reconciled at once. Most reconciles read only the controller's stores and send no
+    /// request; a new run's sends three writes one after the other (status, contract snapshot, Job), so the
+    /// bound must let enough of them wait on the apiserver at once to keep pace with a burst of creates (16 did
+    /// not: p99 32 s at 1,000 runs; 128 and 256 kept pace, README.md "Load"), without an unbounded number of
+    /// connections (with no bound and 22 requests per run a burst of 1,000 runs made the apiserver time out).
+    /// kube-rs has no client-side QPS limit: this bound is the operator's only one. 0 means no limit.
+    #[arg(long, env = "SILVERLINE_RECONCILE_CONCURRENCY", default_value_t = 128)]
     pub reconcile_concurrency: u16,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "SILVERLINE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
