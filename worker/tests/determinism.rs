@@ -1,6 +1,7 @@
 //! The output depends only on the input and the contract: the same input gives byte-identical silver,
 //! quarantine and condemned files, and the same `_SUCCESS` apart from its timing fields, whatever the number of
 //! threads or the size of the chunks the input is cut into.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
