@@ -438,15 +438,7 @@ async fn load_contract(
         }
     }
     let name = run.spec.dataset.clone();
-    let cached = scope.datasets.get(&ObjectRef::new(&name).within(&identity.namespace));
-    let found = match cached {
-        Some(found) => Some(found),
-        None => {
-            // Not in the store: absent, or created a moment ago and not seen by the watch yet.
-            let datasets: Api<DeserializeGuard<Dataset>> = Api::namespaced(ctx.client.clone(), &identity.namespace);
-            datasets.get_opt(&name).await.map_err(Error::kube(format!("reading Dataset {name}")))?.map(Arc::new)
-        }
-    };
+    let found = stored_or_read(&scope.datasets, &ctx.client, &identity.namespace, &name).await?;
     Ok(match found.as_deref() {
         None => Err(ContractProblem::DatasetNotFound { name }),
         Some(DeserializeGuard(Err(invalid))) => {
@@ -480,15 +472,8 @@ struct JobPods {
 /// moment ago).
 async fn observe_job(scope: &Scope, identity: &RunIdentity, attempt: &AttemptStatus) -> Result<(JobState, JobPods)> {
     let name = &attempt.job_name;
-    let found = match scope.jobs.get(&ObjectRef::new(name).within(&identity.namespace)) {
-        Some(job) => job,
-        None => {
-            let jobs: Api<Job> = Api::namespaced(scope.ctx.client.clone(), &identity.namespace);
-            match jobs.get_opt(name).await.map_err(Error::kube(format!("reading Job {name}")))? {
-                Some(job) => Arc::new(job),
-                None => return Ok((JobState::Missing, JobPods::default())),
-            }
-        }
+    let Some(found) = stored_or_read(&scope.jobs, &scope.ctx.client, &identity.namespace, name).await? else {
+        return Ok((JobState::Missing, JobPods::default()));
     };
     if !owned_by(&found.metadata, &identity.uid) {
         return Err(not_owned("Job", name.clone(), identity));
@@ -507,6 +492,28 @@ async fn observe_job(scope: &Scope, identity: &RunIdentity, attempt: &AttemptSta
         return Ok((JobState::Failed { failure, finished_at: Some(at) }, pods));
     }
     Ok((JobState::Active, pods))
+}
+
+/// An object from a controller's store; one missing there is read with a GET (absent, or created a moment ago
+/// and not seen by the watch yet), so a lagging store never decides that an object does not exist.
+async fn stored_or_read<K>(
+    store: &Store<K>,
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Arc<K>>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if let Some(found) = store.get(&ObjectRef::new(name).within(namespace)) {
+        return Ok(Some(found));
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let kind = super::static_kind::<K>();
+    Ok(api.get_opt(name).await.map_err(Error::kube(format!("reading {kind} {name}")))?.map(Arc::new))
 }
 
 /// Why the attempt's pod cannot start, if it cannot, and whether the Job has a pod at all, as the watches last
