@@ -275,17 +275,26 @@ async fn grant(admin: &Client, namespace: &str, role: &str, verbs: &[&str], subj
     let r: Role =
         serde_json::from_value(serde_json::json!({"metadata": {"name": role}, "rules": rules})).expect("Role");
     Api::<Role>::namespaced(admin.clone(), namespace).create(&pp, &r).await.expect("create Role");
-    let subjects: Vec<serde_json::Value> = subjects
+    let bound: Vec<serde_json::Value> = subjects
         .iter()
         .map(|s| serde_json::json!({"kind": "ServiceAccount", "name": s, "namespace": namespace}))
         .collect();
     let binding: RoleBinding = serde_json::from_value(serde_json::json!({
         "metadata": {"name": role},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
-        "subjects": subjects,
+        "subjects": bound,
     }))
     .expect("RoleBinding");
     Api::<RoleBinding>::namespaced(admin.clone(), namespace).create(&pp, &binding).await.expect("create RoleBinding");
+    // The apiserver's RBAC authorizer learns of a new binding from its informers, a moment after the create
+    // returns; the policy's `authorizer` check would refuse until then. Wait until it answers yes for every verb.
+    for subject in subjects {
+        for verb in verbs {
+            let user = format!("system:serviceaccount:{namespace}:{subject}");
+            let access = support::Access { group: "etl.silverline.dev", resource: "promotions", verb };
+            support::wait_until_allowed(admin, &user, Some(namespace), access).await;
+        }
+    }
 }
 
 /// Approvers hold `approve` (and patch, to annotate); requesters create and may patch, but not approve.

@@ -421,6 +421,27 @@ impl Scenario {
         }))
         .expect("RoleBinding");
         Api::<RoleBinding>::namespaced(self.client.clone(), ns).create(&pp, &role_binding).await.expect("binding");
+        // The RBAC authorizer learns of new bindings a moment after their create returns: wait until it allows
+        // every rule, so the operator's first requests are not refused by a lagging cache.
+        let user = format!("system:serviceaccount:{ns}:{sa}");
+        for (rules, namespace) in [
+            (rules_of("ClusterRole", "silverline-operator"), None),
+            (rules_of("Role", "silverline-operator-leader"), Some(ns.as_str())),
+        ] {
+            for rule in rules.as_array().into_iter().flatten() {
+                let strings = |field: &str| -> Vec<String> {
+                    rule[field].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+                };
+                for group in strings("apiGroups") {
+                    for resource in strings("resources") {
+                        for verb in strings("verbs") {
+                            let access = Access { group: &group, resource: &resource, verb: &verb };
+                            wait_until_allowed(&self.client, &user, namespace, access).await;
+                        }
+                    }
+                }
+            }
+        }
 
         service_account_kubeconfig(&self.client, ns, sa, &self.dir.path().join("operator.kubeconfig")).await
     }
@@ -439,6 +460,40 @@ impl Scenario {
         }
         out
     }
+}
+
+/// A resource verb, for [`wait_until_allowed`].
+#[derive(Clone, Copy)]
+pub struct Access<'a> {
+    pub group: &'a str,
+    pub resource: &'a str,
+    pub verb: &'a str,
+}
+
+/// Waits (up to a minute) until the apiserver's authorizer allows ServiceAccount user `user`
+/// (`system:serviceaccount:NS:NAME`) `access`, in `namespace` or cluster-wide. RBAC's authorizer reads bindings
+/// from informers, so a Role or binding just created is not enforced at once; a test that acts right after a grant
+/// waits here instead of racing it.
+pub async fn wait_until_allowed(client: &Client, user: &str, namespace: Option<&str>, access: Access<'_>) {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let sa_namespace = user.split(':').nth(2).unwrap_or_default();
+    let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({
+        "spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{sa_namespace}"), "system:authenticated"],
+            "resourceAttributes": {
+                "group": access.group, "resource": access.resource, "namespace": namespace, "verb": access.verb,
+            },
+        },
+    }))
+    .expect("SubjectAccessReview");
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let what = format!("RBAC to allow {user} to {} {}.{} in {namespace:?}", access.verb, access.resource, access.group);
+    eventually(&what, Duration::from_secs(60), || async {
+        let answer = reviews.create(&PostParams::default(), &review).await.ok()?;
+        answer.status.is_some_and(|s| s.allowed).then_some(())
+    })
+    .await;
 }
 
 /// Writes to `path` a kubeconfig of the test control plane that authenticates as ServiceAccount `sa` of
