@@ -57,6 +57,12 @@ pub fn job_name(run: &str, attempt: u32) -> String {
     format!("{run}-a{attempt}")
 }
 
+/// The EtlRun whose attempt Job is named `job` (the inverse of [`job_name`]), when the name has that shape.
+pub fn run_of_job(job: &str) -> Option<&str> {
+    let (run, attempt) = job.rsplit_once("-a")?;
+    (!run.is_empty() && !attempt.is_empty() && attempt.bytes().all(|b| b.is_ascii_digit())).then_some(run)
+}
+
 /// The ConfigMap holding the contract the run was started with.
 pub fn contract_name(run: &str) -> String {
     format!("{run}-contract")
@@ -316,6 +322,15 @@ mod tests {
         let identity = RunIdentity::of(run).expect("identity");
         let plan = AttemptPlan { attempt: 2, run_id: "20240131T235959Z-0f3a9c12-a2", job_name: "tx-2024-01-a2" };
         worker_job(run, &identity, dataset, &plan, &settings()).expect("job")
+    }
+
+    #[test]
+    fn the_run_of_an_attempt_job_is_its_name_without_the_attempt() {
+        assert_eq!(run_of_job(&job_name("tx-2024-01-a7", 12)), Some("tx-2024-01-a7"));
+        assert_eq!(run_of_job("tx-a"), None);
+        assert_eq!(run_of_job("tx-a1b"), None);
+        assert_eq!(run_of_job("-a1"), None);
+        assert_eq!(run_of_job("tx"), None);
     }
 
     #[test]

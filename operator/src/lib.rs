@@ -68,6 +68,17 @@ pub enum Retry {
 }
 
 impl Error {
+    /// The error for a person reading an Event or a condition: what failed and the apiserver's own message,
+    /// without the client's debug dump of the response.
+    pub fn for_people(&self) -> String {
+        match self {
+            Error::Kube { action, source: kube::Error::Api(status) } => {
+                format!("{action}: {} ({} {})", status.message, status.code, status.reason)
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// A stable, low-cardinality name for metric labels, logs and Event reasons.
     pub fn category(&self) -> &'static str {
         match self {

@@ -155,9 +155,13 @@ impl Default for LifecycleSettings {
     }
 }
 
-/// How often a Job without any pod is looked at. The watch of the Job controller's `FailedCreate` Events wakes
-/// its run at once; looking again keeps the bound of `pod_create_timeout` and covers an Event the watch missed.
+/// How often a Job whose pods cannot be created is looked at, to keep the bound of `pod_create_timeout`.
 const NO_POD_RECHECK: Duration = Duration::from_secs(5);
+/// How often a Job without any pod yet (and no `FailedCreate` seen) is looked at. The watch of the Job
+/// controller's `FailedCreate` Events wakes its run at once, so this only covers an Event the watch missed; a
+/// short interval here would wake every new run again and again while a busy Job controller creates pods (a
+/// burst of 1,000 runs took ~8 extra reconciles per run at 5 s).
+const NO_POD_SAFETY_NET: Duration = Duration::from_secs(60);
 
 /// Everything one decision needs.
 #[derive(Debug, Clone)]
@@ -398,7 +402,7 @@ impl Builder<'_> {
                     );
                     self.set_phase(EtlRunPhase::Running, "AttemptRunning", &message);
                     if self.observed.job_has_pod == Some(false) {
-                        self.requeue_after = Some(NO_POD_RECHECK);
+                        self.requeue_after = Some(NO_POD_SAFETY_NET);
                     }
                 }
             },
@@ -948,7 +952,7 @@ mod tests {
             o.job_has_pod = Some(false);
             plan(&o, &settings())
         };
-        assert_eq!(no_pod_yet.requeue_after, Some(NO_POD_RECHECK));
+        assert_eq!(no_pod_yet.requeue_after, Some(NO_POD_SAFETY_NET), "only a safety net: the Event watch wakes it");
     }
 
     #[test]

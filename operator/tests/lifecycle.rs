@@ -165,6 +165,79 @@ async fn a_transient_failure_is_retried_after_a_backoff_under_a_new_run_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_contract_snapshot_refused_beside_its_job_is_said_and_created_once_it_can_be() {
+    use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+    let s = Scenario::new("snapshot-refused").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    // An admission policy (as a quota or a cluster policy would) refuses the run's snapshot ConfigMap and nothing
+    // else. The snapshot and the Job are created side by side, so the Job exists and its pod waits for it.
+    let name = format!("refuse-snapshot-{}", s.ns.name);
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [
+                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["configmaps"]}]},
+            "validations": [{
+                "expression": "object.metadata.name != 'tx-refused-contract'",
+                "message": "snapshots are refused here (test policy)", "reason": "Forbidden"}],
+        },
+    }))
+    .expect("policy");
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name, "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": s.ns.name}}},
+        },
+    }))
+    .expect("binding");
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(s.client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(s.client.clone());
+    policies.create(&Default::default(), &policy).await.expect("create policy");
+    bindings.create(&Default::default(), &binding).await.expect("create binding");
+    let snapshots: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let probe: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "tx-refused-contract"}})).expect("cm");
+    let dry_run = kube::api::PostParams { dry_run: true, ..Default::default() };
+    eventually("the policy to be enforced", RUN_TIMEOUT, || async {
+        snapshots.create(&dry_run, &probe).await.is_err().then_some(())
+    })
+    .await;
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-refused", &input).await;
+
+    let warning = eventually("a LaunchFailed Event naming the snapshot and the refusal", RUN_TIMEOUT, || async {
+        let events = support::events(&s.client, &s.ns.name, "tx-refused").await;
+        events.into_iter().find(|e| e.reason.as_deref() == Some("LaunchFailed"))
+    })
+    .await;
+    let note = warning.message.clone().unwrap_or_default();
+    assert!(note.contains("creating ConfigMap tx-refused-contract: ") && note.contains("refused here"), "{note}");
+    assert!(
+        note.ends_with("(403 Forbidden)") && !note.contains("Status {"),
+        "the apiserver's message, no dump: {note}"
+    );
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    assert!(jobs.get_opt("tx-refused-a1").await.expect("get Job").is_some(), "the Job was created beside it");
+    let run: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let waiting = run.get("tx-refused").await.expect("get run");
+    assert_eq!(waiting.status.and_then(|st| st.phase), Some(EtlRunPhase::Running), "waits; nothing ran");
+
+    // The policy lifted, the snapshot is created and the waiting pod runs the attempt to the end.
+    bindings.delete(&name, &Default::default()).await.expect("delete binding");
+    policies.delete(&name, &Default::default()).await.expect("delete policy");
+    let done = finished(&s.client, &s.ns.name, "tx-refused", RUN_TIMEOUT).await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.attempts.len(), 1, "the same attempt, not a retry");
+    let snapshot = snapshots.get("tx-refused-contract").await.expect("the snapshot exists");
+    assert!(snapshot.owner_references().iter().any(|o| Some(&o.uid) == done.metadata.uid.as_ref()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn every_attempts_events_say_that_attempt() {
     let s = Scenario::new("attevents").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;

@@ -10,6 +10,7 @@ use crate::job::{self, AttemptPlan, RunIdentity};
 use crate::lake::LakeFinding;
 use crate::lifecycle::{self, ContractFacts, ContractProblem, JobState, Observed, PodBlocker, Transition};
 use crate::{Error, Result};
+use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -206,6 +207,46 @@ fn slim_job(job: &mut Job) {
     job.spec = None;
 }
 
+/// What of a Job can change a run's plan: which Job it is, whether it is being deleted, its conditions, whether
+/// it has an active pod, and its pod counts. The Job controller also updates `startTime`, `ready`, `terminating`
+/// and `uncountedTerminatedPods` as a Job's pod comes and goes; none of those changes anything for the run.
+fn job_progress(job: &Job) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    job.metadata.uid.hash(&mut hasher);
+    job.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    if let Some(status) = &job.status {
+        (status.active.unwrap_or(0) > 0, status.succeeded, status.failed).hash(&mut hasher);
+        for condition in status.conditions.iter().flatten() {
+            (&condition.type_, &condition.status, &condition.reason).hash(&mut hasher);
+        }
+    }
+    hasher.finish()
+}
+
+/// The Job events that wake a run: every new or deleted Job, and a changed Job only when what
+/// [`job_progress`] hashes changed. The store behind the filter still sees every event.
+fn job_progress_filter()
+-> impl FnMut(watcher::Result<watcher::Event<Job>>) -> std::future::Ready<Option<watcher::Result<Job>>> {
+    let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    move |event| {
+        let woken = match event {
+            Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
+                let key = job.metadata.uid.clone().unwrap_or_default();
+                let progress = job_progress(&job);
+                (seen.insert(key, progress) != Some(progress)).then_some(Ok(job))
+            }
+            Ok(watcher::Event::Delete(job)) => {
+                seen.remove(job.metadata.uid.as_deref().unwrap_or_default());
+                Some(Ok(job))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(woken)
+    }
+}
+
 /// Runs the EtlRun controller: it owns the attempts' Jobs and looks again at the runs of a Dataset that appears
 /// or changes, at the run of a worker pod that cannot start and at the run of a Job whose pods cannot be created.
 pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
@@ -220,7 +261,7 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
         .default_backoff()
         .modify(slim_job)
         .reflect(jobs_writer)
-        .touched_objects();
+        .filter_map(job_progress_filter());
     let dataset_stream =
         watcher(datasets_api, watcher::Config::default()).default_backoff().reflect(datasets_writer).touched_objects();
     let scope = Arc::new(Scope { ctx: ctx.clone(), jobs: jobs.clone(), datasets, snapshots: Snapshots::default() });
@@ -257,10 +298,13 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
             // Why no pod of a Job can be created (e.g. a missing ServiceAccount) changes nothing of the Job: the
             // Job controller's Event is the only news of it. It wakes the Job's run at once.
             failed_creates.observe_failed_create(&event);
+            // The Job may not be in the store yet (the Event can come first): then its name says the run.
             let (namespace, name) = (event.involved_object.namespace.clone()?, event.involved_object.name.clone()?);
-            let job = jobs.get(&ObjectRef::new(&name).within(&namespace))?;
-            let run = job.labels().get(job::LABEL_ETLRUN)?;
-            Some(ObjectRef::new(run).within(&namespace))
+            let run = match jobs.get(&ObjectRef::new(&name).within(&namespace)) {
+                Some(job) => job.labels().get(job::LABEL_ETLRUN)?.clone(),
+                None => job::run_of_job(&name)?.to_owned(),
+            };
+            Some(ObjectRef::new(&run).within(&namespace))
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, scope.clone());
@@ -311,7 +355,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     }
     let identity = RunIdentity::of(run)?;
     let status = run.status.clone().unwrap_or_default();
-    let contract = load_contract(&scope, run, &identity, &status).await?;
+    let (contract, snapshot_missing) = load_contract(&scope, run, &identity, &status).await?;
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
     let mut lake_error = None;
     let (job_state, lake, lake_checks, blocker, job_has_pod) = match (&current, &contract) {
@@ -368,7 +412,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     }
     // The Job right after the status that names it, the Events after the Job: an Event is not on the way from
     // a new run to its Job. A failed create or delete is returned once the Events are out.
-    let acted = act(&scope, run, &identity, &plan, &contract).await;
+    let acted = act(&scope, run, &identity, &plan, &contract, snapshot_missing).await;
     for transition in &plan.transitions {
         ctx.metrics.record_report(&run.spec.dataset, transition, observed.lake.as_ref());
         report(&scope, run, &plan.status, transition).await;
@@ -376,23 +420,41 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
             request_promotion(ctx, run, &identity, dataset, &plan.status).await;
         }
     }
+    if let Err(e) = &acted {
+        // What the user may have to act on (a quota, an admission policy, RBAC) is said on the run, not only
+        // logged; the Recorder folds the repeats of one message into a series.
+        let reason =
+            if plan.delete_job.is_some() && plan.launch.is_none() { "JobDeleteFailed" } else { "LaunchFailed" };
+        publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, reason, "Launch", e.for_people()).await;
+    }
     acted?;
     Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
 }
 
-/// Deletes the Job the plan gives up and creates the one it launches.
+/// Deletes the Job the plan gives up and creates the one it launches. An attempt in flight whose contract
+/// snapshot is missing (its create failed after the Job's went through: they are made side by side) gets it now,
+/// from the Dataset: until then its pod cannot start, so no worker has read another contract.
 async fn act(
     scope: &Scope,
     run: &EtlRun,
     identity: &RunIdentity,
     plan: &lifecycle::Plan,
     contract: &Result<Arc<Dataset>, ContractProblem>,
+    snapshot_missing: bool,
 ) -> Result<()> {
     if let Some(job_name) = &plan.delete_job {
         delete_job(&scope.ctx, identity, job_name).await?;
     }
     if let (Some(attempt), Ok(dataset)) = (&plan.launch, contract) {
         launch(scope, run, identity, dataset, attempt).await?;
+    } else if let (true, Ok(dataset)) = (snapshot_missing, contract)
+        && lifecycle::current_attempt(&plan.status).is_some()
+    {
+        tracing::warn!(
+            etlrun = %identity.name, namespace = %identity.namespace,
+            configmap = %job::contract_name(&identity.name), "the attempt's contract snapshot is missing: creating it"
+        );
+        ensure_snapshot(scope, identity, dataset).await?;
     }
     Ok(())
 }
@@ -410,11 +472,11 @@ async fn load_contract(
     run: &EtlRun,
     identity: &RunIdentity,
     status: &EtlRunStatus,
-) -> Result<Result<Arc<Dataset>, ContractProblem>> {
+) -> Result<(Result<Arc<Dataset>, ContractProblem>, bool)> {
     let ctx = &scope.ctx;
     if !status.attempts.is_empty() {
         if let Some(dataset) = scope.snapshots.get(&identity.uid) {
-            return Ok(Ok(dataset));
+            return Ok((Ok(dataset), false));
         }
         let snapshots: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &identity.namespace);
         let snapshot_name = job::contract_name(&identity.name);
@@ -434,12 +496,13 @@ async fn load_contract(
                     .map_err(|e| Error::Snapshot { name: snapshot_name.clone(), message: e.to_string() })?,
             );
             scope.snapshots.insert(&identity.uid, dataset.clone());
-            return Ok(Ok(dataset));
+            return Ok((Ok(dataset), false));
         }
     }
+    let snapshot_missing = !status.attempts.is_empty();
     let name = run.spec.dataset.clone();
     let found = stored_or_read(&scope.datasets, &ctx.client, &identity.namespace, &name).await?;
-    Ok(match found.as_deref() {
+    let contract = match found.as_deref() {
         None => Err(ContractProblem::DatasetNotFound { name }),
         Some(DeserializeGuard(Err(invalid))) => {
             Err(ContractProblem::InvalidDataset { name, message: invalid.error.clone() })
@@ -448,7 +511,8 @@ async fn load_contract(
             Ok(()) => Ok(Arc::new(dataset.clone())),
             Err(e) => Err(ContractProblem::InvalidDataset { name, message: e.to_string() }),
         },
-    })
+    };
+    Ok((contract, snapshot_missing))
 }
 
 fn condition_time(job: &Job, type_: &str) -> Option<(Timestamp, Option<String>, Option<String>)> {
@@ -614,7 +678,8 @@ fn not_owned(kind: &'static str, name: String, identity: &RunIdentity) -> Error 
     Error::NotOwned { kind, name, owner: format!("EtlRun {}", identity.name), uid: identity.uid.clone() }
 }
 
-/// Makes sure the attempt's contract snapshot and Job exist. Names are deterministic, so a Job that already
+/// Makes sure the attempt's contract snapshot and Job exist, both created at once (the pod waits for its
+/// snapshot: a Job whose snapshot failed is repaired by `act`). Names are deterministic, so a Job that already
 /// exists (a restart, a stale view) is adopted, never duplicated.
 async fn launch(
     scope: &Scope,
@@ -623,6 +688,13 @@ async fn launch(
     dataset: &Dataset,
     attempt: &AttemptStatus,
 ) -> Result<()> {
+    let (snapshot, job) =
+        tokio::join!(ensure_snapshot(scope, identity, dataset), ensure_job(scope, run, identity, dataset, attempt));
+    job.and(snapshot)
+}
+
+/// Creates the run's contract snapshot unless it exists, and remembers it.
+async fn ensure_snapshot(scope: &Scope, identity: &RunIdentity, dataset: &Dataset) -> Result<()> {
     let ctx = &scope.ctx;
     let snapshots: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &identity.namespace);
     let snapshot = job::contract_config_map(identity, dataset)?;
@@ -636,11 +708,23 @@ async fn launch(
             if let Some(Ok(stored)) = text.map(|t| Dataset::from_manifest(t)) {
                 scope.snapshots.insert(&identity.uid, Arc::new(stored));
             }
+            Ok(())
         }
         // Created by an earlier reconcile: read (and remembered) by the next one.
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(Error::kube(format!("creating ConfigMap {}", job::contract_name(&identity.name)))(e)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube(format!("creating ConfigMap {}", job::contract_name(&identity.name)))(e)),
     }
+}
+
+/// Creates the attempt's Job, or adopts it when it exists and is this attempt's.
+async fn ensure_job(
+    scope: &Scope,
+    run: &EtlRun,
+    identity: &RunIdentity,
+    dataset: &Dataset,
+    attempt: &AttemptStatus,
+) -> Result<()> {
+    let ctx = &scope.ctx;
     let plan = AttemptPlan { attempt: attempt.attempt, run_id: &attempt.run_id, job_name: &attempt.job_name };
     let job = job::worker_job(run, identity, dataset, &plan, &ctx.jobs)?;
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &identity.namespace);
@@ -898,6 +982,33 @@ mod tests {
         for (p, expected) in cases {
             assert_eq!(pod_blocker(&p), expected, "{:?}", p.status);
         }
+    }
+
+    fn job(status: serde_json::Value) -> Job {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "tx-a1", "uid": "u1"}, "status": status}))
+            .expect("job")
+    }
+
+    #[test]
+    fn a_job_wakes_its_run_only_when_what_the_plan_reads_changes() {
+        let mut filter = job_progress_filter();
+        let mut woken =
+            |event: watcher::Event<Job>| futures::executor::block_on(filter(Ok(event))).is_some_and(|r| r.is_ok());
+        let created = job(serde_json::json!({}));
+        assert!(woken(watcher::Event::Apply(created.clone())), "a new Job");
+        assert!(!woken(watcher::Event::Apply(created)), "the same again");
+        assert!(!woken(watcher::Event::Apply(job(serde_json::json!({"startTime": "2026-01-01T00:00:00Z"})))));
+        assert!(woken(watcher::Event::Apply(job(serde_json::json!({"active": 1, "ready": 0})))), "a pod");
+        assert!(!woken(watcher::Event::Apply(job(serde_json::json!({"active": 1, "ready": 1, "terminating": 0})))));
+        let done = serde_json::json!({"active": 0, "succeeded": 1,
+            "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]});
+        assert!(woken(watcher::Event::Apply(job(done))), "a condition");
+        let complete = serde_json::json!({"active": 0, "succeeded": 1, "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True"}, {"type": "Complete", "status": "True"}]});
+        assert!(woken(watcher::Event::Apply(job(complete.clone()))), "another condition");
+        assert!(woken(watcher::Event::Delete(job(complete.clone()))), "a deleted Job, whatever its status");
+        assert!(woken(watcher::Event::InitApply(job(complete))), "seen again after a deletion: new");
+        assert!(!woken(watcher::Event::Init) && !woken(watcher::Event::InitDone));
     }
 
     #[test]

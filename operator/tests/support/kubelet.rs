@@ -172,7 +172,21 @@ impl Node {
         let mut mounts: Vec<(String, PathBuf)> = Vec::new();
         for volume in spec.volumes.iter().flatten() {
             let Some(source) = &volume.config_map else { continue };
-            let cm = self.config_maps.get(&source.name).await.map_err(|e| format!("ConfigMap {}: {e}", source.name))?;
+            // Like a kubelet, wait for a ConfigMap that does not exist yet (a non-optional volume: the pod stays
+            // ContainerCreating until it appears), unless the pod is stopped first.
+            let cm = loop {
+                match self.config_maps.get_opt(&source.name).await {
+                    Ok(Some(cm)) => break cm,
+                    Ok(None) if source.optional == Some(true) => break ConfigMap::default(),
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("ConfigMap {}: {e}", source.name)),
+                }
+                // Stopped gracefully, or gone (its sender dropped).
+                if !matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
             let dir = pod_dir.join("volumes").join(&volume.name);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
             for (key, value) in cm.data.iter().flatten() {
