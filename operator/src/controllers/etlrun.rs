@@ -164,6 +164,43 @@ pub struct Scope {
     jobs: Store<Job>,
     datasets: Store<DeserializeGuard<Dataset>>,
     snapshots: Snapshots,
+    created: CreatedJobs,
+}
+
+/// The Jobs this operator created a moment ago, as the create returned them, until the Job store has them: a
+/// reconcile between a Job's create and its watch event (the run's own status write wakes one) then needs no GET.
+/// Kept for [`CREATED_JOB_MEMORY`] at most, so a Job deleted before the watch saw it is soon read again.
+#[derive(Clone, Default)]
+struct CreatedJobs(Arc<std::sync::Mutex<std::collections::HashMap<String, CreatedJob>>>);
+
+/// A Job as its create returned it, and when.
+type CreatedJob = (Arc<Job>, std::time::Instant);
+
+const CREATED_JOB_MEMORY: Duration = Duration::from_secs(10);
+
+impl CreatedJobs {
+    fn key(namespace: &str, name: &str) -> String {
+        format!("{namespace}/{name}")
+    }
+
+    fn insert(&self, namespace: &str, job: Job) {
+        let Some(name) = job.metadata.name.clone() else { return };
+        if let Ok(mut created) = self.0.lock() {
+            created.retain(|_, (_, at)| at.elapsed() < CREATED_JOB_MEMORY);
+            created.insert(Self::key(namespace, &name), (Arc::new(job), std::time::Instant::now()));
+        }
+    }
+
+    /// The Job if it was created a moment ago; forgotten once `in_store` (the store has it from now on).
+    fn get(&self, namespace: &str, name: &str, in_store: bool) -> Option<Arc<Job>> {
+        let mut created = self.0.lock().ok()?;
+        let key = Self::key(namespace, name);
+        if in_store {
+            created.remove(&key);
+            return None;
+        }
+        created.get(&key).filter(|(_, at)| at.elapsed() < CREATED_JOB_MEMORY).map(|(job, _)| job.clone())
+    }
 }
 
 /// The contract snapshots of unfinished runs, parsed, by the EtlRun's uid. A snapshot never changes (it is
@@ -264,7 +301,13 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
         .filter_map(job_progress_filter());
     let dataset_stream =
         watcher(datasets_api, watcher::Config::default()).default_backoff().reflect(datasets_writer).touched_objects();
-    let scope = Arc::new(Scope { ctx: ctx.clone(), jobs: jobs.clone(), datasets, snapshots: Snapshots::default() });
+    let scope = Arc::new(Scope {
+        ctx: ctx.clone(),
+        jobs: jobs.clone(),
+        datasets,
+        snapshots: Snapshots::default(),
+        created: CreatedJobs::default(),
+    });
     let (pod_ends, failed_creates) = (ctx.pod_ends.clone(), ctx.pod_ends.clone());
     // Bounded, not kube-runtime's unbounded default: see `Context::reconcile_concurrency`.
     let controller = Controller::new(runs, watcher::Config::default())
@@ -536,7 +579,12 @@ struct JobPods {
 /// moment ago).
 async fn observe_job(scope: &Scope, identity: &RunIdentity, attempt: &AttemptStatus) -> Result<(JobState, JobPods)> {
     let name = &attempt.job_name;
-    let Some(found) = stored_or_read(&scope.jobs, &scope.ctx.client, &identity.namespace, name).await? else {
+    let in_store = scope.jobs.get(&ObjectRef::new(name).within(&identity.namespace)).is_some();
+    let found = match scope.created.get(&identity.namespace, name, in_store) {
+        Some(created) => Some(created),
+        None => stored_or_read(&scope.jobs, &scope.ctx.client, &identity.namespace, name).await?,
+    };
+    let Some(found) = found else {
         return Ok((JobState::Missing, JobPods::default()));
     };
     if !owned_by(&found.metadata, &identity.uid) {
@@ -730,7 +778,9 @@ async fn ensure_job(
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &identity.namespace);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
     match jobs.create(&params, &job).await {
-        Ok(_) => {
+        Ok(mut created) => {
+            slim_job(&mut created);
+            scope.created.insert(&identity.namespace, created);
             tracing::info!(
                 etlrun = %identity.name, namespace = %identity.namespace, dataset = %run.spec.dataset,
                 attempt = attempt.attempt, run_id = %attempt.run_id, job = %attempt.job_name, "created the attempt's Job"
@@ -987,6 +1037,16 @@ mod tests {
     fn job(status: serde_json::Value) -> Job {
         serde_json::from_value(serde_json::json!({"metadata": {"name": "tx-a1", "uid": "u1"}, "status": status}))
             .expect("job")
+    }
+
+    #[test]
+    fn a_created_job_is_remembered_until_the_store_has_it() {
+        let created = CreatedJobs::default();
+        created.insert("etl", job(serde_json::json!({})));
+        assert!(created.get("etl", "tx-a1", false).is_some(), "not in the store yet: remembered");
+        assert!(created.get("other", "tx-a1", false).is_none(), "by namespace");
+        assert!(created.get("etl", "tx-a1", true).is_none(), "the store has it: the store answers");
+        assert!(created.get("etl", "tx-a1", false).is_none(), "and it is forgotten");
     }
 
     #[test]
