@@ -536,6 +536,16 @@ async fn an_installed_release_runs_an_etlrun_to_succeeded_as_the_charts_operator
         };
         env.push((name, value));
     }
+    // RBAC enforces the release's new Roles a moment after helm created them: wait for what the operator needs first.
+    let user = format!("system:serviceaccount:{}:{operator_sa}", release_ns.name);
+    for (group, resource, verb, namespace) in [
+        ("etl.silverline.dev", "etlruns", "watch", &s.ns.name),
+        ("batch", "jobs", "create", &s.ns.name),
+        ("coordination.k8s.io", "leases", "get", &release_ns.name),
+    ] {
+        let access = support::Access { group, resource, verb };
+        support::wait_until_allowed(&s.client, &user, Some(namespace.as_str()), access).await;
+    }
     let kubeconfig = support::service_account_kubeconfig(
         &s.client,
         &release_ns.name,
