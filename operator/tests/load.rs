@@ -32,6 +32,7 @@
 
 mod support;
 
+use clap::Parser;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{ListParams, PostParams};
@@ -50,6 +51,9 @@ const RUNS: usize = 1_000;
 /// How many creates the benchmark has in flight at a time (a burst, as `kubectl apply` of a directory or a
 /// GitOps sync would send, without opening 1,000 connections).
 const CREATES_IN_FLIGHT: usize = 32;
+/// The worker flags of the operator under test; the floor builds its Jobs from the same configuration.
+const WORKER_FLAGS: [&str; 4] =
+    ["--worker-image", "ghcr.io/silverline-dev/silverline-worker:test", "--worker-service-account", "default"];
 /// How long the benchmark waits for every run's Job before it calls the operator hung.
 const HANG_GUARD: Duration = Duration::from_secs(600);
 
@@ -177,15 +181,10 @@ async fn floor(client: &Client) -> Vec<Duration> {
 /// Watches EtlRuns and creates each new one's Job `{run}-a1` at once, each create a task of its own.
 async fn minimal_controller(client: Client, namespace: String, dataset: Arc<silverline_crds::Dataset>) {
     use silverline_operator::job;
-    let settings = Arc::new(job::JobSettings {
-        image: "ghcr.io/silverline-dev/silverline-worker:test".into(),
-        image_pull_policy: None,
-        service_account: "default".into(),
-        run_as_user: 65532,
-        default_deadline_seconds: 6 * 3600,
-        ttl_seconds_after_finished: 86_400,
-        default_resources: None,
-    });
+    // The Jobs the operator would build: its own configuration, from the flags the benchmark starts it with.
+    let argv = ["silverline-operator"].into_iter().chain(WORKER_FLAGS);
+    let config = silverline_operator::config::Config::try_parse_from(argv).expect("the operator's flags");
+    let settings = Arc::new(config.job_settings());
     let runs: Api<EtlRun> = Api::namespaced(client.clone(), &namespace);
     let jobs: Api<Job> = Api::namespaced(client, &namespace);
     let mut launched = std::collections::HashSet::new();
@@ -446,8 +445,7 @@ impl OperatorProcess {
         let file = std::fs::File::create(&log).expect("operator log");
         let child = tokio::process::Command::new(operator_binary())
             .args(["--namespace", namespace, "--lease-namespace", namespace, "--identity", "load"])
-            .args(["--worker-image", "ghcr.io/silverline-dev/silverline-worker:test"])
-            .args(["--worker-service-account", "default"])
+            .args(WORKER_FLAGS)
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
