@@ -21,6 +21,8 @@ use silverline_crds::{AttemptOutcome, AttemptStatus, EtlRunPhase, EtlRunStatus, 
 use std::time::Duration;
 
 pub const CONDITION_PROGRESSING: &str = "Progressing";
+/// The reason of a launch the apiserver refused (the Job, or its contract snapshot).
+pub const REASON_LAUNCH_FAILED: &str = "LaunchFailed";
 pub const CONDITION_SUCCEEDED: &str = "Succeeded";
 
 /// What the contract of the run says, once it is known.
@@ -185,6 +187,12 @@ pub struct Observed<'a> {
     pub job_has_pod: Option<bool>,
     /// Why the lake could not be read, when it was to be read (its URI, the key, what the store answered).
     pub lake_error: Option<String>,
+    /// The run id of the next attempt's Job, found already created when no attempt is in flight: a launch whose
+    /// status write did not land (a conflict, a restart). The attempt is recorded under that run id.
+    pub launched: Option<String>,
+    /// Why the Job the previous plan launched could not be created (what the apiserver answered); the plan then
+    /// says so instead of recording the attempt.
+    pub launch_error: Option<String>,
 }
 
 /// A change worth an Event, a log line and metrics.
@@ -200,7 +208,8 @@ pub enum Transition {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub status: EtlRunStatus,
-    /// Make sure this attempt's Job exists (after the status naming it is written).
+    /// Make sure this attempt's Job exists, before the status naming it is written: the Job's name is the
+    /// attempt's, so a Job created by a launch whose status write did not land is found and adopted (`launched`).
     pub launch: Option<AttemptStatus>,
     /// When to look again; `None` waits for a change.
     pub requeue_after: Option<Duration>,
@@ -319,6 +328,10 @@ impl Builder<'_> {
 
     fn next_attempt(&mut self, facts: &ContractFacts) {
         let number = self.status.attempts.len() as u32 + 1;
+        if let Some(run_id) = self.observed.launched.clone() {
+            // Its Job exists: the attempt was launched, only its status is missing.
+            return self.record_attempt(number, run_id, facts, false);
+        }
         if number > facts.max_attempts {
             let message = format!("all {} attempts have ended without success", facts.max_attempts);
             return self.finish(EtlRunPhase::Failed, "AttemptsExhausted", message, None);
@@ -331,7 +344,16 @@ impl Builder<'_> {
             self.requeue_after = Some(until(self.now(), at).max(Duration::from_millis(100)));
             return;
         }
+        if let Some(error) = &self.observed.launch_error {
+            let message = format!("attempt {number} of {} cannot be launched: {error}", facts.max_attempts);
+            return self.wait(REASON_LAUNCH_FAILED, message);
+        }
         let run_id = job::run_id(self.now(), self.observed.uid, number);
+        self.record_attempt(number, run_id, facts, true);
+    }
+
+    /// Records attempt `number` under `run_id` as running, and launches its Job unless it exists.
+    fn record_attempt(&mut self, number: u32, run_id: String, facts: &ContractFacts, launch: bool) {
         let attempt = AttemptStatus {
             attempt: number,
             run_id: run_id.clone(),
@@ -356,7 +378,7 @@ impl Builder<'_> {
         self.set_phase(EtlRunPhase::Running, "AttemptRunning", &message);
         self.transitions
             .push(Transition::AttemptStarted { attempt: attempt.clone(), max_attempts: facts.max_attempts });
-        self.launch = Some(attempt);
+        self.launch = launch.then_some(attempt);
     }
 
     fn follow_attempt(&mut self, index: usize, facts: &ContractFacts) {
@@ -430,6 +452,12 @@ impl Builder<'_> {
                         facts,
                         Classified { reason: FailureReason::JobLost, exit_code: None, message },
                     );
+                }
+                LakeFinding::Nothing | LakeFinding::Success { .. } if self.observed.launch_error.is_some() => {
+                    let error = self.observed.launch_error.clone().unwrap_or_default();
+                    let message =
+                        format!("Job {} of attempt {} cannot be created: {error}", attempt.job_name, attempt.attempt);
+                    self.wait(REASON_LAUNCH_FAILED, message);
                 }
                 LakeFinding::Nothing | LakeFinding::Success { .. } => {
                     // Never created, or removed before the worker started: the same attempt, same run id.
@@ -679,6 +707,8 @@ mod tests {
             blocker: None,
             job_has_pod: None,
             lake_error: None,
+            launched: None,
+            launch_error: None,
         }
     }
 
@@ -799,6 +829,74 @@ mod tests {
             Some(Transition::Finished { phase: EtlRunPhase::Succeeded, seconds: Some(s), .. }) => assert_eq!(*s, 30.0),
             other => panic!("expected Finished, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_job_found_before_its_status_is_recorded_under_its_own_run_id_and_not_launched_again() {
+        let empty = EtlRunStatus::default();
+        // Launched at t=0 by a reconcile whose status write did not land; seen again at t=7.
+        let run_id = job::run_id(at(0), UID, 1);
+        let found = Observed { launched: Some(run_id.clone()), ..observe(&empty, 7, None, None) };
+        let p = plan(&found, &settings());
+        assert!(p.launch.is_none(), "its Job exists");
+        assert_eq!(p.status.attempts.len(), 1);
+        assert_eq!(
+            (p.status.attempts[0].run_id.as_str(), p.status.attempts[0].job_name.as_str()),
+            (run_id.as_str(), "tx-a1")
+        );
+        assert_eq!(p.status.run_id.as_deref(), Some(run_id.as_str()));
+        assert_eq!(p.status.phase, Some(EtlRunPhase::Running));
+        assert!(matches!(p.transitions.as_slice(), [Transition::AttemptStarted { .. }]), "{:?}", p.transitions);
+
+        // A retry launched during its backoff's last instant (as seen by a stale view) is adopted too.
+        let s = started();
+        let failed = plan(&observe(&s, 20, Some(failed_with(75)), Some(LakeFinding::Claimed)), &settings());
+        let second = job::run_id(at(50), UID, 2);
+        let early = Observed { launched: Some(second.clone()), ..observe(&failed.status, 40, None, None) };
+        let p = plan(&early, &settings());
+        assert_eq!(p.status.attempts.len(), 2);
+        assert_eq!(p.status.attempts[1].run_id, second);
+        assert_eq!(p.status.next_attempt_at, None);
+        assert!(p.launch.is_none());
+    }
+
+    #[test]
+    fn a_refused_job_is_said_in_status_once_and_no_attempt_is_recorded() {
+        let empty = EtlRunStatus::default();
+        let error = "creating Job tx-a1: exceeded quota: jobs, requested: count/jobs.batch=1 (403 Forbidden)";
+        let refused = Observed { launch_error: Some(error.into()), ..observe(&empty, 0, None, None) };
+        let p = plan(&refused, &settings());
+        assert!(p.launch.is_none());
+        assert!(p.status.attempts.is_empty(), "nothing was launched");
+        assert_eq!(p.status.run_id, None);
+        assert_eq!(p.status.phase, Some(EtlRunPhase::Pending));
+        assert_eq!(condition(&p.status, CONDITION_PROGRESSING), ("True", REASON_LAUNCH_FAILED));
+        let message = &p.status.conditions.iter().find(|c| c.type_ == CONDITION_PROGRESSING).expect("c").message;
+        assert_eq!(message, &format!("attempt 1 of 3 cannot be launched: {error}"));
+        assert!(
+            matches!(p.transitions.as_slice(), [Transition::Waiting { reason, .. }] if reason == REASON_LAUNCH_FAILED),
+            "{:?}",
+            p.transitions
+        );
+        // Refused again: the status stands, no second Event.
+        let again =
+            plan(&Observed { launch_error: Some(error.into()), ..observe(&p.status, 5, None, None) }, &settings());
+        assert!(again.transitions.is_empty(), "{:?}", again.transitions);
+        // Allowed: the attempt starts and the condition says so.
+        let allowed = plan(&observe(&p.status, 9, None, None), &settings());
+        assert_eq!(allowed.launch.as_ref().map(|a| a.attempt), Some(1));
+        assert_eq!(condition(&allowed.status, CONDITION_PROGRESSING), ("True", "AttemptRunning"));
+
+        // The Job of an attempt in flight vanished and cannot be created again: the attempt stands, said.
+        let s = started();
+        let gone = Observed {
+            launch_error: Some(error.into()),
+            ..observe(&s, 9, Some(JobState::Missing), Some(LakeFinding::Nothing))
+        };
+        let p = plan(&gone, &settings());
+        assert!(p.launch.is_none());
+        assert_eq!((p.status.phase, p.status.attempts.len()), (Some(EtlRunPhase::Running), 1));
+        assert_eq!(condition(&p.status, CONDITION_PROGRESSING), ("True", REASON_LAUNCH_FAILED));
     }
 
     #[test]

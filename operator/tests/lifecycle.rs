@@ -18,6 +18,7 @@ use support::kubelet::Fault;
 use support::{Scenario, create_dataset, create_run, eventually, finished, transactions_dataset};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+const DRY_RUN: kube::api::PostParams = kube::api::PostParams { dry_run: true, field_manager: None };
 
 fn read_report(path: &Path) -> RunReport {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -163,47 +164,76 @@ async fn a_transient_failure_is_retried_after_a_backoff_under_a_new_run_id() {
     );
 }
 
+/// A `ValidatingAdmissionPolicy` (+ binding) in the scenario's namespace refusing `operation` on `resource`
+/// of `group` unless `expression` holds, as a quota or a cluster policy would. The apiserver enforces it once its
+/// policy informer has both: `until_refused` waits for that.
+struct Refusal {
+    api: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy>,
+    bindings: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>,
+    name: String,
+}
+
+impl Refusal {
+    async fn create(s: &Scenario, group: &str, resource: &str, operation: &str, expression: &str) -> Refusal {
+        let name = format!("refuse-{}-{}", resource.replace('/', "-"), s.ns.name);
+        let policy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [
+                    {"apiGroups": [group], "apiVersions": ["*"], "operations": [operation], "resources": [resource]}]},
+                "validations": [{"expression": expression, "message": "refused here (test policy)", "reason": "Forbidden"}],
+            },
+        }))
+        .expect("policy");
+        let binding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name, "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": s.ns.name}}},
+            },
+        }))
+        .expect("binding");
+        let refusal = Refusal { api: Api::all(s.client.clone()), bindings: Api::all(s.client.clone()), name };
+        refusal.api.create(&Default::default(), &policy).await.expect("create policy");
+        refusal.bindings.create(&Default::default(), &binding).await.expect("create binding");
+        refusal
+    }
+
+    /// Waits until `probe` (a dry-run request the policy refuses) is refused by this policy.
+    async fn until_refused<F, Fut, T>(&self, probe: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, kube::Error>>,
+    {
+        eventually("the policy to be enforced", RUN_TIMEOUT, || async {
+            match probe().await {
+                Err(kube::Error::Api(e)) if e.message.contains("refused here (test policy)") => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+    }
+
+    async fn lift(self) {
+        self.bindings.delete(&self.name, &Default::default()).await.expect("delete binding");
+        self.api.delete(&self.name, &Default::default()).await.expect("delete policy");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_contract_snapshot_refused_beside_its_job_is_said_and_created_once_it_can_be() {
-    use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
     let s = Scenario::new("snapshot-refused").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
     // An admission policy (as a quota or a cluster policy would) refuses the run's snapshot ConfigMap and nothing
     // else. The snapshot and the Job are created side by side, so the Job exists and its pod waits for it.
-    let name = format!("refuse-snapshot-{}", s.ns.name);
-    let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [
-                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["configmaps"]}]},
-            "validations": [{
-                "expression": "object.metadata.name != 'tx-refused-contract'",
-                "message": "snapshots are refused here (test policy)", "reason": "Forbidden"}],
-        },
-    }))
-    .expect("policy");
-    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {
-            "policyName": name, "validationActions": ["Deny"],
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": s.ns.name}}},
-        },
-    }))
-    .expect("binding");
-    let policies: Api<ValidatingAdmissionPolicy> = Api::all(s.client.clone());
-    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(s.client.clone());
-    policies.create(&Default::default(), &policy).await.expect("create policy");
-    bindings.create(&Default::default(), &binding).await.expect("create binding");
+    let refusal =
+        Refusal::create(&s, "", "configmaps", "CREATE", "object.metadata.name != 'tx-refused-contract'").await;
     let snapshots: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
     let probe: ConfigMap =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "tx-refused-contract"}})).expect("cm");
-    let dry_run = kube::api::PostParams { dry_run: true, ..Default::default() };
-    eventually("the policy to be enforced", RUN_TIMEOUT, || async {
-        snapshots.create(&dry_run, &probe).await.is_err().then_some(())
-    })
-    .await;
+    refusal.until_refused(|| snapshots.create(&DRY_RUN, &probe)).await;
     let op = s.operator("replica-a").await;
     let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
     create_run(&s.client, &s.ns.name, "tx-refused", &input).await;
@@ -226,14 +256,106 @@ async fn a_contract_snapshot_refused_beside_its_job_is_said_and_created_once_it_
     assert_eq!(waiting.status.and_then(|st| st.phase), Some(EtlRunPhase::Running), "waits; nothing ran");
 
     // The policy lifted, the snapshot is created and the waiting pod runs the attempt to the end.
-    bindings.delete(&name, &Default::default()).await.expect("delete binding");
-    policies.delete(&name, &Default::default()).await.expect("delete policy");
+    refusal.lift().await;
     let done = finished(&s.client, &s.ns.name, "tx-refused", RUN_TIMEOUT).await;
     let status = done.status.clone().expect("status");
     assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
     assert_eq!(status.attempts.len(), 1, "the same attempt, not a retry");
     let snapshot = snapshots.get("tx-refused-contract").await.expect("the snapshot exists");
     assert!(snapshot.owner_references().iter().any(|o| Some(&o.uid) == done.metadata.uid.as_ref()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_job_the_apiserver_refuses_is_said_in_status_and_events_and_launched_once_it_can_be() {
+    let s = Scenario::new("job-refused").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let refusal = Refusal::create(&s, "batch", "jobs", "CREATE", "object.metadata.name != 'tx-nojob-a1'").await;
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let probe: Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "tx-nojob-a1"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "probe"}]}}},
+    }))
+    .expect("job");
+    refusal.until_refused(|| jobs.create(&DRY_RUN, &probe)).await;
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-nojob", &input).await;
+
+    // Said in the run's status and condition, and in one Warning Event; no attempt is recorded for a Job that
+    // does not exist.
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let status = eventually("a LaunchFailed condition on the run", RUN_TIMEOUT, || async {
+        let status = runs.get("tx-nojob").await.ok()?.status?;
+        let progressing = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
+        (progressing.reason == "LaunchFailed").then_some(status)
+    })
+    .await;
+    assert_eq!(status.phase, Some(EtlRunPhase::Pending), "{status:?}");
+    assert!(status.attempts.is_empty() && status.run_id.is_none(), "{status:?}");
+    let message = &status.conditions.iter().find(|c| c.type_ == "Progressing").expect("condition").message;
+    assert!(
+        message.starts_with("attempt 1 of 3 cannot be launched: creating Job tx-nojob-a1: ")
+            && message.contains("refused here")
+            && message.ends_with("(403 Forbidden)"),
+        "{message}"
+    );
+    let warning = eventually("a LaunchFailed Event", RUN_TIMEOUT, || async {
+        let events = support::events(&s.client, &s.ns.name, "tx-nojob").await;
+        events.into_iter().find(|e| e.reason.as_deref() == Some("LaunchFailed"))
+    })
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert_eq!(warning.message.as_deref(), Some(message.as_str()));
+    assert!(jobs_of(&s, "tx-nojob").await.is_empty());
+
+    // Allowed again: the attempt is launched by the operator's retry, and runs to the end.
+    refusal.lift().await;
+    let done = finished(&s.client, &s.ns.name, "tx-nojob", RUN_TIMEOUT).await;
+    let status = done.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.attempts.len(), 1, "the refusal cost no attempt: {:?}", status.attempts);
+    assert_eq!(jobs_of(&s, "tx-nojob").await.len(), 1);
+    let events = support::events(&s.client, &s.ns.name, "tx-nojob").await;
+    let refused = events.iter().filter(|e| e.reason.as_deref() == Some("LaunchFailed")).count();
+    assert_eq!(refused, 1, "said once: {events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_launch_whose_status_write_is_refused_is_adopted_under_its_run_id_never_duplicated() {
+    let s = Scenario::new("status-refused").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-adopt", &input).await;
+    // The Job is created before the status that names it: refuse that status write, so the launch is left
+    // with a Job and no status, as an operator killed between the two would leave it.
+    let refusal = Refusal::create(&s, "etl.silverline.dev", "etlruns/status", "UPDATE", "false").await;
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let touch = Patch::Merge(serde_json::json!({"status": {"phase": "Pending"}}));
+    let dry_run = PatchParams::default().dry_run();
+    refusal.until_refused(|| runs.patch_status("tx-adopt", &dry_run, &touch)).await;
+    let op = s.operator("replica-a").await;
+
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let job = eventually("the attempt's Job", RUN_TIMEOUT, || async { jobs.get_opt("tx-adopt-a1").await.ok()? }).await;
+    let run_id = job.annotations().get(silverline_operator::job::ANNOTATION_RUN_ID).cloned().expect("run id");
+    // Retried reconciles see a later clock (run ids carry the second) while the status stays unwritten.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(runs.get("tx-adopt").await.expect("run").status.map(|st| st.attempts.len()).unwrap_or(0), 0);
+    refusal.lift().await;
+
+    let done = finished(&s.client, &s.ns.name, "tx-adopt", RUN_TIMEOUT).await;
+    let status = done.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.attempts.len(), 1, "{:?}", status.attempts);
+    assert_eq!(status.attempts[0].run_id, run_id, "recorded under the run id its Job runs with");
+    assert_eq!(status.run_id.as_deref(), Some(run_id.as_str()));
+    assert_eq!(jobs_of(&s, "tx-adopt").await.len(), 1, "never a second Job");
+    assert!(run_dir(&s.lake(), &run_id).join("_SUCCESS").exists());
+    let events = support::events(&s.client, &s.ns.name, "tx-adopt").await;
+    let started = events.iter().filter(|e| e.reason.as_deref() == Some("AttemptStarted")).count();
+    assert_eq!(started, 1, "{events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -398,7 +398,8 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     }
     let identity = RunIdentity::of(run)?;
     let status = run.status.clone().unwrap_or_default();
-    let (contract, snapshot_missing) = load_contract(&scope, run, &identity, &status).await?;
+    let launched = launched_job(&scope, &identity, &status)?;
+    let (contract, snapshot_missing) = load_contract(&scope, run, &identity, &status, launched.is_some()).await?;
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
     let mut lake_error = None;
     let (job_state, lake, lake_checks, blocker, job_has_pod) = match (&current, &contract) {
@@ -443,8 +444,28 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         blocker,
         job_has_pod,
         lake_error,
+        launched,
+        launch_error: None,
     };
-    let plan = lifecycle::plan(&observed, &ctx.lifecycle);
+    let mut plan = lifecycle::plan(&observed, &ctx.lifecycle);
+    // The Job first, the status that names it after: a new run's Job is one round trip away. A launch whose
+    // status write does not land leaves a Job the next reconcile finds and adopts (`launched_job`).
+    let mut launch_failed = None;
+    let mut snapshot_failed = None;
+    if let (Some(attempt), Ok(dataset)) = (&plan.launch, &contract) {
+        let (job, snapshot) = launch(&scope, run, &identity, dataset, attempt).await;
+        snapshot_failed = snapshot.err();
+        match job {
+            Ok(()) => {}
+            // A Job of this attempt under another run id (another reconcile's launch): adopted by the next one.
+            Err(e @ Error::Conflict { .. }) => return Err(e),
+            Err(e) => {
+                let refused = Observed { launch_error: Some(e.for_people()), ..observed.clone() };
+                plan = lifecycle::plan(&refused, &ctx.lifecycle);
+                launch_failed = Some(e);
+            }
+        }
+    }
     if let Some(ended) = &current
         && lifecycle::current_attempt(&plan.status).is_none_or(|i| plan.status.attempts[i].run_id != ended.run_id)
     {
@@ -453,9 +474,14 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     if plan.status != status {
         write_status(ctx, run, &plan.status).await?;
     }
-    // The Job right after the status that names it, the Events after the Job: an Event is not on the way from
-    // a new run to its Job. A failed create or delete is returned once the Events are out.
-    let acted = act(&scope, run, &identity, &plan, &contract, snapshot_missing).await;
+    // The Events last: an Event is not on the way from a new run to its Job. A failed create or delete is
+    // returned once the Events are out.
+    // A Job that could not be created is said by the plan (condition, one Warning Event).
+    let said = launch_failed.is_some();
+    let acted = match (launch_failed, snapshot_failed) {
+        (Some(e), _) | (None, Some(e)) => Err(e),
+        (None, None) => act(&scope, &identity, &plan, &contract, snapshot_missing).await,
+    };
     for transition in &plan.transitions {
         ctx.metrics.record_report(&run.spec.dataset, transition, observed.lake.as_ref());
         report(&scope, run, &plan.status, transition).await;
@@ -463,23 +489,25 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
             request_promotion(ctx, run, &identity, dataset, &plan.status).await;
         }
     }
-    if let Err(e) = &acted {
+    if let (Err(e), false) = (&acted, said) {
         // What the user may have to act on (a quota, an admission policy, RBAC) is said on the run, not only
         // logged; the Recorder folds the repeats of one message into a series.
-        let reason =
-            if plan.delete_job.is_some() && plan.launch.is_none() { "JobDeleteFailed" } else { "LaunchFailed" };
+        let reason = if plan.delete_job.is_some() && plan.launch.is_none() {
+            "JobDeleteFailed"
+        } else {
+            lifecycle::REASON_LAUNCH_FAILED
+        };
         publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, reason, "Launch", e.for_people()).await;
     }
     acted?;
     Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
 }
 
-/// Deletes the Job the plan gives up and creates the one it launches. An attempt in flight whose contract
-/// snapshot is missing (its create failed after the Job's went through: they are made side by side) gets it now,
-/// from the Dataset: until then its pod cannot start, so no worker has read another contract.
+/// After the status is written: deletes the Job the plan gives up. An attempt in flight whose contract snapshot
+/// is missing (its create failed after the Job's went through: they are made side by side) gets it now, from the
+/// Dataset: until then its pod cannot start, so no worker has read another contract.
 async fn act(
     scope: &Scope,
-    run: &EtlRun,
     identity: &RunIdentity,
     plan: &lifecycle::Plan,
     contract: &Result<Arc<Dataset>, ContractProblem>,
@@ -488,9 +516,8 @@ async fn act(
     if let Some(job_name) = &plan.delete_job {
         delete_job(&scope.ctx, identity, job_name).await?;
     }
-    if let (Some(attempt), Ok(dataset)) = (&plan.launch, contract) {
-        launch(scope, run, identity, dataset, attempt).await?;
-    } else if let (true, Ok(dataset)) = (snapshot_missing, contract)
+    // A launch (before the status write) made its snapshot beside its Job.
+    if let (None, true, Ok(dataset)) = (&plan.launch, snapshot_missing, contract)
         && lifecycle::current_attempt(&plan.status).is_some()
     {
         tracing::warn!(
@@ -506,18 +533,26 @@ fn error_policy(guard: Arc<DeserializeGuard<EtlRun>>, error: &Error, scope: Arc<
     shared_error_policy(ControllerName::EtlRun, &guard, error, &scope.ctx)
 }
 
-/// The run's contract: its snapshot once an attempt was launched, else the Dataset as it is now. A status with
-/// no attempt needs no look for a snapshot: the snapshot is created only after a status naming an attempt was
-/// written, so if one exists this view is stale and its status write will conflict. The snapshot comes from
-/// memory once created or read; the Dataset from the controller's store, confirmed with a GET when missing there.
+/// The run's contract: its snapshot once an attempt was launched (recorded in status, or `launched`: its Job
+/// found) or tried (a refused Job's snapshot may exist), else the Dataset as it is now. A run with neither needs no look for a snapshot: the snapshot is
+/// created beside the first attempt's Job, which the Job store or the memory of created Jobs would hold. The
+/// snapshot comes from memory once created or read; the Dataset from the controller's store, confirmed with a
+/// GET when missing there. Also says whether the snapshot of a launched attempt is missing.
 async fn load_contract(
     scope: &Scope,
     run: &EtlRun,
     identity: &RunIdentity,
     status: &EtlRunStatus,
+    launched: bool,
 ) -> Result<(Result<Arc<Dataset>, ContractProblem>, bool)> {
     let ctx = &scope.ctx;
-    if !status.attempts.is_empty() {
+    // A launch whose Job was refused may have left the snapshot: it is the run's contract from then on.
+    let tried = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == lifecycle::CONDITION_PROGRESSING && c.reason == lifecycle::REASON_LAUNCH_FAILED);
+    let launched = launched || !status.attempts.is_empty();
+    if launched || tried {
         if let Some(dataset) = scope.snapshots.get(&identity.uid) {
             return Ok((Ok(dataset), false));
         }
@@ -542,7 +577,7 @@ async fn load_contract(
             return Ok((Ok(dataset), false));
         }
     }
-    let snapshot_missing = !status.attempts.is_empty();
+    let snapshot_missing = launched;
     let name = run.spec.dataset.clone();
     let found = stored_or_read(&scope.datasets, &ctx.client, &identity.namespace, &name).await?;
     let contract = match found.as_deref() {
@@ -729,16 +764,36 @@ fn not_owned(kind: &'static str, name: String, identity: &RunIdentity) -> Error 
 /// Makes sure the attempt's contract snapshot and Job exist, both created at once (the pod waits for its
 /// snapshot: a Job whose snapshot failed is repaired by `act`). Names are deterministic, so a Job that already
 /// exists (a restart, a stale view) is adopted, never duplicated.
+/// Returns what became of the Job and of the snapshot.
 async fn launch(
     scope: &Scope,
     run: &EtlRun,
     identity: &RunIdentity,
     dataset: &Dataset,
     attempt: &AttemptStatus,
-) -> Result<()> {
+) -> (Result<()>, Result<()>) {
     let (snapshot, job) =
         tokio::join!(ensure_snapshot(scope, identity, dataset), ensure_job(scope, run, identity, dataset, attempt));
-    job.and(snapshot)
+    (job, snapshot)
+}
+
+/// The run id of the next attempt's Job when no attempt is in flight and that Job exists already (its launch's
+/// status write did not land), from the Job store or the memory of Jobs just created; no request. A Job the
+/// store does not have yet is found by its create, which then conflicts (`ensure_job`).
+fn launched_job(scope: &Scope, identity: &RunIdentity, status: &EtlRunStatus) -> Result<Option<String>> {
+    if lifecycle::current_attempt(status).is_some() {
+        return Ok(None);
+    }
+    let name = job::job_name(&identity.name, status.attempts.len() as u32 + 1);
+    let stored = scope.jobs.get(&ObjectRef::new(&name).within(&identity.namespace));
+    let Some(found) = scope.created.get(&identity.namespace, &name, stored.is_some()).or(stored) else {
+        return Ok(None);
+    };
+    let run_id = found.metadata.annotations.as_ref().and_then(|a| a.get(job::ANNOTATION_RUN_ID));
+    match run_id {
+        Some(run_id) if owned_by(&found.metadata, &identity.uid) => Ok(Some(run_id.clone())),
+        _ => Err(not_owned("Job", name, identity)),
+    }
 }
 
 /// Creates the run's contract snapshot unless it exists, and remembers it.
@@ -788,11 +843,22 @@ async fn ensure_job(
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            let existing =
+            let mut existing =
                 jobs.get(&attempt.job_name).await.map_err(Error::kube(format!("reading Job {}", attempt.job_name)))?;
             let run_id = existing.metadata.annotations.as_ref().and_then(|a| a.get(job::ANNOTATION_RUN_ID));
-            if !owned_by(&existing.metadata, &identity.uid) || run_id != Some(&attempt.run_id) {
+            if !owned_by(&existing.metadata, &identity.uid) || run_id.is_none() {
                 return Err(not_owned("Job", attempt.job_name.clone(), identity));
+            }
+            if run_id != Some(&attempt.run_id) {
+                // Launched by an earlier reconcile whose status write did not land: the next reconcile adopts
+                // it under its own run id (`launched_job` finds it here until the store has it).
+                tracing::info!(
+                    etlrun = %identity.name, namespace = %identity.namespace, job = %attempt.job_name,
+                    "the attempt's Job exists under another run id: adopting it"
+                );
+                slim_job(&mut existing);
+                scope.created.insert(&identity.namespace, existing);
+                return Err(Error::Conflict { kind: "Job", name: attempt.job_name.clone() });
             }
             tracing::info!(
                 etlrun = %identity.name, namespace = %identity.namespace, dataset = %run.spec.dataset,
