@@ -165,6 +165,40 @@ pub struct Scope {
     datasets: Store<DeserializeGuard<Dataset>>,
     snapshots: Snapshots,
     created: CreatedJobs,
+    written: WrittenViews,
+}
+
+/// The views of runs this operator has written a status from (uid → the resourceVersion it read), until a newer
+/// view arrives. A reconcile woken before the watch brought its own write back (e.g. by the watch event of the
+/// Job it just created) would plan from the stale view and its write would conflict: it waits for the fresh one
+/// instead. Kept for [`WRITTEN_VIEW_MEMORY`] at most.
+#[derive(Clone, Default)]
+struct WrittenViews(Arc<std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>>);
+
+const WRITTEN_VIEW_MEMORY: Duration = Duration::from_secs(30);
+/// When a run seen stale is looked at again if its own write's watch event has not woken it by then.
+const STALE_VIEW_RECHECK: Duration = Duration::from_secs(2);
+
+impl WrittenViews {
+    fn wrote_from(&self, uid: &str, resource_version: &str) {
+        if let Ok(mut views) = self.0.lock() {
+            views.retain(|_, (_, at)| at.elapsed() < WRITTEN_VIEW_MEMORY);
+            views.insert(uid.to_owned(), (resource_version.to_owned(), std::time::Instant::now()));
+        }
+    }
+
+    /// Whether this view is one a status was already written from (so the store has not caught up yet).
+    fn is_stale(&self, uid: &str, resource_version: &str) -> bool {
+        let Ok(mut views) = self.0.lock() else { return false };
+        match views.get(uid) {
+            Some((rv, at)) if rv == resource_version && at.elapsed() < WRITTEN_VIEW_MEMORY => true,
+            Some(_) => {
+                views.remove(uid);
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 /// The Jobs this operator created a moment ago, as the create returned them, until the Job store has them: a
@@ -307,6 +341,7 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
         datasets,
         snapshots: Snapshots::default(),
         created: CreatedJobs::default(),
+        written: WrittenViews::default(),
     });
     let (pod_ends, failed_creates) = (ctx.pod_ends.clone(), ctx.pod_ends.clone());
     // Bounded, not kube-runtime's unbounded default: see `Context::reconcile_concurrency`.
@@ -397,6 +432,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         return Ok(Action::await_change());
     }
     let identity = RunIdentity::of(run)?;
+    let view = run.metadata.resource_version.clone().unwrap_or_default();
+    if scope.written.is_stale(&identity.uid, &view) {
+        return Ok(Action::requeue(STALE_VIEW_RECHECK));
+    }
     let status = run.status.clone().unwrap_or_default();
     let launched = launched_job(&scope, &identity, &status)?;
     let (contract, snapshot_missing) = load_contract(&scope, run, &identity, &status, launched.is_some()).await?;
@@ -473,6 +512,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     }
     if plan.status != status {
         write_status(ctx, run, &plan.status).await?;
+        scope.written.wrote_from(&identity.uid, &view);
     }
     // The Events last: an Event is not on the way from a new run to its Job. A failed create or delete is
     // returned once the Events are out.
@@ -1103,6 +1143,17 @@ mod tests {
     fn job(status: serde_json::Value) -> Job {
         serde_json::from_value(serde_json::json!({"metadata": {"name": "tx-a1", "uid": "u1"}, "status": status}))
             .expect("job")
+    }
+
+    #[test]
+    fn a_view_a_status_was_written_from_is_stale_until_a_newer_one_is_seen() {
+        let written = WrittenViews::default();
+        assert!(!written.is_stale("u1", "10"), "nothing written yet");
+        written.wrote_from("u1", "10");
+        assert!(written.is_stale("u1", "10"));
+        assert!(!written.is_stale("u2", "10"), "another run");
+        assert!(!written.is_stale("u1", "11"), "the write came back");
+        assert!(!written.is_stale("u1", "10"), "forgotten once a newer view was seen");
     }
 
     #[test]
