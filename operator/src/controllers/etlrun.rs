@@ -1,5 +1,6 @@
 //! The EtlRun controller: observe (contract, Job, pod, lake), decide (`lifecycle::plan`, its pure plan), then
-//! act — status first, then the Job — and report what changed as Events, logs and metrics.
+//! act — a new attempt's Job (and contract snapshot) first, then the status naming it, then what waits for the
+//! status (a Job given up, a missing snapshot) — and report what changed as Events, logs and metrics.
 
 use super::{
     Context, ControllerName, FIELD_MANAGER, drain, error_policy as shared_error_policy, owned_by, publish,
