@@ -169,6 +169,14 @@ pub struct Scope {
     written: WrittenViews,
 }
 
+impl Scope {
+    /// A Job as the Job store has it, else as this operator created it a moment ago (no request).
+    fn known_job(&self, namespace: &str, name: &str) -> Option<Arc<Job>> {
+        let stored = self.jobs.get(&ObjectRef::new(name).within(namespace));
+        self.created.get(namespace, name, stored.is_some()).or(stored)
+    }
+}
+
 /// The views of runs this operator has written a status from (uid → the resourceVersion it read), until a newer
 /// view arrives. A reconcile woken before the watch brought its own write back (e.g. by the watch event of the
 /// Job it just created) would plan from the stale view and its write would conflict: it waits for the fresh one
@@ -516,8 +524,8 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         scope.written.wrote_from(&identity.uid, &view);
     }
     // The Events last: an Event is not on the way from a new run to its Job. A failed create or delete is
-    // returned once the Events are out.
-    // A Job that could not be created is said by the plan (condition, one Warning Event).
+    // returned once the Events are out; a Job that could not be created is already said by the plan (its
+    // condition and one Warning Event).
     let said = launch_failed.is_some();
     let acted = match (launch_failed, snapshot_failed) {
         (Some(e), _) | (None, Some(e)) => Err(e),
@@ -575,10 +583,11 @@ fn error_policy(guard: Arc<DeserializeGuard<EtlRun>>, error: &Error, scope: Arc<
 }
 
 /// The run's contract: its snapshot once an attempt was launched (recorded in status, or `launched`: its Job
-/// found) or tried (a refused Job's snapshot may exist), else the Dataset as it is now. A run with neither needs no look for a snapshot: the snapshot is
-/// created beside the first attempt's Job, which the Job store or the memory of created Jobs would hold. The
-/// snapshot comes from memory once created or read; the Dataset from the controller's store, confirmed with a
-/// GET when missing there. Also says whether the snapshot of a launched attempt is missing.
+/// found) or tried (a refused Job's snapshot may exist), else the Dataset as it is now. A run with neither needs
+/// no look for a snapshot: the snapshot is created beside the first attempt's Job, which the Job store or the
+/// memory of created Jobs would hold. The snapshot comes from memory once created or read; the Dataset from the
+/// controller's store, confirmed with a GET when missing there. Also says whether the snapshot of a launched
+/// attempt is missing.
 async fn load_contract(
     scope: &Scope,
     run: &EtlRun,
@@ -651,14 +660,16 @@ struct JobPods {
 }
 
 /// The state of the attempt's Job, and what it says of its pods; for a failed Job, also how its pod ended. The
-/// Job comes from the controller's store; one missing there is confirmed with a GET (it may have been created a
-/// moment ago).
+/// Job comes from the controller's store or the memory of Jobs just created; one missing in both is confirmed
+/// with a GET (created a moment ago and not yet seen by the watch, or gone).
 async fn observe_job(scope: &Scope, identity: &RunIdentity, attempt: &AttemptStatus) -> Result<(JobState, JobPods)> {
     let name = &attempt.job_name;
-    let in_store = scope.jobs.get(&ObjectRef::new(name).within(&identity.namespace)).is_some();
-    let found = match scope.created.get(&identity.namespace, name, in_store) {
-        Some(created) => Some(created),
-        None => stored_or_read(&scope.jobs, &scope.ctx.client, &identity.namespace, name).await?,
+    let found = match scope.known_job(&identity.namespace, name) {
+        Some(known) => Some(known),
+        None => {
+            let jobs: Api<Job> = Api::namespaced(scope.ctx.client.clone(), &identity.namespace);
+            jobs.get_opt(name).await.map_err(Error::kube(format!("reading Job {name}")))?.map(Arc::new)
+        }
     };
     let Some(found) = found else {
         return Ok((JobState::Missing, JobPods::default()));
@@ -826,8 +837,7 @@ fn launched_job(scope: &Scope, identity: &RunIdentity, status: &EtlRunStatus) ->
         return Ok(None);
     }
     let name = job::job_name(&identity.name, status.attempts.len() as u32 + 1);
-    let stored = scope.jobs.get(&ObjectRef::new(&name).within(&identity.namespace));
-    let Some(found) = scope.created.get(&identity.namespace, &name, stored.is_some()).or(stored) else {
+    let Some(found) = scope.known_job(&identity.namespace, &name) else {
         return Ok(None);
     };
     let run_id = found.metadata.annotations.as_ref().and_then(|a| a.get(job::ANNOTATION_RUN_ID));
