@@ -259,6 +259,11 @@ pub fn plan(observed: &Observed, settings: &LifecycleSettings) -> Plan {
     }
 }
 
+/// The reason of the run's `Progressing` condition, if it has one.
+pub fn progressing_reason(status: &EtlRunStatus) -> Option<&str> {
+    status.conditions.iter().find(|c| c.type_ == CONDITION_PROGRESSING).map(|c| c.reason.as_str())
+}
+
 /// The attempt in flight: the last one, if it has not ended.
 pub fn current_attempt(status: &EtlRunStatus) -> Option<usize> {
     let last = status.attempts.len().checked_sub(1)?;
@@ -308,12 +313,8 @@ impl Builder<'_> {
         set_condition(&mut self.status.conditions, update, generation, now);
     }
 
-    fn progressing_reason(status: &EtlRunStatus) -> Option<&str> {
-        status.conditions.iter().find(|c| c.type_ == CONDITION_PROGRESSING).map(|c| c.reason.as_str())
-    }
-
     fn wait(&mut self, reason: &str, message: String) {
-        let changed = Self::progressing_reason(self.observed.status) != Some(reason);
+        let changed = progressing_reason(self.observed.status) != Some(reason);
         if current_attempt(&self.status).is_none() {
             self.set_phase(EtlRunPhase::Pending, reason, &message);
         } else {
@@ -404,7 +405,7 @@ impl Builder<'_> {
                         return self.end_attempt(index, facts, classified);
                     }
                     self.set_phase(EtlRunPhase::Running, reason, &message);
-                    if Self::progressing_reason(self.observed.status) != Some(reason) {
+                    if progressing_reason(self.observed.status) != Some(reason) {
                         self.transitions.push(Transition::Waiting { reason: reason.to_owned(), message });
                     }
                     self.requeue_after =
@@ -413,7 +414,7 @@ impl Builder<'_> {
                 Some(blocker) => {
                     let (reason, message) = (blocker.reason(), blocker.message(&attempt));
                     self.set_phase(EtlRunPhase::Running, reason, &message);
-                    if Self::progressing_reason(self.observed.status) != Some(reason) {
+                    if progressing_reason(self.observed.status) != Some(reason) {
                         self.transitions.push(Transition::Waiting { reason: reason.to_owned(), message });
                     }
                 }
@@ -527,7 +528,7 @@ impl Builder<'_> {
     /// Says once that the lake cannot be read: the first error's message stands while it lasts, so that a check
     /// writes nothing (a write per check would wake the controller at once).
     fn say_lake_unreadable(&mut self, message: String) {
-        if Self::progressing_reason(self.observed.status) == Some(REASON_LAKE_UNREADABLE) {
+        if progressing_reason(self.observed.status) == Some(REASON_LAKE_UNREADABLE) {
             return;
         }
         let phase = self.status.phase.unwrap_or(EtlRunPhase::Validating);

@@ -597,10 +597,7 @@ async fn load_contract(
 ) -> Result<(Result<Arc<Dataset>, ContractProblem>, bool)> {
     let ctx = &scope.ctx;
     // A launch whose Job was refused may have left the snapshot: it is the run's contract from then on.
-    let tried = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == lifecycle::CONDITION_PROGRESSING && c.reason == lifecycle::REASON_LAUNCH_FAILED);
+    let tried = lifecycle::progressing_reason(status) == Some(lifecycle::REASON_LAUNCH_FAILED);
     let launched = launched || !status.attempts.is_empty();
     if launched || tried {
         if let Some(dataset) = scope.snapshots.get(&identity.uid) {
