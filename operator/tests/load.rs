@@ -354,10 +354,15 @@ async fn watch_jobs(client: Client, namespace: &str) -> Arc<Mutex<HashMap<String
     seen
 }
 
+/// The apiserver's own `/metrics` text.
+async fn apiserver_metrics(client: &Client) -> String {
+    let request = axum::http::Request::get("/metrics").body(Vec::new()).expect("a GET request");
+    client.request_text(request).await.expect("the apiserver's /metrics")
+}
+
 /// `apiserver_request_total` by (verb, group, resource, subresource), summed over the other labels.
 async fn apiserver_requests(client: &Client) -> BTreeMap<(String, String, String, String), f64> {
-    let request = axum::http::Request::get("/metrics").body(Vec::new()).expect("a GET request");
-    let text = client.request_text(request).await.expect("the apiserver's /metrics");
+    let text = apiserver_metrics(client).await;
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
         let Some((labels, value)) = line.strip_prefix("apiserver_request_total{").and_then(|l| l.rsplit_once("} "))
@@ -444,8 +449,7 @@ async fn garbage_collector_watches_runs(client: &Client) {
         ["apiserver_longrunning_requests{", r#"resource="etlruns""#, r#"scope="cluster""#, r#"verb="WATCH""#];
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(60) {
-        let request = axum::http::Request::get("/metrics").body(Vec::new()).expect("a GET request");
-        let text = client.request_text(request).await.expect("the apiserver's /metrics");
+        let text = apiserver_metrics(client).await;
         let watching = text
             .lines()
             .filter(|l| SERIES.iter().all(|s| l.contains(s)))
