@@ -50,6 +50,10 @@ pub struct CheckedChunk {
     pub order: Option<Vec<u32>>,
     /// The primary key's columns: name and position in the record, to name a repeated key's value.
     pub key_fields: Vec<(String, usize)>,
+    /// (record, key fingerprint) of each record that is invalid for how it was written rather than for its
+    /// values (text after a closing quote), in record order: a valid row may hold the same values, and the
+    /// ledger needs the key to find it. Every other record's validity follows from its content.
+    pub twin_keys: Vec<(usize, u128)>,
 }
 
 impl CheckedChunk {
@@ -291,13 +295,16 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
     let mut trimmed: Vec<&[u8]> = Vec::with_capacity(width);
     let mut parsed: Vec<Parsed> = Vec::with_capacity(width);
     let mut valid_rows = 0usize;
+    let mut twin_keys = Vec::new();
+    // In record order, as the tokenizer found them.
+    let mut quotes = raw.text_after_quote.iter().peekable();
 
     for r in 0..n {
         let range = raw.field_range(r);
         let replay = raw.replay.get(r);
         let field_count = range.len();
         let mismatch = replay.map_or(field_count != map.field_count, |m| !m.has_values);
-        let after_quote = raw.text_after_quote.iter().find(|(record, _)| *record == r).map(|(_, field)| *field);
+        let after_quote = quotes.next_if(|(record, _)| *record == r).map(|(_, field)| *field);
         if mismatch {
             let hash = replay.map_or_else(|| record_hash(&raw, r), |m| m.row_hash);
             hashes.push(hash);
@@ -349,6 +356,7 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
                  not joined to the quoted text"
             );
             outcomes.push(schema_error(message, column));
+            twin_keys.push((r, key_hash(contract, &trimmed, &mut scratch)));
             continue;
         }
         let ascii = raw.record_bytes(r).is_ascii();
@@ -433,7 +441,7 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
     };
     let key_fields =
         contract.key_columns.iter().map(|&c| (contract.columns[c].name.clone(), map.source_index[c])).collect();
-    CheckedChunk { raw, hashes, contents, outcomes, valid, order, key_fields }
+    CheckedChunk { raw, hashes, contents, outcomes, valid, order, key_fields, twin_keys }
 }
 
 // Every column builder gets exactly one value per valid row, of the schema's own type.

@@ -3,15 +3,19 @@
 //! anything else, rows that used up their attempts are condemned, a valid row whose key was already taken is a
 //! DUPLICATE_KEY_ERROR, and every row is counted exactly once, so `input = valid + quarantined + condemned`.
 //!
-//! Memory: the ledger keeps, per distinct row and per distinct valid key, 96 bits of its 128-bit fingerprint and
-//! the ordinal (0-based position in the run's input, 32 bits) of the row that brought it first, so that a repeat
-//! can name the record it repeats. Each table is two flat arrays beside each other — 8-byte probe bits, read on
-//! every probe, and 8 bytes of check bits and ordinal, read only when the probe bits match — kept at most 13/16
-//! full: 16 bytes a slot, 19.7 bytes per distinct row and the same per valid key when the run pre-sizes them from
-//! the input's size (39.4 bytes per input row: ≈ 188 MiB for 5 M rows), up to twice that when the size is not
-//! known in advance. Beside them, one entry per input object and, for a replay, the lineage (source, record) of
-//! each replayed row. Nothing else grows with the input. A wrong verdict needs two different rows (or keys) whose
-//! 96 compared bits agree: about n²/2⁹⁷ per table, 6·10⁻¹⁴ per run at 100 M rows (see [`FirstSeen`]).
+//! Memory: the ledger keeps, per distinct valid key, 96 bits of the key's 128-bit fingerprint, the ordinal
+//! (0-based position in the run's input, 32 bits) of the row that brought it first, so that a repeat can name the
+//! record it repeats, and 64 bits of that row's content fingerprint: a valid row's exact duplicate has its key, so
+//! one probe finds both a repeated key and a repeated row. Every other row — invalid, or refused for a repeated
+//! key — is kept in a second table by 96 bits of its content fingerprint and its ordinal; in a feed worth loading
+//! those are few. Each table is flat arrays beside each other — 8-byte probe bits, read on every probe, then 8
+//! bytes of check bits and ordinal and the payload, read only when the probe bits match — kept at most 13/16
+//! full: 24 bytes a key slot, 29.5 bytes per valid row when the run pre-sizes the key table from the input's size
+//! (≈ 141 MiB for 5 M rows), up to twice that when the size is not known in advance, and 19.7 bytes per other
+//! row. Beside them, one entry per input object and, for a replay, the lineage (source, record) of each replayed
+//! row. Nothing else grows with the input. A wrong verdict needs two different keys (or other rows) whose 96
+//! compared bits agree — about n²/2⁹⁷ per table, 6·10⁻¹⁴ per run at 100 M rows (see [`FirstSeen`]) — or a
+//! duplicate-key row whose 64-bit content check agrees with its key holder's (see [`content_check`]).
 
 use crate::check::{CheckedChunk, Outcome, RowError};
 use crate::values::ErrorType;
@@ -76,18 +80,33 @@ pub const UNKNOWN_ORDINAL: u32 = u32::MAX;
 /// scans about 15 slots for a new hash at that load, two cache lines of the probe array.
 const MAX_LOAD: (usize, usize) = (13, 16);
 
-/// A set of 128-bit fingerprints, each with the ordinal of the row that brought it first. Two verdicts depend on
-/// it — exact duplicate and duplicate key — so it compares 96 bits of each fingerprint: 64 probe bits in one flat
-/// array, read on every probe, and beside them, read only when the probe bits match, 32 check bits and the
-/// ordinal. Two different rows are taken for one only if all 96 bits agree: among n rows the chance of that
-/// anywhere in a run is about n²/2⁹⁷, 6·10⁻¹⁴ at 100 M rows per table. Slots are found by multiply-shift on the
-/// probe bits, with linear probing; 0 marks an empty slot, so probe bits of 0 are stored as 1.
-#[derive(Debug, Default)]
-pub struct FirstSeen {
+/// A set of 128-bit fingerprints, each with the ordinal of the row that brought it first and a payload `P` of
+/// that row (for the key table, its content check). It compares 96 bits of each fingerprint: 64 probe bits in
+/// one flat array, read on every probe, and beside them, read only when the probe bits match, 32 check bits and
+/// the ordinal, then the payload. Two different fingerprints are taken for one only if all 96 bits agree: among
+/// n of them the chance of that anywhere in a run is about n²/2⁹⁷, 6·10⁻¹⁴ at 100 M. Slots are found by
+/// multiply-shift on the probe bits, with linear probing; 0 marks an empty slot, so probe bits of 0 are stored
+/// as 1.
+#[derive(Debug)]
+pub struct FirstSeen<P: bytemuck::Pod = ()> {
     probes: Slots<u64>,
     /// Per slot: check bits (high half) and ordinal (low half).
     tags: Slots<u64>,
+    payloads: Slots<P>,
     len: usize,
+}
+
+impl<P: bytemuck::Pod> Default for FirstSeen<P> {
+    fn default() -> Self {
+        FirstSeen { probes: Slots::default(), tags: Slots::default(), payloads: Slots::default(), len: 0 }
+    }
+}
+
+/// What a probe found: the fingerprint's first holder and its payload, or the empty slot where it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe<P> {
+    Held { ordinal: u32, payload: P },
+    Vacant(usize),
 }
 
 /// The bits of a fingerprint that are compared: where it is probed, and what confirms a match.
@@ -96,7 +115,7 @@ fn split(fingerprint: u128) -> (u64, u32) {
     ((fingerprint as u64).max(1), (fingerprint >> 64) as u32)
 }
 
-impl FirstSeen {
+impl<P: bytemuck::Pod> FirstSeen<P> {
     fn slot(probe: u64, slots: usize) -> usize {
         ((u128::from(probe) * slots as u128) >> 64) as usize
     }
@@ -117,28 +136,29 @@ impl FirstSeen {
     fn rebuild(&mut self, slots: usize) {
         let old_probes = std::mem::replace(&mut self.probes, Slots::zeroed(slots));
         let old_tags = std::mem::replace(&mut self.tags, Slots::zeroed(slots));
-        for (probe, tag) in old_probes.get().iter().zip(old_tags.get()).filter(|(p, _)| **p != 0) {
-            // The old table held each fingerprint once, so each is placed anew.
-            let _ = self.place(*probe, *tag);
+        let old_payloads = std::mem::replace(&mut self.payloads, Slots::zeroed(slots));
+        let old = old_probes.get().iter().zip(old_tags.get()).zip(old_payloads.get());
+        for ((probe, tag), payload) in old.filter(|((p, _), _)| **p != 0) {
+            // The old table held each fingerprint once, so each lands in an empty slot.
+            if let Probe::Vacant(i) = self.probe(*probe, (*tag >> 32) as u32) {
+                self.put(i, *probe, *tag, *payload);
+            }
         }
     }
 
-    /// Puts the fingerprint in its slot; `Err` with the first holder's ordinal if it is there already.
-    fn place(&mut self, probe: u64, tag: u64) -> Result<(), u32> {
-        let probes = self.probes.get_mut();
+    /// Follows the probe sequence of (probe, check) to its holder or to the first empty slot.
+    #[inline]
+    fn probe(&self, probe: u64, check: u32) -> Probe<P> {
+        let probes = self.probes.get();
         let n = probes.len();
         let mut i = Self::slot(probe, n);
         loop {
             match probes[i] {
-                0 => {
-                    probes[i] = probe;
-                    self.tags.get_mut()[i] = tag;
-                    return Ok(());
-                }
+                0 => return Probe::Vacant(i),
                 p if p == probe => {
                     let held = self.tags.get()[i];
-                    if held >> 32 == tag >> 32 {
-                        return Err(held as u32);
+                    if (held >> 32) as u32 == check {
+                        return Probe::Held { ordinal: held as u32, payload: self.payloads.get()[i] };
                     }
                     // The same probe bits, other check bits: another fingerprint; probing goes on.
                     i = if i + 1 == n { 0 } else { i + 1 };
@@ -148,18 +168,58 @@ impl FirstSeen {
         }
     }
 
-    /// Adds a fingerprint first seen at `ordinal`; if it was already there, `Err` with the ordinal of its first
-    /// holder ([`UNKNOWN_ORDINAL`] for a holder past `u32::MAX`).
     #[inline]
-    pub fn insert(&mut self, fingerprint: u128, ordinal: u64) -> Result<(), u32> {
+    fn put(&mut self, i: usize, probe: u64, tag: u64, payload: P) {
+        self.probes.get_mut()[i] = probe;
+        self.tags.get_mut()[i] = tag;
+        self.payloads.get_mut()[i] = payload;
+    }
+
+    /// The fingerprint's first holder and payload, or the empty slot where [`FirstSeen::fill`] puts it. The
+    /// table grows here when one more would pass its maximum load, so a slot returned stays valid until the
+    /// next call that changes the table.
+    #[inline]
+    pub fn find(&mut self, fingerprint: u128) -> Probe<P> {
         if (self.len + 1) * MAX_LOAD.1 > self.probes.get().len() * MAX_LOAD.0 {
             self.rebuild((self.probes.get().len() * 2).max(1024));
         }
+        let (probe, check) = split(fingerprint);
+        self.probe(probe, check)
+    }
+
+    /// The fingerprint's first holder, if it is there; never grows the table.
+    #[inline]
+    pub fn get(&self, fingerprint: u128) -> Option<u32> {
+        if self.len == 0 {
+            return None;
+        }
+        let (probe, check) = split(fingerprint);
+        match self.probe(probe, check) {
+            Probe::Held { ordinal, .. } => Some(ordinal),
+            Probe::Vacant(_) => None,
+        }
+    }
+
+    /// Puts a fingerprint first seen at `ordinal` into the slot [`FirstSeen::find`] returned as vacant for it.
+    #[inline]
+    pub fn fill(&mut self, slot: usize, fingerprint: u128, ordinal: u64, payload: P) {
         let ordinal = u32::try_from(ordinal).unwrap_or(UNKNOWN_ORDINAL);
         let (probe, check) = split(fingerprint);
-        let placed = self.place(probe, u64::from(check) << 32 | u64::from(ordinal));
-        self.len += usize::from(placed.is_ok());
-        placed
+        self.put(slot, probe, u64::from(check) << 32 | u64::from(ordinal), payload);
+        self.len += 1;
+    }
+
+    /// Adds a fingerprint first seen at `ordinal`; if it was already there, `Err` with the ordinal of its first
+    /// holder ([`UNKNOWN_ORDINAL`] for a holder past `u32::MAX`).
+    #[inline]
+    pub fn insert(&mut self, fingerprint: u128, ordinal: u64, payload: P) -> Result<(), u32> {
+        match self.find(fingerprint) {
+            Probe::Held { ordinal, .. } => Err(ordinal),
+            Probe::Vacant(slot) => {
+                self.fill(slot, fingerprint, ordinal, payload);
+                Ok(())
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -172,7 +232,7 @@ impl FirstSeen {
 
     /// The bytes the table holds.
     pub fn bytes(&self) -> usize {
-        self.probes.get().len() * 8 + self.tags.get().len() * 8
+        self.probes.get().len() * (16 + std::mem::size_of::<P>())
     }
 
     /// Reads the home slot of each fingerprint and returns a value that depends on them all. The tables are far
@@ -349,8 +409,16 @@ pub struct Tripped {
 }
 
 pub struct Ledger {
-    seen_rows: FirstSeen,
-    seen_keys: FirstSeen,
+    /// Per distinct valid key: the ordinal of its first holder and that row's content check (see
+    /// [`content_check`]), so that the holder's exact duplicates are found by the same probe as its key.
+    keys: FirstSeen<u64>,
+    /// Per distinct content of every other row — invalid rows and rows refused for a repeated key — the ordinal
+    /// of its first holder.
+    others: FirstSeen,
+    /// Whether `others` holds a row that was invalid for how it was written, not for its values (text after a
+    /// closing quote): from then on a valid row with a new key may still repeat such a row exactly, so it is
+    /// looked up there as well.
+    written_invalid: bool,
     lineage: Lineage,
     /// The run's input objects, by source index, to name a first holder.
     pub sources: Vec<String>,
@@ -359,14 +427,33 @@ pub struct Ledger {
     pub counts: Counts,
 }
 
+/// The 64 bits of a row's content fingerprint kept beside its key. A valid row whose key is held compares only
+/// these with the holder's: a wrong exact-duplicate verdict needs a row that repeats a held key with other
+/// content (a duplicate-key error, which the circuit breaker counts) and whose 64 bits agree with the holder's,
+/// at most (duplicate-key errors) / 2⁶⁴: 5.4·10⁻¹⁸ for the default breaker of 100, and below 10⁻¹² unless a
+/// contract lets more than 18 M of them through. The 64 bits are the fingerprint's high half, which the key's
+/// probe (its low half) does not use.
+#[inline]
+fn content_check(content: u128) -> u64 {
+    (content >> 64) as u64
+}
+
+/// What the ledger found for a row.
+enum Seen {
+    First,
+    ExactDuplicate(u32),
+    DuplicateKey(u32),
+}
+
 /// Rows whose table slots are read ahead together; see [`FirstSeen::warm`].
 const WARM_BLOCK: usize = 32;
 
 impl Ledger {
     pub fn new(max_same_errors: u64, max_attempts: u32) -> Ledger {
         Ledger {
-            seen_rows: FirstSeen::default(),
-            seen_keys: FirstSeen::default(),
+            keys: FirstSeen::default(),
+            others: FirstSeen::default(),
+            written_invalid: false,
             lineage: Lineage::default(),
             sources: Vec::new(),
             max_same_errors,
@@ -381,16 +468,16 @@ impl Ledger {
         self
     }
 
-    /// Reserves room for about `rows` more rows, so that the tables do not grow (and briefly double) on the way.
+    /// Reserves room for about `rows` more rows in the key table, so that it does not grow (and briefly double)
+    /// on the way. The table of other rows grows as they come: in a feed worth loading they are few.
     pub fn reserve(&mut self, rows: usize) {
-        self.seen_rows.reserve(rows);
-        self.seen_keys.reserve(rows);
+        self.keys.reserve(rows);
     }
 
     /// The bytes of the duplicate and key state: the two tables and the lineage.
     pub fn state_bytes(&self) -> usize {
-        self.seen_rows.bytes()
-            + self.seen_keys.bytes()
+        self.keys.bytes()
+            + self.others.bytes()
             + self.lineage.spans.len() * std::mem::size_of::<Span>()
             + self.lineage.replayed.len() * std::mem::size_of::<(u32, u64)>()
     }
@@ -405,28 +492,74 @@ impl Ledger {
             .map_or_else(|| "an earlier record (past the 4,294,967,295th row)".to_owned(), |r| r.to_string())
     }
 
+    /// A valid row: new, an exact duplicate (of its key's holder, or of a row kept among the others), or a
+    /// repeat of a held key with other content.
+    #[inline]
+    fn place_valid(&mut self, key: u128, content: u128, ordinal: u64) -> Seen {
+        let check = content_check(content);
+        match self.keys.find(key) {
+            Probe::Held { ordinal: holder, payload } if payload == check => Seen::ExactDuplicate(holder),
+            Probe::Held { ordinal: holder, .. } => match self.others.insert(content, ordinal, ()) {
+                Err(earlier) => Seen::ExactDuplicate(earlier),
+                Ok(()) => Seen::DuplicateKey(holder),
+            },
+            Probe::Vacant(slot) => {
+                if let Some(earlier) = self.written_invalid.then(|| self.others.get(content)).flatten() {
+                    return Seen::ExactDuplicate(earlier);
+                }
+                self.keys.fill(slot, key, ordinal, check);
+                Seen::First
+            }
+        }
+    }
+
+    /// An invalid row: new or an exact duplicate. `twin_key` is the key of a row invalid for how it was written,
+    /// whose values a valid row may hold.
+    #[inline]
+    fn place_invalid(&mut self, content: u128, twin_key: Option<u128>, ordinal: u64) -> Seen {
+        if let Some(key) = twin_key {
+            if let Some(earlier) = self.others.get(content) {
+                return Seen::ExactDuplicate(earlier);
+            }
+            if let Probe::Held { ordinal: holder, payload } = self.keys.find(key)
+                && payload == content_check(content)
+            {
+                return Seen::ExactDuplicate(holder);
+            }
+            self.written_invalid = true;
+        }
+        match self.others.insert(content, ordinal, ()) {
+            Err(earlier) => Seen::ExactDuplicate(earlier),
+            Ok(()) => Seen::First,
+        }
+    }
+
     /// Settles every row of a chunk, in order. Stops at the row that trips the circuit breaker.
     pub fn settle(&mut self, chunk: &CheckedChunk) -> Result<Settled, Tripped> {
         let mut settled = Settled::default();
         let mut keep: Vec<bool> = Vec::new();
         let mut dropped_valid = false;
+        let mut twins = chunk.twin_keys.iter().peekable();
         self.lineage.record(chunk, self.counts.input_rows);
         for (r, outcome) in chunk.outcomes.iter().enumerate() {
             if r % WARM_BLOCK == 0 {
                 let block = r..(r + WARM_BLOCK).min(chunk.outcomes.len());
-                let rows = self.seen_rows.warm(chunk.contents[block.clone()].iter().copied());
-                let keys = self.seen_keys.warm(chunk.outcomes[block].iter().filter_map(|o| match o {
+                let keys = self.keys.warm(chunk.outcomes[block].iter().filter_map(|o| match o {
                     Outcome::Valid { key } => Some(*key),
                     Outcome::Invalid(_) => None,
                 }));
-                std::hint::black_box(rows ^ keys);
+                std::hint::black_box(keys);
             }
             let ordinal = self.counts.input_rows;
             self.counts.input_rows += 1;
             let attempt_count = chunk.raw.replay.get(r).map_or(1, |m| m.attempt_count.saturating_add(1));
-            let first_time = self.seen_rows.insert(chunk.contents[r], ordinal);
+            let twin_key = twins.next_if(|(record, _)| *record == r).map(|(_, key)| *key);
+            let seen = match outcome {
+                Outcome::Valid { key } => self.place_valid(*key, chunk.contents[r], ordinal),
+                Outcome::Invalid(_) => self.place_invalid(chunk.contents[r], twin_key, ordinal),
+            };
             let is_valid = matches!(outcome, Outcome::Valid { .. });
-            if let Err(holder) = first_time {
+            if let Seen::ExactDuplicate(holder) = seen {
                 self.counts.condemned += 1;
                 self.counts.exact_duplicates += 1;
                 settled.condemned.push(SideRow {
@@ -445,16 +578,8 @@ impl Ledger {
                 }
                 continue;
             }
-            let error = match outcome {
-                Outcome::Valid { key } => {
-                    let holder = match self.seen_keys.insert(*key, ordinal) {
-                        Ok(()) => {
-                            self.counts.valid += 1;
-                            keep.push(true);
-                            continue;
-                        }
-                        Err(holder) => holder,
-                    };
+            let error = match (outcome, seen) {
+                (Outcome::Valid { .. }, Seen::DuplicateKey(holder)) => {
                     keep.push(false);
                     dropped_valid = true;
                     RowError {
@@ -468,7 +593,12 @@ impl Ledger {
                         ),
                     }
                 }
-                Outcome::Invalid(e) => (**e).clone(),
+                (Outcome::Valid { .. }, _) => {
+                    self.counts.valid += 1;
+                    keep.push(true);
+                    continue;
+                }
+                (Outcome::Invalid(e), _) => (**e).clone(),
             };
             let error_type = error.error_type;
             self.counts.by_error[error_type.index()] += 1;
@@ -575,6 +705,77 @@ mod tests {
     }
 
     #[test]
+    fn the_exact_duplicate_of_a_duplicate_key_row_names_that_row() {
+        let c = chunk(&[
+            "T1,C1,1.00,EUR,2024-01-01T00:00:00Z",
+            "T1,C2,2.00,EUR,2024-01-01T00:00:00Z",
+            "T1,C2,2.00,EUR,2024-01-01T00:00:00Z",
+            "T1,C1,1.00,EUR,2024-01-01T00:00:00Z",
+        ]);
+        let mut ledger = Ledger::new(100, 3);
+        ledger.sources = vec!["file:///in/a.csv".into()];
+        let s = ledger.settle(&c).expect("no trip");
+        assert_eq!(s.quarantined.iter().map(|r| r.record).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(s.condemned.iter().map(|r| r.record).collect::<Vec<_>>(), vec![2, 3]);
+        let holders: Vec<&str> = s.condemned.iter().filter_map(|r| r.duplicate_of.as_deref()).collect();
+        assert!(holders[0].contains("record 2 of file:///in/a.csv"), "{}", holders[0]);
+        assert!(holders[1].contains("record 1 of file:///in/a.csv"), "{}", holders[1]);
+        assert_eq!(s.keep, Some(BooleanArray::from(vec![true, false, false, false])));
+        assert_eq!((ledger.counts.valid, ledger.counts.quarantined, ledger.counts.condemned), (1, 1, 2));
+    }
+
+    /// A chunk whose record `quoted` had text after a closing quote (as the tokenizer marks it) in its first field.
+    fn chunk_with_text_after_quote(rows: &[&str], quoted: usize) -> CheckedChunk {
+        let mut raw = RecordChunk::new(0, 1);
+        for (i, row) in rows.iter().enumerate() {
+            raw.push_record(row.split(',').map(str::as_bytes), i as u64 + 2);
+        }
+        raw.text_after_quote.push((quoted, 1));
+        check_chunk(&transactions(), &HeaderMap::identity(5), raw)
+    }
+
+    #[test]
+    fn a_row_invalid_only_for_its_quoting_and_a_valid_row_of_the_same_values_are_exact_duplicates() {
+        let row = "T1,C1,1.00,EUR,2024-01-01T00:00:00Z";
+        // The invalid one first: the valid one, whose key is new, still repeats it.
+        let c = chunk_with_text_after_quote(&[row, row, "T2,C2,2.00,EUR,2024-01-01T00:00:00Z"], 0);
+        assert_eq!(c.twin_keys.len(), 1);
+        let mut ledger = Ledger::new(100, 3);
+        let s = ledger.settle(&c).expect("no trip");
+        assert_eq!(s.quarantined.iter().map(|r| r.record).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(s.condemned.iter().map(|r| r.record).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(s.keep, Some(BooleanArray::from(vec![false, true])));
+        // The valid one first: the invalid one repeats its key's holder.
+        let c = chunk_with_text_after_quote(&[row, row], 1);
+        let mut ledger = Ledger::new(100, 3);
+        let s = ledger.settle(&c).expect("no trip");
+        assert!(s.quarantined.is_empty(), "{:?}", s.quarantined);
+        assert_eq!(s.condemned.iter().map(|r| r.record).collect::<Vec<_>>(), vec![1]);
+        assert_eq!((ledger.counts.valid, ledger.counts.condemned), (1, 1));
+        // Other values under the same key are no repeat: the valid row keeps its key.
+        let c = chunk_with_text_after_quote(&["T1,C9,9.00,EUR,2024-01-01T00:00:00Z", row, row], 0);
+        let mut ledger = Ledger::new(100, 3);
+        let s = ledger.settle(&c).expect("no trip");
+        assert_eq!(s.quarantined.iter().map(|r| r.record).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(s.condemned.iter().map(|r| r.record).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(ledger.counts.valid, 1);
+    }
+
+    #[test]
+    fn the_key_table_costs_24_bytes_a_slot_and_other_rows_only_what_they_need() {
+        let mut ledger = Ledger::new(100, 3);
+        ledger.reserve(100_000);
+        let reserved = ledger.state_bytes();
+        // 24 bytes a slot at most 13/16 full: 29.5 bytes per row, and an empty table of other rows.
+        assert!(reserved as f64 / 100_000.0 <= 24.0 * 16.0 / 13.0 + 0.1, "{reserved}");
+        let rows: Vec<String> = (0..1000).map(|i| format!("T{i},C1,1.00,EUR,2024-01-01T00:00:00Z")).collect();
+        let c = chunk(&rows.iter().map(String::as_str).collect::<Vec<_>>());
+        ledger.settle(&c).expect("no trip");
+        assert_eq!(ledger.counts.valid, 1000);
+        assert_eq!(ledger.state_bytes() - ledger.lineage.spans.len() * std::mem::size_of::<Span>(), reserved);
+    }
+
+    #[test]
     fn the_circuit_breaker_trips_after_max_same_errors() {
         let c = chunk(&["a", "b", "c", "d"]);
         let mut ledger = Ledger::new(2, 3);
@@ -586,17 +787,17 @@ mod tests {
     fn the_table_keeps_every_distinct_hash_and_its_first_holder_across_growth() {
         let mut set = FirstSeen::default();
         for h in 0..100_000u64 {
-            assert_eq!(set.insert(spread(h), h + 7), Ok(()));
+            assert_eq!(set.insert(spread(h), h + 7, ()), Ok(()));
         }
         for h in 0..100_000u64 {
-            assert_eq!(set.insert(spread(h), 1 << 20), Err(h as u32 + 7), "{h}");
+            assert_eq!(set.insert(spread(h), 1 << 20, ()), Err(h as u32 + 7), "{h}");
         }
         assert_eq!(set.len(), 100_000);
         let mut sized = FirstSeen::default();
         sized.reserve(1000);
         let slots = sized.probes.get().len();
         (1..=1000u64).for_each(|h| {
-            let _ = sized.insert(spread(h), h);
+            let _ = sized.insert(spread(h), h, ());
         });
         assert_eq!(sized.probes.get().len(), slots, "a reserved set does not grow");
         // 16 bytes a slot, at most 13/16 full once reserved: 19.7 bytes per fingerprint.
@@ -608,11 +809,11 @@ mod tests {
     fn fingerprints_that_share_their_probe_bits_but_not_their_check_bits_are_different() {
         let mut set = FirstSeen::default();
         let probe = 0x1234_5678_9abc_def0u128;
-        assert_eq!(set.insert(probe | 1 << 64, 3), Ok(()));
-        assert_eq!(set.insert(probe | 2 << 64, 4), Ok(()), "a 64-bit collision is not a repeat");
+        assert_eq!(set.insert(probe | 1 << 64, 3, ()), Ok(()));
+        assert_eq!(set.insert(probe | 2 << 64, 4, ()), Ok(()), "a 64-bit collision is not a repeat");
         assert_eq!(set.len(), 2);
-        assert_eq!(set.insert(probe | 2 << 64, 9), Err(4));
-        assert_eq!(set.insert(probe | 1 << 64, 9), Err(3));
+        assert_eq!(set.insert(probe | 2 << 64, 9, ()), Err(4));
+        assert_eq!(set.insert(probe | 1 << 64, 9, ()), Err(3));
     }
 
     #[test]
@@ -646,8 +847,8 @@ mod tests {
     #[test]
     fn ordinals_past_u32_are_stored_as_unknown() {
         let mut set = FirstSeen::default();
-        assert_eq!(set.insert(42, u64::from(u32::MAX) + 5), Ok(()));
-        assert_eq!(set.insert(42, 1), Err(UNKNOWN_ORDINAL));
+        assert_eq!(set.insert(42, u64::from(u32::MAX) + 5, ()), Ok(()));
+        assert_eq!(set.insert(42, 1, ()), Err(UNKNOWN_ORDINAL));
     }
 
     #[test]
@@ -657,9 +858,9 @@ mod tests {
         assert!(matches!(set.probes, Slots::Mapped(_)), "a table of {} slots is mapped", set.probes.get().len());
         assert!(matches!(set.tags, Slots::Mapped(_)), "its check bits and ordinals too");
         for h in 1..=200_000u64 {
-            assert_eq!(set.insert(spread(h), h), Ok(()));
+            assert_eq!(set.insert(spread(h), h, ()), Ok(()));
         }
-        assert!((1..=200_000u64).all(|h| set.insert(spread(h), 0) == Err(h as u32)));
+        assert!((1..=200_000u64).all(|h| set.insert(spread(h), 0, ()) == Err(h as u32)));
         assert_eq!(set.len(), 200_000);
     }
 
