@@ -55,21 +55,81 @@ fn zstd() -> Compression {
     Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default())
 }
 
-/// zstd, bounded row groups, and a dictionary only for the columns in `dictionary` (one flag per column).
-pub fn writer_properties(contract: &Contract, dictionary: &[bool]) -> WriterProperties {
+/// A silver column is compressed only when zstd makes its sample's pages at least this share smaller.
+pub const ZSTD_MIN_SAVING: (i64, i64) = (1, 16);
+
+/// What the run's first valid rows decided for each silver column: a dictionary or not, zstd or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnChoices {
+    pub dictionary: Vec<bool>,
+    pub compressed: Vec<bool>,
+}
+
+impl ColumnChoices {
+    /// Both decisions, from the sample (see [`dictionary_columns`] and [`compressed_columns`]).
+    pub fn from_sample(contract: &Contract, sample: &[(u32, RecordBatch)]) -> ColumnChoices {
+        let dictionary = dictionary_columns(contract, sample);
+        let compressed = compressed_columns(contract, sample, &dictionary);
+        ColumnChoices { dictionary, compressed }
+    }
+}
+
+/// Bounded row groups and pages, a dictionary only for the columns `choices` gives one, the fallback encoding
+/// of its kind for the others, and zstd only for the columns `choices` compresses.
+pub fn writer_properties(contract: &Contract, choices: &ColumnChoices) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(zstd())
         .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
         .set_data_page_size_limit(PAGE_BYTES)
         .set_dictionary_page_size_limit(PAGE_BYTES);
-    for (column, enabled) in contract.columns.iter().zip(dictionary) {
+    let columns = contract.columns.iter().zip(&choices.dictionary).zip(&choices.compressed);
+    for ((column, dictionary), compressed) in columns {
         let path = ColumnPath::from(column.name.as_str());
-        builder = builder.set_column_dictionary_enabled(path.clone(), *enabled);
-        if let Some(encoding) = (!*enabled).then(|| fallback_encoding(column.kind)).flatten() {
+        builder = builder.set_column_dictionary_enabled(path.clone(), *dictionary);
+        if !*compressed {
+            builder = builder.set_column_compression(path.clone(), Compression::UNCOMPRESSED);
+        }
+        if let Some(encoding) = (!*dictionary).then(|| fallback_encoding(column.kind)).flatten() {
             builder = builder.set_column_encoding(path, encoding);
         }
     }
     builder.build()
+}
+
+/// Which columns zstd is worth running on, judged like the dictionaries from the run's first valid rows (a pure
+/// decision on the input, so the files stay deterministic): the sample is encoded as the silver files encode it,
+/// every column compressed, and a column keeps zstd only if its pages come out at least [`ZSTD_MIN_SAVING`]
+/// smaller. Bit-packed differences of amounts and instants are dense already — zstd found nothing in them on the
+/// bench input (compressed size 100.0 % of the encoded size) — and every column it runs on costs CPU and, in each
+/// open partition, a compression context of ~0.65 MB. Without a sample (no valid rows yet) every column is
+/// compressed.
+pub fn compressed_columns(contract: &Contract, sample: &[(u32, RecordBatch)], dictionary: &[bool]) -> Vec<bool> {
+    let all = ColumnChoices { dictionary: dictionary.to_vec(), compressed: vec![true; contract.columns.len()] };
+    if sample.iter().all(|(_, b)| b.num_rows() == 0) {
+        return all.compressed;
+    }
+    let sizes = || -> parquet::errors::Result<Vec<(i64, i64)>> {
+        let properties = writer_properties(contract, &all);
+        let mut writer = ArrowWriter::try_new(Vec::new(), contract.silver_schema.clone(), Some(properties))?;
+        for (_, batch) in sample {
+            writer.write(batch)?;
+        }
+        let metadata = writer.close()?;
+        let mut sizes = vec![(0, 0); contract.columns.len()];
+        for row_group in metadata.row_groups() {
+            for (size, column) in sizes.iter_mut().zip(row_group.columns()) {
+                *size = (size.0 + column.compressed_size(), size.1 + column.uncompressed_size());
+            }
+        }
+        Ok(sizes)
+    };
+    let (saved, of) = ZSTD_MIN_SAVING;
+    match sizes() {
+        Ok(sizes) => sizes.iter().map(|(zstd, encoded)| (encoded - zstd) * of >= encoded * saved).collect(),
+        // The sample is the writers' own input: if it cannot be written, neither can the run, which then says
+        // why; until then compression stays on.
+        Err(_) => all.compressed,
+    }
 }
 
 /// The encoding of a column without a dictionary. Numbers of one column sit close together (amounts, instants
@@ -444,7 +504,7 @@ impl SilverWriter {
     }
 
     fn start(&mut self) -> Result<()> {
-        let properties = writer_properties(&self.contract, &dictionary_columns(&self.contract, &self.sample));
+        let properties = writer_properties(&self.contract, &ColumnChoices::from_sample(&self.contract, &self.sample));
         self.sample.clear();
         let encoders = if self.threads == 1 { 0 } else { self.threads };
         if encoders == 0 {
@@ -808,13 +868,58 @@ mod tests {
         let checked = check_chunk(&contract, &HeaderMap::identity(5), raw);
         // The key is never a dictionary; 3 customers and 1 currency repeat; amounts and timestamps do not.
         assert_eq!(dictionary_columns(&contract, &checked.valid), vec![false, true, false, true, false]);
-        let properties = writer_properties(&contract, &[false, true, false, true, false]);
+        let choices = ColumnChoices { dictionary: vec![false, true, false, true, false], compressed: vec![true; 5] };
+        let properties = writer_properties(&contract, &choices);
         assert!(properties.dictionary_enabled(&ColumnPath::from("Currency")));
         assert!(!properties.dictionary_enabled(&ColumnPath::from("TransactionID")));
         use parquet::basic::Encoding;
         assert_eq!(properties.encoding(&ColumnPath::from("TransactionID")), Some(Encoding::DELTA_BYTE_ARRAY));
         assert_eq!(properties.encoding(&ColumnPath::from("TransactionAmount")), Some(Encoding::DELTA_BINARY_PACKED));
         assert_eq!(properties.encoding(&ColumnPath::from("TransactionTimestamp")), Some(Encoding::DELTA_BINARY_PACKED));
+    }
+
+    #[test]
+    fn zstd_only_for_columns_it_makes_smaller() {
+        use crate::check::check_chunk;
+        use crate::contract::{HeaderMap, tests::transactions};
+        use crate::tokenize::RecordChunk;
+        let contract = transactions();
+        let mut raw = RecordChunk::new(0, 1);
+        // Ids that share long prefixes, customers from a small set; amounts and instants at random, whose
+        // bit-packed differences leave zstd nothing to find.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..8000u64 {
+            let (amount, day, second) = (next() % 1_000_000, 1 + next() % 28, next() % 86_400);
+            let row = format!(
+                "TXN-2024-{i:010},CUSTOMER-{:06},{}.{:02},EUR,2024-01-{day:02}T{:02}:{:02}:{:02}Z",
+                i % 500,
+                amount / 100,
+                amount % 100,
+                second / 3600,
+                second / 60 % 60,
+                second % 60
+            );
+            raw.push_record(row.split(',').map(str::as_bytes), i + 2);
+        }
+        let checked = check_chunk(&contract, &HeaderMap::identity(5), raw);
+        assert_eq!(checked.valid.iter().map(|(_, b)| b.num_rows()).sum::<usize>(), 8000);
+        let choices = ColumnChoices::from_sample(&contract, &checked.valid);
+        let [id, customer, amount, _currency, instant] = choices.compressed[..] else {
+            panic!("five columns: {choices:?}")
+        };
+        assert!(id && customer, "{choices:?}");
+        assert!(!amount && !instant, "{choices:?}");
+        let properties = writer_properties(&contract, &choices);
+        assert_eq!(properties.compression(&ColumnPath::from("TransactionAmount")), Compression::UNCOMPRESSED);
+        assert!(matches!(properties.compression(&ColumnPath::from("TransactionID")), Compression::ZSTD(_)));
+        // Without valid rows to judge by, every column is compressed.
+        assert_eq!(compressed_columns(&contract, &[], &choices.dictionary), vec![true; 5]);
     }
 
     #[test]
