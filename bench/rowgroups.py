@@ -6,7 +6,7 @@ scanned by DuckDB, Polars and pyarrow with typical queries.
 
 DIR is one run's silver directory (`.../silver/transactions/schema_v=v1/run_id=ID`, holding `year=YYYY/month=MM/`
 partitions). Every Parquet file is rewritten with pyarrow at each size into WORK/rg-SIZE/ with the same partition
-layout, the same compression as the worker (zstd level 3), the same physical types (pyarrow reads them back as the
+layout, the same compression as the worker (zstd level 3 on the columns the worker compresses, none on the others), the same physical types (pyarrow reads them back as the
 worker wrote them: decimal(18,2), timestamp[us, UTC]), dictionaries only for Currency (as the worker) and the
 worker's delta encodings for the other columns, so that the row-group size is the only difference between the
 rewritten sets. The worker's own files are measured beside them as `worker`, and one more set at 128 Ki with pyarrow's
@@ -64,7 +64,12 @@ def rewrite(silver, dest, size, worker_encodings=True):
             options = dict(use_dictionary=["Currency"], column_encoding=encodings)
         else:
             options = dict(use_dictionary=True)
-        pq.write_table(table, out, row_group_size=size, compression="zstd", compression_level=ZSTD_LEVEL,
+        # The worker's codec per column: zstd where it made the run's sample smaller, none elsewhere.
+        first = pq.ParquetFile(src).metadata.row_group(0)
+        zstd = {first.column(i).path_in_schema: first.column(i).compression == "ZSTD" for i in range(first.num_columns)}
+        pq.write_table(table, out, row_group_size=size,
+                       compression={c: ("zstd" if z else "none") for c, z in zstd.items()},
+                       compression_level={c: ZSTD_LEVEL for c, z in zstd.items() if z},
                        store_decimal_as_integer=True, write_statistics=True, **options)
 
 
