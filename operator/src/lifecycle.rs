@@ -57,6 +57,7 @@ impl ContractProblem {
 pub const REASON_LAKE_UNREADABLE: &str = "LakeUnreadable";
 pub const REASON_SECRET_NOT_FOUND: &str = "CredentialsSecretNotFound";
 pub const REASON_CONTAINER_CONFIG: &str = "ContainerConfigError";
+pub const REASON_SNAPSHOT_REFUSED: &str = "ContractSnapshotRefused";
 
 /// Why the attempt's pod cannot start, as its kubelet says.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +68,9 @@ pub enum PodBlocker {
     ContainerConfig { message: String },
     /// No pod of the Job exists and the Job controller reports `FailedCreate` with this message.
     CannotCreate { message: String },
+    /// The attempt's contract snapshot (`configmap`, a volume of its pod) is missing and the apiserver refuses to
+    /// create it (`message`: what it answered, e.g. a quota or an admission policy), so the pod cannot start.
+    SnapshotRefused { configmap: String, message: String },
 }
 
 /// The object a `FailedCreate` message says is missing, e.g. `serviceaccount "x" not found` → `ServiceAccount x`.
@@ -91,7 +95,14 @@ impl PodBlocker {
             PodBlocker::SecretNotFound { .. } => REASON_SECRET_NOT_FOUND,
             PodBlocker::ContainerConfig { .. } => REASON_CONTAINER_CONFIG,
             PodBlocker::CannotCreate { .. } => FailureReason::PodCreationFailed.as_str(),
+            PodBlocker::SnapshotRefused { .. } => REASON_SNAPSHOT_REFUSED,
         }
+    }
+
+    /// Whether the operator stops waiting after `pod_create_timeout`: nothing in the pod's spec is wrong, the
+    /// cluster refuses what the pod needs (a Secret or a config the user fixes are waited for, as the kubelet does).
+    fn gives_up(&self) -> bool {
+        matches!(self, PodBlocker::CannotCreate { .. } | PodBlocker::SnapshotRefused { .. })
     }
 
     pub fn message(&self, attempt: &AttemptStatus) -> String {
@@ -111,6 +122,11 @@ impl PodBlocker {
                     attempt.attempt, attempt.job_name
                 )
             }
+            PodBlocker::SnapshotRefused { configmap, message } => format!(
+                "the pod of attempt {} (Job {}) cannot start: its contract snapshot ConfigMap {configmap} is \
+                 missing and cannot be created: {message}",
+                attempt.attempt, attempt.job_name
+            ),
         }
     }
 }
@@ -391,8 +407,7 @@ impl Builder<'_> {
         }
         match self.observed.job.clone().unwrap_or(JobState::Missing) {
             JobState::Active => match self.observed.blocker.clone() {
-                Some(PodBlocker::CannotCreate { message }) => {
-                    let blocker = PodBlocker::CannotCreate { message };
+                Some(blocker) if blocker.gives_up() => {
                     let (reason, message) = (blocker.reason(), blocker.message(&attempt));
                     let since = attempt.started_at.as_ref().map_or(self.now(), |t| t.0);
                     let give_up = after(since, self.settings.pod_create_timeout);
@@ -1052,6 +1067,45 @@ mod tests {
             plan(&o, &settings())
         };
         assert_eq!(no_pod_yet.requeue_after, Some(NO_POD_SAFETY_NET), "only a safety net: the Event watch wakes it");
+    }
+
+    #[test]
+    fn a_refused_contract_snapshot_is_said_at_once_and_fails_the_attempt_for_good_after_the_bound() {
+        let s = started();
+        let refused = |status: &EtlRunStatus, now: i64| {
+            let mut o = observe(status, now, Some(JobState::Active), None);
+            o.blocker = Some(PodBlocker::SnapshotRefused {
+                configmap: "tx-contract".into(),
+                message: "creating ConfigMap tx-contract: exceeded quota: cm, requested: configmaps=1 (403 Forbidden)"
+                    .into(),
+            });
+            plan(&o, &settings())
+        };
+        let p = refused(&s, 2);
+        assert_eq!(p.status.phase, Some(EtlRunPhase::Running), "the pod waits; nothing ran");
+        assert_eq!(condition(&p.status, CONDITION_PROGRESSING), ("True", REASON_SNAPSHOT_REFUSED));
+        let message = &p.status.conditions.iter().find(|c| c.type_ == CONDITION_PROGRESSING).expect("c").message;
+        assert!(
+            message.contains("attempt 1 (Job tx-a1)")
+                && message.contains("ConfigMap tx-contract is missing")
+                && message.ends_with("exceeded quota: cm, requested: configmaps=1 (403 Forbidden)"),
+            "{message}"
+        );
+        assert!(
+            matches!(p.transitions.as_slice(), [Transition::Waiting { reason, .. }] if reason == REASON_SNAPSHOT_REFUSED)
+        );
+        assert!(p.delete_job.is_none());
+        let still = refused(&p.status, 30);
+        assert!(still.transitions.is_empty() && still.status == p.status, "said once");
+        let ended = refused(&p.status, 60);
+        assert_eq!(ended.status.phase, Some(EtlRunPhase::Failed), "permanent: not retried");
+        assert_eq!(ended.status.attempts[0].reason.as_deref(), Some("PodCreationFailed"));
+        let message = ended.status.attempts[0].message.clone().unwrap_or_default();
+        assert!(message.contains("ConfigMap tx-contract") && message.contains("the bound"), "{message}");
+        assert_eq!(ended.delete_job.as_deref(), Some("tx-a1"));
+        // Created after all: the attempt runs on.
+        let created = plan(&observe(&p.status, 31, Some(JobState::Active), None), &settings());
+        assert_eq!(condition(&created.status, CONDITION_PROGRESSING), ("True", "AttemptRunning"));
     }
 
     #[test]

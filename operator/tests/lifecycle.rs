@@ -251,9 +251,33 @@ async fn a_contract_snapshot_refused_beside_its_job_is_said_and_created_once_it_
     );
     let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
     assert!(jobs.get_opt("tx-refused-a1").await.expect("get Job").is_some(), "the Job was created beside it");
+    // What the pod waits for is said where users look: the run's condition and a Warning Event.
     let run: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let waiting = run.get("tx-refused").await.expect("get run");
-    assert_eq!(waiting.status.and_then(|st| st.phase), Some(EtlRunPhase::Running), "waits; nothing ran");
+    let waiting = eventually("the run's condition naming the refused snapshot", RUN_TIMEOUT, || async {
+        let run = run.get("tx-refused").await.expect("get run");
+        let refused = run.status.as_ref().is_some_and(|st| {
+            st.conditions.iter().any(|c| c.type_ == "Progressing" && c.reason == "ContractSnapshotRefused")
+        });
+        refused.then_some(run)
+    })
+    .await;
+    let status = waiting.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Running), "waits; nothing ran");
+    let condition = status.conditions.iter().find(|c| c.type_ == "Progressing").expect("Progressing");
+    assert!(
+        condition.message.contains("Job tx-refused-a1")
+            && condition.message.contains("ConfigMap tx-refused-contract is missing and cannot be created")
+            && condition.message.contains("refused here"),
+        "{}",
+        condition.message
+    );
+    let event = eventually("a ContractSnapshotRefused Event", RUN_TIMEOUT, || async {
+        let events = support::events(&s.client, &s.ns.name, "tx-refused").await;
+        events.into_iter().find(|e| e.reason.as_deref() == Some("ContractSnapshotRefused"))
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(event.message.clone().unwrap_or_default().contains("refused here"), "{event:?}");
 
     // The policy lifted, the snapshot is created and the waiting pod runs the attempt to the end.
     refusal.lift().await;

@@ -450,7 +450,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     let (contract, snapshot_missing) = load_contract(&scope, run, &identity, &status, launched.is_some()).await?;
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
     let mut lake_error = None;
-    let (job_state, lake, lake_checks, blocker, job_has_pod) = match (&current, &contract) {
+    let (job_state, lake, lake_checks, mut blocker, job_has_pod) = match (&current, &contract) {
         (Some(attempt), Ok(dataset)) => {
             let (job_state, pods) = observe_job(&scope, &identity, attempt).await?;
             let (blocker, job_has_pod) = match job_state {
@@ -479,6 +479,21 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         }
         _ => (None, None, 0, None, None),
     };
+    // An attempt in flight whose contract snapshot is missing (its create failed after the Job's went through:
+    // they are made side by side) gets it now, from the Dataset: until then its pod cannot start, so no worker
+    // has read another contract. A refusal is what the pod waits for, said by the plan like any other blocker.
+    let mut snapshot_refused = None;
+    if let (true, Some(_), Ok(dataset)) = (snapshot_missing, &current, &contract) {
+        let configmap = job::contract_name(&identity.name);
+        tracing::warn!(
+            etlrun = %identity.name, namespace = %identity.namespace, configmap = %configmap,
+            "the attempt's contract snapshot is missing: creating it"
+        );
+        if let Err(e) = ensure_snapshot(&scope, &identity, dataset).await {
+            blocker = Some(PodBlocker::SnapshotRefused { configmap, message: e.for_people() });
+            snapshot_refused = Some(e);
+        }
+    }
     let observed = Observed {
         now: Timestamp::now(),
         name: &identity.name,
@@ -526,10 +541,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     // The Events last: an Event is not on the way from a new run to its Job. A failed create or delete is
     // returned once the Events are out; a Job that could not be created is already said by the plan (its
     // condition and one Warning Event).
-    let said = launch_failed.is_some();
-    let acted = match (launch_failed, snapshot_failed) {
+    let said = launch_failed.is_some() || snapshot_refused.is_some();
+    let acted = match (launch_failed, snapshot_failed.or(snapshot_refused)) {
         (Some(e), _) | (None, Some(e)) => Err(e),
-        (None, None) => act(&scope, &identity, &plan, &contract, snapshot_missing).await,
+        (None, None) => act(&scope, &identity, &plan).await,
     };
     for transition in &plan.transitions {
         ctx.metrics.record_report(&run.spec.dataset, transition, observed.lake.as_ref());
@@ -552,28 +567,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
 }
 
-/// After the status is written: deletes the Job the plan gives up. An attempt in flight whose contract snapshot
-/// is missing (its create failed after the Job's went through: they are made side by side) gets it now, from the
-/// Dataset: until then its pod cannot start, so no worker has read another contract.
-async fn act(
-    scope: &Scope,
-    identity: &RunIdentity,
-    plan: &lifecycle::Plan,
-    contract: &Result<Arc<Dataset>, ContractProblem>,
-    snapshot_missing: bool,
-) -> Result<()> {
+/// After the status is written: deletes the Job the plan gives up.
+async fn act(scope: &Scope, identity: &RunIdentity, plan: &lifecycle::Plan) -> Result<()> {
     if let Some(job_name) = &plan.delete_job {
         delete_job(&scope.ctx, identity, job_name).await?;
-    }
-    // A launch (before the status write) made its snapshot beside its Job.
-    if let (None, true, Ok(dataset)) = (&plan.launch, snapshot_missing, contract)
-        && lifecycle::current_attempt(&plan.status).is_some()
-    {
-        tracing::warn!(
-            etlrun = %identity.name, namespace = %identity.namespace,
-            configmap = %job::contract_name(&identity.name), "the attempt's contract snapshot is missing: creating it"
-        );
-        ensure_snapshot(scope, identity, dataset).await?;
     }
     Ok(())
 }
