@@ -469,8 +469,10 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
         std::thread::scope(|scope| {
             let (raw_tx, raw_rx) = bounded(threads);
             let (checked_tx, checked_rx) = bounded(threads);
-            // Chunks in flight: one being read, one being committed, and a queue and one being checked per checker.
-            let in_flight = 3 * threads + 2;
+            // Chunks in flight: one being read, one being committed, and two per checker (being checked, or
+            // waiting in a queue). With three per checker the queues held more than kept the checkers busy: 2 fewer
+            // chunks at two threads, −7 MiB peak RSS, the same speed (5 M rows, 7 paired runs).
+            let in_flight = 2 * threads + 2;
             let (recycle_tx, recycle_rx) = bounded(in_flight);
             let (all_inputs, the_contract) = (&inputs, &contract);
             let reader = scope.spawn(move || {
