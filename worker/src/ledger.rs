@@ -649,12 +649,17 @@ mod tests {
         u128::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
     }
 
-    fn chunk(rows: &[&str]) -> CheckedChunk {
+    /// The rows as records of source 0, from line 2 on.
+    fn records(rows: &[&str]) -> RecordChunk {
         let mut raw = RecordChunk::new(0, 1);
         for (i, row) in rows.iter().enumerate() {
             raw.push_record(row.split(',').map(str::as_bytes), i as u64 + 2);
         }
-        check_chunk(&transactions(), &HeaderMap::identity(5), raw)
+        raw
+    }
+
+    fn chunk(rows: &[&str]) -> CheckedChunk {
+        check_chunk(&transactions(), &HeaderMap::identity(5), records(rows))
     }
 
     #[test]
@@ -726,10 +731,7 @@ mod tests {
 
     /// A chunk whose record `quoted` had text after a closing quote (as the tokenizer marks it) in its first field.
     fn chunk_with_text_after_quote(rows: &[&str], quoted: usize) -> CheckedChunk {
-        let mut raw = RecordChunk::new(0, 1);
-        for (i, row) in rows.iter().enumerate() {
-            raw.push_record(row.split(',').map(str::as_bytes), i as u64 + 2);
-        }
+        let mut raw = records(rows);
         raw.text_after_quote.push((quoted, 1));
         check_chunk(&transactions(), &HeaderMap::identity(5), raw)
     }
