@@ -187,15 +187,15 @@ impl<P: bytemuck::Pod> FirstSeen<P> {
         self.probe(probe, check)
     }
 
-    /// The fingerprint's first holder, if it is there; never grows the table.
+    /// The fingerprint's first holder and payload, if it is there; never grows the table.
     #[inline]
-    pub fn get(&self, fingerprint: u128) -> Option<u32> {
+    pub fn get(&self, fingerprint: u128) -> Option<(u32, P)> {
         if self.len == 0 {
             return None;
         }
         let (probe, check) = split(fingerprint);
         match self.probe(probe, check) {
-            Probe::Held { ordinal, .. } => Some(ordinal),
+            Probe::Held { ordinal, payload } => Some((ordinal, payload)),
             Probe::Vacant(_) => None,
         }
     }
@@ -504,7 +504,7 @@ impl Ledger {
                 Ok(()) => Seen::DuplicateKey(holder),
             },
             Probe::Vacant(slot) => {
-                if let Some(earlier) = self.written_invalid.then(|| self.others.get(content)).flatten() {
+                if let Some((earlier, ())) = self.written_invalid.then(|| self.others.get(content)).flatten() {
                     return Seen::ExactDuplicate(earlier);
                 }
                 self.keys.fill(slot, key, ordinal, check);
@@ -517,21 +517,20 @@ impl Ledger {
     /// whose values a valid row may hold.
     #[inline]
     fn place_invalid(&mut self, content: u128, twin_key: Option<u128>, ordinal: u64) -> Seen {
+        let slot = match self.others.find(content) {
+            Probe::Held { ordinal: earlier, .. } => return Seen::ExactDuplicate(earlier),
+            Probe::Vacant(slot) => slot,
+        };
         if let Some(key) = twin_key {
-            if let Some(earlier) = self.others.get(content) {
-                return Seen::ExactDuplicate(earlier);
-            }
-            if let Probe::Held { ordinal: holder, payload } = self.keys.find(key)
-                && payload == content_check(content)
+            if let Some((holder, check)) = self.keys.get(key)
+                && check == content_check(content)
             {
                 return Seen::ExactDuplicate(holder);
             }
             self.written_invalid = true;
         }
-        match self.others.insert(content, ordinal, ()) {
-            Err(earlier) => Seen::ExactDuplicate(earlier),
-            Ok(()) => Seen::First,
-        }
+        self.others.fill(slot, content, ordinal, ());
+        Seen::First
     }
 
     /// Settles every row of a chunk, in order. Stops at the row that trips the circuit breaker.
