@@ -479,11 +479,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         }
         _ => (None, None, 0, None, None),
     };
-    // An attempt in flight whose contract snapshot is missing (its create failed after the Job's went through:
-    // they are made side by side) gets it now, from the Dataset: until then its pod cannot start, so no worker
-    // has read another contract. A refusal is what the pod waits for, said by the plan like any other blocker.
+    // An attempt whose Job is active but whose contract snapshot is missing (its create failed after the Job's
+    // went through: they are made side by side) gets it now, from the Dataset: until then its pod cannot start,
+    // so no worker has read another contract. A refusal is what the pod waits for, said by the plan like any
+    // other blocker of an active Job. A Job to be launched again gets its snapshot beside it (`launch`).
     let mut snapshot_refused = None;
-    if let (true, Some(_), Ok(dataset)) = (snapshot_missing, &current, &contract) {
+    if let (true, Some(JobState::Active), Ok(dataset)) = (snapshot_missing, &job_state, &contract) {
         let configmap = job::contract_name(&identity.name);
         tracing::warn!(
             etlrun = %identity.name, namespace = %identity.namespace, configmap = %configmap,
