@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1  # the worker's level (worker/src/sink.rs)
 DEFAULT_SIZES = [16 * 1024, 64 * 1024, 128 * 1024, 512 * 1024, 1024 * 1024]
 READERS = ["duckdb", "polars", "pyarrow"]
 QUERIES = ["count", "sum", "month", "id", "customer"]

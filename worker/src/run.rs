@@ -30,7 +30,7 @@ use tokio::runtime::Handle;
 
 /// Input bytes per chunk (whole records, so a little more or less): the unit of parallel work and of memory in
 /// flight.
-pub const CHUNK_BYTES: usize = 1024 * 1024;
+pub const CHUNK_BYTES: usize = 512 * 1024;
 /// Sets input bytes per chunk instead of [`CHUNK_BYTES`] (for tests: the output must not depend on it).
 pub const CHUNK_BYTES_ENV: &str = "SILVERLINE_CHUNK_BYTES";
 
@@ -206,7 +206,12 @@ fn read_inputs(
                     break;
                 }
                 let start = block.len();
-                block.resize(start.max(block_bytes) + 64 * 1024, 0);
+                let wanted = start.max(block_bytes) + 64 * 1024;
+                if start < block_bytes {
+                    // Exactly, as for the chunk's data; a record longer than a block grows it amortised.
+                    block.reserve_exact(wanted - start);
+                }
+                block.resize(wanted, 0);
                 let n = read_some(&mut reader, &mut block[start..]).map_err(|e| read_error(e, &input.uri))?;
                 block.truncate(start + n);
                 at_end = n == 0;

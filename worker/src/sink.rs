@@ -37,17 +37,24 @@ pub const ROWS_PER_ROW_GROUP: usize = 32 * 1024;
 /// Rows handed to a Parquet writer per call: every write but a file's last holds a whole multiple of this, itself
 /// a multiple of the writer's 1,024-row mini-batches, after which it decides where a page ends. So page and row
 /// group boundaries fall on the same rows however the input was cut into chunks, and the bytes depend only on
-/// the rows.
-pub const WRITE_ALIGN: usize = 4 * 1024;
+/// the rows. One mini-batch: every open partition keeps up to this many rows waiting as Arrow (4 Ki held 7 MiB
+/// more at the bench input's 26 partitions, for no speed).
+pub const WRITE_ALIGN: usize = 1024;
 /// Valid rows, in input order, from which the dictionary columns are chosen (see [`dictionary_columns`]).
 pub const DICTIONARY_SAMPLE_ROWS: usize = 16 * 1024;
 /// Data and dictionary page size: smaller than parquet's 1 MiB default, because every open partition holds a
-/// page per column in memory, and each compressed column a zstd context sized by its largest page (~0.9 MB for
-/// 128 KiB pages, ~0.65 MB for 64 KiB). From 128 to 64 KiB: −13 MiB peak RSS with the bench input's 26 open
-/// partitions, the silver 0.11 % larger, the same speed.
-pub const PAGE_BYTES: usize = 64 * 1024;
-/// zstd level, the same as the peers' default.
-pub const ZSTD_LEVEL: i32 = 3;
+/// page per column in memory, and each compressed column a zstd context sized by its largest page (at level 1:
+/// 0.55 MB for 128 KiB pages, 0.30 MB for 64 KiB, 0.18 MB for 32 KiB, zstd's own estimate), and each string
+/// column's encoder a buffer twice its page. 32 KiB together with [`PAGE_ROWS`]: the bench input's silver 0.33 %
+/// larger than with 64 KiB, the same speed (bench/README "Memory").
+pub const PAGE_BYTES: usize = 32 * 1024;
+/// Rows per data page at most: a dictionary column's page holds its entries' indices as 8-byte integers until
+/// the page is written, and a few bits per row would otherwise fill 32 KiB only after the whole row group.
+pub const PAGE_ROWS: usize = 8 * 1024;
+/// zstd level. Level 1 rather than the engines' default 3: every compressed column of every open partition keeps
+/// a compression context sized by level and page (0.30 MB at level 1 for 64 KiB pages, 0.66 MB at level 3), and
+/// on the bench input's ids level 3 saved under 1.5 % of their bytes. The peers are run at this level too.
+pub const ZSTD_LEVEL: i32 = 1;
 
 /// A column gets a dictionary when its sample holds at most this many distinct values per this many rows.
 pub const DICTIONARY_MAX_DISTINCT_PER_ROWS: (usize, usize) = (1, 4);
@@ -83,6 +90,7 @@ pub fn writer_properties(contract: &Contract, choices: &ColumnChoices) -> Writer
         .set_compression(zstd())
         .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
         .set_data_page_size_limit(PAGE_BYTES)
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_dictionary_page_size_limit(PAGE_BYTES);
     let columns = contract.columns.iter().zip(&choices.dictionary).zip(&choices.compressed);
     for ((column, dictionary), compressed) in columns {
@@ -207,7 +215,7 @@ pub const SIDE_ROWS_PER_ROW_GROUP: usize = 4 * 1024;
 
 /// The upload buffer of one part: S3 needs multipart parts of at least 5 MiB; a local lake needs little.
 pub fn sink_capacity(location: &Location) -> usize {
-    if location.local_dir.is_some() { 256 * 1024 } else { 5 * 1024 * 1024 }
+    if location.local_dir.is_some() { 128 * 1024 } else { 5 * 1024 * 1024 }
 }
 
 /// A `Write` into one object: counts and checksums the bytes, completes the upload on `finish`, and aborts it
@@ -880,15 +888,13 @@ mod tests {
         assert_eq!(properties.encoding(&ColumnPath::from("TransactionTimestamp")), Some(Encoding::DELTA_BINARY_PACKED));
     }
 
-    #[test]
-    fn zstd_only_for_columns_it_makes_smaller() {
+    /// `rows` valid rows of the transactions contract: ids that share long prefixes, customers from a small set,
+    /// one currency; amounts and instants at random, whose bit-packed differences leave zstd nothing to find.
+    fn varied_rows(rows: u64) -> Vec<(u32, RecordBatch)> {
         use crate::check::check_chunk;
         use crate::contract::{HeaderMap, tests::transactions};
         use crate::tokenize::RecordChunk;
-        let contract = transactions();
         let mut raw = RecordChunk::new(0, 1);
-        // Ids that share long prefixes, customers from a small set; amounts and instants at random, whose
-        // bit-packed differences leave zstd nothing to find.
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             x ^= x << 13;
@@ -896,7 +902,7 @@ mod tests {
             x ^= x << 17;
             x
         };
-        for i in 0..8000u64 {
+        for i in 0..rows {
             let (amount, day, second) = (next() % 1_000_000, 1 + next() % 28, next() % 86_400);
             let row = format!(
                 "TXN-2024-{i:010},CUSTOMER-{:06},{}.{:02},EUR,2024-01-{day:02}T{:02}:{:02}:{:02}Z",
@@ -909,9 +915,16 @@ mod tests {
             );
             raw.push_record(row.split(',').map(str::as_bytes), i + 2);
         }
-        let checked = check_chunk(&contract, &HeaderMap::identity(5), raw);
-        assert_eq!(checked.valid.iter().map(|(_, b)| b.num_rows()).sum::<usize>(), 8000);
-        let choices = ColumnChoices::from_sample(&contract, &checked.valid);
+        let valid = check_chunk(&transactions(), &HeaderMap::identity(5), raw).valid;
+        assert_eq!(valid.iter().map(|(_, b)| b.num_rows() as u64).sum::<u64>(), rows);
+        valid
+    }
+
+    #[test]
+    fn zstd_only_for_columns_it_makes_smaller() {
+        let contract = crate::contract::tests::transactions();
+        let valid = varied_rows(8000);
+        let choices = ColumnChoices::from_sample(&contract, &valid);
         let [id, customer, amount, _currency, instant] = choices.compressed[..] else {
             panic!("five columns: {choices:?}")
         };
@@ -922,6 +935,45 @@ mod tests {
         assert!(matches!(properties.compression(&ColumnPath::from("TransactionID")), Compression::ZSTD(_)));
         // Without valid rows to judge by, every column is compressed.
         assert_eq!(compressed_columns(&contract, &[], &choices.dictionary), vec![true; 5]);
+    }
+
+    #[test]
+    fn pages_are_bounded_in_bytes_and_in_rows() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        use parquet::column::page::Page;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let contract = crate::contract::tests::transactions();
+        let valid = varied_rows(ROWS_PER_ROW_GROUP as u64);
+        let choices = ColumnChoices::from_sample(&contract, &valid);
+        assert!(choices.dictionary[3], "one currency: a dictionary {choices:?}");
+        let properties = writer_properties(&contract, &choices);
+        let mut writer = ArrowWriter::try_new(Vec::new(), contract.silver_schema.clone(), Some(properties))?;
+        for (_, batch) in &valid {
+            writer.write(batch)?;
+        }
+        let file = SerializedFileReader::new(bytes::Bytes::from(writer.into_inner()?))?;
+        let row_group = file.get_row_group(0)?;
+        assert_eq!(row_group.metadata().num_rows() as usize, ROWS_PER_ROW_GROUP);
+        for (c, column) in contract.columns.iter().enumerate() {
+            let mut data_pages = 0;
+            for page in row_group.get_column_page_reader(c)? {
+                let page = page?;
+                if let Page::DataPage { num_values, .. } | Page::DataPageV2 { num_values, .. } = &page {
+                    data_pages += 1;
+                    // Limits are checked after each 1,024-row mini-batch: a page ends at most one batch past them.
+                    assert!(*num_values as usize <= PAGE_ROWS, "{}: a page of {num_values} rows", column.name);
+                    let per_row = page.buffer().len() / *num_values as usize + 1;
+                    assert!(
+                        page.buffer().len() <= PAGE_BYTES + 1024 * per_row,
+                        "{}: {} bytes",
+                        column.name,
+                        page.buffer().len()
+                    );
+                }
+            }
+            // 32 Ki rows of a one-value dictionary column fit one 32 KiB page; the row bound makes four.
+            assert!(data_pages >= ROWS_PER_ROW_GROUP / PAGE_ROWS, "{}: {data_pages} pages", column.name);
+        }
+        Ok(())
     }
 
     #[test]

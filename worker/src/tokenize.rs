@@ -418,6 +418,8 @@ pub fn tokenize_block(chunk: &mut RecordChunk) -> io::Result<()> {
     let (source, line, last) = (chunk.source, chunk.block_line, chunk.block_is_last);
     let mut tokenizer = CsvTokenizer::starting_at_line(&block[..], line);
     chunk.clear(source, 0);
+    // Exactly: a recycled buffer a little short would otherwise double, and every chunk in flight keeps its own.
+    chunk.data.reserve_exact(block.len() + 4096);
     chunk.data.resize(block.len() + 4096, 0);
     let mut filled = 0;
     let read = loop {
