@@ -652,7 +652,7 @@ mod tests {
     fn records(rows: &[&str]) -> RecordChunk {
         let mut raw = RecordChunk::new(0, 1);
         for (i, row) in rows.iter().enumerate() {
-            raw.push_record(row.split(',').map(str::as_bytes), i as u64 + 2);
+            assert_eq!(raw.push_record(row.split(',').map(str::as_bytes), i as u64 + 2), Ok(()));
         }
         raw
     }
@@ -877,7 +877,7 @@ mod tests {
             .iter()
             .enumerate()
         {
-            raw.push_record(row.split(',').map(str::as_bytes), i as u64 + 4);
+            assert_eq!(raw.push_record(row.split(',').map(str::as_bytes), i as u64 + 4), Ok(()));
         }
         let second = check_chunk(&transactions(), &HeaderMap::identity(5), raw);
         let s = ledger.settle(&second).expect("no trip");
@@ -901,7 +901,10 @@ mod tests {
         ledger.sources = vec!["file:///lake/quarantine/part-00000.parquet".into()];
         let mut raw = RecordChunk::new(0, 1);
         for (i, original) in [41u64, 97].iter().enumerate() {
-            raw.push_record("T1,C1,1.00,EUR,2024-01-01T00:00:00Z".split(',').map(str::as_bytes), i as u64 + 2);
+            assert_eq!(
+                raw.push_record("T1,C1,1.00,EUR,2024-01-01T00:00:00Z".split(',').map(str::as_bytes), i as u64 + 2),
+                Ok(())
+            );
             raw.replay.push(ReplayMeta {
                 source_uri: "file:///in/orig.csv".into(),
                 record_number: *original,

@@ -121,11 +121,12 @@ fn to_chunk(
         let hash = u128::from_str_radix(row_hash.value(r), 16).map_err(|_| {
             drift(input, format!("row {}: row_hash {:?} is not 32 hex digits", first + r as u64, row_hash.value(r)))
         })?;
-        if has_values {
-            chunk.push_record(values.iter().map(|v| v.value(r).as_bytes()), line_number.value(r));
+        let pushed = if has_values {
+            chunk.push_record(values.iter().map(|v| v.value(r).as_bytes()), line_number.value(r))
         } else {
-            chunk.push_record(std::iter::empty(), line_number.value(r));
-        }
+            chunk.push_record(std::iter::empty(), line_number.value(r))
+        };
+        pushed.map_err(|e| drift(input, format!("row {}: {e}", first + r as u64)))?;
         chunk.replay.push(ReplayMeta {
             source_uri: source_uri.value(r).to_owned(),
             record_number: record_number.value(r),

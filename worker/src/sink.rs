@@ -873,7 +873,7 @@ mod tests {
         let mut raw = RecordChunk::new(0, 1);
         for i in 0..100u64 {
             let row = format!("T{i},C{},{i}.50,EUR,2024-01-{:02}T00:00:{:02}Z", i % 3, 1 + i % 28, i % 60);
-            raw.push_record(row.split(',').map(str::as_bytes), i + 2);
+            assert_eq!(raw.push_record(row.split(',').map(str::as_bytes), i + 2), Ok(()));
         }
         let checked = check_chunk(&contract, &HeaderMap::identity(5), raw);
         // The key is never a dictionary; 3 customers and 1 currency repeat; amounts and timestamps do not.
@@ -913,7 +913,7 @@ mod tests {
                 second / 60 % 60,
                 second % 60
             );
-            raw.push_record(row.split(',').map(str::as_bytes), i + 2);
+            assert_eq!(raw.push_record(row.split(',').map(str::as_bytes), i + 2), Ok(()));
         }
         let valid = check_chunk(&transactions(), &HeaderMap::identity(5), raw).valid;
         assert_eq!(valid.iter().map(|(_, b)| b.num_rows() as u64).sum::<u64>(), rows);

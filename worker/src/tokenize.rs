@@ -26,6 +26,20 @@ pub struct ReplayMeta {
     pub raw_record_bytes: Option<Vec<u8>>,
 }
 
+/// The most bytes of fields a chunk holds: offsets into them are 32-bit. Chunks are cut near
+/// [`crate::run::CHUNK_BYTES`], so only a single record longer than this reaches it, and is refused (see
+/// [`TooLong`]).
+pub const MAX_CHUNK_DATA: usize = u32::MAX as usize;
+
+/// A record whose fields would take a chunk past [`MAX_CHUNK_DATA`] bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the record starting on line {line} is longer than 4 GiB (4,294,967,295 bytes of fields), which is not supported"
+)]
+pub struct TooLong {
+    pub line: u64,
+}
+
 /// Consecutive records of one source.
 #[derive(Debug, Clone, Default)]
 pub struct RecordChunk {
@@ -33,11 +47,12 @@ pub struct RecordChunk {
     pub source: usize,
     /// 1-based record number (data records, header excluded) of the first record in this chunk.
     pub first_record: u64,
+    /// The fields' bytes, back to back: at most [`MAX_CHUNK_DATA`] bytes, so offsets into it are 32-bit.
     pub data: Vec<u8>,
-    /// End offset in `data` of every field.
-    pub field_ends: Vec<usize>,
+    /// End offset in `data` of every field (32 bits: half the memory of `usize` for every chunk in flight).
+    pub field_ends: Vec<u32>,
     /// For every record, the index in `field_ends` one past its last field.
-    pub record_ends: Vec<usize>,
+    pub record_ends: Vec<u32>,
     /// 1-based line on which each record starts.
     pub lines: Vec<u64>,
     /// For replayed quarantine rows, one entry per record; empty for CSV input.
@@ -166,20 +181,20 @@ impl RecordChunk {
     /// The range of `field_ends` indices of record `r`.
     #[inline]
     pub fn field_range(&self, r: usize) -> std::ops::Range<usize> {
-        let start = if r == 0 { 0 } else { self.record_ends[r - 1] };
-        start..self.record_ends[r]
+        let start = if r == 0 { 0 } else { self.record_ends[r - 1] as usize };
+        start..self.record_ends[r] as usize
     }
 
     /// Field `f` (an index into `field_ends`).
     #[inline]
     pub fn field(&self, f: usize) -> &[u8] {
-        &self.data[self.field_start(f)..self.field_ends[f]]
+        &self.data[self.field_start(f)..self.field_ends[f] as usize]
     }
 
     /// Where field `f` starts in `data`: where the one before it ends.
     #[inline]
     fn field_start(&self, f: usize) -> usize {
-        if f == 0 { 0 } else { self.field_ends[f - 1] }
+        if f == 0 { 0 } else { self.field_ends[f - 1] as usize }
     }
 
     /// The bytes of all fields of record `r`, back to back.
@@ -193,14 +208,24 @@ impl RecordChunk {
         self.field_range(r).map(move |f| self.field(f))
     }
 
-    /// Appends one record given as fields (used for replayed rows and tests).
-    pub fn push_record<'a>(&mut self, fields: impl IntoIterator<Item = &'a [u8]>, line: u64) {
+    /// Appends one record given as fields (used for replayed rows and tests); an error, and the chunk as it was,
+    /// if the chunk's data would pass [`MAX_CHUNK_DATA`].
+    pub fn push_record<'a>(&mut self, fields: impl IntoIterator<Item = &'a [u8]>, line: u64) -> Result<(), TooLong> {
+        let (data, ends) = (self.data.len(), self.field_ends.len());
         for field in fields {
             self.data.extend_from_slice(field);
-            self.field_ends.push(self.data.len());
+            match u32::try_from(self.data.len()) {
+                Ok(end) => self.field_ends.push(end),
+                Err(_) => {
+                    self.data.truncate(data);
+                    self.field_ends.truncate(ends);
+                    return Err(TooLong { line });
+                }
+            }
         }
-        self.record_ends.push(self.field_ends.len());
+        self.record_ends.push(u32::try_from(self.field_ends.len()).map_err(|_| TooLong { line })?);
         self.lines.push(line);
+        Ok(())
     }
 }
 
@@ -313,8 +338,13 @@ impl<R: BufRead> CsvTokenizer<R> {
                         chunk.open_quote =
                             Some(OpenQuote { record: chunk.len(), line: start_line + breaks as u64, field: n_ends });
                     }
-                    chunk.field_ends.extend(self.ends[..n_ends].iter().map(|e| record_start + e));
-                    chunk.record_ends.push(chunk.field_ends.len());
+                    let end = record_start + if n_ends == 0 { 0 } else { self.ends[n_ends - 1] };
+                    if end > MAX_CHUNK_DATA || chunk.field_ends.len() + n_ends > MAX_CHUNK_DATA {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, TooLong { line: start_line }));
+                    }
+                    // Both fit in 32 bits: checked just above.
+                    chunk.field_ends.extend(self.ends[..n_ends].iter().map(|e| (record_start + e) as u32));
+                    chunk.record_ends.push(chunk.field_ends.len() as u32);
                     chunk.lines.push(start_line);
                     return Ok(true);
                 }
