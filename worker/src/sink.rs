@@ -46,7 +46,7 @@ pub const DICTIONARY_SAMPLE_ROWS: usize = 16 * 1024;
 /// page per column in memory, and each compressed column a zstd context sized by its largest page (at level 1:
 /// 0.55 MB for 128 KiB pages, 0.30 MB for 64 KiB, 0.18 MB for 32 KiB, zstd's own estimate), and each string
 /// column's encoder a buffer twice its page. 32 KiB together with [`PAGE_ROWS`]: the bench input's silver 0.33 %
-/// larger than with 64 KiB, the same speed (bench/README "Memory").
+/// larger than with 64 KiB, the same speed (the top-level README, "Memory").
 pub const PAGE_BYTES: usize = 32 * 1024;
 /// Rows per data page at most: a dictionary column's page holds its entries' indices as 8-byte integers until
 /// the page is written, and a few bits per row would otherwise fill 32 KiB only after the whole row group.
