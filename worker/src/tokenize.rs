@@ -211,21 +211,40 @@ impl RecordChunk {
     /// Appends one record given as fields (used for replayed rows and tests); an error, and the chunk as it was,
     /// if the chunk's data would pass [`MAX_CHUNK_DATA`].
     pub fn push_record<'a>(&mut self, fields: impl IntoIterator<Item = &'a [u8]>, line: u64) -> Result<(), TooLong> {
+        self.push_record_within(fields, line, MAX_CHUNK_DATA)
+    }
+
+    /// [`Self::push_record`] with at most `max` bytes of fields (at most [`MAX_CHUNK_DATA`]).
+    fn push_record_within<'a>(
+        &mut self,
+        fields: impl IntoIterator<Item = &'a [u8]>,
+        line: u64,
+        max: usize,
+    ) -> Result<(), TooLong> {
         let (data, ends) = (self.data.len(), self.field_ends.len());
+        let mut fit = true;
         for field in fields {
             self.data.extend_from_slice(field);
-            match u32::try_from(self.data.len()) {
-                Ok(end) => self.field_ends.push(end),
-                Err(_) => {
-                    self.data.truncate(data);
-                    self.field_ends.truncate(ends);
-                    return Err(TooLong { line });
+            match u32::try_from(self.data.len()).ok().filter(|end| *end as usize <= max) {
+                Some(end) => self.field_ends.push(end),
+                None => {
+                    fit = false;
+                    break;
                 }
             }
         }
-        self.record_ends.push(u32::try_from(self.field_ends.len()).map_err(|_| TooLong { line })?);
-        self.lines.push(line);
-        Ok(())
+        match u32::try_from(self.field_ends.len()).ok().filter(|n| *n as usize <= max) {
+            Some(fields_end) if fit => {
+                self.record_ends.push(fields_end);
+                self.lines.push(line);
+                Ok(())
+            }
+            _ => {
+                self.data.truncate(data);
+                self.field_ends.truncate(ends);
+                Err(TooLong { line })
+            }
+        }
     }
 }
 
@@ -242,6 +261,8 @@ pub struct CsvTokenizer<R> {
     ended_by_input_end: bool,
     /// The input starts mid-file: a UTF-8 BOM there is data, which csv-core would skip at its first read.
     keep_bom: bool,
+    /// The most bytes of fields a chunk takes: [`MAX_CHUNK_DATA`] (lower in tests).
+    max_data: usize,
 }
 
 impl<R: BufRead> CsvTokenizer<R> {
@@ -254,6 +275,7 @@ impl<R: BufRead> CsvTokenizer<R> {
             done: false,
             ended_by_input_end: false,
             keep_bom: false,
+            max_data: MAX_CHUNK_DATA,
         }
     }
 
@@ -339,7 +361,7 @@ impl<R: BufRead> CsvTokenizer<R> {
                             Some(OpenQuote { record: chunk.len(), line: start_line + breaks as u64, field: n_ends });
                     }
                     let end = record_start + if n_ends == 0 { 0 } else { self.ends[n_ends - 1] };
-                    if end > MAX_CHUNK_DATA || chunk.field_ends.len() + n_ends > MAX_CHUNK_DATA {
+                    if end > self.max_data || chunk.field_ends.len() + n_ends > self.max_data {
                         return Err(io::Error::new(io::ErrorKind::InvalidData, TooLong { line: start_line }));
                     }
                     // Both fit in 32 bits: checked just above.
@@ -483,6 +505,22 @@ mod tests {
         (0..chunk.len())
             .map(|r| (chunk.lines[r], chunk.fields(r).map(|f| String::from_utf8_lossy(f).into_owned()).collect()))
             .collect()
+    }
+
+    #[test]
+    fn a_record_past_a_chunks_32_bit_offsets_is_refused_naming_its_line() {
+        // The limit is 4 GiB; lowered here to 8 bytes of fields, the second record (10 bytes) passes it.
+        let mut t = CsvTokenizer::new(&b"a,b\n\ncccc,dddd\ne,f\n"[..]);
+        t.max_data = 8;
+        let err = t.next_chunk(0, 1, 1000, 1 << 20).expect_err("a record past the limit");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("the record starting on line 3 is longer than 4 GiB"), "{err}");
+        let mut chunk = RecordChunk::new(0, 1);
+        assert_eq!(chunk.push_record_within([&b"ab"[..], b"c"], 2, 4), Ok(()));
+        assert_eq!(chunk.push_record_within([&b"d"[..], b"ef"], 3, 4), Err(TooLong { line: 3 }));
+        // Refused whole: the chunk holds the first record only.
+        assert_eq!((chunk.len(), chunk.data.as_slice(), chunk.field_ends.len()), (1, &b"abc"[..], 2));
+        assert_eq!(chunk.fields(0).collect::<Vec<_>>(), vec![&b"ab"[..], b"c"]);
     }
 
     #[test]
