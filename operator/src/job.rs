@@ -6,9 +6,11 @@ use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EnvFromSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvFromSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext, Volume,
+    VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
@@ -25,6 +27,12 @@ pub const WORKER_COMMAND: &str = "silverline-worker";
 pub const CONTRACT_MOUNT: &str = "/etc/silverline/contract";
 /// The key (file name) of the Dataset manifest in the contract snapshot.
 pub const CONTRACT_KEY: &str = "dataset.yaml";
+/// Where a run's worker keeps part files bound for S3 until they are uploaded (`--spill-dir`): an `emptyDir`,
+/// since the root file system is read-only.
+pub const SPILL_MOUNT: &str = "/var/spill";
+/// The spill volume's `sizeLimit`. The worker spills at most 5 MiB per open partition (a `year=/month=` of the
+/// run's rows, plus quarantine and condemned), so 2 GiB holds a run spanning ~400 months at once.
+pub const SPILL_SIZE_LIMIT: &str = "2Gi";
 
 pub const LABEL_ETLRUN: &str = "etl.silverline.dev/etlrun";
 pub const LABEL_DATASET: &str = "etl.silverline.dev/dataset";
@@ -168,9 +176,12 @@ pub fn worker_job(
         attempt.run_id.to_owned(),
         "--progress".into(),
         "json".into(),
+        "--spill-dir".into(),
+        SPILL_MOUNT.into(),
     ];
     let resources = run.spec.resources.clone().or_else(|| settings.default_resources.clone());
-    let pod = worker_pod(args, dataset, &contract_name(&identity.name), resources, settings);
+    let mut pod = worker_pod(args, dataset, &contract_name(&identity.name), resources, settings);
+    add_spill_volume(&mut pod);
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(attempt.job_name.to_owned()),
@@ -273,6 +284,25 @@ pub fn worker_pod(
             ..Volume::default()
         }]),
         ..PodSpec::default()
+    }
+}
+
+/// Mounts an `emptyDir` of [`SPILL_SIZE_LIMIT`] at [`SPILL_MOUNT`] in the worker container, for `--spill-dir`.
+fn add_spill_volume(pod: &mut PodSpec) {
+    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: "spill".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(SPILL_SIZE_LIMIT.into())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    for container in &mut pod.containers {
+        container.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
+            name: "spill".into(),
+            mount_path: SPILL_MOUNT.into(),
+            ..VolumeMount::default()
+        });
     }
 }
 
@@ -401,10 +431,17 @@ mod tests {
         assert_eq!(
             args,
             "run --contract /etc/silverline/contract/dataset.yaml --input s3://bronze/tx/2024-01.csv \
-             --run-id 20240131T235959Z-0f3a9c12-a2 --progress json"
+             --run-id 20240131T235959Z-0f3a9c12-a2 --progress json --spill-dir /var/spill"
         );
-        let volume = &pod.volumes.expect("volumes")[0];
-        assert_eq!(volume.config_map.as_ref().map(|c| c.name.as_str()), Some("tx-2024-01-contract"));
+        let mounts: Vec<_> =
+            c.volume_mounts.iter().flatten().map(|m| (m.name.as_str(), m.mount_path.as_str())).collect();
+        assert_eq!(mounts, [("contract", "/etc/silverline/contract"), ("spill", "/var/spill")]);
+        let volumes = pod.volumes.expect("volumes");
+        assert_eq!(volumes[0].config_map.as_ref().map(|c| c.name.as_str()), Some("tx-2024-01-contract"));
+        assert_eq!(volumes[1].name, "spill");
+        let spill = volumes[1].empty_dir.as_ref().expect("the spill volume is an emptyDir");
+        assert_eq!(spill.medium, None, "on the node's disk, not in memory");
+        assert_eq!(spill.size_limit, Some(Quantity("2Gi".into())));
     }
 
     #[test]

@@ -482,6 +482,11 @@ impl Ledger {
             + self.lineage.replayed.len() * std::mem::size_of::<(u32, u64)>()
     }
 
+    /// The counts, freeing the duplicate and key state.
+    pub fn into_counts(self) -> Counts {
+        self.counts
+    }
+
     /// The record (source and record number) of the row at `ordinal`, if it can be named.
     pub fn record_at(&self, ordinal: u32) -> Option<RecordRef> {
         self.lineage.resolve(ordinal, &self.sources)

@@ -18,6 +18,7 @@ pub mod run;
 pub mod sink;
 pub mod summary;
 pub mod tokenize;
+pub mod upload;
 pub mod values;
 
 pub use silverline_lake::layout;

@@ -184,6 +184,10 @@ struct RunCli {
     /// Checker threads (default: the available cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// A writable directory where part files bound for S3 wait for their upload, at most 5 MiB per open
+    /// partition (default: TMPDIR, else /tmp). Not used for a local lake.
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     progress: Progress,
     /// How the run reports: auto (text on a terminal, JSON elsewhere), text or json.
@@ -262,6 +266,7 @@ fn execute(cli: RunCli, human: bool) -> Result<(), Error> {
         endpoint: cli.s3_endpoint,
         region: cli.region,
         threads: cli.threads,
+        spill_dir: cli.spill_dir,
     };
     // A progress line on a terminal for a person, JSON progress logs otherwise; none for a person whose stderr is
     // not a terminal (a line rewritten with \r would only clutter a file).

@@ -15,6 +15,7 @@ use crate::ledger::Ledger;
 use crate::report::{InputRecord, Put, RunFacts, RunReport, build_report, put_json};
 use crate::sink::{SideWriter, SilverWriter};
 use crate::tokenize::CsvTokenizer;
+use crate::upload::Spill;
 use crate::{Error, Result, replay};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use futures::StreamExt;
@@ -51,6 +52,9 @@ pub struct RunArgs {
     pub region: Option<String>,
     /// Checker threads; defaults to the available cores.
     pub threads: Option<usize>,
+    /// Where part files bound for an object store wait for their upload; defaults to the system's temporary
+    /// directory (`TMPDIR`, else `/tmp`). Unused for a local lake.
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// Live counters for progress reports, and the flag a signal sets to stop the run.
@@ -434,6 +438,12 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     silverline_crds::names::check_run_id(&run_id).map_err(|e| Error::Usage(e.to_string()))?;
 
     let lake = Location::open(&lake_uri, &options, OpenOptions::WRITER)?;
+    let spill_dir = args.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let spill = if lake.local_dir.is_some() {
+        Spill::unchecked(&spill_dir)
+    } else {
+        Spill::new(&spill_dir).map_err(|e| Error::Usage(format!("{e} (set --spill-dir to a writable directory)")))?
+    };
     let layout = LakeLayout::new(lake.prefix.clone(), &contract.dataset, &contract.schema_version, &run_id)
         .map_err(|e| Error::Usage(e.to_string()))?;
     ensure_unused(&lake, &layout, handle)?;
@@ -457,9 +467,16 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
         maps: &maps,
         ledger: Ledger::new(contract.max_same_errors, contract.max_attempts)
             .with_sources(inputs.iter().map(|i| i.uri.clone()).collect()),
-        silver: SilverWriter::new(lake.clone(), layout.clone(), &contract, handle.clone(), threads),
-        quarantine: SideWriter::new(Area::Quarantine, &contract, lake.clone(), layout.clone(), handle.clone()),
-        condemned: SideWriter::new(Area::Condemned, &contract, lake.clone(), layout.clone(), handle.clone()),
+        silver: SilverWriter::new(lake.clone(), layout.clone(), &contract, spill.clone(), handle.clone(), threads),
+        quarantine: SideWriter::new(
+            Area::Quarantine,
+            &contract,
+            lake.clone(),
+            layout.clone(),
+            spill.clone(),
+            handle.clone(),
+        ),
+        condemned: SideWriter::new(Area::Condemned, &contract, lake.clone(), layout.clone(), spill, handle.clone()),
         control,
         next_record: (usize::MAX, 1),
     };
@@ -547,11 +564,13 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     control.check()?;
 
     let Committer { ledger, silver, quarantine, condemned, .. } = committer;
+    // Every row is settled: the key state (~30 bytes a row) is freed before the writers encode their last row
+    // groups and complete their uploads, so that the end of a run does not add to its peak.
+    let ledger_bytes = ledger.state_bytes();
+    let counts = ledger.into_counts();
     let mut files = silver.finish()?;
     files.extend(quarantine.finish()?);
     files.extend(condemned.finish()?);
-    let ledger_bytes = ledger.state_bytes();
-    let counts = ledger.counts;
     let mut error_columns = crate::summary::ErrorColumns::new();
     for ((error, column), n) in &counts.by_error_column {
         let name = crate::values::ErrorType::ALL.get(*error).map_or("UNKNOWN", |t| t.as_str());

@@ -1,5 +1,6 @@
-//! Parquet part files in the lake. A part is written through the object store's buffered multipart upload and
-//! becomes visible only when complete; a part that is dropped unfinished is aborted, never left half-written.
+//! Parquet part files in the lake. A part is written in place to a local lake, or to an object store through a
+//! spill file and a multipart upload ([`crate::upload`]), and becomes visible only when complete; a part that is
+//! dropped unfinished is aborted, never left half-written.
 //! Everything here is deterministic: the same rows in the same order give byte-identical files.
 
 use crate::check::CheckedChunk;
@@ -7,6 +8,7 @@ use crate::contract::{Contract, HeaderMap, RAW_RECORD_BYTES};
 use crate::input::storage_error;
 use crate::layout::{Area, LakeLayout};
 use crate::ledger::SideRow;
+use crate::upload::{Finishing, Spill, SpilledUpload};
 use crate::{Error, Result};
 use arrow::array::BooleanArray;
 use arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, RecordBatch, StringBuilder, UInt32Builder, UInt64Builder};
@@ -213,15 +215,20 @@ fn side_properties() -> WriterProperties {
 /// Rows per row group of quarantine and condemned files.
 pub const SIDE_ROWS_PER_ROW_GROUP: usize = 4 * 1024;
 
-/// The upload buffer of one part: S3 needs multipart parts of at least 5 MiB; a local lake needs little.
-pub fn sink_capacity(location: &Location) -> usize {
-    if location.local_dir.is_some() { 128 * 1024 } else { 5 * 1024 * 1024 }
+/// The buffer of a part file written in place to a local lake.
+const LOCAL_BUFFER: usize = 128 * 1024;
+
+/// Where a part file's bytes go: written in place for a local lake; for an object store, through a spill file
+/// in parts (see [`crate::upload`]).
+enum Target {
+    Local(SyncIoBridge<BufWriter>),
+    Remote(SpilledUpload),
 }
 
 /// A `Write` into one object: counts and checksums the bytes, completes the upload on `finish`, and aborts it
 /// when dropped unfinished.
 pub struct ObjectSink {
-    bridge: Option<SyncIoBridge<BufWriter>>,
+    target: Option<Target>,
     handle: Handle,
     key: String,
     hasher: Sha256,
@@ -229,25 +236,49 @@ pub struct ObjectSink {
 }
 
 impl ObjectSink {
-    pub fn create(location: &Location, key: &Path, handle: &Handle) -> ObjectSink {
-        let writer = BufWriter::with_capacity(location.store.clone(), key.clone(), sink_capacity(location))
-            .with_max_concurrency(2);
-        ObjectSink {
-            bridge: Some(SyncIoBridge::new_with_handle(writer, handle.clone())),
-            handle: handle.clone(),
-            key: location.uri_of(key),
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
+    pub fn create(location: &Location, key: &Path, spill: &Spill, handle: &Handle) -> Result<ObjectSink> {
+        let uri = location.uri_of(key);
+        let target = if location.local_dir.is_some() {
+            let writer = BufWriter::with_capacity(location.store.clone(), key.clone(), LOCAL_BUFFER);
+            Target::Local(SyncIoBridge::new_with_handle(writer, handle.clone()))
+        } else {
+            let upload = SpilledUpload::new(location.store.clone(), key.clone(), spill, handle)
+                .map_err(|e| upload_error(e, &uri))?;
+            Target::Remote(upload)
+        };
+        Ok(ObjectSink { target: Some(target), handle: handle.clone(), key: uri, hasher: Sha256::new(), bytes: 0 })
     }
 
-    /// Completes the upload; returns (bytes, sha256).
-    pub fn finish(mut self) -> Result<(u64, String)> {
-        let bridge = self.bridge.as_mut().ok_or_else(|| Error::internal(&self.key, "finished twice"))?;
-        bridge.shutdown().map_err(|e| upload_error(e, &self.key))?;
-        self.bridge = None;
-        let sha = hex::encode(std::mem::take(&mut self.hasher).finalize());
-        Ok((self.bytes, sha))
+    /// Completes the upload: a local file at once, an object in the background ([`Closing::wait`]).
+    pub fn finish(mut self) -> Result<Closing> {
+        let finishing = match self.target.take() {
+            Some(Target::Local(mut bridge)) => {
+                bridge.shutdown().map_err(|e| upload_error(e, &self.key))?;
+                None
+            }
+            Some(Target::Remote(upload)) => Some(upload.finish().map_err(|e| upload_error(e, &self.key))?),
+            None => return Err(Error::internal(&self.key, "finished twice")),
+        };
+        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        Ok(Closing { key: std::mem::take(&mut self.key), bytes: self.bytes, sha256, finishing })
+    }
+}
+
+/// An object whose bytes are all written and whose upload may still be completing.
+pub struct Closing {
+    key: String,
+    bytes: u64,
+    sha256: String,
+    finishing: Option<Finishing>,
+}
+
+impl Closing {
+    /// Waits until the object is visible; returns (bytes, sha256).
+    pub fn wait(self) -> Result<(u64, String)> {
+        if let Some(finishing) = self.finishing {
+            finishing.wait().map_err(|e| upload_error(e, &self.key))?;
+        }
+        Ok((self.bytes, self.sha256))
     }
 }
 
@@ -263,22 +294,26 @@ fn upload_error(err: io::Error, key: &str) -> Error {
 
 impl Write for ObjectSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let bridge = self.bridge.as_mut().ok_or_else(|| io::Error::other("upload already finished"))?;
-        let n = bridge.write(buf)?;
+        let n = match self.target.as_mut() {
+            Some(Target::Local(bridge)) => bridge.write(buf)?,
+            Some(Target::Remote(upload)) => upload.write(buf)?,
+            None => return Err(io::Error::other("upload already finished")),
+        };
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        // The object store buffers parts itself; flushing here would only force small uploads.
+        // The part buffers are the sink's own; flushing here would only force small uploads.
         Ok(())
     }
 }
 
 impl Drop for ObjectSink {
     fn drop(&mut self) {
-        if let Some(bridge) = self.bridge.take() {
+        // A spilled upload aborts itself when dropped.
+        if let Some(Target::Local(bridge)) = self.target.take() {
             let mut writer = bridge.into_inner();
             // Best effort: a failed abort leaves an incomplete multipart upload, never a visible object.
             let _ = self.handle.block_on(writer.abort());
@@ -298,9 +333,10 @@ impl OpenPart {
         key: &Path,
         schema: SchemaRef,
         properties: WriterProperties,
+        spill: &Spill,
         handle: &Handle,
     ) -> Result<OpenPart> {
-        let sink = ObjectSink::create(location, key, handle);
+        let sink = ObjectSink::create(location, key, spill, handle)?;
         let writer = ArrowWriter::try_new(sink, schema, Some(properties))
             .map_err(|e| Error::internal(location.uri_of(key), e))?;
         Ok(OpenPart { writer, rows: 0 })
@@ -312,12 +348,32 @@ impl OpenPart {
         Ok(())
     }
 
-    fn close(self, area: Area) -> Result<FileRecord> {
+    /// Writes the footer and starts completing the upload; [`ClosingPart::wait`] gives its record.
+    fn close(self, area: Area) -> Result<ClosingPart> {
         let key = self.writer.inner().key.clone();
         let sink = self.writer.into_inner().map_err(|e| parquet_error_key(e, &key))?;
-        let (bytes, sha256) = sink.finish()?;
-        Ok(FileRecord { key, area: area.as_str().to_owned(), rows: self.rows, bytes, sha256 })
+        Ok(ClosingPart { key, area, rows: self.rows, closing: sink.finish()? })
     }
+}
+
+/// A part file whose upload is completing.
+struct ClosingPart {
+    key: String,
+    area: Area,
+    rows: u64,
+    closing: Closing,
+}
+
+impl ClosingPart {
+    fn wait(self) -> Result<FileRecord> {
+        let (bytes, sha256) = self.closing.wait()?;
+        Ok(FileRecord { key: self.key, area: self.area.as_str().to_owned(), rows: self.rows, bytes, sha256 })
+    }
+}
+
+/// Waits for every part's upload, in order; the first failure is the error.
+fn wait_all(parts: Vec<ClosingPart>) -> Result<Vec<FileRecord>> {
+    parts.into_iter().map(ClosingPart::wait).collect()
 }
 
 fn parquet_error(err: parquet::errors::ParquetError, writer: &ArrowWriter<ObjectSink>) -> Error {
@@ -348,7 +404,7 @@ struct PartStream {
     waiting_rows: usize,
     open: Option<OpenPart>,
     next_part: u32,
-    files: Vec<FileRecord>,
+    closing: Vec<ClosingPart>,
 }
 
 impl PartStream {
@@ -361,7 +417,7 @@ impl PartStream {
             waiting_rows: 0,
             open: None,
             next_part: 0,
-            files: Vec::new(),
+            closing: Vec::new(),
         }
     }
 
@@ -399,6 +455,7 @@ impl PartStream {
                         &key,
                         self.schema.clone(),
                         self.properties.clone(),
+                        &sink.spill,
                         &sink.handle,
                     )?)
                 }
@@ -409,7 +466,7 @@ impl PartStream {
             if open.rows >= ROWS_PER_FILE
                 && let Some(open) = self.open.take()
             {
-                self.files.push(open.close(self.area)?);
+                self.closing.push(open.close(self.area)?);
             }
         }
         self.waiting_rows -= whole;
@@ -419,12 +476,13 @@ impl PartStream {
         Ok(())
     }
 
-    fn finish(mut self, sink: &SinkContext, key_of: &dyn Fn(u32) -> Path) -> Result<Vec<FileRecord>> {
+    /// Writes what is left and closes the open part; the uploads may still be completing.
+    fn finish(mut self, sink: &SinkContext, key_of: &dyn Fn(u32) -> Path) -> Result<Vec<ClosingPart>> {
         self.write_waiting(true, sink, key_of)?;
         if let Some(open) = self.open.take() {
-            self.files.push(open.close(self.area)?);
+            self.closing.push(open.close(self.area)?);
         }
-        Ok(self.files)
+        Ok(self.closing)
     }
 }
 
@@ -433,6 +491,7 @@ impl PartStream {
 struct SinkContext {
     location: Location,
     layout: LakeLayout,
+    spill: Spill,
     handle: Handle,
 }
 
@@ -464,12 +523,13 @@ impl PartitionSet {
         stream.push(batch, &self.sink, &Self::key_of(&self.sink.layout, partition))
     }
 
+    /// Closes every partition, then waits for their uploads: an object store completes them side by side.
     fn finish(mut self) -> Result<Vec<FileRecord>> {
-        let mut files = Vec::new();
+        let mut closing = Vec::new();
         for (partition, stream) in std::mem::take(&mut self.streams) {
-            files.extend(stream.finish(&self.sink, &Self::key_of(&self.sink.layout, partition))?);
+            closing.extend(stream.finish(&self.sink, &Self::key_of(&self.sink.layout, partition))?);
         }
-        Ok(files)
+        wait_all(closing)
     }
 }
 
@@ -499,9 +559,16 @@ pub struct SilverWriter {
 }
 
 impl SilverWriter {
-    pub fn new(location: Location, layout: LakeLayout, contract: &Contract, handle: Handle, threads: usize) -> Self {
+    pub fn new(
+        location: Location,
+        layout: LakeLayout,
+        contract: &Contract,
+        spill: Spill,
+        handle: Handle,
+        threads: usize,
+    ) -> Self {
         SilverWriter {
-            sink: SinkContext { location, layout, handle },
+            sink: SinkContext { location, layout, spill, handle },
             contract: contract.clone(),
             threads: threads.max(1),
             senders: Vec::new(),
@@ -726,13 +793,20 @@ pub struct SideWriter {
 }
 
 impl SideWriter {
-    pub fn new(area: Area, contract: &Contract, location: Location, layout: LakeLayout, handle: Handle) -> SideWriter {
+    pub fn new(
+        area: Area,
+        contract: &Contract,
+        location: Location,
+        layout: LakeLayout,
+        spill: Spill,
+        handle: Handle,
+    ) -> SideWriter {
         let schema = side_schema(contract, area);
         SideWriter {
             area,
             stream: PartStream::new(area, schema.clone(), side_properties()),
             schema,
-            sink: SinkContext { location, layout, handle },
+            sink: SinkContext { location, layout, spill, handle },
         }
     }
 
@@ -856,7 +930,7 @@ impl SideWriter {
 
     pub fn finish(self) -> Result<Vec<FileRecord>> {
         let (layout, area) = (&self.sink.layout, self.area);
-        self.stream.finish(&self.sink, &|part| layout.side_part(area, part))
+        wait_all(self.stream.finish(&self.sink, &|part| layout.side_part(area, part))?)
     }
 }
 

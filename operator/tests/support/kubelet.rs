@@ -5,9 +5,9 @@
 //! FallbackToLogsOnError`, a failed container's message is the tail of its log). The real Job controller turns that into
 //! Job status, so backoff limits, pod failure policies and owner references behave as in a cluster.
 //!
-//! What a process cannot honour: images, users, read-only root file systems and resource limits. ConfigMap
-//! volumes are materialised into a directory per pod, and arguments under a volume's mountPath are rewritten
-//! to it (there is no mount namespace).
+//! What a process cannot honour: images, users, read-only root file systems and resource limits (an emptyDir's
+//! sizeLimit too). ConfigMap volumes are materialised into a directory per pod, emptyDir volumes as an empty
+//! one, and arguments under a volume's mountPath are rewritten to it (there is no mount namespace).
 //!
 //! A pod deleted gracefully (eviction, the Job controller stopping it) gets SIGTERM, then SIGKILL after 30 s, and
 //! its terminal status; a pod that vanishes has its process killed.
@@ -168,9 +168,20 @@ impl Node {
         let pod_dir = self.root.join(&uid);
         std::fs::create_dir_all(&pod_dir).map_err(|e| e.to_string())?;
 
-        // Volumes: each ConfigMap volume becomes a directory of its keys.
+        // Volumes: each ConfigMap volume becomes a directory of its keys, each emptyDir an empty directory.
         let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+        let mount = |mounts: &mut Vec<(String, PathBuf)>, volume: &str, dir: &PathBuf| {
+            for m in container.volume_mounts.iter().flatten().filter(|m| m.name == volume) {
+                mounts.push((m.mount_path.clone(), dir.clone()));
+            }
+        };
         for volume in spec.volumes.iter().flatten() {
+            if volume.empty_dir.is_some() {
+                let dir = pod_dir.join("volumes").join(&volume.name);
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                mount(&mut mounts, &volume.name, &dir);
+                continue;
+            }
             let Some(source) = &volume.config_map else { continue };
             // Like a kubelet, wait for a ConfigMap that does not exist yet (a non-optional volume: the pod stays
             // ContainerCreating until it appears), unless the pod is stopped first.
@@ -192,9 +203,7 @@ impl Node {
             for (key, value) in cm.data.iter().flatten() {
                 std::fs::write(dir.join(key), value).map_err(|e| e.to_string())?;
             }
-            for mount in container.volume_mounts.iter().flatten().filter(|m| m.name == volume.name) {
-                mounts.push((mount.mount_path.clone(), dir.clone()));
-            }
+            mount(&mut mounts, &volume.name, &dir);
         }
         let rewrite = |arg: &String| {
             for (mount_path, dir) in &mounts {
