@@ -108,9 +108,12 @@ pub fn load_contract(path: &std::path::Path) -> Result<Contract> {
 
 /// Fails if anything exists under the run's paths in any area.
 fn ensure_unused(lake: &Location, layout: &LakeLayout, handle: &Handle) -> Result<()> {
-    for area in [Area::Silver, Area::Quarantine, Area::Condemned] {
-        let prefix = layout.run_prefix(area);
-        let first = handle.block_on(async { lake.store.list(Some(&prefix)).next().await });
+    let prefixes = [Area::Silver, Area::Quarantine, Area::Condemned].map(|area| layout.run_prefix(area));
+    // The three listings side by side: on a remote store each is a round trip before the run can start.
+    let firsts = handle.block_on(futures::future::join_all(
+        prefixes.iter().map(|prefix| async { lake.store.list(Some(prefix)).next().await }),
+    ));
+    for (prefix, first) in prefixes.iter().zip(firsts) {
         match first {
             None | Some(Err(object_store::Error::NotFound { .. })) => {}
             Some(Ok(meta)) => {
@@ -119,7 +122,7 @@ fn ensure_unused(lake: &Location, layout: &LakeLayout, handle: &Handle) -> Resul
                     key: lake.uri_of(&meta.location),
                 });
             }
-            Some(Err(e)) => return Err(storage_error(e, &lake.uri_of(&prefix))),
+            Some(Err(e)) => return Err(storage_error(e, &lake.uri_of(prefix))),
         }
     }
     Ok(())
@@ -568,9 +571,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     // groups and complete their uploads, so that the end of a run does not add to its peak.
     let ledger_bytes = ledger.state_bytes();
     let counts = ledger.into_counts();
-    let mut files = silver.finish()?;
-    files.extend(quarantine.finish()?);
-    files.extend(condemned.finish()?);
+    let files = crate::sink::finish_all(silver, quarantine, condemned)?;
     let mut error_columns = crate::summary::ErrorColumns::new();
     for ((error, column), n) in &counts.by_error_column {
         let name = crate::values::ErrorType::ALL.get(*error).map_or("UNKNOWN", |t| t.as_str());

@@ -928,10 +928,22 @@ impl SideWriter {
         RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| Error::internal("building side rows", e))
     }
 
-    pub fn finish(self) -> Result<Vec<FileRecord>> {
+    /// Writes what is left and closes the open part; the uploads may still be completing.
+    fn close(self) -> Result<Vec<ClosingPart>> {
         let (layout, area) = (&self.sink.layout, self.area);
-        wait_all(self.stream.finish(&self.sink, &|part| layout.side_part(area, part))?)
+        self.stream.finish(&self.sink, &|part| layout.side_part(area, part))
     }
+}
+
+/// Finishes a run's three writers, the side areas' uploads completing while silver's last row groups are encoded
+/// and uploaded: silver's files, then quarantine's, then condemned's.
+pub fn finish_all(silver: SilverWriter, quarantine: SideWriter, condemned: SideWriter) -> Result<Vec<FileRecord>> {
+    let quarantine = quarantine.close()?;
+    let condemned = condemned.close()?;
+    let mut files = silver.finish()?;
+    files.extend(wait_all(quarantine)?);
+    files.extend(wait_all(condemned)?);
+    Ok(files)
 }
 
 #[cfg(test)]
