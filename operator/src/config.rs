@@ -38,6 +38,10 @@ pub struct Config {
     /// ttlSecondsAfterFinished of worker Jobs.
     #[arg(long, env = "SILVERLINE_JOB_TTL_SECONDS", default_value_t = 7 * 24 * 3600)]
     pub job_ttl_seconds: i32,
+    /// sizeLimit of a run's spill volume, where part files bound for S3 wait for their upload: at most 5 MiB per
+    /// open partition (a month of the run's rows), so the default holds a run spanning ~400 months at once.
+    #[arg(long, env = "SILVERLINE_WORKER_SPILL_SIZE_LIMIT", default_value = "2Gi", value_parser = parse_quantity)]
+    pub worker_spill_size_limit: String,
     /// Wait after the first failed attempt, in seconds; doubles per attempt (see --retry-factor).
     #[arg(long, env = "SILVERLINE_RETRY_BASE_SECONDS", default_value_t = 30.0)]
     pub retry_base_seconds: f64,
@@ -82,6 +86,20 @@ pub struct Config {
     pub lease_renew_seconds: f64,
 }
 
+/// A Kubernetes quantity of bytes (`2Gi`, `500M`, `1073741824`), refused at start rather than by the apiserver at
+/// every Job.
+fn parse_quantity(value: &str) -> Result<String, String> {
+    let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &value[digits.len()..];
+    let known = ["", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+    let number = !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if number && digits.parse::<f64>().is_ok_and(|n| n > 0.0) && known.contains(&suffix) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("{value:?} is not a quantity of bytes such as 2Gi, 500Mi or 1G"))
+    }
+}
+
 fn seconds(value: f64) -> Duration {
     Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX)
 }
@@ -110,6 +128,7 @@ impl Config {
             default_deadline_seconds: self.attempt_deadline_seconds,
             ttl_seconds_after_finished: self.job_ttl_seconds,
             default_resources,
+            spill_size_limit: self.worker_spill_size_limit.clone(),
         }
     }
 
@@ -178,6 +197,7 @@ mod tests {
         assert_eq!((jobs.image.as_str(), jobs.service_account.as_str()), ("w:1", "silverline-worker"));
         assert_eq!((jobs.default_deadline_seconds, jobs.ttl_seconds_after_finished), (21600, 604800));
         assert!(jobs.default_resources.is_none());
+        assert_eq!(jobs.spill_size_limit, "2Gi");
         let lifecycle = config.lifecycle_settings();
         assert_eq!(lifecycle.retry, RetryPolicy::default());
         assert_eq!(
@@ -186,6 +206,20 @@ mod tests {
         );
         let lease = config.lease_settings();
         assert_eq!((lease.namespace.as_str(), lease.duration), ("default", Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn the_spill_size_limit_is_a_quantity_of_bytes() {
+        let parse = |limit: &str| {
+            Config::try_parse_from(["silverline-operator", "--worker-image", "w", "--worker-spill-size-limit", limit])
+                .map(|c| c.job_settings().spill_size_limit)
+        };
+        for good in ["2Gi", "500Mi", "1G", "1073741824", "1.5Gi"] {
+            assert_eq!(parse(good).ok().as_deref(), Some(good));
+        }
+        for bad in ["", "Gi", "2 Gi", "-1Gi", "0", "2GB", "lots"] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

@@ -30,9 +30,6 @@ pub const CONTRACT_KEY: &str = "dataset.yaml";
 /// Where a run's worker keeps part files bound for S3 until they are uploaded (`--spill-dir`): an `emptyDir`,
 /// since the root file system is read-only.
 pub const SPILL_MOUNT: &str = "/var/spill";
-/// The spill volume's `sizeLimit`. The worker spills at most 5 MiB per open partition (a `year=/month=` of the
-/// run's rows, plus quarantine and condemned), so 2 GiB holds a run spanning ~400 months at once.
-pub const SPILL_SIZE_LIMIT: &str = "2Gi";
 
 pub const LABEL_ETLRUN: &str = "etl.silverline.dev/etlrun";
 pub const LABEL_DATASET: &str = "etl.silverline.dev/dataset";
@@ -58,6 +55,8 @@ pub struct JobSettings {
     pub ttl_seconds_after_finished: i32,
     /// Worker resources unless the EtlRun sets `resources`.
     pub default_resources: Option<ResourceRequirements>,
+    /// `sizeLimit` of the run's spill volume (`--spill-dir`).
+    pub spill_size_limit: String,
 }
 
 /// The Job of attempt `attempt` of EtlRun `run`.
@@ -181,7 +180,7 @@ pub fn worker_job(
     ];
     let resources = run.spec.resources.clone().or_else(|| settings.default_resources.clone());
     let mut pod = worker_pod(args, dataset, &contract_name(&identity.name), resources, settings);
-    add_spill_volume(&mut pod);
+    add_spill_volume(&mut pod, &settings.spill_size_limit);
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(attempt.job_name.to_owned()),
@@ -287,12 +286,14 @@ pub fn worker_pod(
     }
 }
 
-/// Mounts an `emptyDir` of [`SPILL_SIZE_LIMIT`] at [`SPILL_MOUNT`] in the worker container, for `--spill-dir`.
-fn add_spill_volume(pod: &mut PodSpec) {
+/// Mounts an `emptyDir` of at most `size_limit` at [`SPILL_MOUNT`] in the worker container, for `--spill-dir`.
+/// The worker spills at most 5 MiB per open partition (a `year=/month=` of the run's rows, plus quarantine and
+/// condemned); on the node's disk, not in memory.
+fn add_spill_volume(pod: &mut PodSpec, size_limit: &str) {
     pod.volumes.get_or_insert_with(Vec::new).push(Volume {
         name: "spill".into(),
         empty_dir: Some(EmptyDirVolumeSource {
-            size_limit: Some(Quantity(SPILL_SIZE_LIMIT.into())),
+            size_limit: Some(Quantity(size_limit.to_owned())),
             ..EmptyDirVolumeSource::default()
         }),
         ..Volume::default()
@@ -326,6 +327,7 @@ mod tests {
             default_deadline_seconds: 3600,
             ttl_seconds_after_finished: 86400,
             default_resources: None,
+            spill_size_limit: "2Gi".into(),
         }
     }
 
