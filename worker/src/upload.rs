@@ -238,8 +238,33 @@ mod tests {
 
     type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
-    fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+    /// A spill directory and an in-memory store, with a runtime to drive them.
+    struct Fixture {
+        rt: tokio::runtime::Runtime,
+        dir: tempfile::TempDir,
+        spill: Spill,
+        store: Arc<dyn ObjectStore>,
+    }
+
+    impl Fixture {
+        fn new() -> std::result::Result<Fixture, Box<dyn std::error::Error>> {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let dir = tempfile::tempdir()?;
+            let spill = Spill::new(dir.path())?;
+            Ok(Fixture { rt, dir, spill, store: Arc::new(InMemory::new()) })
+        }
+
+        fn upload(&self, key: &str) -> io::Result<SpilledUpload> {
+            SpilledUpload::new(self.store.clone(), Path::from(key), &self.spill, self.rt.handle())
+        }
+
+        fn stored(&self, key: &str) -> object_store::Result<bytes::Bytes> {
+            self.rt.block_on(async { self.store.get(&Path::from(key)).await?.bytes().await })
+        }
+
+        fn visible(&self, key: &str) -> bool {
+            self.rt.block_on(self.store.head(&Path::from(key))).is_ok()
+        }
     }
 
     /// Bytes that differ at every offset, written in uneven pieces as an encoder would.
@@ -258,53 +283,43 @@ mod tests {
 
     #[test]
     fn a_file_of_several_parts_arrives_whole_and_in_order() -> TestResult {
-        let rt = runtime()?;
-        let dir = tempfile::tempdir()?;
-        let spill = Spill::new(dir.path())?;
-        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let path = Path::from("silver/part-00000.parquet");
-        let mut upload = SpilledUpload::new(store.clone(), path.clone(), &spill, rt.handle())?;
+        let f = Fixture::new()?;
+        let key = "silver/part-00000.parquet";
+        let mut upload = f.upload(key)?;
         let written = write_uneven(&mut upload, 2 * PART_BYTES + 12_345)?;
         assert!(upload.upload.is_some(), "parts went up while the file was written");
         assert_eq!(upload.filled, 12_345, "the spill file holds only the part being filled");
-        assert!(rt.block_on(store.head(&path)).is_err(), "nothing is visible before finish");
+        assert!(!f.visible(key), "nothing is visible before finish");
         upload.finish()?.wait()?;
-        let stored = rt.block_on(async { store.get(&path).await?.bytes().await })?;
+        let stored = f.stored(key)?;
         assert_eq!(stored.len(), written.len());
         assert!(stored == written, "the object holds exactly the bytes written, in order");
-        assert_eq!(spill.slots.available_permits(), PARTS_IN_FLIGHT, "every upload slot is back");
+        assert_eq!(f.spill.slots.available_permits(), PARTS_IN_FLIGHT, "every upload slot is back");
         Ok(())
     }
 
     #[test]
     fn a_file_below_one_part_goes_up_in_one_put() -> TestResult {
-        let rt = runtime()?;
-        let dir = tempfile::tempdir()?;
-        let spill = Spill::new(dir.path())?;
-        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let path = Path::from("quarantine/part-00000.parquet");
-        let mut upload = SpilledUpload::new(store.clone(), path.clone(), &spill, rt.handle())?;
+        let f = Fixture::new()?;
+        let key = "quarantine/part-00000.parquet";
+        let mut upload = f.upload(key)?;
         let written = write_uneven(&mut upload, 300_000)?;
         assert!(upload.upload.is_none(), "no multipart upload for a file below one part");
         upload.finish()?.wait()?;
-        let stored = rt.block_on(async { store.get(&path).await?.bytes().await })?;
-        assert!(stored == written);
+        assert!(f.stored(key)? == written);
         Ok(())
     }
 
     #[test]
     fn an_upload_dropped_unfinished_leaves_no_object() -> TestResult {
-        let rt = runtime()?;
-        let dir = tempfile::tempdir()?;
-        let spill = Spill::new(dir.path())?;
-        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let path = Path::from("silver/part-00001.parquet");
-        let mut upload = SpilledUpload::new(store.clone(), path.clone(), &spill, rt.handle())?;
+        let f = Fixture::new()?;
+        let key = "silver/part-00001.parquet";
+        let mut upload = f.upload(key)?;
         write_uneven(&mut upload, PART_BYTES + 10)?;
         assert!(upload.upload.is_some(), "a part went up");
         drop(upload);
-        assert!(rt.block_on(store.head(&path)).is_err(), "an aborted upload is never visible");
-        assert!(std::fs::read_dir(dir.path())?.next().is_none(), "spill files leave nothing in the directory");
+        assert!(!f.visible(key), "an aborted upload is never visible");
+        assert!(std::fs::read_dir(f.dir.path())?.next().is_none(), "spill files leave nothing in the directory");
         Ok(())
     }
 

@@ -5,28 +5,18 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{contract, repo_root, worker_bin};
+use support::{contract, s3_run_without_aws_env};
 
 #[test]
 fn no_credentials_with_the_metadata_fallback_disabled_is_exit_2_naming_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let contract = contract(dir.path(), &[]);
     let started = Instant::now();
-    let mut command = Command::new(worker_bin());
-    command
-        .args(["run", "--progress", "off", "--contract"])
-        .arg(&contract)
-        .arg("--input")
-        .arg(repo_root().join("examples/data/transactions.csv"))
-        .args(["--lake", "s3://silverline-no-such-bucket/lake", "--s3-endpoint", "http://127.0.0.1:9"]);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("AWS_") {
-            command.env_remove(key);
-        }
-    }
-    let out = command.env("AWS_EC2_METADATA_DISABLED", "true").output().unwrap();
+    let out = s3_run_without_aws_env(&contract, "s3://silverline-no-such-bucket/lake", "http://127.0.0.1:9")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no AWS credentials"), "{stderr}");

@@ -5,27 +5,16 @@
 mod support;
 
 use std::process::Command;
-use support::{contract, repo_root, worker_bin};
+use support::{contract, repo_root, s3_run_without_aws_env, worker_bin};
 
 #[test]
 fn an_unwritable_spill_directory_is_exit_2_naming_it_before_any_request() {
     let dir = tempfile::tempdir().unwrap();
     let contract = contract(dir.path(), &[]);
     let missing = dir.path().join("no-such-dir");
-    let mut command = Command::new(worker_bin());
-    command
-        .args(["run", "--progress", "off", "--contract"])
-        .arg(&contract)
-        .arg("--input")
-        .arg(repo_root().join("examples/data/transactions.csv"))
-        .args(["--lake", "s3://silverline-bucket/lake", "--s3-endpoint", "http://127.0.0.1:9", "--spill-dir"])
-        .arg(&missing);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("AWS_") {
-            command.env_remove(key);
-        }
-    }
-    let out = command
+    let out = s3_run_without_aws_env(&contract, "s3://silverline-bucket/lake", "http://127.0.0.1:9")
+        .arg("--spill-dir")
+        .arg(&missing)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")

@@ -19,6 +19,24 @@ pub fn worker_bin() -> &'static str {
     env!("CARGO_BIN_EXE_silverline-worker")
 }
 
+/// `silverline-worker run` of the example input into the S3 lake `lake` at `endpoint`, with no `AWS_*` variable
+/// inherited from the caller's environment (set the ones a test needs on the returned command).
+pub fn s3_run_without_aws_env(contract: &Path, lake: &str, endpoint: &str) -> Command {
+    let mut command = Command::new(worker_bin());
+    command
+        .args(["run", "--progress", "off", "--contract"])
+        .arg(contract)
+        .arg("--input")
+        .arg(repo_root().join("examples/data/transactions.csv"))
+        .args(["--lake", lake, "--s3-endpoint", endpoint]);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AWS_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
 /// Writes the example contract with some lines replaced, e.g. `("maxSameErrors: 100", "maxSameErrors: 2")`.
 pub fn contract(dir: &Path, replacements: &[(&str, &str)]) -> PathBuf {
     let mut text = EXAMPLE_CONTRACT.to_owned();
