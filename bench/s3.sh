@@ -10,14 +10,15 @@
 #   bench/s3.sh [ROWS]        ROWS defaults to 1000000; env: SEED (42), REPS (3),
 #                             DELAY_MS (0; e.g. 20: add a path "s3+20ms" whose every request/response round trip
 #                             takes 20 ms longer), S3_GOMEMLIMIT (1GiB: the server's soft heap limit, see
-#                             start_server)
+#                             start_server), S3_VOLUME_MB (8192: SeaweedFS's volume size, see start_server)
 #
 # The delay: first choice is `tc qdisc ... netem delay DELAY_MS/2` on `lo` inside a network namespace of this
 # script's own (`ip netns add`), with a second S3 server and the worker both run inside it (netem delays each
 # packet on egress, and on lo both directions pass it, so a round trip takes DELAY_MS more); the host's
 # interfaces are never touched and the namespace is deleted on exit. Kernels without netem (this machine's:
-# CONFIG_NET_SCH_NETEM is not set, so `tc` answers "Specified qdisc kind is unknown") get bench/delay_proxy.py
-# instead: a loopback proxy in front of the same server that holds each chunk DELAY_MS/2 in each direction.
+# CONFIG_NET_SCH_NETEM is not set, so `tc` answers "Specified qdisc kind is unknown") get bench/delayproxy
+# instead (Go, built here once and cached): a loopback proxy in front of the same server that holds each chunk
+# DELAY_MS/2 in each direction.
 # The script prints which one it used.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -49,6 +50,19 @@ cpu_seconds() {
   awk -v t="$ticks" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / t }' "/proc/$1/stat"
 }
 
+# build_delay_proxy: prints the path of bench/delayproxy's binary, built once per source under the cache.
+build_delay_proxy() {
+  local src=$BENCH_DIR/delayproxy key bin
+  key=$(cat "$src/go.mod" "$src/main.go" | sha256sum | cut -c1-16)
+  bin=$CACHE_DIR/delayproxy-$key
+  if [ ! -x "$bin" ]; then
+    mkdir -p "$CACHE_DIR"
+    (cd "$src" && env GOWORK=off GOFLAGS=-mod=readonly CGO_ENABLED=0 go build -trimpath -o "$bin.tmp" .) >&2
+    mv "$bin.tmp" "$bin"
+  fi
+  echo "$bin"
+}
+
 # start_server DIR [EXEC...]: starts SeaweedFS in DIR (inside EXEC, e.g. `ip netns exec NS`), creates the bucket
 # and uploads the input. Prints nothing; DIR/env and DIR/pids are the server's.
 start_server() {
@@ -57,7 +71,12 @@ start_server() {
   # A soft Go heap limit of 1 GiB, not the tests' 192 MiB: at 192 MiB SeaweedFS collected garbage almost without
   # pause during a run (59 % of its CPU, much of it in mark workers Go runs on cores it sees idle — the worker's),
   # again a cost of the stand-in on the shared cores. S3_GOMEMLIMIT overrides it.
-  "$@" env SILVERLINE_S3_GOMEMLIMIT="${S3_GOMEMLIMIT:-1GiB}" "$ROOT/scripts/s3server.sh" start "$dir" >&2
+  # Volumes of 8 GiB, not the tests' 64 MiB: when its volume is full SeaweedFS grows the next one, and the writes
+  # waiting for it stalled a run by ~0.8 s (the slow half of a bimodal spread: S3 runs of 2.2 s and of 3.1 s at
+  # 5 M rows, every fourth or so); a bench of REPS=5 at 5 M rows writes ~1.5 GB. S3 has no volumes.
+  # S3_VOLUME_MB overrides it.
+  "$@" env SILVERLINE_S3_GOMEMLIMIT="${S3_GOMEMLIMIT:-1GiB}" SILVERLINE_S3_VOLUME_MB="${S3_VOLUME_MB:-8192}" \
+    "$ROOT/scripts/s3server.sh" start "$dir" >&2
   (
     # shellcheck disable=SC1091
     source "$dir/env"
@@ -118,24 +137,23 @@ if [ "$DELAY_MS" != 0 ]; then
       delayed_dir=$work/s3-netns
       start_server "$delayed_dir" "${delayed_exec[@]}"
     else
-      echo "delay: tc netem unavailable here ($(tr -d '\n' <"$work/tc.err")); using bench/delay_proxy.py" >&2
+      echo "delay: tc netem unavailable here ($(tr -d '\n' <"$work/tc.err")); using bench/delayproxy" >&2
       ip netns delete "$netns"
       netns=""
     fi
   else
-    echo "delay: ip/tc (iproute2) not installed; using bench/delay_proxy.py" >&2
+    echo "delay: ip/tc (iproute2) not installed; using bench/delayproxy" >&2
   fi
   if [ -z "$delayed_dir" ]; then
     target=$(awk '$1 == "s3" { print $2 }' "$work/s3/ports")
     [ -n "$target" ] || { echo "bench/s3.sh: no s3 port in $work/s3/ports" >&2; exit 1; }
-    "$PYTHON" "$BENCH_DIR/delay_proxy.py" --listen-port-file "$work/proxy.port" --target "127.0.0.1:$target" \
-      --delay-ms "$half" &
+    "$(build_delay_proxy)" -listen-port-file "$work/proxy.port" -target "127.0.0.1:$target" -delay-ms "$half" &
     proxy_pid=$!
     for _ in $(seq 1 100); do [ -s "$work/proxy.port" ] && break; sleep 0.1; done
     [ -s "$work/proxy.port" ] || { echo "bench/s3.sh: the delay proxy did not start" >&2; exit 1; }
     delayed_dir=$work/s3
     delayed_endpoint=http://127.0.0.1:$(cat "$work/proxy.port")
-    echo "delay: bench/delay_proxy.py on $delayed_endpoint holds each chunk ${half} ms per direction (a ${DELAY_MS} ms round trip)" >&2
+    echo "delay: bench/delayproxy on $delayed_endpoint holds each chunk ${half} ms per direction (a ${DELAY_MS} ms round trip)" >&2
   fi
 fi
 

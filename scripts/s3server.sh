@@ -28,6 +28,7 @@
 #                           $SILVERLINE_CACHE/s3server-<sha256(go.mod+go.sum)[:16]>/bin/weed
 #   SILVERLINE_S3_TIMEOUT   seconds to wait for the server to become ready (default 90)
 #   SILVERLINE_S3_GOMEMLIMIT  soft Go heap limit for weed (default 192MiB; ~150 MB RSS)
+#   SILVERLINE_S3_VOLUME_MB   size at which a volume is full and the next one is grown (default 64)
 #
 # Notes (SeaweedFS 4.53, github.com/seaweedfs/seaweedfs v0.0.0-20261109003541-7506e5f91cd6):
 #   * Conditional writes are honoured, atomically: PUT If-None-Match: * on an existing key
@@ -266,7 +267,7 @@ EOF
 				-ip=127.0.0.1 -ip.bind=127.0.0.1 \
 				-dir="$dir/data" \
 				-master.port="${ports[0]}" -master.port.grpc="${ports[1]}" \
-				-master.volumeSizeLimitMB=64 -master.telemetry=false \
+				-master.volumeSizeLimitMB="${SILVERLINE_S3_VOLUME_MB:-64}" -master.telemetry=false \
 				-master.defaultReplication=000 \
 				-volume.port="${ports[2]}" -volume.port.grpc="${ports[3]}" \
 				-volume.max=0 -volume.preStopSeconds=0 -volume.minFreeSpace=1GiB \

@@ -449,8 +449,15 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     };
     let layout = LakeLayout::new(lake.prefix.clone(), &contract.dataset, &contract.schema_version, &run_id)
         .map_err(|e| Error::Usage(e.to_string()))?;
-    ensure_unused(&lake, &layout, handle)?;
-    let inputs = resolve_inputs(&args.input, &options, handle)?;
+    // The run-id check and the inputs' lookup side by side: both only read, and on a remote store each is a round
+    // trip (and a new connection) before the run can start. The run-id check's error comes first.
+    let (unused, inputs) = std::thread::scope(|scope| {
+        let inputs = scope.spawn(|| resolve_inputs(&args.input, &options, handle));
+        let unused = ensure_unused(&lake, &layout, handle);
+        (unused, inputs.join().unwrap_or_else(|_| Err(Error::internal("resolving the inputs", "the thread panicked"))))
+    });
+    unused?;
+    let inputs = inputs?;
     control.total_bytes.store(inputs.iter().map(|i| i.size).sum(), Ordering::Relaxed);
     let maps = preflight(&inputs, &contract, handle)?;
 
@@ -479,7 +486,14 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
             spill.clone(),
             handle.clone(),
         ),
-        condemned: SideWriter::new(Area::Condemned, &contract, lake.clone(), layout.clone(), spill, handle.clone()),
+        condemned: SideWriter::new(
+            Area::Condemned,
+            &contract,
+            lake.clone(),
+            layout.clone(),
+            spill.clone(),
+            handle.clone(),
+        ),
         control,
         next_record: (usize::MAX, 1),
     };
@@ -568,9 +582,11 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
 
     let Committer { ledger, silver, quarantine, condemned, .. } = committer;
     // Every row is settled: the key state (~30 bytes a row) is freed before the writers encode their last row
-    // groups and complete their uploads, so that the end of a run does not add to its peak.
+    // groups and complete their uploads, so that the end of a run does not add to its peak; uploads to an object
+    // store may then have as many more parts in flight as that memory holds.
     let ledger_bytes = ledger.state_bytes();
     let counts = ledger.into_counts();
+    spill.widen(ledger_bytes);
     let files = crate::sink::finish_all(silver, quarantine, condemned)?;
     let mut error_columns = crate::summary::ErrorColumns::new();
     for ((error, column), n) in &counts.by_error_column {

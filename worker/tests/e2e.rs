@@ -301,6 +301,11 @@ fn a_run_id_is_never_reused_and_the_lake_is_left_unchanged() {
         })
         .collect();
     assert_eq!(before, after);
+    // With the input missing as well, the reused run id is what is reported: it is checked first (side by side
+    // with the inputs' lookup).
+    let gone = run_worker(&c, &tmp.path().join("gone.csv"), &lake, "r1");
+    assert_eq!(gone.code, 2, "{}", gone.stderr);
+    assert!(gone.stderr.contains("run id r1 is already used"), "{}", gone.stderr);
     // A run id that would escape its directory is refused before anything happens.
     let bad = run_worker(&c, &input, &lake, "../../etc");
     assert_eq!(bad.code, 2, "{}", bad.stderr);

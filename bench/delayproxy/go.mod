@@ -1,0 +1,3 @@
+module silverline.dev/bench/delayproxy
+
+go 1.22
