@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
-# scripts/build-static.sh — builds the static (musl) binaries silverline-worker and silverline-operator that go
-# into the container images (docker/Dockerfile runs this same script), checks that they are static, and copies
-# them to an output folder.
+# scripts/build-static.sh — builds the static binaries silverline-worker and silverline-operator that go into the
+# container images (docker/Dockerfile runs this same script), checks that they are static, and copies them to an
+# output folder.
 #
 # Usage:
 #   scripts/build-static.sh [--quick] [--out DIR]
 #
-#   (default)  the release profile (what the images ship): target/x86_64-unknown-linux-musl/release/
+#   (default)  the release profile (what the images ship): target/x86_64-unknown-linux-gnu/release/
 #   --quick    the dev profile, for the test script's check that the static build links and runs: the same
-#              target, linker and C dependencies, without the release profile's optimisation and LTO, which
+#              target, flags and C dependencies, without the release profile's optimisation and LTO, which
 #              cost several minutes on 2 cores (CI's image job builds the release profile)
 #   --out DIR  copy the two binaries there
 #
-# Needs the Rust target x86_64-unknown-linux-musl and musl-gcc (Debian's musl-tools) for the C parts (aws-lc,
-# ring, zstd): both are installed when missing (rustup; apt-get as root). SILVERLINE_GIT_SHA, when set, is the
-# commit the worker records in `_SUCCESS` (the image build passes it: there is no .git in the build context).
-# Prints the binaries' paths on stdout.
+# The binaries link glibc statically (the Rust target x86_64-unknown-linux-gnu with `-C target-feature=+crt-static`,
+# so a static-pie executable): the same C library, allocator and memcpy as the host build the benchmarks measure.
+# A musl build (x86_64-unknown-linux-musl) was what the images shipped until 2026-11-29, and it took 1.57x the CPU
+# of the glibc build on the bench input — musl's allocator and its plain memcpy (bench/README, "What these figures
+# are of"). glibc warns at link time that a static getaddrinfo wants its shared NSS modules at run time; with glibc
+# 2.36 (Debian 12, the build image's) it does not for `files` and `dns`, built into libc since 2.34: a static
+# getaddrinfo in an empty root answered from /etc/hosts and from resolv.conf's nameserver, with or without an
+# nsswitch.conf, and scripts/test.sh runs the static worker in an empty root against the S3 server by a name
+# /etc/hosts gives. Needs glibc's static library (Debian's libc6-dev, installed with gcc) and a C
+# compiler for the C parts (aws-lc, ring, zstd). SILVERLINE_GIT_SHA, when set, is the commit the worker records in
+# `_SUCCESS` (the image build passes it: there is no .git in the build context). Prints the binaries' paths on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TARGET=x86_64-unknown-linux-musl
+TARGET=x86_64-unknown-linux-gnu
 BINARIES=(silverline-worker silverline-operator)
 
 die() { echo "build-static: error: $*" >&2; exit 1; }
@@ -34,20 +41,9 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
-if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
-  command -v rustup >/dev/null 2>&1 || die "the Rust target $TARGET is missing and there is no rustup to add it"
-  rustup target add "$TARGET" >&2
-fi
-if ! command -v musl-gcc >/dev/null 2>&1; then
-  [[ "$(id -u)" == 0 ]] || die "musl-gcc is missing: install Debian's musl-tools (apt-get install musl-tools)"
-  echo "build-static: installing musl-tools (musl-gcc, for the C dependencies)" >&2
-  apt-get install -y -qq musl-tools >&2 || { apt-get update -qq >&2 && apt-get install -y -qq musl-tools >&2; } ||
-    die "apt-get could not install musl-tools"
-fi
-
-# The C dependencies' build scripts (cc crate) compile for the musl target with this; rustc links with the
-# musl C runtime the Rust target ships (self-contained), so no linker is configured.
-export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-musl-gcc}"
+# Only for the target's own artifacts: with an explicit --target, cargo builds build scripts and proc macros
+# (which cannot be static) for the host without these flags.
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="${CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS:-} -C target-feature=+crt-static"
 
 packages=()
 for bin in "${BINARIES[@]}"; do packages+=(-p "$bin"); done

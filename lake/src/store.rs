@@ -89,9 +89,9 @@ pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectSt
              instance-metadata fallback is off because AWS_EC2_METADATA_DISABLED=true",
         ));
     }
-    let store = builder
-        .build()
-        .map_err(|e| StorageError::usage(format!("s3://{bucket}"), "cannot configure the S3 client").with_source(e))?;
+    let store = builder.build().map_err(|e| {
+        StorageError::usage(format!("s3://{bucket}"), format!("cannot configure the S3 client: {e}")).with_source(e)
+    })?;
     Ok(Arc::new(store))
 }
 
