@@ -27,8 +27,9 @@
 //!   of [`WARM_UP_RUNS`] through the operator in a namespace of its own, both measured and printed. On a control
 //!   plane started seconds before, the first 1,000-run burst through the release operator took p99 3.0 s, and
 //!   the next one 0.47 s; after the floor alone, 1.1 s; after the floor and 100 runs through the operator, 0.63
-//!   and 0.73 s — so the first EtlRun status applies, ConfigMaps and Events a new apiserver handles cost it once,
-//!   a cost the floor (Jobs only) does not show. The 1,000-run figures are the operator's on a warm control
+//!   and 0.73 s (1.13 and 1.15 s in two later runs of the host's release build, on a slower half hour) — so the
+//!   first EtlRun status applies, ConfigMaps and Events a new apiserver handles cost it once, a cost the floor
+//!   (Jobs only) does not show. The 1,000-run figures are the operator's on a warm control
 //!   plane; the warm-up's are printed above them.
 //!
 //! * The floor: the same burst against the strongest controller one could write for "a Job per new run" — a
