@@ -17,10 +17,9 @@
 # A musl build (x86_64-unknown-linux-musl) was what the images shipped until 2026-11-29, and it took 1.57x the CPU
 # of the glibc build on the bench input — musl's allocator and its plain memcpy (bench/README, "What these figures
 # are of"). glibc warns at link time that a static getaddrinfo wants its shared NSS modules at run time; with glibc
-# 2.36 (Debian 12, the build image's) it does not for `files` and `dns`, built into libc since 2.34: a static
-# getaddrinfo in an empty root answered from /etc/hosts and from resolv.conf's nameserver, with or without an
-# nsswitch.conf, and scripts/test.sh runs the static worker in an empty root against the S3 server by a name
-# /etc/hosts gives. Needs glibc's static library (Debian's libc6-dev, installed with gcc) and a C
+# 2.36 (Debian 12, the build image's) it did without them for `files` and `dns`: a static getaddrinfo in an empty
+# root answered from /etc/hosts and from resolv.conf's nameserver, with or without an nsswitch.conf, and
+# scripts/test.sh runs the static worker in an empty root against the S3 server by a name /etc/hosts gives. Needs glibc's static library (Debian's libc6-dev, installed with gcc) and a C
 # compiler for the C parts (aws-lc, ring, zstd). SILVERLINE_GIT_SHA, when set, is the commit the worker records in
 # `_SUCCESS` (the image build passes it: there is no .git in the build context). Prints the binaries' paths on stdout.
 set -euo pipefail

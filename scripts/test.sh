@@ -90,22 +90,25 @@ mapfile -t static_bins < <(scripts/build-static.sh --quick)
   { echo "scripts/build-static.sh printed '${static_bins[*]}', expected the worker's and the operator's paths" >&2; exit 1; }
 static_lake="$(mktemp -d "${TMPDIR:-/tmp}/silverline-static.XXXXXX")"
 add_exit_trap 'rm -rf "$static_lake"'
-# An empty environment: a static binary needs no loader, no libc and no variable to run.
-env -i "${static_bins[0]}" run --contract examples/datasets/transactions.yaml --input examples/data/transactions.csv \
-  --lake "$static_lake" --run-id static-check --progress off
-python3 - "$static_lake/silver/transactions/schema_v=v1/run_id=static-check/_SUCCESS" <<'PY'
+# quick_start_counts SUCCESS_FILE: fails unless that _SUCCESS has the quick start's counts.
+quick_start_counts() {
+  python3 - "$1" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
 counts = (report["valid_rows_count"], report["quarantined_rows_count"], report["condemned_rows_count"])
-assert counts == (2964, 25, 11), f"the static worker's counts {counts} are not the quick start's (2964, 25, 11)"
+assert counts == (2964, 25, 11), f"{sys.argv[1]}: the static worker's counts {counts} are not the quick start's (2964, 25, 11)"
 PY
+}
+# An empty environment: a static binary needs no loader, no libc and no variable to run.
+env -i "${static_bins[0]}" run --contract examples/datasets/transactions.yaml --input examples/data/transactions.csv \
+  --lake "$static_lake" --run-id static-check --progress off
+quick_start_counts "$static_lake/silver/transactions/schema_v=v1/run_id=static-check/_SUCCESS"
 env -i "${static_bins[1]}" --help >/dev/null
 # A root with only what distroless/static and a container runtime give the binary — /etc/hosts, the CA bundle,
-# /dev/random and /dev/urandom (a static glibc binary has no getrandom symbol for the getrandom crate to look up, so
-# it polls the one and reads the other) and /tmp;
-# no loader, no libc, no NSS modules: the static worker writes a run to the S3 server by a name only that
-# /etc/hosts knows, so glibc's static getaddrinfo resolves it (scripts/build-static.sh). chroot and mknod need
-# root, which .ci/run has.
+# /dev/random and /dev/urandom (without them the static worker panicked seeding its hashers: the getrandom crate
+# falls back to them) and /tmp; no loader, no libc, no NSS modules: the static worker writes a run to the S3 server
+# by a name only that /etc/hosts knows, so glibc's static getaddrinfo resolves it (scripts/build-static.sh).
+# chroot and mknod need root, which .ci/run has.
 if [[ "$(id -u)" == 0 ]]; then
   jail="$static_lake/root"
   mkdir -p "$jail/etc/ssl/certs" "$jail/tmp" "$jail/in" "$jail/dev"
@@ -126,12 +129,7 @@ if [[ "$(id -u)" == 0 ]]; then
   curl -sSf --aws-sigv4 "aws:amz:${AWS_REGION}:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
     "$AWS_ENDPOINT_URL/static-check/lake/silver/transactions/schema_v%3Dv1/run_id%3Dstatic-check/_SUCCESS" \
     -o "$static_lake/s3-success.json"
-  python3 - "$static_lake/s3-success.json" <<'PY'
-import json, sys
-report = json.load(open(sys.argv[1]))
-counts = (report["valid_rows_count"], report["quarantined_rows_count"], report["condemned_rows_count"])
-assert counts == (2964, 25, 11), f"the static worker's S3 counts {counts} are not the quick start's (2964, 25, 11)"
-PY
+  quick_start_counts "$static_lake/s3-success.json"
 else
   echo "SKIPPED: the static worker in an empty root against S3 by name (chroot needs root; run as root to check it)" >&2
 fi

@@ -29,15 +29,15 @@
 //!   the next one 0.47 s; after the floor alone, 1.1 s; after the floor and 100 runs through the operator, 0.63
 //!   and 0.73 s (1.13 and 1.15 s in two later runs of the host's release build, on a slower half hour) — so the
 //!   first EtlRun status applies, ConfigMaps and Events a new apiserver handles cost it once, a cost the floor
-//!   (Jobs only) does not show. The 1,000-run figures are the operator's on a warm control
-//!   plane; the warm-up's are printed above them.
+//!   (Jobs only) does not show. The 1,000-run figures are the operator's on a warm control plane; the
+//!   warm-up's are printed above them.
 //!
 //! * The floor: the same burst against the strongest controller one could write for "a Job per new run" — a
 //!   watch on EtlRuns that creates each new run's Job (built by the operator's own `job::worker_job`) at once,
 //!   one write per run, no status, no snapshot, no Event, no concurrency limit — in a fresh namespace before the
 //!   operator and again after the operator's namespace is gone, measured the same way; the ratios are to the
-//!   second. What this machine's apiserver allows is what the operator's
-//!   figures are read against: the benchmark prints the floor's percentiles and the operator's ratio to them.
+//!   second. What this machine's apiserver allows is what the operator's figures are read against: the
+//!   benchmark prints the floor's percentiles and the operator's ratio to them.
 //!
 //! There is no test kubelet here: the Jobs' pods stay Pending (the benchmark stops at Job creation), which keeps
 //! 1,000 worker processes off the 2 cores that the operator and the control plane are measured on.
@@ -102,9 +102,7 @@ async fn a_thousand_runs_created_at_once_each_get_their_job() {
     let ns = TestNamespace::create(&client, "load").await;
     let outcome = std::panic::AssertUnwindSafe(benchmark(client.clone(), ns.name.clone())).catch_unwind().await;
     // Whatever happened, the namespace's 4,000 objects go, and the tests after this one meet an idle apiserver.
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(&ns.name, &kube::api::DeleteParams::default()).await;
-    wait_namespace_gone(&client, &ns.name).await;
+    remove_namespace(&client, &ns.name).await;
     let operator = match outcome {
         Ok(latencies) => latencies,
         Err(panic) => std::panic::resume_unwind(panic),
@@ -205,9 +203,7 @@ async fn floor(client: &Client) -> Vec<Duration> {
     controller.abort();
     assert!(all_jobs.len() >= RUNS, "the floor's controller created only {} of {RUNS} Jobs", all_jobs.len());
     let latencies = latencies(&created, &all_jobs);
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(&namespace, &kube::api::DeleteParams::default()).await;
-    wait_namespace_gone(client, &namespace).await;
+    remove_namespace(client, &namespace).await;
     latencies
 }
 
@@ -231,9 +227,7 @@ async fn warm_up(client: &Client) -> Vec<Duration> {
     );
     operator.quiet("silverline_reconciles_total{controller=\"etlrun\"}").await;
     assert!(operator.terminate().await, "the operator did not stop cleanly on SIGTERM:\n{}", operator.log_tail());
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(&ns.name, &kube::api::DeleteParams::default()).await;
-    wait_namespace_gone(client, &ns.name).await;
+    remove_namespace(client, &ns.name).await;
     latencies(&created, &all_jobs)
 }
 
@@ -480,10 +474,12 @@ fn is_operators(verb: &str, group: &str, resource: &str, subresource: &str) -> b
     }
 }
 
-/// Waits (up to 30 s, without failing: it is cleanup) until the namespace is gone. Its pods may outlive that: the
-/// test controller-manager removes their Job-tracking finalizers at its default 20 requests/s, in the background.
-async fn wait_namespace_gone(client: &Client, name: &str) {
+/// Deletes the namespace and waits (up to 30 s, without failing: it is cleanup) until it is gone. Its pods may
+/// outlive that: the test controller-manager removes their Job-tracking finalizers at its default 20 requests/s,
+/// in the background.
+async fn remove_namespace(client: &Client, name: &str) {
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(name, &kube::api::DeleteParams::default()).await;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
         if matches!(namespaces.get_opt(name).await, Ok(None)) {
