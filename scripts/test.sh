@@ -168,3 +168,7 @@ export SILVERLINE_HELM
 step "cargo test (unit, property, end-to-end, and integration tests against the services)"
 cargo test --workspace --locked -- --include-ignored
 
+
+# parquet's zstd is patched (vendor/zstd/PATCHED.md): a crate of its own, outside the workspace, with its tests.
+step "cargo test of the patched zstd (vendor/zstd)"
+CARGO_TARGET_DIR="$target_dir" cargo test --manifest-path vendor/zstd/Cargo.toml --locked --lib
