@@ -20,6 +20,10 @@
 //!   creates and deletes of Jobs, lists of pods and of core Events (the controller-manager only watches those).
 //!   Leases (both renew theirs on a timer) are left out.
 //! * Peak RSS: `VmHWM` in `/proc/PID/status` of the operator process at the end.
+//! * CPU, for each burst: the machine's cores' busy share from `/proc/stat`, and the CPU time of the control
+//!   plane's processes, the operator's and the benchmark's own, in all and per run, between the burst's first
+//!   create and its last Job seen. On a 2-core machine the burst is CPU-bound (the apiserver's watch delivery
+//!   then falls behind), and this shows by whom.
 //! * Before the operator starts, the benchmark waits until the control plane's garbage collector watches
 //!   EtlRuns (the CRDs may have just been installed), as it does in a cluster: until then it GETs each new
 //!   Job's owner, a load on the apiserver that only a fresh control plane has.
@@ -91,14 +95,16 @@ async fn a_thousand_runs_created_at_once_each_get_their_job() {
     report!(
         "\nfloor, before the operator (a controller that only creates each new run's Job; load average {}): {}",
         load_average(),
-        summary(&floor_before)
+        summary(&floor_before.latencies)
     );
+    report!("    {}", floor_before.cpu);
     let warm = warm_up(&client).await;
     report!(
         "operator, a warm-up burst of {WARM_UP_RUNS} runs in a namespace of its own (load average {}): {}",
         load_average(),
-        summary(&warm)
+        summary(&warm.latencies)
     );
+    report!("    {}", warm.cpu);
     let ns = TestNamespace::create(&client, "load").await;
     let outcome = std::panic::AssertUnwindSafe(benchmark(client.clone(), ns.name.clone())).catch_unwind().await;
     // Whatever happened, the namespace's 4,000 objects go, and the tests after this one meet an idle apiserver.
@@ -108,13 +114,15 @@ async fn a_thousand_runs_created_at_once_each_get_their_job() {
         Err(panic) => std::panic::resume_unwind(panic),
     };
     let floor = floor(&client).await;
-    let ratio =
-        |q: usize| percentile(&operator, q).as_secs_f64() / percentile(&floor, q).as_secs_f64().max(f64::EPSILON);
+    let ratio = |q: usize| {
+        percentile(&operator, q).as_secs_f64() / percentile(&floor.latencies, q).as_secs_f64().max(f64::EPSILON)
+    };
     report!(
         "floor (a controller that only creates each new run's Job, one write per run; load average {}): {}",
         load_average(),
-        summary(&floor)
+        summary(&floor.latencies)
     );
+    report!("    {}", floor.cpu);
     report!("operator / floor: p50 {:.1}x, p99 {:.1}x\n", ratio(50), ratio(99));
 }
 
@@ -189,36 +197,46 @@ fn summary(latencies: &[Duration]) -> String {
 }
 
 /// The floor (see the file's doc): the same burst in a namespace of its own against a minimal controller that
-/// creates each new run's Job and does nothing else. Returns the latencies, sorted.
-async fn floor(client: &Client) -> Vec<Duration> {
+/// creates each new run's Job and does nothing else.
+async fn floor(client: &Client) -> Burst {
     let ns = TestNamespace::create(client, "load-floor").await;
     let namespace = ns.name.clone();
     let dir = tempfile::tempdir().expect("tempdir");
     let dataset = Arc::new(support::transactions_dataset(&dir.path().join("lake"), 3));
     let jobs_seen = watch_jobs(client.clone(), &namespace).await;
     let controller = tokio::spawn(minimal_controller(client.clone(), namespace.clone(), dataset));
+    let cpu = CpuUse::now(None);
     let started = Instant::now();
     let (created, _) = burst(client, &namespace, RUNS).await;
     let all_jobs = every_job(&jobs_seen, started, RUNS).await;
+    let cpu = CpuUse::now(None).since(&cpu, RUNS);
     controller.abort();
     assert!(all_jobs.len() >= RUNS, "the floor's controller created only {} of {RUNS} Jobs", all_jobs.len());
     let latencies = latencies(&created, &all_jobs);
     remove_namespace(client, &namespace).await;
-    latencies
+    Burst { latencies, cpu }
+}
+
+/// A burst's create → Job latencies (sorted) and where the machine's CPU went meanwhile.
+struct Burst {
+    latencies: Vec<Duration>,
+    cpu: String,
 }
 
 /// A burst of [`WARM_UP_RUNS`] through the operator in a namespace of its own, measured like the real one, then
 /// gone: the control plane's first EtlRun status applies, contract ConfigMaps and Events (see the file's doc).
-async fn warm_up(client: &Client) -> Vec<Duration> {
+async fn warm_up(client: &Client) -> Burst {
     let ns = TestNamespace::create(client, "load-warmup").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let dataset = support::transactions_dataset(&dir.path().join("lake"), 3);
     support::create_dataset(client, &ns.name, &dataset).await;
     let mut operator = OperatorProcess::start(&ns.name, dir.path()).await;
     let jobs_seen = watch_jobs(client.clone(), &ns.name).await;
+    let cpu = CpuUse::now(operator.pid());
     let started = Instant::now();
     let (created, _) = burst(client, &ns.name, WARM_UP_RUNS).await;
     let all_jobs = every_job(&jobs_seen, started, WARM_UP_RUNS).await;
+    let cpu = CpuUse::now(operator.pid()).since(&cpu, WARM_UP_RUNS);
     assert!(
         all_jobs.len() >= WARM_UP_RUNS,
         "only {} of the warm-up's {WARM_UP_RUNS} runs got their Job; the operator's log ends:\n{}",
@@ -228,7 +246,7 @@ async fn warm_up(client: &Client) -> Vec<Duration> {
     operator.quiet("silverline_reconciles_total{controller=\"etlrun\"}").await;
     assert!(operator.terminate().await, "the operator did not stop cleanly on SIGTERM:\n{}", operator.log_tail());
     remove_namespace(client, &ns.name).await;
-    latencies(&created, &all_jobs)
+    Burst { latencies: latencies(&created, &all_jobs), cpu }
 }
 
 /// Watches EtlRuns and creates each new one's Job `{run}-a1` at once, each create a task of its own.
@@ -273,9 +291,11 @@ async fn benchmark(client: Client, namespace: String) -> Vec<Duration> {
 
     // The burst: every run created as fast as the client can, each noting when its create returned.
     let runs: Api<EtlRun> = Api::namespaced(client.clone(), &namespace);
+    let cpu_before = CpuUse::now(operator.pid());
     let started = Instant::now();
     let (created, burst) = burst(&client, &namespace, RUNS).await;
     let all_jobs = every_job(&jobs_seen, started, RUNS).await;
+    let burst_cpu = CpuUse::now(operator.pid()).since(&cpu_before, RUNS);
     assert!(
         all_jobs.len() >= RUNS,
         "only {} of {RUNS} runs got their Job within {} s (created in {:.1} s); the operator's log ends:\n{}",
@@ -306,6 +326,7 @@ async fn benchmark(client: Client, namespace: String) -> Vec<Duration> {
         all_jobs_after.as_secs_f64()
     );
     report!("create -> Job latency: {}", summary(&latencies));
+    report!("{burst_cpu}");
     report!("reconciles per run: {:.2} ({reconciles} in all)", reconciles / RUNS as f64);
     for (series, n) in operator.samples(r#"silverline_reconcile_errors_total{controller="etlrun""#).await {
         report!("    {series} {n}");
@@ -590,17 +611,17 @@ impl OperatorProcess {
         last
     }
 
-    /// The process's peak resident set (`VmHWM`), in KiB.
-    /// The CPU time (user + system) the operator process has used, from `/proc/PID/stat`.
+    /// The CPU time (user + system) the operator process has used.
     fn cpu_seconds(&self) -> f64 {
-        let pid = self.child.id().expect("the operator is running");
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-        // Fields after the command name (which ends with the last ')'): state is field 3, utime 14, stime 15.
-        let fields: Vec<&str> = stat.rsplit_once(')').expect("stat has a command name").1.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-        ticks / clock_ticks_per_second()
+        let pid = self.pid().expect("the operator is running");
+        process_cpu_seconds(pid).expect("/proc/PID/stat of the operator")
     }
 
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The process's peak resident set (`VmHWM`), in KiB.
     fn peak_rss_kib(&self) -> u64 {
         let pid = self.child.id().expect("the operator is running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
@@ -634,6 +655,30 @@ fn percentiles_are_nearest_rank() {
 }
 
 #[test]
+fn cpu_use_is_told_per_process_and_per_run() {
+    let before = CpuUse {
+        at: Instant::now(),
+        busy: 100.0,
+        total: 300.0,
+        processes: vec![("kube-apiserver".into(), 10.0), ("etcd".into(), 2.0), ("operator".into(), 1.0)],
+    };
+    let after = CpuUse {
+        at: before.at + Duration::from_secs(4),
+        busy: 107.0,
+        total: 308.0,
+        // The operator was gone by then: a process missing at either end is left out, not counted as zero.
+        processes: vec![("kube-apiserver".into(), 15.5), ("etcd".into(), 2.75)],
+    };
+    assert_eq!(
+        after.since(&before, 1000),
+        "CPU during the burst (4.00 s, 2 cores 88 % busy): kube-apiserver 5.50 s (5.50 ms a run), etcd 0.75 s (0.75 ms a run)"
+    );
+    let (busy, total) = machine_cpu_seconds();
+    assert!(busy > 0.0 && busy < total, "/proc/stat: busy {busy} s of {total} s");
+    assert!(process_cpu_seconds(std::process::id()).is_some_and(|s| s >= 0.0));
+}
+
+#[test]
 fn the_operators_requests_are_told_apart_from_the_benchmarks_and_the_controller_managers() {
     let cases = [
         (("POST", "etl.silverline.dev", "etlruns", ""), false),
@@ -650,6 +695,77 @@ fn the_operators_requests_are_told_apart_from_the_benchmarks_and_the_controller_
     for ((verb, group, resource, sub), expected) in cases {
         assert_eq!(is_operators(verb, group, resource, sub), expected, "{verb} {group}/{resource}/{sub}");
     }
+}
+
+/// The CPU time (user + system) a process has used, from `/proc/PID/stat`; `None` once it is gone.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which ends with the last ')'): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks_per_second())
+}
+
+/// Where the machine's CPU goes during a burst: the busy and total time of all its cores (`/proc/stat`) and the
+/// CPU time of the processes that share them — the test control plane's (their pids from
+/// `$SILVERLINE_CP_DIR/pids`, which `scripts/controlplane.sh` writes), the operator's and this benchmark's. On a
+/// small machine the burst is CPU-bound, and this shows by whom (README "Load").
+struct CpuUse {
+    at: Instant,
+    busy: f64,
+    total: f64,
+    processes: Vec<(String, f64)>,
+}
+
+impl CpuUse {
+    fn now(operator: Option<u32>) -> CpuUse {
+        let control_plane = std::env::var("SILVERLINE_CP_DIR")
+            .ok()
+            .and_then(|dir| std::fs::read_to_string(std::path::Path::new(&dir).join("pids")).ok())
+            .unwrap_or_default();
+        let mut pids: Vec<(String, u32)> = control_plane
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter_map(|(name, pid)| Some((name.to_owned(), pid.trim().parse().ok()?)))
+            .collect();
+        pids.extend(operator.map(|pid| ("operator".to_owned(), pid)));
+        pids.push(("this benchmark".to_owned(), std::process::id()));
+        let processes = pids.into_iter().filter_map(|(name, pid)| Some((name, process_cpu_seconds(pid)?))).collect();
+        let (busy, total) = machine_cpu_seconds();
+        CpuUse { at: Instant::now(), busy, total, processes }
+    }
+
+    /// `CPU during the burst (… s, N cores … % busy): kube-apiserver … s (… ms a run), …` since `before`.
+    fn since(&self, before: &CpuUse, runs: usize) -> String {
+        let wall = self.at.duration_since(before.at).as_secs_f64();
+        let cores = (self.total - before.total) / wall.max(f64::EPSILON);
+        let busy = 100.0 * (self.busy - before.busy) / (self.total - before.total).max(f64::EPSILON);
+        let used: Vec<String> = self
+            .processes
+            .iter()
+            .filter_map(|(name, now)| {
+                let (_, then) = before.processes.iter().find(|(n, _)| n == name)?;
+                let seconds = now - then;
+                Some(format!("{name} {seconds:.2} s ({:.2} ms a run)", 1000.0 * seconds / runs as f64))
+            })
+            .collect();
+        format!("CPU during the burst ({wall:.2} s, {cores:.0} cores {busy:.0} % busy): {}", used.join(", "))
+    }
+}
+
+/// The busy and the total CPU time of all the machine's cores since boot, in seconds (`/proc/stat`'s `cpu` line:
+/// user nice system idle iowait irq softirq steal; idle and iowait are not busy).
+fn machine_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .map(|l| l.split_whitespace().take(8).filter_map(|t| t.parse().ok()).collect())
+        .unwrap_or_default();
+    let total: f64 = ticks.iter().sum();
+    let idle = ticks.get(3).copied().unwrap_or_default() + ticks.get(4).copied().unwrap_or_default();
+    let per_second = clock_ticks_per_second();
+    ((total - idle) / per_second, total / per_second)
 }
 
 /// The operator binary measured: `SILVERLINE_OPERATOR_BIN` (e.g. a release build, as deployed), else this test's
