@@ -287,6 +287,15 @@ fn slim_job(job: &mut Job) {
     job.spec = None;
 }
 
+/// An EtlRun as the operator keeps it: without its managed fields, which nothing here reads and which, parsed,
+/// were the larger part of a run's memory in the store (two field managers' field sets as JSON values).
+fn slim_run(run: &mut DeserializeGuard<EtlRun>) {
+    match &mut run.0 {
+        Ok(run) => run.metadata.managed_fields = None,
+        Err(invalid) => invalid.metadata.managed_fields = None,
+    }
+}
+
 /// What of a Job can change a run's plan: which Job it is, whether it is being deleted, its conditions, whether
 /// it has an active pod, and its pod counts. The Job controller also updates `startTime`, `ready`, `terminating`
 /// and `uncountedTerminatedPods` as a Job's pod comes and goes; none of those changes anything for the run.
@@ -353,8 +362,14 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
         written: WrittenViews::default(),
     });
     let (pod_ends, failed_creates) = (ctx.pod_ends.clone(), ctx.pod_ends.clone());
+    let (runs_store, runs_writer) = reflector::store();
+    let run_stream = watcher(runs, watcher::Config::default())
+        .default_backoff()
+        .modify(slim_run)
+        .reflect(runs_writer)
+        .applied_objects();
     // Bounded, not kube-runtime's unbounded default: see `Context::reconcile_concurrency`.
-    let controller = Controller::new(runs, watcher::Config::default())
+    let controller = Controller::for_stream(run_stream, runs_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.reconcile_concurrency));
     let store = controller.store();
     let exported = store.clone();
@@ -1160,6 +1175,39 @@ mod tests {
         assert!(!written.is_stale("u2", "10"), "another run");
         assert!(!written.is_stale("u1", "11"), "the write came back");
         assert!(!written.is_stale("u1", "10"), "forgotten once a newer view was seen");
+    }
+
+    #[test]
+    fn a_run_is_kept_without_its_managed_fields_valid_or_not() {
+        let managed = serde_json::json!([
+            {"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}},
+            {"manager": "silverline-operator", "operation": "Apply", "subresource": "status",
+             "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:phase": {}}}}
+        ]);
+        let valid: DeserializeGuard<EtlRun> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "etl.silverline.dev/v1alpha1", "kind": "EtlRun",
+            "metadata": {"name": "r", "namespace": "ns", "uid": "u", "managedFields": managed},
+            "spec": {"dataset": "transactions", "input": "/data/in/r.csv"},
+            "status": {"phase": "Running"}
+        }))
+        .expect("an EtlRun");
+        let invalid: DeserializeGuard<EtlRun> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "etl.silverline.dev/v1alpha1", "kind": "EtlRun",
+            "metadata": {"name": "bad", "namespace": "ns", "managedFields": managed},
+            "spec": {"dataset": 7}
+        }))
+        .expect("an invalid EtlRun, kept by its metadata");
+        for mut run in [valid, invalid] {
+            let meta = |run: &DeserializeGuard<EtlRun>| match &run.0 {
+                Ok(run) => run.metadata.clone(),
+                Err(invalid) => invalid.metadata.clone(),
+            };
+            assert_eq!(meta(&run).managed_fields.map(|m| m.len()), Some(2));
+            slim_run(&mut run);
+            let slimmed = meta(&run);
+            assert_eq!(slimmed.managed_fields, None);
+            assert!(slimmed.name.is_some() && slimmed.namespace.as_deref() == Some("ns"), "the rest is kept");
+        }
     }
 
     #[test]
