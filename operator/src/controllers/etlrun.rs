@@ -248,30 +248,52 @@ impl CreatedJobs {
 
 /// The contract snapshots of unfinished runs, parsed, by the EtlRun's uid. A snapshot never changes (it is
 /// created once, owned by its run), so this copy is always right; it is dropped when the run ends or is gone.
+/// Runs whose snapshots hold the same text (every run of one Dataset generation) share one parsed contract.
 #[derive(Clone, Default)]
-struct Snapshots(Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Dataset>>>>);
+struct Snapshots(Arc<std::sync::Mutex<SnapshotMemory>>);
+
+#[derive(Default)]
+struct SnapshotMemory {
+    runs: std::collections::HashMap<String, Arc<Dataset>>,
+    /// The contract parsed from each snapshot text that a remembered run still holds.
+    texts: std::collections::HashMap<String, std::sync::Weak<Dataset>>,
+}
 
 impl Snapshots {
     fn get(&self, uid: &str) -> Option<Arc<Dataset>> {
-        self.0.lock().ok()?.get(uid).cloned()
+        self.0.lock().ok()?.runs.get(uid).cloned()
     }
 
     fn insert(&self, uid: &str, dataset: Arc<Dataset>) {
-        if let Ok(mut snapshots) = self.0.lock() {
-            snapshots.insert(uid.to_owned(), dataset);
+        if let Ok(mut memory) = self.0.lock() {
+            memory.runs.insert(uid.to_owned(), dataset);
         }
+    }
+
+    /// A snapshot's text parsed — or the contract another run's snapshot of the same text was parsed into.
+    fn parse(&self, text: &str) -> std::result::Result<Arc<Dataset>, silverline_crds::ContractError> {
+        let shared = self.0.lock().ok().and_then(|memory| memory.texts.get(text).and_then(std::sync::Weak::upgrade));
+        if let Some(shared) = shared {
+            return Ok(shared);
+        }
+        let parsed = Arc::new(Dataset::from_manifest(text)?);
+        if let Ok(mut memory) = self.0.lock() {
+            memory.texts.insert(text.to_owned(), Arc::downgrade(&parsed));
+        }
+        Ok(parsed)
     }
 
     fn forget(&self, uid: &str) {
-        if let Ok(mut snapshots) = self.0.lock() {
-            snapshots.remove(uid);
+        if let Ok(mut memory) = self.0.lock() {
+            memory.runs.remove(uid);
         }
     }
 
-    /// Keeps only the snapshots of runs that still exist.
+    /// Keeps only the snapshots of runs that still exist, and the texts that one of them holds.
     fn retain(&self, live: &std::collections::HashSet<String>) {
-        if let Ok(mut snapshots) = self.0.lock() {
-            snapshots.retain(|uid, _| live.contains(uid));
+        if let Ok(mut memory) = self.0.lock() {
+            memory.runs.retain(|uid, _| live.contains(uid));
+            memory.texts.retain(|_, parsed| parsed.strong_count() > 0);
         }
     }
 }
@@ -629,10 +651,10 @@ async fn load_contract(
             let text = snapshot.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY)).ok_or_else(|| {
                 Error::Snapshot { name: snapshot_name.clone(), message: format!("it has no key {}", job::CONTRACT_KEY) }
             })?;
-            let dataset = Arc::new(
-                Dataset::from_manifest(text)
-                    .map_err(|e| Error::Snapshot { name: snapshot_name.clone(), message: e.to_string() })?,
-            );
+            let dataset = scope
+                .snapshots
+                .parse(text)
+                .map_err(|e| Error::Snapshot { name: snapshot_name.clone(), message: e.to_string() })?;
             scope.snapshots.insert(&identity.uid, dataset.clone());
             return Ok((Ok(dataset), false));
         }
@@ -869,8 +891,8 @@ async fn ensure_snapshot(scope: &Scope, identity: &RunIdentity, dataset: &Datase
         Ok(_) => {
             // Remembered as a later read of the ConfigMap would give it: parsed from the text just stored.
             let text = snapshot.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY));
-            if let Some(Ok(stored)) = text.map(|t| Dataset::from_manifest(t)) {
-                scope.snapshots.insert(&identity.uid, Arc::new(stored));
+            if let Some(Ok(stored)) = text.map(|t| scope.snapshots.parse(t)) {
+                scope.snapshots.insert(&identity.uid, stored);
             }
             Ok(())
         }
@@ -1175,6 +1197,29 @@ mod tests {
         assert!(!written.is_stale("u2", "10"), "another run");
         assert!(!written.is_stale("u1", "11"), "the write came back");
         assert!(!written.is_stale("u1", "10"), "forgotten once a newer view was seen");
+    }
+
+    #[test]
+    fn runs_whose_snapshots_hold_the_same_text_share_one_parsed_contract() {
+        let example = include_str!("../../../examples/datasets/transactions.yaml");
+        let dataset = |lake: &str| example.replace("lakeUri: s3://silverline-lake", &format!("lakeUri: {lake}"));
+        let (one, other) = (dataset("/lake"), dataset("/other-lake"));
+        let snapshots = Snapshots::default();
+        for (uid, text) in [("a", &one), ("b", &one), ("c", &other)] {
+            snapshots.insert(uid, snapshots.parse(text).expect("a contract"));
+        }
+        let (a, b, c) =
+            (snapshots.get("a").expect("a"), snapshots.get("b").expect("b"), snapshots.get("c").expect("c"));
+        assert!(Arc::ptr_eq(&a, &b), "one text, one parsed contract");
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.spec.storage.lake_uri, "/other-lake");
+        assert!(snapshots.parse("kind: Secret").is_err(), "a text that is no contract is an error, as before");
+        drop((a, b, c));
+        // Runs a and b gone: their text is forgotten with them; c's stays.
+        snapshots.retain(&std::collections::HashSet::from(["c".to_owned()]));
+        let memory = snapshots.0.lock().expect("memory");
+        assert_eq!((memory.runs.len(), memory.texts.len()), (1, 1));
+        assert!(memory.texts.contains_key(&other));
     }
 
     #[test]
