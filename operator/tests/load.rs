@@ -92,19 +92,9 @@ async fn a_thousand_runs_created_at_once_each_get_their_job() {
     // The floor and a small burst through the operator first: a control plane that has just started pays, for the
     // first bursts it sees, costs that a cluster in service has long paid (see the file's doc).
     let floor_before = floor(&client).await;
-    report!(
-        "\nfloor, before the operator (a controller that only creates each new run's Job; load average {}): {}",
-        load_average(),
-        summary(&floor_before.latencies)
-    );
-    report!("    {}", floor_before.cpu);
+    floor_before.report("\nfloor, before the operator (a controller that only creates each new run's Job");
     let warm = warm_up(&client).await;
-    report!(
-        "operator, a warm-up burst of {WARM_UP_RUNS} runs in a namespace of its own (load average {}): {}",
-        load_average(),
-        summary(&warm.latencies)
-    );
-    report!("    {}", warm.cpu);
+    warm.report(&format!("operator, a warm-up burst of {WARM_UP_RUNS} runs in a namespace of its own"));
     let ns = TestNamespace::create(&client, "load").await;
     let outcome = std::panic::AssertUnwindSafe(benchmark(client.clone(), ns.name.clone())).catch_unwind().await;
     // Whatever happened, the namespace's 4,000 objects go, and the tests after this one meet an idle apiserver.
@@ -117,12 +107,7 @@ async fn a_thousand_runs_created_at_once_each_get_their_job() {
     let ratio = |q: usize| {
         percentile(&operator, q).as_secs_f64() / percentile(&floor.latencies, q).as_secs_f64().max(f64::EPSILON)
     };
-    report!(
-        "floor (a controller that only creates each new run's Job, one write per run; load average {}): {}",
-        load_average(),
-        summary(&floor.latencies)
-    );
-    report!("    {}", floor.cpu);
+    floor.report("floor (a controller that only creates each new run's Job, one write per run");
     report!("operator / floor: p50 {:.1}x, p99 {:.1}x\n", ratio(50), ratio(99));
 }
 
@@ -221,6 +206,14 @@ async fn floor(client: &Client) -> Burst {
 struct Burst {
     latencies: Vec<Duration>,
     cpu: String,
+}
+
+impl Burst {
+    /// `{what}; load average …): p50 …` and, below it, where the CPU went.
+    fn report(&self, what: &str) {
+        report!("{what}; load average {}): {}", load_average(), summary(&self.latencies));
+        report!("    {}", self.cpu);
+    }
 }
 
 /// A burst of [`WARM_UP_RUNS`] through the operator in a namespace of its own, measured like the real one, then
