@@ -94,7 +94,7 @@ async fn a_thousand_runs_created_at_once_each_get_their_job() {
     let floor_before = floor(&client).await;
     floor_before.report("\nfloor, before the operator (a controller that only creates each new run's Job");
     let warm = warm_up(&client).await;
-    warm.report(&format!("operator, a warm-up burst of {WARM_UP_RUNS} runs in a namespace of its own"));
+    warm.report(&format!("operator, a warm-up burst ({WARM_UP_RUNS} runs in a namespace of its own"));
     let ns = TestNamespace::create(&client, "load").await;
     let outcome = std::panic::AssertUnwindSafe(benchmark(client.clone(), ns.name.clone())).catch_unwind().await;
     // Whatever happened, the namespace's 4,000 objects go, and the tests after this one meet an idle apiserver.
@@ -209,7 +209,7 @@ struct Burst {
 }
 
 impl Burst {
-    /// `{what}; load average …): p50 …` and, below it, where the CPU went.
+    /// `{what}; load average …): p50 …` (`what` opens the parenthesis) and, below it, where the CPU went.
     fn report(&self, what: &str) {
         report!("{what}; load average {}): {}", load_average(), summary(&self.latencies));
         report!("    {}", self.cpu);
