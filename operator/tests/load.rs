@@ -190,16 +190,39 @@ async fn floor(client: &Client) -> Burst {
     let dataset = Arc::new(support::transactions_dataset(&dir.path().join("lake"), 3));
     let jobs_seen = watch_jobs(client.clone(), &namespace).await;
     let controller = tokio::spawn(minimal_controller(client.clone(), namespace.clone(), dataset));
-    let cpu = CpuUse::now(None);
-    let started = Instant::now();
-    let (created, _) = burst(client, &namespace, RUNS).await;
-    let all_jobs = every_job(&jobs_seen, started, RUNS).await;
-    let cpu = CpuUse::now(None).since(&cpu, RUNS);
+    let Measured { created, all_jobs, cpu, .. } = measured_burst(client, &namespace, RUNS, &jobs_seen, None).await;
     controller.abort();
     assert!(all_jobs.len() >= RUNS, "the floor's controller created only {} of {RUNS} Jobs", all_jobs.len());
     let latencies = latencies(&created, &all_jobs);
     remove_namespace(client, &namespace).await;
     Burst { latencies, cpu }
+}
+
+/// One burst of `count` runs in `namespace`, measured: when each run's create returned, when each Job was first
+/// seen (waiting up to the hang guard), how long the creates took and the last Job came after the first create,
+/// and where the machine's CPU went meanwhile (the operator's process too, when there is one).
+async fn measured_burst(
+    client: &Client,
+    namespace: &str,
+    count: usize,
+    jobs_seen: &Mutex<HashMap<String, Instant>>,
+    operator: Option<u32>,
+) -> Measured {
+    let cpu = CpuUse::now(operator);
+    let started = Instant::now();
+    let (created, creates_took) = burst(client, namespace, count).await;
+    let all_jobs = every_job(jobs_seen, started, count).await;
+    let jobs_after = started.elapsed();
+    let cpu = CpuUse::now(operator).since(&cpu, count);
+    Measured { created, all_jobs, creates_took, jobs_after, cpu }
+}
+
+struct Measured {
+    created: HashMap<String, Instant>,
+    all_jobs: HashMap<String, Instant>,
+    creates_took: Duration,
+    jobs_after: Duration,
+    cpu: String,
 }
 
 /// A burst's create → Job latencies (sorted) and where the machine's CPU went meanwhile.
@@ -225,11 +248,8 @@ async fn warm_up(client: &Client) -> Burst {
     support::create_dataset(client, &ns.name, &dataset).await;
     let mut operator = OperatorProcess::start(&ns.name, dir.path()).await;
     let jobs_seen = watch_jobs(client.clone(), &ns.name).await;
-    let cpu = CpuUse::now(operator.pid());
-    let started = Instant::now();
-    let (created, _) = burst(client, &ns.name, WARM_UP_RUNS).await;
-    let all_jobs = every_job(&jobs_seen, started, WARM_UP_RUNS).await;
-    let cpu = CpuUse::now(operator.pid()).since(&cpu, WARM_UP_RUNS);
+    let Measured { created, all_jobs, cpu, .. } =
+        measured_burst(client, &ns.name, WARM_UP_RUNS, &jobs_seen, operator.pid()).await;
     assert!(
         all_jobs.len() >= WARM_UP_RUNS,
         "only {} of the warm-up's {WARM_UP_RUNS} runs got their Job; the operator's log ends:\n{}",
@@ -284,11 +304,8 @@ async fn benchmark(client: Client, namespace: String) -> Vec<Duration> {
 
     // The burst: every run created as fast as the client can, each noting when its create returned.
     let runs: Api<EtlRun> = Api::namespaced(client.clone(), &namespace);
-    let cpu_before = CpuUse::now(operator.pid());
-    let started = Instant::now();
-    let (created, burst) = burst(&client, &namespace, RUNS).await;
-    let all_jobs = every_job(&jobs_seen, started, RUNS).await;
-    let burst_cpu = CpuUse::now(operator.pid()).since(&cpu_before, RUNS);
+    let Measured { created, all_jobs, creates_took: burst, jobs_after: all_jobs_after, cpu: burst_cpu } =
+        measured_burst(&client, &namespace, RUNS, &jobs_seen, operator.pid()).await;
     assert!(
         all_jobs.len() >= RUNS,
         "only {} of {RUNS} runs got their Job within {} s (created in {:.1} s); the operator's log ends:\n{}",
@@ -297,7 +314,6 @@ async fn benchmark(client: Client, namespace: String) -> Vec<Duration> {
         burst.as_secs_f64(),
         operator.log_tail()
     );
-    let all_jobs_after = started.elapsed();
     // Then until the operator is idle again (the Job controller's pods and Job status updates wake it too).
     let reconciles_after = operator.quiet("silverline_reconciles_total{controller=\"etlrun\"}").await;
     let requests_after = apiserver_requests(&client).await;
