@@ -133,6 +133,11 @@ pub struct EtlRunStatus {
     /// Every attempt, oldest first; never rewritten once it has ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptStatus>,
+    /// The ConfigMap holding the contract every attempt of this run applies: the Dataset manifest as it was when
+    /// the first attempt was launched, `{dataset}-contract-{hash of the manifest}`, immutable, owned by the
+    /// Dataset and shared by every run launched with that same manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract_snapshot: Option<String>,
     /// When the next attempt may start, after a transient failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Time>,

@@ -1,5 +1,6 @@
 //! The objects an attempt needs, built without touching the API: the run's contract snapshot (a ConfigMap the
-//! worker reads with `--contract`) and one Job per attempt.
+//! worker reads with `--contract`, shared by the runs launched with the same Dataset manifest) and one Job per
+//! attempt.
 
 use crate::{Error, Result};
 use k8s_openapi::api::batch::v1::{
@@ -37,6 +38,11 @@ pub const LABEL_ATTEMPT: &str = "etl.silverline.dev/attempt";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "silverline-operator";
 pub const ANNOTATION_RUN_ID: &str = "etl.silverline.dev/run-id";
+/// On an attempt's Job: the contract snapshot ConfigMap its pod mounts (so that a Job found without the status
+/// naming it tells its run's snapshot too).
+pub const ANNOTATION_CONTRACT_SNAPSHOT: &str = "etl.silverline.dev/contract-snapshot";
+/// The `app.kubernetes.io/component` of a contract snapshot ConfigMap.
+pub const COMPONENT_CONTRACT_SNAPSHOT: &str = "contract-snapshot";
 
 /// The worker's permanent exit codes: the Job fails at once, the operator does not retry.
 pub const PERMANENT_EXIT_CODES: [i32; 4] = [2, 3, 4, 5];
@@ -70,9 +76,28 @@ pub fn run_of_job(job: &str) -> Option<&str> {
     (!run.is_empty() && !attempt.is_empty() && attempt.bytes().all(|b| b.is_ascii_digit())).then_some(run)
 }
 
-/// The ConfigMap holding the contract the run was started with.
-pub fn contract_name(run: &str) -> String {
+/// The per-run snapshot ConfigMap of runs launched by operators before snapshots were shared
+/// (`status.contractSnapshot` unset): read, and created again if missing, under this name, owned by the run.
+pub fn legacy_contract_name(run: &str) -> String {
     format!("{run}-contract")
+}
+
+/// A contract snapshot: the Dataset manifest the worker reads, and the name of the ConfigMap holding it,
+/// `{dataset}-contract-{xxh3 of the manifest, 16 hex digits}`. The name follows from the text alone, so every run
+/// launched with the same manifest mounts the same immutable ConfigMap, and a changed Dataset gives a new one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContractSnapshot {
+    pub name: String,
+    pub manifest: String,
+}
+
+impl ContractSnapshot {
+    pub fn of(dataset: &Dataset) -> Result<ContractSnapshot> {
+        let dataset_name = dataset.metadata.name.as_deref().ok_or(Error::MissingField("Dataset metadata.name"))?;
+        let manifest = contract_manifest(dataset)?;
+        let hash = xxhash_rust::xxh3::xxh3_64(manifest.as_bytes());
+        Ok(ContractSnapshot { name: format!("{dataset_name}-contract-{hash:016x}"), manifest })
+    }
 }
 
 /// A run id: the attempt's UTC start time, the first 8 characters of the EtlRun's uid (two runs started in the
@@ -109,17 +134,14 @@ impl RunIdentity {
     }
 }
 
-fn labels(run: &RunIdentity, dataset: &str, attempt: Option<u32>) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::from([
+fn labels(run: &RunIdentity, dataset: &str, attempt: u32) -> BTreeMap<String, String> {
+    BTreeMap::from([
         (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
         ("app.kubernetes.io/name".to_owned(), "silverline-worker".to_owned()),
         (LABEL_ETLRUN.to_owned(), run.name.clone()),
         (LABEL_DATASET.to_owned(), dataset.to_owned()),
-    ]);
-    if let Some(attempt) = attempt {
-        labels.insert(LABEL_ATTEMPT.to_owned(), attempt.to_string());
-    }
-    labels
+        (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
+    ])
 }
 
 /// The Dataset manifest the worker reads: apiVersion, kind, name and spec only.
@@ -129,21 +151,32 @@ pub fn contract_manifest(dataset: &Dataset) -> Result<String> {
     serde_yaml::to_string(&snapshot).map_err(|e| Error::Serialize { what: "the Dataset", source: Box::new(e) })
 }
 
-/// The immutable snapshot of the contract, owned by the EtlRun: every attempt of a run applies the same contract.
-pub fn contract_config_map(run: &RunIdentity, dataset: &Dataset) -> Result<ConfigMap> {
-    let dataset_name = dataset.metadata.name.clone().ok_or(Error::MissingField("Dataset metadata.name"))?;
-    Ok(ConfigMap {
+/// The immutable ConfigMap of a contract snapshot under `name` (the snapshot's own, or a legacy run's), owned by
+/// `owner`: the Dataset (its snapshots go with it), or the run when the Dataset is gone or the name is a legacy
+/// run's. Every attempt of a run applies the same contract.
+pub fn contract_config_map(
+    namespace: &str,
+    dataset: &str,
+    name: &str,
+    manifest: &str,
+    owner: OwnerReference,
+) -> ConfigMap {
+    ConfigMap {
         metadata: ObjectMeta {
-            name: Some(contract_name(&run.name)),
-            namespace: Some(run.namespace.clone()),
-            labels: Some(labels(run, &dataset_name, None)),
-            owner_references: Some(vec![run.owner.clone()]),
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([
+                (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+                ("app.kubernetes.io/component".to_owned(), COMPONENT_CONTRACT_SNAPSHOT.to_owned()),
+                (LABEL_DATASET.to_owned(), dataset.to_owned()),
+            ])),
+            owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
         immutable: Some(true),
-        data: Some(BTreeMap::from([(CONTRACT_KEY.to_owned(), contract_manifest(dataset)?)])),
+        data: Some(BTreeMap::from([(CONTRACT_KEY.to_owned(), manifest.to_owned())])),
         ..ConfigMap::default()
-    })
+    }
 }
 
 /// What one attempt runs.
@@ -152,6 +185,8 @@ pub struct AttemptPlan<'a> {
     pub attempt: u32,
     pub run_id: &'a str,
     pub job_name: &'a str,
+    /// The contract snapshot ConfigMap the pod mounts.
+    pub snapshot: &'a str,
 }
 
 /// The Job of one attempt: no retries inside the Job (the operator retries under a new run id), a deadline, a
@@ -164,7 +199,7 @@ pub fn worker_job(
     settings: &JobSettings,
 ) -> Result<Job> {
     let dataset_name = dataset.metadata.name.clone().ok_or(Error::MissingField("Dataset metadata.name"))?;
-    let labels = labels(identity, &dataset_name, Some(attempt.attempt));
+    let labels = labels(identity, &dataset_name, attempt.attempt);
     let args = vec![
         "run".into(),
         "--contract".into(),
@@ -179,14 +214,17 @@ pub fn worker_job(
         SPILL_MOUNT.into(),
     ];
     let resources = run.spec.resources.clone().or_else(|| settings.default_resources.clone());
-    let mut pod = worker_pod(args, dataset, &contract_name(&identity.name), resources, settings);
+    let mut pod = worker_pod(args, dataset, attempt.snapshot, resources, settings);
     add_spill_volume(&mut pod, &settings.spill_size_limit);
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(attempt.job_name.to_owned()),
             namespace: Some(identity.namespace.clone()),
             labels: Some(labels.clone()),
-            annotations: Some(BTreeMap::from([(ANNOTATION_RUN_ID.to_owned(), attempt.run_id.to_owned())])),
+            annotations: Some(BTreeMap::from([
+                (ANNOTATION_RUN_ID.to_owned(), attempt.run_id.to_owned()),
+                (ANNOTATION_CONTRACT_SNAPSHOT.to_owned(), attempt.snapshot.to_owned()),
+            ])),
             owner_references: Some(vec![identity.owner.clone()]),
             ..ObjectMeta::default()
         },
@@ -352,7 +390,12 @@ mod tests {
 
     fn build(run: &EtlRun, dataset: &Dataset) -> Job {
         let identity = RunIdentity::of(run).expect("identity");
-        let plan = AttemptPlan { attempt: 2, run_id: "20240131T235959Z-0f3a9c12-a2", job_name: "tx-2024-01-a2" };
+        let plan = AttemptPlan {
+            attempt: 2,
+            run_id: "20240131T235959Z-0f3a9c12-a2",
+            job_name: "tx-2024-01-a2",
+            snapshot: "transactions-contract-0123456789abcdef",
+        };
         worker_job(run, &identity, dataset, &plan, &settings()).expect("job")
     }
 
@@ -378,10 +421,19 @@ mod tests {
     #[test]
     fn derived_names_stay_dns_labels_for_the_longest_run_name() {
         let longest = "a".repeat(MAX_ETLRUN_NAME);
-        for name in [job_name(&longest, 999_999_999), contract_name(&longest)] {
+        for name in [job_name(&longest, 999_999_999), legacy_contract_name(&longest)] {
             assert!(name.len() <= 63, "{name}");
             assert!(silverline_crds::names::check_dataset_name(&name).is_ok(), "{name}");
         }
+        // A snapshot's name is a DNS-1123 subdomain (a ConfigMap's rule: at most 253 characters of lowercase
+        // letters, digits, '-' and '.', alphanumeric at both ends) for the longest Dataset name.
+        let mut dataset = dataset();
+        dataset.metadata.name = Some("d".repeat(63));
+        let snapshot = ContractSnapshot::of(&dataset).expect("snapshot").name;
+        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+        let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        assert!(snapshot.len() <= 253 && snapshot.chars().all(allowed), "{snapshot}");
+        assert!(ends(snapshot.chars().next()) && ends(snapshot.chars().last()), "{snapshot}");
     }
 
     #[test]
@@ -411,6 +463,10 @@ mod tests {
         assert_eq!(labels.get(LABEL_DATASET).map(String::as_str), Some("transactions"));
         let annotations = job.metadata.annotations.expect("annotations");
         assert_eq!(annotations.get(ANNOTATION_RUN_ID).map(String::as_str), Some("20240131T235959Z-0f3a9c12-a2"));
+        assert_eq!(
+            annotations.get(ANNOTATION_CONTRACT_SNAPSHOT).map(String::as_str),
+            Some("transactions-contract-0123456789abcdef")
+        );
     }
 
     #[test]
@@ -439,7 +495,10 @@ mod tests {
             c.volume_mounts.iter().flatten().map(|m| (m.name.as_str(), m.mount_path.as_str())).collect();
         assert_eq!(mounts, [("contract", "/etc/silverline/contract"), ("spill", "/var/spill")]);
         let volumes = pod.volumes.expect("volumes");
-        assert_eq!(volumes[0].config_map.as_ref().map(|c| c.name.as_str()), Some("tx-2024-01-contract"));
+        assert_eq!(
+            volumes[0].config_map.as_ref().map(|c| c.name.as_str()),
+            Some("transactions-contract-0123456789abcdef")
+        );
         assert_eq!(volumes[1].name, "spill");
         let spill = volumes[1].empty_dir.as_ref().expect("the spill volume is an emptyDir");
         assert_eq!(spill.medium, None, "on the node's disk, not in memory");
@@ -479,13 +538,33 @@ mod tests {
     #[test]
     fn the_contract_snapshot_is_an_immutable_dataset_manifest_the_worker_accepts() {
         let identity = RunIdentity::of(&run()).expect("identity");
-        let cm = contract_config_map(&identity, &dataset()).expect("config map");
+        let snapshot = ContractSnapshot::of(&dataset()).expect("snapshot");
+        let cm = contract_config_map("etl", "transactions", &snapshot.name, &snapshot.manifest, identity.owner);
         assert_eq!(cm.immutable, Some(true));
-        assert_eq!(cm.metadata.name.as_deref(), Some("tx-2024-01-contract"));
+        assert_eq!(cm.metadata.name.as_deref(), Some(snapshot.name.as_str()));
         let text = cm.data.and_then(|d| d.get(CONTRACT_KEY).cloned()).expect("manifest");
         let parsed = Dataset::from_manifest(&text).expect("the worker's parser accepts it");
         assert_eq!(parsed.spec, dataset().spec);
         assert!(parsed.status.is_none());
+        // The manifest read back gives the same snapshot: a run's recorded snapshot is found again from it.
+        assert_eq!(ContractSnapshot::of(&parsed).expect("again"), snapshot);
+    }
+
+    #[test]
+    fn a_snapshot_is_named_by_its_manifest_alone() {
+        let first = ContractSnapshot::of(&dataset()).expect("snapshot");
+        assert!(
+            first.name.starts_with("transactions-contract-") && first.name.len() == "transactions-contract-".len() + 16
+        );
+        // The same manifest (another run, another generation of an unchanged spec): the same snapshot.
+        let mut same = dataset();
+        same.metadata.generation = Some(7);
+        same.metadata.uid = Some("other".into());
+        assert_eq!(ContractSnapshot::of(&same).expect("same"), first);
+        // A changed contract: another snapshot.
+        let mut changed = dataset();
+        changed.spec.max_attempts += 1;
+        assert_ne!(ContractSnapshot::of(&changed).expect("changed").name, first.name);
     }
 
     #[test]

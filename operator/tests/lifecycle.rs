@@ -102,11 +102,18 @@ async fn a_run_succeeds_with_the_counts_of_its_success_marker_in_status_and_metr
             && spec.ttl_seconds_after_finished.is_some()
     );
     assert_eq!(jobs[0].owner_references()[0].uid, run.uid().expect("uid"));
+    // The contract snapshot the status names is what the pod mounted: immutable, owned by the Dataset.
+    let snapshot_name = status.contract_snapshot.clone().expect("the run's contract snapshot");
+    let mounted = spec.template.spec.as_ref().and_then(|p| p.volumes.as_ref()).expect("volumes");
+    assert_eq!(mounted[0].config_map.as_ref().map(|c| c.name.as_str()), Some(snapshot_name.as_str()));
     let snapshots: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
-    assert_eq!(snapshots.get("tx-happy-contract").await.expect("contract snapshot").immutable, Some(true));
+    let snapshot = snapshots.get(&snapshot_name).await.expect("contract snapshot");
+    assert_eq!(snapshot.immutable, Some(true));
+    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let owner = datasets.get("transactions").await.expect("Dataset").uid();
+    assert_eq!(snapshot.owner_references().iter().map(|o| Some(o.uid.clone())).collect::<Vec<_>>(), [owner]);
 
     // Freshness on the Dataset, Events on each change, metrics by dataset and result.
-    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
     let dataset = eventually("the Dataset's last success", Duration::from_secs(10), || async {
         let ds = datasets.get("transactions").await.ok()?;
         ds.status.filter(|st| st.last_successful_run_id.is_some())
@@ -229,10 +236,11 @@ async fn a_contract_snapshot_refused_beside_its_job_is_said_and_created_once_it_
     // An admission policy (as a quota or a cluster policy would) refuses the run's snapshot ConfigMap and nothing
     // else. The snapshot and the Job are created side by side, so the Job exists and its pod waits for it.
     let refusal =
-        Refusal::create(&s, "", "configmaps", "CREATE", "object.metadata.name != 'tx-refused-contract'").await;
+        Refusal::create(&s, "", "configmaps", "CREATE", "!object.metadata.name.startsWith('transactions-contract-')")
+            .await;
     let snapshots: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
     let probe: ConfigMap =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "tx-refused-contract"}})).expect("cm");
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "transactions-contract-probe"}})).expect("cm");
     refusal.until_refused(|| snapshots.create(&DRY_RUN, &probe)).await;
     let op = s.operator("replica-a").await;
     let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
@@ -244,7 +252,7 @@ async fn a_contract_snapshot_refused_beside_its_job_is_said_and_created_once_it_
     })
     .await;
     let note = warning.message.clone().unwrap_or_default();
-    assert!(note.contains("creating ConfigMap tx-refused-contract: ") && note.contains("refused here"), "{note}");
+    assert!(note.contains("creating ConfigMap transactions-contract-") && note.contains("refused here"), "{note}");
     assert!(
         note.ends_with("(403 Forbidden)") && !note.contains("Status {"),
         "the apiserver's message, no dump: {note}"
@@ -263,10 +271,12 @@ async fn a_contract_snapshot_refused_beside_its_job_is_said_and_created_once_it_
     .await;
     let status = waiting.status.expect("status");
     assert_eq!(status.phase, Some(EtlRunPhase::Running), "waits; nothing ran");
+    let snapshot_name = status.contract_snapshot.clone().expect("the snapshot the Job mounts is named");
+    assert!(snapshot_name.starts_with("transactions-contract-"), "{snapshot_name}");
     let condition = status.conditions.iter().find(|c| c.type_ == "Progressing").expect("Progressing");
     assert!(
         condition.message.contains("Job tx-refused-a1")
-            && condition.message.contains("ConfigMap tx-refused-contract is missing and cannot be created")
+            && condition.message.contains(&format!("ConfigMap {snapshot_name} is missing and cannot be created"))
             && condition.message.contains("refused here"),
         "{}",
         condition.message
@@ -285,8 +295,64 @@ async fn a_contract_snapshot_refused_beside_its_job_is_said_and_created_once_it_
     let status = done.status.clone().expect("status");
     assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
     assert_eq!(status.attempts.len(), 1, "the same attempt, not a retry");
-    let snapshot = snapshots.get("tx-refused-contract").await.expect("the snapshot exists");
-    assert!(snapshot.owner_references().iter().any(|o| Some(&o.uid) == done.metadata.uid.as_ref()));
+    assert_eq!(status.contract_snapshot.as_deref(), Some(snapshot_name.as_str()));
+    let snapshot = snapshots.get(&snapshot_name).await.expect("the snapshot exists");
+    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let owner = datasets.get("transactions").await.expect("Dataset").uid();
+    assert!(snapshot.owner_references().iter().any(|o| Some(&o.uid) == owner.as_ref()), "{snapshot:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn runs_of_one_manifest_share_its_snapshot_and_a_changed_dataset_gets_another() {
+    let s = Scenario::new("shared-snapshot").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    let snapshots: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let selector = ListParams::default().labels("app.kubernetes.io/component=contract-snapshot");
+    let snapshot_of = |run: &EtlRun| run.status.as_ref().and_then(|st| st.contract_snapshot.clone());
+
+    // Two runs of one manifest: one snapshot, created once.
+    for name in ["tx-share-1", "tx-share-2"] {
+        create_run(&s.client, &s.ns.name, name, &input).await;
+    }
+    let first = finished(&s.client, &s.ns.name, "tx-share-1", RUN_TIMEOUT).await;
+    let second = finished(&s.client, &s.ns.name, "tx-share-2", RUN_TIMEOUT).await;
+    for run in [&first, &second] {
+        assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{:?}\n{}", run.status, s.diagnostics(&[&op]));
+    }
+    let shared = snapshot_of(&first).expect("the first run's snapshot");
+    assert_eq!(snapshot_of(&second).as_deref(), Some(shared.as_str()), "the second run shares it");
+    let listed = snapshots.list(&selector).await.expect("list snapshots");
+    assert_eq!(listed.items.iter().map(ResourceExt::name_any).collect::<Vec<_>>(), vec![shared.clone()]);
+    let text = |cm: &ConfigMap| cm.data.as_ref().and_then(|d| d.get("dataset.yaml").cloned()).unwrap_or_default();
+    let before = text(&listed.items[0]);
+
+    // The Dataset changed: the next run gets a snapshot of its own; the first one is untouched.
+    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let change = serde_json::json!({"spec": {"maxAttempts": 4}});
+    datasets.patch("transactions", &PatchParams::default(), &Patch::Merge(&change)).await.expect("change the Dataset");
+    eventually("the changed Dataset to be valid again", Duration::from_secs(20), || async {
+        let dataset = datasets.get("transactions").await.ok()?;
+        let observed = dataset.status?.observed_generation;
+        (observed == dataset.metadata.generation).then_some(())
+    })
+    .await;
+    create_run(&s.client, &s.ns.name, "tx-share-3", &input).await;
+    let third = finished(&s.client, &s.ns.name, "tx-share-3", RUN_TIMEOUT).await;
+    assert_eq!(third.phase(), Some(EtlRunPhase::Succeeded), "{:?}\n{}", third.status, s.diagnostics(&[&op]));
+    let changed = snapshot_of(&third).expect("the third run's snapshot");
+    assert_ne!(changed, shared);
+    assert!(text(&snapshots.get(&changed).await.expect("the new snapshot")).contains("maxAttempts: 4"));
+    assert_eq!(text(&snapshots.get(&shared).await.expect("the first snapshot")), before);
+
+    // Deleting the Dataset deletes its snapshots (they are owned by it).
+    datasets.delete("transactions", &Default::default()).await.expect("delete the Dataset");
+    eventually("the Dataset's snapshots to be collected", Duration::from_secs(60), || async {
+        snapshots.list(&selector).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1058,7 +1124,8 @@ async fn lake_credentials_reach_the_worker_by_reference_only() {
     assert_eq!(secret_ref.name, "lake-credentials");
     // The value is nowhere but in the Secret: not in the run, its Job, its contract snapshot or the logs.
     let snapshots: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let snapshot = snapshots.get("tx-creds-contract").await.expect("snapshot");
+    let snapshot_name = run.status.as_ref().and_then(|st| st.contract_snapshot.clone()).expect("snapshot name");
+    let snapshot = snapshots.get(&snapshot_name).await.expect("snapshot");
     for (what, text) in [
         ("EtlRun", serde_json::to_string(&run).expect("json")),
         ("Job", serde_json::to_string(&jobs).expect("json")),

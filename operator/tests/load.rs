@@ -283,7 +283,8 @@ async fn minimal_controller(client: Client, namespace: String, dataset: Arc<silv
             let identity = job::RunIdentity::of(&run).expect("the run's identity");
             let run_id = job::run_id(k8s_openapi::jiff::Timestamp::now(), &identity.uid, 1);
             let job_name = job::job_name(&identity.name, 1);
-            let plan = job::AttemptPlan { attempt: 1, run_id: &run_id, job_name: &job_name };
+            let snapshot = job::ContractSnapshot::of(&dataset).expect("the Dataset's snapshot").name;
+            let plan = job::AttemptPlan { attempt: 1, run_id: &run_id, job_name: &job_name, snapshot: &snapshot };
             let job = job::worker_job(&run, &identity, &dataset, &plan, &settings).expect("the run's Job");
             if let Err(e) = jobs.create(&PostParams::default(), &job).await {
                 report!("load benchmark: the floor's controller cannot create Job {job_name}: {e}");

@@ -165,6 +165,7 @@ pub struct Scope {
     jobs: Store<Job>,
     datasets: Store<DeserializeGuard<Dataset>>,
     snapshots: Snapshots,
+    known_snapshots: KnownSnapshots,
     created: CreatedJobs,
     written: WrittenViews,
 }
@@ -301,6 +302,26 @@ impl Snapshots {
 /// How often the snapshots of runs deleted before they finished are dropped.
 const SNAPSHOT_SWEEP: Duration = Duration::from_secs(60);
 
+/// The contract snapshot ConfigMaps (`namespace/name`) this operator created, or found holding the manifest it
+/// meant to store, lately: a launch whose snapshot is known sends no request for it, so a burst of runs of one
+/// Dataset creates its snapshot once. Known for [`SNAPSHOT_MEMORY`]; the first launch after that creates it
+/// again (a conflict when it exists), so a snapshot deleted by hand is back within that time. The lock is held
+/// across the create, so runs launched together wait for one create instead of each sending theirs (their Jobs
+/// are created meanwhile: a launch creates the Job and the snapshot side by side).
+#[derive(Default)]
+struct KnownSnapshots(tokio::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+/// How long a snapshot this operator created or read is taken to exist without a request.
+const SNAPSHOT_MEMORY: Duration = Duration::from_secs(60);
+
+/// A run's contract snapshot, once it has one: the ConfigMap's name and whether it is missing (not in memory and
+/// not found by a read).
+#[derive(Debug, Clone)]
+struct RunSnapshot {
+    name: String,
+    missing: bool,
+}
+
 /// What the operator keeps of a Job: its identity, owners, annotations, labels and status. The pod template
 /// and managed fields (most of a Job's bytes) are dropped before the store, to keep the operator's memory flat
 /// with thousands of runs.
@@ -380,6 +401,7 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
         jobs: jobs.clone(),
         datasets,
         snapshots: Snapshots::default(),
+        known_snapshots: KnownSnapshots::default(),
         created: CreatedJobs::default(),
         written: WrittenViews::default(),
     });
@@ -484,7 +506,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     }
     let status = run.status.clone().unwrap_or_default();
     let launched = launched_job(&scope, &identity, &status)?;
-    let (contract, snapshot_missing) = load_contract(&scope, run, &identity, &status, launched.is_some()).await?;
+    let (contract, snapshot) = load_contract(&scope, run, &identity, &status, launched.as_ref()).await?;
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
     let mut lake_error = None;
     let (job_state, lake, lake_checks, mut blocker, job_has_pod) = match (&current, &contract) {
@@ -517,18 +539,20 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         _ => (None, None, 0, None, None),
     };
     // An attempt whose Job is active but whose contract snapshot is missing (its create failed after the Job's
-    // went through: they are made side by side) gets it now, from the Dataset: until then its pod cannot start,
-    // so no worker has read another contract. A refusal is what the pod waits for, said by the plan like any
-    // other blocker of an active Job. A Job to be launched again gets its snapshot beside it (`launch`).
+    // went through: they are made side by side; or it was deleted) gets it now, from the Dataset, if the Dataset
+    // still holds the manifest the snapshot's name stands for: until then its pod cannot start, so no worker has
+    // read another contract. A refusal is what the pod waits for, said by the plan like any other blocker of an
+    // active Job. A Job to be launched again gets its snapshot beside it (`launch`).
     let mut snapshot_refused = None;
-    if let (true, Some(JobState::Active), Ok(dataset)) = (snapshot_missing, &job_state, &contract) {
-        let configmap = job::contract_name(&identity.name);
+    if let (Some(RunSnapshot { name, missing: true }), Some(JobState::Active), Ok(dataset)) =
+        (&snapshot, &job_state, &contract)
+    {
         tracing::warn!(
-            etlrun = %identity.name, namespace = %identity.namespace, configmap = %configmap,
+            etlrun = %identity.name, namespace = %identity.namespace, configmap = %name,
             "the attempt's contract snapshot is missing: creating it"
         );
-        if let Err(e) = ensure_snapshot(&scope, &identity, dataset).await {
-            blocker = Some(PodBlocker::SnapshotRefused { configmap, message: e.for_people() });
+        if let Err(e) = ensure_snapshot(&scope, &identity, name, dataset, true).await {
+            blocker = Some(PodBlocker::SnapshotRefused { configmap: name.clone(), message: e.for_people() });
             snapshot_refused = Some(e);
         }
     }
@@ -545,7 +569,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         blocker,
         job_has_pod,
         lake_error,
-        launched,
+        launched: launched.as_ref().map(|found| found.run_id.clone()),
         launch_error: None,
     };
     let mut plan = lifecycle::plan(&observed, &ctx.lifecycle);
@@ -554,10 +578,17 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     let mut launch_failed = None;
     let mut snapshot_failed = None;
     if let (Some(attempt), Ok(dataset)) = (&plan.launch, &contract) {
-        let (job, snapshot) = launch(&scope, run, &identity, dataset, attempt).await;
-        snapshot_failed = snapshot.err();
+        // A run's first launch takes the snapshot of the Dataset's manifest; later ones the run's own.
+        let name = match &snapshot {
+            Some(known) => known.name.clone(),
+            None => job::ContractSnapshot::of(dataset)?.name,
+        };
+        let (job, created) = launch(&scope, run, &identity, dataset, attempt, &name).await;
+        snapshot_failed = created.err();
         match job {
-            Ok(()) => {}
+            Ok(()) => {
+                plan.status.contract_snapshot.get_or_insert(name);
+            }
             // A Job of this attempt under another run id (another reconcile's launch): adopted by the next one.
             Err(e @ Error::Conflict { .. }) => return Err(e),
             Err(e) => {
@@ -565,6 +596,14 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
                 plan = lifecycle::plan(&refused, &ctx.lifecycle);
                 launch_failed = Some(e);
             }
+        }
+    }
+    // A Job found without the status naming it (adopted by this plan) says its snapshot; a run launched by an
+    // operator from before shared snapshots has its own (`load_contract`): the status names either from now on.
+    if !plan.status.attempts.is_empty() {
+        let found = launched.and_then(|found| found.snapshot).or_else(|| snapshot.map(|s| s.name));
+        if let (None, Some(name)) = (&plan.status.contract_snapshot, found) {
+            plan.status.contract_snapshot = Some(name);
         }
     }
     if let Some(ended) = &current
@@ -617,62 +656,66 @@ fn error_policy(guard: Arc<DeserializeGuard<EtlRun>>, error: &Error, scope: Arc<
     shared_error_policy(ControllerName::EtlRun, &guard, error, &scope.ctx)
 }
 
-/// The run's contract: its snapshot once an attempt was launched (recorded in status, or `launched`: its Job
-/// found) or tried (a refused Job's snapshot may exist), else the Dataset as it is now. A run with neither needs
-/// no look for a snapshot: the snapshot is created beside the first attempt's Job, which the Job store or the
-/// memory of created Jobs would hold. The snapshot comes from memory once created or read; the Dataset from the
-/// controller's store, confirmed with a GET when missing there. Also says whether the snapshot of a launched
-/// attempt is missing.
+/// The run's contract: its snapshot once an attempt was launched (named in status, or by the Job `launched`
+/// found; a run launched by an operator from before shared snapshots has its own, `{run}-contract`), else the
+/// Dataset as it is now. A run with neither needs no look for a snapshot: the snapshot is created beside the first
+/// attempt's Job, which the Job store or the memory of created Jobs would hold. The snapshot comes from memory
+/// once created or read; the Dataset from the controller's store, confirmed with a GET when missing there. Also
+/// says the run's snapshot, and whether it is missing.
 async fn load_contract(
     scope: &Scope,
     run: &EtlRun,
     identity: &RunIdentity,
     status: &EtlRunStatus,
-    launched: bool,
-) -> Result<(Result<Arc<Dataset>, ContractProblem>, bool)> {
+    launched: Option<&LaunchedJob>,
+) -> Result<(Result<Arc<Dataset>, ContractProblem>, Option<RunSnapshot>)> {
     let ctx = &scope.ctx;
-    // A launch whose Job was refused may have left the snapshot: it is the run's contract from then on.
-    let tried = lifecycle::progressing_reason(status) == Some(lifecycle::REASON_LAUNCH_FAILED);
-    let launched = launched || !status.attempts.is_empty();
-    if launched || tried {
+    let legacy = || job::legacy_contract_name(&identity.name);
+    let recorded = match (&status.contract_snapshot, launched) {
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(found)) => Some(found.snapshot.clone().unwrap_or_else(legacy)),
+        (None, None) => (!status.attempts.is_empty()).then(legacy),
+    };
+    if let Some(name) = &recorded {
         if let Some(dataset) = scope.snapshots.get(&identity.uid) {
-            return Ok((Ok(dataset), false));
+            return Ok((Ok(dataset), Some(RunSnapshot { name: name.clone(), missing: false })));
         }
         let snapshots: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &identity.namespace);
-        let snapshot_name = job::contract_name(&identity.name);
-        let found = snapshots
-            .get_opt(&snapshot_name)
-            .await
-            .map_err(Error::kube(format!("reading ConfigMap {snapshot_name}")))?;
+        let found = snapshots.get_opt(name).await.map_err(Error::kube(format!("reading ConfigMap {name}")))?;
         if let Some(snapshot) = found {
-            if !owned_by(&snapshot.metadata, &identity.uid) {
-                return Err(not_owned("ConfigMap", snapshot_name, identity));
+            let ours = if *name == legacy() {
+                owned_by(&snapshot.metadata, &identity.uid)
+            } else {
+                snapshot.labels().get(job::LABEL_MANAGED_BY).is_some_and(|v| v == job::MANAGED_BY)
+                    && snapshot.labels().get(job::LABEL_DATASET) == Some(&run.spec.dataset)
+            };
+            if !ours {
+                return Err(not_owned("ConfigMap", name.clone(), identity));
             }
             let text = snapshot.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY)).ok_or_else(|| {
-                Error::Snapshot { name: snapshot_name.clone(), message: format!("it has no key {}", job::CONTRACT_KEY) }
+                Error::Snapshot { name: name.clone(), message: format!("it has no key {}", job::CONTRACT_KEY) }
             })?;
             let dataset = scope
                 .snapshots
                 .parse(text)
-                .map_err(|e| Error::Snapshot { name: snapshot_name.clone(), message: e.to_string() })?;
+                .map_err(|e| Error::Snapshot { name: name.clone(), message: e.to_string() })?;
             scope.snapshots.insert(&identity.uid, dataset.clone());
-            return Ok((Ok(dataset), false));
+            return Ok((Ok(dataset), Some(RunSnapshot { name: name.clone(), missing: false })));
         }
     }
-    let snapshot_missing = launched;
-    let name = run.spec.dataset.clone();
-    let found = stored_or_read(&scope.datasets, &ctx.client, &identity.namespace, &name).await?;
+    let dataset_name = run.spec.dataset.clone();
+    let found = stored_or_read(&scope.datasets, &ctx.client, &identity.namespace, &dataset_name).await?;
     let contract = match found.as_deref() {
-        None => Err(ContractProblem::DatasetNotFound { name }),
+        None => Err(ContractProblem::DatasetNotFound { name: dataset_name }),
         Some(DeserializeGuard(Err(invalid))) => {
-            Err(ContractProblem::InvalidDataset { name, message: invalid.error.clone() })
+            Err(ContractProblem::InvalidDataset { name: dataset_name, message: invalid.error.clone() })
         }
         Some(DeserializeGuard(Ok(dataset))) => match dataset.validate() {
             Ok(()) => Ok(Arc::new(dataset.clone())),
-            Err(e) => Err(ContractProblem::InvalidDataset { name, message: e.to_string() }),
+            Err(e) => Err(ContractProblem::InvalidDataset { name: dataset_name, message: e.to_string() }),
         },
     };
-    Ok((contract, snapshot_missing))
+    Ok((contract, recorded.map(|name| RunSnapshot { name, missing: true })))
 }
 
 fn condition_time(job: &Job, type_: &str) -> Option<(Timestamp, Option<String>, Option<String>)> {
@@ -845,9 +888,9 @@ fn not_owned(kind: &'static str, name: String, identity: &RunIdentity) -> Error 
     Error::NotOwned { kind, name, owner: format!("EtlRun {}", identity.name), uid: identity.uid.clone() }
 }
 
-/// Makes sure the attempt's contract snapshot and Job exist, both created at once (the pod waits for its
-/// snapshot: a Job whose snapshot failed is repaired by `act`). Names are deterministic, so a Job that already
-/// exists (a restart, a stale view) is adopted, never duplicated.
+/// Makes sure the attempt's contract snapshot (`snapshot`) and Job exist, both created at once (the pod waits
+/// for its snapshot: a Job whose snapshot failed is repaired by the next reconcile). Names are deterministic, so
+/// a Job that already exists (a restart, a stale view) is adopted, never duplicated.
 /// Returns what became of the Job and of the snapshot.
 async fn launch(
     scope: &Scope,
@@ -855,16 +898,27 @@ async fn launch(
     identity: &RunIdentity,
     dataset: &Dataset,
     attempt: &AttemptStatus,
+    snapshot: &str,
 ) -> (Result<()>, Result<()>) {
-    let (snapshot, job) =
-        tokio::join!(ensure_snapshot(scope, identity, dataset), ensure_job(scope, run, identity, dataset, attempt));
-    (job, snapshot)
+    let (created, job) = tokio::join!(
+        ensure_snapshot(scope, identity, snapshot, dataset, false),
+        ensure_job(scope, run, identity, dataset, attempt, snapshot)
+    );
+    (job, created)
 }
 
-/// The run id of the next attempt's Job when no attempt is in flight and that Job exists already (its launch's
-/// status write did not land), from the Job store or the memory of Jobs just created; no request. A Job the
-/// store does not have yet is found by its create, which then conflicts (`ensure_job`).
-fn launched_job(scope: &Scope, identity: &RunIdentity, status: &EtlRunStatus) -> Result<Option<String>> {
+/// The next attempt's Job, found before the status names it (its launch's status write did not land).
+#[derive(Debug, Clone)]
+struct LaunchedJob {
+    run_id: String,
+    /// The contract snapshot its pod mounts (none on a Job of an operator from before shared snapshots).
+    snapshot: Option<String>,
+}
+
+/// The next attempt's Job when no attempt is in flight and that Job exists already (its launch's status write
+/// did not land), from the Job store or the memory of Jobs just created; no request. A Job the store does not
+/// have yet is found by its create, which then conflicts (`ensure_job`).
+fn launched_job(scope: &Scope, identity: &RunIdentity, status: &EtlRunStatus) -> Result<Option<LaunchedJob>> {
     if lifecycle::current_attempt(status).is_some() {
         return Ok(None);
     }
@@ -872,34 +926,81 @@ fn launched_job(scope: &Scope, identity: &RunIdentity, status: &EtlRunStatus) ->
     let Some(found) = scope.known_job(&identity.namespace, &name) else {
         return Ok(None);
     };
-    let run_id = found.metadata.annotations.as_ref().and_then(|a| a.get(job::ANNOTATION_RUN_ID));
-    match run_id {
-        Some(run_id) if owned_by(&found.metadata, &identity.uid) => Ok(Some(run_id.clone())),
+    let annotation = |key| found.metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+    match annotation(job::ANNOTATION_RUN_ID) {
+        Some(run_id) if owned_by(&found.metadata, &identity.uid) => {
+            Ok(Some(LaunchedJob { run_id, snapshot: annotation(job::ANNOTATION_CONTRACT_SNAPSHOT) }))
+        }
         _ => Err(not_owned("Job", name, identity)),
     }
 }
 
-/// Creates the run's contract snapshot unless it exists, and remembers it.
-async fn ensure_snapshot(scope: &Scope, identity: &RunIdentity, dataset: &Dataset) -> Result<()> {
+/// Creates the contract snapshot `name` from `dataset` unless it is known to exist, and remembers it as the
+/// run's contract. A snapshot of the Dataset's manifest is owned by the Dataset (the one in the store; the run,
+/// when that is gone); a legacy run's own, by the run. One found existing must hold this very manifest; a
+/// missing snapshot whose name stands for another manifest than the Dataset's now cannot be made again.
+async fn ensure_snapshot(
+    scope: &Scope,
+    identity: &RunIdentity,
+    name: &str,
+    dataset: &Dataset,
+    found_missing: bool,
+) -> Result<()> {
     let ctx = &scope.ctx;
-    let snapshots: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &identity.namespace);
-    let snapshot = job::contract_config_map(identity, dataset)?;
-    match snapshots
-        .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &snapshot)
-        .await
-    {
-        Ok(_) => {
-            // Remembered as a later read of the ConfigMap would give it: parsed from the text just stored.
-            let text = snapshot.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY));
-            if let Some(Ok(stored)) = text.map(|t| scope.snapshots.parse(t)) {
-                scope.snapshots.insert(&identity.uid, stored);
-            }
-            Ok(())
-        }
-        // Created by an earlier reconcile: read (and remembered) by the next one.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(Error::kube(format!("creating ConfigMap {}", job::contract_name(&identity.name)))(e)),
+    let dataset_name = dataset.metadata.name.clone().unwrap_or_default();
+    let legacy = name == job::legacy_contract_name(&identity.name);
+    let fresh = job::ContractSnapshot::of(dataset)?;
+    if !legacy && fresh.name != name {
+        return Err(Error::Snapshot {
+            name: name.to_owned(),
+            message: format!(
+                "it is missing and Dataset {dataset_name} has changed since the run's first attempt \
+                 (its manifest is now snapshot {}): the run's contract is lost",
+                fresh.name
+            ),
+        });
     }
+    let remember = |text: &str| {
+        if let Ok(parsed) = scope.snapshots.parse(text) {
+            scope.snapshots.insert(&identity.uid, parsed);
+        }
+    };
+    let key = format!("{}/{name}", identity.namespace);
+    let mut known = scope.known_snapshots.0.lock().await;
+    if found_missing {
+        known.remove(&key);
+    }
+    if known.get(&key).is_some_and(|at| at.elapsed() < SNAPSHOT_MEMORY) {
+        remember(&fresh.manifest);
+        return Ok(());
+    }
+    let owner = match scope.datasets.get(&ObjectRef::new(&dataset_name).within(&identity.namespace)) {
+        Some(stored) if !legacy => stored.controller_owner_ref(&()),
+        _ => None,
+    };
+    let owner = owner.unwrap_or_else(|| identity.owner.clone());
+    let snapshot = job::contract_config_map(&identity.namespace, &dataset_name, name, &fresh.manifest, owner);
+    let snapshots: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    match snapshots.create(&params, &snapshot).await {
+        Ok(_) => {}
+        // Created by another run's launch (or an earlier reconcile): it must hold this manifest.
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let existing = snapshots.get(name).await.map_err(Error::kube(format!("reading ConfigMap {name}")))?;
+            let text = existing.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY));
+            if !legacy && text != Some(&fresh.manifest) {
+                return Err(Error::Snapshot {
+                    name: name.to_owned(),
+                    message: "it exists and holds another manifest than the Dataset's it is named for".into(),
+                });
+            }
+        }
+        Err(e) => return Err(Error::kube(format!("creating ConfigMap {name}"))(e)),
+    }
+    known.insert(key, std::time::Instant::now());
+    known.retain(|_, at| at.elapsed() < SNAPSHOT_MEMORY);
+    remember(&fresh.manifest);
+    Ok(())
 }
 
 /// Creates the attempt's Job, or adopts it when it exists and is this attempt's.
@@ -909,9 +1010,10 @@ async fn ensure_job(
     identity: &RunIdentity,
     dataset: &Dataset,
     attempt: &AttemptStatus,
+    snapshot: &str,
 ) -> Result<()> {
     let ctx = &scope.ctx;
-    let plan = AttemptPlan { attempt: attempt.attempt, run_id: &attempt.run_id, job_name: &attempt.job_name };
+    let plan = AttemptPlan { attempt: attempt.attempt, run_id: &attempt.run_id, job_name: &attempt.job_name, snapshot };
     let job = job::worker_job(run, identity, dataset, &plan, &ctx.jobs)?;
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &identity.namespace);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
