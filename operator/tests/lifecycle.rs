@@ -304,6 +304,59 @@ async fn a_contract_snapshot_refused_beside_its_job_is_said_and_created_once_it_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_run_launched_by_an_operator_before_shared_snapshots_keeps_its_own_snapshot() {
+    use clap::Parser;
+    use silverline_operator::job;
+    let s = Scenario::new("legacy-snapshot").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    let run = create_run(&s.client, &s.ns.name, "tx-legacy", &input).await;
+
+    // What an operator from before shared snapshots left mid-run: the run's own snapshot `{run}-contract`, owned
+    // by the run; attempt 1's Job mounting it (no snapshot annotation); a status naming the attempt, no snapshot.
+    let identity = job::RunIdentity::of(&run).expect("identity");
+    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let dataset = datasets.get("transactions").await.expect("Dataset");
+    let legacy = job::legacy_contract_name("tx-legacy");
+    let manifest = job::contract_manifest(&dataset).expect("manifest");
+    let snapshot = job::contract_config_map(&s.ns.name, "transactions", &legacy, &manifest, identity.owner.clone());
+    let snapshots: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    snapshots.create(&Default::default(), &snapshot).await.expect("the legacy snapshot");
+    let argv = ["silverline-operator", "--worker-image", "ghcr.io/silverline-dev/silverline-worker:test"];
+    let settings = silverline_operator::config::Config::try_parse_from(argv).expect("flags").job_settings();
+    let started = k8s_openapi::jiff::Timestamp::now();
+    let run_id = job::run_id(started, &identity.uid, 1);
+    let plan = job::AttemptPlan { attempt: 1, run_id: &run_id, job_name: "tx-legacy-a1", snapshot: &legacy };
+    let mut legacy_job = job::worker_job(&run, &identity, &dataset, &plan, &settings).expect("Job");
+    legacy_job.metadata.annotations.get_or_insert_default().remove(job::ANNOTATION_CONTRACT_SNAPSHOT);
+    if let Some(pod) = legacy_job.spec.as_mut().and_then(|spec| spec.template.spec.as_mut()) {
+        pod.service_account_name = Some("default".into());
+    }
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    jobs.create(&Default::default(), &legacy_job).await.expect("the legacy Job");
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let at = started.to_string();
+    let status = serde_json::json!({"status": {
+        "phase": "Running", "runId": run_id, "startedAt": at, "observedGeneration": run.metadata.generation,
+        "attempts": [{"attempt": 1, "runId": run_id, "jobName": "tx-legacy-a1", "startedAt": at}],
+    }});
+    runs.patch_status("tx-legacy", &PatchParams::default(), &Patch::Merge(&status)).await.expect("legacy status");
+
+    let op = s.operator("replica-a").await;
+    let done = finished(&s.client, &s.ns.name, "tx-legacy", RUN_TIMEOUT).await;
+    let status = done.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.attempts.len(), 1, "the legacy attempt, adopted: {:?}", status.attempts);
+    assert_eq!(status.run_id.as_deref(), Some(run_id.as_str()));
+    assert_eq!(status.contract_snapshot.as_deref(), Some(legacy.as_str()), "the status names the run's own");
+    let names: Vec<String> =
+        snapshots.list(&Default::default()).await.expect("list").iter().map(|c| c.name_any()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("transactions-contract-")), "no shared snapshot was made: {names:?}");
+    assert_eq!(jobs_of(&s, "tx-legacy").await.len(), 1, "no second Job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn runs_of_one_manifest_share_its_snapshot_and_a_changed_dataset_gets_another() {
     let s = Scenario::new("shared-snapshot").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
