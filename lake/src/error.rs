@@ -87,11 +87,14 @@ impl StorageError {
     /// `AccessDenied` (stable protocol tokens, not prose) are recognised.
     pub fn from_store(err: object_store::Error, uri: &str) -> StorageError {
         use object_store::Error as E;
+        // What the store answered, when its error response is in the text: the message says it.
+        let denied = |err: &E| match store_answer(&err.to_string()) {
+            Some(answer) => format!("access denied by the object store ({answer})"),
+            None => "access denied by the object store".to_owned(),
+        };
         let (kind, detail) = match &err {
             E::NotFound { .. } => (StorageErrorKind::NotFound, "no such object".to_owned()),
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-                (StorageErrorKind::AccessDenied, "access denied by the object store".to_owned())
-            }
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => (StorageErrorKind::AccessDenied, denied(&err)),
             E::AlreadyExists { .. } => (StorageErrorKind::AlreadyExists, "already exists".to_owned()),
             E::Precondition { .. } => (StorageErrorKind::Precondition, "the object changed".to_owned()),
             E::NotSupported { .. }
@@ -106,7 +109,7 @@ impl StorageError {
                 if text.contains("NoSuchBucket") {
                     (StorageErrorKind::AccessDenied, "the bucket does not exist".to_owned())
                 } else if text.contains("AccessDenied") || text.contains("403 Forbidden") {
-                    (StorageErrorKind::AccessDenied, "access denied by the object store".to_owned())
+                    (StorageErrorKind::AccessDenied, denied(other))
                 } else {
                     (StorageErrorKind::Transient, text)
                 }
@@ -129,6 +132,22 @@ impl StorageError {
 
     pub fn is(&self, kind: StorageErrorKind) -> bool {
         self.kind == kind
+    }
+}
+
+/// The S3 error code and message of an error response quoted in a store's error text (`<Code>…</Code>` and
+/// `<Message>…</Message>`, as S3-compatible stores answer), e.g. `InvalidAccessKeyId: The AWS Access Key Id you
+/// provided does not exist in our records.` — what the store said, without the rest of the response.
+fn store_answer(text: &str) -> Option<String> {
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..end].trim()).filter(|value| !value.is_empty())
+    };
+    match (element("Code"), element("Message")) {
+        (Some(code), Some(message)) => Some(format!("{code}: {message}")),
+        (code, message) => code.or(message).map(str::to_owned),
     }
 }
 
@@ -211,5 +230,29 @@ mod tests {
             assert!(std::error::Error::source(&classified).is_some());
             assert!(classified.to_string().contains("s3://b/k"));
         }
+    }
+
+    #[test]
+    fn an_access_denied_says_what_the_store_answered() {
+        let response = "Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+            <Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you provided does not exist in our \
+            records.</Message><RequestId>1</RequestId></Error>";
+        let err = object_store::Error::Generic { store: "S3", source: response.into() };
+        let classified = StorageError::from_store(err, "s3://b/k");
+        assert_eq!(classified.kind, StorageErrorKind::AccessDenied);
+        assert_eq!(
+            classified.to_string(),
+            "access to s3://b/k was refused: access denied by the object store (InvalidAccessKeyId: The AWS Access \
+             Key Id you provided does not exist in our records.)"
+        );
+        // A typed refusal quoting the response says it too; one without a response says what it can.
+        let quoted = "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+        let typed = object_store::Error::PermissionDenied { path: "k".into(), source: quoted.into() };
+        let classified = StorageError::from_store(typed, "s3://b/k");
+        assert!(classified.to_string().ends_with("(AccessDenied: Access Denied)"), "{classified}");
+        let bare = object_store::Error::Unauthenticated { path: "k".into(), source: "no token".into() };
+        let classified = StorageError::from_store(bare, "s3://b/k");
+        assert!(classified.to_string().ends_with("refused: access denied by the object store"), "{classified}");
+        assert_eq!(store_answer("<Code></Code>"), None);
     }
 }

@@ -1085,6 +1085,7 @@ async fn a_lake_that_cannot_be_read_is_said_in_status_and_events_and_ends_the_at
     })
     .await;
     assert!(said.contains("s3://refused-lake/tx") && said.contains("_SUCCESS") && said.contains("access"), "{said}");
+    assert!(said.contains("(AccessDenied: Access Denied)"), "what the store answered: {said}");
     assert!(!said.contains("operator-secret-value"), "no credentials: {said}");
 
     let run = finished(&s.client, &s.ns.name, "tx-nolake", RUN_TIMEOUT).await;
