@@ -95,8 +95,14 @@ impl ContractSnapshot {
     pub fn of(dataset: &Dataset) -> Result<ContractSnapshot> {
         let dataset_name = dataset.metadata.name.as_deref().ok_or(Error::MissingField("Dataset metadata.name"))?;
         let manifest = contract_manifest(dataset)?;
+        Ok(ContractSnapshot { name: Self::name_of(dataset_name, &manifest), manifest })
+    }
+
+    /// The name of Dataset `dataset`'s snapshot holding `manifest` (so a snapshot read back is checked against
+    /// its name: a ConfigMap under that name holding anything else is not the run's contract).
+    pub fn name_of(dataset: &str, manifest: &str) -> String {
         let hash = xxhash_rust::xxh3::xxh3_64(manifest.as_bytes());
-        Ok(ContractSnapshot { name: format!("{dataset_name}-contract-{hash:016x}"), manifest })
+        format!("{dataset}-contract-{hash:016x}")
     }
 }
 
@@ -548,6 +554,8 @@ mod tests {
         assert!(parsed.status.is_none());
         // The manifest read back gives the same snapshot: a run's recorded snapshot is found again from it.
         assert_eq!(ContractSnapshot::of(&parsed).expect("again"), snapshot);
+        assert_eq!(ContractSnapshot::name_of("transactions", &text), snapshot.name);
+        assert_ne!(ContractSnapshot::name_of("transactions", &format!("{text}# changed\n")), snapshot.name);
     }
 
     #[test]

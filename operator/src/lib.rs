@@ -36,6 +36,13 @@ pub enum Error {
     MissingField(&'static str),
     #[error("contract snapshot {name}: {message}")]
     Snapshot { name: String, message: String },
+    /// A ConfigMap under a snapshot's name holds another manifest than the one the name stands for: no Job may
+    /// mount it.
+    #[error(
+        "contract snapshot {name}: a ConfigMap of that name exists and holds another manifest than the one its name \
+         stands for; delete it and the run is launched again with its own"
+    )]
+    SnapshotConflict { name: String },
     #[error("lake {uri}: {message}")]
     Lake { uri: String, message: String },
     #[error("lake: reading {what}: {source}")]
@@ -87,7 +94,7 @@ impl Error {
             Error::NotOwned { .. } => "not_owned",
             Error::InvalidResource { .. } => "invalid_resource",
             Error::MissingField(_) => "missing_field",
-            Error::Snapshot { .. } => "contract_snapshot",
+            Error::Snapshot { .. } | Error::SnapshotConflict { .. } => "contract_snapshot",
             Error::Lake { .. } | Error::LakeRead { .. } => "lake",
             Error::Serialize { .. } => "serialize",
             Error::LeadershipLost { .. } => "leadership_lost",
@@ -98,7 +105,10 @@ impl Error {
         match self {
             Error::Conflict { .. } => Retry::Soon,
             Error::Kube { .. } | Error::Lake { .. } | Error::LakeRead { .. } => Retry::Transient,
-            Error::NotOwned { .. } | Error::Snapshot { .. } | Error::Serialize { .. } => Retry::Blocked,
+            Error::NotOwned { .. }
+            | Error::Snapshot { .. }
+            | Error::SnapshotConflict { .. }
+            | Error::Serialize { .. } => Retry::Blocked,
             Error::InvalidResource { .. } | Error::MissingField(_) | Error::LeadershipLost { .. } => Retry::OnChange,
         }
     }

@@ -357,6 +357,54 @@ async fn a_run_launched_by_an_operator_before_shared_snapshots_keeps_its_own_sna
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_configmap_holding_another_manifest_under_a_snapshots_name_is_never_mounted() {
+    use kube::Resource;
+    use silverline_operator::job;
+    let s = Scenario::new("snapshot-conflict").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let dataset = datasets.get("transactions").await.expect("Dataset");
+    let snapshot = job::ContractSnapshot::of(&dataset).expect("the Dataset's snapshot");
+    // Under the very name the Dataset's manifest gives, with the operator's labels and owner: another manifest.
+    let owner = dataset.controller_owner_ref(&()).expect("owner");
+    let squatter = "apiVersion: etl.silverline.dev/v1alpha1\nkind: Dataset\nmetadata:\n  name: transactions\n";
+    let planted = job::contract_config_map(&s.ns.name, "transactions", &snapshot.name, squatter, owner);
+    let snapshots: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    snapshots.create(&Default::default(), &planted).await.expect("plant the ConfigMap");
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-conflict", &input).await;
+
+    // The launch fails before its Job: said in the run's condition, nothing mounts the planted ConfigMap.
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let status = eventually("a LaunchFailed condition naming the snapshot", RUN_TIMEOUT, || async {
+        let status = runs.get("tx-conflict").await.ok()?.status?;
+        let progressing = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
+        (progressing.reason == "LaunchFailed").then_some(status)
+    })
+    .await;
+    let message = &status.conditions.iter().find(|c| c.type_ == "Progressing").expect("condition").message;
+    assert!(
+        message.contains(&snapshot.name) && message.contains("holds another manifest"),
+        "{message}\n{}",
+        s.diagnostics(&[&op])
+    );
+    assert_eq!(status.phase, Some(EtlRunPhase::Pending), "{status:?}");
+    assert!(status.attempts.is_empty() && status.contract_snapshot.is_none(), "{status:?}");
+    assert!(jobs_of(&s, "tx-conflict").await.is_empty(), "no Job mounts the planted ConfigMap");
+
+    // Removed, the run is launched with its own snapshot (the operator tries again within 30 s).
+    snapshots.delete(&snapshot.name, &Default::default()).await.expect("remove the planted ConfigMap");
+    let done = finished(&s.client, &s.ns.name, "tx-conflict", RUN_TIMEOUT).await;
+    let status = done.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.contract_snapshot.as_deref(), Some(snapshot.name.as_str()));
+    let stored = snapshots.get(&snapshot.name).await.expect("the snapshot");
+    assert_eq!(stored.data.and_then(|d| d.get(job::CONTRACT_KEY).cloned()), Some(snapshot.manifest));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn runs_of_one_manifest_share_its_snapshot_and_a_changed_dataset_gets_another() {
     let s = Scenario::new("shared-snapshot").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;

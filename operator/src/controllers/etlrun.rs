@@ -695,6 +695,9 @@ async fn load_contract(
             let text = snapshot.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY)).ok_or_else(|| {
                 Error::Snapshot { name: name.clone(), message: format!("it has no key {}", job::CONTRACT_KEY) }
             })?;
+            if *name != legacy() && job::ContractSnapshot::name_of(&run.spec.dataset, text) != *name {
+                return Err(Error::SnapshotConflict { name: name.clone() });
+            }
             let dataset = scope
                 .snapshots
                 .parse(text)
@@ -888,9 +891,13 @@ fn not_owned(kind: &'static str, name: String, identity: &RunIdentity) -> Error 
     Error::NotOwned { kind, name, owner: format!("EtlRun {}", identity.name), uid: identity.uid.clone() }
 }
 
-/// Makes sure the attempt's contract snapshot (`snapshot`) and Job exist, both created at once (the pod waits
-/// for its snapshot: a Job whose snapshot failed is repaired by the next reconcile). Names are deterministic, so
-/// a Job that already exists (a restart, a stale view) is adopted, never duplicated.
+/// Makes sure the attempt's contract snapshot (`snapshot`) and Job exist, the snapshot first: one this operator
+/// knows costs no request, and the first launch of a manifest creates (or checks) it before its Job, so that no
+/// Job ever mounts a ConfigMap of that name holding another manifest — that fails the launch before its Job
+/// (`Error::SnapshotConflict`). A snapshot the apiserver refuses, or one that is lost, does not hold the Job back:
+/// its pod waits for the snapshot, which the next reconciles create once they can (`reconcile`), and a lost one
+/// ends the attempt at the pod-create bound. Names are deterministic, so a Job that already exists (a restart, a
+/// stale view) is adopted, never duplicated.
 /// Returns what became of the Job and of the snapshot.
 async fn launch(
     scope: &Scope,
@@ -900,11 +907,11 @@ async fn launch(
     attempt: &AttemptStatus,
     snapshot: &str,
 ) -> (Result<()>, Result<()>) {
-    let (created, job) = tokio::join!(
-        ensure_snapshot(scope, identity, snapshot, dataset, false),
-        ensure_job(scope, run, identity, dataset, attempt, snapshot)
-    );
-    (job, created)
+    let created = ensure_snapshot(scope, identity, snapshot, dataset, false).await;
+    if let Err(e @ Error::SnapshotConflict { .. }) = created {
+        return (Err(e), Ok(()));
+    }
+    (ensure_job(scope, run, identity, dataset, attempt, snapshot).await, created)
 }
 
 /// The next attempt's Job, found before the status names it (its launch's status write did not land).
@@ -989,10 +996,7 @@ async fn ensure_snapshot(
             let existing = snapshots.get(name).await.map_err(Error::kube(format!("reading ConfigMap {name}")))?;
             let text = existing.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY));
             if !legacy && text != Some(&fresh.manifest) {
-                return Err(Error::Snapshot {
-                    name: name.to_owned(),
-                    message: "it exists and holds another manifest than the Dataset's it is named for".into(),
-                });
+                return Err(Error::SnapshotConflict { name: name.to_owned() });
             }
         }
         Err(e) => return Err(Error::kube(format!("creating ConfigMap {name}"))(e)),
