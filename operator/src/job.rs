@@ -89,13 +89,19 @@ pub fn legacy_contract_name(run: &str) -> String {
 pub struct ContractSnapshot {
     pub name: String,
     pub manifest: String,
+    /// The Dataset's name.
+    pub dataset: String,
 }
 
 impl ContractSnapshot {
     pub fn of(dataset: &Dataset) -> Result<ContractSnapshot> {
         let dataset_name = dataset.metadata.name.as_deref().ok_or(Error::MissingField("Dataset metadata.name"))?;
         let manifest = contract_manifest(dataset)?;
-        Ok(ContractSnapshot { name: Self::name_of(dataset_name, &manifest), manifest })
+        Ok(ContractSnapshot {
+            name: Self::name_of(dataset_name, &manifest),
+            manifest,
+            dataset: dataset_name.to_owned(),
+        })
     }
 
     /// The name of Dataset `dataset`'s snapshot holding `manifest` (so a snapshot read back is checked against

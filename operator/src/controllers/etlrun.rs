@@ -551,7 +551,11 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
             etlrun = %identity.name, namespace = %identity.namespace, configmap = %name,
             "the attempt's contract snapshot is missing: creating it"
         );
-        if let Err(e) = ensure_snapshot(&scope, &identity, name, dataset, true).await {
+        let repaired = match job::ContractSnapshot::of(dataset) {
+            Ok(made) => ensure_snapshot(&scope, &identity, name, &made, true).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = repaired {
             blocker = Some(PodBlocker::SnapshotRefused { configmap: name.clone(), message: e.for_people() });
             snapshot_refused = Some(e);
         }
@@ -573,17 +577,16 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         launch_error: None,
     };
     let mut plan = lifecycle::plan(&observed, &ctx.lifecycle);
-    // The Job first, the status that names it after: a new run's Job is one round trip away. A launch whose
-    // status write does not land leaves a Job the next reconcile finds and adopts (`launched_job`).
+    // The Job first, the status that names it after: a new run's Job is one round trip away (two for the first
+    // run of a manifest, whose snapshot is made first). A launch whose status write does not land leaves a Job the
+    // next reconcile finds and adopts (`launched_job`).
     let mut launch_failed = None;
     let mut snapshot_failed = None;
     if let (Some(attempt), Ok(dataset)) = (&plan.launch, &contract) {
         // A run's first launch takes the snapshot of the Dataset's manifest; later ones the run's own.
-        let name = match &snapshot {
-            Some(known) => known.name.clone(),
-            None => job::ContractSnapshot::of(dataset)?.name,
-        };
-        let (job, created) = launch(&scope, run, &identity, dataset, attempt, &name).await;
+        let made = job::ContractSnapshot::of(dataset)?;
+        let name = snapshot.as_ref().map_or_else(|| made.name.clone(), |known| known.name.clone());
+        let (job, created) = launch(&scope, run, &identity, dataset, attempt, &name, &made).await;
         snapshot_failed = created.err();
         match job {
             Ok(()) => {
@@ -906,8 +909,9 @@ async fn launch(
     dataset: &Dataset,
     attempt: &AttemptStatus,
     snapshot: &str,
+    made: &job::ContractSnapshot,
 ) -> (Result<()>, Result<()>) {
-    let created = ensure_snapshot(scope, identity, snapshot, dataset, false).await;
+    let created = ensure_snapshot(scope, identity, snapshot, made, false).await;
     if let Err(e @ Error::SnapshotConflict { .. }) = created {
         return (Err(e), Ok(()));
     }
@@ -942,21 +946,20 @@ fn launched_job(scope: &Scope, identity: &RunIdentity, status: &EtlRunStatus) ->
     }
 }
 
-/// Creates the contract snapshot `name` from `dataset` unless it is known to exist, and remembers it as the
-/// run's contract. A snapshot of the Dataset's manifest is owned by the Dataset (the one in the store; the run,
+/// Creates the contract snapshot `name` holding `fresh` (the manifest of the run's contract, with the name that
+/// manifest gives) unless it is known to exist, and remembers it as the run's contract. A snapshot of the Dataset's manifest is owned by the Dataset (the one in the store; the run,
 /// when that is gone); a legacy run's own, by the run. One found existing must hold this very manifest; a
 /// missing snapshot whose name stands for another manifest than the Dataset's now cannot be made again.
 async fn ensure_snapshot(
     scope: &Scope,
     identity: &RunIdentity,
     name: &str,
-    dataset: &Dataset,
+    fresh: &job::ContractSnapshot,
     found_missing: bool,
 ) -> Result<()> {
     let ctx = &scope.ctx;
-    let dataset_name = dataset.metadata.name.clone().unwrap_or_default();
+    let dataset_name = fresh.dataset.as_str();
     let legacy = name == job::legacy_contract_name(&identity.name);
-    let fresh = job::ContractSnapshot::of(dataset)?;
     if !legacy && fresh.name != name {
         return Err(Error::Snapshot {
             name: name.to_owned(),
@@ -981,12 +984,12 @@ async fn ensure_snapshot(
         remember(&fresh.manifest);
         return Ok(());
     }
-    let owner = match scope.datasets.get(&ObjectRef::new(&dataset_name).within(&identity.namespace)) {
+    let owner = match scope.datasets.get(&ObjectRef::new(dataset_name).within(&identity.namespace)) {
         Some(stored) if !legacy => stored.controller_owner_ref(&()),
         _ => None,
     };
     let owner = owner.unwrap_or_else(|| identity.owner.clone());
-    let snapshot = job::contract_config_map(&identity.namespace, &dataset_name, name, &fresh.manifest, owner);
+    let snapshot = job::contract_config_map(&identity.namespace, dataset_name, name, &fresh.manifest, owner);
     let snapshots: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &identity.namespace);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
     match snapshots.create(&params, &snapshot).await {
