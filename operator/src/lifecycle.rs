@@ -276,7 +276,7 @@ pub fn plan(observed: &Observed, settings: &LifecycleSettings) -> Plan {
 }
 
 /// The reason of the run's `Progressing` condition, if it has one.
-pub fn progressing_reason(status: &EtlRunStatus) -> Option<&str> {
+fn progressing_reason(status: &EtlRunStatus) -> Option<&str> {
     status.conditions.iter().find(|c| c.type_ == CONDITION_PROGRESSING).map(|c| c.reason.as_str())
 }
 

@@ -247,9 +247,9 @@ impl CreatedJobs {
     }
 }
 
-/// The contract snapshots of unfinished runs, parsed, by the EtlRun's uid. A snapshot never changes (it is
-/// created once, owned by its run), so this copy is always right; it is dropped when the run ends or is gone.
-/// Runs whose snapshots hold the same text (every run of one Dataset generation) share one parsed contract.
+/// The contract snapshots of unfinished runs, parsed, by the EtlRun's uid. A snapshot never changes (an
+/// immutable ConfigMap named by its manifest), so this copy is always right; it is dropped when the run ends or is
+/// gone. Runs whose snapshots hold the same text (every run of one Dataset manifest) share one parsed contract.
 #[derive(Clone, Default)]
 struct Snapshots(Arc<std::sync::Mutex<SnapshotMemory>>);
 
@@ -306,8 +306,8 @@ const SNAPSHOT_SWEEP: Duration = Duration::from_secs(60);
 /// meant to store, lately: a launch whose snapshot is known sends no request for it, so a burst of runs of one
 /// Dataset creates its snapshot once. Known for [`SNAPSHOT_MEMORY`]; the first launch after that creates it
 /// again (a conflict when it exists), so a snapshot deleted by hand is back within that time. The lock is held
-/// across the create, so runs launched together wait for one create instead of each sending theirs (their Jobs
-/// are created meanwhile: a launch creates the Job and the snapshot side by side).
+/// across the create, so runs launched together wait for one create instead of each sending theirs, then go on
+/// to their Jobs (a launch makes its snapshot before its Job: `launch`).
 #[derive(Default)]
 struct KnownSnapshots(tokio::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
 
@@ -538,11 +538,11 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         }
         _ => (None, None, 0, None, None),
     };
-    // An attempt whose Job is active but whose contract snapshot is missing (its create failed after the Job's
-    // went through: they are made side by side; or it was deleted) gets it now, from the Dataset, if the Dataset
-    // still holds the manifest the snapshot's name stands for: until then its pod cannot start, so no worker has
-    // read another contract. A refusal is what the pod waits for, said by the plan like any other blocker of an
-    // active Job. A Job to be launched again gets its snapshot beside it (`launch`).
+    // An attempt whose Job is active but whose contract snapshot is missing (its create was refused and the Job
+    // launched all the same, or it was deleted) gets it now, from the Dataset, if the Dataset still holds the
+    // manifest the snapshot's name stands for: until then its pod cannot start, so no worker has read another
+    // contract. A refusal is what the pod waits for, said by the plan like any other blocker of an active Job. A
+    // Job to be launched again gets its snapshot first (`launch`).
     let mut snapshot_refused = None;
     if let (Some(RunSnapshot { name, missing: true }), Some(JobState::Active), Ok(dataset)) =
         (&snapshot, &job_state, &contract)
@@ -661,8 +661,8 @@ fn error_policy(guard: Arc<DeserializeGuard<EtlRun>>, error: &Error, scope: Arc<
 
 /// The run's contract: its snapshot once an attempt was launched (named in status, or by the Job `launched`
 /// found; a run launched by an operator from before shared snapshots has its own, `{run}-contract`), else the
-/// Dataset as it is now. A run with neither needs no look for a snapshot: the snapshot is created beside the first
-/// attempt's Job, which the Job store or the memory of created Jobs would hold. The snapshot comes from memory
+/// Dataset as it is now. A run with neither needs no look for a snapshot: a launched first attempt has a Job,
+/// which the Job store or the memory of created Jobs would hold. The snapshot comes from memory
 /// once created or read; the Dataset from the controller's store, confirmed with a GET when missing there. Also
 /// says the run's snapshot, and whether it is missing.
 async fn load_contract(
@@ -947,8 +947,9 @@ fn launched_job(scope: &Scope, identity: &RunIdentity, status: &EtlRunStatus) ->
 }
 
 /// Creates the contract snapshot `name` holding `fresh` (the manifest of the run's contract, with the name that
-/// manifest gives) unless it is known to exist, and remembers it as the run's contract. A snapshot of the Dataset's manifest is owned by the Dataset (the one in the store; the run,
-/// when that is gone); a legacy run's own, by the run. One found existing must hold this very manifest; a
+/// manifest gives) unless it is known to exist, and remembers it as the run's contract. A snapshot of the
+/// Dataset's manifest is owned by the Dataset (the one in the store; the run, when that is gone); a legacy run's
+/// own, by the run. One found existing must hold this very manifest; a
 /// missing snapshot whose name stands for another manifest than the Dataset's now cannot be made again.
 async fn ensure_snapshot(
     scope: &Scope,
