@@ -240,8 +240,11 @@ fn runs_killed_at_any_point_never_look_complete_and_a_new_run_id_succeeds() {
     let input = format!("s3://{bucket}/bronze/big.csv");
     let lake = format!("s3://{bucket}/lake");
     let run_path = |id: &str| format!("lake/silver/transactions/schema_v=v1/run_id={id}");
-    // Kill at the claim, early in the stream, and later on.
-    for (i, delay_ms) in [0u64, 300, 1500, 4000].into_iter().enumerate() {
+    // Kill at the claim, early in the stream, and later on. The last kill must land before the run ends: on the
+    // machine of 2026-11-30 the whole run took ~4 s, so a kill at 4 s once came after `_SUCCESS` was written but
+    // before the process exited (a complete run, killed on its way out), which this test cannot tell from a
+    // killed run that looks complete.
+    for (i, delay_ms) in [0u64, 300, 1500, 2500].into_iter().enumerate() {
         let id = format!("killed-{i}");
         let mut child =
             worker(&contract, &input, &lake, &id).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
