@@ -69,6 +69,14 @@ pub struct Config {
     /// kube-rs has no client-side QPS limit: this bound is the operator's only one. 0 means no limit.
     #[arg(long, env = "SILVERLINE_RECONCILE_CONCURRENCY", default_value_t = 128)]
     pub reconcile_concurrency: u16,
+    /// Launches per second from which the operator treats new runs as a burst: while its launches come this
+    /// fast, the status write that records a new run's launch (the status naming its Job, and its
+    /// AttemptStarted Event) waits until the burst has passed, at most 5 s after the Job was created, so that
+    /// the apiserver's capacity goes to creating the burst's Jobs first (a custom resource's status update costs
+    /// the apiserver about twice what creating a Job does; README.md "Load"). A run's Job, retries, failures and
+    /// finishes are never held back. 0: every status is written at once.
+    #[arg(long, env = "SILVERLINE_BURST_LAUNCHES_PER_SECOND", default_value_t = 20)]
+    pub burst_launches_per_second: u32,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "SILVERLINE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,

@@ -206,6 +206,8 @@ pub struct Observed<'a> {
     /// The run id of the next attempt's Job, found already created when no attempt is in flight: a launch whose
     /// status write did not land (a conflict, a restart). The attempt is recorded under that run id.
     pub launched: Option<String>,
+    /// When that Job was created: the attempt's start.
+    pub launched_at: Option<Timestamp>,
     /// Why the Job the previous plan launched could not be created (what the apiserver answered); the plan then
     /// says so instead of recording the attempt.
     pub launch_error: Option<String>,
@@ -242,6 +244,20 @@ struct Builder<'a> {
     requeue_after: Option<Duration>,
     transitions: Vec<Transition>,
     delete_job: Option<String>,
+}
+
+/// The longest the status write recording a new run's launch (the status naming its Job) waits for a burst of
+/// launches to pass.
+pub const LAUNCH_RECORD_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// Whether this plan's status write may wait while launches come in a burst (`Config::burst_launches_per_second`):
+/// only a plan that records nothing but a run's first launch, whose Job was created less than
+/// [`LAUNCH_RECORD_MAX_DELAY`] ago (`job_age`: zero for the Job this reconcile created). Anything else — a retry,
+/// a refused launch, a wait, a finish, a Job to delete — is written at once.
+pub fn may_defer_launch_record(plan: &Plan, job_age: Duration) -> bool {
+    job_age < LAUNCH_RECORD_MAX_DELAY
+        && plan.delete_job.is_none()
+        && matches!(plan.transitions.as_slice(), [Transition::AttemptStarted { attempt, .. }] if attempt.attempt == 1)
 }
 
 /// Decides what comes next for one EtlRun.
@@ -347,7 +363,8 @@ impl Builder<'_> {
         let number = self.status.attempts.len() as u32 + 1;
         if let Some(run_id) = self.observed.launched.clone() {
             // Its Job exists: the attempt was launched, only its status is missing.
-            return self.record_attempt(number, run_id, facts, false);
+            let started = self.observed.launched_at.unwrap_or(self.now());
+            return self.record_attempt(number, run_id, started, facts, false);
         }
         if number > facts.max_attempts {
             let message = format!("all {} attempts have ended without success", facts.max_attempts);
@@ -366,16 +383,16 @@ impl Builder<'_> {
             return self.wait(REASON_LAUNCH_FAILED, message);
         }
         let run_id = job::run_id(self.now(), self.observed.uid, number);
-        self.record_attempt(number, run_id, facts, true);
+        self.record_attempt(number, run_id, self.now(), facts, true);
     }
 
-    /// Records attempt `number` under `run_id` as running, and launches its Job unless it exists.
-    fn record_attempt(&mut self, number: u32, run_id: String, facts: &ContractFacts, launch: bool) {
+    /// Records attempt `number` under `run_id` as running since `started`, and launches its Job unless it exists.
+    fn record_attempt(&mut self, number: u32, run_id: String, started: Timestamp, facts: &ContractFacts, launch: bool) {
         let attempt = AttemptStatus {
             attempt: number,
             run_id: run_id.clone(),
             job_name: job::job_name(self.observed.name, number),
-            started_at: Some(time(self.now())),
+            started_at: Some(time(started)),
             finished_at: None,
             outcome: None,
             exit_code: None,
@@ -390,7 +407,7 @@ impl Builder<'_> {
         self.status.run_id = Some(run_id);
         self.status.next_attempt_at = None;
         if self.status.started_at.is_none() {
-            self.status.started_at = Some(time(self.now()));
+            self.status.started_at = Some(time(started));
         }
         self.set_phase(EtlRunPhase::Running, "AttemptRunning", &message);
         self.transitions
@@ -724,6 +741,7 @@ mod tests {
             job_has_pod: None,
             lake_error: None,
             launched: None,
+            launched_at: None,
             launch_error: None,
         }
     }
@@ -863,6 +881,12 @@ mod tests {
         assert_eq!(p.status.run_id.as_deref(), Some(run_id.as_str()));
         assert_eq!(p.status.phase, Some(EtlRunPhase::Running));
         assert!(matches!(p.transitions.as_slice(), [Transition::AttemptStarted { .. }]), "{:?}", p.transitions);
+        // Without its Job's creation time the attempt starts when it is recorded; with it, when the Job was made.
+        assert_eq!(p.status.attempts[0].started_at.as_ref().map(|t| t.0), Some(at(7)));
+        let dated = Observed { launched_at: Some(at(2)), ..found.clone() };
+        let p = plan(&dated, &settings());
+        assert_eq!(p.status.attempts[0].started_at.as_ref().map(|t| t.0), Some(at(2)));
+        assert_eq!(p.status.started_at.as_ref().map(|t| t.0), Some(at(2)));
 
         // A retry launched during its backoff's last instant (as seen by a stale view) is adopted too.
         let s = started();
@@ -874,6 +898,32 @@ mod tests {
         assert_eq!(p.status.attempts[1].run_id, second);
         assert_eq!(p.status.next_attempt_at, None);
         assert!(p.launch.is_none());
+    }
+
+    #[test]
+    fn only_the_record_of_a_new_runs_launch_may_wait_and_not_for_long() {
+        let empty = EtlRunStatus::default();
+        // A new run's launch, and the same launch found by the next reconcile: both may wait, up to the bound.
+        let launched = plan(&observe(&empty, 0, None, None), &settings());
+        assert!(launched.launch.is_some());
+        assert!(may_defer_launch_record(&launched, Duration::ZERO));
+        let found = Observed { launched: Some(job::run_id(at(0), UID, 1)), ..observe(&empty, 3, None, None) };
+        let adopted = plan(&found, &settings());
+        assert!(may_defer_launch_record(&adopted, Duration::from_secs(4)));
+        assert!(!may_defer_launch_record(&adopted, LAUNCH_RECORD_MAX_DELAY));
+        // A refused launch, a retry's launch, a run that waits for its Dataset and a finish are said at once.
+        let refused = Observed { launch_error: Some("forbidden".into()), ..observe(&empty, 0, None, None) };
+        assert!(!may_defer_launch_record(&plan(&refused, &settings()), Duration::ZERO));
+        let failed = plan(&observe(&started(), 20, Some(failed_with(75)), Some(LakeFinding::Claimed)), &settings());
+        let retry = plan(&observe(&failed.status, 500, None, None), &settings());
+        assert!(retry.launch.as_ref().is_some_and(|a| a.attempt == 2), "{:?}", retry.launch);
+        assert!(!may_defer_launch_record(&retry, Duration::ZERO));
+        let waiting = Observed {
+            contract: Err(ContractProblem::DatasetNotFound { name: "transactions".into() }),
+            ..observe(&empty, 0, None, None)
+        };
+        assert!(!may_defer_launch_record(&plan(&waiting, &settings()), Duration::ZERO));
+        assert!(!may_defer_launch_record(&failed, Duration::ZERO));
     }
 
     #[test]

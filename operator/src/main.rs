@@ -77,6 +77,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         lake_checks: controllers::etlrun::LakeChecks::default(),
         lakes: silverline_operator::lake::Lakes::default(),
         reconcile_concurrency: config.reconcile_concurrency,
+        burst_launches_per_second: config.burst_launches_per_second,
     });
     tokio::select! {
         () = watch(ctx, watched) => {

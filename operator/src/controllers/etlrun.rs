@@ -163,6 +163,7 @@ impl LakeChecks {
 pub struct Scope {
     pub ctx: Arc<Context>,
     jobs: Store<Job>,
+    pace: LaunchPace,
     datasets: Store<DeserializeGuard<Dataset>>,
     snapshots: Snapshots,
     known_snapshots: KnownSnapshots,
@@ -177,6 +178,33 @@ impl Scope {
         self.created.get(namespace, name, stored.is_some()).or(stored)
     }
 }
+
+/// The instants of this operator's launches in the last second, to tell a burst of launches
+/// (`Context::burst_launches_per_second`).
+#[derive(Default)]
+struct LaunchPace(std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>);
+
+impl LaunchPace {
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    fn launched(&self, at: std::time::Instant) {
+        if let Ok(mut recent) = self.0.lock() {
+            recent.push_back(at);
+        }
+    }
+
+    /// Whether `limit` launches or more happened in the second before `now`; never for a limit of 0.
+    fn in_burst(&self, now: std::time::Instant, limit: u32) -> bool {
+        let Ok(mut recent) = self.0.lock() else { return false };
+        while recent.front().is_some_and(|at| now.saturating_duration_since(*at) > Self::WINDOW) {
+            recent.pop_front();
+        }
+        limit > 0 && recent.len() >= limit as usize
+    }
+}
+
+/// How often a run whose launch record waits for a burst to pass looks again.
+const LAUNCH_RECORD_RECHECK: Duration = Duration::from_secs(1);
 
 /// The views of runs this operator has written a status from (uid → the resourceVersion it read), until a newer
 /// view arrives. A reconcile woken before the watch brought its own write back (e.g. by the watch event of the
@@ -399,6 +427,7 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
     let scope = Arc::new(Scope {
         ctx: ctx.clone(),
         jobs: jobs.clone(),
+        pace: LaunchPace::default(),
         datasets,
         snapshots: Snapshots::default(),
         known_snapshots: KnownSnapshots::default(),
@@ -574,6 +603,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         job_has_pod,
         lake_error,
         launched: launched.as_ref().map(|found| found.run_id.clone()),
+        launched_at: launched.as_ref().and_then(|found| found.created),
         launch_error: None,
     };
     let mut plan = lifecycle::plan(&observed, &ctx.lifecycle);
@@ -591,6 +621,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         match job {
             Ok(()) => {
                 plan.status.contract_snapshot.get_or_insert(name);
+                scope.pace.launched(std::time::Instant::now());
             }
             // A Job of this attempt under another run id (another reconcile's launch): adopted by the next one.
             Err(e @ Error::Conflict { .. }) => return Err(e),
@@ -601,6 +632,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
             }
         }
     }
+    let job_age = launched.as_ref().map_or(Duration::ZERO, LaunchedJob::age);
     // A Job found without the status naming it (adopted by this plan) says its snapshot; a run launched by an
     // operator from before shared snapshots has its own (`load_contract`): the status names either from now on.
     if !plan.status.attempts.is_empty() {
@@ -608,6 +640,14 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         if let (None, Some(name)) = (&plan.status.contract_snapshot, found) {
             plan.status.contract_snapshot = Some(name);
         }
+    }
+    // In a burst of launches, the status write that only records a new run's launch waits (see
+    // `Config::burst_launches_per_second`): the next reconcile finds the Job and records it (`launched_job`).
+    if launch_failed.is_none()
+        && scope.pace.in_burst(std::time::Instant::now(), ctx.burst_launches_per_second)
+        && lifecycle::may_defer_launch_record(&plan, job_age)
+    {
+        return Ok(Action::requeue(LAUNCH_RECORD_RECHECK));
     }
     if let Some(ended) = &current
         && lifecycle::current_attempt(&plan.status).is_none_or(|i| plan.status.attempts[i].run_id != ended.run_id)
@@ -924,6 +964,17 @@ struct LaunchedJob {
     run_id: String,
     /// The contract snapshot its pod mounts (none on a Job of an operator from before shared snapshots).
     snapshot: Option<String>,
+    /// When it was created (whole seconds).
+    created: Option<Timestamp>,
+}
+
+impl LaunchedJob {
+    /// How long ago it was created, as far as its creation time (whole seconds) tells.
+    fn age(&self) -> Duration {
+        self.created.map_or(Duration::ZERO, |at| {
+            Duration::try_from(Timestamp::now().duration_since(at)).unwrap_or(Duration::ZERO)
+        })
+    }
 }
 
 /// The next attempt's Job when no attempt is in flight and that Job exists already (its launch's status write
@@ -939,9 +990,11 @@ fn launched_job(scope: &Scope, identity: &RunIdentity, status: &EtlRunStatus) ->
     };
     let annotation = |key| found.metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned();
     match annotation(job::ANNOTATION_RUN_ID) {
-        Some(run_id) if owned_by(&found.metadata, &identity.uid) => {
-            Ok(Some(LaunchedJob { run_id, snapshot: annotation(job::ANNOTATION_CONTRACT_SNAPSHOT) }))
-        }
+        Some(run_id) if owned_by(&found.metadata, &identity.uid) => Ok(Some(LaunchedJob {
+            run_id,
+            snapshot: annotation(job::ANNOTATION_CONTRACT_SNAPSHOT),
+            created: found.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        })),
         _ => Err(not_owned("Job", name, identity)),
     }
 }

@@ -44,6 +44,8 @@ pub struct Context {
     pub lakes: Lakes,
     /// How many EtlRuns are reconciled at once (`--reconcile-concurrency`; see `Config`).
     pub reconcile_concurrency: u16,
+    /// Launches per second that make a burst (`--burst-launches-per-second`; see `Config`).
+    pub burst_launches_per_second: u32,
 }
 
 /// The controllers, as named in metric labels and logs.
