@@ -252,9 +252,10 @@ pub const LAUNCH_RECORD_MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// Whether this plan's status write may wait while launches come in a burst (`Config::burst_launches_per_second`):
 /// only a plan that records nothing but a run's first launch, whose Job was created less than
-/// [`LAUNCH_RECORD_MAX_DELAY`] ago (`job_age`: zero for the Job this reconcile created). Anything else — a retry,
+/// [`LAUNCH_RECORD_MAX_DELAY`] before `observed.now` (a Job this reconcile creates: now). Anything else — a retry,
 /// a refused launch, a wait, a finish, a Job to delete — is written at once.
-pub fn may_defer_launch_record(plan: &Plan, job_age: Duration) -> bool {
+pub fn may_defer_launch_record(plan: &Plan, observed: &Observed) -> bool {
+    let job_age = observed.launched_at.map_or(Duration::ZERO, |at| until(at, observed.now));
     job_age < LAUNCH_RECORD_MAX_DELAY
         && plan.delete_job.is_none()
         && matches!(plan.transitions.as_slice(), [Transition::AttemptStarted { attempt, .. }] if attempt.attempt == 1)
@@ -904,26 +905,34 @@ mod tests {
     fn only_the_record_of_a_new_runs_launch_may_wait_and_not_for_long() {
         let empty = EtlRunStatus::default();
         // A new run's launch, and the same launch found by the next reconcile: both may wait, up to the bound.
-        let launched = plan(&observe(&empty, 0, None, None), &settings());
+        let new = observe(&empty, 0, None, None);
+        let launched = plan(&new, &settings());
         assert!(launched.launch.is_some());
-        assert!(may_defer_launch_record(&launched, Duration::ZERO));
-        let found = Observed { launched: Some(job::run_id(at(0), UID, 1)), ..observe(&empty, 3, None, None) };
-        let adopted = plan(&found, &settings());
-        assert!(may_defer_launch_record(&adopted, Duration::from_secs(4)));
-        assert!(!may_defer_launch_record(&adopted, LAUNCH_RECORD_MAX_DELAY));
-        // A refused launch, a retry's launch, a run that waits for its Dataset and a finish are said at once.
+        assert!(may_defer_launch_record(&launched, &new));
+        let run_id = job::run_id(at(0), UID, 1);
+        let found = |now| Observed {
+            launched: Some(run_id.clone()),
+            launched_at: Some(at(0)),
+            ..observe(&empty, now, None, None)
+        };
+        assert!(may_defer_launch_record(&plan(&found(4), &settings()), &found(4)));
+        assert!(!may_defer_launch_record(&plan(&found(5), &settings()), &found(5)), "5 s after its Job");
+        // A refused launch, a retry's launch, a run that waits for its Dataset and a failure are said at once.
         let refused = Observed { launch_error: Some("forbidden".into()), ..observe(&empty, 0, None, None) };
-        assert!(!may_defer_launch_record(&plan(&refused, &settings()), Duration::ZERO));
-        let failed = plan(&observe(&started(), 20, Some(failed_with(75)), Some(LakeFinding::Claimed)), &settings());
-        let retry = plan(&observe(&failed.status, 500, None, None), &settings());
+        assert!(!may_defer_launch_record(&plan(&refused, &settings()), &refused));
+        let running = started();
+        let ended = observe(&running, 20, Some(failed_with(75)), Some(LakeFinding::Claimed));
+        let failed = plan(&ended, &settings());
+        assert!(!may_defer_launch_record(&failed, &ended));
+        let later = observe(&failed.status, 500, None, None);
+        let retry = plan(&later, &settings());
         assert!(retry.launch.as_ref().is_some_and(|a| a.attempt == 2), "{:?}", retry.launch);
-        assert!(!may_defer_launch_record(&retry, Duration::ZERO));
+        assert!(!may_defer_launch_record(&retry, &later));
         let waiting = Observed {
             contract: Err(ContractProblem::DatasetNotFound { name: "transactions".into() }),
             ..observe(&empty, 0, None, None)
         };
-        assert!(!may_defer_launch_record(&plan(&waiting, &settings()), Duration::ZERO));
-        assert!(!may_defer_launch_record(&failed, Duration::ZERO));
+        assert!(!may_defer_launch_record(&plan(&waiting, &settings()), &waiting));
     }
 
     #[test]

@@ -456,42 +456,6 @@ async fn runs_of_one_manifest_share_its_snapshot_and_a_changed_dataset_gets_anot
     .await;
 }
 
-/// Notes, per name, the instant a watch on `api` first delivered an object that `noted` accepts.
-async fn first_seen<K>(
-    api: Api<K>,
-    noted: impl Fn(&K) -> bool + Send + 'static,
-) -> Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    <K as kube::Resource>::DynamicType: Default,
-{
-    use futures::StreamExt;
-    use kube::runtime::watcher;
-    let seen: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>> = Arc::default();
-    let record = seen.clone();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        let mut events = watcher(api, watcher::Config::default()).boxed();
-        while let Some(event) = events.next().await {
-            let now = std::time::Instant::now();
-            match event {
-                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) if noted(&object) => {
-                    record.lock().expect("seen").entry(object.name_any()).or_insert(now);
-                }
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(());
-                    }
-                }
-                _ => {}
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(30), ready_rx).await.expect("the watch listed").expect("the watch task");
-    seen
-}
-
 /// Issue #10 item 9: in a burst of new runs the operator creates their Jobs first; the status that records each
 /// launch (and its AttemptStarted Event) follows once the burst has passed, at most a few seconds later, with the
 /// attempt's start its Job's creation. Retries and outcomes are never held back (lifecycle unit tests).
@@ -506,9 +470,9 @@ async fn in_a_burst_of_new_runs_their_jobs_come_first_and_the_statuses_naming_th
     let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
     let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
     let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let jobs_seen = first_seen(jobs.clone(), |_: &Job| true).await;
-    let recorded_seen =
-        first_seen(runs.clone(), |run: &EtlRun| run.status.as_ref().is_some_and(|st| !st.attempts.is_empty())).await;
+    let jobs_seen = support::first_seen(jobs.clone(), |job: &Job| Some(job.name_any())).await;
+    let recorded = |run: &EtlRun| run.status.as_ref().filter(|st| !st.attempts.is_empty()).map(|_| run.name_any());
+    let recorded_seen = support::first_seen(runs.clone(), recorded).await;
 
     let names: Vec<String> = (0..RUNS).map(|i| format!("tx-burst-{i:02}")).collect();
     futures::future::join_all(names.iter().map(|name| create_run(&s.client, &s.ns.name, name, &input))).await;

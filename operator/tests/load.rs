@@ -424,55 +424,13 @@ fn percentile(sorted: &[Duration], q: usize) -> Duration {
 
 /// Watches the namespace's Jobs and notes when each was first seen.
 async fn watch_jobs(client: Client, namespace: &str) -> Arc<Mutex<HashMap<String, Instant>>> {
-    watch_first(Api::<Job>::namespaced(client, namespace), |job: &Job| Some(job.name_any())).await
+    support::first_seen(Api::<Job>::namespaced(client, namespace), |job: &Job| Some(job.name_any())).await
 }
 
 /// Watches the namespace's EtlRuns and notes when each run's status first named an attempt (its Job).
 async fn watch_recorded(client: Client, namespace: &str) -> Arc<Mutex<HashMap<String, Instant>>> {
     let recorded = |run: &EtlRun| run.status.as_ref().filter(|s| !s.attempts.is_empty()).map(|_| run.name_any());
-    watch_first(Api::<EtlRun>::namespaced(client, namespace), recorded).await
-}
-
-/// Watches `api` and notes, per key that `noted` finds in an object, the instant it was first found; returns once
-/// the watch has listed what exists.
-async fn watch_first<K, F>(api: Api<K>, noted: F) -> Arc<Mutex<HashMap<String, Instant>>>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    F: Fn(&K) -> Option<String> + Send + 'static,
-    <K as kube::Resource>::DynamicType: Default,
-{
-    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let kind = K::kind(&Default::default()).into_owned();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let record = seen.clone();
-    let watched = kind.clone();
-    tokio::spawn(async move {
-        let kind = watched;
-        let mut ready = Some(ready_tx);
-        let mut events = watcher(api, watcher::Config::default()).boxed();
-        while let Some(event) = events.next().await {
-            let now = Instant::now();
-            match event {
-                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
-                    if let Some(key) = noted(&object) {
-                        record.lock().expect("objects seen").entry(key).or_insert(now);
-                    }
-                }
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => report!("load benchmark: {kind} watch error: {e}"),
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(30), ready_rx)
-        .await
-        .unwrap_or_else(|_| panic!("the {kind} watch started within 30 s"))
-        .unwrap_or_else(|_| panic!("the {kind} watch task"));
-    seen
+    support::first_seen(Api::<EtlRun>::namespaced(client, namespace), recorded).await
 }
 
 /// The apiserver's own `/metrics` text.

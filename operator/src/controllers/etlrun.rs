@@ -632,7 +632,6 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
             }
         }
     }
-    let job_age = launched.as_ref().map_or(Duration::ZERO, LaunchedJob::age);
     // A Job found without the status naming it (adopted by this plan) says its snapshot; a run launched by an
     // operator from before shared snapshots has its own (`load_contract`): the status names either from now on.
     if !plan.status.attempts.is_empty() {
@@ -642,10 +641,13 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         }
     }
     // In a burst of launches, the status write that only records a new run's launch waits (see
-    // `Config::burst_launches_per_second`): the next reconcile finds the Job and records it (`launched_job`).
+    // `Config::burst_launches_per_second`): the next reconcile finds the Job and records it (`launched_job`). A
+    // launch that went wrong in any way is said at once.
     if launch_failed.is_none()
+        && snapshot_failed.is_none()
+        && snapshot_refused.is_none()
         && scope.pace.in_burst(std::time::Instant::now(), ctx.burst_launches_per_second)
-        && lifecycle::may_defer_launch_record(&plan, job_age)
+        && lifecycle::may_defer_launch_record(&plan, &observed)
     {
         return Ok(Action::requeue(LAUNCH_RECORD_RECHECK));
     }
@@ -966,15 +968,6 @@ struct LaunchedJob {
     snapshot: Option<String>,
     /// When it was created (whole seconds).
     created: Option<Timestamp>,
-}
-
-impl LaunchedJob {
-    /// How long ago it was created, as far as its creation time (whole seconds) tells.
-    fn age(&self) -> Duration {
-        self.created.map_or(Duration::ZERO, |at| {
-            Duration::try_from(Timestamp::now().duration_since(at)).unwrap_or(Duration::ZERO)
-        })
-    }
 }
 
 /// The next attempt's Job when no attempt is in flight and that Job exists already (its launch's status write

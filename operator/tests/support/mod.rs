@@ -15,6 +15,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use silverline_crds::{Dataset, EtlRun, EtlRunSpec};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -180,6 +181,49 @@ pub async fn events(client: &Client, namespace: &str, object: &str) -> Vec<Event
     let api: Api<Event> = Api::namespaced(client.clone(), namespace);
     let list = api.list(&ListParams::default()).await.expect("list events");
     list.items.into_iter().filter(|e| e.involved_object.name.as_deref() == Some(object)).collect()
+}
+
+/// Watches `api` and notes, per key that `noted` finds in an object, the instant a watch event first brought it
+/// (sub-second, on this process's monotonic clock, unlike `creationTimestamp`); returns once the watch has listed
+/// what exists.
+pub async fn first_seen<K, F>(api: Api<K>, noted: F) -> std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    <K as kube::Resource>::DynamicType: Default,
+    F: Fn(&K) -> Option<String> + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let seen: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+    let kind = K::kind(&Default::default()).into_owned();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (record, watched) = (seen.clone(), kind.clone());
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut events = watcher(api, watcher::Config::default()).boxed();
+        while let Some(event) = events.next().await {
+            let now = Instant::now();
+            match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                    if let Some(key) = noted(&object) {
+                        record.lock().expect("objects seen").entry(key).or_insert(now);
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("{watched} watch error: {e}"),
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .unwrap_or_else(|_| panic!("the {kind} watch listed within 30 s"))
+        .unwrap_or_else(|_| panic!("the {kind} watch task"));
+    seen
 }
 
 /// A free TCP port on loopback.
