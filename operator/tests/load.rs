@@ -167,7 +167,7 @@ fn latencies(created: &HashMap<String, Instant>, jobs: &HashMap<String, Instant>
     latencies_of(created, jobs, "Job")
 }
 
-/// Each run's create → `what` latency, sorted; `seen` is keyed by the run's Job name.
+/// Each run's create → `what` latency, sorted; `seen` is keyed by the run's Job name (`{run}-a1`).
 fn latencies_of(created: &HashMap<String, Instant>, seen: &HashMap<String, Instant>, what: &str) -> Vec<Duration> {
     let mut latencies: Vec<Duration> = created
         .iter()
@@ -334,11 +334,7 @@ async fn benchmark(client: Client, namespace: String) -> Vec<Duration> {
 
     let latencies = latencies(&created, &all_jobs);
     // Each run's create -> the status naming its Job (written once the burst has passed: see the file's doc).
-    let recorded: HashMap<String, Instant> = every_job(&recorded_seen, Instant::now(), RUNS)
-        .await
-        .into_iter()
-        .map(|(run, at)| (format!("{run}-a1"), at))
-        .collect();
+    let recorded = every_job(&recorded_seen, Instant::now(), RUNS).await;
     let recorded_after = latencies_of(&created, &recorded, "a status naming the Job");
     let reconciles = reconciles_after - reconciles_before;
     let requests = RequestDelta::between(&requests_before, &requests_after);
@@ -427,9 +423,9 @@ async fn watch_jobs(client: Client, namespace: &str) -> Arc<Mutex<HashMap<String
     support::first_seen(Api::<Job>::namespaced(client, namespace), |job: &Job| Some(job.name_any())).await
 }
 
-/// Watches the namespace's EtlRuns and notes when each run's status first named an attempt (its Job).
+/// Watches the namespace's EtlRuns and notes, by the Job it names, when each run's status first named its attempt.
 async fn watch_recorded(client: Client, namespace: &str) -> Arc<Mutex<HashMap<String, Instant>>> {
-    let recorded = |run: &EtlRun| run.status.as_ref().filter(|s| !s.attempts.is_empty()).map(|_| run.name_any());
+    let recorded = |run: &EtlRun| Some(run.status.as_ref()?.attempts.first()?.job_name.clone());
     support::first_seen(Api::<EtlRun>::namespaced(client, namespace), recorded).await
 }
 
