@@ -39,6 +39,10 @@ const SCOPED: &[&str] = &[
     "workerServiceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/lake-writer",
     "--set",
     "image.operator.tag=1.2.3",
+    "--set",
+    "operator.reconcileConcurrency=64",
+    "--set",
+    "operator.burstLaunchesPerSecond=0",
 ];
 
 fn render(args: &[&str]) -> Vec<Value> {
@@ -243,6 +247,16 @@ fn by_default_the_operator_is_cluster_wide_highly_available_restricted_and_least
     assert_eq!(field("POD_NAME"), Some(Value::from("metadata.name")), "each replica's identity in the Lease");
     assert_eq!(field("SILVERLINE_LEASE_NAMESPACE"), Some(Value::from("metadata.namespace")), "the Lease's namespace");
     assert_eq!(env_value(container, "SILVERLINE_LEASE_NAME").as_deref(), Some("silverline-operator"));
+    // The tuning the chart exposes defaults to the operator's own defaults (measured ones: README.md "Load").
+    let command = <silverline_operator::config::Config as clap::CommandFactory>::command();
+    for name in ["SILVERLINE_RECONCILE_CONCURRENCY", "SILVERLINE_BURST_LAUNCHES_PER_SECOND"] {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_env() == Some(std::ffi::OsStr::new(name)))
+            .unwrap_or_else(|| panic!("the operator has no option read from {name}"));
+        let default: Vec<String> = arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+        assert_eq!(env_value(container, name).as_slice(), default.as_slice(), "{name}: the chart's default");
+    }
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["ports"][0]["containerPort"], 8080);
@@ -305,6 +319,8 @@ fn watched_namespaces_get_roles_and_nothing_cluster_wide_and_the_options_render(
     let container = operator_container(&objects);
     assert_eq!(env_value(container, "SILVERLINE_NAMESPACE").as_deref(), Some("etl-a,etl-b"));
     assert_eq!(container["image"], "ghcr.io/silverline-dev/silverline-operator:1.2.3");
+    assert_eq!(env_value(container, "SILVERLINE_RECONCILE_CONCURRENCY").as_deref(), Some("64"));
+    assert_eq!(env_value(container, "SILVERLINE_BURST_LAUNCHES_PER_SECOND").as_deref(), Some("0"));
     assert_restricted_pod(one(&objects, "Deployment"));
 
     // The workers' ServiceAccount in each watched namespace, annotated for IRSA.
@@ -361,6 +377,8 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
         ("operator.replicas=two", "replicas"),
         ("networkPolicy.enabled=yes", "enabled"),
         ("image.worker.pullPolicy=Sometimes", "pullPolicy"),
+        ("operator.reconcileConcurrency=-1", "reconcileConcurrency"),
+        ("operator.burstLaunchesPerSecond=1.5", "burstLaunchesPerSecond"),
     ] {
         let rendered = helm::template("silverline", RELEASE_NAMESPACE, &["--set", set]);
         let error = rendered.err().unwrap_or_else(|| panic!("helm template accepted --set {set}"));
