@@ -241,20 +241,48 @@ pub struct DatasetStatus {
     pub last_success_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
+/// The names of the columns the worker's quarantine and condemned files hold beside the contract's own (their
+/// meaning: README.md, "Layout of the lake"). They are a public interface — triage queries, replays and readers
+/// name them — so they are spelled here once.
+pub mod side_columns {
+    /// The object the record was read from.
+    pub const SOURCE_URI: &str = "source_uri";
+    /// The record's 1-based number in its object, header excluded.
+    pub const RECORD_NUMBER: &str = "record_number";
+    /// The line the record starts on.
+    pub const LINE_NUMBER: &str = "line_number";
+    /// What was wrong (null for a condemned exact duplicate).
+    pub const ERROR_TYPE: &str = "error_type";
+    /// The contract column the error is about, if one.
+    pub const ERROR_COLUMN: &str = "error_column";
+    /// What was wrong and where, for a person.
+    pub const ERROR_MESSAGE: &str = "error_message";
+    /// How many runs have seen the record (replays count up).
+    pub const ATTEMPT_COUNT: &str = "attempt_count";
+    /// The record's stable hash (XXH3-128, kept across replays).
+    pub const ROW_HASH: &str = "row_hash";
+    /// The whole record as CSV text.
+    pub const RAW_RECORD: &str = "raw_record";
+    /// The record byte for byte when it holds bytes that are not UTF-8.
+    pub const RAW_RECORD_BYTES: &str = "raw_record_bytes";
+    /// Why a condemned row was condemned (condemned files only).
+    pub const CONDEMNED_REASON: &str = "condemned_reason";
+}
+
 /// Column names the worker's quarantine and condemned files use for their own metadata: a contract column of
 /// one of these names would collide with them, so the contract is refused here (and the worker never meets it).
 pub const RESERVED_COLUMNS: [&str; 11] = [
-    "source_uri",
-    "record_number",
-    "line_number",
-    "error_type",
-    "error_column",
-    "error_message",
-    "attempt_count",
-    "row_hash",
-    "raw_record",
-    "raw_record_bytes",
-    "condemned_reason",
+    side_columns::SOURCE_URI,
+    side_columns::RECORD_NUMBER,
+    side_columns::LINE_NUMBER,
+    side_columns::ERROR_TYPE,
+    side_columns::ERROR_COLUMN,
+    side_columns::ERROR_MESSAGE,
+    side_columns::ATTEMPT_COUNT,
+    side_columns::ROW_HASH,
+    side_columns::RAW_RECORD,
+    side_columns::RAW_RECORD_BYTES,
+    side_columns::CONDEMNED_REASON,
 ];
 
 /// What is wrong with a contract, naming the field.

@@ -12,7 +12,7 @@ pub mod report;
 
 pub use dataset::{
     CircuitBreakerSpec, ColumnSpec, ColumnType, ContractError, Dataset, DatasetSpec, OwnershipSpec, QualitySpec,
-    RESERVED_COLUMNS, SecretKeyRef, StorageSpec,
+    RESERVED_COLUMNS, SecretKeyRef, StorageSpec, side_columns,
 };
 pub use etlrun::{
     AttemptOutcome, AttemptStatus, DataFile, EtlRun, EtlRunPhase, EtlRunSpec, EtlRunStatus, MAX_LISTED_FILES, RunResult,

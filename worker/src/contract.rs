@@ -12,7 +12,7 @@ use std::sync::Arc;
 pub use silverline_crds::RESERVED_COLUMNS;
 
 /// The quarantine and condemned column with a record's original bytes when they are not UTF-8.
-pub const RAW_RECORD_BYTES: &str = "raw_record_bytes";
+pub use silverline_crds::side_columns::RAW_RECORD_BYTES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -17,6 +17,7 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
+use silverline_crds::side_columns as col;
 use silverline_lake::layout::{self, Area, LakeLayout};
 use silverline_lake::{Lake, OpenOptions, RelativePaths, StoreOptions};
 use std::collections::HashMap;
@@ -167,15 +168,15 @@ impl Tally {
                 .cloned()
                 .ok_or_else(|| Error::internal("quarantine file", format!("column {name} is not text")))
         };
-        let error_type = text("error_type")?;
-        let error_column = text("error_column")?;
-        let source = text("source_uri")?;
-        let line = batch.column_by_name("line_number").and_then(|a| a.as_primitive_opt::<UInt64Type>().cloned());
-        let record = batch.column_by_name("record_number").and_then(|a| a.as_primitive_opt::<UInt64Type>().cloned());
+        let error_type = text(col::ERROR_TYPE)?;
+        let error_column = text(col::ERROR_COLUMN)?;
+        let source = text(col::SOURCE_URI)?;
+        let line = batch.column_by_name(col::LINE_NUMBER).and_then(|a| a.as_primitive_opt::<UInt64Type>().cloned());
+        let record = batch.column_by_name(col::RECORD_NUMBER).and_then(|a| a.as_primitive_opt::<UInt64Type>().cloned());
         let (Some(line), Some(record)) = (line, record) else {
             return Err(Error::internal("quarantine file", "record_number or line_number is missing or not UInt64"));
         };
-        let reason = if args.condemned { Some(text("condemned_reason")?) } else { None };
+        let reason = if args.condemned { Some(text(col::CONDEMNED_REASON)?) } else { None };
         let values: Vec<StringArray> = contract.columns.iter().map(|c| text(&c.name)).collect::<Result<_>>()?;
         let mut sample_rows = Vec::new();
         for r in 0..batch.num_rows() {
@@ -245,10 +246,10 @@ impl Tally {
             }
         }
         if !sample_rows.is_empty() {
-            let raw = text("raw_record")?;
-            let message = text("error_message")?;
+            let raw = text(col::RAW_RECORD)?;
+            let message = text(col::ERROR_MESSAGE)?;
             let attempts =
-                batch.column_by_name("attempt_count").and_then(|a| a.as_primitive_opt::<UInt32Type>().cloned());
+                batch.column_by_name(col::ATTEMPT_COUNT).and_then(|a| a.as_primitive_opt::<UInt32Type>().cloned());
             for r in sample_rows {
                 let opt = |a: &StringArray| a.is_valid(r).then(|| a.value(r).to_owned());
                 self.sample.push(SampleRow {
@@ -325,19 +326,19 @@ impl Tally {
 pub fn columns_read(contract: &Contract, condemned: bool) -> Vec<String> {
     let mut names: Vec<String> = contract.columns.iter().map(|c| c.name.clone()).collect();
     for name in [
-        "raw_record",
-        "source_uri",
-        "record_number",
-        "line_number",
-        "error_type",
-        "error_column",
-        "error_message",
-        "attempt_count",
+        col::RAW_RECORD,
+        col::SOURCE_URI,
+        col::RECORD_NUMBER,
+        col::LINE_NUMBER,
+        col::ERROR_TYPE,
+        col::ERROR_COLUMN,
+        col::ERROR_MESSAGE,
+        col::ATTEMPT_COUNT,
     ] {
         names.push(name.to_owned());
     }
     if condemned {
-        names.push("condemned_reason".to_owned());
+        names.push(col::CONDEMNED_REASON.to_owned());
     }
     names
 }

@@ -9,6 +9,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, UInt32Type, UInt64Type};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use silverline_crds::side_columns as col;
 use std::io::Read;
 use tokio::runtime::Handle;
 
@@ -28,12 +29,12 @@ fn drift(input: &InputObject, message: String) -> Error {
 }
 
 const META: [(&str, DataType); 6] = [
-    ("raw_record", DataType::Utf8),
-    ("source_uri", DataType::Utf8),
-    ("record_number", DataType::UInt64),
-    ("line_number", DataType::UInt64),
-    ("attempt_count", DataType::UInt32),
-    ("row_hash", DataType::Utf8),
+    (col::RAW_RECORD, DataType::Utf8),
+    (col::SOURCE_URI, DataType::Utf8),
+    (col::RECORD_NUMBER, DataType::UInt64),
+    (col::LINE_NUMBER, DataType::UInt64),
+    (col::ATTEMPT_COUNT, DataType::UInt32),
+    (col::ROW_HASH, DataType::Utf8),
 ];
 
 fn open_reader(
@@ -107,13 +108,13 @@ fn to_chunk(
         .iter()
         .map(|c| column(&c.name).map(|a| a.as_string::<i32>().clone()))
         .collect::<Result<_>>()?;
-    let raw_record = column("raw_record")?.as_string::<i32>().clone();
-    let source_uri = column("source_uri")?.as_string::<i32>().clone();
-    let record_number = column("record_number")?.as_primitive::<UInt64Type>().clone();
-    let line_number = column("line_number")?.as_primitive::<UInt64Type>().clone();
-    let attempt = column("attempt_count")?.as_primitive::<UInt32Type>().clone();
-    let row_hash = column("row_hash")?.as_string::<i32>().clone();
-    let previous_error = batch.column_by_name("error_type").and_then(|a| a.as_string_opt::<i32>().cloned());
+    let raw_record = column(col::RAW_RECORD)?.as_string::<i32>().clone();
+    let source_uri = column(col::SOURCE_URI)?.as_string::<i32>().clone();
+    let record_number = column(col::RECORD_NUMBER)?.as_primitive::<UInt64Type>().clone();
+    let line_number = column(col::LINE_NUMBER)?.as_primitive::<UInt64Type>().clone();
+    let attempt = column(col::ATTEMPT_COUNT)?.as_primitive::<UInt32Type>().clone();
+    let row_hash = column(col::ROW_HASH)?.as_string::<i32>().clone();
+    let previous_error = batch.column_by_name(col::ERROR_TYPE).and_then(|a| a.as_string_opt::<i32>().cloned());
     let raw_bytes = batch.column_by_name(RAW_RECORD_BYTES).map(|a| a.as_binary::<i32>().clone());
     let mut chunk = RecordChunk::new(source, first);
     for r in 0..batch.num_rows() {

@@ -22,6 +22,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 pub use silverline_crds::report::FileRecord;
+use silverline_crds::side_columns as col;
 use silverline_lake::Lake as Location;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -206,7 +207,7 @@ fn side_properties() -> WriterProperties {
         .set_compression(zstd())
         .set_max_row_group_row_count(Some(SIDE_ROWS_PER_ROW_GROUP))
         .set_dictionary_enabled(false);
-    for column in ["source_uri", "error_type", "error_column", "attempt_count", "condemned_reason"] {
+    for column in [col::SOURCE_URI, col::ERROR_TYPE, col::ERROR_COLUMN, col::ATTEMPT_COUNT, col::CONDEMNED_REASON] {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), true);
     }
     builder.build()
@@ -739,19 +740,19 @@ impl SilverWriter {
 pub fn side_schema(contract: &Contract, area: Area) -> SchemaRef {
     let mut fields: Vec<Field> = contract.columns.iter().map(|c| Field::new(&c.name, DataType::Utf8, true)).collect();
     fields.extend([
-        Field::new("raw_record", DataType::Utf8, false),
+        Field::new(col::RAW_RECORD, DataType::Utf8, false),
         Field::new(RAW_RECORD_BYTES, DataType::Binary, true),
-        Field::new("source_uri", DataType::Utf8, false),
-        Field::new("record_number", DataType::UInt64, false),
-        Field::new("line_number", DataType::UInt64, false),
-        Field::new("error_type", DataType::Utf8, area == Area::Condemned),
-        Field::new("error_column", DataType::Utf8, true),
-        Field::new("error_message", DataType::Utf8, area == Area::Condemned),
-        Field::new("attempt_count", DataType::UInt32, false),
-        Field::new("row_hash", DataType::Utf8, false),
+        Field::new(col::SOURCE_URI, DataType::Utf8, false),
+        Field::new(col::RECORD_NUMBER, DataType::UInt64, false),
+        Field::new(col::LINE_NUMBER, DataType::UInt64, false),
+        Field::new(col::ERROR_TYPE, DataType::Utf8, area == Area::Condemned),
+        Field::new(col::ERROR_COLUMN, DataType::Utf8, true),
+        Field::new(col::ERROR_MESSAGE, DataType::Utf8, area == Area::Condemned),
+        Field::new(col::ATTEMPT_COUNT, DataType::UInt32, false),
+        Field::new(col::ROW_HASH, DataType::Utf8, false),
     ]);
     if area == Area::Condemned {
-        fields.push(Field::new("condemned_reason", DataType::Utf8, false));
+        fields.push(Field::new(col::CONDEMNED_REASON, DataType::Utf8, false));
     }
     Arc::new(Schema::new(fields))
 }
@@ -1072,6 +1073,44 @@ mod tests {
         for column in ["raw_record", "row_hash", "error_message", "TransactionID"] {
             assert!(!properties.dictionary_enabled(&ColumnPath::from(column)), "{column}");
         }
+    }
+
+    #[test]
+    fn the_side_files_own_columns_are_the_names_a_contract_may_not_use() {
+        let contract = crate::contract::tests::transactions();
+        let own = |area| -> Vec<String> {
+            let schema = side_schema(&contract, area);
+            let fields = &schema.fields()[contract.columns.len()..];
+            fields.iter().map(|f| f.name().clone()).collect()
+        };
+        let condemned = own(Area::Condemned);
+        let mut reserved: Vec<String> = crate::contract::RESERVED_COLUMNS.iter().map(|&c| c.to_owned()).collect();
+        let mut sorted = condemned.clone();
+        sorted.sort();
+        reserved.sort();
+        assert_eq!(
+            sorted, reserved,
+            "every column of a condemned file beside the contract's is reserved, and only those"
+        );
+        let quarantine = own(Area::Quarantine);
+        assert_eq!(quarantine, condemned[..condemned.len() - 1], "quarantine: the same, without condemned_reason");
+        // The names are a public interface (README.md, "Layout of the lake"): spelled out here, not from the consts.
+        assert_eq!(
+            condemned,
+            [
+                "raw_record",
+                "raw_record_bytes",
+                "source_uri",
+                "record_number",
+                "line_number",
+                "error_type",
+                "error_column",
+                "error_message",
+                "attempt_count",
+                "row_hash",
+                "condemned_reason"
+            ]
+        );
     }
 
     #[test]
