@@ -211,6 +211,15 @@ pub struct RunResult {
     pub quarantine_rate: f64,
     /// How long the worker ran, in seconds.
     pub duration_seconds: f64,
+    /// The quarantine rate the quality gate judged: `quarantineRate`, or for a replay the rows failing anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gated_quarantine_rate: Option<f64>,
+    /// Mean attempt count of the quarantined rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg_attempt_count: Option<f64>,
+    /// Rows condemned for running out of attempts / input rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_condemnation_rate: Option<f64>,
     /// How many data files the run wrote (silver, quarantine, condemned).
     #[serde(default)]
     pub file_count: u64,
@@ -250,6 +259,9 @@ impl RunResult {
             condemned_rows: report.condemned_rows_count,
             quarantine_rate: report.quarantine_rate,
             duration_seconds: report.duration_seconds,
+            gated_quarantine_rate: Some(report.gated_rate()),
+            avg_attempt_count: Some(report.avg_attempt_count),
+            auto_condemnation_rate: Some(report.auto_condemnation_rate),
             file_count: report.files.len() as u64,
             file_bytes: report.files.iter().map(|f| f.bytes).sum(),
             files: report.files.iter().take(MAX_LISTED_FILES).map(DataFile::from).collect(),

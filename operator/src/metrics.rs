@@ -20,7 +20,7 @@ use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramTimer, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
-use silverline_crds::{AttemptOutcome, Dataset, EtlRun, EtlRunPhase, PromotionPhase};
+use silverline_crds::{AttemptOutcome, Dataset, EtlRun, EtlRunPhase, PromotionPhase, RunResult};
 use silverline_lake::RunFinding;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -64,6 +64,23 @@ pub struct Metrics {
     run_oldest_unchanged: ScopedGauge,
     /// Expected intervals by schedule text: a schedule is read once, not on every export.
     intervals: Mutex<HashMap<String, Option<f64>>>,
+    /// Per dataset, when the runs whose figures the last-run gauges hold finished (see [`LastRuns`]).
+    last_runs: Mutex<HashMap<String, LastRuns>>,
+}
+
+/// When the runs a dataset's last-run gauges describe finished, in seconds since the epoch: the last run that
+/// finished with a report (succeeded or stopped by its quality gate: the quarantine, gated, attempt and
+/// auto-condemnation gauges) and the last that succeeded (duration and input rows).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LastRuns {
+    reported: f64,
+    succeeded: f64,
+}
+
+impl Default for LastRuns {
+    fn default() -> Self {
+        LastRuns { reported: f64::NEG_INFINITY, succeeded: f64::NEG_INFINITY }
+    }
 }
 
 impl Metrics {
@@ -248,6 +265,7 @@ impl Metrics {
             run_input_rows,
             run_oldest_unchanged: ScopedGauge::new(run_oldest_unchanged, Gone::Remove),
             intervals: Mutex::default(),
+            last_runs: Mutex::default(),
         })
     }
 
@@ -309,8 +327,10 @@ impl Metrics {
                     self.rows.with_label_values(&[dataset, "quarantined"]).inc_by(result.quarantined_rows);
                     self.rows.with_label_values(&[dataset, "condemned"]).inc_by(result.condemned_rows);
                     self.last_quarantine_rate.with_label_values(&[dataset]).set(result.quarantine_rate);
+                    self.stamp(dataset, |last| last.reported = last.reported.max(now_seconds));
                 }
                 if *phase == EtlRunPhase::Succeeded {
+                    self.stamp(dataset, |last| last.succeeded = last.succeeded.max(now_seconds));
                     self.last_success.with_label_values(&[dataset]).set(now_seconds);
                     if let Some(seconds) = seconds {
                         self.last_run_duration.with_label_values(&[dataset]).set(*seconds);
@@ -411,12 +431,60 @@ impl Metrics {
     }
 
     /// Sets `run_oldest_unchanged_seconds` of one watch scope from all its EtlRuns (see [`oldest_unchanged`]).
+    /// Also restores the last-run gauges from the runs' statuses (see [`Metrics::restore_last_runs`]).
     pub fn set_runs(&self, scope: &str, runs: &[&EtlRun], now: Timestamp) {
         let series = oldest_unchanged(runs, now)
             .into_iter()
             .map(|((dataset, state), seconds)| (vec![dataset, state.to_owned()], seconds))
             .collect();
         self.run_oldest_unchanged.set(scope, series);
+        self.restore_last_runs(runs);
+    }
+
+    fn stamp(&self, dataset: &str, update: impl FnOnce(&mut LastRuns)) {
+        if let Ok(mut last) = self.last_runs.lock() {
+            update(last.entry(dataset.to_owned()).or_default());
+        }
+    }
+
+    /// Sets each dataset's last-run gauges from the statuses of its latest finished runs, unless this process
+    /// has recorded a finish as late: after an operator restart or a change of leader the gauges (and the alerts
+    /// on them: quarantine rate, attempts, auto-condemnation, duration and volume) hold the last runs' figures at
+    /// once, instead of being absent — and the alerts resolved — until the next run ends. A status written
+    /// before `result` carried the gated rate, attempts and auto-condemnation leaves those three unset.
+    fn restore_last_runs(&self, runs: &[&EtlRun]) {
+        let Ok(mut stamps) = self.last_runs.lock() else { return };
+        for (dataset, latest) in latest_finished(runs) {
+            let stamp = stamps.entry(dataset.clone()).or_default();
+            let labels = [dataset.as_str()];
+            if let Some((at, result)) = latest.reported
+                && at > stamp.reported
+            {
+                stamp.reported = at;
+                self.last_quarantine_rate.with_label_values(&labels).set(result.quarantine_rate);
+                let gauges = [
+                    (&self.last_gated_quarantine_rate, result.gated_quarantine_rate),
+                    (&self.last_avg_attempt_count, result.avg_attempt_count),
+                    (&self.last_auto_condemnation_rate, result.auto_condemnation_rate),
+                ];
+                for (gauge, value) in gauges {
+                    if let Some(value) = value {
+                        gauge.with_label_values(&labels).set(value);
+                    }
+                }
+            }
+            if let Some((at, seconds, result)) = latest.succeeded
+                && at > stamp.succeeded
+            {
+                stamp.succeeded = at;
+                if let Some(seconds) = seconds {
+                    self.last_run_duration.with_label_values(&labels).set(seconds);
+                }
+                if let Some(result) = result {
+                    self.last_run_input_rows.with_label_values(&labels).set(result.input_rows as f64);
+                }
+            }
+        }
     }
 
     /// The text exposition of every metric.
@@ -485,6 +553,38 @@ pub fn oldest_unchanged(runs: &[&EtlRun], now: Timestamp) -> BTreeMap<(String, &
         *entry = entry.max(seconds);
     }
     oldest
+}
+
+/// A dataset's latest finished runs, as [`latest_finished`] finds them: when each finished (seconds since the
+/// epoch), the result of the last one with a report, and the duration and result of the last that succeeded.
+#[derive(Debug, Default, PartialEq)]
+pub struct LatestFinished<'a> {
+    pub reported: Option<(f64, &'a RunResult)>,
+    pub succeeded: Option<(f64, Option<f64>, Option<&'a RunResult>)>,
+}
+
+/// Per dataset, its latest run that finished with a report (`Succeeded` or `QualityGateFailed`, with a
+/// `result`) and its latest `Succeeded` run, by `finishedAt`; the duration is the run's, from its first
+/// attempt's start to its finish, as the operator measured it when the run ended.
+pub fn latest_finished<'a>(runs: &[&'a EtlRun]) -> BTreeMap<String, LatestFinished<'a>> {
+    let mut latest: BTreeMap<String, LatestFinished<'a>> = BTreeMap::new();
+    for run in runs {
+        let Some(status) = run.status.as_ref() else { continue };
+        let Some(finished) = status.finished_at.as_ref() else { continue };
+        let at = finished.0.as_millisecond() as f64 / 1000.0;
+        let entry = latest.entry(run.spec.dataset.clone()).or_default();
+        let reported = matches!(status.phase, Some(EtlRunPhase::Succeeded | EtlRunPhase::QualityGateFailed));
+        if let Some(result) = status.result.as_ref().filter(|_| reported)
+            && entry.reported.is_none_or(|(known, _)| at > known)
+        {
+            entry.reported = Some((at, result));
+        }
+        if status.phase == Some(EtlRunPhase::Succeeded) && entry.succeeded.is_none_or(|(known, ..)| at > known) {
+            let seconds = status.started_at.as_ref().map(|s| finished.0.duration_since(s.0).as_secs_f64().max(0.0));
+            entry.succeeded = Some((at, seconds, status.result.as_ref()));
+        }
+    }
+    latest
 }
 
 /// What happens to a series of a [`ScopedGauge`] that no scope names any more.
@@ -893,6 +993,100 @@ mod tests {
         assert!(m.render().contains(r#"silverline_run_oldest_unchanged_seconds{dataset="tx",state="waiting"} 3600"#));
         m.set_runs("", &[], now);
         assert!(!m.render().contains("silverline_run_oldest_unchanged_seconds{"), "no unfinished run, no series");
+    }
+
+    fn finished_run(dataset: &str, phase: &str, started: &str, finished: &str, result: serde_json::Value) -> EtlRun {
+        run(
+            dataset,
+            serde_json::json!({"phase": phase, "startedAt": started, "finishedAt": finished, "result": result}),
+        )
+    }
+
+    fn result_json(input_rows: u64, rate: f64, gated: Option<f64>) -> serde_json::Value {
+        let mut result = serde_json::json!({"reportUri": "s3://l/_SUCCESS", "inputRows": input_rows, "validRows": 0,
+            "quarantinedRows": 0, "condemnedRows": 0, "quarantineRate": rate, "durationSeconds": 1.0});
+        if let Some(gated) = gated {
+            result["gatedQuarantineRate"] = gated.into();
+            result["avgAttemptCount"] = 1.5.into();
+            result["autoCondemnationRate"] = 0.25.into();
+        }
+        result
+    }
+
+    #[test]
+    fn after_a_restart_the_last_run_gauges_come_from_the_latest_finished_runs_statuses() {
+        let runs = [
+            finished_run(
+                "tx",
+                "Succeeded",
+                "2023-11-14T22:00:00Z",
+                "2023-11-14T22:01:00Z",
+                result_json(10, 0.1, Some(0.1)),
+            ),
+            finished_run(
+                "tx",
+                "Succeeded",
+                "2023-11-14T23:00:00Z",
+                "2023-11-14T23:00:30Z",
+                result_json(20, 0.0, Some(0.0)),
+            ),
+            // The latest report: a quality-gate failure (no success: duration and volume stay the success's).
+            finished_run(
+                "tx",
+                "QualityGateFailed",
+                "2023-11-15T00:00:00Z",
+                "2023-11-15T00:02:00Z",
+                result_json(30, 0.4, Some(0.35)),
+            ),
+            finished_run("tx", "Failed", "2023-11-15T01:00:00Z", "2023-11-15T01:00:10Z", serde_json::Value::Null),
+            // A status from before the result carried the gated rate: the quarantine rate only.
+            finished_run(
+                "orders",
+                "Succeeded",
+                "2023-11-14T22:00:00Z",
+                "2023-11-14T22:00:05Z",
+                result_json(5, 0.2, None),
+            ),
+            run("orders", serde_json::json!({"phase": "Running", "startedAt": "2023-11-15T02:00:00Z"})),
+        ];
+        let refs: Vec<&EtlRun> = runs.iter().collect();
+        let m = Metrics::new().expect("metrics");
+        m.set_runs("", &refs, Timestamp::now());
+        let text = m.render();
+        for line in [
+            r#"silverline_last_quarantine_rate{dataset="tx"} 0.4"#,
+            r#"silverline_last_gated_quarantine_rate{dataset="tx"} 0.35"#,
+            r#"silverline_last_avg_attempts{dataset="tx"} 1.5"#,
+            r#"silverline_last_auto_condemnation_rate{dataset="tx"} 0.25"#,
+            r#"silverline_last_run_duration_seconds{dataset="tx"} 30"#,
+            r#"silverline_last_run_input_rows{dataset="tx"} 20"#,
+            r#"silverline_last_quarantine_rate{dataset="orders"} 0.2"#,
+            r#"silverline_last_run_duration_seconds{dataset="orders"} 5"#,
+            r#"silverline_last_run_input_rows{dataset="orders"} 5"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains(r#"silverline_last_gated_quarantine_rate{dataset="orders"}"#), "{text}");
+
+        // A finish this process records is not overwritten by older statuses; a later status overwrites it.
+        let result = RunResult { input_rows: 99, quarantine_rate: 0.01, ..RunResult::default() };
+        let now = Timestamp::now().as_millisecond() as f64 / 1000.0;
+        m.record("tx", &finished(EtlRunPhase::Succeeded, result, 7.0), now);
+        m.set_runs("", &refs, Timestamp::now());
+        let text = m.render();
+        assert!(text.contains(r#"silverline_last_run_input_rows{dataset="tx"} 99"#), "{text}");
+        assert!(text.contains(r#"silverline_last_quarantine_rate{dataset="tx"} 0.01"#), "{text}");
+        let later = finished_run(
+            "tx",
+            "Succeeded",
+            "2999-01-01T00:00:00Z",
+            "2999-01-01T00:00:09Z",
+            result_json(42, 0.0, Some(0.0)),
+        );
+        m.set_runs("", &[&later], Timestamp::now());
+        let text = m.render();
+        assert!(text.contains(r#"silverline_last_run_input_rows{dataset="tx"} 42"#), "{text}");
+        assert!(text.contains(r#"silverline_last_run_duration_seconds{dataset="tx"} 9"#), "{text}");
     }
 
     /// `promtool check metrics` (the linter Prometheus ships) on everything the operator exports, every family

@@ -838,6 +838,17 @@ async fn only_the_leader_of_two_replicas_acts() {
         (b.metric("silverline_leader").await == Some(1.0)).then_some(())
     })
     .await;
+    // The new leader exports the last run's figures from its status, before any run of its own ends.
+    let result = run.status.and_then(|st| st.result).expect("tx-one's result");
+    let rows = r#"silverline_last_run_input_rows{dataset="transactions"}"#;
+    eventually("replica-b's last-run gauges", Duration::from_secs(15), || async {
+        (b.metric(rows).await == Some(result.input_rows as f64)).then_some(())
+    })
+    .await;
+    let gated = b.metric(r#"silverline_last_gated_quarantine_rate{dataset="transactions"}"#).await;
+    assert_eq!(gated, result.gated_quarantine_rate, "the gated rate tx-one's status holds");
+    assert!(gated.is_some(), "a new run's status holds its gated rate: {result:?}");
+    assert!(b.metric(r#"silverline_last_run_duration_seconds{dataset="transactions"}"#).await.is_some());
     create_run(&s.client, &s.ns.name, "tx-two", &input).await;
     let run = finished(&s.client, &s.ns.name, "tx-two", RUN_TIMEOUT).await;
     assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&b]));
