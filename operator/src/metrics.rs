@@ -20,7 +20,7 @@ use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramTimer, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
-use silverline_crds::{AttemptOutcome, Dataset, EtlRun, EtlRunPhase, PromotionPhase, RunResult};
+use silverline_crds::{AttemptOutcome, Dataset, EtlRun, EtlRunPhase, Promotion, PromotionPhase, RunResult};
 use silverline_lake::RunFinding;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -371,6 +371,23 @@ impl Metrics {
         self.last_gated_quarantine_rate.with_label_values(&[dataset]).set(report.gated_rate());
         self.last_avg_attempt_count.with_label_values(&[dataset]).set(report.avg_attempt_count);
         self.last_auto_condemnation_rate.with_label_values(&[dataset]).set(report.auto_condemnation_rate);
+    }
+
+    /// Raises `last_promotion_timestamp_seconds` of each dataset to the latest `finishedAt` of its `Promoted`
+    /// Promotions, so that after a restart or a change of leader it is known at once, not only after the next
+    /// promotion.
+    pub fn restore_last_promotions(&self, promotions: &[&Promotion]) {
+        let mut latest: BTreeMap<&str, f64> = BTreeMap::new();
+        for promotion in promotions.iter().filter(|p| p.phase() == Some(PromotionPhase::Promoted)) {
+            let Some(finished) = promotion.status.as_ref().and_then(|s| s.finished_at.as_ref()) else { continue };
+            let at = finished.0.as_millisecond() as f64 / 1000.0;
+            let entry = latest.entry(promotion.spec.dataset.as_str()).or_insert(at);
+            *entry = entry.max(at);
+        }
+        for (dataset, at) in latest {
+            let gauge = self.last_promotion.with_label_values(&[dataset]);
+            gauge.set(gauge.get().max(at));
+        }
     }
 
     /// Sets the awaiting-approval gauges of one watch scope (`""` for all namespaces) from a full count:
@@ -782,6 +799,35 @@ mod tests {
         }
         m.set_awaiting_approval("", &Default::default());
         assert!(m.render().contains(r#"silverline_promotions_awaiting_approval{dataset="tx"} 0"#));
+    }
+
+    #[test]
+    fn after_a_restart_the_last_promotion_time_comes_from_the_promoted_promotions() {
+        let promotion = |dataset: &str, phase: &str, finished: &str| -> Promotion {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "etl.silverline.dev/v1alpha1", "kind": "Promotion",
+                "metadata": {"name": "p", "namespace": "etl"},
+                "spec": {"dataset": dataset, "reason": "weekly load"},
+                "status": {"phase": phase, "finishedAt": finished},
+            }))
+            .expect("a Promotion")
+        };
+        let promotions = [
+            promotion("tx", "Promoted", "2023-11-14T22:13:20Z"),
+            promotion("tx", "Promoted", "2023-11-14T22:13:30Z"),
+            promotion("tx", "Rejected", "2023-11-14T23:00:00Z"),
+            promotion("orders", "Failed", "2023-11-14T23:00:00Z"),
+        ];
+        let refs: Vec<&Promotion> = promotions.iter().collect();
+        let m = Metrics::new().expect("metrics");
+        m.restore_last_promotions(&refs);
+        let text = m.render();
+        assert!(text.contains(r#"silverline_last_promotion_timestamp_seconds{dataset="tx"} 1700000010"#), "{text}");
+        assert!(!text.contains(r#"silverline_last_promotion_timestamp_seconds{dataset="orders"}"#), "{text}");
+        // A later promotion this process recorded stays.
+        m.record_promotion("tx", PromotionPhase::Promoted, 1_800_000_000.0);
+        m.restore_last_promotions(&refs);
+        assert!(m.render().contains(r#"silverline_last_promotion_timestamp_seconds{dataset="tx"} 1800000000"#));
     }
 
     fn finished(phase: EtlRunPhase, result: RunResult, seconds: f64) -> Transition {

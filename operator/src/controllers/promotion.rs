@@ -625,14 +625,18 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
     }
 }
 
-/// Keeps the gauges of Promotions awaiting approval (count and oldest age, per dataset) up to date.
+/// Keeps the gauges of Promotions awaiting approval (count and oldest age, per dataset) up to date, and the last
+/// promotion's time known from the Promotions' statuses.
 async fn export_awaiting(ctx: Arc<Context>, scope: &str, store: Store<DeserializeGuard<Promotion>>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(5));
     loop {
         ticker.tick().await;
         let now = Timestamp::now();
         let mut awaiting: BTreeMap<String, (i64, f64)> = BTreeMap::new();
-        for guard in store.state() {
+        let state = store.state();
+        let promotions: Vec<&Promotion> = state.iter().filter_map(|guard| guard.0.as_ref().ok()).collect();
+        ctx.metrics.restore_last_promotions(&promotions);
+        for guard in &state {
             let Ok(promotion) = &guard.0 else { continue };
             if promotion.phase() != Some(PromotionPhase::AwaitingApproval) {
                 continue;
