@@ -25,6 +25,10 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo doc -D warnings"
+# Broken or private intra-doc links fail here rather than rot: the API docs are read (kube's CRD docs, ours).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
 # ---- BEGIN operator: test Kubernetes control plane (owned by the operator; see operator/README.md) ----
 # Builds (cached) and starts etcd, kube-apiserver and kube-controller-manager on loopback for the operator's
 # integration tests (operator/tests/: api_validation, lifecycle, promotion), which run with the workspace tests below.

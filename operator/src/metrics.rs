@@ -448,7 +448,7 @@ impl Metrics {
     }
 
     /// Sets `run_oldest_unchanged_seconds` of one watch scope from all its EtlRuns (see [`oldest_unchanged`]).
-    /// Also restores the last-run gauges from the runs' statuses (see [`Metrics::restore_last_runs`]).
+    /// Also restores the last-run gauges from the runs' statuses (see `Metrics::restore_last_runs`).
     pub fn set_runs(&self, scope: &str, runs: &[&EtlRun], now: Timestamp) {
         let series = oldest_unchanged(runs, now)
             .into_iter()

@@ -40,7 +40,7 @@ pub struct CheckedChunk {
     pub raw: RecordChunk,
     pub hashes: Vec<u128>,
     /// Per record, the 128-bit fingerprint of its content — the trimmed values — which decides exact duplicates:
-    /// rows that differ only in surrounding whitespace are the same row. See [`content_hash`].
+    /// rows that differ only in surrounding whitespace are the same row. See `content_hash`.
     pub contents: Vec<u128>,
     pub outcomes: Vec<Outcome>,
     /// (partition, rows), in partition order. A partition is months since year 0 (`year * 12 + month - 1`), UTC.

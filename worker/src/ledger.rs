@@ -15,7 +15,7 @@
 //! row. Beside them, one entry per input object and, for a replay, the lineage (source, record) of each replayed
 //! row. Nothing else grows with the input. A wrong verdict needs two different keys (or other rows) whose 96
 //! compared bits agree — about n²/2⁹⁷ per table, 6·10⁻¹⁴ per run at 100 M rows (see [`FirstSeen`]) — or a
-//! duplicate-key row whose 64-bit content check agrees with its key holder's (see [`content_check`]).
+//! duplicate-key row whose 64-bit content check agrees with its key holder's (see `content_check`).
 
 use crate::check::{CheckedChunk, Outcome, RowError};
 use crate::values::ErrorType;
