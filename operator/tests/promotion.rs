@@ -118,7 +118,7 @@ fn reasons(events: Vec<k8s_openapi::api::core::v1::Event>) -> Vec<String> {
 async fn an_unapproved_promotion_waits_and_moves_nothing_until_approved_then_becomes_version_1() {
     let s = Scenario::new("promote").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
-    let op = s.operator("replica-a").await;
+    let mut op = s.operator("replica-a").await;
     let run_id = succeeded_run(&s, "tx-jan", &op).await;
     let created = create_promotion(&s, &promotion("tx-jan-promo", &[&run_id], None)).await;
 
@@ -174,6 +174,16 @@ async fn an_unapproved_promotion_waits_and_moves_nothing_until_approved_then_bec
     eventually("the awaiting-approval gauge back to 0", Duration::from_secs(15), || async {
         let n = op.metric(r#"silverline_promotions_awaiting_approval{dataset="transactions"}"#).await?;
         (n == 0.0).then_some(())
+    })
+    .await;
+
+    // A new leader knows when the dataset was last promoted from the Promotion's status, at once.
+    op.kill().await;
+    let next = s.operator("replica-b").await;
+    let finished = status.finished_at.expect("finishedAt").0.as_second() as f64;
+    eventually("replica-b's last-promotion time", Duration::from_secs(30), || async {
+        let t = next.metric(r#"silverline_last_promotion_timestamp_seconds{dataset="transactions"}"#).await?;
+        (t == finished).then_some(())
     })
     .await;
 }
