@@ -81,8 +81,9 @@ pub fn progress(rows: u64, rows_per_second: f64, bytes_read: u64, bytes_total: u
 }
 
 /// The end of a successful run: the counts, rates and where each area went; not the file list (it stays in
-/// `_SUCCESS`).
-pub fn run_finished(report: &RunReport, success_uri: &str, ledger_bytes: usize) {
+/// `_SUCCESS`). `finishing_seconds`: how long the end took once every row was settled (see
+/// [`crate::run::RunOutcome::finishing_seconds`]).
+pub fn run_finished(report: &RunReport, success_uri: &str, ledger_bytes: usize, finishing_seconds: f64) {
     let [silver, quarantine, condemned] = ["silver", "quarantine", "condemned"].map(|area| area_totals(report, area));
     tracing::info!(
         outcome = report.outcome.as_str(),
@@ -110,6 +111,7 @@ pub fn run_finished(report: &RunReport, success_uri: &str, ledger_bytes: usize) 
         condemned_files = condemned.files,
         condemned_bytes = condemned.bytes,
         ledger_bytes,
+        finishing_seconds,
         success = success_uri,
         "run finished"
     );
@@ -228,7 +230,7 @@ mod tests {
                        "rows": 7, "bytes": 100, "sha256": "cd"}],
         }))
         .expect("a report");
-        let lines = captured(|| run_finished(&report, "file:///l/_SUCCESS", 42));
+        let lines = captured(|| run_finished(&report, "file:///l/_SUCCESS", 42, 0.25));
         let l: Value = serde_json::from_str(&lines[0]).expect("JSON");
         assert_eq!(l["message"], "run finished");
         assert_eq!(l["valid_rows_count"], 7);
@@ -238,6 +240,7 @@ mod tests {
         assert_eq!((l["silver_files"].as_u64(), l["silver_bytes"].as_u64()), (Some(1), Some(100)));
         assert!(l.get("quarantine_prefix").is_none() && l["quarantine_files"] == 0, "{l}");
         assert_eq!(l["ledger_bytes"], 42);
+        assert_eq!(l["finishing_seconds"], 0.25);
         assert!(l.get("files").is_none() && !lines[0].contains("part-00000"), "{l}");
     }
 

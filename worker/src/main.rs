@@ -290,7 +290,7 @@ fn execute(cli: RunCli, human: bool) -> Result<(), Error> {
     if human {
         print!("{}", silverline_worker::summary::run_summary(report, &outcome.success_uri, &outcome.error_columns));
     } else {
-        log::run_finished(report, &outcome.success_uri, outcome.ledger_bytes);
+        log::run_finished(report, &outcome.success_uri, outcome.ledger_bytes, outcome.finishing_seconds);
     }
     Ok(())
 }

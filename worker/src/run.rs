@@ -93,6 +93,9 @@ pub struct RunOutcome {
     pub error_columns: crate::summary::ErrorColumns,
     /// Bytes of the duplicate and key state at the end of the run (the only state that grows with the input).
     pub ledger_bytes: usize,
+    /// Seconds from the last row settled to every data file complete (the writers' last row groups and footers,
+    /// and on an object store the uploads still going): the end of the run after its input.
+    pub finishing_seconds: f64,
 }
 
 /// Loads and compiles a contract manifest from a file.
@@ -587,7 +590,9 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     let ledger_bytes = ledger.state_bytes();
     let counts = ledger.into_counts();
     spill.widen(ledger_bytes);
+    let finishing = Instant::now();
     let files = crate::sink::finish_all(silver, quarantine, condemned)?;
+    let finishing_seconds = finishing.elapsed().as_secs_f64();
     let mut error_columns = crate::summary::ErrorColumns::new();
     for ((error, column), n) in &counts.by_error_column {
         let name = crate::values::ErrorType::ALL.get(*error).map_or("UNKNOWN", |t| t.as_str());
@@ -619,7 +624,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     let key = layout.marker(layout::SUCCESS);
     control.check()?;
     put_json(&lake, &key, &report, Put::OnceFor(&run_id), handle)?;
-    Ok(RunOutcome { report, success_uri: lake.uri_of(&key), error_columns, ledger_bytes })
+    Ok(RunOutcome { report, success_uri: lake.uri_of(&key), error_columns, ledger_bytes, finishing_seconds })
 }
 
 /// Reports progress until `done` is set: a line on a terminal, a JSON log line every few seconds otherwise.
