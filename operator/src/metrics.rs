@@ -21,7 +21,6 @@ use prometheus::{
     TextEncoder,
 };
 use silverline_crds::{AttemptOutcome, Dataset, EtlRun, EtlRunPhase, Promotion, PromotionPhase, RunResult};
-use silverline_lake::RunFinding;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -327,6 +326,9 @@ impl Metrics {
                     self.rows.with_label_values(&[dataset, "quarantined"]).inc_by(result.quarantined_rows);
                     self.rows.with_label_values(&[dataset, "condemned"]).inc_by(result.condemned_rows);
                     self.last_quarantine_rate.with_label_values(&[dataset]).set(result.quarantine_rate);
+                    if matches!(phase, EtlRunPhase::Succeeded | EtlRunPhase::QualityGateFailed) {
+                        self.set_reported(dataset, result);
+                    }
                     self.stamp(dataset, |last| last.reported = last.reported.max(now_seconds));
                 }
                 if *phase == EtlRunPhase::Succeeded {
@@ -356,21 +358,6 @@ impl Metrics {
         if phase == PromotionPhase::Promoted {
             self.last_promotion.with_label_values(&[dataset]).set(now_seconds);
         }
-    }
-
-    /// Records what only the finished run's report holds (`_SUCCESS` or `_QUALITY_REPORT.json`, read in the same
-    /// reconcile that decided the run finished): the rate its quality gate judged, the mean attempt count of its
-    /// quarantined rows and its auto-condemnation rate.
-    pub fn record_report(&self, dataset: &str, transition: &Transition, finding: Option<&RunFinding>) {
-        let Transition::Finished { phase, .. } = transition else { return };
-        let report = match (phase, finding) {
-            (EtlRunPhase::Succeeded, Some(RunFinding::Success { report, .. }))
-            | (EtlRunPhase::QualityGateFailed, Some(RunFinding::QualityReport { report, .. })) => report,
-            _ => return,
-        };
-        self.last_gated_quarantine_rate.with_label_values(&[dataset]).set(report.gated_rate());
-        self.last_avg_attempt_count.with_label_values(&[dataset]).set(report.avg_attempt_count);
-        self.last_auto_condemnation_rate.with_label_values(&[dataset]).set(report.auto_condemnation_rate);
     }
 
     /// Raises `last_promotion_timestamp_seconds` of each dataset to the latest `finishedAt` of its `Promoted`
@@ -458,6 +445,22 @@ impl Metrics {
         self.restore_last_runs(runs);
     }
 
+    /// The gauges only a finished run's report (`_SUCCESS` or `_QUALITY_REPORT.json`) gives, as its `result`
+    /// holds them: the rate its quality gate judged, the mean attempt count of its quarantined rows and its
+    /// auto-condemnation rate. A result from before they were kept sets none of them.
+    fn set_reported(&self, dataset: &str, result: &RunResult) {
+        let gauges = [
+            (&self.last_gated_quarantine_rate, result.gated_quarantine_rate),
+            (&self.last_avg_attempt_count, result.avg_attempt_count),
+            (&self.last_auto_condemnation_rate, result.auto_condemnation_rate),
+        ];
+        for (gauge, value) in gauges {
+            if let Some(value) = value {
+                gauge.with_label_values(&[dataset]).set(value);
+            }
+        }
+    }
+
     fn stamp(&self, dataset: &str, update: impl FnOnce(&mut LastRuns)) {
         if let Ok(mut last) = self.last_runs.lock() {
             update(last.entry(dataset.to_owned()).or_default());
@@ -479,16 +482,7 @@ impl Metrics {
             {
                 stamp.reported = at;
                 self.last_quarantine_rate.with_label_values(&labels).set(result.quarantine_rate);
-                let gauges = [
-                    (&self.last_gated_quarantine_rate, result.gated_quarantine_rate),
-                    (&self.last_avg_attempt_count, result.avg_attempt_count),
-                    (&self.last_auto_condemnation_rate, result.auto_condemnation_rate),
-                ];
-                for (gauge, value) in gauges {
-                    if let Some(value) = value {
-                        gauge.with_label_values(&labels).set(value);
-                    }
-                }
+                self.set_reported(&dataset, result);
             }
             if let Some((at, seconds, result)) = latest.succeeded
                 && at > stamp.succeeded
@@ -865,11 +859,10 @@ mod tests {
             m.render()
                 .contains(r#"silverline_attempts_total{dataset="tx",reason="circuit_breaker",result="failed"} 0"#)
         );
-        let result = RunResult { input_rows: 100, valid_rows: 90, quarantined_rows: 10, ..RunResult::default() };
-        let succeeded = finished(EtlRunPhase::Succeeded, result.clone(), 42.0);
-        let finding = RunFinding::Success { report: report(Some(0.02), 1.75, 0.006), uri: "s3://l/_SUCCESS".into() };
+        // A finished run's result is its report's (as the lifecycle builds it from `_SUCCESS`).
+        let result = RunResult::from_report(&report(Some(0.02), 1.75, 0.006), "s3://l/_SUCCESS");
+        let succeeded = finished(EtlRunPhase::Succeeded, result, 42.0);
         m.record("tx", &succeeded, 0.0);
-        m.record_report("tx", &succeeded, Some(&finding));
         let text = m.render();
         for line in [
             r#"silverline_last_gated_quarantine_rate{dataset="tx"} 0.02"#,
@@ -884,10 +877,9 @@ mod tests {
 
         // A quality-gate failure: its report's rates count (without a gated rate, the plain one), its duration
         // and volume do not (they describe succeeded runs).
-        let gate = finished(EtlRunPhase::QualityGateFailed, result.clone(), 7.0);
-        let finding = RunFinding::QualityReport { report: report(None, 1.0, 0.0), uri: "s3://l/_Q".into() };
+        let gate =
+            finished(EtlRunPhase::QualityGateFailed, RunResult::from_report(&report(None, 1.0, 0.0), "s3://l/_Q"), 7.0);
         m.record("tx", &gate, 0.0);
-        m.record_report("tx", &gate, Some(&finding));
         let text = m.render();
         for line in [
             r#"silverline_last_gated_quarantine_rate{dataset="tx"} 0.09"#,
@@ -899,13 +891,13 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
 
-        // A report that does not match how the run finished, or another change, sets nothing.
-        let other = report(Some(0.5), 3.0, 0.5);
-        let failed = finished(EtlRunPhase::Failed, result, 1.0);
-        m.record_report("tx", &failed, Some(&RunFinding::Success { report: other.clone(), uri: String::new() }));
-        m.record_report("tx", &gate, Some(&RunFinding::Success { report: other, uri: String::new() }));
-        m.record_report("tx", &Transition::Waiting { reason: String::new(), message: String::new() }, None);
-        assert!(m.render().contains(r#"silverline_last_avg_attempts{dataset="tx"} 1"#));
+        // A failed run (whatever result it carried) or another change sets none of the report's gauges.
+        let other = RunResult::from_report(&report(Some(0.5), 3.0, 0.5), "");
+        m.record("tx", &finished(EtlRunPhase::Failed, other, 1.0), 0.0);
+        m.record("tx", &Transition::Waiting { reason: String::new(), message: String::new() }, 0.0);
+        let text = m.render();
+        assert!(text.contains(r#"silverline_last_avg_attempts{dataset="tx"} 1"#), "{text}");
+        assert!(text.contains(r#"silverline_last_gated_quarantine_rate{dataset="tx"} 0.09"#), "{text}");
     }
 
     fn dataset(namespace: &str, name: &str, schedule: Option<&str>, last_success: Option<&str>) -> Dataset {
@@ -1144,14 +1136,8 @@ mod tests {
         let promtool = std::env::var("SILVERLINE_PROMTOOL").expect("SILVERLINE_PROMTOOL names the promtool binary");
         let m = Metrics::new().expect("metrics");
         m.init_dataset("tx");
-        let result = RunResult { input_rows: 10, valid_rows: 10, ..RunResult::default() };
-        let succeeded = finished(EtlRunPhase::Succeeded, result, 3.0);
+        let succeeded = finished(EtlRunPhase::Succeeded, RunResult::from_report(&report(None, 1.0, 0.0), ""), 3.0);
         m.record("tx", &succeeded, 1.0);
-        m.record_report(
-            "tx",
-            &succeeded,
-            Some(&RunFinding::Success { report: report(None, 1.0, 0.0), uri: String::new() }),
-        );
         m.record(
             "tx",
             &Transition::AttemptEnded {

@@ -126,6 +126,18 @@ async fn a_run_succeeds_with_the_counts_of_its_success_marker_in_status_and_metr
     let valid = op.metric(r#"silverline_rows_total{dataset="transactions",kind="valid"}"#).await;
     assert_eq!(valid, Some(report.valid_rows_count as f64));
     assert_eq!(op.metric(r#"silverline_runs_total{dataset="transactions",result="succeeded"}"#).await, Some(1.0));
+    // What only the report holds, through the status's result: the gated rate, attempts and auto-condemnation.
+    let result = status.result.clone().expect("result");
+    assert_eq!(result.gated_quarantine_rate, Some(report.gated_rate()));
+    assert_eq!(result.avg_attempt_count, Some(report.avg_attempt_count));
+    assert_eq!(result.auto_condemnation_rate, Some(report.auto_condemnation_rate));
+    for (series, value) in [
+        (r#"silverline_last_gated_quarantine_rate{dataset="transactions"}"#, report.gated_rate()),
+        (r#"silverline_last_avg_attempts{dataset="transactions"}"#, report.avg_attempt_count),
+        (r#"silverline_last_auto_condemnation_rate{dataset="transactions"}"#, report.auto_condemnation_rate),
+    ] {
+        assert_eq!(op.metric(series).await, Some(value), "{series}");
+    }
     assert!(
         op.metric(r#"silverline_last_success_timestamp_seconds{dataset="transactions"}"#)
             .await

@@ -669,7 +669,6 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         (None, None) => act(&scope, &identity, &plan).await,
     };
     for transition in &plan.transitions {
-        ctx.metrics.record_report(&run.spec.dataset, transition, observed.lake.as_ref());
         report(&scope, run, &plan.status, transition).await;
         if let (Transition::Finished { phase: EtlRunPhase::Succeeded, .. }, Ok(dataset)) = (transition, &contract) {
             request_promotion(ctx, run, &identity, dataset, &plan.status).await;
