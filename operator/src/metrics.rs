@@ -569,15 +569,15 @@ pub fn oldest_unchanged(runs: &[&EtlRun], now: Timestamp) -> BTreeMap<(String, &
 /// A dataset's latest finished runs, as [`latest_finished`] finds them: when each finished (seconds since the
 /// epoch), the result of the last one with a report, and the duration and result of the last that succeeded.
 #[derive(Debug, Default, PartialEq)]
-pub struct LatestFinished<'a> {
-    pub reported: Option<(f64, &'a RunResult)>,
-    pub succeeded: Option<(f64, Option<f64>, Option<&'a RunResult>)>,
+struct LatestFinished<'a> {
+    reported: Option<(f64, &'a RunResult)>,
+    succeeded: Option<(f64, Option<f64>, Option<&'a RunResult>)>,
 }
 
 /// Per dataset, its latest run that finished with a report (`Succeeded` or `QualityGateFailed`, with a
 /// `result`) and its latest `Succeeded` run, by `finishedAt`; the duration is the run's, from its first
 /// attempt's start to its finish, as the operator measured it when the run ended.
-pub fn latest_finished<'a>(runs: &[&'a EtlRun]) -> BTreeMap<String, LatestFinished<'a>> {
+fn latest_finished<'a>(runs: &[&'a EtlRun]) -> BTreeMap<String, LatestFinished<'a>> {
     let mut latest: BTreeMap<String, LatestFinished<'a>> = BTreeMap::new();
     for run in runs {
         let Some(status) = run.status.as_ref() else { continue };
