@@ -334,11 +334,8 @@ impl Metrics {
                 if *phase == EtlRunPhase::Succeeded {
                     self.stamp(dataset, |last| last.succeeded = last.succeeded.max(now_seconds));
                     self.last_success.with_label_values(&[dataset]).set(now_seconds);
-                    if let Some(seconds) = seconds {
-                        self.last_run_duration.with_label_values(&[dataset]).set(*seconds);
-                    }
+                    self.set_succeeded(dataset, *seconds, result.as_ref());
                     if let Some(result) = result {
-                        self.last_run_input_rows.with_label_values(&[dataset]).set(result.input_rows as f64);
                         self.run_input_rows.with_label_values(&[dataset]).inc_by(result.input_rows);
                     }
                 }
@@ -364,16 +361,10 @@ impl Metrics {
     /// Promotions, so that after a restart or a change of leader it is known at once, not only after the next
     /// promotion.
     pub fn restore_last_promotions(&self, promotions: &[&Promotion]) {
-        let mut latest: BTreeMap<&str, f64> = BTreeMap::new();
         for promotion in promotions.iter().filter(|p| p.phase() == Some(PromotionPhase::Promoted)) {
             let Some(finished) = promotion.status.as_ref().and_then(|s| s.finished_at.as_ref()) else { continue };
-            let at = finished.0.as_millisecond() as f64 / 1000.0;
-            let entry = latest.entry(promotion.spec.dataset.as_str()).or_insert(at);
-            *entry = entry.max(at);
-        }
-        for (dataset, at) in latest {
-            let gauge = self.last_promotion.with_label_values(&[dataset]);
-            gauge.set(gauge.get().max(at));
+            let gauge = self.last_promotion.with_label_values(&[&promotion.spec.dataset]);
+            gauge.set(gauge.get().max(finished.0.as_millisecond() as f64 / 1000.0));
         }
     }
 
@@ -461,6 +452,16 @@ impl Metrics {
         }
     }
 
+    /// The gauges of the last succeeded run: its duration and its input rows.
+    fn set_succeeded(&self, dataset: &str, seconds: Option<f64>, result: Option<&RunResult>) {
+        if let Some(seconds) = seconds {
+            self.last_run_duration.with_label_values(&[dataset]).set(seconds);
+        }
+        if let Some(result) = result {
+            self.last_run_input_rows.with_label_values(&[dataset]).set(result.input_rows as f64);
+        }
+    }
+
     fn stamp(&self, dataset: &str, update: impl FnOnce(&mut LastRuns)) {
         if let Ok(mut last) = self.last_runs.lock() {
             update(last.entry(dataset.to_owned()).or_default());
@@ -476,24 +477,18 @@ impl Metrics {
         let Ok(mut stamps) = self.last_runs.lock() else { return };
         for (dataset, latest) in latest_finished(runs) {
             let stamp = stamps.entry(dataset.clone()).or_default();
-            let labels = [dataset.as_str()];
             if let Some((at, result)) = latest.reported
                 && at > stamp.reported
             {
                 stamp.reported = at;
-                self.last_quarantine_rate.with_label_values(&labels).set(result.quarantine_rate);
+                self.last_quarantine_rate.with_label_values(&[&dataset]).set(result.quarantine_rate);
                 self.set_reported(&dataset, result);
             }
             if let Some((at, seconds, result)) = latest.succeeded
                 && at > stamp.succeeded
             {
                 stamp.succeeded = at;
-                if let Some(seconds) = seconds {
-                    self.last_run_duration.with_label_values(&labels).set(seconds);
-                }
-                if let Some(result) = result {
-                    self.last_run_input_rows.with_label_values(&labels).set(result.input_rows as f64);
-                }
+                self.set_succeeded(&dataset, seconds, result);
             }
         }
     }

@@ -11,9 +11,6 @@ use std::sync::Arc;
 /// Column names the quarantine and condemned files use for their own metadata; `Dataset::validate` refuses them.
 pub use silverline_crds::RESERVED_COLUMNS;
 
-/// The quarantine and condemned column with a record's original bytes when they are not UTF-8.
-pub use silverline_crds::side_columns::RAW_RECORD_BYTES;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     String,
@@ -174,6 +171,7 @@ impl HeaderMap {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use silverline_crds::side_columns as col;
 
     pub fn transactions() -> Contract {
         let text = include_str!("../../examples/datasets/transactions.yaml");
@@ -221,9 +219,9 @@ pub(crate) mod tests {
         ds.spec.columns[1].name = "error_type".into();
         assert!(Contract::compile(&ds).is_err());
         let mut ds = Dataset::from_manifest(include_str!("../../examples/datasets/transactions.yaml")).expect("parses");
-        ds.spec.columns[1].name = RAW_RECORD_BYTES.into();
+        ds.spec.columns[1].name = col::RAW_RECORD_BYTES.into();
         let err = Contract::compile(&ds).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains(RAW_RECORD_BYTES), "{err}");
-        assert!(RESERVED_COLUMNS.contains(&RAW_RECORD_BYTES), "the contract's own list names every side column");
+        assert!(err.contains(col::RAW_RECORD_BYTES), "{err}");
+        assert!(RESERVED_COLUMNS.contains(&col::RAW_RECORD_BYTES), "the contract's own list names every side column");
     }
 }

@@ -1,7 +1,7 @@
 //! Replaying a quarantine run: its part files are read back as records in contract column order, keeping each
 //! row's lineage, hash and attempt count, so the ledger can revalidate them and condemn those out of attempts.
 
-use crate::contract::{Contract, RAW_RECORD_BYTES};
+use crate::contract::Contract;
 use crate::input::{InputObject, read_error};
 use crate::tokenize::{RecordChunk, ReplayMeta};
 use crate::{Error, Result};
@@ -57,9 +57,12 @@ fn open_reader(
         }
     }
     // Quarantine files written before the column existed have no raw_record_bytes: they held text only.
-    match schema.field_with_name(RAW_RECORD_BYTES) {
+    match schema.field_with_name(col::RAW_RECORD_BYTES) {
         Ok(f) if *f.data_type() != DataType::Binary => {
-            return Err(drift(input, format!("column {RAW_RECORD_BYTES} is {}, expected Binary", f.data_type())));
+            return Err(drift(
+                input,
+                format!("column {} is {}, expected Binary", col::RAW_RECORD_BYTES, f.data_type()),
+            ));
         }
         _ => {}
     }
@@ -115,7 +118,7 @@ fn to_chunk(
     let attempt = column(col::ATTEMPT_COUNT)?.as_primitive::<UInt32Type>().clone();
     let row_hash = column(col::ROW_HASH)?.as_string::<i32>().clone();
     let previous_error = batch.column_by_name(col::ERROR_TYPE).and_then(|a| a.as_string_opt::<i32>().cloned());
-    let raw_bytes = batch.column_by_name(RAW_RECORD_BYTES).map(|a| a.as_binary::<i32>().clone());
+    let raw_bytes = batch.column_by_name(col::RAW_RECORD_BYTES).map(|a| a.as_binary::<i32>().clone());
     let mut chunk = RecordChunk::new(source, first);
     for r in 0..batch.num_rows() {
         let has_values = values.iter().all(|v| v.is_valid(r));

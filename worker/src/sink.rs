@@ -4,7 +4,7 @@
 //! Everything here is deterministic: the same rows in the same order give byte-identical files.
 
 use crate::check::CheckedChunk;
-use crate::contract::{Contract, HeaderMap, RAW_RECORD_BYTES};
+use crate::contract::{Contract, HeaderMap};
 use crate::input::storage_error;
 use crate::layout::{Area, LakeLayout};
 use crate::ledger::SideRow;
@@ -741,7 +741,7 @@ pub fn side_schema(contract: &Contract, area: Area) -> SchemaRef {
     let mut fields: Vec<Field> = contract.columns.iter().map(|c| Field::new(&c.name, DataType::Utf8, true)).collect();
     fields.extend([
         Field::new(col::RAW_RECORD, DataType::Utf8, false),
-        Field::new(RAW_RECORD_BYTES, DataType::Binary, true),
+        Field::new(col::RAW_RECORD_BYTES, DataType::Binary, true),
         Field::new(col::SOURCE_URI, DataType::Utf8, false),
         Field::new(col::RECORD_NUMBER, DataType::UInt64, false),
         Field::new(col::LINE_NUMBER, DataType::UInt64, false),

@@ -636,8 +636,7 @@ async fn export_awaiting(ctx: Arc<Context>, scope: &str, store: Store<Deserializ
         let state = store.state();
         let promotions: Vec<&Promotion> = state.iter().filter_map(|guard| guard.0.as_ref().ok()).collect();
         ctx.metrics.restore_last_promotions(&promotions);
-        for guard in &state {
-            let Ok(promotion) = &guard.0 else { continue };
+        for promotion in promotions {
             if promotion.phase() != Some(PromotionPhase::AwaitingApproval) {
                 continue;
             }
