@@ -1,5 +1,5 @@
-//! Prometheus metrics. Labels are of low cardinality only: dataset, result, reason, error category — never run
-//! ids or object names. The alert rules that read them are `charts/silverline/files/prometheus-rules.yaml`
+//! Prometheus metrics. Labels are of low cardinality only: a dataset's namespace and name, result, reason, error
+//! category — never run ids or the names of runs and Promotions. The alert rules that read them are `charts/silverline/files/prometheus-rules.yaml`
 //! (what each alert means and who acts: docs/runbook.md).
 //!
 //! Besides counters of what happened, the operator exports what the alerts compare against, per dataset, from
@@ -38,7 +38,7 @@ pub struct Metrics {
     pub last_quarantine_rate: GaugeVec,
     pub last_success: GaugeVec,
     pub reconciles: IntCounterVec,
-    pub lake_checks: IntCounterVec,
+    lake_checks: IntCounterVec,
     pub reconcile_errors: IntCounterVec,
     pub reconcile_duration: HistogramVec,
     pub leader: IntGauge,
@@ -46,7 +46,7 @@ pub struct Metrics {
     promotions_awaiting: ScopedGauge,
     promotion_oldest_awaiting: ScopedGauge,
     pub last_promotion: GaugeVec,
-    /// `silverline_dataset_info{dataset, namespace, owner_team, steward, escalation}` = 1: the Dataset's
+    /// `silverline_dataset_info{namespace, dataset, owner_team, steward, escalation}` = 1: the Dataset's
     /// `ownership`, for routing an alert on the dataset to its owners.
     dataset_info: ScopedGauge,
     dataset_max_quarantine_rate: ScopedGauge,
@@ -64,7 +64,42 @@ pub struct Metrics {
     /// Expected intervals by schedule text: a schedule is read once, not on every export.
     intervals: Mutex<HashMap<String, Option<f64>>>,
     /// Per dataset, when the runs whose figures the last-run gauges hold finished (see [`LastRuns`]).
-    last_runs: Mutex<HashMap<String, LastRuns>>,
+    last_runs: Mutex<HashMap<DatasetKey, LastRuns>>,
+}
+
+/// A dataset as its series are labelled: `namespace` (of the resources that name it) and `dataset` (its name).
+/// One name in two namespaces is two datasets, each with series of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DatasetSeries<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+/// A [`DatasetSeries`] as a map key: `(namespace, name)`.
+type DatasetKey = (String, String);
+
+impl<'a> DatasetSeries<'a> {
+    pub fn new(namespace: &'a str, name: &'a str) -> DatasetSeries<'a> {
+        DatasetSeries { namespace, name }
+    }
+
+    /// The dataset an EtlRun or a Promotion belongs to: its `spec.dataset` in its own namespace.
+    pub fn of<K: kube::Resource>(resource: &'a K, dataset: &'a str) -> DatasetSeries<'a> {
+        DatasetSeries::new(resource.meta().namespace.as_deref().unwrap_or_default(), dataset)
+    }
+
+    fn key(self) -> DatasetKey {
+        (self.namespace.to_owned(), self.name.to_owned())
+    }
+
+    fn from_key(key: &'a DatasetKey) -> DatasetSeries<'a> {
+        DatasetSeries::new(&key.0, &key.1)
+    }
+
+    /// The label values of one of the dataset's series: its namespace and name, then `rest`.
+    fn labels(self, rest: &[&'a str]) -> Vec<&'a str> {
+        [self.namespace, self.name].into_iter().chain(rest.iter().copied()).collect()
+    }
 }
 
 /// When the runs a dataset's last-run gauges describe finished, in seconds since the epoch: the last run that
@@ -87,38 +122,38 @@ impl Metrics {
         let registry = Registry::new_custom(Some("silverline".into()), None)?;
         let runs = IntCounterVec::new(
             Opts::new("runs_total", "EtlRuns finished, by result (succeeded, failed, quality_gate_failed)"),
-            &["dataset", "result"],
+            &["namespace", "dataset", "result"],
         )?;
         let attempts = IntCounterVec::new(
             Opts::new("attempts_total", "Attempts ended, by result and reason"),
-            &["dataset", "result", "reason"],
+            &["namespace", "dataset", "result", "reason"],
         )?;
         let retries = IntCounterVec::new(
             Opts::new("retries_total", "Attempts scheduled after a transient failure, by its reason"),
-            &["dataset", "reason"],
+            &["namespace", "dataset", "reason"],
         )?;
         let run_duration = HistogramVec::new(
             HistogramOpts::new("run_duration_seconds", "From the first attempt's start to the run's end")
                 .buckets(vec![1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0]),
-            &["dataset", "result"],
+            &["namespace", "dataset", "result"],
         )?;
         let rows = IntCounterVec::new(
             Opts::new("rows_total", "Rows of finished runs, by kind (valid, quarantined, condemned)"),
-            &["dataset", "kind"],
+            &["namespace", "dataset", "kind"],
         )?;
         let last_quarantine_rate = GaugeVec::new(
             Opts::new("last_quarantine_rate", "Quarantine rate of the dataset's last finished run"),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
         let last_success = GaugeVec::new(
             Opts::new("last_success_timestamp_seconds", "When the dataset's last run succeeded (freshness)"),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
         let reconciles =
             IntCounterVec::new(Opts::new("reconciles_total", "Reconciles, by controller"), &["controller"])?;
         let lake_checks = IntCounterVec::new(
             Opts::new("lake_checks_total", "Reads of a run's markers in the lake (_SUCCESS, reports), by dataset"),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
         let reconcile_errors = IntCounterVec::new(
             Opts::new("reconcile_errors_total", "Failed reconciles, by controller and error category"),
@@ -137,69 +172,71 @@ impl Metrics {
         let leader = IntGauge::new("leader", "1 while this replica holds the leader Lease")?;
         let promotions = IntCounterVec::new(
             Opts::new("promotions_total", "Promotions finished, by result (promoted, rejected, failed)"),
-            &["dataset", "result"],
+            &["namespace", "dataset", "result"],
         )?;
         let promotions_awaiting = GaugeVec::new(
             Opts::new("promotions_awaiting_approval", "Promotions waiting for a reviewer's approval"),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
         let promotion_oldest_awaiting = GaugeVec::new(
             Opts::new("promotion_oldest_awaiting_seconds", "Age of the oldest Promotion awaiting approval"),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
         let dataset_info = GaugeVec::new(
             Opts::new("dataset_info", "1 per Dataset, labelled with the owners its spec.ownership names"),
-            &["dataset", "namespace", "owner_team", "steward", "escalation"],
+            &["namespace", "dataset", "owner_team", "steward", "escalation"],
         )?;
         let dataset_max_quarantine_rate = GaugeVec::new(
             Opts::new("dataset_max_quarantine_rate", "The Dataset's quality gate: spec.quality.maxQuarantineRate"),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
         let dataset_expected_interval = GaugeVec::new(
             Opts::new(
                 "dataset_expected_interval_seconds",
                 "Longest gap between two times of the Dataset's spec.schedule (absent without a schedule)",
             ),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
         let last_gated_quarantine_rate = GaugeVec::new(
             Opts::new(
                 "last_gated_quarantine_rate",
                 "Quarantine rate the quality gate judged in the dataset's last finished run (a replay: rows failing anew)",
             ),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
         let last_avg_attempt_count = GaugeVec::new(
             Opts::new("last_avg_attempts", "Mean attempt count of the quarantined rows of the last finished run"),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
         let last_auto_condemnation_rate = GaugeVec::new(
             Opts::new(
                 "last_auto_condemnation_rate",
                 "Rows condemned for reaching maxAttempts per input row, in the last finished run",
             ),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
         let last_run_duration = GaugeVec::new(
             Opts::new("last_run_duration_seconds", "Duration of the dataset's last succeeded run"),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
         let last_run_input_rows = GaugeVec::new(
             Opts::new("last_run_input_rows", "Input rows of the dataset's last succeeded run"),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
-        let run_input_rows =
-            IntCounterVec::new(Opts::new("run_input_rows_total", "Input rows of succeeded runs"), &["dataset"])?;
+        let run_input_rows = IntCounterVec::new(
+            Opts::new("run_input_rows_total", "Input rows of succeeded runs"),
+            &["namespace", "dataset"],
+        )?;
         let run_oldest_unchanged = GaugeVec::new(
             Opts::new(
                 "run_oldest_unchanged_seconds",
                 "Longest time an unfinished run of the dataset has gone without a status change, by state",
             ),
-            &["dataset", "state"],
+            &["namespace", "dataset", "state"],
         )?;
         let last_promotion = GaugeVec::new(
             Opts::new("last_promotion_timestamp_seconds", "When the dataset's current version was last promoted"),
-            &["dataset"],
+            &["namespace", "dataset"],
         )?;
         registry.register(Box::new(runs.clone()))?;
         registry.register(Box::new(attempts.clone()))?;
@@ -270,20 +307,20 @@ impl Metrics {
 
     /// Creates a dataset's series at zero, so that `increase()` and `rate()` see their first change (a series that
     /// appears at 1 has no increase to show).
-    pub fn init_dataset(&self, dataset: &str) {
+    pub fn init_dataset(&self, dataset: DatasetSeries) {
         for result in ["succeeded", "failed", "quality_gate_failed"] {
-            self.runs.with_label_values(&[dataset, result]);
+            self.runs.with_label_values(&dataset.labels(&[result]));
         }
         for kind in ROW_KINDS {
-            self.rows.with_label_values(&[dataset, kind]);
+            self.rows.with_label_values(&dataset.labels(&[kind]));
         }
         for result in ["promoted", "rejected", "failed"] {
-            self.promotions.with_label_values(&[dataset, result]);
+            self.promotions.with_label_values(&dataset.labels(&[result]));
         }
-        self.lake_checks.with_label_values(&[dataset]);
-        self.run_input_rows.with_label_values(&[dataset]);
+        self.lake_checks.with_label_values(&dataset.labels(&[]));
+        self.run_input_rows.with_label_values(&dataset.labels(&[]));
         // The circuit-breaker alert counts the increase of this series.
-        self.attempts.with_label_values(&[dataset, "failed", FailureReason::CircuitBreaker.label()]);
+        self.attempts.with_label_values(&dataset.labels(&["failed", FailureReason::CircuitBreaker.label()]));
     }
 
     /// Counts a reconcile of `controller` and measures it until the returned timer is dropped.
@@ -292,12 +329,17 @@ impl Metrics {
         self.reconcile_duration.with_label_values(&[controller]).start_timer()
     }
 
+    /// Counts a read of a run's markers in the lake.
+    pub fn lake_check(&self, dataset: DatasetSeries) {
+        self.lake_checks.with_label_values(&dataset.labels(&[])).inc();
+    }
+
     pub fn reconcile_failed(&self, controller: &str, category: &str) {
         self.reconcile_errors.with_label_values(&[controller, category]).inc();
     }
 
     /// Records a change of an EtlRun, once it is written.
-    pub fn record(&self, dataset: &str, transition: &Transition, now_seconds: f64) {
+    pub fn record(&self, dataset: DatasetSeries, transition: &Transition, now_seconds: f64) {
         match transition {
             Transition::AttemptStarted { .. } | Transition::Waiting { .. } => {}
             Transition::AttemptEnded { attempt, retry_after } => {
@@ -308,24 +350,24 @@ impl Metrics {
                 };
                 let reason =
                     attempt.reason.as_deref().and_then(FailureReason::parse).map_or("none", FailureReason::label);
-                self.attempts.with_label_values(&[dataset, result, reason]).inc();
+                self.attempts.with_label_values(&dataset.labels(&[result, reason])).inc();
                 if retry_after.is_some() {
-                    self.retries.with_label_values(&[dataset, reason]).inc();
+                    self.retries.with_label_values(&dataset.labels(&[reason])).inc();
                 }
             }
             Transition::Finished { phase, result, seconds, .. } => {
                 let label = phase_label(*phase);
-                self.runs.with_label_values(&[dataset, label]).inc();
+                self.runs.with_label_values(&dataset.labels(&[label])).inc();
                 if let Some(seconds) = seconds {
-                    self.run_duration.with_label_values(&[dataset, label]).observe(*seconds);
+                    self.run_duration.with_label_values(&dataset.labels(&[label])).observe(*seconds);
                 }
                 if let Some(result) = result {
                     // A quality-gate failure's parsed rows are not valid output: the gate held them back.
                     let parsed = if *phase == EtlRunPhase::Succeeded { "valid" } else { "held_by_gate" };
-                    self.rows.with_label_values(&[dataset, parsed]).inc_by(result.valid_rows);
-                    self.rows.with_label_values(&[dataset, "quarantined"]).inc_by(result.quarantined_rows);
-                    self.rows.with_label_values(&[dataset, "condemned"]).inc_by(result.condemned_rows);
-                    self.last_quarantine_rate.with_label_values(&[dataset]).set(result.quarantine_rate);
+                    self.rows.with_label_values(&dataset.labels(&[parsed])).inc_by(result.valid_rows);
+                    self.rows.with_label_values(&dataset.labels(&["quarantined"])).inc_by(result.quarantined_rows);
+                    self.rows.with_label_values(&dataset.labels(&["condemned"])).inc_by(result.condemned_rows);
+                    self.last_quarantine_rate.with_label_values(&dataset.labels(&[])).set(result.quarantine_rate);
                     if matches!(phase, EtlRunPhase::Succeeded | EtlRunPhase::QualityGateFailed) {
                         self.set_reported(dataset, result);
                     }
@@ -333,10 +375,10 @@ impl Metrics {
                 }
                 if *phase == EtlRunPhase::Succeeded {
                     self.stamp(dataset, |last| last.succeeded = last.succeeded.max(now_seconds));
-                    self.last_success.with_label_values(&[dataset]).set(now_seconds);
+                    self.last_success.with_label_values(&dataset.labels(&[])).set(now_seconds);
                     self.set_succeeded(dataset, *seconds, result.as_ref());
                     if let Some(result) = result {
-                        self.run_input_rows.with_label_values(&[dataset]).inc_by(result.input_rows);
+                        self.run_input_rows.with_label_values(&dataset.labels(&[])).inc_by(result.input_rows);
                     }
                 }
             }
@@ -344,16 +386,16 @@ impl Metrics {
     }
 
     /// Records a finished Promotion, once it is written.
-    pub fn record_promotion(&self, dataset: &str, phase: PromotionPhase, now_seconds: f64) {
+    pub fn record_promotion(&self, dataset: DatasetSeries, phase: PromotionPhase, now_seconds: f64) {
         let result = match phase {
             PromotionPhase::Promoted => "promoted",
             PromotionPhase::Rejected => "rejected",
             PromotionPhase::Failed => "failed",
             PromotionPhase::AwaitingApproval | PromotionPhase::Promoting => return,
         };
-        self.promotions.with_label_values(&[dataset, result]).inc();
+        self.promotions.with_label_values(&dataset.labels(&[result])).inc();
         if phase == PromotionPhase::Promoted {
-            self.last_promotion.with_label_values(&[dataset]).set(now_seconds);
+            self.last_promotion.with_label_values(&dataset.labels(&[])).set(now_seconds);
         }
     }
 
@@ -363,16 +405,20 @@ impl Metrics {
     pub fn restore_last_promotions(&self, promotions: &[&Promotion]) {
         for promotion in promotions.iter().filter(|p| p.phase() == Some(PromotionPhase::Promoted)) {
             let Some(finished) = promotion.status.as_ref().and_then(|s| s.finished_at.as_ref()) else { continue };
-            let gauge = self.last_promotion.with_label_values(&[&promotion.spec.dataset]);
+            let dataset = DatasetSeries::of(*promotion, &promotion.spec.dataset);
+            let gauge = self.last_promotion.with_label_values(&dataset.labels(&[]));
             gauge.set(gauge.get().max(finished.0.as_millisecond() as f64 / 1000.0));
         }
     }
 
     /// Sets the awaiting-approval gauges of one watch scope (`""` for all namespaces) from a full count:
-    /// `(count, oldest age in seconds)` per dataset. A dataset with none left reads 0.
-    pub fn set_awaiting_approval(&self, scope: &str, awaiting: &BTreeMap<String, (i64, f64)>) {
+    /// `(count, oldest age in seconds)` per dataset (`(namespace, name)`). A dataset with none left reads 0.
+    pub fn set_awaiting_approval(&self, scope: &str, awaiting: &BTreeMap<(String, String), (i64, f64)>) {
         let series = |pick: fn(&(i64, f64)) -> f64| -> BTreeMap<Vec<String>, f64> {
-            awaiting.iter().map(|(dataset, counts)| (vec![dataset.clone()], pick(counts))).collect()
+            awaiting
+                .iter()
+                .map(|((namespace, name), counts)| (vec![namespace.clone(), name.clone()], pick(counts)))
+                .collect()
         };
         self.promotions_awaiting.set(scope, series(|(count, _)| *count as f64));
         self.promotion_oldest_awaiting.set(scope, series(|(_, oldest)| *oldest));
@@ -386,32 +432,20 @@ impl Metrics {
         let mut info = BTreeMap::new();
         let mut max_rate = BTreeMap::new();
         let mut interval = BTreeMap::new();
-        let mut datasets = datasets.to_vec();
-        datasets
-            .sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
         for dataset in datasets {
-            let Some(name) = dataset.metadata.name.clone() else { continue };
+            let Some(name) = dataset.metadata.name.as_deref() else { continue };
+            let series = DatasetSeries::new(dataset.metadata.namespace.as_deref().unwrap_or_default(), name);
             let owners = &dataset.spec.ownership;
-            let namespace = dataset.metadata.namespace.clone().unwrap_or_default();
-            // Metrics carry no namespace: for a dataset name used in two namespaces, the first namespace by name
-            // gives its owners, threshold and expected interval.
-            if !info.keys().any(|labels: &Vec<String>| labels[0] == name) {
-                let labels = vec![
-                    name.clone(),
-                    namespace,
-                    owners.team.clone(),
-                    owners.steward.clone(),
-                    owners.escalation.clone(),
-                ];
-                info.insert(labels, 1.0);
-            }
-            max_rate.entry(vec![name.clone()]).or_insert(dataset.spec.quality.max_quarantine_rate);
+            let labels =
+                |rest: &[&str]| -> Vec<String> { series.labels(rest).into_iter().map(str::to_owned).collect() };
+            info.insert(labels(&[&owners.team, &owners.steward, &owners.escalation]), 1.0);
+            max_rate.insert(labels(&[]), dataset.spec.quality.max_quarantine_rate);
             if let Some(seconds) = dataset.spec.schedule.as_deref().and_then(|s| self.expected_interval(s)) {
-                interval.entry(vec![name.clone()]).or_insert(seconds);
+                interval.insert(labels(&[]), seconds);
             }
             let last_success = dataset.status.as_ref().and_then(|s| s.last_success_time.as_ref());
             if let Some(time) = last_success {
-                let gauge = self.last_success.with_label_values(&[&name]);
+                let gauge = self.last_success.with_label_values(&series.labels(&[]));
                 gauge.set(gauge.get().max(time.0.as_millisecond() as f64 / 1000.0));
             }
         }
@@ -430,7 +464,7 @@ impl Metrics {
     pub fn set_runs(&self, scope: &str, runs: &[&EtlRun], now: Timestamp) {
         let series = oldest_unchanged(runs, now)
             .into_iter()
-            .map(|((dataset, state), seconds)| (vec![dataset, state.to_owned()], seconds))
+            .map(|(((namespace, name), state), seconds)| (vec![namespace, name, state.to_owned()], seconds))
             .collect();
         self.run_oldest_unchanged.set(scope, series);
         self.restore_last_runs(runs);
@@ -439,7 +473,7 @@ impl Metrics {
     /// The gauges only a finished run's report (`_SUCCESS` or `_QUALITY_REPORT.json`) gives, as its `result`
     /// holds them: the rate its quality gate judged, the mean attempt count of its quarantined rows and its
     /// auto-condemnation rate. A result from before they were kept sets none of them.
-    fn set_reported(&self, dataset: &str, result: &RunResult) {
+    fn set_reported(&self, dataset: DatasetSeries, result: &RunResult) {
         let gauges = [
             (&self.last_gated_quarantine_rate, result.gated_quarantine_rate),
             (&self.last_avg_attempt_count, result.avg_attempt_count),
@@ -447,24 +481,24 @@ impl Metrics {
         ];
         for (gauge, value) in gauges {
             if let Some(value) = value {
-                gauge.with_label_values(&[dataset]).set(value);
+                gauge.with_label_values(&dataset.labels(&[])).set(value);
             }
         }
     }
 
     /// The gauges of the last succeeded run: its duration and its input rows.
-    fn set_succeeded(&self, dataset: &str, seconds: Option<f64>, result: Option<&RunResult>) {
+    fn set_succeeded(&self, dataset: DatasetSeries, seconds: Option<f64>, result: Option<&RunResult>) {
         if let Some(seconds) = seconds {
-            self.last_run_duration.with_label_values(&[dataset]).set(seconds);
+            self.last_run_duration.with_label_values(&dataset.labels(&[])).set(seconds);
         }
         if let Some(result) = result {
-            self.last_run_input_rows.with_label_values(&[dataset]).set(result.input_rows as f64);
+            self.last_run_input_rows.with_label_values(&dataset.labels(&[])).set(result.input_rows as f64);
         }
     }
 
-    fn stamp(&self, dataset: &str, update: impl FnOnce(&mut LastRuns)) {
+    fn stamp(&self, dataset: DatasetSeries, update: impl FnOnce(&mut LastRuns)) {
         if let Ok(mut last) = self.last_runs.lock() {
-            update(last.entry(dataset.to_owned()).or_default());
+            update(last.entry(dataset.key()).or_default());
         }
     }
 
@@ -475,20 +509,21 @@ impl Metrics {
     /// before `result` carried the gated rate, attempts and auto-condemnation leaves those three unset.
     fn restore_last_runs(&self, runs: &[&EtlRun]) {
         let Ok(mut stamps) = self.last_runs.lock() else { return };
-        for (dataset, latest) in latest_finished(runs) {
-            let stamp = stamps.entry(dataset.clone()).or_default();
+        for (key, latest) in latest_finished(runs) {
+            let dataset = DatasetSeries::from_key(&key);
+            let stamp = stamps.entry(key.clone()).or_default();
             if let Some((at, result)) = latest.reported
                 && at > stamp.reported
             {
                 stamp.reported = at;
-                self.last_quarantine_rate.with_label_values(&[&dataset]).set(result.quarantine_rate);
-                self.set_reported(&dataset, result);
+                self.last_quarantine_rate.with_label_values(&dataset.labels(&[])).set(result.quarantine_rate);
+                self.set_reported(dataset, result);
             }
             if let Some((at, seconds, result)) = latest.succeeded
                 && at > stamp.succeeded
             {
                 stamp.succeeded = at;
-                self.set_succeeded(&dataset, seconds, result);
+                self.set_succeeded(dataset, seconds, result);
             }
         }
     }
@@ -534,10 +569,11 @@ where
 /// a pod that cannot be created, an unreadable lake, the next attempt's backoff).
 pub const RUN_STATES: [&str; 3] = ["waiting", "running", "validating"];
 
-/// Per dataset and state, the longest time one of the unfinished runs has gone without a change of its status:
-/// since the latest of its creation, its conditions' transitions and its attempts' starts and ends.
-pub fn oldest_unchanged(runs: &[&EtlRun], now: Timestamp) -> BTreeMap<(String, &'static str), f64> {
-    let mut oldest: BTreeMap<(String, &'static str), f64> = BTreeMap::new();
+/// Per dataset (`(namespace, name)`) and state, the longest time one of the unfinished runs has gone without a
+/// change of its status: since the latest of its creation, its conditions' transitions and its attempts' starts
+/// and ends.
+pub fn oldest_unchanged(runs: &[&EtlRun], now: Timestamp) -> BTreeMap<(DatasetKey, &'static str), f64> {
+    let mut oldest: BTreeMap<(DatasetKey, &'static str), f64> = BTreeMap::new();
     for run in runs {
         let status = run.status.clone().unwrap_or_default();
         if status.phase.is_some_and(EtlRunPhase::is_terminal) {
@@ -555,7 +591,7 @@ pub fn oldest_unchanged(runs: &[&EtlRun], now: Timestamp) -> BTreeMap<(String, &
             status.attempts.iter().flat_map(|a| [a.started_at.as_ref(), a.finished_at.as_ref()]).flatten().map(|t| t.0);
         let Some(last_change) = changes.chain(conditions).chain(attempts).max() else { continue };
         let seconds = now.duration_since(last_change).as_secs_f64().max(0.0);
-        let entry = oldest.entry((run.spec.dataset.clone(), state)).or_default();
+        let entry = oldest.entry((DatasetSeries::of(*run, &run.spec.dataset).key(), state)).or_default();
         *entry = entry.max(seconds);
     }
     oldest
@@ -572,13 +608,13 @@ struct LatestFinished<'a> {
 /// Per dataset, its latest run that finished with a report (`Succeeded` or `QualityGateFailed`, with a
 /// `result`) and its latest `Succeeded` run, by `finishedAt`; the duration is the run's, from its first
 /// attempt's start to its finish, as the operator measured it when the run ended.
-fn latest_finished<'a>(runs: &[&'a EtlRun]) -> BTreeMap<String, LatestFinished<'a>> {
-    let mut latest: BTreeMap<String, LatestFinished<'a>> = BTreeMap::new();
+fn latest_finished<'a>(runs: &[&'a EtlRun]) -> BTreeMap<DatasetKey, LatestFinished<'a>> {
+    let mut latest: BTreeMap<DatasetKey, LatestFinished<'a>> = BTreeMap::new();
     for run in runs {
         let Some(status) = run.status.as_ref() else { continue };
         let Some(finished) = status.finished_at.as_ref() else { continue };
         let at = finished.0.as_millisecond() as f64 / 1000.0;
-        let entry = latest.entry(run.spec.dataset.clone()).or_default();
+        let entry = latest.entry(DatasetSeries::of(*run, &run.spec.dataset).key()).or_default();
         let reported = matches!(status.phase, Some(EtlRunPhase::Succeeded | EtlRunPhase::QualityGateFailed));
         if let Some(result) = status.result.as_ref().filter(|_| reported)
             && entry.reported.is_none_or(|(known, _)| at > known)
@@ -666,6 +702,8 @@ mod tests {
     use silverline_crds::{AttemptStatus, RunResult};
     use std::time::Duration;
 
+    const TX: DatasetSeries = DatasetSeries { namespace: "etl", name: "tx" };
+
     fn attempt(outcome: AttemptOutcome, reason: &str) -> AttemptStatus {
         AttemptStatus {
             attempt: 1,
@@ -686,9 +724,9 @@ mod tests {
     fn transitions_count_with_low_cardinality_labels_only() {
         let m = Metrics::new().expect("metrics");
         let failed = attempt(AttemptOutcome::Failed, "TransientFailure");
-        m.record("tx", &Transition::AttemptEnded { attempt: failed, retry_after: Some(Duration::from_secs(30)) }, 0.0);
+        m.record(TX, &Transition::AttemptEnded { attempt: failed, retry_after: Some(Duration::from_secs(30)) }, 0.0);
         let ok = attempt(AttemptOutcome::Succeeded, "SuccessVerified");
-        m.record("tx", &Transition::AttemptEnded { attempt: ok, retry_after: None }, 0.0);
+        m.record(TX, &Transition::AttemptEnded { attempt: ok, retry_after: None }, 0.0);
         let result = RunResult {
             valid_rows: 7,
             quarantined_rows: 2,
@@ -697,7 +735,7 @@ mod tests {
             ..RunResult::default()
         };
         m.record(
-            "tx",
+            TX,
             &Transition::Finished {
                 phase: EtlRunPhase::Succeeded,
                 reason: "SuccessVerified".into(),
@@ -709,15 +747,15 @@ mod tests {
         );
         let text = m.render();
         for line in [
-            r#"silverline_attempts_total{dataset="tx",reason="transient_failure",result="failed"} 1"#,
-            r#"silverline_attempts_total{dataset="tx",reason="none",result="succeeded"} 1"#,
-            r#"silverline_retries_total{dataset="tx",reason="transient_failure"} 1"#,
-            r#"silverline_runs_total{dataset="tx",result="succeeded"} 1"#,
-            r#"silverline_rows_total{dataset="tx",kind="valid"} 7"#,
-            r#"silverline_rows_total{dataset="tx",kind="quarantined"} 2"#,
-            r#"silverline_last_quarantine_rate{dataset="tx"} 0.2"#,
-            r#"silverline_last_success_timestamp_seconds{dataset="tx"} 1700000000"#,
-            r#"silverline_run_duration_seconds_count{dataset="tx",result="succeeded"} 1"#,
+            r#"silverline_attempts_total{dataset="tx",namespace="etl",reason="transient_failure",result="failed"} 1"#,
+            r#"silverline_attempts_total{dataset="tx",namespace="etl",reason="none",result="succeeded"} 1"#,
+            r#"silverline_retries_total{dataset="tx",namespace="etl",reason="transient_failure"} 1"#,
+            r#"silverline_runs_total{dataset="tx",namespace="etl",result="succeeded"} 1"#,
+            r#"silverline_rows_total{dataset="tx",kind="valid",namespace="etl"} 7"#,
+            r#"silverline_rows_total{dataset="tx",kind="quarantined",namespace="etl"} 2"#,
+            r#"silverline_last_quarantine_rate{dataset="tx",namespace="etl"} 0.2"#,
+            r#"silverline_last_success_timestamp_seconds{dataset="tx",namespace="etl"} 1700000000"#,
+            r#"silverline_run_duration_seconds_count{dataset="tx",namespace="etl",result="succeeded"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
@@ -727,17 +765,17 @@ mod tests {
     #[test]
     fn a_quality_gate_failures_rows_are_not_counted_as_valid_and_a_datasets_series_start_at_zero() {
         let m = Metrics::new().expect("metrics");
-        m.init_dataset("tx");
+        m.init_dataset(TX);
         let zero = m.render();
         for line in [
-            r#"silverline_runs_total{dataset="tx",result="succeeded"} 0"#,
-            r#"silverline_runs_total{dataset="tx",result="failed"} 0"#,
-            r#"silverline_runs_total{dataset="tx",result="quality_gate_failed"} 0"#,
-            r#"silverline_rows_total{dataset="tx",kind="valid"} 0"#,
-            r#"silverline_rows_total{dataset="tx",kind="quarantined"} 0"#,
-            r#"silverline_rows_total{dataset="tx",kind="condemned"} 0"#,
-            r#"silverline_rows_total{dataset="tx",kind="held_by_gate"} 0"#,
-            r#"silverline_promotions_total{dataset="tx",result="promoted"} 0"#,
+            r#"silverline_runs_total{dataset="tx",namespace="etl",result="succeeded"} 0"#,
+            r#"silverline_runs_total{dataset="tx",namespace="etl",result="failed"} 0"#,
+            r#"silverline_runs_total{dataset="tx",namespace="etl",result="quality_gate_failed"} 0"#,
+            r#"silverline_rows_total{dataset="tx",kind="valid",namespace="etl"} 0"#,
+            r#"silverline_rows_total{dataset="tx",kind="quarantined",namespace="etl"} 0"#,
+            r#"silverline_rows_total{dataset="tx",kind="condemned",namespace="etl"} 0"#,
+            r#"silverline_rows_total{dataset="tx",kind="held_by_gate",namespace="etl"} 0"#,
+            r#"silverline_promotions_total{dataset="tx",namespace="etl",result="promoted"} 0"#,
         ] {
             assert!(zero.contains(line), "missing {line} in\n{zero}");
         }
@@ -749,13 +787,13 @@ mod tests {
             result: Some(result),
             seconds: Some(1.0),
         };
-        m.record("tx", &finished, 0.0);
+        m.record(TX, &finished, 0.0);
         let text = m.render();
         for line in [
-            r#"silverline_rows_total{dataset="tx",kind="valid"} 0"#,
-            r#"silverline_rows_total{dataset="tx",kind="held_by_gate"} 60"#,
-            r#"silverline_rows_total{dataset="tx",kind="quarantined"} 39"#,
-            r#"silverline_runs_total{dataset="tx",result="quality_gate_failed"} 1"#,
+            r#"silverline_rows_total{dataset="tx",kind="valid",namespace="etl"} 0"#,
+            r#"silverline_rows_total{dataset="tx",kind="held_by_gate",namespace="etl"} 60"#,
+            r#"silverline_rows_total{dataset="tx",kind="quarantined",namespace="etl"} 39"#,
+            r#"silverline_runs_total{dataset="tx",namespace="etl",result="quality_gate_failed"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
@@ -773,21 +811,21 @@ mod tests {
     #[test]
     fn promotions_count_by_result_and_awaiting_gauges_drop_to_zero_when_none_is_left() {
         let m = Metrics::new().expect("metrics");
-        m.record_promotion("tx", PromotionPhase::Promoted, 1_700_000_000.0);
-        m.record_promotion("tx", PromotionPhase::Failed, 0.0);
-        m.set_awaiting_approval("", &[("tx".to_owned(), (2, 90.0))].into());
+        m.record_promotion(TX, PromotionPhase::Promoted, 1_700_000_000.0);
+        m.record_promotion(TX, PromotionPhase::Failed, 0.0);
+        m.set_awaiting_approval("", &[(("etl".to_owned(), "tx".to_owned()), (2, 90.0))].into());
         let text = m.render();
         for line in [
-            r#"silverline_promotions_total{dataset="tx",result="promoted"} 1"#,
-            r#"silverline_promotions_total{dataset="tx",result="failed"} 1"#,
-            r#"silverline_last_promotion_timestamp_seconds{dataset="tx"} 1700000000"#,
-            r#"silverline_promotions_awaiting_approval{dataset="tx"} 2"#,
-            r#"silverline_promotion_oldest_awaiting_seconds{dataset="tx"} 90"#,
+            r#"silverline_promotions_total{dataset="tx",namespace="etl",result="promoted"} 1"#,
+            r#"silverline_promotions_total{dataset="tx",namespace="etl",result="failed"} 1"#,
+            r#"silverline_last_promotion_timestamp_seconds{dataset="tx",namespace="etl"} 1700000000"#,
+            r#"silverline_promotions_awaiting_approval{dataset="tx",namespace="etl"} 2"#,
+            r#"silverline_promotion_oldest_awaiting_seconds{dataset="tx",namespace="etl"} 90"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
         m.set_awaiting_approval("", &Default::default());
-        assert!(m.render().contains(r#"silverline_promotions_awaiting_approval{dataset="tx"} 0"#));
+        assert!(m.render().contains(r#"silverline_promotions_awaiting_approval{dataset="tx",namespace="etl"} 0"#));
     }
 
     #[test]
@@ -811,12 +849,18 @@ mod tests {
         let m = Metrics::new().expect("metrics");
         m.restore_last_promotions(&refs);
         let text = m.render();
-        assert!(text.contains(r#"silverline_last_promotion_timestamp_seconds{dataset="tx"} 1700000010"#), "{text}");
-        assert!(!text.contains(r#"silverline_last_promotion_timestamp_seconds{dataset="orders"}"#), "{text}");
+        assert!(
+            text.contains(r#"silverline_last_promotion_timestamp_seconds{dataset="tx",namespace="etl"} 1700000010"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"silverline_last_promotion_timestamp_seconds{dataset="orders","#), "{text}");
         // A later promotion this process recorded stays.
-        m.record_promotion("tx", PromotionPhase::Promoted, 1_800_000_000.0);
+        m.record_promotion(TX, PromotionPhase::Promoted, 1_800_000_000.0);
         m.restore_last_promotions(&refs);
-        assert!(m.render().contains(r#"silverline_last_promotion_timestamp_seconds{dataset="tx"} 1800000000"#));
+        assert!(
+            m.render()
+                .contains(r#"silverline_last_promotion_timestamp_seconds{dataset="tx",namespace="etl"} 1800000000"#)
+        );
     }
 
     fn finished(phase: EtlRunPhase, result: RunResult, seconds: f64) -> Transition {
@@ -849,23 +893,22 @@ mod tests {
     #[test]
     fn a_finished_runs_report_sets_the_quality_gauges_and_a_succeeded_run_its_duration_and_volume() {
         let m = Metrics::new().expect("metrics");
-        m.init_dataset("tx");
-        assert!(
-            m.render()
-                .contains(r#"silverline_attempts_total{dataset="tx",reason="circuit_breaker",result="failed"} 0"#)
-        );
+        m.init_dataset(TX);
+        assert!(m.render().contains(
+            r#"silverline_attempts_total{dataset="tx",namespace="etl",reason="circuit_breaker",result="failed"} 0"#
+        ));
         // A finished run's result is its report's (as the lifecycle builds it from `_SUCCESS`).
         let result = RunResult::from_report(&report(Some(0.02), 1.75, 0.006), "s3://l/_SUCCESS");
         let succeeded = finished(EtlRunPhase::Succeeded, result, 42.0);
-        m.record("tx", &succeeded, 0.0);
+        m.record(TX, &succeeded, 0.0);
         let text = m.render();
         for line in [
-            r#"silverline_last_gated_quarantine_rate{dataset="tx"} 0.02"#,
-            r#"silverline_last_avg_attempts{dataset="tx"} 1.75"#,
-            r#"silverline_last_auto_condemnation_rate{dataset="tx"} 0.006"#,
-            r#"silverline_last_run_duration_seconds{dataset="tx"} 42"#,
-            r#"silverline_last_run_input_rows{dataset="tx"} 100"#,
-            r#"silverline_run_input_rows_total{dataset="tx"} 100"#,
+            r#"silverline_last_gated_quarantine_rate{dataset="tx",namespace="etl"} 0.02"#,
+            r#"silverline_last_avg_attempts{dataset="tx",namespace="etl"} 1.75"#,
+            r#"silverline_last_auto_condemnation_rate{dataset="tx",namespace="etl"} 0.006"#,
+            r#"silverline_last_run_duration_seconds{dataset="tx",namespace="etl"} 42"#,
+            r#"silverline_last_run_input_rows{dataset="tx",namespace="etl"} 100"#,
+            r#"silverline_run_input_rows_total{dataset="tx",namespace="etl"} 100"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
@@ -874,25 +917,25 @@ mod tests {
         // and volume do not (they describe succeeded runs).
         let gate =
             finished(EtlRunPhase::QualityGateFailed, RunResult::from_report(&report(None, 1.0, 0.0), "s3://l/_Q"), 7.0);
-        m.record("tx", &gate, 0.0);
+        m.record(TX, &gate, 0.0);
         let text = m.render();
         for line in [
-            r#"silverline_last_gated_quarantine_rate{dataset="tx"} 0.09"#,
-            r#"silverline_last_avg_attempts{dataset="tx"} 1"#,
-            r#"silverline_last_auto_condemnation_rate{dataset="tx"} 0"#,
-            r#"silverline_last_run_duration_seconds{dataset="tx"} 42"#,
-            r#"silverline_run_input_rows_total{dataset="tx"} 100"#,
+            r#"silverline_last_gated_quarantine_rate{dataset="tx",namespace="etl"} 0.09"#,
+            r#"silverline_last_avg_attempts{dataset="tx",namespace="etl"} 1"#,
+            r#"silverline_last_auto_condemnation_rate{dataset="tx",namespace="etl"} 0"#,
+            r#"silverline_last_run_duration_seconds{dataset="tx",namespace="etl"} 42"#,
+            r#"silverline_run_input_rows_total{dataset="tx",namespace="etl"} 100"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
 
         // A failed run (whatever result it carried) or another change sets none of the report's gauges.
         let other = RunResult::from_report(&report(Some(0.5), 3.0, 0.5), "");
-        m.record("tx", &finished(EtlRunPhase::Failed, other, 1.0), 0.0);
-        m.record("tx", &Transition::Waiting { reason: String::new(), message: String::new() }, 0.0);
+        m.record(TX, &finished(EtlRunPhase::Failed, other, 1.0), 0.0);
+        m.record(TX, &Transition::Waiting { reason: String::new(), message: String::new() }, 0.0);
         let text = m.render();
-        assert!(text.contains(r#"silverline_last_avg_attempts{dataset="tx"} 1"#), "{text}");
-        assert!(text.contains(r#"silverline_last_gated_quarantine_rate{dataset="tx"} 0.09"#), "{text}");
+        assert!(text.contains(r#"silverline_last_avg_attempts{dataset="tx",namespace="etl"} 1"#), "{text}");
+        assert!(text.contains(r#"silverline_last_gated_quarantine_rate{dataset="tx",namespace="etl"} 0.09"#), "{text}");
     }
 
     fn dataset(namespace: &str, name: &str, schedule: Option<&str>, last_success: Option<&str>) -> Dataset {
@@ -915,51 +958,68 @@ mod tests {
         let mut orders = dataset("sales", "orders", None, None);
         orders.spec.quality.max_quarantine_rate = 0.1;
         orders.spec.ownership.team = "sales-data".into();
-        let same_name = dataset("zzz", "transactions", Some("@daily"), None);
+        // The same name in another namespace is another dataset: its own owners, threshold and schedule.
+        let mut same_name = dataset("zzz", "transactions", Some("@daily"), None);
+        same_name.spec.quality.max_quarantine_rate = 0.2;
+        same_name.spec.ownership.team = "zzz-data".into();
         m.set_datasets("", &[&tx, &orders, &same_name]);
         let text = m.render();
         for line in [
             r##"silverline_dataset_info{dataset="transactions",escalation="#payments-data-oncall",namespace="etl",owner_team="payments-data",steward="jane.doe@example.com"} 1"##,
             r##"silverline_dataset_info{dataset="orders",escalation="#payments-data-oncall",namespace="sales",owner_team="sales-data",steward="jane.doe@example.com"} 1"##,
-            r#"silverline_dataset_max_quarantine_rate{dataset="transactions"} 0.01"#,
-            r#"silverline_dataset_max_quarantine_rate{dataset="orders"} 0.1"#,
-            r#"silverline_dataset_expected_interval_seconds{dataset="transactions"} 3600"#,
-            r#"silverline_last_success_timestamp_seconds{dataset="transactions"} 1700000000"#,
+            r##"silverline_dataset_info{dataset="transactions",escalation="#payments-data-oncall",namespace="zzz",owner_team="zzz-data",steward="jane.doe@example.com"} 1"##,
+            r#"silverline_dataset_max_quarantine_rate{dataset="transactions",namespace="etl"} 0.01"#,
+            r#"silverline_dataset_max_quarantine_rate{dataset="orders",namespace="sales"} 0.1"#,
+            r#"silverline_dataset_max_quarantine_rate{dataset="transactions",namespace="zzz"} 0.2"#,
+            r#"silverline_dataset_expected_interval_seconds{dataset="transactions",namespace="etl"} 3600"#,
+            r#"silverline_dataset_expected_interval_seconds{dataset="transactions",namespace="zzz"} 86400"#,
+            r#"silverline_last_success_timestamp_seconds{dataset="transactions",namespace="etl"} 1700000000"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
-        assert_eq!(text.matches("silverline_dataset_info{").count(), 2, "one owner series per dataset:\n{text}");
-        assert!(!text.contains(r#"silverline_dataset_expected_interval_seconds{dataset="orders"}"#), "no schedule");
+        assert_eq!(text.matches("silverline_dataset_info{").count(), 3, "one owner series per dataset:\n{text}");
+        assert!(!text.contains(r#"silverline_last_success_timestamp_seconds{dataset="transactions",namespace="zzz""#));
+        assert!(!text.contains(r#"silverline_dataset_expected_interval_seconds{dataset="orders","#), "no schedule");
 
         // A newer success from a run is kept; an older status time never lowers it.
-        m.last_success.with_label_values(&["transactions"]).set(1_800_000_000.0);
+        m.last_success.with_label_values(&["etl", "transactions"]).set(1_800_000_000.0);
         m.set_datasets("", &[&tx, &orders]);
-        assert!(m.render().contains(r#"silverline_last_success_timestamp_seconds{dataset="transactions"} 1800000000"#));
+        assert!(m.render().contains(
+            r#"silverline_last_success_timestamp_seconds{dataset="transactions",namespace="etl"} 1800000000"#
+        ));
 
         // orders is deleted: its series go; transactions' stay.
         m.set_datasets("", &[&tx]);
         let text = m.render();
         assert!(!text.contains(r#"dataset="orders""#), "orders is gone:\n{text}");
-        assert!(text.contains(r#"silverline_dataset_max_quarantine_rate{dataset="transactions"} 0.01"#));
+        assert!(
+            text.contains(r#"silverline_dataset_max_quarantine_rate{dataset="transactions",namespace="etl"} 0.01"#)
+        );
     }
 
     #[test]
     fn a_watch_scope_never_erases_another_scopes_series() {
         let m = Metrics::new().expect("metrics");
-        m.set_awaiting_approval("etl", &[("tx".to_owned(), (2, 90.0))].into());
-        m.set_awaiting_approval("sales", &[("orders".to_owned(), (1, 30.0))].into());
+        m.set_awaiting_approval("etl", &[(("etl".to_owned(), "tx".to_owned()), (2, 90.0))].into());
+        m.set_awaiting_approval("sales", &[(("sales".to_owned(), "orders".to_owned()), (1, 30.0))].into());
         m.set_awaiting_approval("sales", &Default::default());
         let text = m.render();
-        assert!(text.contains(r#"silverline_promotions_awaiting_approval{dataset="tx"} 2"#), "{text}");
-        assert!(text.contains(r#"silverline_promotions_awaiting_approval{dataset="orders"} 0"#), "{text}");
+        assert!(text.contains(r#"silverline_promotions_awaiting_approval{dataset="tx",namespace="etl"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"silverline_promotions_awaiting_approval{dataset="orders",namespace="sales"} 0"#),
+            "{text}"
+        );
         let tx = dataset("etl", "transactions", None, None);
         let orders = dataset("sales", "orders", None, None);
         m.set_datasets("etl", &[&tx]);
         m.set_datasets("sales", &[&orders]);
         m.set_datasets("sales", &[]);
         let text = m.render();
-        assert!(text.contains(r#"silverline_dataset_max_quarantine_rate{dataset="transactions"} 0.01"#), "{text}");
-        assert!(!text.contains(r#"silverline_dataset_max_quarantine_rate{dataset="orders"}"#), "{text}");
+        assert!(
+            text.contains(r#"silverline_dataset_max_quarantine_rate{dataset="transactions",namespace="etl"} 0.01"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"silverline_dataset_max_quarantine_rate{dataset="orders","#), "{text}");
     }
 
     fn run(dataset: &str, status: serde_json::Value) -> EtlRun {
@@ -1013,17 +1073,22 @@ mod tests {
         ];
         let refs: Vec<&EtlRun> = runs.iter().collect();
         let oldest = oldest_unchanged(&refs, now);
-        let expected: BTreeMap<(String, &str), f64> = [
-            (("tx".to_owned(), "waiting"), 3600.0),
-            (("tx".to_owned(), "running"), 1800.0),
-            (("orders".to_owned(), "validating"), 300.0),
+        let key = |name: &str| ("etl".to_owned(), name.to_owned());
+        let expected: BTreeMap<(DatasetKey, &str), f64> = [
+            ((key("tx"), "waiting"), 3600.0),
+            ((key("tx"), "running"), 1800.0),
+            ((key("orders"), "validating"), 300.0),
         ]
         .into();
         assert_eq!(oldest, expected);
 
         let m = Metrics::new().expect("metrics");
         m.set_runs("", &refs, now);
-        assert!(m.render().contains(r#"silverline_run_oldest_unchanged_seconds{dataset="tx",state="waiting"} 3600"#));
+        assert!(
+            m.render().contains(
+                r#"silverline_run_oldest_unchanged_seconds{dataset="tx",namespace="etl",state="waiting"} 3600"#
+            )
+        );
         m.set_runs("", &[], now);
         assert!(!m.render().contains("silverline_run_oldest_unchanged_seconds{"), "no unfinished run, no series");
     }
@@ -1087,28 +1152,28 @@ mod tests {
         m.set_runs("", &refs, Timestamp::now());
         let text = m.render();
         for line in [
-            r#"silverline_last_quarantine_rate{dataset="tx"} 0.4"#,
-            r#"silverline_last_gated_quarantine_rate{dataset="tx"} 0.35"#,
-            r#"silverline_last_avg_attempts{dataset="tx"} 1.5"#,
-            r#"silverline_last_auto_condemnation_rate{dataset="tx"} 0.25"#,
-            r#"silverline_last_run_duration_seconds{dataset="tx"} 30"#,
-            r#"silverline_last_run_input_rows{dataset="tx"} 20"#,
-            r#"silverline_last_quarantine_rate{dataset="orders"} 0.2"#,
-            r#"silverline_last_run_duration_seconds{dataset="orders"} 5"#,
-            r#"silverline_last_run_input_rows{dataset="orders"} 5"#,
+            r#"silverline_last_quarantine_rate{dataset="tx",namespace="etl"} 0.4"#,
+            r#"silverline_last_gated_quarantine_rate{dataset="tx",namespace="etl"} 0.35"#,
+            r#"silverline_last_avg_attempts{dataset="tx",namespace="etl"} 1.5"#,
+            r#"silverline_last_auto_condemnation_rate{dataset="tx",namespace="etl"} 0.25"#,
+            r#"silverline_last_run_duration_seconds{dataset="tx",namespace="etl"} 30"#,
+            r#"silverline_last_run_input_rows{dataset="tx",namespace="etl"} 20"#,
+            r#"silverline_last_quarantine_rate{dataset="orders",namespace="etl"} 0.2"#,
+            r#"silverline_last_run_duration_seconds{dataset="orders",namespace="etl"} 5"#,
+            r#"silverline_last_run_input_rows{dataset="orders",namespace="etl"} 5"#,
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
-        assert!(!text.contains(r#"silverline_last_gated_quarantine_rate{dataset="orders"}"#), "{text}");
+        assert!(!text.contains(r#"silverline_last_gated_quarantine_rate{dataset="orders","#), "{text}");
 
         // A finish this process records is not overwritten by older statuses; a later status overwrites it.
         let result = RunResult { input_rows: 99, quarantine_rate: 0.01, ..RunResult::default() };
         let now = Timestamp::now().as_millisecond() as f64 / 1000.0;
-        m.record("tx", &finished(EtlRunPhase::Succeeded, result, 7.0), now);
+        m.record(TX, &finished(EtlRunPhase::Succeeded, result, 7.0), now);
         m.set_runs("", &refs, Timestamp::now());
         let text = m.render();
-        assert!(text.contains(r#"silverline_last_run_input_rows{dataset="tx"} 99"#), "{text}");
-        assert!(text.contains(r#"silverline_last_quarantine_rate{dataset="tx"} 0.01"#), "{text}");
+        assert!(text.contains(r#"silverline_last_run_input_rows{dataset="tx",namespace="etl"} 99"#), "{text}");
+        assert!(text.contains(r#"silverline_last_quarantine_rate{dataset="tx",namespace="etl"} 0.01"#), "{text}");
         let later = finished_run(
             "tx",
             "Succeeded",
@@ -1118,8 +1183,52 @@ mod tests {
         );
         m.set_runs("", &[&later], Timestamp::now());
         let text = m.render();
-        assert!(text.contains(r#"silverline_last_run_input_rows{dataset="tx"} 42"#), "{text}");
-        assert!(text.contains(r#"silverline_last_run_duration_seconds{dataset="tx"} 9"#), "{text}");
+        assert!(text.contains(r#"silverline_last_run_input_rows{dataset="tx",namespace="etl"} 42"#), "{text}");
+        assert!(text.contains(r#"silverline_last_run_duration_seconds{dataset="tx",namespace="etl"} 9"#), "{text}");
+    }
+
+    #[test]
+    fn one_dataset_name_in_two_namespaces_is_two_datasets_with_series_of_their_own() {
+        let m = Metrics::new().expect("metrics");
+        let other = DatasetSeries::new("other", "tx");
+        m.init_dataset(TX);
+        m.init_dataset(other);
+        let result = RunResult { input_rows: 10, quarantine_rate: 0.1, ..RunResult::default() };
+        m.record(TX, &finished(EtlRunPhase::Succeeded, result, 5.0), 1_700_000_000.0);
+        m.record_promotion(other, PromotionPhase::Promoted, 1_700_000_100.0);
+        // A run of `other` finished later, restored from its status: it never overwrites TX's gauges.
+        let mut later = finished_run(
+            "tx",
+            "Succeeded",
+            "2999-01-01T00:00:00Z",
+            "2999-01-01T00:00:09Z",
+            result_json(42, 0.5, Some(0.5)),
+        );
+        later.metadata.namespace = Some("other".into());
+        m.set_runs("", &[&later], Timestamp::now());
+        let text = m.render();
+        for line in [
+            r#"silverline_runs_total{dataset="tx",namespace="etl",result="succeeded"} 1"#,
+            r#"silverline_runs_total{dataset="tx",namespace="other",result="succeeded"} 0"#,
+            r#"silverline_last_success_timestamp_seconds{dataset="tx",namespace="etl"} 1700000000"#,
+            r#"silverline_last_run_input_rows{dataset="tx",namespace="etl"} 10"#,
+            r#"silverline_last_quarantine_rate{dataset="tx",namespace="etl"} 0.1"#,
+            r#"silverline_last_run_input_rows{dataset="tx",namespace="other"} 42"#,
+            r#"silverline_last_quarantine_rate{dataset="tx",namespace="other"} 0.5"#,
+            r#"silverline_promotions_total{dataset="tx",namespace="etl",result="promoted"} 0"#,
+            r#"silverline_promotions_total{dataset="tx",namespace="other",result="promoted"} 1"#,
+            r#"silverline_last_promotion_timestamp_seconds{dataset="tx",namespace="other"} 1700000100"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(
+            !text.contains(r#"silverline_last_promotion_timestamp_seconds{dataset="tx",namespace="etl""#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"silverline_last_success_timestamp_seconds{dataset="tx",namespace="other""#),
+            "{text}"
+        );
     }
 
     /// `promtool check metrics` (the linter Prometheus ships) on everything the operator exports, every family
@@ -1130,24 +1239,24 @@ mod tests {
         use std::io::Write;
         let promtool = std::env::var("SILVERLINE_PROMTOOL").expect("SILVERLINE_PROMTOOL names the promtool binary");
         let m = Metrics::new().expect("metrics");
-        m.init_dataset("tx");
+        m.init_dataset(TX);
         let succeeded = finished(EtlRunPhase::Succeeded, RunResult::from_report(&report(None, 1.0, 0.0), ""), 3.0);
-        m.record("tx", &succeeded, 1.0);
+        m.record(TX, &succeeded, 1.0);
         m.record(
-            "tx",
+            TX,
             &Transition::AttemptEnded {
                 attempt: attempt(AttemptOutcome::Failed, "TransientFailure"),
                 retry_after: Some(Duration::from_secs(1)),
             },
             0.0,
         );
-        m.record_promotion("tx", PromotionPhase::Promoted, 1.0);
-        m.set_awaiting_approval("", &[("tx".to_owned(), (1, 5.0))].into());
+        m.record_promotion(TX, PromotionPhase::Promoted, 1.0);
+        m.set_awaiting_approval("", &[(("etl".to_owned(), "tx".to_owned()), (1, 5.0))].into());
         m.set_datasets("", &[&dataset("etl", "tx", Some("@hourly"), None)]);
         m.set_runs("", &[&run("tx", serde_json::json!({}))], Timestamp::now());
         drop(m.reconcile_started("etlrun"));
         m.reconcile_failed("etlrun", "kube_api");
-        m.lake_checks.with_label_values(&["tx"]).inc();
+        m.lake_check(TX);
         m.leader.set(1);
         let text = m.render();
         let mut child = std::process::Command::new(&promtool)

@@ -364,6 +364,8 @@ fn watched_namespaces_get_roles_and_nothing_cluster_wide_and_the_options_render(
     assert_eq!(&monitor["spec"]["selector"]["matchLabels"], selector);
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http");
+    // The series' own `namespace` (the Dataset's) wins over the target's (the operator pod's): the alerts join on it.
+    assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
 }
 
 #[test]

@@ -123,23 +123,26 @@ async fn a_run_succeeds_with_the_counts_of_its_success_marker_in_status_and_metr
     let reasons: Vec<String> =
         support::events(&s.client, &s.ns.name, "tx-happy").await.into_iter().filter_map(|e| e.reason).collect();
     assert!(reasons.contains(&"AttemptStarted".to_owned()) && reasons.contains(&"Succeeded".to_owned()), "{reasons:?}");
-    let valid = op.metric(r#"silverline_rows_total{dataset="transactions",kind="valid"}"#).await;
+    let valid = op.metric(&s.series(r#"silverline_rows_total{dataset="transactions",kind="valid"}"#)).await;
     assert_eq!(valid, Some(report.valid_rows_count as f64));
-    assert_eq!(op.metric(r#"silverline_runs_total{dataset="transactions",result="succeeded"}"#).await, Some(1.0));
+    assert_eq!(
+        op.metric(&s.series(r#"silverline_runs_total{dataset="transactions",result="succeeded"}"#)).await,
+        Some(1.0)
+    );
     // What only the report holds, through the status's result: the gated rate, attempts and auto-condemnation.
     let result = status.result.clone().expect("result");
     assert_eq!(result.gated_quarantine_rate, Some(report.gated_rate()));
     assert_eq!(result.avg_attempt_count, Some(report.avg_attempt_count));
     assert_eq!(result.auto_condemnation_rate, Some(report.auto_condemnation_rate));
     for (series, value) in [
-        (r#"silverline_last_gated_quarantine_rate{dataset="transactions"}"#, report.gated_rate()),
-        (r#"silverline_last_avg_attempts{dataset="transactions"}"#, report.avg_attempt_count),
-        (r#"silverline_last_auto_condemnation_rate{dataset="transactions"}"#, report.auto_condemnation_rate),
+        (&s.series(r#"silverline_last_gated_quarantine_rate{dataset="transactions"}"#), report.gated_rate()),
+        (&s.series(r#"silverline_last_avg_attempts{dataset="transactions"}"#), report.avg_attempt_count),
+        (&s.series(r#"silverline_last_auto_condemnation_rate{dataset="transactions"}"#), report.auto_condemnation_rate),
     ] {
         assert_eq!(op.metric(series).await, Some(value), "{series}");
     }
     assert!(
-        op.metric(r#"silverline_last_success_timestamp_seconds{dataset="transactions"}"#)
+        op.metric(&s.series(r#"silverline_last_success_timestamp_seconds{dataset="transactions"}"#))
             .await
             .is_some_and(|t| t > 1e9)
     );
@@ -178,7 +181,7 @@ async fn a_transient_failure_is_retried_after_a_backoff_under_a_new_run_id() {
     assert_eq!(jobs_of(&s, "tx-flaky").await.len(), 2);
     assert!(!run_dir(&s.lake(), &first.run_id).join("_SUCCESS").exists());
     assert_eq!(
-        op.metric(r#"silverline_retries_total{dataset="transactions",reason="transient_failure"}"#).await,
+        op.metric(&s.series(r#"silverline_retries_total{dataset="transactions",reason="transient_failure"}"#)).await,
         Some(1.0)
     );
 }
@@ -701,7 +704,10 @@ async fn schema_drift_fails_the_run_at_once_without_a_retry() {
     // Longer than a backoff: still no second attempt.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(jobs_of(&s, "tx-drift").await.len(), 1);
-    assert_eq!(op.metric(r#"silverline_runs_total{dataset="transactions",result="failed"}"#).await, Some(1.0));
+    assert_eq!(
+        op.metric(&s.series(r#"silverline_runs_total{dataset="transactions",result="failed"}"#)).await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -769,7 +775,7 @@ async fn while_validating_the_lake_is_checked_at_the_configured_interval_without
     assert_eq!(status.phase, Some(EtlRunPhase::Failed), "{status:?}\n{}", s.diagnostics(&[&op]));
     let first = &status.attempts[0];
     assert_eq!(first.reason.as_deref(), Some("SuccessMarkerMissing"), "{first:?}");
-    let reads = op.metric(r#"silverline_lake_checks_total{dataset="transactions"}"#).await.unwrap_or(0.0);
+    let reads = op.metric(&s.series(r#"silverline_lake_checks_total{dataset="transactions"}"#)).await.unwrap_or(0.0);
     let reconciles = op.metric(r#"silverline_reconciles_total{controller="etlrun"}"#).await.unwrap_or(0.0);
     assert!((4.0..=12.0).contains(&reads), "6 s at 1 s intervals, a few more for the Job's own updates: {reads}");
     assert!(reconciles <= 25.0, "reconciles of one run over its whole life: {reconciles}");
@@ -852,15 +858,15 @@ async fn only_the_leader_of_two_replicas_acts() {
     .await;
     // The new leader exports the last run's figures from its status, before any run of its own ends.
     let result = run.status.and_then(|st| st.result).expect("tx-one's result");
-    let rows = r#"silverline_last_run_input_rows{dataset="transactions"}"#;
+    let rows = &s.series(r#"silverline_last_run_input_rows{dataset="transactions"}"#);
     eventually("replica-b's last-run gauges", Duration::from_secs(15), || async {
         (b.metric(rows).await == Some(result.input_rows as f64)).then_some(())
     })
     .await;
-    let gated = b.metric(r#"silverline_last_gated_quarantine_rate{dataset="transactions"}"#).await;
+    let gated = b.metric(&s.series(r#"silverline_last_gated_quarantine_rate{dataset="transactions"}"#)).await;
     assert_eq!(gated, result.gated_quarantine_rate, "the gated rate tx-one's status holds");
     assert!(gated.is_some(), "a new run's status holds its gated rate: {result:?}");
-    assert!(b.metric(r#"silverline_last_run_duration_seconds{dataset="transactions"}"#).await.is_some());
+    assert!(b.metric(&s.series(r#"silverline_last_run_duration_seconds{dataset="transactions"}"#)).await.is_some());
     create_run(&s.client, &s.ns.name, "tx-two", &input).await;
     let run = finished(&s.client, &s.ns.name, "tx-two", RUN_TIMEOUT).await;
     assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&b]));
@@ -924,7 +930,7 @@ async fn a_quality_gate_failure_ends_the_run_with_the_reports_metrics() {
     let result = status.result.expect("the quality report's metrics");
     assert_eq!((result.input_rows, result.quarantined_rows), (100, 25));
     assert!(result.report_uri.ends_with("_QUALITY_REPORT.json"));
-    assert_eq!(op.metric(r#"silverline_last_quarantine_rate{dataset="transactions"}"#).await, Some(0.25));
+    assert_eq!(op.metric(&s.series(r#"silverline_last_quarantine_rate{dataset="transactions"}"#)).await, Some(0.25));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,7 +137,7 @@ async fn an_unapproved_promotion_waits_and_moves_nothing_until_approved_then_bec
     assert!(change.files_after > 0 && change.rows_after > 0, "{change:?}");
     assert_eq!(status.mode, Some(PromotionMode::Append));
     eventually("the awaiting-approval gauge", Duration::from_secs(15), || async {
-        let n = op.metric(r#"silverline_promotions_awaiting_approval{dataset="transactions"}"#).await?;
+        let n = op.metric(&s.series(r#"silverline_promotions_awaiting_approval{dataset="transactions"}"#)).await?;
         (n == 1.0).then_some(())
     })
     .await;
@@ -164,15 +164,18 @@ async fn an_unapproved_promotion_waits_and_moves_nothing_until_approved_then_bec
     for reason in ["AwaitingApproval", "Promoting", "Promoted"] {
         assert!(reasons.contains(&reason.to_owned()), "{reason} missing in {reasons:?}");
     }
-    assert_eq!(op.metric(r#"silverline_promotions_total{dataset="transactions",result="promoted"}"#).await, Some(1.0));
+    assert_eq!(
+        op.metric(&s.series(r#"silverline_promotions_total{dataset="transactions",result="promoted"}"#)).await,
+        Some(1.0)
+    );
     assert!(
-        op.metric(r#"silverline_last_promotion_timestamp_seconds{dataset="transactions"}"#)
+        op.metric(&s.series(r#"silverline_last_promotion_timestamp_seconds{dataset="transactions"}"#))
             .await
             .is_some_and(|t| t > 1e9)
     );
     assert!(op.metric(r#"silverline_reconciles_total{controller="promotion"}"#).await.is_some_and(|n| n > 0.0));
     eventually("the awaiting-approval gauge back to 0", Duration::from_secs(15), || async {
-        let n = op.metric(r#"silverline_promotions_awaiting_approval{dataset="transactions"}"#).await?;
+        let n = op.metric(&s.series(r#"silverline_promotions_awaiting_approval{dataset="transactions"}"#)).await?;
         (n == 0.0).then_some(())
     })
     .await;
@@ -182,7 +185,8 @@ async fn an_unapproved_promotion_waits_and_moves_nothing_until_approved_then_bec
     let next = s.operator("replica-b").await;
     let finished = status.finished_at.expect("finishedAt").0.as_second() as f64;
     eventually("replica-b's last-promotion time", Duration::from_secs(30), || async {
-        let t = next.metric(r#"silverline_last_promotion_timestamp_seconds{dataset="transactions"}"#).await?;
+        let t =
+            next.metric(&s.series(r#"silverline_last_promotion_timestamp_seconds{dataset="transactions"}"#)).await?;
         (t == finished).then_some(())
     })
     .await;
@@ -212,7 +216,10 @@ async fn a_rejected_promotion_moves_nothing_and_is_audited() {
     assert_eq!(records[0]["result"], "rejected", "{records:?}");
     assert_eq!(records[0]["rejected_by"], "bob");
     assert!(latest(&s.lake()).is_none(), "a rejection moves nothing");
-    assert_eq!(op.metric(r#"silverline_promotions_total{dataset="transactions",result="rejected"}"#).await, Some(1.0));
+    assert_eq!(
+        op.metric(&s.series(r#"silverline_promotions_total{dataset="transactions",result="rejected"}"#)).await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +248,10 @@ async fn a_run_that_never_committed_is_refused_by_the_gate_naming_the_check() {
         reasons(events)
     );
     assert!(latest(&s.lake()).is_none());
-    assert_eq!(op.metric(r#"silverline_promotions_total{dataset="transactions",result="failed"}"#).await, Some(1.0));
+    assert_eq!(
+        op.metric(&s.series(r#"silverline_promotions_total{dataset="transactions",result="failed"}"#)).await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,7 +533,7 @@ async fn a_promote_job_killed_after_the_pointer_write_with_the_operator_restarte
     let reasons = reasons(support::events(&s.client, &s.ns.name, "tx-jun-promo").await);
     assert!(reasons.contains(&"Promoted".to_owned()), "{reasons:?}");
     assert_eq!(
-        second.metric(r#"silverline_promotions_total{dataset="transactions",result="promoted"}"#).await,
+        second.metric(&s.series(r#"silverline_promotions_total{dataset="transactions",result="promoted"}"#)).await,
         Some(1.0)
     );
     assert_eq!(
@@ -594,5 +604,8 @@ async fn a_quality_failed_run_is_refused_by_the_success_marker_check_with_a_warn
     assert!(checks.iter().any(|c| c["check"] == "success_marker"), "{checks:?}");
     assert!(latest(&s.lake()).is_none(), "a refused promotion moves nothing");
     assert!(!s.lake().join("silver/transactions/current").exists());
-    assert_eq!(op.metric(r#"silverline_promotions_total{dataset="transactions",result="failed"}"#).await, Some(1.0));
+    assert_eq!(
+        op.metric(&s.series(r#"silverline_promotions_total{dataset="transactions",result="failed"}"#)).await,
+        Some(1.0)
+    );
 }

@@ -2,6 +2,7 @@
 //! `Dataset::validate` the worker applies, so `Valid=True` never meets a worker's exit 2) and its reconcile.
 
 use super::{ConditionUpdate, Context, ControllerName, drain, error_policy as shared_error_policy, publish, scoped};
+use crate::metrics::DatasetSeries;
 use crate::{Error, Result};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
@@ -62,7 +63,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>)
     };
     let name = dataset.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
     let namespace = dataset.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
-    ctx.metrics.init_dataset(&name);
+    ctx.metrics.init_dataset(DatasetSeries::new(&namespace, &name));
     let current = dataset.status.clone().unwrap_or_default();
     let validation = dataset.validate().map_err(|e| e.to_string());
     let next = plan(&current, dataset.metadata.generation, validation.clone(), Timestamp::now());

@@ -10,6 +10,7 @@ use crate::failure::{JobFailure, PodEnd};
 use crate::job::{self, AttemptPlan, RunIdentity};
 use crate::lake::LakeFinding;
 use crate::lifecycle::{self, ContractFacts, ContractProblem, JobState, Observed, PodBlocker, Transition};
+use crate::metrics::DatasetSeries;
 use crate::{Error, Result};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -548,7 +549,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
             let (lake, checks) = match job_state {
                 JobState::Active => (None, attempt.lake_checks),
                 _ => {
-                    ctx.metrics.lake_checks.with_label_values(&[&run.spec.dataset]).inc();
+                    ctx.metrics.lake_check(DatasetSeries::of(run, &run.spec.dataset));
                     let checks = ctx.lake_checks.count(&attempt.run_id, attempt.lake_checks);
                     match read_lake(ctx, dataset, &attempt.run_id).await {
                         Ok(found) => (Some(found), checks),
@@ -1115,7 +1116,7 @@ async fn report(scope: &Scope, run: &EtlRun, status: &EtlRunStatus, transition: 
     let namespace = run.namespace().unwrap_or_default();
     let dataset = run.spec.dataset.as_str();
     let now = Timestamp::now();
-    ctx.metrics.record(dataset, transition, now.as_millisecond() as f64 / 1000.0);
+    ctx.metrics.record(DatasetSeries::new(&namespace, dataset), transition, now.as_millisecond() as f64 / 1000.0);
     match transition {
         Transition::AttemptStarted { attempt, max_attempts } => {
             let note = format!(

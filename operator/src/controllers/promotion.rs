@@ -16,6 +16,7 @@ use super::{
     error_policy as shared_error_policy, owned_by, publish, scoped, set_condition, write_status,
 };
 use crate::job::{self, JobSettings};
+use crate::metrics::DatasetSeries;
 use crate::retry::{self, RetryPolicy};
 use crate::{Error, Result};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
@@ -632,7 +633,7 @@ async fn export_awaiting(ctx: Arc<Context>, scope: &str, store: Store<Deserializ
     loop {
         ticker.tick().await;
         let now = Timestamp::now();
-        let mut awaiting: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+        let mut awaiting: BTreeMap<(String, String), (i64, f64)> = BTreeMap::new();
         let state = store.state();
         let promotions: Vec<&Promotion> = state.iter().filter_map(|guard| guard.0.as_ref().ok()).collect();
         ctx.metrics.restore_last_promotions(&promotions);
@@ -645,7 +646,8 @@ async fn export_awaiting(ctx: Arc<Context>, scope: &str, store: Store<Deserializ
                 .creation_timestamp
                 .as_ref()
                 .map_or(0.0, |t| now.duration_since(t.0).as_secs_f64().max(0.0));
-            let entry = awaiting.entry(promotion.spec.dataset.clone()).or_default();
+            let namespace = promotion.metadata.namespace.clone().unwrap_or_default();
+            let entry = awaiting.entry((namespace, promotion.spec.dataset.clone())).or_default();
             entry.0 += 1;
             entry.1 = entry.1.max(age);
         }
@@ -1072,7 +1074,7 @@ async fn report(ctx: &Context, promotion: &Promotion, status: &PromotionStatus, 
         }
         Transition::Finished { phase, reason, message } => {
             let now = Timestamp::now().as_millisecond() as f64 / 1000.0;
-            ctx.metrics.record_promotion(dataset, *phase, now);
+            ctx.metrics.record_promotion(DatasetSeries::new(&namespace, dataset), *phase, now);
             let lagging = reason == "PromotedCatchUpPending";
             let type_ =
                 if *phase == PromotionPhase::Failed || lagging { EventType::Warning } else { EventType::Normal };

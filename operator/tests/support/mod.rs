@@ -311,10 +311,14 @@ impl Operator {
         self.get("/metrics").await.map(|(_, body)| body).unwrap_or_default()
     }
 
-    /// The value of one sample line (`name{labels}`), if present.
+    /// The value of one series (`name{labels}`: the same name and labels, in any order), if present.
     pub async fn metric(&self, series: &str) -> Option<f64> {
+        let wanted = parse_series(series);
         let text = self.metrics().await;
-        text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (parse_series(name) == wanted).then(|| value.parse().ok()).flatten()
+        })
     }
 
     /// SIGTERM, as Kubernetes stops a pod; returns whether the operator then exited successfully.
@@ -348,6 +352,12 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// One of a dataset's series in this scenario's namespace: `name{labels}` with its `namespace` label added.
+    pub fn series(&self, series: &str) -> String {
+        let labels = series.strip_suffix('}').expect("a series with labels: name{…}");
+        format!("{labels},namespace=\"{}\"}}", self.ns.name)
+    }
+
     pub async fn new(prefix: &str) -> Scenario {
         let client = client().await;
         install_crds(&client).await;
@@ -625,4 +635,19 @@ impl Drop for S3Server {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// A series' name and its labels, sorted: `name{a="1",b="2"}` in the text exposition's format (label values
+/// without escaped quotes, as the operator's are).
+fn parse_series(series: &str) -> (String, Vec<(String, String)>) {
+    let Some((name, labels)) = series.split_once('{') else { return (series.to_owned(), Vec::new()) };
+    let mut pairs = Vec::new();
+    let mut rest = labels.trim_end_matches('}');
+    while let Some((key, tail)) = rest.split_once("=\"") {
+        let Some((value, tail)) = tail.split_once('"') else { break };
+        pairs.push((key.trim_start_matches(',').to_owned(), value.to_owned()));
+        rest = tail;
+    }
+    pairs.sort();
+    (name.to_owned(), pairs)
 }
