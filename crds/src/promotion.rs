@@ -221,6 +221,11 @@ pub struct PromotionStatus {
     /// The gate's checks that refused the promotion (or, while it awaits approval, would refuse it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_checks: Vec<FailedCheck>,
+    /// The xxh3 hash (16 hex digits) of the contract manifest the Promotion's Jobs apply, frozen at its first
+    /// launch: a ConfigMap `{promotion}-contract` that holds another manifest, or is not owned by the Promotion,
+    /// is never mounted (the launch fails, `Ready` reason `LaunchFailed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract_hash: Option<String>,
     /// The Job of the current (or last) promote attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,

@@ -106,26 +106,24 @@ impl PodBlocker {
     }
 
     pub fn message(&self, attempt: &AttemptStatus) -> String {
+        self.message_for(&format!("attempt {} (Job {})", attempt.attempt, attempt.job_name))
+    }
+
+    /// What keeps the pod of `what` (e.g. "attempt 2 (Job tx-a2)", "the promote Job p-promote-1") from starting.
+    pub fn message_for(&self, what: &str) -> String {
         match self {
             PodBlocker::SecretNotFound { name } => format!(
                 "Secret {name} (the Dataset's storage.credentialsSecret) does not exist in this namespace: the pod \
-                 of attempt {} (Job {}) cannot start until it is created",
-                attempt.attempt, attempt.job_name
+                 of {what} cannot start until it is created"
             ),
-            PodBlocker::ContainerConfig { message } => {
-                format!("the pod of attempt {} (Job {}) cannot start: {message}", attempt.attempt, attempt.job_name)
-            }
+            PodBlocker::ContainerConfig { message } => format!("the pod of {what} cannot start: {message}"),
             PodBlocker::CannotCreate { message } => {
                 let missing = missing_object(message).map_or_else(String::new, |o| format!("{o} does not exist: "));
-                format!(
-                    "no pod of attempt {} (Job {}) can be created: {missing}{message}",
-                    attempt.attempt, attempt.job_name
-                )
+                format!("no pod of {what} can be created: {missing}{message}")
             }
             PodBlocker::SnapshotRefused { configmap, message } => format!(
-                "the pod of attempt {} (Job {}) cannot start: its contract snapshot ConfigMap {configmap} is \
-                 missing and cannot be created: {message}",
-                attempt.attempt, attempt.job_name
+                "the pod of {what} cannot start: its contract snapshot ConfigMap {configmap} is missing and cannot \
+                 be created: {message}"
             ),
         }
     }

@@ -609,3 +609,115 @@ async fn a_quality_failed_run_is_refused_by_the_success_marker_check_with_a_warn
         Some(1.0)
     );
 }
+
+/// `Ready`'s reason and message once they satisfy `wanted`.
+async fn ready_when(s: &Scenario, name: &str, what: &str, wanted: impl Fn(&str, &str) -> bool) -> String {
+    let api: Api<Promotion> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually(what, Duration::from_secs(40), || async {
+        let status = api.get(name).await.ok()?.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        wanted(&c.reason, &c.message).then(|| c.message.clone())
+    })
+    .await
+}
+
+async fn warned(s: &Scenario, name: &str, reason: &str) -> bool {
+    support::events(&s.client, &s.ns.name, name)
+        .await
+        .iter()
+        .any(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some("Warning"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_configmap_planted_under_a_promotions_contract_name_is_never_mounted() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let s = Scenario::new("promo-plant").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let op = s.operator("replica-a").await;
+    let run_id = succeeded_run(&s, "tx-plant", &op).await;
+    let created = create_promotion(&s, &promotion("tx-plant-promo", &[&run_id], None)).await;
+    in_phase(&s, "tx-plant-promo", PromotionPhase::AwaitingApproval, Duration::from_secs(30)).await;
+
+    // Someone who may create ConfigMaps but not approve plants the Promotion's contract before it is launched:
+    // another manifest (here one that names another lake), even claiming the Promotion as its owner.
+    let mut planted = transactions_dataset(&s.dir.path().join("elsewhere"), 3);
+    planted.spec.quality.max_quarantine_rate = 1.0;
+    let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": "tx-plant-promo-contract",
+            "ownerReferences": [{"apiVersion": "etl.silverline.dev/v1alpha1", "kind": "Promotion",
+                "name": "tx-plant-promo", "uid": created.uid().expect("uid"), "controller": true}],
+        },
+        "data": {"dataset.yaml": serde_yaml::to_string(&planted).expect("yaml")},
+    }))
+    .expect("a ConfigMap");
+    config_maps.create(&PostParams::default(), &cm).await.expect("plant the ConfigMap");
+
+    approve(&s, "tx-plant-promo").await;
+    let message =
+        ready_when(&s, "tx-plant-promo", "Ready=False LaunchFailed", |reason, _| reason == "LaunchFailed").await;
+    assert!(
+        message.contains("tx-plant-promo-contract") && message.contains("another manifest"),
+        "{message}\n{}",
+        s.diagnostics(&[&op])
+    );
+    assert!(warned(&s, "tx-plant-promo", "LaunchFailed").await, "a Warning Event says it");
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    assert!(jobs.get_opt("tx-plant-promo-p1").await.expect("read Job").is_none(), "no Job mounts it");
+    assert!(latest(&s.lake()).is_none(), "nothing moved");
+
+    // Removed: the next launch makes the Promotion's own contract and promotes the reviewed run.
+    config_maps.delete("tx-plant-promo-contract", &Default::default()).await.expect("delete the planted ConfigMap");
+    let done = finished_promotion(&s, "tx-plant-promo", &op).await;
+    assert_eq!(done.phase(), Some(PromotionPhase::Promoted), "{:?}\n{}", done.status, s.diagnostics(&[&op]));
+    assert_eq!(latest(&s.lake()).expect("_LATEST.json")["runs"][0], run_id.as_str());
+    let own = config_maps.get("tx-plant-promo-contract").await.expect("the Promotion's contract");
+    let frozen = done.status.and_then(|st| st.contract_hash).expect("status.contractHash");
+    let text = own.data.and_then(|d| d.get("dataset.yaml").cloned()).expect("manifest");
+    assert_eq!(format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes())), frozen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_promote_job_whose_pod_cannot_start_is_said_on_the_promotion_until_it_can() {
+    use k8s_openapi::api::core::v1::Secret;
+    let s = Scenario::new("promo-nosecret").await;
+    let mut dataset = transactions_dataset(&s.lake(), 3);
+    dataset.spec.storage.credentials_secret = Some(silverline_crds::SecretKeyRef { name: "lake-creds".into() });
+    create_dataset(&s.client, &s.ns.name, &dataset).await;
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "lake-creds"}, "stringData": {"SILVERLINE_TEST_CREDENTIAL": "x"}
+    }))
+    .expect("secret");
+    secrets.create(&Default::default(), &secret).await.expect("create the Secret");
+    let op = s.operator("replica-a").await;
+    let run_id = succeeded_run(&s, "tx-ns", &op).await;
+
+    // The Secret is gone by the time the run is approved: the promote Job's pod cannot start.
+    secrets.delete("lake-creds", &Default::default()).await.expect("delete the Secret");
+    create_promotion(&s, &promotion("tx-ns-promo", &[&run_id], None)).await;
+    approve(&s, "tx-ns-promo").await;
+    let message = ready_when(&s, "tx-ns-promo", "Ready names the missing Secret", |reason, _| {
+        reason == "CredentialsSecretNotFound"
+    })
+    .await;
+    assert!(message.contains("Secret lake-creds") && message.contains("tx-ns-promo-p1"), "{message}");
+    assert!(warned(&s, "tx-ns-promo", "CredentialsSecretNotFound").await, "a Warning Event says it");
+    assert_eq!(
+        in_phase(&s, "tx-ns-promo", PromotionPhase::Promoting, Duration::from_secs(1))
+            .await
+            .status
+            .map(|st| st.attempts),
+        Some(1)
+    );
+
+    // The Secret is back: the same Job's pod starts and the Promotion completes; Ready said it runs again.
+    secrets.create(&Default::default(), &secret).await.expect("create the Secret again");
+    let done = finished_promotion(&s, "tx-ns-promo", &op).await;
+    let status = done.status.expect("status");
+    assert_eq!(status.phase, Some(PromotionPhase::Promoted), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.attempts, 1, "the same Job, once its pod could start");
+}

@@ -16,6 +16,7 @@ use super::{
     error_policy as shared_error_policy, owned_by, publish, scoped, set_condition, write_status,
 };
 use crate::job::{self, JobSettings};
+use crate::lifecycle::PodBlocker;
 use crate::metrics::DatasetSeries;
 use crate::retry::{self, RetryPolicy};
 use crate::{Error, Result};
@@ -167,7 +168,16 @@ pub struct Observed<'a> {
     /// Another Promotion of the same dataset that is `Promoting`.
     pub blocked_by: Option<String>,
     pub job: Option<JobState>,
+    /// Why the pod of the active Job cannot start, as its kubelet or the Job controller says.
+    pub blocker: Option<PodBlocker>,
     pub recorded: Option<Recorded>,
+    /// Why the lake could not be read for what it records of this Promotion.
+    pub lake_error: Option<String>,
+    /// The hash of the Dataset's contract manifest now ([`contract_hash`]), to freeze at the first launch.
+    pub contract_hash: Option<String>,
+    /// Why the Job the plan launches could not be created (the apiserver's answer, a ConfigMap that is not the
+    /// Promotion's contract): planned again with it, the plan says so instead of launching.
+    pub launch_error: Option<String>,
 }
 
 /// What the Job of a launch does.
@@ -242,8 +252,32 @@ pub fn plan(observed: &Observed, settings: &PromotionSettings) -> Plan {
         None | Some(PromotionPhase::AwaitingApproval) => b.decide(),
         Some(_) => {}
     }
+    if b.launch.is_some() && observed.status.job_name.is_none() && b.status.contract_hash.is_none() {
+        // The first launch freezes the contract its Jobs apply (`launch_job` checks the ConfigMap against it).
+        b.status.contract_hash = observed.contract_hash.clone();
+    }
+    if let Some(error) = &observed.launch_error
+        && let Some(launch) = b.launch.take()
+    {
+        let what = match launch.action {
+            JobAction::Promote { .. } => "promote",
+            JobAction::Reject { .. } => "reject",
+        };
+        b.transitions.retain(|t| !matches!(t, Transition::Started { .. }));
+        b.wait_for(REASON_LAUNCH_FAILED, format!("the {what} Job {} cannot be launched: {error}", launch.job_name));
+        b.requeue_after = Some(settings.resync);
+    }
     Plan { status: b.status, launch: b.launch, requeue_after: b.requeue_after, transitions: b.transitions }
 }
+
+/// How often a Promotion looks at its active Job (and at what keeps its pod from starting).
+const ACTIVE_JOB_POLL: Duration = Duration::from_secs(10);
+
+/// `Ready` while a Job cannot be launched: the apiserver refused it or its contract ConfigMap (a quota, an
+/// admission policy, RBAC), or a ConfigMap under the contract's name is not the Promotion's.
+pub const REASON_LAUNCH_FAILED: &str = "LaunchFailed";
+/// `Ready` while the lake cannot be read for what it records of the Promotion.
+pub const REASON_LAKE_UNREADABLE: &str = "LakeUnreadable";
 
 impl Builder<'_> {
     fn condition(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: &str) {
@@ -303,6 +337,49 @@ impl Builder<'_> {
             }
             None => {}
         }
+    }
+
+    /// `Ready` is False for `reason`; a new reason or message is also a Warning Event (once, not every resync).
+    fn wait_for(&mut self, reason: &str, message: String) {
+        let changed = !self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION_READY && c.reason == reason && c.message == message);
+        self.condition(CONDITION_READY, ConditionStatus::False, reason, &message);
+        if changed {
+            self.transitions.push(Transition::Waiting { reason: reason.to_owned(), message });
+        }
+    }
+
+    /// The Job is active: say what keeps its pod from starting, if anything, else that it runs (after a
+    /// launch failure or a blocker, `Ready` says the Job runs again).
+    fn job_active(&mut self, job_name: &str, what: &str) {
+        match &self.o.blocker {
+            Some(blocker) => {
+                let message = blocker.message_for(&format!("the {what} Job {job_name}"));
+                self.wait_for(blocker.reason(), message);
+            }
+            None if self.status.phase == Some(PromotionPhase::Promoting) => {
+                let waiting = self
+                    .status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == CONDITION_READY && c.status == ConditionStatus::False.as_str());
+                if waiting {
+                    let message = format!(
+                        "promote Job {job_name} (attempt {} of {})",
+                        self.status.attempts.max(1),
+                        self.settings.max_attempts
+                    );
+                    self.condition(CONDITION_READY, ConditionStatus::True, "Promoting", &message);
+                }
+            }
+            None => {}
+        }
+        // Nothing of the Job changes when its pod cannot start (a missing Secret): looked at again soon, to say
+        // so — and when it can.
+        self.requeue_after = Some(ACTIVE_JOB_POLL.min(self.settings.resync));
     }
 
     fn dataset_problem(&mut self) -> bool {
@@ -367,6 +444,21 @@ impl Builder<'_> {
     fn follow_rejection(&mut self) {
         let message = self.status.conditions.iter().find(|c| c.type_ == CONDITION_APPROVED).map(|c| c.message.clone());
         let message = message.unwrap_or_default();
+        if matches!(self.o.job, Some(JobState::Active)) {
+            let job_name = self.status.job_name.clone().unwrap_or_default();
+            return self.job_active(&job_name, "reject");
+        }
+        if self.dataset_problem() {
+            return;
+        }
+        if let Some(error) = &self.o.lake_error {
+            self.wait_for(
+                REASON_LAKE_UNREADABLE,
+                format!("the lake cannot be read for this rejection's record: {error}"),
+            );
+            self.requeue_after = Some(self.settings.resync);
+            return;
+        }
         match (&self.o.job, &self.o.recorded) {
             (_, Some(Recorded::Rejected)) | (Some(JobState::Complete), _) => {
                 self.condition(CONDITION_PROMOTED, ConditionStatus::False, "Rejected", &message);
@@ -444,6 +536,19 @@ impl Builder<'_> {
     }
 
     fn follow_promotion(&mut self) {
+        if !matches!(self.o.job, Some(JobState::Active)) {
+            // What the lake records, or the next Job, needs the Dataset and its lake: without them nothing can
+            // be decided — a Job that completed is not taken for unrecorded, and no launch waits unsaid.
+            if self.dataset_problem() {
+                return;
+            }
+            if let Some(error) = &self.o.lake_error {
+                let message = format!("the lake cannot be read for what it records of this Promotion: {error}");
+                self.wait_for(REASON_LAKE_UNREADABLE, message);
+                self.requeue_after = Some(self.settings.resync);
+                return;
+            }
+        }
         match &self.o.recorded {
             // Final only once a promote Job of it completed: a Job that died after the pointer write left
             // `current/` and the audit record behind, and the next Job (a repeat of this Promotion) catches up.
@@ -485,7 +590,7 @@ impl Builder<'_> {
                 self.launch = Some(Launch { job_name, action: self.promote_action(), mode: self.mode() });
                 self.requeue_after = Some(self.settings.resync);
             }
-            Some(JobState::Active) => self.requeue_after = Some(self.settings.resync),
+            Some(JobState::Active) => self.job_active(&job_name, "promote"),
             Some(JobState::Complete) => {
                 let message = format!(
                     "the promote Job {job_name} completed, but neither _LATEST.json nor the audit log records this \
@@ -716,17 +821,29 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
     } else {
         None
     };
-    let job = match &status.job_name {
-        Some(job_name) => Some(observe_job(&ctx, &namespace, job_name, &uid).await?),
-        None => None,
+    let (job, blocker) = match &status.job_name {
+        Some(job_name) => {
+            let (job, blocker) = observe_job(&ctx, &namespace, job_name, &uid).await?;
+            (Some(job), blocker)
+        }
+        None => (None, None),
     };
-    let recorded = match (&dataset, status.phase, &job) {
+    let (recorded, lake_error) = match (&dataset, status.phase, &job) {
         (Ok(dataset), Some(PromotionPhase::Promoting | PromotionPhase::Rejected), job)
             if !matches!(job, Some(JobState::Active)) =>
         {
-            read_recorded(&ctx, dataset, &uid).await?
+            match read_recorded(&ctx, dataset, &uid).await {
+                Ok(recorded) => (recorded, None),
+                // Said on the Promotion (`Ready` LakeUnreadable) and looked at again; nothing is decided meanwhile.
+                Err(e @ (Error::Lake { .. } | Error::LakeRead { .. })) => (None, Some(e.for_people())),
+                Err(e) => return Err(e),
+            }
         }
-        _ => None,
+        _ => (None, None),
+    };
+    let contract_hash = match &dataset {
+        Ok(dataset) => Some(contract_hash(&job::contract_manifest(dataset)?)),
+        Err(_) => None,
     };
     let observed = Observed {
         now: Timestamp::now(),
@@ -741,20 +858,45 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         preview,
         blocked_by,
         job,
+        blocker,
         recorded,
+        lake_error,
+        contract_hash,
+        launch_error: None,
     };
-    let plan = plan(&observed, &ctx.promotion);
+    let mut plan = plan(&observed, &ctx.promotion);
     if plan.status != status {
         write_status(&ctx, promotion, &plan.status).await?;
     }
     drop(serialized);
+    let mut launch_failed = None;
+    if let (Some(launch), Ok(dataset)) = (&plan.launch, &dataset) {
+        let frozen = plan.status.contract_hash.as_deref();
+        if let Err(e) = launch_job(&ctx, promotion, &uid, dataset, launch, frozen).await {
+            // What the user may have to act on (a quota, an admission policy, RBAC, a ConfigMap that is not the
+            // Promotion's contract) is said on the Promotion — `Ready` LaunchFailed and a Warning Event — and the
+            // launch is tried again.
+            let written = plan.status.clone();
+            let refused = Observed { launch_error: Some(e.for_people()), ..observed };
+            plan = self::plan(&refused, &ctx.promotion);
+            if plan.status != written {
+                write_status(&ctx, promotion, &plan.status).await?;
+            }
+            launch_failed = Some(e);
+        }
+    }
     for transition in &plan.transitions {
         report(&ctx, promotion, &plan.status, transition).await;
     }
-    if let (Some(launch), Ok(dataset)) = (&plan.launch, &dataset) {
-        launch_job(&ctx, promotion, &uid, dataset, launch).await?;
+    if let Some(e) = launch_failed {
+        return Err(e);
     }
     Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The hash that names a contract manifest in `status.contractHash`: xxh3, 16 hex digits.
+pub fn contract_hash(manifest: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(manifest.as_bytes()))
 }
 
 /// The Promotion's Dataset, valid, or why not (reason, message).
@@ -843,10 +985,18 @@ async fn promoting_other(ctx: &Context, namespace: &str, dataset: &str, name: &s
         .min())
 }
 
-async fn observe_job(ctx: &Context, namespace: &str, job_name: &str, uid: &str) -> Result<JobState> {
+/// The Job's state, and while it is active, what keeps its pod from starting (the kubelet's
+/// `CreateContainerConfigError`, e.g. a missing credentials Secret; the Job controller's `FailedCreate`, e.g. a
+/// missing ServiceAccount), as the EtlRun controller's watches of pods and Events remember it.
+async fn observe_job(
+    ctx: &Context,
+    namespace: &str,
+    job_name: &str,
+    uid: &str,
+) -> Result<(JobState, Option<PodBlocker>)> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(found) = jobs.get_opt(job_name).await.map_err(Error::kube(format!("reading Job {job_name}")))? else {
-        return Ok(JobState::Missing);
+        return Ok((JobState::Missing, None));
     };
     if !owned_by(&found.metadata, uid) {
         return Err(Error::NotOwned {
@@ -865,7 +1015,7 @@ async fn observe_job(ctx: &Context, namespace: &str, job_name: &str, uid: &str) 
             .cloned()
     };
     if condition("Complete").is_some() {
-        return Ok(JobState::Complete);
+        return Ok((JobState::Complete, None));
     }
     if let Some(failed) = condition("Failed") {
         let pods = super::pods_of_job(ctx, namespace, job_name).await?;
@@ -877,9 +1027,15 @@ async fn observe_job(ctx: &Context, namespace: &str, job_name: &str, uid: &str) 
             .and_then(|e| e.message.as_deref().and_then(crate::failure::worker_said))
             .or(failed.message)
             .unwrap_or_else(|| failed.reason.unwrap_or_default());
-        return Ok(JobState::Failed { exit_code: end.and_then(|e| e.exit_code), message });
+        return Ok((JobState::Failed { exit_code: end.and_then(|e| e.exit_code), message }, None));
     }
-    Ok(JobState::Active)
+    let blocker = ctx.pod_ends.blocker(namespace, job_name).or_else(|| {
+        let job_uid = found.metadata.uid.as_deref().unwrap_or_default();
+        let no_pod = !ctx.pod_ends.has_pod(namespace, job_name);
+        let refused = no_pod.then(|| ctx.pod_ends.cannot_create(namespace, job_name, job_uid)).flatten();
+        refused.map(|message| PodBlocker::CannotCreate { message })
+    });
+    Ok((JobState::Active, blocker))
 }
 
 /// What the lake records about this Promotion: `_LATEST.json` first (it names the Promotion that moved it),
@@ -1006,16 +1162,68 @@ pub fn contract_config_map(promotion: &Promotion, dataset: &Dataset) -> Result<C
     })
 }
 
-/// Makes sure the contract and the Job exist; a Job of that name that exists is adopted if it is ours.
-async fn launch_job(ctx: &Context, promotion: &Promotion, uid: &str, dataset: &Dataset, launch: &Launch) -> Result<()> {
+/// Makes sure the contract and the Job exist; a Job of that name that exists is adopted if it is ours. The
+/// contract ConfigMap must be the Promotion's own, holding the manifest its first launch froze (`frozen`, the
+/// manifest's [`contract_hash`]; a Promotion launched before the hash was kept: any the Promotion owns): the
+/// name is predictable, so one made by anyone else is never mounted.
+async fn launch_job(
+    ctx: &Context,
+    promotion: &Promotion,
+    uid: &str,
+    dataset: &Dataset,
+    launch: &Launch,
+    frozen: Option<&str>,
+) -> Result<()> {
     let namespace = promotion.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
     let contract = contract_config_map(promotion, dataset)?;
-    match config_maps.create(&params, &contract).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(Error::kube(format!("creating ConfigMap {}", contract.name_any()))(e)),
+    let name = contract.name_any();
+    let manifest = |cm: &ConfigMap| cm.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY)).cloned();
+    let now = manifest(&contract).map(|text| contract_hash(&text));
+    // A Dataset changed since the first launch gives no contract of this Promotion: only the frozen one is used.
+    let create = frozen.is_none_or(|frozen| now.as_deref() == Some(frozen));
+    let created = if create {
+        match config_maps.create(&params, &contract).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.code == 409 => false,
+            Err(e) => return Err(Error::kube(format!("creating ConfigMap {name}"))(e)),
+        }
+    } else {
+        false
+    };
+    if !created {
+        let found = config_maps.get_opt(&name).await.map_err(Error::kube(format!("reading ConfigMap {name}")))?;
+        let Some(found) = found else {
+            return Err(Error::Snapshot {
+                name,
+                message: format!(
+                    "it is missing and Dataset {} has changed since the Promotion's first launch: its contract is \
+                     lost; create a new Promotion",
+                    promotion.spec.dataset
+                ),
+            });
+        };
+        if !owned_by(&found.metadata, uid) {
+            return Err(Error::NotOwned {
+                kind: "ConfigMap",
+                name,
+                owner: format!("Promotion {}", promotion.name_any()),
+                uid: uid.to_owned(),
+            });
+        }
+        let held = manifest(&found).map(|text| contract_hash(&text));
+        if let Some(frozen) = frozen
+            && held.as_deref() != Some(frozen)
+        {
+            return Err(Error::Snapshot {
+                name,
+                message: format!(
+                    "it holds another manifest than the one this Promotion froze at its first launch (hash \
+                     {frozen}); it is never mounted: delete it"
+                ),
+            });
+        }
     }
     let job = promote_job(promotion, uid, dataset, launch, &ctx.jobs)?;
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -1184,7 +1392,10 @@ mod tests {
         dataset: Result<PromotionMode, (&'static str, String)>,
         blocked_by: Option<&'static str>,
         job: Option<JobState>,
+        blocker: Option<PodBlocker>,
         recorded: Option<Recorded>,
+        lake_error: Option<&'static str>,
+        launch_error: Option<&'static str>,
         now: i64,
     }
 
@@ -1196,7 +1407,10 @@ mod tests {
                 dataset: Ok(PromotionMode::ReplacePartitions),
                 blocked_by: None,
                 job: None,
+                blocker: None,
                 recorded: None,
+                lake_error: None,
+                launch_error: None,
                 now: 0,
             }
         }
@@ -1217,7 +1431,11 @@ mod tests {
             preview: preview(vec![]),
             blocked_by: case.blocked_by.map(str::to_owned),
             job: case.job,
+            blocker: case.blocker,
             recorded: case.recorded,
+            lake_error: case.lake_error.map(str::to_owned),
+            contract_hash: Some(CONTRACT_HASH.into()),
+            launch_error: case.launch_error.map(str::to_owned),
         };
         plan(&observed, &settings())
     }
@@ -1269,7 +1487,11 @@ mod tests {
                 preview: preview(failures.clone()),
                 blocked_by: None,
                 job: None,
+                blocker: None,
                 recorded: None,
+                lake_error: None,
+                contract_hash: None,
+                launch_error: None,
             };
             plan(&observed, &settings())
         };
@@ -1420,6 +1642,129 @@ mod tests {
         assert!(matches!(p.transitions.as_slice(), [Transition::Waiting { .. }]));
         let again = run(Case { decision: approved(), dataset: missing(), status: p.status.clone(), ..Case::default() });
         assert!(again.transitions.is_empty());
+    }
+
+    const CONTRACT_HASH: &str = "00c0ffee00c0ffee";
+
+    #[test]
+    fn the_first_launch_freezes_the_contract_and_later_ones_keep_it() {
+        let p = run(Case { decision: approved(), ..Case::default() });
+        assert_eq!(p.status.contract_hash.as_deref(), Some(CONTRACT_HASH));
+        // A retry (the Dataset's manifest may have changed since): the frozen hash stays.
+        let status = PromotionStatus { contract_hash: Some("1111222233334444".into()), ..promoting(1) };
+        let again = run(Case { status, job: Some(JobState::Missing), ..Case::default() });
+        assert!(again.launch.is_some());
+        assert_eq!(again.status.contract_hash.as_deref(), Some("1111222233334444"));
+        // A Promotion launched before the hash was kept gets none later (its ConfigMap is checked by owner only).
+        let status = PromotionStatus { contract_hash: None, ..promoting(1) };
+        let legacy = run(Case { status, job: Some(JobState::Missing), ..Case::default() });
+        assert_eq!(legacy.status.contract_hash, None);
+        // A rejection's Job freezes it too.
+        let rejected = Decision::Rejected { by: "bob".into(), reason: None };
+        assert_eq!(
+            run(Case { decision: rejected, ..Case::default() }).status.contract_hash.as_deref(),
+            Some(CONTRACT_HASH)
+        );
+    }
+
+    #[test]
+    fn a_job_that_cannot_be_launched_is_said_once_and_tried_again() {
+        let error = "creating Job tx-promo-p1: exceeded quota: jobs (403 Forbidden)";
+        let p = run(Case { decision: approved(), launch_error: Some(error), ..Case::default() });
+        assert!(p.launch.is_none());
+        assert_eq!(p.status.phase, Some(PromotionPhase::Promoting));
+        assert_eq!(p.status.job_name.as_deref(), Some("tx-promo-p1"));
+        assert_eq!(condition(&p.status, CONDITION_READY), ("False", REASON_LAUNCH_FAILED));
+        let message = &p.status.conditions.iter().find(|c| c.type_ == CONDITION_READY).expect("Ready").message;
+        assert_eq!(message, &format!("the promote Job tx-promo-p1 cannot be launched: {error}"));
+        // No "Promoting" Event for a Job that was not created; one Warning, not one per retry.
+        assert!(
+            matches!(p.transitions.as_slice(), [Transition::Waiting { reason, .. }] if reason == REASON_LAUNCH_FAILED)
+        );
+        assert_eq!(p.requeue_after, Some(settings().resync));
+        let again = run(Case {
+            status: p.status.clone(),
+            job: Some(JobState::Missing),
+            launch_error: Some(error),
+            ..Case::default()
+        });
+        assert!(again.transitions.is_empty() && again.launch.is_none());
+        // Launched at last: the Job runs, and Ready says so again.
+        let ran = run(Case { status: again.status, job: Some(JobState::Active), ..Case::default() });
+        assert_eq!(condition(&ran.status, CONDITION_READY), ("True", "Promoting"));
+        // A rejection's Job likewise.
+        let rejected = Decision::Rejected { by: "bob".into(), reason: None };
+        let r = run(Case { decision: rejected, launch_error: Some(error), ..Case::default() });
+        assert_eq!(r.status.phase, Some(PromotionPhase::Rejected));
+        assert!(r.launch.is_none());
+        assert_eq!(condition(&r.status, CONDITION_READY), ("False", REASON_LAUNCH_FAILED));
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_is_said_until_it_starts() {
+        let blocker = PodBlocker::SecretNotFound { name: "lake-creds".into() };
+        let p = run(Case {
+            status: promoting(1),
+            job: Some(JobState::Active),
+            blocker: Some(blocker.clone()),
+            ..Case::default()
+        });
+        assert_eq!(condition(&p.status, CONDITION_READY), ("False", blocker.reason()));
+        let message = &p.status.conditions.iter().find(|c| c.type_ == CONDITION_READY).expect("Ready").message;
+        assert!(message.contains("Secret lake-creds") && message.contains("the promote Job tx-promo-p1"), "{message}");
+        assert_eq!(p.transitions.len(), 1);
+        let again = run(Case {
+            status: p.status.clone(),
+            job: Some(JobState::Active),
+            blocker: Some(blocker),
+            ..Case::default()
+        });
+        assert!(again.transitions.is_empty());
+        let started = run(Case { status: again.status, job: Some(JobState::Active), ..Case::default() });
+        assert_eq!(condition(&started.status, CONDITION_READY), ("True", "Promoting"));
+        let refused = PodBlocker::CannotCreate { message: "serviceaccount \"silverline-worker\" not found".into() };
+        let p =
+            run(Case { status: promoting(1), job: Some(JobState::Active), blocker: Some(refused), ..Case::default() });
+        let message = &p.status.conditions.iter().find(|c| c.type_ == CONDITION_READY).expect("Ready").message;
+        assert!(message.contains("ServiceAccount silverline-worker does not exist"), "{message}");
+    }
+
+    #[test]
+    fn an_unreadable_lake_or_a_lost_dataset_holds_a_promoting_promotion_without_a_verdict() {
+        // The Job completed but the lake cannot be read: not taken for "not recorded".
+        let p = run(Case {
+            status: promoting(1),
+            job: Some(JobState::Complete),
+            lake_error: Some("lake: reading _LATEST.json: connection refused"),
+            ..Case::default()
+        });
+        assert_eq!(p.status.phase, Some(PromotionPhase::Promoting));
+        assert_eq!(condition(&p.status, CONDITION_READY), ("False", REASON_LAKE_UNREADABLE));
+        assert_eq!(p.transitions.len(), 1);
+        assert!(p.launch.is_none());
+        // The Dataset is gone: no launch waits unsaid, no verdict.
+        let missing = Err(("DatasetNotFound", "Dataset tx does not exist in this namespace".to_owned()));
+        let p = run(Case {
+            status: promoting(1),
+            job: Some(JobState::Missing),
+            dataset: missing.clone(),
+            ..Case::default()
+        });
+        assert!(p.launch.is_none());
+        assert_eq!(p.status.phase, Some(PromotionPhase::Promoting));
+        assert_eq!(condition(&p.status, CONDITION_READY), ("False", "DatasetNotFound"));
+        assert_eq!(p.transitions.len(), 1);
+        // While its Job runs, the Job is awaited.
+        let active =
+            run(Case { status: promoting(1), job: Some(JobState::Active), dataset: missing, ..Case::default() });
+        assert_eq!(active.status, promoting(1));
+        // A pending rejection likewise.
+        let rejecting =
+            run(Case { decision: Decision::Rejected { by: "bob".into(), reason: None }, ..Case::default() });
+        let lost = Err(("DatasetNotFound", "Dataset tx does not exist in this namespace".to_owned()));
+        let r = run(Case { status: rejecting.status, job: Some(JobState::Missing), dataset: lost, ..Case::default() });
+        assert!(r.launch.is_none());
+        assert_eq!(condition(&r.status, CONDITION_READY), ("False", "DatasetNotFound"));
     }
 
     #[test]
