@@ -17,9 +17,12 @@ pub const ANNOTATION_APPROVAL_REASON: &str = "etl.silverline.dev/approval-reason
 pub const ANNOTATION_REJECTED_BY: &str = "etl.silverline.dev/rejected-by";
 /// Why it was rejected.
 pub const ANNOTATION_REJECTION_REASON: &str = "etl.silverline.dev/rejection-reason";
-/// Who asked for the promotion, set by its creator (`silverline-operator` for the ones the operator creates).
-/// The API server does not tell a controller who created an object; an admission policy will enforce this later.
+/// Who asked for the promotion, set by its creator (`silverline-operator` for the ones the operator creates):
+/// free text, not checked. The authoritative creator is [`ANNOTATION_CREATED_BY`].
 pub const ANNOTATION_REQUESTED_BY: &str = "etl.silverline.dev/requested-by";
+/// Who created the promotion, recorded by the apiserver at create time and immutable after, where the chart's
+/// approval policy is installed (docs/approval.md): the creator the four-eyes rule compares the approver with.
+pub const ANNOTATION_CREATED_BY: &str = "etl.silverline.dev/created-by";
 
 /// The longest Promotion name: the operator derives Job names (`{name}-p{attempt}`, `{name}-reject`) that must
 /// stay DNS labels of at most 63 characters.
@@ -194,7 +197,8 @@ pub struct PromotionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
-    /// Who asked for it: the `etl.silverline.dev/requested-by` annotation its creator set.
+    /// Who created it: the `etl.silverline.dev/created-by` annotation the approval policy records (the
+    /// authoritative creator), else the free-text `etl.silverline.dev/requested-by` its creator set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
     /// Who approved it: the `etl.silverline.dev/approved-by` annotation.
@@ -265,6 +269,12 @@ impl Promotion {
 
     pub fn requested_by(&self) -> Option<&str> {
         self.annotation(ANNOTATION_REQUESTED_BY)
+    }
+
+    /// The creator for `status.createdBy`: the apiserver's record (`created-by`) where the approval policy
+    /// keeps one, else what the creator said (`requested-by`).
+    pub fn creator(&self) -> Option<&str> {
+        self.annotation(ANNOTATION_CREATED_BY).or_else(|| self.requested_by())
     }
 }
 
@@ -376,6 +386,11 @@ mod tests {
         assert_eq!(p.approval(), Some(("jane", Some("looks right"))));
         assert_eq!(p.rejection(), None);
         assert_eq!(p.requested_by(), Some("silverline-operator"));
+        // The creator is the apiserver's record where the approval policy keeps one, else requested-by.
+        assert_eq!(p.creator(), Some("silverline-operator"));
+        let recorded = "system:serviceaccount:etl:silverline-operator";
+        p.metadata.annotations.get_or_insert_default().insert(ANNOTATION_CREATED_BY.to_owned(), recorded.to_owned());
+        assert_eq!(p.creator(), Some(recorded));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::time::Duration;
 use support::{Scenario, TestNamespace, create_dataset, create_run, eventually, finished, helm, transactions_dataset};
 
 /// Recorded by the apiserver (the chart's MutatingAdmissionPolicy) at create time.
-const CREATED_BY: &str = "etl.silverline.dev/created-by";
+const CREATED_BY: &str = silverline_crds::promotion::ANNOTATION_CREATED_BY;
 /// Namespace label the test bindings select on (value: the namespace's name).
 const SCOPE_LABEL: &str = "approval-policy.silverline.dev/test";
 const FIELD_MANAGER: &str = "silverline-approval-policy-test";
@@ -524,6 +524,9 @@ async fn the_operator_requests_and_promotes_under_the_policy_but_cannot_approve(
     })
     .await;
     assert_eq!(annotation(&requested, CREATED_BY), Some(operator.username.as_str()));
+    // status.createdBy is the apiserver's record of the creator, not the free-text requested-by.
+    let created_by = requested.status.as_ref().and_then(|st| st.created_by.as_deref());
+    assert_eq!(created_by, Some(operator.username.as_str()));
 
     // The operator can create Promotions, but not approved ones, and cannot approve its own.
     refused(operator.create(&ns, "tx-forged", &[(ANNOTATION_APPROVED_BY, "jane")]).await, &["approve verb:"]);

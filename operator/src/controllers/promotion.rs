@@ -159,7 +159,8 @@ pub struct Observed<'a> {
     pub generation: Option<i64>,
     pub spec: &'a PromotionSpec,
     pub decision: Decision,
-    pub requested_by: Option<&'a str>,
+    /// The creator ([`Promotion::creator`]).
+    pub created_by: Option<&'a str>,
     pub status: &'a PromotionStatus,
     /// The Dataset's default mode, or why the Dataset cannot be used (`reason`, `message`).
     pub dataset: Result<PromotionMode, (&'static str, String)>,
@@ -237,7 +238,7 @@ pub fn plan(observed: &Observed, settings: &PromotionSettings) -> Plan {
     let mut status = observed.status.clone();
     status.observed_generation = observed.generation;
     if status.created_by.is_none() {
-        status.created_by = observed.requested_by.map(str::to_owned);
+        status.created_by = observed.created_by.map(str::to_owned);
     }
     if let Ok(dataset_mode) = &observed.dataset
         && status.mode.is_none()
@@ -852,7 +853,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         generation: promotion.metadata.generation,
         spec: &promotion.spec,
         decision,
-        requested_by: promotion.requested_by(),
+        created_by: promotion.creator(),
         status: &status,
         dataset: dataset.as_ref().map(|d| d.spec.promotion.mode).map_err(Clone::clone),
         preview,
@@ -1425,7 +1426,7 @@ mod tests {
             generation: Some(1),
             spec: &spec,
             decision: case.decision,
-            requested_by: Some("alice"),
+            created_by: Some("alice"),
             status: &case.status,
             dataset: case.dataset,
             preview: preview(vec![]),
@@ -1481,7 +1482,7 @@ mod tests {
                 generation: Some(1),
                 spec: &spec,
                 decision: Decision::Pending,
-                requested_by: None,
+                created_by: None,
                 status,
                 dataset: Ok(PromotionMode::Append),
                 preview: preview(failures.clone()),
