@@ -903,6 +903,24 @@ async fn a_malformed_run_does_not_stop_the_controller_from_serving_the_others() 
             .is_some_and(|n| n >= 1.0)
     );
     assert!(jobs_of(&s, "tx-broken").await.is_empty());
+
+    // A Dataset that does not read as one (maxAttempts beyond u32: an integer ≥ 1 for the schema) says so in a
+    // Warning Event too; it has no status the operator could write.
+    let mut orders = transactions_dataset(&s.lake(), 3);
+    orders.metadata.name = Some("orders".into());
+    create_dataset(&s.client, &s.ns.name, &orders).await;
+    let datasets: Api<DeserializeGuard<Dataset>> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let broken = serde_json::json!({"spec": {"maxAttempts": 99_999_999_999u64}});
+    let patched = datasets.patch("orders", &PatchParams::default(), &Patch::Merge(&broken)).await;
+    assert!(patched.expect("the apiserver accepts the spec").0.is_err(), "the Dataset no longer reads as one");
+    eventually("an InvalidResource Warning for the malformed Dataset", Duration::from_secs(20), || async {
+        let events = support::events(&s.client, &s.ns.name, "orders").await;
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("InvalidResource") && e.type_.as_deref() == Some("Warning"))
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,9 @@
 //! The Dataset controller: its pure `plan` (the `Valid` condition from the contract's own checks, the same
 //! `Dataset::validate` the worker applies, so `Valid=True` never meets a worker's exit 2) and its reconcile.
 
-use super::{ConditionUpdate, Context, ControllerName, drain, error_policy as shared_error_policy, publish, scoped};
+use super::{
+    ConditionUpdate, Context, ControllerName, drain, error_policy as shared_error_policy, publish, scoped, unreadable,
+};
 use crate::metrics::DatasetSeries;
 use crate::{Error, Result};
 use k8s_openapi::jiff::Timestamp;
@@ -56,10 +58,8 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>)
     let _timer = ctx.metrics.reconcile_started(ControllerName::Dataset.label());
     let dataset = match &guard.0 {
         Ok(dataset) => dataset,
-        Err(invalid) => {
-            let name = invalid.metadata.name.clone().unwrap_or_default();
-            return Err(Error::InvalidResource { kind: "Dataset", name, message: invalid.error.clone() });
-        }
+        // Said in a Warning Event on it, as for EtlRuns and Promotions: no status can be written to it.
+        Err(invalid) => return Err(unreadable::<Dataset>(&ctx, "Dataset", invalid).await),
     };
     let name = dataset.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
     let namespace = dataset.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;

@@ -4,7 +4,7 @@
 
 use super::{
     Context, ControllerName, FIELD_MANAGER, drain, error_policy as shared_error_policy, owned_by, publish,
-    publish_related, scoped, write_status,
+    publish_related, scoped, unreadable, write_status,
 };
 use crate::failure::{JobFailure, PodEnd};
 use crate::job::{self, AttemptPlan, RunIdentity};
@@ -515,13 +515,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     let _timer = ctx.metrics.reconcile_started(ControllerName::EtlRun.label());
     let run = match &guard.0 {
         Ok(run) => run,
-        Err(invalid) => {
-            let name = invalid.metadata.name.clone().unwrap_or_default();
-            let message = invalid.error.clone();
-            publish::<EtlRun>(ctx, &invalid.metadata, EventType::Warning, "InvalidResource", "Read", message.clone())
-                .await;
-            return Err(Error::InvalidResource { kind: "EtlRun", name, message });
-        }
+        Err(invalid) => return Err(unreadable::<EtlRun>(ctx, "EtlRun", invalid).await),
     };
     if run.phase().is_some_and(EtlRunPhase::is_terminal) {
         if let Some(uid) = &run.metadata.uid {

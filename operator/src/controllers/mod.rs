@@ -140,6 +140,20 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     publish_related::<K>(ctx, meta, None, type_, reason, action, note).await;
 }
 
+/// A resource that cannot be read as its kind (a field of the wrong type, an unknown enum value): said in a
+/// Warning Event `InvalidResource` on it, since the user must fix it; the error is for the error policy, which
+/// waits for a change of the resource.
+pub async fn unreadable<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    kind: &'static str,
+    invalid: &kube::core::error_boundary::InvalidObject,
+) -> Error {
+    let message = invalid.error.clone();
+    publish::<K>(ctx, &invalid.metadata, EventType::Warning, "InvalidResource", "Read", message.clone()).await;
+    let name = invalid.metadata.name.clone().unwrap_or_default();
+    Error::InvalidResource { kind, name, message }
+}
+
 /// Publishes one Event about an object of kind `K` that concerns another object too (`related`, e.g. an
 /// attempt's Job). The Recorder folds Events of one object with the same type, reason and action into a series
 /// of the first one — whose note then speaks for all — unless their `related` object differs: so each attempt's

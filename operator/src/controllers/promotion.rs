@@ -13,7 +13,7 @@
 
 use super::{
     ConditionStatus, ConditionUpdate, Context, ControllerName, FIELD_MANAGER, drain,
-    error_policy as shared_error_policy, owned_by, publish, scoped, set_condition, write_status,
+    error_policy as shared_error_policy, owned_by, publish, scoped, set_condition, unreadable, write_status,
 };
 use crate::job::{self, JobSettings};
 use crate::lifecycle::PodBlocker;
@@ -774,20 +774,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
     let _timer = ctx.metrics.reconcile_started(ControllerName::Promotion.label());
     let promotion = match &guard.0 {
         Ok(promotion) => promotion,
-        Err(invalid) => {
-            let name = invalid.metadata.name.clone().unwrap_or_default();
-            let message = invalid.error.clone();
-            publish::<Promotion>(
-                &ctx,
-                &invalid.metadata,
-                EventType::Warning,
-                "InvalidResource",
-                "Read",
-                message.clone(),
-            )
-            .await;
-            return Err(Error::InvalidResource { kind: "Promotion", name, message });
-        }
+        Err(invalid) => return Err(unreadable::<Promotion>(&ctx, "Promotion", invalid).await),
     };
     let status = promotion.status.clone().unwrap_or_default();
     if status.phase.is_some_and(PromotionPhase::is_terminal) && !rejection_pending(&status) {
