@@ -6,7 +6,7 @@ mod support;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{EvictParams, ListParams, Patch, PatchParams};
+use kube::api::{EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::{Api, ResourceExt};
 use silverline_crds::report::RunReport;
@@ -1388,4 +1388,49 @@ async fn a_run_on_an_s3_lake_succeeds_with_a_read_only_operator() {
         format!("s3://lake/warehouse/silver/transactions/schema_v=v1/run_id={run_id}/_SUCCESS")
     );
     assert!(result.files.iter().all(|f| f.key.starts_with("s3://lake/warehouse/")), "{:?}", result.files);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_job_of_the_runs_name_that_is_not_its_own_is_said_on_the_run_until_it_is_removed() {
+    use silverline_operator::job;
+    let s = Scenario::new("foreign").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    // A Job under the name the run's first attempt takes, with the operator's label but not owned by the run
+    // (made by hand, or left by a run of that name deleted and created again). Suspended: it starts no pod.
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let foreign: Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "tx-foreign-a1", "labels": {job::LABEL_MANAGED_BY: job::MANAGED_BY}},
+        "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox", "command": ["true"]}]}}},
+    }))
+    .expect("a Job");
+    jobs.create(&PostParams::default(), &foreign).await.expect("create the foreign Job");
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-foreign", &input).await;
+
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    // Found in the operator's cache of Jobs: said as Blocked (a launch that meets it first says LaunchFailed, and
+    // the next look, 30 s later, Blocked).
+    let message = eventually("the run to say what is in its way", Duration::from_secs(45), || async {
+        let status = runs.get("tx-foreign").await.ok()?.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
+        (c.reason == "Blocked").then(|| c.message.clone())
+    })
+    .await;
+    assert!(
+        message.contains("Job tx-foreign-a1") && message.contains("not owned"),
+        "{message}\n{}",
+        s.diagnostics(&[&op])
+    );
+    let warned = support::events(&s.client, &s.ns.name, "tx-foreign").await.iter().any(|e| {
+        e.type_.as_deref() == Some("Warning") && e.message.as_deref().is_some_and(|n| n.contains("tx-foreign-a1"))
+    });
+    assert!(warned, "a Warning Event names the Job");
+
+    // Removed: the run launches its own Job and succeeds.
+    jobs.delete("tx-foreign-a1", &kube::api::DeleteParams::background()).await.expect("delete the foreign Job");
+    let run = finished(&s.client, &s.ns.name, "tx-foreign", RUN_TIMEOUT).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
 }

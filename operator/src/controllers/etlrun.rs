@@ -3,8 +3,9 @@
 //! status (a Job given up, a missing snapshot) — and report what changed as Events, logs and metrics.
 
 use super::{
-    Context, ControllerName, FIELD_MANAGER, drain, error_policy as shared_error_policy, owned_by, publish,
-    publish_related, scoped, unreadable, write_status,
+    ConditionStatus, ConditionUpdate, Context, ControllerName, FIELD_MANAGER, drain,
+    error_policy as shared_error_policy, owned_by, publish, publish_related, scoped, set_condition, unreadable,
+    write_status,
 };
 use crate::failure::{JobFailure, PodEnd};
 use crate::job::{self, AttemptPlan, RunIdentity};
@@ -529,13 +530,25 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         return Ok(Action::requeue(STALE_VIEW_RECHECK));
     }
     let status = run.status.clone().unwrap_or_default();
-    let launched = launched_job(&scope, &identity, &status)?;
-    let (contract, snapshot) = load_contract(&scope, run, &identity, &status, launched.as_ref()).await?;
+    // An object in the way (a Job or ConfigMap of the run's names that is not its own, a contract snapshot that
+    // does not hold its manifest) stops the reconcile before any decision: said on the run, not only logged.
+    let blocked = |e| say_blocked(&scope, run, &identity, &view, &status, e);
+    let launched = match launched_job(&scope, &identity, &status) {
+        Ok(launched) => launched,
+        Err(e) => return Err(blocked(e).await),
+    };
+    let (contract, snapshot) = match load_contract(&scope, run, &identity, &status, launched.as_ref()).await {
+        Ok(loaded) => loaded,
+        Err(e) => return Err(blocked(e).await),
+    };
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
     let mut lake_error = None;
     let (job_state, lake, lake_checks, mut blocker, job_has_pod) = match (&current, &contract) {
         (Some(attempt), Ok(dataset)) => {
-            let (job_state, pods) = observe_job(&scope, &identity, attempt).await?;
+            let (job_state, pods) = match observe_job(&scope, &identity, attempt).await {
+                Ok(observed) => observed,
+                Err(e) => return Err(blocked(e).await),
+            };
             let (blocker, job_has_pod) = match job_state {
                 JobState::Active => observe_blocker(ctx, &identity, &attempt.job_name, pods),
                 _ => (None, None),
@@ -682,6 +695,49 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     acted?;
     Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
 }
+
+/// `Progressing` while an object in the run's way must be removed or fixed by a person (`Error::retry` is
+/// `Blocked`: a Job or ConfigMap of the run's names that is not its own, a contract snapshot that cannot be
+/// read as its manifest): the condition names it and says what to do, with one Warning Event per new message;
+/// the error goes on to the error policy (looked at again every 30 s). Other errors are returned as they are.
+async fn say_blocked(
+    scope: &Scope,
+    run: &EtlRun,
+    identity: &RunIdentity,
+    view: &str,
+    status: &EtlRunStatus,
+    error: Error,
+) -> Error {
+    if error.retry() != crate::Retry::Blocked {
+        return error;
+    }
+    let message = error.for_people();
+    let said = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == lifecycle::CONDITION_PROGRESSING && c.reason == REASON_BLOCKED && c.message == message);
+    if said {
+        return error;
+    }
+    let mut next = status.clone();
+    let update = ConditionUpdate {
+        type_: lifecycle::CONDITION_PROGRESSING,
+        status: ConditionStatus::True,
+        reason: REASON_BLOCKED,
+        message: &message,
+    };
+    set_condition(&mut next.conditions, update, run.metadata.generation, Timestamp::now());
+    match write_status(&scope.ctx, run, &next).await {
+        Ok(()) => scope.written.wrote_from(&identity.uid, view),
+        Err(e) => tracing::warn!(etlrun = %identity.name, namespace = %identity.namespace, error = %e,
+            "cannot say on the run what blocks it"),
+    }
+    publish::<EtlRun>(&scope.ctx, &run.metadata, EventType::Warning, REASON_BLOCKED, "Reconcile", message).await;
+    error
+}
+
+/// `Progressing` reason while an object in the run's way must be removed or fixed (see `say_blocked`).
+pub const REASON_BLOCKED: &str = "Blocked";
 
 /// After the status is written: deletes the Job the plan gives up.
 async fn act(scope: &Scope, identity: &RunIdentity, plan: &lifecycle::Plan) -> Result<()> {
