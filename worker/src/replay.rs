@@ -46,6 +46,15 @@ fn open_reader(
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(|e| Error::undecodable(&input.uri, "not a Parquet file", e))?;
     let schema = builder.schema().clone();
+    if schema.field_with_name(col::CONDEMNED_REASON).is_ok() {
+        // A condemned row is terminal (an exact duplicate, or out of attempts): replaying it would load it again.
+        return Err(Error::Usage(format!(
+            "{}: a condemned part file (it has column {}): condemned rows are terminal and never replayed; give a \
+             quarantine run's path (quarantine/DATASET/schema_v=…/run_id=…/)",
+            input.uri,
+            col::CONDEMNED_REASON
+        )));
+    }
     let expected = contract.columns.iter().map(|c| (c.name.as_str(), DataType::Utf8)).chain(META);
     for (name, data_type) in expected {
         match schema.field_with_name(name) {

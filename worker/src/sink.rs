@@ -855,9 +855,15 @@ impl SideWriter {
             let r = row.record;
             let range = raw.field_range(r);
             let replay = raw.replay.get(r);
+            // A record with text after a closing quote is kept as the file has it, not as csv-core joined it.
+            let original = replay.is_none().then(|| raw.text_after_quote_bytes(r)).flatten();
             let has_values = match replay {
                 Some(m) => m.has_values,
-                None => range.len() == map.field_count && raw.fields(r).all(|f| std::str::from_utf8(f).is_ok()),
+                None => {
+                    original.is_none()
+                        && range.len() == map.field_count
+                        && raw.fields(r).all(|f| std::str::from_utf8(f).is_ok())
+                }
             };
             for (c, builder) in values.iter_mut().enumerate() {
                 if has_values {
@@ -866,15 +872,22 @@ impl SideWriter {
                     builder.append_null();
                 }
             }
-            match replay {
-                Some(m) => {
+            match (replay, original) {
+                (Some(m), _) => {
                     raw_record.append_value(&m.raw_record);
                     raw_bytes.append_option(m.raw_record_bytes.as_deref());
                     source.append_value(&m.source_uri);
                     record_number.append_value(m.record_number);
                     line_number.append_value(m.line_number);
                 }
-                None => {
+                (None, Some(bytes)) => {
+                    raw_record.append_value(String::from_utf8_lossy(bytes));
+                    raw_bytes.append_value(bytes);
+                    source.append_value(source_uri);
+                    record_number.append_value(raw.first_record + r as u64);
+                    line_number.append_value(raw.lines[r]);
+                }
+                (None, None) => {
                     let bytes = csv_record_bytes(raw.fields(r));
                     match String::from_utf8(bytes) {
                         Ok(text) => {

@@ -62,6 +62,10 @@ pub struct RecordChunk {
     /// Records with text after a closing quote (`"C1"x`), which csv-core would silently join to `C1x`: (record
     /// index in the chunk, 1-based field). Rare, so a list.
     pub text_after_quote: Vec<(usize, usize)>,
+    /// The input bytes of each record in `text_after_quote` (its line break excluded), in the same order: what
+    /// the quarantine keeps of it, since its fields as csv-core read them are not what the file says. Filled by
+    /// [`tokenize_block`], which holds the input; empty for records read from a stream.
+    pub text_after_quote_bytes: Vec<Vec<u8>>,
     /// The input bytes of a block not yet tokenized (see [`tokenize_block`]); kept for reuse afterwards.
     pub block: Vec<u8>,
     /// 1-based line on which `block` starts, and whether the input ends with it.
@@ -169,6 +173,7 @@ impl RecordChunk {
         self.replay.clear();
         self.open_quote = None;
         self.text_after_quote.clear();
+        self.text_after_quote_bytes.clear();
         self.block.clear();
         self.block_line = 0;
         self.block_is_last = false;
@@ -176,6 +181,12 @@ impl RecordChunk {
 
     pub fn is_empty(&self) -> bool {
         self.record_ends.is_empty()
+    }
+
+    /// The input bytes of record `r`, if it has text after a closing quote and was read from a block.
+    pub fn text_after_quote_bytes(&self, r: usize) -> Option<&[u8]> {
+        let i = self.text_after_quote.binary_search_by_key(&r, |(record, _)| *record).ok()?;
+        self.text_after_quote_bytes.get(i).map(Vec::as_slice)
     }
 
     /// The range of `field_ends` indices of record `r`.
@@ -263,6 +274,11 @@ pub struct CsvTokenizer<R> {
     keep_bom: bool,
     /// The most bytes of fields a chunk takes: [`MAX_CHUNK_DATA`] (lower in tests).
     max_data: usize,
+    /// Bytes of the input consumed so far.
+    consumed: usize,
+    /// Where in the input each record with text after a closing quote lies (see
+    /// [`RecordChunk::text_after_quote_bytes`]), in the order read.
+    after_quote_spans: Vec<std::ops::Range<usize>>,
 }
 
 impl<R: BufRead> CsvTokenizer<R> {
@@ -276,6 +292,8 @@ impl<R: BufRead> CsvTokenizer<R> {
             ended_by_input_end: false,
             keep_bom: false,
             max_data: MAX_CHUNK_DATA,
+            consumed: 0,
+            after_quote_spans: Vec::new(),
         }
     }
 
@@ -308,6 +326,7 @@ impl<R: BufRead> CsvTokenizer<R> {
             self.skipped_lines += buf[..blank].iter().filter(|b| **b == b'\n').count() as u64;
             let whole = blank == buf.len();
             self.input.consume(blank);
+            self.consumed += blank;
             if !whole {
                 return Ok(());
             }
@@ -324,6 +343,7 @@ impl<R: BufRead> CsvTokenizer<R> {
         self.skip_blank_lines()?;
         let start_line = self.line();
         let record_start = *filled;
+        let input_start = self.consumed;
         let mut n_ends = 0;
         let mut quoting = QuoteScan::new();
         loop {
@@ -342,6 +362,7 @@ impl<R: BufRead> CsvTokenizer<R> {
                 self.core.read_record(input, &mut chunk.data[*filled..], &mut self.ends[n_ends..]);
             quoting.scan(&input[..n_in]);
             self.input.consume(n_in);
+            self.consumed += n_in;
             *filled += n_out;
             n_ends += n_end;
             match result {
@@ -351,6 +372,7 @@ impl<R: BufRead> CsvTokenizer<R> {
                     self.ended_by_input_end = at_end;
                     if let Some(field) = quoting.text_after_quote {
                         chunk.text_after_quote.push((chunk.len(), field + 1));
+                        self.after_quote_spans.push(input_start..self.consumed);
                     }
                     // csv-core ends a record silently at the end of the input, even inside a quoted field.
                     if at_end && quoting.state == QuoteState::Quoted && n_ends > 0 {
@@ -484,6 +506,11 @@ pub fn tokenize_block(chunk: &mut RecordChunk) -> io::Result<()> {
     chunk.data.truncate(filled);
     let misread = !last && tokenizer.ended_by_input_end;
     let end_line = tokenizer.line();
+    for span in tokenizer.after_quote_spans.drain(..) {
+        let record = &block[span];
+        let line_break = record.iter().rev().take_while(|b| matches!(b, b'\n' | b'\r')).count();
+        chunk.text_after_quote_bytes.push(record[..record.len() - line_break].to_vec());
+    }
     chunk.block = block;
     chunk.block.clear();
     read?;

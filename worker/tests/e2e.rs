@@ -4,7 +4,7 @@
 
 mod support;
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
 use std::io::Write;
 use support::*;
@@ -491,6 +491,58 @@ fn replaying_quarantine_raises_attempts_until_rows_are_condemned() {
 }
 
 #[test]
+fn a_condemned_run_is_refused_as_a_replay_input_and_nothing_is_written() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let c = lenient(tmp.path());
+    let input = write(tmp.path(), "in.csv", format!("{HEADER}\n{}{}", good(1), good(1)));
+    assert_eq!(run_worker(&c, &input, &lake, "r1").code, 0);
+    assert_eq!(success(&lake, "r1").condemned_rows_count, 1);
+    // Replaying the condemned exact duplicate would load T1 a second time.
+    let out = run_worker(&c, &run_dir(&lake, "condemned", "r1"), &lake, "r2");
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("condemned rows are terminal and never replayed"), "{}", out.stderr);
+    assert!(!run_dir(&lake, "silver", "r2").exists(), "nothing of r2 is written");
+}
+
+#[test]
+fn a_value_with_text_after_its_closing_quote_keeps_its_bytes_and_fails_again_on_replay() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let c = lenient(tmp.path());
+    // csv-core would read each of these as a plain value (C1x, C5, C2): the worker refuses them, and a replay
+    // with the same contract must not take them for valid.
+    let records = [
+        "TX2,\"C1\"x,10.00,EUR,2024-01-01T00:00:00Z",
+        "TX3,\"\"C5,10.00,EUR,2024-01-01T00:00:00Z",
+        "TX4,\"C2\" ,10.00,EUR,2024-01-01T00:00:00Z",
+    ];
+    let text = format!("{HEADER}\r\n{}\r\n{}\n{}\n", records[0], records[1], records[2]);
+    let input = write(tmp.path(), "in.csv", text);
+    assert_eq!(run_worker(&c, &input, &lake, "r1").code, 0);
+    assert_eq!(success(&lake, "r1").quarantined_rows_count, 3);
+    let q = read_area(&lake, "quarantine", "r1");
+    // The record as it was, byte for byte (line break excluded), in raw_record and raw_record_bytes.
+    assert_eq!(strings(&q, "raw_record"), records.map(|r| Some(r.to_owned())));
+    let bytes: Vec<Vec<u8>> = q
+        .iter()
+        .flat_map(|b| {
+            let a = b.column_by_name("raw_record_bytes").unwrap().as_binary::<i32>().clone();
+            (0..a.len()).map(move |i| a.value(i).to_vec())
+        })
+        .collect();
+    assert_eq!(bytes, records.map(|r| r.as_bytes().to_vec()));
+    // Not per-column values: csv-core's reading (C1x) is not what the file says.
+    assert_eq!(strings(&q, "CustomerID"), [None, None, None]);
+    let out = run_worker(&c, &run_dir(&lake, "quarantine", "r1"), &lake, "r2");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = success(&lake, "r2");
+    assert_eq!((report.valid_rows_count, report.quarantined_rows_count), (0, 3));
+    let again = read_area(&lake, "quarantine", "r2");
+    assert_eq!(strings(&again, "raw_record"), records.map(|r| Some(r.to_owned())));
+}
+
+#[test]
 fn the_same_input_and_run_id_give_byte_identical_files() {
     let tmp = TempDir::new().unwrap();
     let input = repo_root().join("examples/data/transactions.csv");
@@ -732,7 +784,15 @@ fn text_after_a_closing_quote_is_a_schema_error_not_rewritten() {
     let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
     assert_eq!(out.code, 0, "{}", out.stderr);
     let q = read_area(&lake, "quarantine", "r1");
-    assert_eq!(strings(&q, "TransactionID"), [Some("T1".into()), Some("T4".into())]);
+    // Kept as the file has them, not as csv-core joined them (C1x): no per-column values, the exact record.
+    assert_eq!(
+        strings(&q, "raw_record"),
+        [
+            Some("T1,\"C1\"x,10.00,EUR,2024-01-15T10:00:00Z".into()),
+            Some("T4,\"C4\" ,10.00,EUR,2024-01-15T10:00:00Z".into())
+        ]
+    );
+    assert_eq!(strings(&q, "TransactionID"), [None, None]);
     assert_eq!(strings(&q, "error_type"), [Some("SCHEMA_ERROR".into()), Some("SCHEMA_ERROR".into())]);
     assert_eq!(strings(&q, "error_column"), [Some("CustomerID".into()), Some("CustomerID".into())]);
     let message = strings(&q, "error_message")[0].clone().unwrap();
