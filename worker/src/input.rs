@@ -25,7 +25,9 @@ pub enum InputFormat {
 }
 
 impl InputFormat {
+    /// By the name's extension, in any case (`.CSV` too).
     pub fn of(name: &str) -> Option<InputFormat> {
+        let name = name.to_ascii_lowercase();
         if name.ends_with(".csv") {
             Some(InputFormat::Csv)
         } else if name.ends_with(".csv.gz") {
@@ -61,6 +63,9 @@ pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Res
     let parsed = LakeUri::parse(uri, RelativePaths::Accept).map_err(|e| Error::Usage(e.to_string()))?;
     let mut inputs = match parsed {
         LakeUri::Local(path) => {
+            if std::fs::metadata(&path).is_ok_and(|m| special(&m)) {
+                return Err(unreadable(NOT_REGULAR.into()));
+            }
             let path = path.canonicalize().map_err(|e| unreadable(format!("{e}")))?;
             let mut files = Vec::new();
             collect_local(&path, &mut files).map_err(|e| unreadable(format!("cannot list: {e}")))?;
@@ -120,8 +125,20 @@ pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Res
     Ok(inputs)
 }
 
+/// Why a FIFO, a socket or a device is not taken as input: the header is read first, then the data again from
+/// the start (and the checksum is of the whole object), so a stream that can be read once would hang or lose data.
+const NOT_REGULAR: &str = "not a regular file (a pipe, a socket or a device): the worker reads an input more than once \
+                           (its header, then its records), so give it a file — e.g. copy the stream to one first";
+
+fn special(meta: &std::fs::Metadata) -> bool {
+    !meta.is_file() && !meta.is_dir()
+}
+
 fn collect_local(path: &std::path::Path, out: &mut Vec<(PathBuf, u64)>) -> io::Result<()> {
     let meta = std::fs::metadata(path)?;
+    if special(&meta) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {NOT_REGULAR}", path.display())));
+    }
     if !meta.is_dir() {
         out.push((path.to_path_buf(), meta.len()));
         return Ok(());
@@ -292,6 +309,8 @@ mod tests {
         assert_eq!(InputFormat::of("b.csv.zst"), Some(InputFormat::CsvZstd));
         assert_eq!(InputFormat::of("part-00000.parquet"), Some(InputFormat::Quarantine));
         assert_eq!(InputFormat::of("notes.txt"), None);
+        assert_eq!(InputFormat::of("EXPORT.CSV"), Some(InputFormat::Csv), "upper case is not skipped in a folder");
+        assert_eq!(InputFormat::of("Export.Csv.Gz"), Some(InputFormat::CsvGzip));
     }
 
     #[test]

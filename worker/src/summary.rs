@@ -142,8 +142,10 @@ fn next_step(e: &Error, run_id: &str) -> String {
                 .into()
         }
         Error::CircuitBreaker { .. } => format!(
-            "the feed is broken in bulk: look at the rows quarantined so far (silverline-worker quarantine \
-             --run-id {run_id}), fix the feed and run it again under a new run id; no _SUCCESS"
+            "the feed is broken in bulk: the error names the error type and the record that tripped it (the run's \
+             {} in the lake says so too; no rows of run {run_id} were kept), fix the feed and run it again under a \
+             new run id; no _SUCCESS",
+            silverline_lake::layout::CIRCUIT_BREAKER_REPORT
         ),
         Error::QualityGate { .. } => format!(
             "triage the quarantine (silverline-worker quarantine --contract FILE --run-id {run_id}), fix the source \
@@ -255,7 +257,7 @@ mod tests {
 
     #[test]
     fn a_failure_says_what_happened_the_exit_code_and_what_next() {
-        let cases: [(Error, &str, &str); 4] = [
+        let cases: [(Error, &str, &str); 5] = [
             (
                 Error::SchemaDrift { source_uri: "in.csv".into(), message: "missing column TransactionID".into() },
                 "exit 3 (schema drift or unreadable input)",
@@ -272,6 +274,16 @@ mod tests {
                 "choose another --run-id",
             ),
             (Error::Interrupted { signal: "SIGTERM" }, "exit 75 (transient failure, worth a retry)", "new run id"),
+            (
+                Error::CircuitBreaker {
+                    error_type: "TYPE_ERROR",
+                    max_same_errors: 100,
+                    source_uri: "in.csv".into(),
+                    record: 101,
+                },
+                "exit 4 (circuit breaker tripped)",
+                "_CIRCUIT_BREAKER.json in the lake says so too; no rows of run r9 were kept",
+            ),
         ];
         for (e, code, next) in cases {
             let line = failure_line(&e, "r9");

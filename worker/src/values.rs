@@ -255,15 +255,14 @@ pub fn parse_timestamp_micros(s: &[u8]) -> Result<i64, ValueError> {
         if frac.is_empty() {
             return Err(bad());
         }
-        if frac.len() > 9 {
+        // Zeros beyond the microsecond lose nothing, however many; any other digit there would be lost.
+        if frac.iter().skip(6).any(|d| *d != b'0') {
             return Err(timestamp_error(format!(
-                "{} has {} fraction digits; at most 9 are read, and only 6 may be non-zero",
+                "{} has {} fraction digits with sub-microsecond precision, which would be lost (timestamps are \
+                 stored in microseconds)",
                 shown(s),
                 frac.len()
             )));
-        }
-        if frac.iter().skip(6).any(|d| *d != b'0') {
-            return Err(timestamp_error(format!("{} has sub-microsecond precision, which would be lost", shown(s))));
         }
         for i in 0..6 {
             micros_frac = micros_frac * 10 + frac.get(i).map_or(0, |d| i64::from(d - b'0'));
@@ -359,6 +358,9 @@ mod tests {
         assert_eq!(ts("1970-01-01T00:00:00.5Z"), Ok(500_000));
         assert_eq!(ts("1970-01-01T00:00:00.123456789").map_err(|_| ()), Err(()));
         assert_eq!(ts("1970-01-01T00:00:00.123456000Z"), Ok(123_456));
+        assert_eq!(ts("1970-01-01T00:00:00.1234560000000Z"), Ok(123_456), "zeros past the 9th digit lose nothing");
+        assert_eq!(ts("1970-01-01T00:00:00.0000000000Z"), Ok(0));
+        assert_eq!(ts("1970-01-01T00:00:00.1234560000001Z").map_err(|_| ()), Err(()));
         assert_eq!(ts("1969-12-31T23:59:59Z"), Ok(-1_000_000));
     }
 

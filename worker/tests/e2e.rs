@@ -543,6 +543,43 @@ fn a_value_with_text_after_its_closing_quote_keeps_its_bytes_and_fails_again_on_
 }
 
 #[test]
+#[cfg(unix)]
+fn a_pipe_is_refused_at_once_and_upper_case_extensions_are_read_in_a_folder() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let c = lenient(tmp.path());
+    // A FIFO without a writer: opening it to read the records after the header would block for ever.
+    let fifo = tmp.path().join("feed.csv");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let out = ran(std::process::Command::new("timeout")
+        .arg("20")
+        .arg(worker_bin())
+        .args(["run", "--progress", "off", "--run-id", "r1", "--contract"])
+        .arg(&c)
+        .arg("--input")
+        .arg(&fifo)
+        .arg("--lake")
+        .arg(&lake)
+        .output()
+        .expect("the worker starts"));
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+    assert!(!lake.join("silver").exists(), "nothing written");
+    // A folder: EXPORT.CSV is as much input as z.csv.
+    let dir = tmp.path().join("feed");
+    std::fs::create_dir(&dir).unwrap();
+    write(&dir, "EXPORT.CSV", format!("{HEADER}\n{}", good(1)));
+    write(&dir, "z.csv", format!("{HEADER}\n{}", good(2)));
+    let out = run_worker(&c, &dir, &lake, "r2");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = success(&lake, "r2");
+    let names: Vec<&str> = report.inputs.iter().map(|i| i.uri.rsplit('/').next().unwrap()).collect();
+    assert_eq!(names, ["EXPORT.CSV", "z.csv"]);
+    assert_eq!(report.valid_rows_count, 2);
+}
+
+#[test]
 fn the_same_input_and_run_id_give_byte_identical_files() {
     let tmp = TempDir::new().unwrap();
     let input = repo_root().join("examples/data/transactions.csv");
