@@ -401,17 +401,44 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
 #[test]
 #[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
 fn the_deploy_manifest_is_the_charts_rendering() {
-    let expected = deploy_manifest();
-    let path = repo_root().join("operator/deploy/operator.yaml");
-    if std::env::var_os("SILVERLINE_BLESS").is_some() {
-        std::fs::write(&path, &expected).expect("write operator/deploy/operator.yaml");
+    for (file, expected) in [("operator.yaml", deploy_manifest()), ("approval-policy.yaml", approval_policy_manifest())]
+    {
+        let path = repo_root().join("operator/deploy").join(file);
+        if std::env::var_os("SILVERLINE_BLESS").is_some() {
+            std::fs::write(&path, &expected).unwrap_or_else(|e| panic!("write operator/deploy/{file}: {e}"));
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("operator/deploy/{file}: {e}"));
+        assert!(
+            committed == expected,
+            "operator/deploy/{file} is not the chart's rendering: regenerate it with \
+             `SILVERLINE_BLESS=1 cargo test -p silverline-operator --test chart the_deploy_manifest -- --include-ignored`"
+        );
     }
-    let committed = std::fs::read_to_string(&path).expect("operator/deploy/operator.yaml");
-    assert!(
-        committed == expected,
-        "operator/deploy/operator.yaml is not the chart's rendering: regenerate it with \
-         `SILVERLINE_BLESS=1 cargo test -p silverline-operator --test chart the_deploy_manifest -- --include-ignored`"
-    );
+}
+
+/// operator/deploy/approval-policy.yaml: the chart's approval policy (four eyes on Promotions), default values,
+/// for the same `kubectl apply` install.
+fn approval_policy_manifest() -> String {
+    let chart = helm::chart_dir();
+    let chart = chart.to_str().expect("UTF-8 path");
+    let args = [
+        "template",
+        "silverline",
+        chart,
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--show-only",
+        "templates/approval-policy.yaml",
+    ];
+    let out = helm::run(&args);
+    assert!(out.status.success(), "helm template failed: {}", String::from_utf8_lossy(&out.stderr));
+    format!(
+        "# Generated from charts/silverline (default values, release `silverline` in {RELEASE_NAMESPACE}) by\n\
+         # `SILVERLINE_BLESS=1 cargo test -p silverline-operator --test chart the_deploy_manifest -- --include-ignored`;\n\
+         # do not edit. Four eyes on Promotions, enforced by the apiserver (docs/approval.md), for the `kubectl apply`\n\
+         # install of operator.yaml: kubectl apply -f operator/deploy/approval-policy.yaml\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    )
 }
 
 /// operator/deploy/operator.yaml: the chart's operator objects, default values, for `kubectl apply` without Helm.
@@ -436,6 +463,8 @@ fn deploy_manifest() -> String {
          # `SILVERLINE_BLESS=1 cargo test -p silverline-operator --test chart the_deploy_manifest -- --include-ignored`;\n\
          # do not edit. The chart is the way to install (README.md, \"Install with Helm\"); this is the same operator for\n\
          # `kubectl apply` without Helm: apply the CRDs first (kubectl apply -f crds/generated/).\n\
+         # It holds no approval policy: without approval-policy.yaml beside it, four eyes on Promotions are NOT\n\
+         # enforced (anyone who may patch a Promotion can approve their own): apply both (docs/approval.md).\n\
          apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {RELEASE_NAMESPACE}\n{}",
         String::from_utf8_lossy(&out.stdout)
     )
