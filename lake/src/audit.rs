@@ -108,22 +108,36 @@ fn unique_suffix() -> String {
     format!("{:08x}", hasher.finish() as u32)
 }
 
-/// Writes a record create-only under a fresh name; returns its lake-relative key.
-pub async fn write(lake: &Lake, record: &AuditRecord) -> Result<String> {
+/// The key of a record written at its `time` with `unique` last.
+fn key_of(record: &AuditRecord, unique: &str) -> Result<String> {
     let layout = DatasetLayout::new(&record.dataset)?;
     let time = chrono::DateTime::parse_from_rfc3339(&record.time)
         .map(|t| t.with_timezone(&chrono::Utc))
         .unwrap_or_else(|_| chrono::Utc::now());
+    Ok(format!("{}/{}-{}-{unique}.json", layout.audit(), time.format("%Y%m%dT%H%M%S%.6fZ"), record.result.as_str()))
+}
+
+/// Writes the record of committed version `version` (`promoted` or `rolled_back`) create-only under a name that
+/// follows from the version and its commit time (the record's `time`, the pointer's `promoted_at`), so that every
+/// promoter that writes it — the one that moved the pointer, another that found it missing (a promoter killed
+/// before its audit record, or still writing it) — writes the same object: a version has one record. Returns
+/// its key, also when the record was already there.
+pub async fn write_committed(lake: &Lake, record: &AuditRecord, version: u64) -> Result<String> {
+    let key = key_of(record, &format!("v{version}"))?;
+    let body = Bytes::from(serde_json::to_vec_pretty(record).unwrap_or_default());
+    match lake.put_if_absent(&lake.path(&key), body).await {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind == StorageErrorKind::AlreadyExists => Ok(key),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes a record create-only under a fresh name; returns its lake-relative key.
+pub async fn write(lake: &Lake, record: &AuditRecord) -> Result<String> {
     let body = Bytes::from(serde_json::to_vec_pretty(record).unwrap_or_default());
     let mut attempts = 0;
     loop {
-        let key = format!(
-            "{}/{}-{}-{}.json",
-            layout.audit(),
-            time.format("%Y%m%dT%H%M%S%.6fZ"),
-            record.result.as_str(),
-            unique_suffix()
-        );
+        let key = key_of(record, &unique_suffix())?;
         match lake.put_if_absent(&lake.path(&key), body.clone()).await {
             Ok(()) => return Ok(key),
             Err(e) if e.kind == StorageErrorKind::AlreadyExists && attempts < 3 => attempts += 1,

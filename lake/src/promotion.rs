@@ -64,6 +64,8 @@ pub enum Step {
     Pointer,
     /// Files copied into `current/`; `current/_MANIFEST.json` not yet written.
     Copies,
+    /// `current/` shows the new version (its `_MANIFEST.json` written); the audit record not yet written.
+    Current,
 }
 
 impl Step {
@@ -73,6 +75,7 @@ impl Step {
             Step::BeforePointer => "before_pointer",
             Step::Pointer => "pointer",
             Step::Copies => "copies",
+            Step::Current => "current",
         }
     }
 }
@@ -375,7 +378,7 @@ async fn ensure_audited(
                 serde_json::json!({"dataset": rules.dataset, "version": pointer.version}),
             );
             let record = committed_record(rules, pointer, promotion, &metrics, &change);
-            audit::write(lake, &record).await?
+            audit::write_committed(lake, &record, pointer.version).await?
         }
     };
     Ok((key, change, metrics))
@@ -420,6 +423,8 @@ fn committed_record(
         &pointer.reason,
         &metrics.iter().map(|m| m.run_id.clone()).collect::<Vec<_>>(),
     );
+    // The commit's time: every promoter that writes this version's record writes the same one (`write_committed`).
+    record.time = pointer.promoted_at.clone();
     record.approved_by = Some(pointer.approved_by.clone());
     record.mode = Some(pointer.mode);
     record.restore_version = pointer.restored_version;
@@ -449,6 +454,19 @@ async fn review_restore(
         review.failures.push(fail(format!(
             "version {version} was never current (the current version is {})",
             current_version.map_or("none".into(), |v| v.to_string())
+        )));
+        return Ok(review);
+    }
+    // Current once means on the chain of versions from the current one back (each names its predecessor): a
+    // manifest a promoter wrote but never committed (killed, or beaten to the pointer) is not on it.
+    let mut at = current_version;
+    while let Some(v) = at.filter(|v| *v > version) {
+        at = read_manifest(lake, &rules.dataset, v).await?.and_then(|m| m.previous_version);
+    }
+    if at != Some(version) {
+        review.failures.push(fail(format!(
+            "version {version} was never current: no version from the current one back names it as its predecessor \
+             (a manifest written by a promotion that did not commit)"
         )));
         return Ok(review);
     }
@@ -574,8 +592,11 @@ pub async fn promote(
                         serde_json::json!({"dataset": rules.dataset, "version": pointer.version}),
                     );
                     sync_current(lake, &layout, &manifest, &bytes, hooks).await?;
-                    ensure_audited(lake, &rules, pointer, &manifest, pointer.promotion.clone(), hooks).await?;
                 }
+                // Whatever state current/ is in: a promoter killed after current/ but before its audit record
+                // leaves the version unrecorded, and a version moved past without its record would lose it — and
+                // a repeat of that Promotion would no longer know it committed.
+                ensure_audited(lake, &rules, pointer, &manifest, pointer.promotion.clone(), hooks).await?;
                 Some(manifest)
             }
             None => None,
@@ -653,10 +674,11 @@ pub async fn promote(
         hooks.step(Step::Pointer);
         // 5. current/
         sync_current(lake, &layout, &manifest, &manifest_bytes, hooks).await?;
+        hooks.step(Step::Current);
         // 6. audit
         let metrics = review.metrics.clone();
         let record = committed_record(&rules, &next, request.promotion.clone(), &metrics, &change);
-        let audit_key = audit::write(lake, &record).await?;
+        let audit_key = audit::write_committed(lake, &record, next.version).await?;
         return Ok(PromoteOutcome {
             already_promoted: false,
             result: record.result,

@@ -498,7 +498,7 @@ fn killed_then_repeated(step: &str, identity: Option<&str>) {
 
 #[test]
 fn a_promoter_killed_at_any_step_completes_exactly_once_when_repeated() {
-    for step in ["manifest", "pointer", "copies"] {
+    for step in ["manifest", "pointer", "copies", "current"] {
         killed_then_repeated(step, Some("team-a/promote-r1/0b7c"));
     }
     killed_then_repeated("pointer", None);
@@ -570,6 +570,76 @@ fn the_next_promotion_repairs_current_and_audits_a_version_whose_promoter_was_ki
     assert!(again.stdout.contains("already promoted as version 1"), "{}", again.stdout);
     assert_eq!(lake.latest()["version"], 2, "nothing moved");
     assert_eq!(lake.audit().len(), 2);
+}
+
+#[test]
+fn a_version_whose_promoter_died_before_its_audit_record_is_audited_by_the_next_and_its_repeat_commits_nothing() {
+    let lake = Lake::new();
+    lake.ok_run("r0", &csv(100..102, 2, 0));
+    assert_eq!(lake.approve(&["r0"], "append").code, 0);
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(20..25, 3, 0));
+    // Killed with current/ up to date (nothing lags) but before the audit record of version 2.
+    let a = ["--run-id", "r1", "--approved-by", "jane", "--reason", "a", "--promotion", "ns/a/1"];
+    let killed = ran(lake.command("promote", &a).env("SILVERLINE_PROMOTE_CRASH_AFTER", "current").output().unwrap());
+    assert_ne!(killed.code, 0);
+    assert_eq!(lake.latest()["version"], 2);
+    assert_current_matches_pointer(&lake);
+    // Another promotion moves past version 2: it writes version 2's record first (with its Promotion).
+    let b = lake.promote(&["--run-id", "r2", "--approved-by", "joe", "--reason", "b", "--promotion", "ns/b/2"]);
+    assert_eq!(b.code, 0, "{}", b.stderr);
+    assert_eq!(lake.latest()["version"], 3);
+    let audit = lake.audit();
+    let of = |name: &str| audit.iter().filter(|r| r["promotion"]["name"] == name).cloned().collect::<Vec<_>>();
+    assert_eq!(of("a").len(), 1, "version 2 is audited: {audit:?}");
+    assert_eq!((of("a")[0]["version_after"].as_u64(), of("a")[0]["approved_by"].as_str()), (Some(2), Some("jane")));
+    // The repeat of the first Promotion knows it committed version 2: nothing moves, no second record.
+    let again = lake.promote(&a);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.contains("already promoted as version 2"), "{}", again.stdout);
+    assert_eq!(lake.latest()["version"], 3, "not committed again as version 4");
+    assert_eq!(lake.audit_results(), ["promoted", "promoted", "promoted"]);
+}
+
+#[test]
+fn a_versions_record_is_named_by_its_version_so_every_writer_writes_the_same_one() {
+    // A promoter killed before its record, and the next promotion writing it, write the same object: a
+    // version's record is named by its version and commit time, create-only.
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    let a = ["--run-id", "r1", "--approved-by", "jane", "--reason", "a", "--promotion", "ns/a/1"];
+    let killed = ran(lake.command("promote", &a).env("SILVERLINE_PROMOTE_CRASH_AFTER", "current").output().unwrap());
+    assert_ne!(killed.code, 0);
+    for _ in 0..2 {
+        let again = lake.promote(&a);
+        assert_eq!(again.code, 0, "{}", again.stderr);
+    }
+    let names = files_under(&lake.path("audit/transactions"));
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].ends_with("-promoted-v1.json"), "{names:?}");
+}
+
+#[test]
+fn an_orphan_manifest_that_was_never_current_cannot_be_restored() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("m1", &csv(50..55, 2, 0));
+    lake.ok_run("c1", &csv(60..62, 3, 0));
+    assert_eq!(lake.approve(&["r1"], "append").code, 0);
+    // Killed after writing manifest 2, before the pointer: 2.json is an orphan.
+    let m = ["--run-id", "m1", "--approved-by", "jane", "--reason", "m"];
+    let killed = ran(lake.command("promote", &m).env("SILVERLINE_PROMOTE_CRASH_AFTER", "manifest").output().unwrap());
+    assert_ne!(killed.code, 0);
+    assert!(lake.path("silver/transactions/_manifests/2.json").exists());
+    assert_eq!(lake.approve(&["c1"], "append").code, 0);
+    let v = lake.latest()["version"].as_u64().unwrap();
+    assert_eq!((v, lake.latest()["previous_version"].as_u64()), (3, Some(1)), "version 3 follows 1");
+    let out = lake.promote(&["--restore-version", "2", "--approved-by", "joe", "--reason", "x"]);
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("version 2 was never current"), "{}", out.stderr);
+    // A version that was current is restored.
+    let out = lake.promote(&["--restore-version", "1", "--approved-by", "joe", "--reason", "back"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
 #[test]
