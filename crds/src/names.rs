@@ -8,8 +8,10 @@ use std::sync::LazyLock;
 pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 /// A schema version such as `v1` or `v2`; becomes `schema_v=v1`.
 pub const SCHEMA_VERSION_PATTERN: &str = "^v[0-9]{1,6}$";
-/// A run id: letters, digits, '-', '_' and '.', not starting with '.', at most 64 characters; becomes `run_id=…`.
-pub const RUN_ID_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$";
+/// A run id: letters, digits, '-', '_' and '.', not starting with '.' or '_', at most 64 characters; becomes
+/// `run_id=…` and the start of each file name the run puts in `current/` (`{run_id}-part-…`), which engines skip
+/// when it starts with '.' or '_' (hidden files).
+pub const RUN_ID_PATTERN: &str = "^[A-Za-z0-9-][A-Za-z0-9._-]{0,63}$";
 
 static DNS_LABEL: LazyLock<Regex> = LazyLock::new(|| compile(DNS_LABEL_PATTERN));
 static SCHEMA_VERSION: LazyLock<Regex> = LazyLock::new(|| compile(SCHEMA_VERSION_PATTERN));
@@ -61,7 +63,7 @@ mod tests {
 
     #[test]
     fn run_ids_are_single_safe_segments() {
-        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "x=y", &"a".repeat(65)] {
+        for bad in ["", ".", "..", ".hidden", "_hidden", "a/b", "a b", "x=y", &"a".repeat(65)] {
             assert!(check_run_id(bad).is_err(), "{bad:?} should be rejected");
         }
         for good in ["20240101T000000Z", "my-run_1", "r.2"] {

@@ -32,7 +32,7 @@ pub const MAX_PROMOTION_NAME: usize = 56;
 pub const PROMOTION_NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$') && \
                                        size(self.metadata.name) <= 56";
 /// CEL rule on `spec.runIds`: each a run id ([`crate::names::RUN_ID_PATTERN`]; a unit test keeps them equal).
-pub const RUN_IDS_RULE: &str = "self.all(r, r.matches('^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$'))";
+pub const RUN_IDS_RULE: &str = "self.all(r, r.matches('^[A-Za-z0-9-][A-Za-z0-9._-]{0,63}$'))";
 /// CEL rule on the spec: runs to promote, or a version to restore, never both.
 pub const TARGET_RULE: &str = "has(self.runIds) != has(self.restoreVersion)";
 
@@ -66,7 +66,7 @@ pub struct PromotionSpec {
     /// The runs to promote together, as one version (the lake is the source of truth: any run with a
     /// `_SUCCESS`, also of a deleted EtlRun or of the local worker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(RUN_IDS_RULE).message("each run id must match ^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"))]
+    #[x_kube(validation = Rule::new(RUN_IDS_RULE).message("each run id must match ^[A-Za-z0-9-][A-Za-z0-9._-]{0,63}$"))]
     #[schemars(length(min = 1, max = 100), inner(length(min = 1, max = 64)))]
     pub run_ids: Option<Vec<String>>,
     /// A rollback instead of runs: current becomes exactly the files of version N, as a new version.
