@@ -584,6 +584,25 @@ pub async fn promote(
         }
         // Repair current/ first if a killed promoter left it behind the pointer.
         let current = match pointer {
+            // No pointer, but a version was committed (`current/` shows one, or the audit log records one):
+            // `_LATEST.json` was lost (deleted by hand, a bad restore of the bucket). Starting again from nothing
+            // would drop every current file and skip the key checks against them. (A manifest alone proves
+            // nothing: a first promotion killed, or still on its way, before its pointer write leaves one.)
+            None if lake.get(&lake.path(&layout.current_manifest())).await?.is_some()
+                || audit::list(lake, &rules.dataset)
+                    .await?
+                    .iter()
+                    .any(|r| matches!(r.result, AuditResult::Promoted | AuditResult::RolledBack)) =>
+            {
+                return Err(Error::Inconsistent {
+                    uri: lake.uri_of(&lake.path(&layout.latest())),
+                    message: "is missing although a version was committed (current/_MANIFEST.json, promoted audit \
+                              records): nothing is promoted until it is restored from the last committed manifest \
+                              (`history` lists the versions)"
+                        .into(),
+                }
+                .into());
+            }
             Some(pointer) => {
                 let (manifest, bytes) = load_manifest(lake, &layout, pointer).await?;
                 if !current_is_up_to_date(lake, &layout, pointer).await? {

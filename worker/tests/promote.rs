@@ -643,6 +643,20 @@ fn an_orphan_manifest_that_was_never_current_cannot_be_restored() {
 }
 
 #[test]
+fn a_lost_pointer_stops_every_promotion_instead_of_starting_history_again() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(20..25, 2, 0));
+    assert_eq!(lake.approve(&["r1"], "append").code, 0);
+    std::fs::remove_file(lake.path("silver/transactions/_LATEST.json")).unwrap();
+    let out = lake.approve(&["r2"], "append");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("is missing although a version was committed"), "{}", out.stderr);
+    assert!(!lake.path("silver/transactions/_LATEST.json").exists(), "no new history from version 1 again");
+    assert!(!lake.path("silver/transactions/_manifests/2.json").exists());
+}
+
+#[test]
 fn a_replay_whose_rows_fail_again_the_same_way_passes_its_gate_and_is_promoted() {
     let lake = Lake::new();
     // 1 bad row in 200: 0.5 % quarantined, within the contract's 1 %.
