@@ -143,6 +143,35 @@ pub fn check_report(rules: &GateRules, run_id: &str, report: &RunReport) -> Vec<
             ),
         ));
     }
+    // _SUCCESS is what every other check trusts: its figures must at least agree with each other and with the
+    // files it lists (whose bytes file_integrity checks, and whose row counts verify_file reads in their footers).
+    let counted = report.valid_rows_count + report.quarantined_rows_count + report.condemned_rows_count;
+    let plain =
+        if report.input_rows == 0 { 0.0 } else { report.quarantined_rows_count as f64 / report.input_rows as f64 };
+    let silver_rows: u64 = report.files.iter().filter(|f| f.area == Area::Silver.as_str()).map(|f| f.rows).sum();
+    let gated_in_range =
+        report.gated_quarantine_rate.is_none_or(|g| (0.0..=report.quarantine_rate + 1e-9).contains(&g));
+    let inconsistent = [
+        (counted != report.input_rows).then(|| {
+            format!(
+                "valid {} + quarantined {} + condemned {} rows is not its {} input rows",
+                report.valid_rows_count, report.quarantined_rows_count, report.condemned_rows_count, report.input_rows
+            )
+        }),
+        ((report.quarantine_rate - plain).abs() > 1e-9 || !gated_in_range).then(|| {
+            format!(
+                "its quarantine rate {} (gated {:?}) is not its quarantined / input rows ({plain})",
+                report.quarantine_rate, report.gated_quarantine_rate
+            )
+        }),
+        (silver_rows != report.valid_rows_count).then(|| {
+            format!("its silver files hold {silver_rows} rows, not its {} valid rows", report.valid_rows_count)
+        }),
+    ];
+    for message in inconsistent.into_iter().flatten() {
+        failures
+            .push(GateFailure::new(Check::SuccessMarker, format!("run {run_id}: _SUCCESS does not add up: {message}")));
+    }
     // The same number the worker's quality gate judged: for a replay, rows failing anew, not rows failing again.
     let rate = report.gated_rate();
     if rate.is_nan() || rate > rules.max_quarantine_rate {
@@ -243,6 +272,18 @@ pub async fn verify_file(lake: &Lake, file: &ManifestFile) -> Result<Option<Gate
         return Ok(Some(GateFailure::new(
             Check::FileIntegrity,
             format!("{uri} has SHA-256 {sha}, _SUCCESS lists {}", file.sha256),
+        )));
+    }
+    // The bytes are the ones _SUCCESS lists; so must its row count be (the manifest's totals are summed from it).
+    let reader = LakeParquetReader::new(lake.store.clone(), path.clone(), file.bytes);
+    let rows = match ParquetRecordBatchStreamBuilder::new(reader).await {
+        Ok(builder) => builder.metadata().file_metadata().num_rows(),
+        Err(e) => return Ok(Some(GateFailure::new(Check::FileIntegrity, format!("{uri} is not Parquet: {e}")))),
+    };
+    if u64::try_from(rows).ok() != Some(file.rows) {
+        return Ok(Some(GateFailure::new(
+            Check::FileIntegrity,
+            format!("{uri} holds {rows} rows, _SUCCESS lists {}", file.rows),
         )));
     }
     Ok(None)
@@ -495,33 +536,69 @@ mod tests {
         report
     }
 
+    /// A consistent report: `valid` rows in one silver file, `quarantined` more in input.
+    fn counted(valid: u64, quarantined: u64) -> RunReport {
+        let mut r =
+            report("r1", &["file:///lake/silver/tx/schema_v=v1/run_id=r1/year=2024/month=01/part-00000.parquet"]);
+        r.files[0].rows = valid;
+        r.input_rows = valid + quarantined;
+        r.valid_rows_count = valid;
+        r.quarantined_rows_count = quarantined;
+        r.quarantine_rate = quarantined as f64 / (valid + quarantined) as f64;
+        r
+    }
+
     #[test]
     fn report_checks_name_what_failed() {
-        type Case = (&'static str, fn(&mut RunReport), Vec<Check>);
-        let cases: [Case; 7] = [
-            ("clean", |_| {}, vec![]),
-            ("over the threshold", |r| r.quarantine_rate = 0.02, vec![Check::QuarantineRate]),
+        type Case = (&'static str, fn() -> RunReport, Vec<Check>);
+        let cases: [Case; 11] = [
+            ("clean", || counted(100, 0), vec![]),
+            ("over the threshold", || counted(98, 2), vec![Check::QuarantineRate]),
             (
                 "a replay judged by its rows failing anew",
-                |r| {
-                    r.quarantine_rate = 0.5;
-                    r.gated_quarantine_rate = Some(0.0);
-                },
+                || RunReport { gated_quarantine_rate: Some(0.0), ..counted(50, 50) },
                 vec![],
             ),
             (
                 "a replay with too many rows failing anew",
-                |r| r.gated_quarantine_rate = Some(0.02),
+                || RunReport { gated_quarantine_rate: Some(0.02), ..counted(98, 2) },
                 vec![Check::QuarantineRate],
             ),
-            ("another schema", |r| r.schema_v = "v2".into(), vec![Check::SchemaVersion]),
-            ("another run", |r| r.run_id = "r2".into(), vec![Check::SuccessMarker]),
-            ("not a success", |r| r.outcome = "quality_gate_failed".into(), vec![Check::SuccessMarker]),
+            ("another schema", || RunReport { schema_v: "v2".into(), ..counted(100, 0) }, vec![Check::SchemaVersion]),
+            ("another run", || RunReport { run_id: "r2".into(), ..counted(100, 0) }, vec![Check::SuccessMarker]),
+            (
+                "not a success",
+                || RunReport { outcome: "quality_gate_failed".into(), ..counted(100, 0) },
+                vec![Check::SuccessMarker],
+            ),
+            // _SUCCESS edited by hand, or by anything but the worker: its figures do not agree.
+            (
+                "counts that do not add up",
+                || RunReport { input_rows: 150, ..counted(100, 0) },
+                vec![Check::SuccessMarker],
+            ),
+            (
+                "a rate that is not the counts'",
+                || RunReport { quarantine_rate: -1.0, ..counted(100, 0) },
+                vec![Check::SuccessMarker],
+            ),
+            (
+                "a gated rate above the plain one",
+                || RunReport { gated_quarantine_rate: Some(0.5), ..counted(98, 2) },
+                vec![Check::SuccessMarker, Check::QuarantineRate],
+            ),
+            (
+                "files holding other rows than the valid ones",
+                || {
+                    let mut r = counted(100, 0);
+                    r.files[0].rows = 5000;
+                    r
+                },
+                vec![Check::SuccessMarker],
+            ),
         ];
-        for (name, change, expected) in cases {
-            let mut r = report("r1", &[]);
-            change(&mut r);
-            let got: Vec<Check> = check_report(&rules(), "r1", &r).into_iter().map(|f| f.check).collect();
+        for (name, made, expected) in cases {
+            let got: Vec<Check> = check_report(&rules(), "r1", &made()).into_iter().map(|f| f.check).collect();
             assert_eq!(got, expected, "{name}");
         }
     }

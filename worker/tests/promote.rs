@@ -312,6 +312,42 @@ fn a_tampered_success_cannot_pull_in_objects_outside_its_run() {
 }
 
 #[test]
+fn a_success_whose_figures_disagree_with_each_other_or_with_its_files_is_refused() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    let success = run_dir(&lake.lake, "silver", "r1").join("_SUCCESS");
+    let original: Value = serde_json::from_slice(&std::fs::read(&success).unwrap()).unwrap();
+    let refused = |edit: &dyn Fn(&mut Value), check: &str, says: &str| {
+        let mut report = original.clone();
+        edit(&mut report);
+        std::fs::write(&success, serde_json::to_vec(&report).unwrap()).unwrap();
+        let out = lake.approve(&["r1"], "append");
+        assert_eq!(out.code, 6, "{says}: {}", out.stderr);
+        assert!(out.stderr.contains(check) && out.stderr.contains(says), "{says}: {}", out.stderr);
+    };
+    // Ten more rows everywhere in _SUCCESS (its counts agree): only the file's own footer tells.
+    refused(
+        &|r| {
+            r["files"][0]["rows"] = (r["files"][0]["rows"].as_u64().unwrap() + 10).into();
+            r["valid_rows_count"] = (r["valid_rows_count"].as_u64().unwrap() + 10).into();
+            r["input_rows"] = (r["input_rows"].as_u64().unwrap() + 10).into();
+        },
+        "file_integrity",
+        "holds 10 rows, _SUCCESS lists 20",
+    );
+    refused(&|r| r["input_rows"] = 99.into(), "success_marker", "is not its 99 input rows");
+    refused(&|r| r["quarantine_rate"] = (-1.0).into(), "success_marker", "is not its quarantined / input rows");
+    refused(
+        &|r| r["files"] = serde_json::json!([]),
+        "success_marker",
+        "its silver files hold 0 rows, not its 10 valid",
+    );
+    // As the worker wrote it, the run is promoted.
+    std::fs::write(&success, serde_json::to_vec(&original).unwrap()).unwrap();
+    assert_eq!(lake.approve(&["r1"], "append").code, 0);
+}
+
+#[test]
 fn appending_keys_already_current_is_refused_with_the_count_and_a_run_twice_as_already_current() {
     let lake = Lake::new();
     lake.ok_run("r1", &csv(0..10, 1, 0));
