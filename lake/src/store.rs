@@ -303,9 +303,17 @@ impl Lake {
         }
     }
 
-    /// Server-side copy where the store has one (S3 `CopyObject`; a local copy then rename).
+    /// A copy of an object: server-side on S3 (`CopyObject`). On a local lake the bytes are written anew (a
+    /// whole-object put: a staging file renamed into place): object_store's local copy is a hard link, which would
+    /// make the copy and its source one file — a write in place to either would change both, e.g. a run's history
+    /// through its copy in `current/` — and two copies racing to one name can leave its hidden staging link behind.
     pub async fn copy(&self, from: &Path, to: &Path) -> Result<(), StorageError> {
-        self.store.copy(from, to).await.map_err(|e| self.error(e, from))
+        if self.local_dir.is_none() {
+            return self.store.copy(from, to).await.map_err(|e| self.error(e, from));
+        }
+        let bytes = self.store.get(from).await.map_err(|e| self.error(e, from))?.bytes().await;
+        let bytes = bytes.map_err(|e| self.error(e, from))?;
+        self.store.put(to, bytes.into()).await.map(|_| ()).map_err(|e| self.error(e, to))
     }
 
     /// Deletes an object; a missing one is fine.

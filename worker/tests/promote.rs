@@ -693,6 +693,21 @@ fn a_lost_pointer_stops_every_promotion_instead_of_starting_history_again() {
 }
 
 #[test]
+#[cfg(unix)]
+fn a_current_copy_on_a_local_lake_is_its_own_file_not_a_link_to_the_run() {
+    use std::os::unix::fs::MetadataExt;
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    assert_eq!(lake.approve(&["r1"], "append").code, 0);
+    let copy = lake.path("silver/transactions/current/year=2024/month=01/r1-part-00000.parquet");
+    let original = run_dir(&lake.lake, "silver", "r1").join("year=2024/month=01/part-00000.parquet");
+    let (a, b) = (std::fs::metadata(&copy).unwrap(), std::fs::metadata(&original).unwrap());
+    assert_ne!(a.ino(), b.ino(), "a write in place to current/ must not change the run's history");
+    assert_eq!(a.nlink(), 1);
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&original).unwrap());
+}
+
+#[test]
 fn a_replay_whose_rows_fail_again_the_same_way_passes_its_gate_and_is_promoted() {
     let lake = Lake::new();
     // 1 bad row in 200: 0.5 % quarantined, within the contract's 1 %.
