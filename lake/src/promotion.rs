@@ -28,7 +28,7 @@ use crate::{Error, Result, StorageErrorKind};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use silverline_crds::{Dataset, PromotionMode};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// How many times the pointer is re-read and the promotion re-planned when someone else moved it.
@@ -228,16 +228,22 @@ pub async fn sync_current(
         {
             return Ok(()); // a newer version is already there: never go back
         }
+        // What current/ holds, by its own manifest: a copy there stands for the file it was copied from. A name
+        // can stand for another file (one run id under two schema versions), so a copy is kept only when
+        // current/_MANIFEST.json says it is of this very file.
+        let there: Option<Manifest> = existing.as_ref().and_then(|(b, _)| serde_json::from_slice(b).ok());
+        let held = there.as_ref().map(|there| current_copies(layout, there)).unwrap_or_default();
         let mut targets = BTreeSet::new();
         let mut copies = Vec::new();
         for file in &manifest.files {
             let target = layout.current_file(&file.partition, &file.run_id, file.file_name())?;
             targets.insert(target.clone());
-            copies.push((file, target));
+            let kept = held.get(&target) == Some(&(file.key.as_str(), file.sha256.as_str()));
+            copies.push((file, target, kept));
         }
         for chunk in copies.chunks(4) {
-            futures::future::try_join_all(chunk.iter().map(|(file, target)| copy_into_current(lake, file, target)))
-                .await?;
+            let copied = chunk.iter().map(|(file, target, kept)| copy_into_current(lake, file, target, *kept));
+            futures::future::try_join_all(copied).await?;
         }
         hooks.step(Step::Copies);
         let written = match &existing {
@@ -273,12 +279,25 @@ pub async fn sync_current(
     })
 }
 
-/// Copies one file into `current/` unless a copy of the same size is there (files never change once committed:
-/// the gate verified their SHA-256).
-async fn copy_into_current(lake: &Lake, file: &ManifestFile, target: &str) -> Result<()> {
+/// Each copy in `current/` that a `current/_MANIFEST.json` lists: its key, and the source key and SHA-256 of the
+/// file it is a copy of.
+fn current_copies<'a>(layout: &DatasetLayout, manifest: &'a Manifest) -> BTreeMap<String, (&'a str, &'a str)> {
+    manifest
+        .files
+        .iter()
+        .filter_map(|f| {
+            let target = layout.current_file(&f.partition, &f.run_id, f.file_name()).ok()?;
+            Some((target, (f.key.as_str(), f.sha256.as_str())))
+        })
+        .collect()
+}
+
+/// Copies one file into `current/`, unless `current/_MANIFEST.json` lists the copy there as one of this very
+/// file (`kept`) and it has the file's size (files never change once committed: the gate verified their SHA-256).
+async fn copy_into_current(lake: &Lake, file: &ManifestFile, target: &str, kept: bool) -> Result<()> {
     let (from, to) = (lake.path(&file.key), lake.path(target));
     match lake.head(&to).await? {
-        Some(meta) if meta.size == file.bytes => Ok(()),
+        Some(meta) if kept && meta.size == file.bytes => Ok(()),
         _ => Ok(lake.copy(&from, &to).await?),
     }
 }

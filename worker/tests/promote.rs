@@ -708,6 +708,33 @@ fn a_current_copy_on_a_local_lake_is_its_own_file_not_a_link_to_the_run() {
 }
 
 #[test]
+fn a_run_id_used_under_two_schema_versions_gets_its_own_bytes_into_current() {
+    let lake = Lake::new();
+    // r9 under v1 with amounts 1.00, then r9 under v2 with amounts 2.00: files of the same size, one copy name.
+    let amounts = |a: &str| csv(0..10, 1, 0).replace("10.00", a);
+    lake.ok_run("r9", &amounts("1.00"));
+    assert_eq!(lake.approve(&["r9"], "append").code, 0);
+    let dir = lake.dir.join("v2");
+    std::fs::create_dir_all(&dir).unwrap();
+    let v2 = contract(&dir, &[("schemaVersion: v1", "schemaVersion: v2")]);
+    let input = write(&lake.dir, "r9-v2.csv", amounts("2.00"));
+    assert_eq!(run_worker(&v2, &input, &lake.lake, "r9").code, 0);
+    let out = ran(Command::new(worker_bin())
+        .args(["promote", "--contract"])
+        .arg(&v2)
+        .arg("--lake")
+        .arg(&lake.lake)
+        .args(["--run-id", "r9", "--mode", "replace-all", "--approved-by", "jane", "--reason", "v2"])
+        .output()
+        .unwrap());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let copy = lake.path("silver/transactions/current/year=2024/month=01/r9-part-00000.parquet");
+    let v2_file = lake.path("silver/transactions/schema_v=v2/run_id=r9/year=2024/month=01/part-00000.parquet");
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), std::fs::metadata(&v2_file).unwrap().len());
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&v2_file).unwrap(), "current/ holds v2's bytes");
+}
+
+#[test]
 fn a_replay_whose_rows_fail_again_the_same_way_passes_its_gate_and_is_promoted() {
     let lake = Lake::new();
     // 1 bad row in 200: 0.5 % quarantined, within the contract's 1 %.
