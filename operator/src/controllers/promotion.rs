@@ -449,7 +449,11 @@ impl Builder<'_> {
             let job_name = self.status.job_name.clone().unwrap_or_default();
             return self.job_active(&job_name, "reject");
         }
-        if self.dataset_problem() {
+        if let Err((_, why)) = &self.o.dataset {
+            // As a rejection decided without a readable Dataset: it stands, unrecorded (no lake to record it in).
+            let note = format!("rejected; not recorded in the audit log: {why}");
+            self.condition(CONDITION_PROMOTED, ConditionStatus::False, "Rejected", &note);
+            self.condition(CONDITION_READY, ConditionStatus::False, "Finished", &message);
             return;
         }
         if let Some(error) = &self.o.lake_error {
@@ -463,10 +467,13 @@ impl Builder<'_> {
         match (&self.o.job, &self.o.recorded) {
             (_, Some(Recorded::Rejected)) | (Some(JobState::Complete), _) => {
                 self.condition(CONDITION_PROMOTED, ConditionStatus::False, "Rejected", &message);
+                // Whatever Ready said while the Job could not start or the lake could not be read.
+                self.condition(CONDITION_READY, ConditionStatus::False, "Finished", &message);
             }
             (Some(JobState::Failed { message: failure, .. }), _) => {
                 let note = format!("the rejection could not be recorded in the audit log: {failure}");
                 self.condition(CONDITION_PROMOTED, ConditionStatus::False, "RejectionNotRecorded", &note);
+                self.condition(CONDITION_READY, ConditionStatus::False, "Finished", &message);
                 self.transitions.push(Transition::RejectionNotRecorded { message: note });
             }
             (None | Some(JobState::Missing), _) => {
@@ -1686,6 +1693,10 @@ mod tests {
         assert_eq!(r.status.phase, Some(PromotionPhase::Rejected));
         assert!(r.launch.is_none());
         assert_eq!(condition(&r.status, CONDITION_READY), ("False", REASON_LAUNCH_FAILED));
+        // Its Job launched and done at last: Ready no longer says it cannot be launched.
+        let done = run(Case { status: r.status, job: Some(JobState::Complete), ..Case::default() });
+        assert_eq!(condition(&done.status, CONDITION_READY), ("False", "Finished"));
+        assert!(!rejection_pending(&done.status));
     }
 
     #[test]
@@ -1746,13 +1757,16 @@ mod tests {
         let active =
             run(Case { status: promoting(1), job: Some(JobState::Active), dataset: missing, ..Case::default() });
         assert_eq!(active.status, promoting(1));
-        // A pending rejection likewise.
+        // A pending rejection whose Dataset is gone stands, unrecorded, as one decided without a Dataset.
         let rejecting =
             run(Case { decision: Decision::Rejected { by: "bob".into(), reason: None }, ..Case::default() });
+        assert!(rejection_pending(&rejecting.status));
         let lost = Err(("DatasetNotFound", "Dataset tx does not exist in this namespace".to_owned()));
         let r = run(Case { status: rejecting.status, job: Some(JobState::Missing), dataset: lost, ..Case::default() });
         assert!(r.launch.is_none());
-        assert_eq!(condition(&r.status, CONDITION_READY), ("False", "DatasetNotFound"));
+        assert!(!rejection_pending(&r.status), "no longer waits for a lake it cannot reach");
+        assert_eq!(condition(&r.status, CONDITION_PROMOTED), ("False", "Rejected"));
+        assert_eq!(condition(&r.status, CONDITION_READY), ("False", "Finished"));
     }
 
     #[test]
