@@ -109,8 +109,8 @@ env -i "${static_bins[0]}" run --contract examples/datasets/transactions.yaml --
 quick_start_counts "$static_lake/silver/transactions/schema_v=v1/run_id=static-check/_SUCCESS"
 env -i "${static_bins[1]}" --help >/dev/null
 # A root with only what distroless/static and a container runtime give the binary — /etc/hosts, the CA bundle,
-# /dev/random and /dev/urandom (without them the static worker panicked seeding its hashers: the getrandom crate
-# falls back to them) and /tmp; no loader, no libc, no NSS modules: the static worker writes a run to the S3 server
+# /dev/random and /dev/urandom (the getrandom crate falls back to them in a static binary: without them the
+# worker refuses to start, checked below) and /tmp; no loader, no libc, no NSS modules: the static worker writes a run to the S3 server
 # by a name only that /etc/hosts knows, so glibc's static getaddrinfo resolves it (scripts/build-static.sh).
 # chroot and mknod need root, which .ci/run has.
 if [[ "$(id -u)" == 0 ]]; then
@@ -134,6 +134,21 @@ if [[ "$(id -u)" == 0 ]]; then
     "$AWS_ENDPOINT_URL/static-check/lake/silver/transactions/schema_v%3Dv1/run_id%3Dstatic-check/_SUCCESS" \
     -o "$static_lake/s3-success.json"
   quick_start_counts "$static_lake/s3-success.json"
+  # A bare root without /dev/urandom and /dev/random: the static worker says it cannot read the random source its
+  # hash maps are seeded from, exit 2, and writes nothing (it used to panic after claiming its run id).
+  bare="$static_lake/bare"
+  mkdir -p "$bare/in" "$bare/lake" "$bare/tmp"
+  cp "${static_bins[0]}" "$bare/silverline-worker"
+  cp examples/datasets/transactions.yaml examples/data/transactions.csv "$bare/in/"
+  bare_code=0
+  env -i "$(command -v chroot)" "$bare" /silverline-worker run --contract /in/transactions.yaml \
+    --input /in/transactions.csv --lake /lake --run-id bare --progress off 2>"$static_lake/bare.err" || bare_code=$?
+  if [[ "$bare_code" != 2 ]] || ! grep -q "random source cannot be read" "$static_lake/bare.err" ||
+    [[ -n "$(ls -A "$bare/lake")" ]]; then
+    echo "the static worker without /dev/urandom: exit $bare_code, expected 2 naming the random source and an empty lake:" >&2
+    cat "$static_lake/bare.err" >&2
+    exit 1
+  fi
 else
   echo "SKIPPED: the static worker in an empty root against S3 by name (chroot needs root; run as root to check it)" >&2
 fi

@@ -237,7 +237,22 @@ fn main() -> std::process::ExitCode {
     std::process::ExitCode::from(code.code() as u8)
 }
 
+/// The hash maps keyed by input values seed themselves from the system's random source (ahash, through
+/// getrandom); where it cannot be read — a static binary in a root without `/dev/urandom`, which getrandom falls
+/// back to — they would panic in the middle of a run, after its id was claimed. Probed first, it is a usage error
+/// that writes nothing.
+fn random_source() -> Result<(), Error> {
+    let mut seed = [0u8; 16];
+    getrandom::fill(&mut seed).map_err(|e| {
+        Error::Usage(format!(
+            "the system's random source cannot be read ({e}): the worker needs it for its hash maps' seeds; a \
+             container must provide /dev/urandom and /dev/random (every container runtime does; a bare chroot may not)"
+        ))
+    })
+}
+
 fn execute(cli: RunCli, human: bool) -> Result<(), Error> {
+    random_source()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -383,6 +398,7 @@ fn hooks() -> Hooks {
 }
 
 fn execute_promote(cli: &PromoteCli) -> Result<(), Error> {
+    random_source()?;
     let runtime = runtime()?;
     let args = PromoteArgs {
         lake: cli.lake.args(),
