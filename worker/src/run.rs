@@ -232,7 +232,7 @@ fn read_inputs(
             }
             chunk.block_line = line;
             chunk.block_is_last = at_end && carry.is_empty();
-            line += memchr::memchr_iter(b'\n', &block).count() as u64;
+            line += crate::tokenize::line_breaks(&block);
             chunk.block = block;
             if !flow.send(seq, chunk)? {
                 return Ok(records);

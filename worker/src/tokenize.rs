@@ -142,6 +142,44 @@ impl QuoteScan {
     }
 }
 
+/// Counts the lone CRs among `bytes`, just consumed (a `\r` not followed by `\n`, a line break of classic Mac
+/// files, which csv-core does not count): `pending` says the previous bytes ended with a `\r`.
+fn note_lone_crs(pending: &mut bool, lone: &mut u64, bytes: &[u8]) {
+    let Some(&first) = bytes.first() else { return };
+    if std::mem::take(pending) && first != b'\n' {
+        *lone += 1;
+    }
+    for i in memchr::memchr_iter(b'\r', bytes) {
+        match bytes.get(i + 1) {
+            Some(b'\n') => {}
+            Some(_) => *lone += 1,
+            None => *pending = true,
+        }
+    }
+}
+
+/// The line breaks in `data`: `\n`, `\r\n` and lone `\r` (a `\r` at its end counts: blocks are cut only after a
+/// line break, never between a `\r` and its `\n`).
+pub fn line_breaks(data: &[u8]) -> u64 {
+    let newlines = memchr::memchr_iter(b'\n', data).count();
+    let lone = memchr::memchr_iter(b'\r', data).filter(|&i| data.get(i + 1) != Some(&b'\n')).count();
+    (newlines + lone) as u64
+}
+
+/// Just past the last line break in `data[from..to]`: a `\n`, or a `\r` that a byte other than `\n` follows (a
+/// `\r` whose next byte is not in `data` yet may be the first half of a `\r\n`: not taken).
+fn last_line_break(data: &[u8], from: usize, to: usize) -> Option<usize> {
+    let mut end = to;
+    while let Some(i) = memchr::memrchr2(b'\n', b'\r', &data[from..end]).map(|i| from + i) {
+        match (data[i], data.get(i + 1)) {
+            (b'\n', _) => return Some(i + 1),
+            (_, Some(next)) if *next != b'\n' => return Some(i + 1),
+            _ => end = i,
+        }
+    }
+    None
+}
+
 /// Where a quote that was never closed opened: it swallowed the rest of the input into one field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenQuote {
@@ -276,6 +314,10 @@ pub struct CsvTokenizer<R> {
     max_data: usize,
     /// Bytes of the input consumed so far.
     consumed: usize,
+    /// Lone CRs consumed so far (a `\r` not followed by `\n`: a line break of classic Mac files), which csv-core
+    /// does not count as lines; and whether the last byte consumed was a `\r` whose next byte is not known yet.
+    lone_crs: u64,
+    pending_cr: bool,
     /// Where in the input each record with text after a closing quote lies (see
     /// [`RecordChunk::text_after_quote_bytes`]), in the order read.
     after_quote_spans: Vec<std::ops::Range<usize>>,
@@ -293,6 +335,8 @@ impl<R: BufRead> CsvTokenizer<R> {
             keep_bom: false,
             max_data: MAX_CHUNK_DATA,
             consumed: 0,
+            lone_crs: 0,
+            pending_cr: false,
             after_quote_spans: Vec::new(),
         }
     }
@@ -305,9 +349,10 @@ impl<R: BufRead> CsvTokenizer<R> {
         tokenizer
     }
 
-    /// The 1-based line the reader is on.
+    /// The 1-based line the reader is on. A line ends with `\n`, `\r\n` or a lone `\r` (a `\r` just read counts
+    /// as one: whatever follows, it ends a line, once).
     pub fn line(&self) -> u64 {
-        self.skipped_lines + self.core.line()
+        self.skipped_lines + self.core.line() + self.lone_crs + u64::from(self.pending_cr)
     }
 
     /// The input not read yet (after the header, the data records).
@@ -324,6 +369,7 @@ impl<R: BufRead> CsvTokenizer<R> {
             }
             let blank = buf.iter().take_while(|b| **b == b'\n' || **b == b'\r').count();
             self.skipped_lines += buf[..blank].iter().filter(|b| **b == b'\n').count() as u64;
+            note_lone_crs(&mut self.pending_cr, &mut self.lone_crs, &buf[..blank]);
             let whole = blank == buf.len();
             self.input.consume(blank);
             self.consumed += blank;
@@ -361,6 +407,7 @@ impl<R: BufRead> CsvTokenizer<R> {
             let (result, n_in, n_out, n_end) =
                 self.core.read_record(input, &mut chunk.data[*filled..], &mut self.ends[n_ends..]);
             quoting.scan(&input[..n_in]);
+            note_lone_crs(&mut self.pending_cr, &mut self.lone_crs, &input[..n_in]);
             self.input.consume(n_in);
             self.consumed += n_in;
             *filled += n_out;
@@ -472,8 +519,8 @@ pub fn record_prefix(data: &[u8]) -> Option<usize> {
         } else {
             let next_quote = memchr::memchr(b'"', &data[at..]).map(|q| at + q);
             let end = next_quote.unwrap_or(data.len());
-            if let Some(n) = memchr::memrchr(b'\n', &data[at..end]) {
-                cut = Some(at + n + 1);
+            if let Some(after) = last_line_break(data, at, end) {
+                cut = Some(after);
             }
             let Some(q) = next_quote else { return cut };
             quoted = q == 0 || matches!(data[q - 1], b',' | b'\n' | b'\r');
@@ -629,8 +676,26 @@ mod tests {
     }
 
     #[test]
+    fn every_line_end_counts_as_a_line_lone_crs_too() {
+        // The same records with LF, CRLF and lone-CR line ends (and a blank line, and a quoted line break).
+        for end in ["\n", "\r\n", "\r"] {
+            let text = ["a,b", "1,x", "", "2,\"y", "z\"", "3,w", ""].join(end);
+            let mut t = CsvTokenizer::new(text.as_bytes());
+            t.read_header().expect("header");
+            let chunk = t.next_chunk(0, 1, 100, 1 << 16).expect("reads").expect("records");
+            assert_eq!(chunk.lines, [2, 4, 6], "{end:?}");
+            let whole = block(text.as_bytes(), 1, true).expect("tokenizes");
+            assert_eq!(whole.lines, [1, 2, 4, 6], "{end:?} as a block");
+        }
+    }
+
+    #[test]
     fn blocks_cut_where_a_record_ends_tokenize_like_the_whole_input() {
-        let inputs: [&[u8]; 8] = [
+        let inputs: [&[u8]; 11] = [
+            // Lone CRs (classic Mac) and a mix of every line end: cut after a lone CR too, never inside a CRLF.
+            b"a,b\r1,\"x\ry\"\r2,z\r\r3,\"\"\r",
+            b"a,b\r\n1,2\r3,4\n5,\"6\r\n7\"\r8,9",
+            b"x\r\r\n\r\"a\rb\",\"\r\"\r\n",
             b"a,b\n1,\"x\ny\"\n2,\"say \"\"hi\"\"\nthere\"\n3,z\n",
             b"a,\"b\"x,c\n\"d\"\"e\",f\"g\r\n\"h\"\n\"\"\"\n\",i\n",
             b"ab\"c,d\ne,\"f\ng\"\nh\"i\"j,k\n\"\n\"\n",
@@ -644,10 +709,14 @@ mod tests {
             let whole = listed(&block(data, 1, true).expect("tokenizes"));
             for k in 0..=data.len() {
                 let Some(cut) = record_prefix(&data[..k]) else { continue };
-                assert!(cut <= k && data[cut - 1] == b'\n', "{data:?} at {k}: {cut}");
+                assert!(cut <= k && matches!(data[cut - 1], b'\n' | b'\r'), "{data:?} at {k}: {cut}");
+                assert!(
+                    data.get(cut) != Some(&b'\n') || data[cut - 1] == b'\n',
+                    "{data:?}: cut inside a CRLF at {cut}"
+                );
                 let first = block(&data[..cut], 1, false)
                     .unwrap_or_else(|e| panic!("{:?} cut at {cut}: {e}", String::from_utf8_lossy(data)));
-                let line = 1 + data[..cut].iter().filter(|b| **b == b'\n').count() as u64;
+                let line = 1 + line_breaks(&data[..cut]);
                 let second = block(&data[cut..], line, true).expect("tokenizes");
                 let mut parts = listed(&first);
                 parts.extend(listed(&second));

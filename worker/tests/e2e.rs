@@ -580,6 +580,39 @@ fn a_pipe_is_refused_at_once_and_upper_case_extensions_are_read_in_a_folder() {
 }
 
 #[test]
+fn lone_cr_line_ends_number_lines_and_cut_blocks_like_lf() {
+    // Classic Mac line ends, over several blocks (a few MB): every record is numbered by its own line, and the
+    // input is tokenized in blocks (not held whole), with the same result as its LF twin.
+    let tmp = TempDir::new().unwrap();
+    let c = lenient(tmp.path());
+    let rows = 120_000;
+    let mut records = vec![HEADER.to_owned()];
+    for i in 0..rows {
+        let amount = if i == rows - 7 { "bad".to_owned() } else { "10.00".to_owned() };
+        records.push(format!("T{i},C{i},{amount},EUR,2024-01-15T10:00:00Z"));
+    }
+    let lf = write(tmp.path(), "lf.csv", records.join("\n") + "\n");
+    let cr = write(tmp.path(), "cr.csv", records.join("\r") + "\r");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert_eq!(run_worker(&c, &lf, &a, "r1").code, 0);
+    let out = run_worker(&c, &cr, &b, "r1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let line = |lake: &std::path::Path| {
+        read_area(lake, "quarantine", "r1")
+            .iter()
+            .flat_map(|batch| {
+                let a = batch.column_by_name("line_number").unwrap();
+                a.as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec()
+            })
+            .collect::<Vec<_>>()
+    };
+    // The header is line 1, record i is line i + 2.
+    assert_eq!(line(&a), [(rows - 7 + 2) as u64]);
+    assert_eq!(line(&b), line(&a));
+    assert_eq!(success(&b, "r1").valid_rows_count, (rows - 1) as u64);
+}
+
+#[test]
 fn the_same_input_and_run_id_give_byte_identical_files() {
     let tmp = TempDir::new().unwrap();
     let input = repo_root().join("examples/data/transactions.csv");
