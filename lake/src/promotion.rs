@@ -296,10 +296,10 @@ fn current_copies<'a>(layout: &DatasetLayout, manifest: &'a Manifest) -> BTreeMa
 /// file (`kept`) and it has the file's size (files never change once committed: the gate verified their SHA-256).
 async fn copy_into_current(lake: &Lake, file: &ManifestFile, target: &str, kept: bool) -> Result<()> {
     let (from, to) = (lake.path(&file.key), lake.path(target));
-    match lake.head(&to).await? {
-        Some(meta) if kept && meta.size == file.bytes => Ok(()),
-        _ => Ok(lake.copy(&from, &to).await?),
+    if kept && lake.head(&to).await?.is_some_and(|meta| meta.size == file.bytes) {
+        return Ok(());
     }
+    Ok(lake.copy(&from, &to).await?)
 }
 
 /// Whether `current/` already shows the pointer's version.
@@ -367,8 +367,24 @@ fn runs_of(files: &[ManifestFile]) -> Vec<String> {
     files.iter().map(|f| f.run_id.clone()).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
-/// Makes sure a committed version has its audit record (a promoter killed after moving the pointer did not
-/// write it): returns the record's key, the version's change and the runs' metrics.
+/// What committed version `pointer` changed (against the version before it) and its runs' metrics.
+async fn committed_facts(
+    lake: &Lake,
+    rules: &GateRules,
+    pointer: &LatestPointer,
+    manifest: &Manifest,
+) -> Result<(Change, Vec<RunMetrics>)> {
+    let before = match pointer.previous_version {
+        Some(v) => read_manifest(lake, &rules.dataset, v).await?.map(|m| m.files).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let metric_runs = if pointer.runs.is_empty() { runs_of(&manifest.files) } else { pointer.runs.clone() };
+    Ok((plan::change(&before, &manifest.files), metrics_of(lake, rules, &metric_runs).await?))
+}
+
+/// Makes sure a committed version has its audit record (a promoter killed after moving the pointer, or after
+/// `current/`, did not write it): returns the record's key, and the version's change and runs' metrics when it
+/// had to write the record (read for it, so a caller that reports them need not read them again).
 async fn ensure_audited(
     lake: &Lake,
     rules: &GateRules,
@@ -376,31 +392,23 @@ async fn ensure_audited(
     manifest: &Manifest,
     promotion: Option<PromotionRef>,
     hooks: &Hooks,
-) -> Result<(String, Change, Vec<RunMetrics>)> {
-    let before = match pointer.previous_version {
-        Some(v) => read_manifest(lake, &rules.dataset, v).await?.map(|m| m.files).unwrap_or_default(),
-        None => Vec::new(),
-    };
-    let change = plan::change(&before, &manifest.files);
+) -> Result<(String, Option<(Change, Vec<RunMetrics>)>)> {
     let result = if pointer.restored_version.is_some() { AuditResult::RolledBack } else { AuditResult::Promoted };
     let audited = audit::list(lake, &rules.dataset)
         .await?
         .into_iter()
         .find(|r| r.result == result && r.version_after == Some(pointer.version));
-    let metric_runs = if pointer.runs.is_empty() { runs_of(&manifest.files) } else { pointer.runs.clone() };
-    let metrics = metrics_of(lake, rules, &metric_runs).await?;
-    let key = match audited {
-        Some(record) => record.key,
-        None => {
-            hooks.log(
-                "writing the audit record of a committed promotion",
-                serde_json::json!({"dataset": rules.dataset, "version": pointer.version}),
-            );
-            let record = committed_record(rules, pointer, promotion, &metrics, &change);
-            audit::write_committed(lake, &record, pointer.version).await?
-        }
-    };
-    Ok((key, change, metrics))
+    if let Some(record) = audited {
+        return Ok((record.key, None));
+    }
+    hooks.log(
+        "writing the audit record of a committed promotion",
+        serde_json::json!({"dataset": rules.dataset, "version": pointer.version}),
+    );
+    let (change, metrics) = committed_facts(lake, rules, pointer, manifest).await?;
+    let record = committed_record(rules, pointer, promotion, &metrics, &change);
+    let key = audit::write_committed(lake, &record, pointer.version).await?;
+    Ok((key, Some((change, metrics))))
 }
 
 /// Finishes a promotion this request already committed: `current/` and the audit record catch up.
@@ -415,7 +423,11 @@ async fn finish_committed(
     let (manifest, bytes) = load_manifest(lake, layout, pointer).await?;
     sync_current(lake, layout, &manifest, &bytes, hooks).await?;
     let promotion = request.promotion.clone().or_else(|| pointer.promotion.clone());
-    let (audit_key, change, metrics) = ensure_audited(lake, rules, pointer, &manifest, promotion, hooks).await?;
+    let (audit_key, facts) = ensure_audited(lake, rules, pointer, &manifest, promotion, hooks).await?;
+    let (change, metrics) = match facts {
+        Some(facts) => facts,
+        None => committed_facts(lake, rules, pointer, &manifest).await?,
+    };
     Ok(PromoteOutcome {
         already_promoted: true,
         result: if pointer.restored_version.is_some() { AuditResult::RolledBack } else { AuditResult::Promoted },
