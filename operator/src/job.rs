@@ -107,9 +107,14 @@ impl ContractSnapshot {
     /// The name of Dataset `dataset`'s snapshot holding `manifest` (so a snapshot read back is checked against
     /// its name: a ConfigMap under that name holding anything else is not the run's contract).
     pub fn name_of(dataset: &str, manifest: &str) -> String {
-        let hash = xxhash_rust::xxh3::xxh3_64(manifest.as_bytes());
-        format!("{dataset}-contract-{hash:016x}")
+        format!("{dataset}-contract-{}", contract_hash(manifest))
     }
+}
+
+/// The hash that names a contract manifest — in a snapshot's name, and a Promotion's `status.contractHash`:
+/// xxh3, 16 hex digits.
+pub fn contract_hash(manifest: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(manifest.as_bytes()))
 }
 
 /// A run id: the attempt's UTC start time, the first 8 characters of the EtlRun's uid (two runs started in the

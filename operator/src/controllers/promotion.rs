@@ -174,7 +174,7 @@ pub struct Observed<'a> {
     pub recorded: Option<Recorded>,
     /// Why the lake could not be read for what it records of this Promotion.
     pub lake_error: Option<String>,
-    /// The hash of the Dataset's contract manifest now ([`contract_hash`]), to freeze at the first launch.
+    /// The hash of the Dataset's contract manifest now ([`job::contract_hash`]), to freeze at the first launch.
     pub contract_hash: Option<String>,
     /// Why the Job the plan launches could not be created (the apiserver's answer, a ConfigMap that is not the
     /// Promotion's contract): planned again with it, the plan says so instead of launching.
@@ -837,7 +837,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         _ => (None, None),
     };
     let contract_hash = match &dataset {
-        Ok(dataset) => Some(contract_hash(&job::contract_manifest(dataset)?)),
+        Ok(dataset) => Some(job::contract_hash(&job::contract_manifest(dataset)?)),
         Err(_) => None,
     };
     let observed = Observed {
@@ -887,11 +887,6 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         return Err(e);
     }
     Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
-}
-
-/// The hash that names a contract manifest in `status.contractHash`: xxh3, 16 hex digits.
-pub fn contract_hash(manifest: &str) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(manifest.as_bytes()))
 }
 
 /// The Promotion's Dataset, valid, or why not (reason, message).
@@ -1159,7 +1154,7 @@ pub fn contract_config_map(promotion: &Promotion, dataset: &Dataset) -> Result<C
 
 /// Makes sure the contract and the Job exist; a Job of that name that exists is adopted if it is ours. The
 /// contract ConfigMap must be the Promotion's own, holding the manifest its first launch froze (`frozen`, the
-/// manifest's [`contract_hash`]; a Promotion launched before the hash was kept: any the Promotion owns): the
+/// manifest's [`job::contract_hash`]; a Promotion launched before the hash was kept: any the Promotion owns): the
 /// name is predictable, so one made by anyone else is never mounted.
 async fn launch_job(
     ctx: &Context,
@@ -1175,7 +1170,7 @@ async fn launch_job(
     let contract = contract_config_map(promotion, dataset)?;
     let name = contract.name_any();
     let manifest = |cm: &ConfigMap| cm.data.as_ref().and_then(|d| d.get(job::CONTRACT_KEY)).cloned();
-    let now = manifest(&contract).map(|text| contract_hash(&text));
+    let now = manifest(&contract).map(|text| job::contract_hash(&text));
     // A Dataset changed since the first launch gives no contract of this Promotion: only the frozen one is used.
     let create = frozen.is_none_or(|frozen| now.as_deref() == Some(frozen));
     let created = if create {
@@ -1207,7 +1202,7 @@ async fn launch_job(
                 uid: uid.to_owned(),
             });
         }
-        let held = manifest(&found).map(|text| contract_hash(&text));
+        let held = manifest(&found).map(|text| job::contract_hash(&text));
         if let Some(frozen) = frozen
             && held.as_deref() != Some(frozen)
         {
