@@ -130,6 +130,25 @@ impl PodEnds {
         let (of, message, _) = memory.cannot_create.get(&Self::key(namespace, job))?;
         (of == uid).then(|| message.clone())
     }
+
+    /// Why the pod of an active Job (with this uid) cannot start, if it cannot, and whether the Job has a pod at
+    /// all (`listed_pod`: a read of its pods found one): with a pod, its kubelet says why; without one, the Job
+    /// controller's `FailedCreate` Event does.
+    pub fn why_not_started(
+        &self,
+        namespace: &str,
+        job: &str,
+        uid: &str,
+        listed_pod: bool,
+    ) -> (Option<PodBlocker>, bool) {
+        if let Some(blocker) = self.blocker(namespace, job) {
+            return (Some(blocker), true);
+        }
+        if listed_pod || self.has_pod(namespace, job) {
+            return (None, true);
+        }
+        (self.cannot_create(namespace, job, uid).map(|message| PodBlocker::CannotCreate { message }), false)
+    }
 }
 
 /// How often the lake was read for each attempt in flight, by run id (unique: it holds the EtlRun's uid). Kept
@@ -897,15 +916,9 @@ fn observe_blocker(
     job_name: &str,
     job_pods: JobPods,
 ) -> (Option<PodBlocker>, Option<bool>) {
-    let namespace = &identity.namespace;
-    if let Some(blocker) = ctx.pod_ends.blocker(namespace, job_name) {
-        return (Some(blocker), Some(true));
-    }
-    if job_pods.active > 0 || ctx.pod_ends.has_pod(namespace, job_name) {
-        return (None, Some(true));
-    }
-    let blocker = ctx.pod_ends.cannot_create(namespace, job_name, &job_pods.uid);
-    (blocker.map(|message| PodBlocker::CannotCreate { message }), Some(false))
+    let (blocker, has_pod) =
+        ctx.pod_ends.why_not_started(&identity.namespace, job_name, &job_pods.uid, job_pods.active > 0);
+    (blocker, Some(has_pod))
 }
 
 /// Deletes an attempt's Job that was given up (its pods are deleted with it).

@@ -1019,12 +1019,8 @@ async fn observe_job(
             .unwrap_or_else(|| failed.reason.unwrap_or_default());
         return Ok((JobState::Failed { exit_code: end.and_then(|e| e.exit_code), message }, None));
     }
-    let blocker = ctx.pod_ends.blocker(namespace, job_name).or_else(|| {
-        let job_uid = found.metadata.uid.as_deref().unwrap_or_default();
-        let no_pod = !ctx.pod_ends.has_pod(namespace, job_name);
-        let refused = no_pod.then(|| ctx.pod_ends.cannot_create(namespace, job_name, job_uid)).flatten();
-        refused.map(|message| PodBlocker::CannotCreate { message })
-    });
+    let job_uid = found.metadata.uid.as_deref().unwrap_or_default();
+    let (blocker, _) = ctx.pod_ends.why_not_started(namespace, job_name, job_uid, false);
     Ok((JobState::Active, blocker))
 }
 
