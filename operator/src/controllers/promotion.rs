@@ -321,15 +321,7 @@ impl Builder<'_> {
                                    checked at promotion time)";
                     self.condition(CONDITION_READY, ConditionStatus::True, "GatePreviewPassed", message);
                 } else {
-                    let message = format!("the gate would refuse: {}", describe(&preview.failures));
-                    let changed =
-                        !self.status.conditions.iter().any(|c| {
-                            c.type_ == CONDITION_READY && c.reason == "GateWouldRefuse" && c.message == message
-                        });
-                    self.condition(CONDITION_READY, ConditionStatus::False, "GateWouldRefuse", &message);
-                    if changed {
-                        self.transitions.push(Transition::Waiting { reason: "GateWouldRefuse".into(), message });
-                    }
+                    self.wait_for("GateWouldRefuse", format!("the gate would refuse: {}", describe(&preview.failures)));
                 }
             }
             Some(Err(message)) => {
@@ -340,7 +332,13 @@ impl Builder<'_> {
         }
     }
 
-    /// `Ready` is False for `reason`; a new reason or message is also a Warning Event (once, not every resync).
+    /// What `Ready` says while promote Job `job_name` of attempt `attempt` is on its way.
+    fn promoting(&self, job_name: &str, attempt: u32) -> String {
+        format!("promote Job {job_name} (attempt {attempt} of {})", self.settings.max_attempts)
+    }
+
+    /// `Ready` is False for `reason`; a new reason or message is also said once as a `Transition::Waiting` (an
+    /// Event: a Warning, but for `WaitingForPromotion`), not on every resync.
     fn wait_for(&mut self, reason: &str, message: String) {
         let changed = !self
             .status
@@ -368,11 +366,7 @@ impl Builder<'_> {
                     .iter()
                     .any(|c| c.type_ == CONDITION_READY && c.status == ConditionStatus::False.as_str());
                 if waiting {
-                    let message = format!(
-                        "promote Job {job_name} (attempt {} of {})",
-                        self.status.attempts.max(1),
-                        self.settings.max_attempts
-                    );
+                    let message = self.promoting(job_name, self.status.attempts.max(1));
                     self.condition(CONDITION_READY, ConditionStatus::True, "Promoting", &message);
                 }
             }
@@ -510,11 +504,7 @@ impl Builder<'_> {
                 "waits for Promotion {other} of dataset {}: promotions of one dataset run one at a time",
                 self.o.spec.dataset
             );
-            let changed = !self.status.conditions.iter().any(|c| c.type_ == CONDITION_READY && c.message == message);
-            self.condition(CONDITION_READY, ConditionStatus::False, "WaitingForPromotion", &message);
-            if changed {
-                self.transitions.push(Transition::Waiting { reason: "WaitingForPromotion".into(), message });
-            }
+            self.wait_for("WaitingForPromotion", message);
             self.requeue_after = Some(self.settings.wait_poll);
             return;
         }
@@ -536,7 +526,7 @@ impl Builder<'_> {
         self.status.attempts = attempt;
         self.status.job_name = Some(job_name.clone());
         self.status.next_attempt_at = None;
-        let message = format!("promote Job {job_name} (attempt {attempt} of {})", self.settings.max_attempts);
+        let message = self.promoting(&job_name, attempt);
         self.condition(CONDITION_READY, ConditionStatus::True, "Promoting", &message);
         self.launch = Some(Launch { job_name: job_name.clone(), action: self.promote_action(), mode: self.mode() });
         self.transitions.push(Transition::Started { job_name, attempt });
