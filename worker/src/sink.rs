@@ -872,32 +872,30 @@ impl SideWriter {
                     builder.append_null();
                 }
             }
-            match (replay, original) {
-                (Some(m), _) => {
+            match replay {
+                Some(m) => {
                     raw_record.append_value(&m.raw_record);
                     raw_bytes.append_option(m.raw_record_bytes.as_deref());
                     source.append_value(&m.source_uri);
                     record_number.append_value(m.record_number);
                     line_number.append_value(m.line_number);
                 }
-                (None, Some(bytes)) => {
-                    raw_record.append_value(String::from_utf8_lossy(bytes));
-                    raw_bytes.append_value(bytes);
-                    source.append_value(source_uri);
-                    record_number.append_value(raw.first_record + r as u64);
-                    line_number.append_value(raw.lines[r]);
-                }
-                (None, None) => {
-                    let bytes = csv_record_bytes(raw.fields(r));
-                    match String::from_utf8(bytes) {
-                        Ok(text) => {
-                            raw_record.append_value(text);
-                            raw_bytes.append_null();
+                None => {
+                    match original {
+                        Some(bytes) => {
+                            raw_record.append_value(String::from_utf8_lossy(bytes));
+                            raw_bytes.append_value(bytes);
                         }
-                        Err(e) => {
-                            raw_record.append_value(String::from_utf8_lossy(e.as_bytes()));
-                            raw_bytes.append_value(e.as_bytes());
-                        }
+                        None => match String::from_utf8(csv_record_bytes(raw.fields(r))) {
+                            Ok(text) => {
+                                raw_record.append_value(text);
+                                raw_bytes.append_null();
+                            }
+                            Err(e) => {
+                                raw_record.append_value(String::from_utf8_lossy(e.as_bytes()));
+                                raw_bytes.append_value(e.as_bytes());
+                            }
+                        },
                     }
                     source.append_value(source_uri);
                     record_number.append_value(raw.first_record + r as u64);
