@@ -405,9 +405,7 @@ impl Metrics {
     pub fn restore_last_promotions(&self, promotions: &[&Promotion]) {
         for promotion in promotions.iter().filter(|p| p.phase() == Some(PromotionPhase::Promoted)) {
             let Some(finished) = promotion.status.as_ref().and_then(|s| s.finished_at.as_ref()) else { continue };
-            let dataset = DatasetSeries::of(*promotion, &promotion.spec.dataset);
-            let gauge = self.last_promotion.with_label_values(&dataset.labels(&[]));
-            gauge.set(gauge.get().max(finished.0.as_millisecond() as f64 / 1000.0));
+            raise_to(&self.last_promotion, DatasetSeries::of(*promotion, &promotion.spec.dataset), finished);
         }
     }
 
@@ -445,8 +443,7 @@ impl Metrics {
             }
             let last_success = dataset.status.as_ref().and_then(|s| s.last_success_time.as_ref());
             if let Some(time) = last_success {
-                let gauge = self.last_success.with_label_values(&series.labels(&[]));
-                gauge.set(gauge.get().max(time.0.as_millisecond() as f64 / 1000.0));
+                raise_to(&self.last_success, series, time);
             }
         }
         self.dataset_info.set(scope, info);
@@ -540,6 +537,18 @@ impl Metrics {
     }
 }
 
+/// A time as a gauge holds it: seconds since the epoch.
+pub fn epoch_seconds(time: Timestamp) -> f64 {
+    time.as_millisecond() as f64 / 1000.0
+}
+
+/// Raises a dataset's timestamp gauge to a time a status records, never lowering it: a later time this process
+/// recorded itself stands.
+fn raise_to(gauge: &GaugeVec, dataset: DatasetSeries, time: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) {
+    let gauge = gauge.with_label_values(&dataset.labels(&[]));
+    gauge.set(gauge.get().max(epoch_seconds(time.0)));
+}
+
 /// How often the gauges kept from full counts are refreshed.
 pub const EXPORT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -613,7 +622,7 @@ fn latest_finished<'a>(runs: &[&'a EtlRun]) -> BTreeMap<DatasetKey, LatestFinish
     for run in runs {
         let Some(status) = run.status.as_ref() else { continue };
         let Some(finished) = status.finished_at.as_ref() else { continue };
-        let at = finished.0.as_millisecond() as f64 / 1000.0;
+        let at = epoch_seconds(finished.0);
         let entry = latest.entry(DatasetSeries::of(*run, &run.spec.dataset).key()).or_default();
         let reported = matches!(status.phase, Some(EtlRunPhase::Succeeded | EtlRunPhase::QualityGateFailed));
         if let Some(result) = status.result.as_ref().filter(|_| reported)

@@ -1179,7 +1179,7 @@ async fn report(scope: &Scope, run: &EtlRun, status: &EtlRunStatus, transition: 
     let namespace = run.namespace().unwrap_or_default();
     let dataset = run.spec.dataset.as_str();
     let now = Timestamp::now();
-    ctx.metrics.record(DatasetSeries::new(&namespace, dataset), transition, now.as_millisecond() as f64 / 1000.0);
+    ctx.metrics.record(DatasetSeries::new(&namespace, dataset), transition, crate::metrics::epoch_seconds(now));
     match transition {
         Transition::AttemptStarted { attempt, max_attempts } => {
             let note = format!(

@@ -1257,7 +1257,7 @@ async fn report(ctx: &Context, promotion: &Promotion, status: &PromotionStatus, 
             publish::<Promotion>(ctx, meta, EventType::Warning, "PromoteRetrying", "Retry", message.clone()).await;
         }
         Transition::Finished { phase, reason, message } => {
-            let now = Timestamp::now().as_millisecond() as f64 / 1000.0;
+            let now = crate::metrics::epoch_seconds(Timestamp::now());
             ctx.metrics.record_promotion(DatasetSeries::new(&namespace, dataset), *phase, now);
             let lagging = reason == "PromotedCatchUpPending";
             let type_ =
