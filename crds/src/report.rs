@@ -67,6 +67,12 @@ pub struct RunReport {
     pub files: Vec<FileRecord>,
 }
 
+/// `part` of `whole`, 0 for none: how every rate of a report is computed from its counts (the worker writes
+/// them so, the promotion gate checks them so).
+pub fn rate(part: u64, whole: u64) -> f64 {
+    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
+}
+
 impl RunReport {
     /// The rate the quality gate judged (see `gated_quarantine_rate`).
     pub fn gated_rate(&self) -> f64 {

@@ -146,8 +146,7 @@ pub fn check_report(rules: &GateRules, run_id: &str, report: &RunReport) -> Vec<
     // _SUCCESS is what every other check trusts: its figures must at least agree with each other and with the
     // files it lists (whose bytes file_integrity checks, and whose row counts verify_file reads in their footers).
     let counted = report.valid_rows_count + report.quarantined_rows_count + report.condemned_rows_count;
-    let plain =
-        if report.input_rows == 0 { 0.0 } else { report.quarantined_rows_count as f64 / report.input_rows as f64 };
+    let plain = silverline_crds::report::rate(report.quarantined_rows_count, report.input_rows);
     let silver_rows: u64 = report.files.iter().filter(|f| f.area == Area::Silver.as_str()).map(|f| f.rows).sum();
     let gated_in_range =
         report.gated_quarantine_rate.is_none_or(|g| (0.0..=report.quarantine_rate + 1e-9).contains(&g));

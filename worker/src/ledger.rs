@@ -397,7 +397,7 @@ impl Counts {
     /// The rate the quality gate compares with `maxQuarantineRate`: rows failing anew per input row. For a CSV
     /// run it is the quarantine rate; a replay is not failed by rows that were already in quarantine.
     pub fn gated_rate(&self) -> f64 {
-        if self.input_rows == 0 { 0.0 } else { self.newly_failed as f64 / self.input_rows as f64 }
+        silverline_crds::report::rate(self.newly_failed, self.input_rows)
     }
 }
 

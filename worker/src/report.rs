@@ -6,6 +6,7 @@ use crate::values::ErrorType;
 use crate::{Error, Result};
 use object_store::path::Path;
 use object_store::{PutMode, PutOptions, PutPayload};
+use silverline_crds::report::rate;
 pub use silverline_crds::report::{FileRecord, InputRecord, RunReport};
 use silverline_lake::Lake as Location;
 use std::collections::BTreeMap;
@@ -13,10 +14,6 @@ use tokio::runtime::Handle;
 
 pub const WORKER_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_SHA: &str = env!("SILVERLINE_GIT_SHA");
-
-fn rate(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
-}
 
 /// The checksum of the whole input: that of the object itself, or for several objects the SHA-256 of their
 /// `sha256sum`-style lines.
