@@ -423,11 +423,16 @@ impl<R: BufRead> CsvTokenizer<R> {
                     }
                     // csv-core ends a record silently at the end of the input, even inside a quoted field.
                     if at_end && quoting.state == QuoteState::Quoted && n_ends > 0 {
-                        // The open field is the last one; line breaks before it lie inside earlier quoted fields.
-                        let last_start = if n_ends == 1 { record_start } else { record_start + self.ends[n_ends - 2] };
-                        let breaks = memchr::memchr_iter(b'\n', &chunk.data[record_start..last_start]).count();
+                        // The open field is the last one; line breaks before it lie inside earlier quoted fields,
+                        // counted field by field (a `\r` ending one and a `\n` starting the next are two lines).
+                        let mut from = record_start;
+                        let mut breaks = 0;
+                        for &end in &self.ends[..n_ends - 1] {
+                            breaks += line_breaks(&chunk.data[from..record_start + end]);
+                            from = record_start + end;
+                        }
                         chunk.open_quote =
-                            Some(OpenQuote { record: chunk.len(), line: start_line + breaks as u64, field: n_ends });
+                            Some(OpenQuote { record: chunk.len(), line: start_line + breaks, field: n_ends });
                     }
                     let end = record_start + if n_ends == 0 { 0 } else { self.ends[n_ends - 1] };
                     if end > self.max_data || chunk.field_ends.len() + n_ends > self.max_data {
@@ -653,6 +658,19 @@ mod tests {
         assert_eq!(chunk.open_quote, Some(OpenQuote { record: 2, line: 4, field: 2 }));
         let mut t = CsvTokenizer::new(&b"a,\"b\"\nc,d\n"[..]);
         assert_eq!(t.next_chunk(0, 1, 100, 1 << 16).expect("reads").expect("records").open_quote, None);
+    }
+
+    #[test]
+    fn an_open_quote_after_quoted_line_breaks_of_any_kind_is_on_its_own_line() {
+        let open_quote = |input: &[u8]| {
+            let mut t = CsvTokenizer::new(input);
+            t.next_chunk(0, 1, 100, 1 << 16).expect("reads").expect("records").open_quote
+        };
+        // Classic Mac line ends: the quoted field of record 1 spans lines 2 and 3, and the open quote is on 3.
+        assert_eq!(open_quote(b"a,b\r\"x\ry\",\"z\rw\r"), Some(OpenQuote { record: 1, line: 3, field: 2 }));
+        assert_eq!(open_quote(b"a,b\r\n\"x\r\ny\",\"z\r\nw\r\n"), Some(OpenQuote { record: 1, line: 3, field: 2 }));
+        // A field ending in `\r` and the next beginning with `\n`: two line breaks in the file, not one `\r\n`.
+        assert_eq!(open_quote(b"\"a\r\",\"\nb\",\"c"), Some(OpenQuote { record: 0, line: 3, field: 3 }));
     }
 
     #[test]
