@@ -826,9 +826,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         }
         _ => (None, None),
     };
+    // Only a first launch freezes it (see `plan`): not serialized and hashed on every reconcile.
     let contract_hash = match &dataset {
-        Ok(dataset) => Some(job::contract_hash(&job::contract_manifest(dataset)?)),
-        Err(_) => None,
+        Ok(dataset) if status.job_name.is_none() && status.contract_hash.is_none() => {
+            Some(job::contract_hash(&job::contract_manifest(dataset)?))
+        }
+        _ => None,
     };
     let observed = Observed {
         now: Timestamp::now(),
