@@ -82,9 +82,12 @@ impl StorageError {
         }
     }
 
-    /// Classifies an object-store error at `uri`. The typed variants decide; only for `Generic` errors, where
-    /// object_store passes the S3 error response through as text, the S3 error *codes* `NoSuchBucket` and
-    /// `AccessDenied` (stable protocol tokens, not prose) are recognised.
+    /// Classifies an object-store error at `uri`. The typed variants decide; for `Generic` errors, where
+    /// object_store passes the S3 error response through as text, its HTTP status and S3 error *code* (stable
+    /// protocol tokens, not prose) do: refused credentials and a missing bucket are access errors, a 4xx or
+    /// 501 the store would answer again is a usage error (a wrong region or setting: exit 2, not retried), and
+    /// only throttling, timeouts, 5xx and failed connections are transient. The message keeps the store's code
+    /// and message, never its whole response ([`Answer`]).
     pub fn from_store(err: object_store::Error, uri: &str) -> StorageError {
         use object_store::Error as E;
         // What the store answered, when its error response is in the text: the message says it.
@@ -106,12 +109,26 @@ impl StorageError {
             }
             other => {
                 let text = other.to_string();
-                if text.contains("NoSuchBucket") {
-                    (StorageErrorKind::AccessDenied, "the bucket does not exist".to_owned())
-                } else if text.contains("AccessDenied") || text.contains("403 Forbidden") {
-                    (StorageErrorKind::AccessDenied, denied(other))
-                } else {
-                    (StorageErrorKind::Transient, text)
+                let answer = Answer::of(&text);
+                match (answer.code.as_deref(), answer.status) {
+                    _ if text.contains("NoSuchBucket") => {
+                        (StorageErrorKind::AccessDenied, "the bucket does not exist".to_owned())
+                    }
+                    (Some(code), _) if REFUSED_CREDENTIALS.contains(&code) => {
+                        (StorageErrorKind::AccessDenied, denied(other))
+                    }
+                    _ if text.contains("AccessDenied") || answer.status == Some(403) => {
+                        (StorageErrorKind::AccessDenied, denied(other))
+                    }
+                    (Some(code), _) if RETRYABLE_CODES.contains(&code) => (StorageErrorKind::Transient, answer.detail),
+                    // A request the store will refuse however often it is sent (a wrong region or setting, a
+                    // conditional write the store does not implement): someone must change the setup.
+                    (_, Some(status)) if (400..500).contains(&status) && status != 408 && status != 429 => {
+                        (StorageErrorKind::Usage, answer.detail)
+                    }
+                    (_, Some(501)) => (StorageErrorKind::Usage, answer.detail),
+                    _ if text.contains("incorrectly configured region") => (StorageErrorKind::Usage, answer.detail),
+                    _ => (StorageErrorKind::Transient, answer.detail),
                 }
             }
         };
@@ -135,17 +152,66 @@ impl StorageError {
     }
 }
 
+/// S3 error codes that refuse the credentials themselves (with `AccessDenied` and HTTP 403).
+const REFUSED_CREDENTIALS: &[&str] = &[
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AccountProblem",
+    "AllAccessDisabled",
+];
+
+/// S3 error codes worth a later retry whatever their HTTP status (`RequestTimeout` comes as 400).
+const RETRYABLE_CODES: &[&str] =
+    &["RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable", "OperationAborted", "Throttling"];
+
+/// What a store's error text says, without its response body: the HTTP status, the S3 error code, and a detail
+/// for messages made of the text before the response ("Error performing PUT … in 12ms - ") and the store's
+/// code and message. A response body is never quoted whole: an S3 error response may echo what the request
+/// carried (`InvalidToken` and `ExpiredToken` answer with the session token itself), and messages go to logs,
+/// the run's termination message and the resource's status.
+struct Answer {
+    status: Option<u16>,
+    code: Option<String>,
+    detail: String,
+}
+
+impl Answer {
+    fn of(text: &str) -> Answer {
+        const STATUS: &str = "Server returned non-2xx status code: ";
+        const RESPONSE: &str = "Server returned error response: ";
+        let status = text.find(STATUS).and_then(|at| text[at + STATUS.len()..].get(..3)?.parse().ok());
+        let code = s3_element(text, "Code").map(str::to_owned);
+        let Some(at) = text.find(STATUS).or_else(|| text.find(RESPONSE)) else {
+            return Answer { status, code, detail: text.to_owned() };
+        };
+        let mut detail = format!("{}the store answered", &text[..at]);
+        if let Some(status) = status {
+            detail.push_str(&format!(" HTTP {status}"));
+        }
+        if let Some(answer) = store_answer(text) {
+            detail.push_str(&format!(" ({answer})"));
+        }
+        Answer { status, code, detail }
+    }
+}
+
+/// The text of element `name` of an S3 error response quoted in `text`, if any.
+fn s3_element<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let start = text.find(&open)? + open.len();
+    let end = start + text[start..].find(&format!("</{name}>"))?;
+    Some(text[start..end].trim()).filter(|value| !value.is_empty())
+}
+
 /// The S3 error code and message of an error response quoted in a store's error text (`<Code>…</Code>` and
 /// `<Message>…</Message>`, as S3-compatible stores answer), e.g. `InvalidAccessKeyId: The AWS Access Key Id you
 /// provided does not exist in our records.` — what the store said, without the rest of the response.
 fn store_answer(text: &str) -> Option<String> {
-    let element = |name: &str| {
-        let open = format!("<{name}>");
-        let start = text.find(&open)? + open.len();
-        let end = start + text[start..].find(&format!("</{name}>"))?;
-        Some(text[start..end].trim()).filter(|value| !value.is_empty())
-    };
-    match (element("Code"), element("Message")) {
+    match (s3_element(text, "Code"), s3_element(text, "Message")) {
         (Some(code), Some(message)) => Some(format!("{code}: {message}")),
         (code, message) => code.or(message).map(str::to_owned),
     }
@@ -254,5 +320,46 @@ mod tests {
         let classified = StorageError::from_store(bare, "s3://b/k");
         assert!(classified.to_string().ends_with("refused: access denied by the object store"), "{classified}");
         assert_eq!(store_answer("<Code></Code>"), None);
+    }
+
+    #[test]
+    fn a_refusal_is_classified_by_status_and_code_and_never_quotes_the_response() {
+        let generic = |text: String| object_store::Error::Generic { store: "S3", source: text.into() };
+        let failed = |status: &str, code: &str| {
+            format!(
+                "Error performing PUT http://127.0.0.1:9000/b/k in 12ms - Server returned non-2xx status code: \
+                 {status}: <?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>It failed.</Message>\
+                 <Token-0>SESSIONTOKEN</Token-0><RequestId>1</RequestId></Error>"
+            )
+        };
+        let cases = [
+            (failed("400 Bad Request", "ExpiredToken"), StorageErrorKind::AccessDenied),
+            (failed("400 Bad Request", "InvalidToken"), StorageErrorKind::AccessDenied),
+            (failed("400 Bad Request", "AuthorizationHeaderMalformed"), StorageErrorKind::Usage),
+            (failed("400 Bad Request", "RequestTimeout"), StorageErrorKind::Transient),
+            (failed("501 Not Implemented", "NotImplemented"), StorageErrorKind::Usage),
+            (failed("503 Service Unavailable", "SlowDown"), StorageErrorKind::Transient),
+            (failed("500 Internal Server Error", "InternalError"), StorageErrorKind::Transient),
+            (failed("429 Too Many Requests", "TooManyRequests"), StorageErrorKind::Transient),
+            (
+                "Error performing GET http://127.0.0.1:9000/b/k in 3ms - Received redirect without LOCATION, this \
+                 normally indicates an incorrectly configured region"
+                    .to_owned(),
+                StorageErrorKind::Usage,
+            ),
+        ];
+        for (text, kind) in cases {
+            let classified = StorageError::from_store(generic(text.clone()), "s3://b/k");
+            assert_eq!(classified.kind, kind, "{text}");
+            let message = classified.to_string();
+            assert!(!message.contains("SESSIONTOKEN") && !message.contains("<Error>"), "{message}");
+        }
+        let classified = StorageError::from_store(generic(failed("400 Bad Request", "InvalidArgument")), "s3://b/k");
+        assert_eq!(
+            classified.to_string(),
+            "s3://b/k: Generic S3 error: Error performing PUT http://127.0.0.1:9000/b/k in 12ms - the store answered \
+             HTTP 400 \
+             (InvalidArgument: It failed.)"
+        );
     }
 }
