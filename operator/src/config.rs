@@ -61,11 +61,11 @@ pub struct Config {
     #[arg(long, env = "SILVERLINE_POD_CREATE_TIMEOUT_SECONDS", default_value_t = 120.0)]
     pub pod_create_timeout_seconds: f64,
     /// How many EtlRuns are reconciled at once. Most reconciles read only the controller's stores and send no
-    /// request; a new run's sends its Job and contract snapshot side by side, then its status, then its Event,
-    /// so the bound must let enough of them wait on the apiserver at once to keep pace with a burst of creates
-    /// (16 did not: p99 32 s at 1,000 runs; 128 and 256 kept pace alike, README.md "Load"), without an unbounded
-    /// number of connections, each of which costs memory (with no bound and 22 requests per run a burst of 1,000
-    /// runs made the apiserver time out).
+    /// request; a new run's sends its contract snapshot (once per Dataset manifest), then its Job, its status and
+    /// its Event, so the bound must let enough of them wait on the apiserver at once to keep pace with a burst of
+    /// creates (16 did not: p99 32 s at 1,000 runs; 128 and 256 kept pace alike, README.md "Load"), without an
+    /// unbounded number of connections, each of which costs memory (with no bound and 22 requests per run a burst
+    /// of 1,000 runs made the apiserver time out).
     /// kube-rs has no client-side QPS limit: this bound is the operator's only one. 0 means no limit.
     #[arg(long, env = "SILVERLINE_RECONCILE_CONCURRENCY", default_value_t = 128)]
     pub reconcile_concurrency: u16,
