@@ -372,9 +372,21 @@ impl ClosingPart {
     }
 }
 
-/// Waits for every part's upload, in order; the first failure is the error.
+/// Waits for every part's upload, in order; the first failure is the error. Every upload is waited for even after
+/// one failed: each completes or aborts itself, whereas one left behind would be cut off when the run's runtime
+/// shuts down, leaving an incomplete multipart upload in the bucket.
 fn wait_all(parts: Vec<ClosingPart>) -> Result<Vec<FileRecord>> {
-    parts.into_iter().map(ClosingPart::wait).collect()
+    let mut files = Vec::with_capacity(parts.len());
+    let mut first_error = None;
+    for part in parts {
+        match part.wait() {
+            Ok(file) => files.push(file),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(files), Err)
 }
 
 fn parquet_error(err: parquet::errors::ParquetError, writer: &ArrowWriter<ObjectSink>) -> Error {
@@ -702,6 +714,13 @@ impl SilverWriter {
         !self.senders.is_empty() || self.inline.is_some()
     }
 
+    /// Stops the encoders and waits for them: an encoder whose channel closes without `Finish` drops its open
+    /// parts, which abort their uploads, and that must happen before the run's runtime shuts down.
+    fn stop_encoders(&mut self) -> Vec<std::thread::Result<Result<Vec<FileRecord>>>> {
+        self.senders.clear();
+        std::mem::take(&mut self.encoders).into_iter().map(|thread| thread.join()).collect()
+    }
+
     /// Completes every part; the files are listed in key order.
     pub fn finish(mut self) -> Result<Vec<FileRecord>> {
         if !self.started() && !self.held.is_empty() {
@@ -716,8 +735,8 @@ impl SilverWriter {
             let _ = sender.send(EncoderMessage::Finish);
         }
         let mut first_error = None;
-        for thread in std::mem::take(&mut self.encoders) {
-            match thread.join() {
+        for joined in self.stop_encoders() {
+            match joined {
                 Ok(Ok(f)) => files.extend(f),
                 Ok(Err(e)) => {
                     first_error.get_or_insert(e);
@@ -732,6 +751,14 @@ impl SilverWriter {
         }
         files.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(files)
+    }
+}
+
+impl Drop for SilverWriter {
+    /// A run that fails before `finish` (a tripped circuit breaker, SIGTERM, an unreadable input) waits here for its
+    /// encoders to abort their open uploads.
+    fn drop(&mut self) {
+        self.stop_encoders();
     }
 }
 
@@ -950,11 +977,15 @@ impl SideWriter {
 /// Finishes a run's three writers, the side areas' uploads completing while silver's last row groups are encoded
 /// and uploaded: silver's files, then quarantine's, then condemned's.
 pub fn finish_all(silver: SilverWriter, quarantine: SideWriter, condemned: SideWriter) -> Result<Vec<FileRecord>> {
-    let quarantine = quarantine.close()?;
-    let condemned = condemned.close()?;
-    let mut files = silver.finish()?;
-    files.extend(wait_all(quarantine)?);
-    files.extend(wait_all(condemned)?);
+    // Each result is waited for before any error is returned: see `wait_all`.
+    let quarantine = quarantine.close();
+    let condemned = condemned.close();
+    let silver = silver.finish();
+    let quarantine = quarantine.and_then(wait_all);
+    let condemned = condemned.and_then(wait_all);
+    let mut files = silver?;
+    files.extend(quarantine?);
+    files.extend(condemned?);
     Ok(files)
 }
 
