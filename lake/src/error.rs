@@ -87,7 +87,7 @@ impl StorageError {
     /// protocol tokens, not prose) do: refused credentials and a missing bucket are access errors, a 4xx or
     /// 501 the store would answer again is a usage error (a wrong region or setting: exit 2, not retried), and
     /// only throttling, timeouts, 5xx and failed connections are transient. The message keeps the store's code
-    /// and message, never its whole response ([`Answer`]).
+    /// and message, never its whole response (see `Answer`).
     pub fn from_store(err: object_store::Error, uri: &str) -> StorageError {
         use object_store::Error as E;
         // What the store answered, when its error response is in the text: the message says it.
