@@ -13,7 +13,7 @@
 //! | `restore_version` | a rollback to a version that does not exist, is already current, or whose files are gone or altered |
 
 use crate::audit::{FailedCheck, RunMetrics};
-use crate::layout::{Area, DatasetLayout, is_partition_name};
+use crate::layout::{Area, DatasetLayout, is_part_name, is_partition_name};
 use crate::manifest::ManifestFile;
 use crate::parquet_io::LakeParquetReader;
 use crate::runs::RunFinding;
@@ -212,11 +212,7 @@ pub fn run_files(
             .ok_or_else(|| outside(&record.key))?;
         let rest = relative.strip_prefix(&format!("{prefix}/")).ok_or_else(|| outside(&record.key))?;
         let (partition, name) = rest.rsplit_once('/').ok_or_else(|| outside(&record.key))?;
-        let part_ok = name
-            .strip_prefix("part-")
-            .and_then(|n| n.strip_suffix(".parquet"))
-            .is_some_and(|n| n.len() == 5 && n.bytes().all(|b| b.is_ascii_digit()));
-        if !is_partition_name(partition) || !part_ok {
+        if !is_partition_name(partition) || !is_part_name(name) {
             return Err(outside(&record.key));
         }
         files.push(ManifestFile {

@@ -120,6 +120,13 @@ fn part_name(part: u32) -> String {
     format!("part-{part:05}.parquet")
 }
 
+/// Whether a text is a part file's name as written by the worker (`part-NNNNN.parquet`).
+pub fn is_part_name(text: &str) -> bool {
+    text.strip_prefix("part-")
+        .and_then(|n| n.strip_suffix(".parquet"))
+        .is_some_and(|n| n.len() == 5 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The lake-relative keys of one dataset's promotion state. Built only from a checked dataset name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatasetLayout {
@@ -188,6 +195,17 @@ impl DatasetLayout {
             return Err(bad("file name", file_name));
         }
         Ok(format!("{}/{partition}/{run_id}-{file_name}", self.current()))
+    }
+
+    /// Whether `key` is a silver file of this dataset's run `run_id` in `partition`, as the worker writes them:
+    /// `silver/{dataset}/schema_v={v}/run_id={run_id}/{partition}/part-NNNNN.parquet`, every name valid.
+    pub fn is_run_file(&self, key: &str, run_id: &str, partition: &str) -> bool {
+        let Some(rest) = key.strip_prefix(&format!("{}/schema_v=", self.area(Area::Silver))) else { return false };
+        let Some((schema_version, rest)) = rest.split_once('/') else { return false };
+        names::check_schema_version(schema_version).is_ok()
+            && names::check_run_id(run_id).is_ok()
+            && is_partition_name(partition)
+            && rest.strip_prefix(&format!("run_id={run_id}/{partition}/")).is_some_and(is_part_name)
     }
 
     /// `audit/{dataset}`

@@ -198,15 +198,49 @@ async fn load_manifest(lake: &Lake, layout: &DatasetLayout, pointer: &LatestPoin
             message: format!("SHA-256 {sha}, the pointer records {}", pointer.manifest_sha256),
         });
     }
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|source| Error::Format { uri, what: "manifest", source })?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|source| Error::Format {
+        uri: uri.clone(),
+        what: "manifest",
+        source,
+    })?;
+    check_manifest(&manifest, layout, pointer.version, &uri)?;
     Ok((manifest, bytes))
 }
 
 /// Reads a version's manifest by number (`None` when there is none).
 pub async fn read_manifest(lake: &Lake, dataset: &str, version: u64) -> Result<Option<Manifest>> {
     let layout = DatasetLayout::new(dataset)?;
-    lake.read_json(&lake.path(&layout.manifest(version)), "manifest").await
+    let key = lake.path(&layout.manifest(version));
+    let manifest: Option<Manifest> = lake.read_json(&key, "manifest").await?;
+    if let Some(manifest) = &manifest {
+        check_manifest(manifest, &layout, version, &lake.uri_of(&key))?;
+    }
+    Ok(manifest)
+}
+
+/// A manifest read back is the one of this dataset and version, and lists only files of this dataset's runs
+/// where the worker writes them (pure): its keys are read, copied into `current/` and restored, so one edited
+/// to name another dataset's files, quarantine or anything else in the lake is refused, not followed.
+fn check_manifest(manifest: &Manifest, layout: &DatasetLayout, version: u64, uri: &str) -> Result<()> {
+    let inconsistent = |message: String| Err(Error::Inconsistent { uri: uri.to_owned(), message });
+    if manifest.dataset != layout.dataset() || manifest.version != version {
+        return inconsistent(format!(
+            "it is the manifest of {} version {}, not of {} version {version}",
+            manifest.dataset,
+            manifest.version,
+            layout.dataset()
+        ));
+    }
+    match manifest.files.iter().find(|f| !layout.is_run_file(&f.key, &f.run_id, &f.partition)) {
+        Some(f) => inconsistent(format!(
+            "it lists {}, which is not a silver file of run {} in {} of dataset {}",
+            f.key,
+            f.run_id,
+            f.partition,
+            layout.dataset()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Brings `current/` to the pointer's version: copies what is missing, writes `current/_MANIFEST.json` after

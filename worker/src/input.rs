@@ -5,7 +5,7 @@
 use crate::{Error, Result};
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt};
 use silverline_lake::StorageErrorKind::Transient;
 use silverline_lake::store::s3_store;
 use silverline_lake::{LakeUri, RelativePaths, StorageError, StoreOptions};
@@ -51,10 +51,14 @@ pub struct InputObject {
     source: Source,
 }
 
+/// Where an input's bytes are, and the version of them its listing saw: every read of the input (its header, its
+/// records) is of that version, or fails.
 #[derive(Debug, Clone)]
 enum Source {
-    Local(PathBuf),
-    Remote { store: Arc<dyn ObjectStore>, key: Path },
+    /// A local file with its size and modification time at listing.
+    Local { path: PathBuf, size: u64, modified: Option<std::time::SystemTime> },
+    /// An object, read only while its ETag is still the one listed (`If-Match`; none when the store gave none).
+    Remote { store: Arc<dyn ObjectStore>, key: Path, e_tag: Option<String> },
 }
 
 /// Lists the input: a single object, or every supported object under a prefix, in lexicographic order.
@@ -72,14 +76,14 @@ pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Res
             let single = !path.is_dir();
             files
                 .into_iter()
-                .filter_map(|(file, size)| {
+                .filter_map(|(file, meta)| {
                     let name = file.file_name()?.to_string_lossy().into_owned();
                     let format = InputFormat::of(&name).or(if single { Some(InputFormat::Csv) } else { None })?;
                     Some(InputObject {
                         uri: format!("file://{}", file.display()),
                         format,
-                        size,
-                        source: Source::Local(file),
+                        size: meta.len(),
+                        source: Source::Local { path: file, size: meta.len(), modified: meta.modified().ok() },
                     })
                 })
                 .collect::<Vec<_>>()
@@ -108,7 +112,7 @@ pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Res
                         uri: format!("s3://{bucket}/{}", m.location),
                         format,
                         size: m.size,
-                        source: Source::Remote { store: store.clone(), key: m.location },
+                        source: Source::Remote { store: store.clone(), key: m.location, e_tag: m.e_tag },
                     })
                 })
                 .collect()
@@ -134,13 +138,13 @@ fn special(meta: &std::fs::Metadata) -> bool {
     !meta.is_file() && !meta.is_dir()
 }
 
-fn collect_local(path: &std::path::Path, out: &mut Vec<(PathBuf, u64)>) -> io::Result<()> {
+fn collect_local(path: &std::path::Path, out: &mut Vec<(PathBuf, std::fs::Metadata)>) -> io::Result<()> {
     let meta = std::fs::metadata(path)?;
     if special(&meta) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {NOT_REGULAR}", path.display())));
     }
     if !meta.is_dir() {
-        out.push((path.to_path_buf(), meta.len()));
+        out.push((path.to_path_buf(), meta));
         return Ok(());
     }
     for entry in std::fs::read_dir(path)? {
@@ -227,13 +231,29 @@ impl<R: Read> Read for ChecksumOnEof<R> {
 impl InputObject {
     /// Opens the object as a decoded byte stream.
     pub fn open(&self, handle: &Handle, progress: Option<Arc<std::sync::atomic::AtomicU64>>) -> Result<OpenInput> {
+        // Read again later, the input is whole and of one version: worth a retry (exit 75), never a mix of two.
+        let changed = |what: &str| Error::Transient {
+            key: self.uri.clone(),
+            message: format!("the input changed while the run read it ({what} since it was listed)"),
+        };
         let raw: Box<dyn Read + Send> = match &self.source {
-            Source::Local(path) => Box::new(
-                std::fs::File::open(path)
-                    .map_err(|e| Error::UnreadableInput { source_uri: self.uri.clone(), message: e.to_string() })?,
-            ),
-            Source::Remote { store, key } => {
-                let got = handle.block_on(store.get(key)).map_err(|e| storage_error(e, &self.uri))?;
+            Source::Local { path, size, modified } => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| Error::UnreadableInput { source_uri: self.uri.clone(), message: e.to_string() })?;
+                let now = file
+                    .metadata()
+                    .map_err(|e| Error::UnreadableInput { source_uri: self.uri.clone(), message: e.to_string() })?;
+                if now.len() != *size || now.modified().ok() != *modified {
+                    return Err(changed("the file was modified"));
+                }
+                Box::new(file)
+            }
+            Source::Remote { store, key, e_tag } => {
+                let options = GetOptions { if_match: e_tag.clone(), ..GetOptions::default() };
+                let got = handle.block_on(store.get_opts(key, options)).map_err(|e| match e {
+                    object_store::Error::Precondition { .. } => changed("the object was replaced"),
+                    other => storage_error(other, &self.uri),
+                })?;
                 let uri = self.uri.clone();
                 let stream = got.into_stream().map_err(move |e| io::Error::other(storage_error(e, &uri)));
                 let reader = tokio_util::io::StreamReader::new(stream);
@@ -324,6 +344,34 @@ mod tests {
         assert_eq!(read_error(store, uri).exit_code(), crate::ExitCode::Transient);
         let truncated = StoreRead::wrap(io::Error::new(io::ErrorKind::UnexpectedEof, "short"));
         assert_eq!(read_error(truncated, uri).exit_code(), crate::ExitCode::SchemaDrift);
+    }
+
+    #[test]
+    fn a_local_input_changed_after_its_listing_is_not_read_but_retried()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let handle = tokio::runtime::Builder::new_current_thread().build()?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("feed.csv");
+        std::fs::write(&path, "a,b\n1,2\n")?;
+        let listed = |uri: &str| resolve_inputs(uri, &StoreOptions::default(), handle.handle());
+        let uri = path.display().to_string();
+        let unchanged = listed(&uri)?;
+        assert!(unchanged[0].open(handle.handle(), None).is_ok());
+        // Rewritten with other rows (another size), or the same size at another time: both are refused.
+        let grown = listed(&uri)?;
+        std::fs::write(&path, "a,b\n1,2\n3,4\n")?;
+        let same_size = listed(&uri)?;
+        std::fs::File::options()
+            .write(true)
+            .open(&path)?
+            .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))?;
+        for input in [grown, same_size] {
+            let err = input[0].open(handle.handle(), None).err().ok_or("a changed input was opened")?;
+            assert_eq!(err.exit_code(), crate::ExitCode::Transient, "{err}");
+            assert!(err.to_string().contains("the input changed while the run read it"), "{err}");
+            assert!(err.to_string().contains(&uri), "{err}");
+        }
+        Ok(())
     }
 
     #[test]

@@ -308,6 +308,28 @@ fn sigterm_on_s3_aborts_uploads_and_exits_75() {
     every_visible_parquet_is_complete(&rt, &s, "lake/");
 }
 
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn an_input_replaced_after_its_listing_is_not_read_but_retried() {
+    // The worker's own kind of runtime: its input is read through `Handle::block_on`, which drives no I/O on a
+    // current-thread runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let bucket = unique_bucket("replaced");
+    let s = store(&bucket);
+    let key = Path::from("bronze/feed.csv");
+    rt.block_on(s.put(&key, Bytes::from_static(b"a,b\n1,2\n").into())).unwrap();
+    let uri = format!("s3://{bucket}/bronze/feed.csv");
+    let listed = || silverline_worker::input::resolve_inputs(&uri, &Default::default(), rt.handle()).unwrap();
+    let before = listed();
+    assert!(before[0].open(rt.handle(), None).is_ok(), "the listed version opens");
+    // The feed rewrites its file between the run's listing (and header check) and its read of the records.
+    rt.block_on(s.put(&key, Bytes::from_static(b"b,a\n2,1\n").into())).unwrap();
+    let err = before[0].open(rt.handle(), None).err().expect("the replaced object is refused");
+    assert_eq!(err.exit_code(), silverline_worker::ExitCode::Transient, "{err}");
+    assert!(err.to_string().contains("the input changed while the run read it") && err.to_string().contains(&uri));
+    assert!(listed()[0].open(rt.handle(), None).is_ok(), "a new listing reads the new version");
+}
+
 fn lake_on(bucket: &str) -> silverline_lake::Lake {
     silverline_lake::Lake::open(
         &format!("s3://{bucket}/lake"),
