@@ -656,6 +656,54 @@ fn a_versions_record_is_named_by_its_version_so_every_writer_writes_the_same_one
 }
 
 #[test]
+fn a_manifest_edited_to_list_files_outside_the_datasets_runs_is_refused_not_restored() {
+    use sha2::Digest;
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..200, 1, 1));
+    lake.ok_run("r2", &csv(20..23, 2, 0));
+    assert_eq!(lake.approve(&["r1"], "append").code, 0);
+    assert_eq!(lake.approve(&["r2"], "replace-all").code, 0);
+    let original = std::fs::read(lake.path("silver/transactions/_manifests/1.json")).unwrap();
+    // The run's quarantine file, listed with its true size, SHA-256 and row count: every byte check passes.
+    let quarantine = "quarantine/transactions/schema_v=v1/run_id=r1/part-00000.parquet";
+    let bytes = std::fs::read(lake.path(quarantine)).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let edits: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        (
+            quarantine,
+            Box::new(|m: &mut Value| {
+                let f = &mut m["files"][0];
+                (f["key"], f["rows"], f["bytes"], f["sha256"]) =
+                    (quarantine.into(), 1.into(), bytes.len().into(), sha.as_str().into());
+            }),
+        ),
+        (
+            "silver/payroll/schema_v=v1/run_id=r1/year=2024/month=01/part-00000.parquet",
+            Box::new(|m: &mut Value| {
+                m["files"][0]["key"] =
+                    "silver/payroll/schema_v=v1/run_id=r1/year=2024/month=01/part-00000.parquet".into()
+            }),
+        ),
+        ("not of transactions version 1", Box::new(|m: &mut Value| m["dataset"] = "payroll".into())),
+    ];
+    for (named, edit) in &edits {
+        let mut manifest: Value = serde_json::from_slice(&original).unwrap();
+        edit(&mut manifest);
+        std::fs::write(lake.path("silver/transactions/_manifests/1.json"), serde_json::to_vec(&manifest).unwrap())
+            .unwrap();
+        let out = lake.promote(&["--restore-version", "1", "--approved-by", "joe", "--reason", "back"]);
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(out.stderr.contains("_manifests/1.json") && out.stderr.contains(named), "{}", out.stderr);
+        assert_eq!(lake.latest()["version"], 2, "nothing moved");
+        assert_current_matches_pointer(&lake);
+    }
+    // The manifest as written is restored.
+    std::fs::write(lake.path("silver/transactions/_manifests/1.json"), &original).unwrap();
+    let out = lake.promote(&["--restore-version", "1", "--approved-by", "joe", "--reason", "back"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
 fn an_orphan_manifest_that_was_never_current_cannot_be_restored() {
     let lake = Lake::new();
     lake.ok_run("r1", &csv(0..10, 1, 0));
