@@ -668,7 +668,8 @@ fn a_manifest_edited_to_list_files_outside_the_datasets_runs_is_refused_not_rest
     let quarantine = "quarantine/transactions/schema_v=v1/run_id=r1/part-00000.parquet";
     let bytes = std::fs::read(lake.path(quarantine)).unwrap();
     let sha = hex::encode(sha2::Sha256::digest(&bytes));
-    let edits: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Edit<'a> = Box<dyn Fn(&mut Value) + 'a>;
+    let edits: Vec<(&str, Edit)> = vec![
         (
             quarantine,
             Box::new(|m: &mut Value| {
