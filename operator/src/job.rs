@@ -217,14 +217,13 @@ pub fn worker_job(
 ) -> Result<Job> {
     let dataset_name = dataset.metadata.name.clone().ok_or(Error::MissingField("Dataset metadata.name"))?;
     let labels = labels(identity, &dataset_name, attempt.attempt);
+    // Values from a manifest go as `--flag=value`: a value starting with '-' is then a value, never a flag.
     let args = vec![
         "run".into(),
         "--contract".into(),
         format!("{CONTRACT_MOUNT}/{CONTRACT_KEY}"),
-        "--input".into(),
-        run.spec.input.clone(),
-        "--run-id".into(),
-        attempt.run_id.to_owned(),
+        format!("--input={}", run.spec.input),
+        format!("--run-id={}", attempt.run_id),
         "--progress".into(),
         "json".into(),
         "--spill-dir".into(),
@@ -505,8 +504,8 @@ mod tests {
         let args = c.args.clone().expect("args").join(" ");
         assert_eq!(
             args,
-            "run --contract /etc/silverline/contract/dataset.yaml --input s3://bronze/tx/2024-01.csv \
-             --run-id 20240131T235959Z-0f3a9c12-a2 --progress json --spill-dir /var/spill"
+            "run --contract /etc/silverline/contract/dataset.yaml --input=s3://bronze/tx/2024-01.csv \
+             --run-id=20240131T235959Z-0f3a9c12-a2 --progress json --spill-dir /var/spill"
         );
         let mounts: Vec<_> =
             c.volume_mounts.iter().flatten().map(|m| (m.name.as_str(), m.mount_path.as_str())).collect();

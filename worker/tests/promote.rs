@@ -705,6 +705,32 @@ fn a_manifest_edited_to_list_files_outside_the_datasets_runs_is_refused_not_rest
 }
 
 #[test]
+fn values_starting_with_a_dash_are_taken_as_values_in_the_operators_flag_equals_form() {
+    let lake = Lake::new();
+    // As the operator's Jobs pass them (`--flag=value`), so that a run id or a reason may start with '-'.
+    let input = write(&lake.dir, "dash.csv", csv(0..10, 1, 0));
+    let run = Command::new(worker_bin())
+        .args(["run", "--progress", "off", "--contract"])
+        .arg(&lake.contract)
+        .arg(format!("--input={}", input.display()))
+        .arg("--lake")
+        .arg(&lake.lake)
+        .arg("--run-id=-r1")
+        .output()
+        .unwrap();
+    assert_eq!(ran(run).code, 0);
+    let args = ["--run-id=-r1", "--approved-by=-jane", "--reason=-5 % fewer rows, --accepted", "--mode", "append"];
+    let out = lake.promote(&args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let record = &lake.audit()[0];
+    assert_eq!(
+        (record["approved_by"].as_str(), record["reason"].as_str()),
+        (Some("-jane"), Some("-5 % fewer rows, --accepted"))
+    );
+    assert_eq!(lake.latest()["runs"][0], "-r1");
+}
+
+#[test]
 fn an_orphan_manifest_that_was_never_current_cannot_be_restored() {
     let lake = Lake::new();
     lake.ok_run("r1", &csv(0..10, 1, 0));

@@ -1051,7 +1051,8 @@ async fn read_recorded(ctx: &Context, dataset: &Dataset, uid: &str) -> Result<Op
     Ok(None)
 }
 
-/// The arguments of `silverline-worker promote` for a launch.
+/// The arguments of `silverline-worker promote` for a launch. Values from the Promotion go as `--flag=value`: a
+/// reason such as "-5 % rows, accepted" or a run id starting with '-' is then a value, never taken for a flag.
 pub fn promote_args(promotion: &Promotion, uid: &str, launch: &Launch) -> Vec<String> {
     let namespace = promotion.metadata.namespace.clone().unwrap_or_default();
     let name = promotion.metadata.name.clone().unwrap_or_default();
@@ -1061,17 +1062,17 @@ pub fn promote_args(promotion: &Promotion, uid: &str, launch: &Launch) -> Vec<St
         (Some(version), _) => args.extend(["--restore-version".into(), version.to_string()]),
         (None, run_ids) => {
             for run_id in run_ids.iter().flatten() {
-                args.extend(["--run-id".into(), run_id.clone()]);
+                args.push(format!("--run-id={run_id}"));
             }
             args.extend(["--mode".into(), launch.mode.cli_name().into()]);
         }
     }
     match &launch.action {
         JobAction::Promote { approved_by, reason } => {
-            args.extend(["--approved-by".into(), approved_by.clone(), "--reason".into(), reason.clone()]);
+            args.extend([format!("--approved-by={approved_by}"), format!("--reason={reason}")]);
         }
         JobAction::Reject { rejected_by, reason } => {
-            args.extend(["--rejected-by".into(), rejected_by.clone(), "--reason".into(), reason.clone()]);
+            args.extend([format!("--rejected-by={rejected_by}"), format!("--reason={reason}")]);
         }
     }
     args.extend(["--promotion".into(), format!("{namespace}/{name}/{uid}")]);
@@ -1774,15 +1775,33 @@ mod tests {
         assert_eq!(
             promote_args(&promotion, UID, &launch).join(" "),
             format!(
-                "promote --contract /etc/silverline/contract/dataset.yaml --run-id 20240101T000000Z-abc-a1 \
-                 --mode replace-partitions --approved-by jane --reason ok --promotion etl/tx-promo/{UID}"
+                "promote --contract /etc/silverline/contract/dataset.yaml --run-id=20240101T000000Z-abc-a1 \
+                 --mode replace-partitions --approved-by=jane --reason=ok --promotion etl/tx-promo/{UID}"
             )
         );
         promotion.spec.run_ids = None;
         promotion.spec.restore_version = Some(2);
         let reject = Launch { action: JobAction::Reject { rejected_by: "bob".into(), reason: "no".into() }, ..launch };
         let args = promote_args(&promotion, UID, &reject).join(" ");
-        assert!(args.contains("--restore-version 2 --rejected-by bob --reason no"), "{args}");
+        assert!(args.contains("--restore-version 2 --rejected-by=bob --reason=no"), "{args}");
+    }
+
+    #[test]
+    fn values_that_start_with_a_dash_reach_the_promoter_as_values() {
+        let mut promotion = Promotion::new("tx-promo", spec());
+        promotion.metadata.namespace = Some("etl".into());
+        promotion.spec.run_ids = Some(vec!["-r1".into()]);
+        let reason = "-5 % rows quarantined, --accepted";
+        let launch = Launch {
+            job_name: "tx-promo-p1".into(),
+            action: JobAction::Promote { approved_by: "-jane".into(), reason: reason.into() },
+            mode: PromotionMode::Append,
+        };
+        // Each a single `--flag=value` argument (worker/tests/promote.rs runs the worker with such values).
+        let args = promote_args(&promotion, UID, &launch);
+        for expected in ["--run-id=-r1", "--approved-by=-jane", &format!("--reason={reason}")] {
+            assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+        }
     }
 
     #[test]
