@@ -27,6 +27,9 @@ pub enum LakeUri {
     },
 }
 
+/// Schemes whose `scheme:` without `//` is a typo, not a directory name.
+const MISTYPED_SCHEMES: &[&str] = &["s3", "s3a", "s3n", "file", "gs", "http", "https"];
+
 impl LakeUri {
     pub fn parse(uri: &str, relative: RelativePaths) -> Result<LakeUri, StorageError> {
         let usage = |detail: String| StorageError::usage(uri, detail);
@@ -42,6 +45,12 @@ impl LakeUri {
             None => {
                 if let Some((scheme, _)) = uri.split_once("://") {
                     return Err(usage(format!("scheme {scheme}:// is not supported; use a path, file:// or s3://")));
+                }
+                // `s3:/bucket` or `s3:bucket` would otherwise be a relative directory named `s3:`.
+                if let Some((scheme, _)) = uri.split_once(':')
+                    && MISTYPED_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str())
+                {
+                    return Err(usage(format!("not a URI: write {scheme}://… (two slashes), or give a path")));
                 }
                 uri
             }
@@ -66,7 +75,7 @@ mod tests {
     fn uris_parse_by_scheme_and_relative_paths_follow_the_callers_rule() {
         let s3 = |b: &str, p: &str| Ok(LakeUri::S3 { bucket: b.into(), prefix: p.into() });
         let local = |p: &str| Ok(LakeUri::Local(PathBuf::from(p)));
-        let cases: [(&str, RelativePaths, Result<LakeUri, StorageErrorKind>); 10] = [
+        let cases: [(&str, RelativePaths, Result<LakeUri, StorageErrorKind>); 14] = [
             ("s3://b/p/q/", RelativePaths::Reject, s3("b", "p/q")),
             ("s3://b", RelativePaths::Reject, s3("b", "")),
             ("s3:///x", RelativePaths::Accept, Err(StorageErrorKind::Usage)),
@@ -77,6 +86,10 @@ mod tests {
             ("./lake", RelativePaths::Reject, Err(StorageErrorKind::Usage)),
             ("file://lake", RelativePaths::Reject, Err(StorageErrorKind::Usage)),
             ("", RelativePaths::Accept, Err(StorageErrorKind::Usage)),
+            ("s3:/b/x", RelativePaths::Accept, Err(StorageErrorKind::Usage)),
+            ("S3:b/x", RelativePaths::Accept, Err(StorageErrorKind::Usage)),
+            ("file:/data/lake", RelativePaths::Accept, Err(StorageErrorKind::Usage)),
+            ("lake:2024/x", RelativePaths::Accept, local("lake:2024/x")),
         ];
         for (uri, relative, expected) in cases {
             let got = LakeUri::parse(uri, relative).map_err(|e| e.kind);
