@@ -284,12 +284,14 @@ impl Closing {
 }
 
 fn upload_error(err: io::Error, key: &str) -> Error {
+    let text = err.to_string();
     match err.into_inner() {
         Some(inner) => match inner.downcast::<object_store::Error>() {
             Ok(e) => storage_error(*e, key),
+            Err(other) if other.is::<crate::upload::TaskFailed>() => Error::internal(format!("uploading {key}"), other),
             Err(other) => Error::Transient { key: key.to_owned(), message: other.to_string() },
         },
-        None => Error::Transient { key: key.to_owned(), message: "upload failed".into() },
+        None => Error::Transient { key: key.to_owned(), message: text },
     }
 }
 
@@ -1176,6 +1178,23 @@ mod tests {
         assert_eq!(e.exit_code(), ExitCode::Transient, "{e}");
         let e = parquet_error_key(ParquetError::External(Box::new(io::Error::other("broken pipe"))), key);
         assert_eq!(e.exit_code(), ExitCode::Transient, "{e}");
+    }
+
+    #[test]
+    fn a_failed_upload_task_is_the_workers_own_error_and_an_os_error_keeps_its_text() {
+        use crate::ExitCode;
+        let key = "s3://b/lake/silver/part-00000.parquet";
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let cancelled = rt.spawn(std::future::pending::<()>());
+        cancelled.abort();
+        let join_error = rt.block_on(cancelled).expect_err("the task was cancelled");
+        let failed = io::Error::other(crate::upload::TaskFailed::new("upload", join_error));
+        let e = upload_error(failed, key);
+        assert_eq!(e.exit_code(), ExitCode::Other, "{e}");
+        assert!(e.to_string().contains(key) && e.to_string().contains("upload task failed"), "{e}");
+        let e = upload_error(io::Error::from(io::ErrorKind::ConnectionReset), key);
+        assert_eq!(e.exit_code(), ExitCode::Transient, "{e}");
+        assert!(e.to_string().contains("connection reset"), "{e}");
     }
 
     #[test]

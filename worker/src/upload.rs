@@ -209,15 +209,30 @@ impl Finishing {
     pub fn wait(self) -> io::Result<()> {
         match self.handle.block_on(self.task) {
             Ok(done) => done,
-            Err(e) => Err(io::Error::other(format!("upload task: {e}"))),
+            Err(e) => Err(io::Error::other(TaskFailed::new("upload", e))),
         }
+    }
+}
+
+/// An upload task that panicked or was cancelled: the worker's own failure, not the store's, so not worth a
+/// retry as a transient one would be (see `sink::upload_error`).
+#[derive(Debug, thiserror::Error)]
+#[error("{what} task failed: {source}")]
+pub struct TaskFailed {
+    what: &'static str,
+    source: tokio::task::JoinError,
+}
+
+impl TaskFailed {
+    pub fn new(what: &'static str, source: tokio::task::JoinError) -> TaskFailed {
+        TaskFailed { what, source }
     }
 }
 
 fn joined(task: Result<object_store::Result<()>, tokio::task::JoinError>) -> io::Result<()> {
     match task {
         Ok(sent) => sent.map_err(io::Error::other),
-        Err(e) => Err(io::Error::other(format!("part upload task: {e}"))),
+        Err(e) => Err(io::Error::other(TaskFailed::new("part upload", e))),
     }
 }
 
