@@ -5,7 +5,7 @@ use crate::ledger::{CondemnReason, Counts};
 use crate::values::ErrorType;
 use crate::{Error, Result};
 use object_store::path::Path;
-use object_store::{PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use silverline_crds::report::rate;
 pub use silverline_crds::report::{FileRecord, InputRecord, RunReport};
 use silverline_lake::Lake as Location;
@@ -111,14 +111,27 @@ pub fn put_json(
         Put::OnceFor(_) => PutMode::Create,
     };
     let options = PutOptions { mode, ..PutOptions::default() };
-    handle.block_on(location.store.put_opts(key, PutPayload::from(body), options)).map(|_| ()).map_err(|e| {
-        match (e, put) {
-            (object_store::Error::AlreadyExists { .. }, Put::OnceFor(run_id)) => {
-                Error::RunIdReused { run_id: run_id.to_owned(), key: location.uri_of(key) }
-            }
-            (other, _) => storage_error(other, &location.uri_of(key)),
+    let written = handle.block_on(location.store.put_opts(key, PutPayload::from(body.clone()), options));
+    let Err(e) = written else { return Ok(()) };
+    let error = match (e, put) {
+        (object_store::Error::AlreadyExists { .. }, Put::OnceFor(run_id)) => {
+            Error::RunIdReused { run_id: run_id.to_owned(), key: location.uri_of(key) }
         }
-    })
+        (other, _) => storage_error(other, &location.uri_of(key)),
+    };
+    // A create whose answer was lost may have been written all the same: a timeout after the store committed it,
+    // or a 5xx after it had, retried by the client into "already exists". The marker is this run's if it holds
+    // exactly these bytes (a claim holds its run's start to the nanosecond and a nonce; `_SUCCESS` is written
+    // only by the run that holds the claim).
+    let ambiguous = matches!(&error, Error::RunIdReused { .. } | Error::Transient { .. })
+        || matches!(&error, Error::Storage(e) if e.is(silverline_lake::StorageErrorKind::Transient));
+    if matches!(put, Put::OnceFor(_)) && ambiguous {
+        let stored = handle.block_on(async { location.store.get(key).await?.bytes().await });
+        if stored.is_ok_and(|stored| stored[..] == body[..]) {
+            return Ok(());
+        }
+    }
+    Err(error)
 }
 
 #[cfg(test)]
@@ -167,6 +180,8 @@ mod tests {
         let kept: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join(key.as_ref())).expect("the marker")).expect("JSON");
         assert_eq!(kept["n"], 1, "the first marker stays");
+        // The same bytes again are this run's own write whose answer was lost (a retried create): done, not reused.
+        put_json(&lake, &key, &serde_json::json!({"n": 1}), Put::OnceFor("r7"), runtime.handle()).expect("its own");
         // A report that replaces is not a claim: writing it twice is fine.
         let report = Path::from("silver/d/schema_v=v1/run_id=r7/_QUALITY_REPORT.json");
         for n in [1, 2] {

@@ -464,12 +464,17 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     control.total_bytes.store(inputs.iter().map(|i| i.size).sum(), Ordering::Relaxed);
     let maps = preflight(&inputs, &contract, handle)?;
 
+    // The nonce makes the claim this worker's alone: a create whose answer was lost is recognised as its own by its
+    // bytes (`put_json`), never another worker's claim of the same run id.
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| Error::internal("drawing the run claim's nonce", e.to_string()))?;
     let claim = serde_json::json!({
         "run_id": run_id,
         "dataset": contract.dataset,
         "input_uri": args.input,
         "started_at": started_at.to_rfc3339(),
         "worker_version": crate::report::WORKER_VERSION,
+        "claim": hex::encode(nonce),
     });
     put_json(&lake, &layout.marker(layout::RUN_CLAIM), &claim, Put::OnceFor(&run_id), handle)?;
 

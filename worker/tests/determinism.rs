@@ -102,10 +102,12 @@ fn files_and_checksums_do_not_depend_on_threads_or_chunk_size() {
         let mut files = run(&input, &contract, &lake, threads, chunk);
         let success_key = files.keys().find(|k| k.ends_with("_SUCCESS")).cloned().expect("a _SUCCESS");
         let report_bytes = files.remove(&success_key).unwrap();
-        // The run's claim says when it started, and only that differs.
+        // The run's claim says when it started and holds its nonce, and only those differ.
         let claim_key = files.keys().find(|k| k.ends_with("_RUN.json")).cloned().expect("a run claim");
         let mut claim: serde_json::Value = serde_json::from_slice(&files[&claim_key]).unwrap();
         assert!(claim.as_object_mut().unwrap().remove("started_at").is_some(), "the claim has started_at");
+        let nonce = claim.as_object_mut().unwrap().remove("claim").expect("the claim has its nonce");
+        assert_eq!(nonce.as_str().map(str::len), Some(32), "{nonce}");
         files.insert(claim_key, serde_json::to_vec(&claim).unwrap());
         let report: RunReport = serde_json::from_slice(&report_bytes).unwrap();
         // The report's checksums are those of the files themselves.
