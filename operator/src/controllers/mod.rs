@@ -46,6 +46,10 @@ pub struct Context {
     pub reconcile_concurrency: u16,
     /// Launches per second that make a burst (`--burst-launches-per-second`; see `Config`).
     pub burst_launches_per_second: u32,
+    /// The operator's own username as the apiserver authenticates it (a SelfSubjectReview at start), recorded as
+    /// `created-by` on the Promotions it requests: an approval policy installed without its mutating half (before
+    /// Kubernetes 1.36, or from `operator/deploy/`) requires every creator to name themselves there.
+    pub username: Option<String>,
 }
 
 /// The controllers, as named in metric labels and logs.

@@ -31,7 +31,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use silverline_crds::promotion::{ANNOTATION_REQUESTED_BY, MAX_PROMOTION_NAME};
+use silverline_crds::promotion::{ANNOTATION_CREATED_BY, ANNOTATION_REQUESTED_BY, MAX_PROMOTION_NAME};
 use silverline_crds::{
     Dataset, FailedCheck, Promotion, PromotionChange, PromotionMode, PromotionPhase, PromotionRun, PromotionSpec,
     PromotionStatus,
@@ -1302,8 +1302,13 @@ pub async fn request_for_run(
         },
     );
     promotion.metadata.namespace = Some(namespace.to_owned());
-    promotion.metadata.annotations =
-        Some(BTreeMap::from([(ANNOTATION_REQUESTED_BY.to_owned(), OPERATOR_REQUESTER.to_owned())]));
+    let mut annotations = BTreeMap::from([(ANNOTATION_REQUESTED_BY.to_owned(), OPERATOR_REQUESTER.to_owned())]);
+    // The creator names itself, as the approval policy's validating half requires of every creator (its mutating
+    // half, where installed, records the same name).
+    if let Some(username) = &ctx.username {
+        annotations.insert(ANNOTATION_CREATED_BY.to_owned(), username.clone());
+    }
+    promotion.metadata.annotations = Some(annotations);
     promotion.metadata.labels = Some(BTreeMap::from([(job::LABEL_ETLRUN.to_owned(), etlrun.to_owned())]));
     let api: Api<Promotion> = Api::namespaced(ctx.client.clone(), namespace);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
