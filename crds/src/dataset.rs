@@ -133,8 +133,8 @@ pub struct CircuitBreakerSpec {
     /// More than this many rows with the same error type stop the run (exit 4).
     #[serde(default = "default_max_same_errors")]
     pub max_same_errors: u64,
-    /// The period over which the operator counts repeated failures of the same kind, e.g. `1h`, `30m`.
-    /// Within one worker run the window is the run itself.
+    /// Reserved for counting repeated failures of the same kind across runs, e.g. `1h`, `30m`: validated and
+    /// kept, but nothing reads it yet. The circuit breaker counts within one worker run, over the whole run.
     #[serde(default = "default_window")]
     #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
     pub window: String,
