@@ -42,6 +42,12 @@ pub struct Config {
     /// open partition (a month of the run's rows), so the default holds a run spanning ~400 months at once.
     #[arg(long, env = "SILVERLINE_WORKER_SPILL_SIZE_LIMIT", default_value = "2Gi", value_parser = parse_quantity)]
     pub worker_spill_size_limit: String,
+    /// Let worker pods take lake credentials from the node's instance metadata (`169.254.169.254`) when nothing
+    /// else gives them any. Off by default: a Dataset without a credentials Secret, run by a worker ServiceAccount
+    /// without IRSA or pod identity, would otherwise act with the node's IAM role; worker pods get
+    /// `AWS_EC2_METADATA_DISABLED=true` and such a run fails saying it has no credentials (exit 2).
+    #[arg(long, env = "SILVERLINE_WORKER_INSTANCE_METADATA_CREDENTIALS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub worker_instance_metadata_credentials: bool,
     /// Wait after the first failed attempt, in seconds; doubles per attempt (see --retry-factor).
     #[arg(long, env = "SILVERLINE_RETRY_BASE_SECONDS", default_value_t = 30.0)]
     pub retry_base_seconds: f64,
@@ -137,6 +143,7 @@ impl Config {
             ttl_seconds_after_finished: self.job_ttl_seconds,
             default_resources,
             spill_size_limit: self.worker_spill_size_limit.clone(),
+            instance_metadata_credentials: self.worker_instance_metadata_credentials,
         }
     }
 

@@ -7,9 +7,9 @@ use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvFromSource, PodSecurityContext,
-    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretEnvSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -18,6 +18,7 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 use silverline_crds::etlrun::MAX_ETLRUN_NAME;
 use silverline_crds::{Dataset, EtlRun};
+use silverline_lake::store::METADATA_DISABLED;
 use std::collections::BTreeMap;
 
 /// The worker container's name; the pod failure policy refers to it.
@@ -63,6 +64,9 @@ pub struct JobSettings {
     pub default_resources: Option<ResourceRequirements>,
     /// `sizeLimit` of the run's spill volume (`--spill-dir`).
     pub spill_size_limit: String,
+    /// Whether workers may fall back to the node's instance-metadata credentials (else
+    /// `AWS_EC2_METADATA_DISABLED=true`; `--worker-instance-metadata-credentials`).
+    pub instance_metadata_credentials: bool,
 }
 
 /// The Job of attempt `attempt` of EtlRun `run`.
@@ -289,12 +293,16 @@ pub fn worker_pod(
             ..EnvFromSource::default()
         }]
     });
+    // Set here, it wins over the credentials Secret's variables (`envFrom`): a Secret cannot turn the fallback on.
+    let env = (!settings.instance_metadata_credentials)
+        .then(|| vec![EnvVar { name: METADATA_DISABLED.to_owned(), value: Some("true".into()), ..EnvVar::default() }]);
     let container = Container {
         name: WORKER_CONTAINER.to_owned(),
         image: Some(settings.image.clone()),
         image_pull_policy: settings.image_pull_policy.clone(),
         command: Some(vec![WORKER_COMMAND.to_owned()]),
         args: Some(args),
+        env,
         env_from,
         resources,
         security_context: Some(SecurityContext {
@@ -382,6 +390,7 @@ mod tests {
             ttl_seconds_after_finished: 86400,
             default_resources: None,
             spill_size_limit: "2Gi".into(),
+            instance_metadata_credentials: false,
         }
     }
 
@@ -527,12 +536,25 @@ mod tests {
         let c = &job.spec.and_then(|s| s.template.spec).expect("pod").containers[0];
         let from = c.env_from.as_ref().expect("envFrom");
         assert_eq!(from[0].secret_ref.as_ref().map(|s| s.name.as_str()), Some("silverline-lake-credentials"));
-        assert!(c.env.is_none());
+        // The only variable set on the container: no instance-metadata fallback (a value, not a secret).
+        let env: Vec<(&str, Option<&str>)> =
+            c.env.iter().flatten().map(|e| (e.name.as_str(), e.value.as_deref())).collect();
+        assert_eq!(env, [("AWS_EC2_METADATA_DISABLED", Some("true"))]);
 
         let mut anonymous = dataset();
         anonymous.spec.storage.credentials_secret = None;
         let c = &build(&run(), &anonymous).spec.and_then(|s| s.template.spec).expect("pod").containers[0];
         assert!(c.env_from.is_none());
+        assert_eq!(c.env.as_ref().map(Vec::len), Some(1), "the fallback is off without a Secret too");
+    }
+
+    #[test]
+    fn the_instance_metadata_fallback_is_on_only_where_the_operator_allows_it() {
+        let identity = RunIdentity::of(&run()).expect("identity");
+        let plan = AttemptPlan { attempt: 1, run_id: "r-a1", job_name: "tx-2024-01-a1", snapshot: "s" };
+        let allowed = JobSettings { instance_metadata_credentials: true, ..settings() };
+        let job = worker_job(&run(), &identity, &dataset(), &plan, &allowed).expect("job");
+        assert!(job.spec.and_then(|s| s.template.spec).expect("pod").containers[0].env.is_none());
     }
 
     #[test]
