@@ -157,16 +157,28 @@ const REFUSED_CREDENTIALS: &[&str] = &[
     "AccessDenied",
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
-    "ExpiredToken",
     "InvalidToken",
-    "TokenRefreshRequired",
     "AccountProblem",
     "AllAccessDisabled",
 ];
 
-/// S3 error codes worth a later retry whatever their HTTP status (`RequestTimeout` comes as 400).
-const RETRYABLE_CODES: &[&str] =
-    &["RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable", "OperationAborted", "Throttling"];
+/// S3 (and STS) error codes worth a later retry whatever their HTTP status, most of them 400: a request cut off
+/// or damaged in transit, throttling, a web-identity exchange that failed on the way, and credentials that expired
+/// (a new attempt reads them again: rotated keys in a Secret, a refreshed token).
+const RETRYABLE_CODES: &[&str] = &[
+    "RequestTimeout",
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "Throttling",
+    "ThrottlingException",
+    "IncompleteBody",
+    "BadDigest",
+    "XAmzContentSHA256Mismatch",
+    "IDPCommunicationError",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+];
 
 /// What a store's error text says, without its response body: the HTTP status, the S3 error code, and a detail
 /// for messages made of the text before the response ("Error performing PUT … in 12ms - ") and the store's
@@ -333,7 +345,8 @@ mod tests {
             )
         };
         let cases = [
-            (failed("400 Bad Request", "ExpiredToken"), StorageErrorKind::AccessDenied),
+            (failed("400 Bad Request", "ExpiredToken"), StorageErrorKind::Transient),
+            (failed("400 Bad Request", "IncompleteBody"), StorageErrorKind::Transient),
             (failed("400 Bad Request", "InvalidToken"), StorageErrorKind::AccessDenied),
             (failed("400 Bad Request", "AuthorizationHeaderMalformed"), StorageErrorKind::Usage),
             (failed("400 Bad Request", "RequestTimeout"), StorageErrorKind::Transient),

@@ -50,7 +50,9 @@ impl LakeUri {
                 if let Some((scheme, _)) = uri.split_once(':')
                     && MISTYPED_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str())
                 {
-                    return Err(usage(format!("not a URI: write {scheme}://… (two slashes), or give a path")));
+                    return Err(usage(format!(
+                        "not a URI ({scheme}: without //): write s3://bucket/prefix, file:///path or a path"
+                    )));
                 }
                 uri
             }
