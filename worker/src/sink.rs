@@ -560,6 +560,9 @@ enum EncoderMessage {
 /// the rows are encoded right here, in the caller's thread.
 /// An encoder whose channel closes without `Finish` drops its parts, aborting them.
 pub struct SilverWriter {
+    /// Set when the writer is dropped before `finish`: the encoders then drop what is still queued for them
+    /// instead of encoding it (and maybe starting uploads) on the way out.
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
     sink: SinkContext,
     contract: Contract,
     threads: usize,
@@ -583,6 +586,7 @@ impl SilverWriter {
         threads: usize,
     ) -> Self {
         SilverWriter {
+            abandoned: Arc::default(),
             sink: SinkContext { location, layout, spill, handle },
             contract: contract.clone(),
             threads: threads.max(1),
@@ -615,11 +619,13 @@ impl SilverWriter {
                 properties: properties.clone(),
                 streams: BTreeMap::new(),
             };
+            let abandoned = self.abandoned.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("encoder-{i}"))
                 .spawn(move || {
                     for message in rx.iter() {
                         match message {
+                            EncoderMessage::Write(..) if abandoned.load(std::sync::atomic::Ordering::Relaxed) => {}
                             EncoderMessage::Write(p, batch, keep) => set.write_partition(p, batch, keep)?,
                             EncoderMessage::Finish => return set.finish(),
                         }
@@ -760,6 +766,7 @@ impl Drop for SilverWriter {
     /// A run that fails before `finish` (a tripped circuit breaker, SIGTERM, an unreadable input) waits here for its
     /// encoders to abort their open uploads.
     fn drop(&mut self) {
+        self.abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
         self.stop_encoders();
     }
 }

@@ -194,22 +194,33 @@ impl SpilledUpload {
                 completed
             })
         };
-        Ok(Finishing { task, handle: self.handle.clone() })
+        Ok(Finishing { task: Some(task), handle: self.handle.clone() })
     }
 }
 
-/// An upload completing in the background (see [`SpilledUpload::finish`]).
+/// An upload completing in the background (see [`SpilledUpload::finish`]). One dropped unwaited — a run failing
+/// on another file — is waited for all the same: it completes or aborts itself, whereas a task left behind would be
+/// cut off when the run's runtime shuts down, leaving an incomplete multipart upload in the bucket.
 pub struct Finishing {
-    task: JoinHandle<io::Result<()>>,
+    task: Option<JoinHandle<io::Result<()>>>,
     handle: Handle,
 }
 
 impl Finishing {
     /// Waits until the object is visible, or the upload has failed (and was aborted).
-    pub fn wait(self) -> io::Result<()> {
-        match self.handle.block_on(self.task) {
+    pub fn wait(mut self) -> io::Result<()> {
+        let task = self.task.take().ok_or_else(|| io::Error::other("upload already waited for"))?;
+        match self.handle.block_on(task) {
             Ok(done) => done,
             Err(e) => Err(io::Error::other(TaskFailed::new("upload", e))),
+        }
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = self.handle.block_on(task);
         }
     }
 }
