@@ -5,7 +5,7 @@
 use crate::{Error, Result};
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt};
 use silverline_lake::StorageErrorKind::Transient;
 use silverline_lake::store::s3_store;
 use silverline_lake::{LakeUri, RelativePaths, StorageError, StoreOptions};
@@ -52,12 +52,13 @@ pub struct InputObject {
 }
 
 /// Where an input's bytes are, and the version of them its listing saw: every read of the input (its header, its
-/// records) is of that version, or fails.
+/// records) is of that version, or fails. (A GET streams one version of an object, so a read that starts with the
+/// listed ETag reads that version to its end.)
 #[derive(Debug, Clone)]
 enum Source {
     /// A local file with its size and modification time at listing.
     Local { path: PathBuf, size: u64, modified: Option<std::time::SystemTime> },
-    /// An object, read only while its ETag is still the one listed (`If-Match`; none when the store gave none).
+    /// An object, read only while its ETag is still the one listed (none when the store gave none).
     Remote { store: Arc<dyn ObjectStore>, key: Path, e_tag: Option<String> },
 }
 
@@ -249,11 +250,14 @@ impl InputObject {
                 Box::new(file)
             }
             Source::Remote { store, key, e_tag } => {
-                let options = GetOptions { if_match: e_tag.clone(), ..GetOptions::default() };
-                let got = handle.block_on(store.get_opts(key, options)).map_err(|e| match e {
-                    object_store::Error::Precondition { .. } => changed("the object was replaced"),
-                    other => storage_error(other, &self.uri),
-                })?;
+                let got = handle.block_on(store.get(key)).map_err(|e| storage_error(e, &self.uri))?;
+                // Compared here rather than sent as If-Match: some stores and proxies answer weak or re-quoted
+                // ETags, which a literal If-Match would refuse every time.
+                if let (Some(listed), Some(read)) = (e_tag, &got.meta.e_tag)
+                    && bare_e_tag(listed) != bare_e_tag(read)
+                {
+                    return Err(changed("the object was replaced"));
+                }
                 let uri = self.uri.clone();
                 let stream = got.into_stream().map_err(move |e| io::Error::other(storage_error(e, &uri)));
                 let reader = tokio_util::io::StreamReader::new(stream);
@@ -283,6 +287,11 @@ impl InputObject {
         };
         Ok(OpenInput { reader, checksum })
     }
+}
+
+/// An ETag without its weak marker and quotes (`W/"abc"` and `"abc"` are `abc`).
+fn bare_e_tag(e_tag: &str) -> &str {
+    e_tag.trim_start_matches("W/").trim_matches('"')
 }
 
 /// Classifies a storage error at `key` (the object's URI).
@@ -372,6 +381,13 @@ mod tests {
             assert!(err.to_string().contains(&uri), "{err}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn etags_compare_without_their_weak_marker_and_quotes() {
+        assert_eq!(bare_e_tag("W/\"abc\""), "abc");
+        assert_eq!(bare_e_tag("\"abc\""), bare_e_tag("abc"));
+        assert_ne!(bare_e_tag("\"abc\""), bare_e_tag("\"abd\""));
     }
 
     #[test]
