@@ -65,8 +65,6 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(identity = %lease.identity, scope, "leading: reconciling EtlRuns");
 
     let reporter = Reporter { controller: "silverline-operator".into(), instance: Some(lease.identity.clone()) };
-    let username = whoami(&client).await;
-    tracing::info!(username = username.as_deref().unwrap_or("unknown"), "authenticated as");
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client, reporter),
@@ -80,8 +78,11 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         lakes: silverline_operator::lake::Lakes::default(),
         reconcile_concurrency: config.reconcile_concurrency,
         burst_launches_per_second: config.burst_launches_per_second,
-        username,
+        username: Default::default(),
     });
+    if let Some(username) = ctx.username().await {
+        tracing::info!(%username, "authenticated as");
+    }
     tokio::select! {
         () = watch(ctx, watched) => {
             elector.release().await;
@@ -91,23 +92,6 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         lost = elector.hold() => {
             metrics.leader.set(0);
             Err(Box::new(lost))
-        }
-    }
-}
-
-/// Who the apiserver says this operator is (a SelfSubjectReview, which every authenticated user may create).
-async fn whoami(client: &Client) -> Option<String> {
-    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-    let api: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
-    match api.create(&kube::api::PostParams::default(), &SelfSubjectReview::default()).await {
-        Ok(review) => review.status.and_then(|s| s.user_info).and_then(|u| u.username),
-        Err(e) => {
-            tracing::warn!(
-                error = %e,
-                "cannot learn this operator's username (SelfSubjectReview): the Promotions it requests do not name \
-                 their creator, which an approval policy without its mutating half refuses"
-            );
-            None
         }
     }
 }

@@ -367,7 +367,9 @@ async fn a_dataset_with_request_on_success_asks_for_review_and_the_published_rba
     let done = finished_promotion(&s, "tx-apr-promo", &op).await;
     let status = done.status.expect("status");
     assert_eq!(status.phase, Some(PromotionPhase::Promoted), "{status:?}\n{}", s.diagnostics(&[&op]));
-    assert_eq!(status.created_by.as_deref(), Some("silverline-operator"));
+    // The operator names itself as creator (as the approval policy requires of every creator): its ServiceAccount.
+    let operator = format!("system:serviceaccount:{}:silverline-operator", s.ns.name);
+    assert_eq!(status.created_by.as_deref(), Some(operator.as_str()));
     assert_eq!(latest(&s.lake()).expect("_LATEST.json")["mode"], "ReplacePartitions");
     assert!(!op.logs().contains("forbidden"), "the operator was refused something:\n{}", op.logs());
 }

@@ -46,10 +46,38 @@ pub struct Context {
     pub reconcile_concurrency: u16,
     /// Launches per second that make a burst (`--burst-launches-per-second`; see `Config`).
     pub burst_launches_per_second: u32,
-    /// The operator's own username as the apiserver authenticates it (a SelfSubjectReview at start), recorded as
-    /// `created-by` on the Promotions it requests: an approval policy installed without its mutating half (before
-    /// Kubernetes 1.36, or from `operator/deploy/`) requires every creator to name themselves there.
-    pub username: Option<String>,
+    /// The operator's own username as the apiserver authenticates it (see [`Context::username`]).
+    pub username: tokio::sync::OnceCell<String>,
+}
+
+impl Context {
+    /// The operator's own username as the apiserver authenticates it (a SelfSubjectReview, which every
+    /// authenticated user may create; asked again until it answers), recorded as `created-by` on the Promotions
+    /// it requests: an approval policy installed without its mutating half (before Kubernetes 1.36, or from
+    /// `operator/deploy/`) requires every creator to name themselves there.
+    pub async fn username(&self) -> Option<String> {
+        use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+        let ask = || async {
+            let api: kube::Api<SelfSubjectReview> = kube::Api::all(self.client.clone());
+            let review = api.create(&kube::api::PostParams::default(), &SelfSubjectReview::default()).await?;
+            review
+                .status
+                .and_then(|s| s.user_info)
+                .and_then(|u| u.username)
+                .ok_or_else(|| kube::Error::Service("the SelfSubjectReview named no username".into()))
+        };
+        match self.username.get_or_try_init(ask).await {
+            Ok(name) => Some(name.clone()),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot learn this operator's username (SelfSubjectReview): a Promotion it requests now does not \
+                     name its creator, which an approval policy without its mutating half refuses"
+                );
+                None
+            }
+        }
+    }
 }
 
 /// The controllers, as named in metric labels and logs.

@@ -1305,8 +1305,8 @@ pub async fn request_for_run(
     let mut annotations = BTreeMap::from([(ANNOTATION_REQUESTED_BY.to_owned(), OPERATOR_REQUESTER.to_owned())]);
     // The creator names itself, as the approval policy's validating half requires of every creator (its mutating
     // half, where installed, records the same name).
-    if let Some(username) = &ctx.username {
-        annotations.insert(ANNOTATION_CREATED_BY.to_owned(), username.clone());
+    if let Some(username) = ctx.username().await {
+        annotations.insert(ANNOTATION_CREATED_BY.to_owned(), username);
     }
     promotion.metadata.annotations = Some(annotations);
     promotion.metadata.labels = Some(BTreeMap::from([(job::LABEL_ETLRUN.to_owned(), etlrun.to_owned())]));
