@@ -53,10 +53,16 @@ impl OpenOptions {
     pub const READER: OpenOptions = OpenOptions { relative_paths: RelativePaths::Reject, create_local: false };
 }
 
+/// How long a store request is retried by default (`SILVERLINE_IO_RETRY_SECONDS`).
+pub const DEFAULT_IO_RETRY_SECONDS: u64 = 180;
+
 /// Throttling, 5xx and timeouts are retried with exponential backoff and jitter for up to
-/// `SILVERLINE_IO_RETRY_SECONDS` (default 180) per request.
+/// `SILVERLINE_IO_RETRY_SECONDS` (default [`DEFAULT_IO_RETRY_SECONDS`]) per request.
 pub fn retry_config() -> object_store::RetryConfig {
-    let seconds = std::env::var("SILVERLINE_IO_RETRY_SECONDS").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(180);
+    let seconds = std::env::var("SILVERLINE_IO_RETRY_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_IO_RETRY_SECONDS);
     object_store::RetryConfig {
         retry_timeout: std::time::Duration::from_secs(seconds),
         max_retries: 10,

@@ -277,6 +277,12 @@ pub fn worker_job(
     })
 }
 
+/// How long a worker pod may take to stop after SIGTERM: the store's retry budget and 30 s more. A worker told to
+/// stop in the middle of a store call that is being retried (throttling) lets the call end, aborts (or, at the end
+/// of a run, completes) its uploads and exits 75 without `_SUCCESS`; at Kubernetes' default of 30 s it would be
+/// killed first, its uploads left open and its exit 137.
+pub const WORKER_TERMINATION_GRACE_SECONDS: i64 = silverline_lake::store::DEFAULT_IO_RETRY_SECONDS as i64 + 30;
+
 /// The restricted pod of a worker: non-root, read-only root file system, all capabilities dropped, seccomp
 /// `RuntimeDefault`, no service-account token; the contract snapshot mounted read-only; the Dataset's lake
 /// credentials by `envFrom` reference only.
@@ -324,6 +330,7 @@ pub fn worker_pod(
     };
     PodSpec {
         restart_policy: Some("Never".into()),
+        termination_grace_period_seconds: Some(WORKER_TERMINATION_GRACE_SECONDS),
         service_account_name: Some(settings.service_account.clone()),
         // The worker talks to the lake, never to the Kubernetes API.
         automount_service_account_token: Some(false),
@@ -500,6 +507,8 @@ mod tests {
         let pod = job.spec.and_then(|s| s.template.spec).expect("pod");
         assert_eq!(pod.service_account_name.as_deref(), Some("silverline-worker"));
         assert_eq!(pod.automount_service_account_token, Some(false));
+        // Time for a store call being retried to end after SIGTERM: the retry budget and 30 s.
+        assert_eq!(pod.termination_grace_period_seconds, Some(210));
         let pod_security = pod.security_context.expect("pod security");
         assert_eq!(pod_security.run_as_non_root, Some(true));
         assert_eq!(pod_security.seccomp_profile.map(|s| s.type_), Some("RuntimeDefault".into()));
