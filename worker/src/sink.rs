@@ -374,21 +374,10 @@ impl ClosingPart {
     }
 }
 
-/// Waits for every part's upload, in order; the first failure is the error. Every upload is waited for even after
-/// one failed: each completes or aborts itself, whereas one left behind would be cut off when the run's runtime
-/// shuts down, leaving an incomplete multipart upload in the bucket.
+/// Waits for every part's upload, in order; the first failure is the error (the uploads after it are waited for
+/// all the same, when dropped: see [`Finishing`](crate::upload::Finishing)).
 fn wait_all(parts: Vec<ClosingPart>) -> Result<Vec<FileRecord>> {
-    let mut files = Vec::with_capacity(parts.len());
-    let mut first_error = None;
-    for part in parts {
-        match part.wait() {
-            Ok(file) => files.push(file),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    first_error.map_or(Ok(files), Err)
+    parts.into_iter().map(ClosingPart::wait).collect()
 }
 
 fn parquet_error(err: parquet::errors::ParquetError, writer: &ArrowWriter<ObjectSink>) -> Error {
@@ -986,15 +975,12 @@ impl SideWriter {
 /// Finishes a run's three writers, the side areas' uploads completing while silver's last row groups are encoded
 /// and uploaded: silver's files, then quarantine's, then condemned's.
 pub fn finish_all(silver: SilverWriter, quarantine: SideWriter, condemned: SideWriter) -> Result<Vec<FileRecord>> {
-    // Each result is waited for before any error is returned: see `wait_all`.
-    let quarantine = quarantine.close();
-    let condemned = condemned.close();
-    let silver = silver.finish();
-    let quarantine = quarantine.and_then(wait_all);
-    let condemned = condemned.and_then(wait_all);
-    let mut files = silver?;
-    files.extend(quarantine?);
-    files.extend(condemned?);
+    // On an error, the uploads still completing are waited for as they are dropped (`Finishing`).
+    let quarantine = quarantine.close()?;
+    let condemned = condemned.close()?;
+    let mut files = silver.finish()?;
+    files.extend(wait_all(quarantine)?);
+    files.extend(wait_all(condemned)?);
     Ok(files)
 }
 
