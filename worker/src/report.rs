@@ -111,6 +111,7 @@ pub fn put_json(
         Put::OnceFor(_) => PutMode::Create,
     };
     let options = PutOptions { mode, ..PutOptions::default() };
+    let body = bytes::Bytes::from(body);
     let written = handle.block_on(location.store.put_opts(key, PutPayload::from(body.clone()), options));
     let Err(e) = written else { return Ok(()) };
     let error = match (e, put) {
@@ -123,11 +124,11 @@ pub fn put_json(
     // or a 5xx after it had, retried by the client into "already exists". The marker is this run's if it holds
     // exactly these bytes (a claim holds its run's start to the nanosecond and a nonce; `_SUCCESS` is written
     // only by the run that holds the claim).
-    let ambiguous = matches!(&error, Error::RunIdReused { .. } | Error::Transient { .. })
+    let ambiguous = matches!(&error, Error::RunIdReused { .. })
         || matches!(&error, Error::Storage(e) if e.is(silverline_lake::StorageErrorKind::Transient));
     if matches!(put, Put::OnceFor(_)) && ambiguous {
         let stored = handle.block_on(async { location.store.get(key).await?.bytes().await });
-        if stored.is_ok_and(|stored| stored[..] == body[..]) {
+        if stored.is_ok_and(|stored| stored == body) {
             return Ok(());
         }
     }
