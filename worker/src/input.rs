@@ -56,8 +56,8 @@ pub struct InputObject {
 /// listed ETag reads that version to its end.)
 #[derive(Debug, Clone)]
 enum Source {
-    /// A local file with its size and modification time at listing.
-    Local { path: PathBuf, size: u64, modified: Option<std::time::SystemTime> },
+    /// A local file with its modification time at listing (its size is the input's).
+    Local { path: PathBuf, modified: Option<std::time::SystemTime> },
     /// An object, read only while its ETag is still the one listed (none when the store gave none).
     Remote { store: Arc<dyn ObjectStore>, key: Path, e_tag: Option<String> },
 }
@@ -84,7 +84,7 @@ pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Res
                         uri: format!("file://{}", file.display()),
                         format,
                         size: meta.len(),
-                        source: Source::Local { path: file, size: meta.len(), modified: meta.modified().ok() },
+                        source: Source::Local { path: file, modified: meta.modified().ok() },
                     })
                 })
                 .collect::<Vec<_>>()
@@ -238,13 +238,12 @@ impl InputObject {
             message: format!("the input changed while the run read it ({what} since it was listed)"),
         };
         let raw: Box<dyn Read + Send> = match &self.source {
-            Source::Local { path, size, modified } => {
-                let file = std::fs::File::open(path)
-                    .map_err(|e| Error::UnreadableInput { source_uri: self.uri.clone(), message: e.to_string() })?;
-                let now = file
-                    .metadata()
-                    .map_err(|e| Error::UnreadableInput { source_uri: self.uri.clone(), message: e.to_string() })?;
-                if now.len() != *size || now.modified().ok() != *modified {
+            Source::Local { path, modified } => {
+                let unreadable =
+                    |e: io::Error| Error::UnreadableInput { source_uri: self.uri.clone(), message: e.to_string() };
+                let file = std::fs::File::open(path).map_err(unreadable)?;
+                let now = file.metadata().map_err(unreadable)?;
+                if now.len() != self.size || now.modified().ok() != *modified {
                     return Err(changed("the file was modified"));
                 }
                 Box::new(file)
