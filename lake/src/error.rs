@@ -195,9 +195,10 @@ impl Answer {
     fn of(text: &str) -> Answer {
         const STATUS: &str = "Server returned non-2xx status code: ";
         const RESPONSE: &str = "Server returned error response: ";
-        let status = text.find(STATUS).and_then(|at| text[at + STATUS.len()..].get(..3)?.parse().ok());
+        let status_at = text.find(STATUS);
+        let status = status_at.and_then(|at| text[at + STATUS.len()..].get(..3)?.parse().ok());
         let code = s3_element(text, "Code").map(str::to_owned);
-        let Some(at) = text.find(STATUS).or_else(|| text.find(RESPONSE)) else {
+        let Some(at) = status_at.or_else(|| text.find(RESPONSE)) else {
             return Answer { status, code, detail: text.to_owned() };
         };
         let mut detail = format!("{}the store answered", &text[..at]);
