@@ -60,7 +60,7 @@ pub struct Config {
     #[arg(long, env = "SILVERLINE_LAKE_GRACE_SECONDS", default_value_t = 30.0)]
     pub lake_grace_seconds: f64,
     /// How often it looks in that time, in seconds.
-    #[arg(long, env = "SILVERLINE_LAKE_CHECK_INTERVAL_SECONDS", default_value_t = 3.0)]
+    #[arg(long, env = "SILVERLINE_LAKE_CHECK_INTERVAL_SECONDS", default_value_t = 3.0, value_parser = positive_seconds)]
     pub lake_check_interval_seconds: f64,
     /// How long an attempt may go without any pod being created (the Job's `FailedCreate`, e.g. a missing
     /// ServiceAccount) before it fails for good, in seconds.
@@ -94,9 +94,9 @@ pub struct Config {
     /// This replica's identity in the Lease (default: the pod name from POD_NAME, else the host name and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    #[arg(long, env = "SILVERLINE_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    #[arg(long, env = "SILVERLINE_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..))]
     pub lease_duration_seconds: u32,
-    #[arg(long, env = "SILVERLINE_LEASE_RENEW_SECONDS", default_value_t = 5.0)]
+    #[arg(long, env = "SILVERLINE_LEASE_RENEW_SECONDS", default_value_t = 5.0, value_parser = positive_seconds)]
     pub lease_renew_seconds: f64,
 }
 
@@ -111,6 +111,15 @@ fn parse_quantity(value: &str) -> Result<String, String> {
         Ok(value.to_owned())
     } else {
         Err(format!("{value:?} is not a quantity of bytes such as 2Gi, 500Mi or 1G"))
+    }
+}
+
+/// An interval in seconds that something is done at: above zero (zero would be a loop that never waits) and
+/// finite, refused at start.
+fn positive_seconds(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(seconds),
+        _ => Err(format!("{value:?} is not a number of seconds above zero")),
     }
 }
 
@@ -235,6 +244,21 @@ mod tests {
         for bad in ["", "Gi", "2 Gi", "-1Gi", "0", "2GB", "lots"] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn intervals_that_would_never_wait_are_refused_at_start() {
+        let parse = |flag: &str, value: &str| {
+            Config::try_parse_from(["silverline-operator", "--worker-image", "w", flag, value]).map(|_| ())
+        };
+        for flag in ["--lake-check-interval-seconds", "--lease-renew-seconds"] {
+            for bad in ["0", "-1", "0.0", "NaN", "inf", "soon"] {
+                assert!(parse(flag, bad).is_err(), "{flag} {bad} was accepted");
+            }
+            assert!(parse(flag, "0.25").is_ok(), "{flag}");
+        }
+        assert!(parse("--lease-duration-seconds", "0").is_err());
+        assert!(parse("--lease-duration-seconds", "1").is_ok());
     }
 
     #[test]

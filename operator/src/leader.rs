@@ -121,13 +121,24 @@ impl LeaderElector {
     }
 
     /// Renews the Lease until it is lost: returns why. A replica that cannot renew within the Lease's duration
-    /// stops leading, since another may have taken over.
+    /// stops leading, since another may have taken over — also when the apiserver does not answer at all: a
+    /// renewal is given up when the Lease it renews would expire (the client's own timeout is minutes).
     pub async fn hold(&self) -> Error {
         let mut last_renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.settings.renew_every).await;
-            match self.try_lead().await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
+            let expires = last_renewed + self.settings.duration;
+            // The Lease a renewal writes runs from before it is sent, so its holder counts from then too.
+            let asked = tokio::time::Instant::now();
+            let Ok(renewed) = tokio::time::timeout_at(expires, self.try_lead()).await else {
+                let message = format!(
+                    "no answer to its renewal within the Lease's {}s: another replica may hold it",
+                    self.settings.duration.as_secs()
+                );
+                return Error::LeadershipLost { lease: self.settings.name.clone(), message };
+            };
+            match renewed {
+                Ok(true) => last_renewed = asked,
                 Ok(false) => {
                     return Error::LeadershipLost {
                         lease: self.settings.name.clone(),
@@ -192,5 +203,34 @@ mod tests {
         for (spec, now, expected) in cases {
             assert_eq!(decide(spec.as_ref(), "me", at(now)), expected, "{spec:?} at {now}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_holder_whose_renewal_gets_no_answer_stops_leading_when_its_lease_would_expire() {
+        // An apiserver that accepts connections and never answers (loopback only).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                held.push(connection);
+            }
+        });
+        let config = kube::Config::new(url.parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
+        let settings = LeaseSettings {
+            name: "silverline-operator".into(),
+            namespace: "ops".into(),
+            identity: "me".into(),
+            duration: Duration::from_millis(1500),
+            renew_every: Duration::from_millis(200),
+        };
+        let elector = LeaderElector::new(client, settings);
+        let started = std::time::Instant::now();
+        let lost = tokio::time::timeout(Duration::from_secs(20), elector.hold()).await.expect("hold returns");
+        let waited = started.elapsed();
+        assert!(matches!(&lost, Error::LeadershipLost { message, .. } if message.starts_with("no answer")), "{lost}");
+        assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5), "{waited:?}");
+        silent.abort();
     }
 }

@@ -24,11 +24,19 @@ pub const CONDITION_PROGRESSING: &str = "Progressing";
 /// The reason of a launch the apiserver refused (the Job, or its contract snapshot).
 pub const REASON_LAUNCH_FAILED: &str = "LaunchFailed";
 pub const CONDITION_SUCCEEDED: &str = "Succeeded";
+/// Whether the Promotion a succeeded run's contract asks for (`spec.promotion.requestOnSuccess`) exists: `Unknown`
+/// (reason [`REASON_REQUEST_PENDING`]) from the status write that says the run succeeded until the operator has
+/// created it (a reconcile of the finished run does, so neither a crash after that write nor a refused create
+/// loses it), `True` once created (or found), `False` while its create is refused (retried with a backoff).
+pub const CONDITION_PROMOTION_REQUESTED: &str = "PromotionRequested";
+pub const REASON_REQUEST_PENDING: &str = "Pending";
 
 /// What the contract of the run says, once it is known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContractFacts {
     pub max_attempts: u32,
+    /// The contract asks for a Promotion of each run that succeeds (`spec.promotion.requestOnSuccess`).
+    pub request_promotion: bool,
 }
 
 /// Why the run cannot start (or go on) yet. Each waits for a change of the Dataset.
@@ -485,20 +493,21 @@ impl Builder<'_> {
                         Classified { reason: FailureReason::JobLost, exit_code: None, message },
                     );
                 }
-                LakeFinding::Nothing | LakeFinding::Success { .. } if self.observed.launch_error.is_some() => {
-                    let error = self.observed.launch_error.clone().unwrap_or_default();
-                    let message =
-                        format!("Job {} of attempt {} cannot be created: {error}", attempt.job_name, attempt.attempt);
-                    self.wait(REASON_LAUNCH_FAILED, message);
-                }
                 LakeFinding::Nothing | LakeFinding::Success { .. } => {
-                    // Never created, or removed before the worker started: the same attempt, same run id.
+                    // An attempt is recorded only once its Job exists (the Job first, the status after): gone
+                    // without a trace in the lake, it was deleted before its worker wrote anything — by a person,
+                    // or by its TTL before the operator saw how it ended. A failed attempt, so that a worker that
+                    // fails at once under a short TTL is retried a bounded number of times, not relaunched forever.
                     let message = format!(
-                        "attempt {} of {} runs as Job {} with run id {}",
-                        attempt.attempt, facts.max_attempts, attempt.job_name, attempt.run_id
+                        "Job {} disappeared and the lake holds nothing for run id {}: deleted before its worker \
+                         wrote anything (by a person, or by its TTL before the operator saw it end)",
+                        attempt.job_name, attempt.run_id
                     );
-                    self.set_phase(EtlRunPhase::Running, "AttemptRunning", &message);
-                    self.launch = Some(attempt);
+                    self.end_attempt(
+                        index,
+                        facts,
+                        Classified { reason: FailureReason::JobLost, exit_code: None, message },
+                    );
                 }
             },
             JobState::Complete { finished_at } if self.observed.lake_error.is_some() => {
@@ -665,6 +674,16 @@ impl Builder<'_> {
         let attempt = self.status.attempts[index].clone();
         self.transitions.push(Transition::AttemptEnded { attempt, retry_after: None });
         self.finish(EtlRunPhase::Succeeded, "SuccessVerified", message, Some(result));
+        if self.observed.contract.as_ref().is_ok_and(|facts| facts.request_promotion) {
+            let run_id = self.status.attempts[index].run_id.clone();
+            let message = format!("the Promotion of run {run_id} is to be created");
+            self.set_condition(
+                CONDITION_PROMOTION_REQUESTED,
+                ConditionStatus::Unknown,
+                REASON_REQUEST_PENDING,
+                &message,
+            );
+        }
     }
 
     fn quality_gate_failed(&mut self, index: usize, report: &RunReport, uri: &str) {
@@ -732,7 +751,7 @@ mod tests {
             uid: UID,
             generation: Some(1),
             status,
-            contract: Ok(ContractFacts { max_attempts: 3 }),
+            contract: Ok(ContractFacts { max_attempts: 3, request_promotion: false }),
             job,
             lake,
             lake_checks: 1,
@@ -832,7 +851,14 @@ mod tests {
             ("failed after commit", Some(failed_with(137)), success(), 21, Succeeded, Some("SuccessVerified")),
             ("job gone, committed", Some(JobState::Missing), success(), 21, Succeeded, Some("SuccessVerified")),
             ("job gone after claim", Some(JobState::Missing), Some(LakeFinding::Claimed), 21, Pending, Some("JobLost")),
-            ("job not created yet", Some(JobState::Missing), Some(LakeFinding::Nothing), 1, Running, None),
+            (
+                "job gone, nothing written",
+                Some(JobState::Missing),
+                Some(LakeFinding::Nothing),
+                21,
+                Pending,
+                Some("JobLost"),
+            ),
         ];
         for (case, job, lake, now, phase, reason) in cases {
             let p = plan(&observe(&s, now, job, lake), &settings());
@@ -960,16 +986,33 @@ mod tests {
         assert_eq!(allowed.launch.as_ref().map(|a| a.attempt), Some(1));
         assert_eq!(condition(&allowed.status, CONDITION_PROGRESSING), ("True", "AttemptRunning"));
 
-        // The Job of an attempt in flight vanished and cannot be created again: the attempt stands, said.
+        // The Job of an attempt in flight vanished before its worker wrote anything: that attempt failed (it is
+        // not launched again under its run id, which a TTL shorter than the operator's look would repeat forever).
         let s = started();
-        let gone = Observed {
-            launch_error: Some(error.into()),
-            ..observe(&s, 9, Some(JobState::Missing), Some(LakeFinding::Nothing))
-        };
-        let p = plan(&gone, &settings());
+        let p = plan(&observe(&s, 9, Some(JobState::Missing), Some(LakeFinding::Nothing)), &settings());
         assert!(p.launch.is_none());
-        assert_eq!((p.status.phase, p.status.attempts.len()), (Some(EtlRunPhase::Running), 1));
-        assert_eq!(condition(&p.status, CONDITION_PROGRESSING), ("True", REASON_LAUNCH_FAILED));
+        assert_eq!((p.status.phase, p.status.attempts.len()), (Some(EtlRunPhase::Pending), 1));
+        assert_eq!(p.status.attempts[0].reason.as_deref(), Some("JobLost"));
+        assert_eq!(p.status.attempts[0].retryable, Some(true));
+        let message = p.status.attempts[0].message.clone().unwrap_or_default();
+        assert!(message.starts_with("Job tx-a1 disappeared and the lake holds nothing for run id "), "{message}");
+    }
+
+    #[test]
+    fn a_success_whose_contract_asks_for_review_marks_its_promotion_request_pending() {
+        let s = started();
+        let run_id = s.attempts[0].run_id.clone();
+        let lake = || Some(LakeFinding::Success { report: report(&run_id, 1), uri: "file:///l/_SUCCESS".into() });
+        let complete = || Some(JobState::Complete { finished_at: Some(at(20)) });
+        let asks = Observed {
+            contract: Ok(ContractFacts { max_attempts: 3, request_promotion: true }),
+            ..observe(&s, 21, complete(), lake())
+        };
+        let p = plan(&asks, &settings());
+        assert_eq!(p.status.phase, Some(EtlRunPhase::Succeeded));
+        assert_eq!(condition(&p.status, CONDITION_PROMOTION_REQUESTED), ("Unknown", REASON_REQUEST_PENDING));
+        let quiet = plan(&observe(&s, 21, complete(), lake()), &settings());
+        assert!(!quiet.status.conditions.iter().any(|c| c.type_ == CONDITION_PROMOTION_REQUESTED));
     }
 
     #[test]

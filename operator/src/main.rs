@@ -79,6 +79,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         reconcile_concurrency: config.reconcile_concurrency,
         burst_launches_per_second: config.burst_launches_per_second,
         username: Default::default(),
+        failures: Default::default(),
     });
     if let Some(username) = ctx.username().await {
         tracing::info!(%username, "authenticated as");

@@ -1434,3 +1434,135 @@ async fn a_job_of_the_runs_name_that_is_not_its_own_is_said_on_the_run_until_it_
     let run = finished(&s.client, &s.ns.name, "tx-foreign", RUN_TIMEOUT).await;
     assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
 }
+
+/// The condition of a type on a run, as (status, reason, message).
+async fn run_condition(s: &Scenario, run: &str, type_: &str) -> Option<(String, String, String)> {
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let status = runs.get(run).await.ok()?.status?;
+    let c = status.conditions.into_iter().find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason, c.message))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_refused_promotion_request_is_said_on_the_run_and_made_once_it_can_be() {
+    use silverline_crds::{Promotion, PromotionSpec};
+    let s = Scenario::new("request-refused").await;
+    let mut dataset = transactions_dataset(&s.lake(), 3);
+    dataset.spec.promotion.request_on_success = true;
+    create_dataset(&s.client, &s.ns.name, &dataset).await;
+    let refusal =
+        Refusal::create(&s, "etl.silverline.dev", "promotions", "CREATE", "!object.metadata.name.startsWith('tx-req')")
+            .await;
+    let promotions: Api<Promotion> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let mut probe = Promotion::new(
+        "tx-req-probe",
+        PromotionSpec {
+            dataset: "transactions".into(),
+            run_ids: Some(vec!["20240101T000000Z-abc-a1".into()]),
+            restore_version: None,
+            mode: None,
+            reason: "probe".into(),
+        },
+    );
+    probe.metadata.namespace = Some(s.ns.name.clone());
+    refusal.until_refused(|| promotions.create(&DRY_RUN, &probe)).await;
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-req", &input).await;
+
+    // The run succeeded; its Promotion cannot be created: said on the run (condition, one Warning Event).
+    let run = finished(&s.client, &s.ns.name, "tx-req", RUN_TIMEOUT).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
+    let (_, _, message) = eventually("the refusal on the run", RUN_TIMEOUT, || async {
+        let found = run_condition(&s, "tx-req", "PromotionRequested").await?;
+        (found.0 == "False" && found.1 == "RequestFailed").then_some(found)
+    })
+    .await;
+    assert!(
+        message.starts_with("cannot create Promotion tx-req-promo of run ") && message.contains("refused here"),
+        "{message}"
+    );
+    assert!(promotions.get_opt("tx-req-promo").await.expect("get").is_none());
+
+    // Allowed again: the operator's retry creates it, and the condition says so.
+    refusal.lift().await;
+    eventually("the Promotion after the refusal is lifted", Duration::from_secs(60), || async {
+        let found = run_condition(&s, "tx-req", "PromotionRequested").await?;
+        (found.0 == "True" && found.1 == "Requested").then_some(())
+    })
+    .await;
+    let promotion = promotions.get("tx-req-promo").await.expect("the requested Promotion");
+    assert_eq!(promotion.spec.run_ids, run.status.and_then(|s| s.run_id).map(|id| vec![id]));
+    let events = support::events(&s.client, &s.ns.name, "tx-req").await;
+    let count = |reason: &str| events.iter().filter(|e| e.reason.as_deref() == Some(reason)).count();
+    assert_eq!((count("PromotionRequestFailed"), count("PromotionRequested")), (1, 1), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_given_up_job_whose_delete_is_refused_is_deleted_once_it_can_be() {
+    let s = Scenario::new("nodelete").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let refusal =
+        Refusal::create(&s, "batch", "jobs", "DELETE", "!oldObject.metadata.name.startsWith('tx-nodel')").await;
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let probe: Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "tx-nodel-probe"},
+        "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "probe"}]}}},
+    }))
+    .expect("job");
+    jobs.create(&PostParams::default(), &probe).await.expect("probe job");
+    let dry_delete = kube::api::DeleteParams { dry_run: true, ..Default::default() };
+    refusal.until_refused(|| jobs.delete("tx-nodel-probe", &dry_delete)).await;
+    // No pod of the run's Job can be created (its ServiceAccount is missing): the attempt is given up.
+    let env = [("SILVERLINE_WORKER_SERVICE_ACCOUNT", "missing-worker"), ("SILVERLINE_POD_CREATE_TIMEOUT_SECONDS", "5")];
+    let op = s.operator_with_env("replica-a", &env).await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-nodel", &input).await;
+
+    let run = finished(&s.client, &s.ns.name, "tx-nodel", Duration::from_secs(30)).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Failed), "{}", s.diagnostics(&[&op]));
+    let warned = eventually("a JobDeleteFailed Event", RUN_TIMEOUT, || async {
+        let events = support::events(&s.client, &s.ns.name, "tx-nodel").await;
+        events.into_iter().find(|e| e.reason.as_deref() == Some("JobDeleteFailed"))
+    })
+    .await;
+    assert!(
+        warned.message.as_deref().is_some_and(|m| m.contains("tx-nodel-a1") && m.contains("refused here")),
+        "{warned:?}"
+    );
+    assert!(jobs.get_opt("tx-nodel-a1").await.expect("get").is_some(), "the delete was refused");
+
+    // Allowed again: the finished run's reconcile deletes the Job it gave up.
+    refusal.lift().await;
+    eventually("the given-up Job to be deleted", Duration::from_secs(60), || async {
+        let gone = jobs.get_opt("tx-nodel-a1").await.ok()?.is_none_or(|j| j.metadata.deletion_timestamp.is_some());
+        gone.then_some(())
+    })
+    .await;
+    jobs.delete("tx-nodel-probe", &Default::default()).await.expect("delete the probe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_job_deleted_before_its_worker_wrote_anything_costs_its_attempt_and_is_not_relaunched() {
+    let s = Scenario::new("vanished").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    // Attempt 1's worker never starts; its Job is deleted (as a TTL shorter than the operator's look would).
+    s.kubelet.inject("tx-gone-a1", Fault::Hold(Arc::new(tokio::sync::Notify::new())));
+    let op = s.operator("replica-a").await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-gone", &input).await;
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually("attempt 1's Job", Duration::from_secs(30), || async { jobs.get_opt("tx-gone-a1").await.ok()? }).await;
+    jobs.delete("tx-gone-a1", &kube::api::DeleteParams::background()).await.expect("delete the Job");
+
+    let run = finished(&s.client, &s.ns.name, "tx-gone", RUN_TIMEOUT).await;
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, Some(EtlRunPhase::Succeeded), "{status:?}\n{}", s.diagnostics(&[&op]));
+    let [first, second] = status.attempts.as_slice() else { panic!("two attempts expected: {:?}", status.attempts) };
+    assert_eq!((first.reason.as_deref(), first.retryable), (Some("JobLost"), Some(true)), "{first:?}");
+    assert!(first.message.as_deref().is_some_and(|m| m.contains("the lake holds nothing")), "{first:?}");
+    assert_eq!((second.job_name.as_str(), second.outcome), ("tx-gone-a2", Some(AttemptOutcome::Succeeded)));
+}

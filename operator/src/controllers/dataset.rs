@@ -48,7 +48,7 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
     let stream = controller.shutdown_on_signal().run(reconcile, error_policy, ctx.clone());
     let (metrics, scope) = (ctx.metrics.clone(), ns.unwrap_or_default());
     tokio::select! {
-        () = drain(stream, ControllerName::Dataset) => {}
+        () = drain(stream, ControllerName::Dataset, &ctx) => {}
         () = crate::metrics::export_from(store, |datasets| metrics.set_datasets(scope, datasets)) => {}
     }
 }

@@ -506,7 +506,7 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
         .run(reconcile, error_policy, scope.clone());
     let (metrics, label) = (ctx.metrics.clone(), ns.unwrap_or_default());
     tokio::select! {
-        () = drain(runs, ControllerName::EtlRun) => {}
+        () = drain(runs, ControllerName::EtlRun, &ctx) => {}
         () = crate::metrics::export_from(exported, |runs| metrics.set_runs(label, runs, Timestamp::now())) => {}
         () = sweep_snapshots(swept, scope.snapshots.clone()) => {}
     }
@@ -538,10 +538,11 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         Err(invalid) => return Err(unreadable::<EtlRun>(ctx, "EtlRun", invalid).await),
     };
     if run.phase().is_some_and(EtlRunPhase::is_terminal) {
+        let settled = settle_finished(&scope, run).await;
         if let Some(uid) = &run.metadata.uid {
             scope.snapshots.forget(uid);
         }
-        return Ok(Action::await_change());
+        return settled.map(|()| Action::await_change());
     }
     let identity = RunIdentity::of(run)?;
     let view = run.metadata.resource_version.clone().unwrap_or_default();
@@ -622,7 +623,13 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         uid: &identity.uid,
         generation: run.metadata.generation,
         status: &status,
-        contract: contract.as_ref().map(|d| ContractFacts { max_attempts: d.spec.max_attempts }).map_err(Clone::clone),
+        contract: contract
+            .as_ref()
+            .map(|d| ContractFacts {
+                max_attempts: d.spec.max_attempts,
+                request_promotion: d.spec.promotion.request_on_success,
+            })
+            .map_err(Clone::clone),
         job: job_state,
         lake,
         lake_checks,
@@ -695,11 +702,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         (Some(e), _) | (None, Some(e)) => Err(e),
         (None, None) => act(&scope, &identity, &plan).await,
     };
+    // A run's Promotion (`requestOnSuccess`) is created by the reconcile of the finished run that this status
+    // write wakes (`settle_finished`).
     for transition in &plan.transitions {
         report(&scope, run, &plan.status, transition).await;
-        if let (Transition::Finished { phase: EtlRunPhase::Succeeded, .. }, Ok(dataset)) = (transition, &contract) {
-            request_promotion(ctx, run, &identity, dataset, &plan.status).await;
-        }
     }
     if let (Err(e), false) = (&acted, said) {
         // What the user may have to act on (a quota, an admission policy, RBAC) is said on the run, not only
@@ -1251,29 +1257,99 @@ fn attempt_job(namespace: &str, job_name: &str) -> k8s_openapi::api::core::v1::O
     super::object_reference::<Job>(&meta)
 }
 
-/// Creates the Promotion the run's contract asks for (`spec.promotion.requestOnSuccess`), awaiting approval.
-/// A failure is reported (Warning Event) but does not fail the run.
-async fn request_promotion(
-    ctx: &Context,
-    run: &EtlRun,
-    identity: &RunIdentity,
-    dataset: &Dataset,
-    status: &EtlRunStatus,
-) {
-    let Some(run_id) = status.run_id.as_deref() else { return };
-    match super::promotion::request_for_run(ctx, &identity.namespace, &identity.name, dataset, run_id).await {
-        Ok(Some(name)) => {
-            let note = format!("Promotion {name} of run {run_id} awaits approval");
-            tracing::info!(etlrun = %identity.name, namespace = %identity.namespace, run_id, "{note}");
-            publish::<EtlRun>(ctx, &run.metadata, EventType::Normal, "PromotionRequested", "Request", note).await;
+/// What a finished run still owes, done by every reconcile of it until done, so that neither an operator killed
+/// after the status write that finished the run nor one refused request loses it:
+/// - a Job of one of its attempts still active (an attempt given up while its pod could not start, whose delete
+///   after that status write failed or never came) is deleted: it must not start later and write under a run id
+///   the status says has ended;
+/// - the Promotion its contract asks for (`requestOnSuccess`; the condition `PromotionRequested` is not `True`)
+///   is created, and the condition says so.
+///
+/// The Jobs come from the controller's store (no request for a run that owes nothing).
+async fn settle_finished(scope: &Scope, run: &EtlRun) -> Result<()> {
+    let Some(status) = &run.status else { return Ok(()) };
+    let identity = RunIdentity::of(run)?;
+    for attempt in &status.attempts {
+        let Some(found) = scope.known_job(&identity.namespace, &attempt.job_name) else { continue };
+        let ended = ["Complete", "Failed"].iter().any(|type_| condition_time(&found, type_).is_some());
+        if ended || found.metadata.deletion_timestamp.is_some() || !owned_by(&found.metadata, &identity.uid) {
+            continue;
         }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(etlrun = %identity.name, namespace = %identity.namespace, error = %e, "cannot request the promotion");
-            let note = format!("cannot create the Promotion of run {run_id}: {e}");
-            publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, "PromotionRequestFailed", "Request", note).await;
+        tracing::info!(etlrun = %identity.name, namespace = %identity.namespace, job = %attempt.job_name, "deleting the active Job of a finished run");
+        if let Err(e) = delete_job(&scope.ctx, &identity, &attempt.job_name).await {
+            let note = format!("cannot delete Job {} of the finished run: {}", attempt.job_name, e.for_people());
+            publish::<EtlRun>(&scope.ctx, &run.metadata, EventType::Warning, "JobDeleteFailed", "Delete", note).await;
+            return Err(e);
         }
     }
+    let pending = status.phase == Some(EtlRunPhase::Succeeded)
+        && status.conditions.iter().any(|c| c.type_ == lifecycle::CONDITION_PROMOTION_REQUESTED && c.status != "True");
+    if pending {
+        request_promotion(scope, run, &identity, status).await?;
+    }
+    Ok(())
+}
+
+/// Creates the Promotion the run's contract asks for (`spec.promotion.requestOnSuccess`), awaiting approval, and
+/// says so in the condition `PromotionRequested` and an Event. A refused create is said there too (`False`,
+/// `RequestFailed`, a Warning Event) and returned, so that the error policy tries again after its backoff; it
+/// never fails the run.
+async fn request_promotion(scope: &Scope, run: &EtlRun, identity: &RunIdentity, status: &EtlRunStatus) -> Result<()> {
+    let ctx = &scope.ctx;
+    let Some(run_id) = status.run_id.as_deref() else { return Ok(()) };
+    // The contract the run ran under (its snapshot), else the Dataset as it is now.
+    let requested = match load_contract(scope, run, identity, status, None).await {
+        Ok((Ok(dataset), _)) => {
+            super::promotion::request_for_run(ctx, &identity.namespace, &identity.name, &dataset, run_id).await
+        }
+        Ok((Err(problem), _)) => Err(Error::Snapshot { name: run.spec.dataset.clone(), message: problem.message() }),
+        Err(e) => Err(e),
+    };
+    let name = super::promotion::requested_name(&identity.name);
+    let (condition, outcome) = match requested {
+        Ok(created) => {
+            let message = format!("Promotion {name} of run {run_id} awaits approval");
+            if created.is_some() {
+                tracing::info!(etlrun = %identity.name, namespace = %identity.namespace, run_id, "{message}");
+                publish::<EtlRun>(
+                    ctx,
+                    &run.metadata,
+                    EventType::Normal,
+                    "PromotionRequested",
+                    "Request",
+                    message.clone(),
+                )
+                .await;
+            }
+            ((ConditionStatus::True, "Requested", message), Ok(()))
+        }
+        Err(e) => {
+            tracing::warn!(etlrun = %identity.name, namespace = %identity.namespace, error = %e, "cannot request the promotion");
+            let message = format!("cannot create Promotion {name} of run {run_id}: {}", e.for_people());
+            let said = status.conditions.iter().any(|c| {
+                c.type_ == lifecycle::CONDITION_PROMOTION_REQUESTED && c.status == "False" && c.message == message
+            });
+            if !said {
+                let note = message.clone();
+                publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, "PromotionRequestFailed", "Request", note)
+                    .await;
+            }
+            ((ConditionStatus::False, "RequestFailed", message), Err(e))
+        }
+    };
+    let mut next = status.clone();
+    let (condition_status, reason, message) = condition;
+    let update = ConditionUpdate {
+        type_: lifecycle::CONDITION_PROMOTION_REQUESTED,
+        status: condition_status,
+        reason,
+        message: &message,
+    };
+    set_condition(&mut next.conditions, update, run.metadata.generation, Timestamp::now());
+    if next != *status {
+        write_status(ctx, run, &next).await?;
+    }
+    outcome
 }
 
 /// The Secret a `CredentialsSecretNotFound` wait names (its message starts with `Secret {name} `).

@@ -20,6 +20,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -48,6 +49,43 @@ pub struct Context {
     pub burst_launches_per_second: u32,
     /// The operator's own username as the apiserver authenticates it (see [`Context::username`]).
     pub username: tokio::sync::OnceCell<String>,
+    /// Consecutive failed reconciles of each object, for the error policy's backoff.
+    pub failures: Failures,
+}
+
+/// Consecutive failed reconciles by controller and object (`{controller}/{namespace}/{name}`), and when the
+/// last one failed: the error policy waits longer after each (`retry_delay`); a reconcile that ends well forgets
+/// the object (`drain`). Objects deleted while failing are forgotten an hour after their last failure.
+#[derive(Default)]
+pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>);
+
+impl Failures {
+    const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+    fn key(controller: ControllerName, namespace: Option<&str>, name: &str) -> String {
+        format!("{}/{}/{name}", controller.label(), namespace.unwrap_or_default())
+    }
+
+    /// Counts one more failure of the object; returns how many in a row.
+    pub fn failed(&self, controller: ControllerName, namespace: Option<&str>, name: &str) -> u32 {
+        let Ok(mut failures) = self.0.lock() else { return 1 };
+        let now = std::time::Instant::now();
+        if failures.len() >= 4096 {
+            failures.retain(|_, (_, last)| now.duration_since(*last) < Self::FORGET_AFTER);
+        }
+        let entry = failures.entry(Self::key(controller, namespace, name)).or_insert((0, now));
+        *entry = (entry.0.saturating_add(1), now);
+        entry.0
+    }
+
+    /// The object's reconcile ended well: its next failure waits the least again.
+    pub fn succeeded(&self, controller: ControllerName, namespace: Option<&str>, name: &str) {
+        if let Ok(mut failures) = self.0.lock()
+            && !failures.is_empty()
+        {
+            failures.remove(&Self::key(controller, namespace, name));
+        }
+    }
 }
 
 impl Context {
@@ -118,15 +156,20 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     futures::join!(etlrun::run(ctx.clone(), ns), dataset::run(ctx.clone(), ns), promotion::run(ctx.clone(), ns));
 }
 
-/// Drains a controller's stream; errors are already counted and logged by the error policy.
-pub(crate) async fn drain<T, E: std::fmt::Display>(
-    stream: impl futures::Stream<Item = std::result::Result<T, E>>,
+/// Drains a controller's stream: a reconcile that ended well resets its object's error backoff; errors are
+/// already counted and logged by the error policy.
+pub(crate) async fn drain<K, E: std::fmt::Display>(
+    stream: impl futures::Stream<Item = std::result::Result<(ObjectRef<K>, Action), E>>,
     controller: ControllerName,
-) {
+    ctx: &Context,
+) where
+    K: Resource,
+{
     stream
         .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(controller = controller.label(), error = %e, "reconcile ended with an error");
+            match result {
+                Ok((object, _)) => ctx.failures.succeeded(controller, object.namespace.as_deref(), &object.name),
+                Err(e) => tracing::debug!(controller = controller.label(), error = %e, "reconcile ended with an error"),
             }
         })
         .await;
@@ -315,26 +358,37 @@ where
 {
     ctx.metrics.reconcile_failed(controller.label(), error.category());
     let meta = guard.meta();
+    let name = meta.name.as_deref().unwrap_or_default();
+    let failures = ctx.failures.failed(controller, meta.namespace.as_deref(), name);
+    let action = requeue(error.retry(), failures);
     tracing::warn!(
         controller = controller.label(),
         kind = %K::kind(&()),
-        name = meta.name.as_deref().unwrap_or_default(),
+        name,
         namespace = meta.namespace.as_deref().unwrap_or_default(),
         category = error.category(),
+        failures,
         error = %error,
         "reconcile failed"
     );
-    requeue(error.retry())
+    action
 }
 
-/// How long each kind of failure waits before the next reconcile.
-pub fn requeue(retry: Retry) -> Action {
-    match retry {
-        Retry::Soon => Action::requeue(Duration::from_millis(200)),
-        Retry::Transient => Action::requeue(Duration::from_secs(5)),
-        Retry::Blocked => Action::requeue(Duration::from_secs(30)),
-        Retry::OnChange => Action::await_change(),
-    }
+/// The longest wait after failed reconciles of one object.
+pub const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How long a failure waits before the next reconcile of its object: by the kind of failure, doubled with each
+/// failure in a row of the same object (`failures`, from 1), at most [`MAX_ERROR_BACKOFF`] — so that an
+/// apiserver or a quota refusing a thousand objects is asked less and less often, not every few seconds forever.
+pub fn requeue(retry: Retry, failures: u32) -> Action {
+    let base = match retry {
+        Retry::Soon => Duration::from_millis(200),
+        Retry::Transient => Duration::from_secs(5),
+        Retry::Blocked => Duration::from_secs(30),
+        Retry::OnChange => return Action::await_change(),
+    };
+    let doublings = failures.saturating_sub(1).min(16);
+    Action::requeue(base.saturating_mul(1 << doublings).min(MAX_ERROR_BACKOFF))
 }
 
 /// Whether `meta` names `uid` among its owners.
@@ -411,8 +465,27 @@ mod tests {
         assert_eq!(conflict.retry(), Retry::Soon);
         assert!(conflict.to_string().starts_with("Promotion p changed"));
         let invalid = Error::InvalidResource { kind: "Dataset", name: "d".into(), message: "bad".into() };
-        assert_eq!((invalid.retry(), requeue(invalid.retry())), (Retry::OnChange, Action::await_change()));
+        assert_eq!((invalid.retry(), requeue(invalid.retry(), 1)), (Retry::OnChange, Action::await_change()));
         let lake = Error::Lake { uri: "s3://l".into(), message: "timeout".into() };
-        assert_eq!(requeue(lake.retry()), Action::requeue(Duration::from_secs(5)));
+        assert_eq!(requeue(lake.retry(), 1), Action::requeue(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn failures_in_a_row_wait_twice_as_long_each_up_to_the_bound_and_a_success_resets_them() {
+        let waits = |retry| (1..=8).map(|n| requeue(retry, n)).collect::<Vec<_>>();
+        let secs = |s: &[u64]| s.iter().map(|&s| Action::requeue(Duration::from_secs(s))).collect::<Vec<_>>();
+        assert_eq!(waits(Retry::Transient), secs(&[5, 10, 20, 40, 80, 160, 300, 300]));
+        assert_eq!(waits(Retry::Blocked), secs(&[30, 60, 120, 240, 300, 300, 300, 300]));
+        assert_eq!(requeue(Retry::Soon, 1), Action::requeue(Duration::from_millis(200)));
+        assert_eq!(requeue(Retry::Soon, u32::MAX), Action::requeue(MAX_ERROR_BACKOFF));
+        assert_eq!(requeue(Retry::OnChange, 9), Action::await_change());
+
+        let failures = Failures::default();
+        let (run, other) = ((ControllerName::EtlRun, Some("ns"), "a"), (ControllerName::Promotion, Some("ns"), "a"));
+        assert_eq!([1, 2, 3].map(|_| failures.failed(run.0, run.1, run.2)), [1, 2, 3]);
+        assert_eq!(failures.failed(other.0, other.1, other.2), 1, "counted per controller and object");
+        failures.succeeded(run.0, run.1, run.2);
+        assert_eq!(failures.failed(run.0, run.1, run.2), 1);
+        assert_eq!(failures.failed(other.0, other.1, other.2), 2);
     }
 }

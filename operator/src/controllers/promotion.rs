@@ -724,7 +724,7 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone());
     tokio::select! {
-        () = drain(stream, ControllerName::Promotion) => {}
+        () = drain(stream, ControllerName::Promotion, &ctx) => {}
         () = export_awaiting(ctx.clone(), ns.unwrap_or_default(), store) => {}
     }
 }
