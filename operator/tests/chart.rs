@@ -373,6 +373,71 @@ fn watched_namespaces_get_roles_and_nothing_cluster_wide_and_the_options_render(
     assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
 }
 
+/// The operator's configuration as its container's environment gives it: each variable with a value that the
+/// operator reads becomes its flag, parsed by the operator's own clap parser (what a pod's start does).
+fn parse_operator_config(container: &Value) -> silverline_operator::config::Config {
+    let command = <silverline_operator::config::Config as clap::CommandFactory>::command();
+    let mut args = vec!["silverline-operator".to_owned()];
+    for (name, var) in env_of(container) {
+        let Some(value) = var["value"].as_str() else { continue };
+        if let Some(arg) = command.get_arguments().find(|a| a.get_env() == Some(std::ffi::OsStr::new(&name))) {
+            args.push(format!("--{}={value}", arg.get_long().expect("a long flag")));
+        }
+    }
+    <silverline_operator::config::Config as clap::Parser>::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("the operator refuses its rendered environment {args:?}: {e}"))
+}
+
+/// Numbers in a values file reach the templates as float64, which Go prints in %g from 1,000,000 up
+/// ("2.592e+06", which the operator's integer flags refuse: a crash loop). `--set` gives int64, so only a values
+/// file shows it: the numbers here are each at least a million (a uid from OpenShift's range, a 30-day TTL).
+#[test]
+#[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+fn large_numbers_from_a_values_file_render_as_integers() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "operator:\n\
+        \x20 uid: 1000680000\n\
+        \x20 burstLaunchesPerSecond: 4000000\n\
+        \x20 leaderElection:\n\
+        \x20   leaseDurationSeconds: 1000000\n\
+        \x20 probes:\n\
+        \x20   periodSeconds: 1000000\n\
+        \x20   failureThreshold: 1000001\n\
+        worker:\n\
+        \x20 uid: 1000680001\n\
+        \x20 jobTtlSeconds: 2592000\n\
+        \x20 attemptDeadlineSeconds: 1209600\n",
+    )
+    .expect("write the values file");
+    let objects = render(&["-f", values.to_str().expect("a UTF-8 path")]);
+    let deployment = one(&objects, "Deployment");
+    let security = &deployment["spec"]["template"]["spec"]["securityContext"];
+    // A float (1.00068e+09) would not be an i64 here.
+    assert_eq!(security["runAsUser"].as_i64(), Some(1_000_680_000), "{security}");
+    assert_eq!(security["runAsGroup"].as_i64(), Some(1_000_680_000), "{security}");
+    let container = operator_container(&objects);
+    for (name, expected) in [
+        ("SILVERLINE_WORKER_UID", "1000680001"),
+        ("SILVERLINE_JOB_TTL_SECONDS", "2592000"),
+        ("SILVERLINE_ATTEMPT_DEADLINE_SECONDS", "1209600"),
+        ("SILVERLINE_BURST_LAUNCHES_PER_SECOND", "4000000"),
+        ("SILVERLINE_LEASE_DURATION_SECONDS", "1000000"),
+    ] {
+        assert_eq!(env_value(container, name).as_deref(), Some(expected), "{name}");
+    }
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["periodSeconds"].as_i64(), Some(1_000_000), "{probe}: {}", container[probe]);
+        assert_eq!(container[probe]["failureThreshold"].as_i64(), Some(1_000_001), "{probe}: {}", container[probe]);
+    }
+    let config = parse_operator_config(container);
+    assert_eq!(config.job_ttl_seconds, 2_592_000);
+    assert_eq!(config.worker_uid, 1_000_680_001);
+    assert_eq!(config.burst_launches_per_second, 4_000_000);
+}
+
 #[test]
 #[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
 fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
