@@ -451,6 +451,9 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
         ("image.worker.pullPolicy=Sometimes", "pullPolicy"),
         ("operator.reconcileConcurrency=-1", "reconcileConcurrency"),
         ("operator.burstLaunchesPerSecond=1.5", "burstLaunchesPerSecond"),
+        // The apiserver refuses a binding with both ("must not contain both Deny and Warn").
+        ("approvalPolicy.validationActions={Deny,Warn}", "validationActions"),
+        ("approvalPolicy.validationActions={Warn,Audit,Deny}", "validationActions"),
     ] {
         let rendered = helm::template("silverline", RELEASE_NAMESPACE, &["--set", set]);
         let error = rendered.err().unwrap_or_else(|| panic!("helm template accepted --set {set}"));
@@ -460,6 +463,13 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
         );
         let out = helm::run(&["lint", chart, "--set", set]);
         assert!(!out.status.success(), "helm lint accepted --set {set}");
+    }
+    // What the apiserver takes: enforce, or observe before enforcing.
+    for set in ["approvalPolicy.validationActions={Warn,Audit}", "approvalPolicy.validationActions={Deny,Audit}"] {
+        let objects = helm::template("silverline", RELEASE_NAMESPACE, &["--set", set])
+            .unwrap_or_else(|e| panic!("helm template refused --set {set}: {e}"));
+        let binding = one(&objects, "ValidatingAdmissionPolicyBinding");
+        assert_eq!(binding["spec"]["validationActions"].as_array().map(Vec::len), Some(2), "{binding}");
     }
 }
 
