@@ -373,6 +373,29 @@ fn watched_namespaces_get_roles_and_nothing_cluster_wide_and_the_options_render(
     assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
 }
 
+/// A PodDisruptionBudget that no eviction can satisfy makes `kubectl drain` wait forever: one replica gets none,
+/// and minAvailable at or above the replicas is refused at render time.
+#[test]
+#[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+fn no_pod_disruption_budget_blocks_a_node_drain() {
+    let single = render(&["--set", "operator.replicas=1"]);
+    assert_eq!(one(&single, "Deployment")["spec"]["replicas"], 1);
+    assert!(of_kind(&single, "PodDisruptionBudget").is_empty(), "one replica with a PodDisruptionBudget");
+
+    let three = render(&["--set", "operator.replicas=3", "--set", "operator.podDisruptionBudget.minAvailable=2"]);
+    assert_eq!(one(&three, "PodDisruptionBudget")["spec"]["minAvailable"], 2);
+    let percent = render(&["--set", "operator.podDisruptionBudget.minAvailable=50%"]);
+    assert_eq!(one(&percent, "PodDisruptionBudget")["spec"]["minAvailable"], "50%");
+
+    let refused = helm::template(
+        "silverline",
+        RELEASE_NAMESPACE,
+        &["--set", "operator.replicas=2", "--set", "operator.podDisruptionBudget.minAvailable=2"],
+    )
+    .expect_err("helm template accepted minAvailable 2 with 2 replicas");
+    assert!(refused.contains("minAvailable (2) must be below operator.replicas (2)"), "{refused}");
+}
+
 /// The operator's configuration as its container's environment gives it: each variable with a value that the
 /// operator reads becomes its flag, parsed by the operator's own clap parser (what a pod's start does).
 fn parse_operator_config(container: &Value) -> silverline_operator::config::Config {
