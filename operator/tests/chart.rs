@@ -373,6 +373,46 @@ fn watched_namespaces_get_roles_and_nothing_cluster_wide_and_the_options_render(
     assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
 }
 
+/// The pod's prometheus.io scrape annotations are defaults: a user's podAnnotations key replaces the value, once
+/// (a second `prometheus.io/scrape:` key would make the Deployment invalid YAML).
+#[test]
+#[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+fn pod_annotations_override_the_scrape_annotations() {
+    let chart = helm::chart_dir();
+    let chart = chart.to_str().expect("UTF-8 path");
+    let out = helm::run(&[
+        "template",
+        "silverline",
+        chart,
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--show-only",
+        "templates/deployment.yaml",
+        "--set-string",
+        "operator.podAnnotations.prometheus\\.io/scrape=false",
+        "--set-string",
+        "operator.podAnnotations.team=etl",
+    ]);
+    assert!(out.status.success(), "helm template failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("prometheus.io/scrape:").count(), 1, "the scrape annotation once:\n{text}");
+    let objects = helm::documents(&text);
+    let annotations = &one(&objects, "Deployment")["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        annotations,
+        &serde_json::json!({
+            "prometheus.io/scrape": "false",
+            "prometheus.io/port": "8080",
+            "prometheus.io/path": "/metrics",
+            "team": "etl",
+        })
+    );
+    // Unset, the defaults.
+    let objects = render(&[]);
+    let defaults = &one(&objects, "Deployment")["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(defaults["prometheus.io/scrape"], "true", "{defaults}");
+}
+
 /// A PodDisruptionBudget that no eviction can satisfy makes `kubectl drain` wait forever: one replica gets none,
 /// and minAvailable at or above the replicas is refused at render time.
 #[test]
