@@ -373,6 +373,67 @@ fn watched_namespaces_get_roles_and_nothing_cluster_wide_and_the_options_render(
     assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
 }
 
+/// The NetworkPolicy's egress to the link-local credential endpoints (port 80): none by default, EC2 instance
+/// metadata with networkPolicy.instanceMetadata, the EKS Pod Identity agent with networkPolicy.podIdentity; an
+/// S3-compatible endpoint's port goes in egressPorts.
+#[test]
+#[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+fn the_network_policy_reaches_credential_endpoints_only_when_asked() {
+    // (CIDRs, ports) of each egress rule that names destinations.
+    let destinations = |args: &[&str]| -> Vec<(BTreeSet<String>, BTreeSet<i64>)> {
+        let mut all = vec!["--set", "networkPolicy.enabled=true"];
+        all.extend_from_slice(args);
+        let objects = render(&all);
+        one(&objects, "NetworkPolicy")["spec"]["egress"]
+            .as_array()
+            .expect("egress")
+            .iter()
+            .filter(|rule| rule.get("to").is_some())
+            .map(|rule| {
+                let cidrs = rule["to"]
+                    .as_array()
+                    .expect("to")
+                    .iter()
+                    .map(|peer| peer["ipBlock"]["cidr"].as_str().expect("an ipBlock").to_owned())
+                    .collect();
+                let ports =
+                    rule["ports"].as_array().expect("ports").iter().filter_map(|p| p["port"].as_i64()).collect();
+                (cidrs, ports)
+            })
+            .collect()
+    };
+    let cidrs = |list: &[&str]| list.iter().map(|c| (*c).to_owned()).collect::<BTreeSet<String>>();
+    let imds = ["169.254.169.254/32", "fd00:ec2::254/128"];
+    let pod_identity = ["169.254.170.23/32", "fd00:ec2::23/128"];
+    assert_eq!(destinations(&[]), vec![], "no credential endpoint by default");
+    assert_eq!(
+        destinations(&["--set", "networkPolicy.instanceMetadata=true"]),
+        vec![(cidrs(&imds), BTreeSet::from([80]))]
+    );
+    assert_eq!(
+        destinations(&["--set", "networkPolicy.podIdentity=true"]),
+        vec![(cidrs(&pod_identity), BTreeSet::from([80]))]
+    );
+    let both = [imds, pod_identity].concat();
+    assert_eq!(
+        destinations(&["--set", "networkPolicy.instanceMetadata=true", "--set", "networkPolicy.podIdentity=true"]),
+        vec![(cidrs(&both), BTreeSet::from([80]))]
+    );
+
+    // A MinIO lake on port 9000: its port beside the defaults, to any address.
+    let objects =
+        render(&["--set", "networkPolicy.enabled=true", "--set", "networkPolicy.egressPorts={443,6443,9000}"]);
+    let ports: BTreeSet<i64> = one(&objects, "NetworkPolicy")["spec"]["egress"]
+        .as_array()
+        .expect("egress")
+        .iter()
+        .filter(|rule| rule.get("to").is_none())
+        .flat_map(|rule| rule["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|port| port["port"].as_i64())
+        .collect();
+    assert_eq!(ports, BTreeSet::from([53, 443, 6443, 9000]));
+}
+
 /// The pod's prometheus.io scrape annotations are defaults: a user's podAnnotations key replaces the value, once
 /// (a second `prometheus.io/scrape:` key would make the Deployment invalid YAML).
 #[test]
@@ -511,6 +572,7 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
         ("watchNamespace={etl}", "watchNamespace"),
         ("operator.replicas=two", "replicas"),
         ("networkPolicy.enabled=yes", "enabled"),
+        ("networkPolicy.instanceMetadata=yes", "instanceMetadata"),
         ("image.worker.pullPolicy=Sometimes", "pullPolicy"),
         ("operator.reconcileConcurrency=-1", "reconcileConcurrency"),
         ("operator.burstLaunchesPerSecond=1.5", "burstLaunchesPerSecond"),
@@ -641,6 +703,10 @@ async fn the_apiserver_accepts_every_rendered_object_in_a_server_side_dry_run() 
                     &set_watched,
                     "--set",
                     "networkPolicy.enabled=true",
+                    "--set",
+                    "networkPolicy.instanceMetadata=true",
+                    "--set",
+                    "networkPolicy.podIdentity=true",
                     "--set-string",
                     "workerServiceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/x",
                 ],
