@@ -2,7 +2,8 @@
 //! and enforced by the test apiserver, with real identities: ServiceAccount tokens from the TokenRequest API and
 //! the control plane's static admin token (a user in system:masters). An approver holding the RBAC verb `approve`
 //! succeeds; a user without the verb, the creator, a forged name and an untrusted service account are each refused
-//! with a message that says why; a trusted applier records the Git reviewer's name; `created-by` is set by the
+//! with a message that says why; a name with surrounding whitespace (which the operator would read trimmed) is
+//! refused for everyone; a trusted applier records the Git reviewer's name; `created-by` is set by the
 //! apiserver and cannot be changed; a rejection follows the same rules; where no MutatingAdmissionPolicy is served
 //! the creator must name themselves; and the operator's own flows (a Promotion asked for by `requestOnSuccess`, its
 //! status, the promote Job) work with the policy installed, while the operator itself can approve nothing.
@@ -20,7 +21,7 @@ use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, Toke
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use silverline_crds::promotion::{
     ANNOTATION_APPROVAL_REASON, ANNOTATION_APPROVED_BY, ANNOTATION_REJECTED_BY, ANNOTATION_REJECTION_REASON,
 };
@@ -431,6 +432,43 @@ async fn a_trusted_applier_records_the_git_reviewer_but_never_the_creator() {
     cast.requested_by_alice("tx-feb", Mode::WithMutatingPolicy).await;
     let alice = cast.alice.username.as_str();
     refused(cast.gitops.approve(&ns, "tx-feb", alice).await, &["four eyes:", alice]);
+    cast.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG) and helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+async fn a_name_with_surrounding_whitespace_is_refused_because_the_operator_reads_it_trimmed() {
+    let cast = Cast::new("policy-space", Mode::WithMutatingPolicy).await;
+    let ns = cast.ns().to_owned();
+    let requested = cast.requested_by_alice("tx-jan", Mode::WithMutatingPolicy).await;
+    let alice = cast.alice.username.as_str();
+    // What the operator would read: the creator, as the approver of their own Promotion.
+    let mut padded = requested.clone();
+    let padded_alice = format!("{alice} ");
+    padded.annotations_mut().insert(ANNOTATION_APPROVED_BY.to_owned(), padded_alice.clone());
+    assert_eq!(padded.approval().map(|(by, _)| by), Some(alice), "the operator trims approved-by");
+
+    // The trusted applier may name someone else, but not the creator with a trailing space.
+    let gitops = cast.gitops.username.as_str();
+    refused(
+        cast.gitops.approve(&ns, "tx-jan", &padded_alice).await,
+        &["whitespace:", ANNOTATION_APPROVED_BY, gitops, &format!("\"{padded_alice}\"")],
+    );
+    refused(cast.gitops.approve(&ns, "tx-jan", " jane.doe@example.com").await, &["whitespace:", gitops]);
+    refused(
+        cast.gitops.reject(&ns, "tx-jan", "jane.doe@example.com\t").await,
+        &["whitespace:", ANNOTATION_REJECTED_BY],
+    );
+    let bob = cast.bob.username.as_str();
+    refused(cast.bob.approve(&ns, "tx-jan", &format!("{bob}\n")).await, &["whitespace:", &format!("\"{bob}\\n\"")]);
+    // A trusted applier creating a Promotion already approved, with a padded name, is refused too.
+    let from_git = [(ANNOTATION_APPROVED_BY, " jane.doe@example.com ")];
+    refused(cast.gitops.create(&ns, "tx-git", &from_git).await, &["whitespace:", gitops]);
+
+    let now = cast.current("tx-jan").await;
+    assert_eq!(annotation(&now, ANNOTATION_APPROVED_BY), None, "no padded approval was recorded: {now:?}");
+    assert_eq!(annotation(&now, ANNOTATION_REJECTED_BY), None, "no padded rejection was recorded: {now:?}");
+    cast.bob.approve(&ns, "tx-jan", bob).await.expect("bob approves in his exact name");
     cast.finish().await;
 }
 

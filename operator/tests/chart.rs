@@ -373,6 +373,195 @@ fn watched_namespaces_get_roles_and_nothing_cluster_wide_and_the_options_render(
     assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
 }
 
+/// The NetworkPolicy's egress to the link-local credential endpoints (port 80): none by default, EC2 instance
+/// metadata with networkPolicy.instanceMetadata, the EKS Pod Identity agent with networkPolicy.podIdentity; an
+/// S3-compatible endpoint's port goes in egressPorts.
+#[test]
+#[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+fn the_network_policy_reaches_credential_endpoints_only_when_asked() {
+    // (CIDRs, ports) of each egress rule that names destinations.
+    let destinations = |args: &[&str]| -> Vec<(BTreeSet<String>, BTreeSet<i64>)> {
+        let mut all = vec!["--set", "networkPolicy.enabled=true"];
+        all.extend_from_slice(args);
+        let objects = render(&all);
+        one(&objects, "NetworkPolicy")["spec"]["egress"]
+            .as_array()
+            .expect("egress")
+            .iter()
+            .filter(|rule| rule.get("to").is_some())
+            .map(|rule| {
+                let cidrs = rule["to"]
+                    .as_array()
+                    .expect("to")
+                    .iter()
+                    .map(|peer| peer["ipBlock"]["cidr"].as_str().expect("an ipBlock").to_owned())
+                    .collect();
+                let ports =
+                    rule["ports"].as_array().expect("ports").iter().filter_map(|p| p["port"].as_i64()).collect();
+                (cidrs, ports)
+            })
+            .collect()
+    };
+    let cidrs = |list: &[&str]| list.iter().map(|c| (*c).to_owned()).collect::<BTreeSet<String>>();
+    let imds = ["169.254.169.254/32", "fd00:ec2::254/128"];
+    let pod_identity = ["169.254.170.23/32", "fd00:ec2::23/128"];
+    assert_eq!(destinations(&[]), vec![], "no credential endpoint by default");
+    assert_eq!(
+        destinations(&["--set", "networkPolicy.instanceMetadata=true"]),
+        vec![(cidrs(&imds), BTreeSet::from([80]))]
+    );
+    assert_eq!(
+        destinations(&["--set", "networkPolicy.podIdentity=true"]),
+        vec![(cidrs(&pod_identity), BTreeSet::from([80]))]
+    );
+    let both = [imds, pod_identity].concat();
+    assert_eq!(
+        destinations(&["--set", "networkPolicy.instanceMetadata=true", "--set", "networkPolicy.podIdentity=true"]),
+        vec![(cidrs(&both), BTreeSet::from([80]))]
+    );
+
+    // A MinIO lake on port 9000: its port beside the defaults, to any address.
+    let objects =
+        render(&["--set", "networkPolicy.enabled=true", "--set", "networkPolicy.egressPorts={443,6443,9000}"]);
+    let ports: BTreeSet<i64> = one(&objects, "NetworkPolicy")["spec"]["egress"]
+        .as_array()
+        .expect("egress")
+        .iter()
+        .filter(|rule| rule.get("to").is_none())
+        .flat_map(|rule| rule["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|port| port["port"].as_i64())
+        .collect();
+    assert_eq!(ports, BTreeSet::from([53, 443, 6443, 9000]));
+}
+
+/// The pod's prometheus.io scrape annotations are defaults: a user's podAnnotations key replaces the value, once
+/// (a second `prometheus.io/scrape:` key would make the Deployment invalid YAML).
+#[test]
+#[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+fn pod_annotations_override_the_scrape_annotations() {
+    let chart = helm::chart_dir();
+    let chart = chart.to_str().expect("UTF-8 path");
+    let out = helm::run(&[
+        "template",
+        "silverline",
+        chart,
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--show-only",
+        "templates/deployment.yaml",
+        "--set-string",
+        "operator.podAnnotations.prometheus\\.io/scrape=false",
+        "--set-string",
+        "operator.podAnnotations.team=etl",
+    ]);
+    assert!(out.status.success(), "helm template failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("prometheus.io/scrape:").count(), 1, "the scrape annotation once:\n{text}");
+    let objects = helm::documents(&text);
+    let annotations = &one(&objects, "Deployment")["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        annotations,
+        &serde_json::json!({
+            "prometheus.io/scrape": "false",
+            "prometheus.io/port": "8080",
+            "prometheus.io/path": "/metrics",
+            "team": "etl",
+        })
+    );
+    // Unset, the defaults.
+    let objects = render(&[]);
+    let defaults = &one(&objects, "Deployment")["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(defaults["prometheus.io/scrape"], "true", "{defaults}");
+}
+
+/// A PodDisruptionBudget that no eviction can satisfy makes `kubectl drain` wait forever: one replica gets none,
+/// and minAvailable at or above the replicas is refused at render time.
+#[test]
+#[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+fn no_pod_disruption_budget_blocks_a_node_drain() {
+    let single = render(&["--set", "operator.replicas=1"]);
+    assert_eq!(one(&single, "Deployment")["spec"]["replicas"], 1);
+    assert!(of_kind(&single, "PodDisruptionBudget").is_empty(), "one replica with a PodDisruptionBudget");
+
+    let three = render(&["--set", "operator.replicas=3", "--set", "operator.podDisruptionBudget.minAvailable=2"]);
+    assert_eq!(one(&three, "PodDisruptionBudget")["spec"]["minAvailable"], 2);
+    let percent = render(&["--set", "operator.podDisruptionBudget.minAvailable=50%"]);
+    assert_eq!(one(&percent, "PodDisruptionBudget")["spec"]["minAvailable"], "50%");
+
+    let refused = helm::template(
+        "silverline",
+        RELEASE_NAMESPACE,
+        &["--set", "operator.replicas=2", "--set", "operator.podDisruptionBudget.minAvailable=2"],
+    )
+    .expect_err("helm template accepted minAvailable 2 with 2 replicas");
+    assert!(refused.contains("minAvailable (2) must be below operator.replicas (2)"), "{refused}");
+}
+
+/// The operator's configuration as its container's environment gives it: each variable with a value that the
+/// operator reads becomes its flag, parsed by the operator's own clap parser (what a pod's start does).
+fn parse_operator_config(container: &Value) -> silverline_operator::config::Config {
+    let command = <silverline_operator::config::Config as clap::CommandFactory>::command();
+    let mut args = vec!["silverline-operator".to_owned()];
+    for (name, var) in env_of(container) {
+        let Some(value) = var["value"].as_str() else { continue };
+        if let Some(arg) = command.get_arguments().find(|a| a.get_env() == Some(std::ffi::OsStr::new(&name))) {
+            args.push(format!("--{}={value}", arg.get_long().expect("a long flag")));
+        }
+    }
+    <silverline_operator::config::Config as clap::Parser>::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("the operator refuses its rendered environment {args:?}: {e}"))
+}
+
+/// Numbers in a values file reach the templates as float64, which Go prints in %g from 1,000,000 up
+/// ("2.592e+06", which the operator's integer flags refuse: a crash loop). `--set` gives int64, so only a values
+/// file shows it: the numbers here are each at least a million (a uid from OpenShift's range, a 30-day TTL).
+#[test]
+#[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+fn large_numbers_from_a_values_file_render_as_integers() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "operator:\n\
+        \x20 uid: 1000680000\n\
+        \x20 burstLaunchesPerSecond: 4000000\n\
+        \x20 leaderElection:\n\
+        \x20   leaseDurationSeconds: 1000000\n\
+        \x20 probes:\n\
+        \x20   periodSeconds: 1000000\n\
+        \x20   failureThreshold: 1000001\n\
+        worker:\n\
+        \x20 uid: 1000680001\n\
+        \x20 jobTtlSeconds: 2592000\n\
+        \x20 attemptDeadlineSeconds: 1209600\n",
+    )
+    .expect("write the values file");
+    let objects = render(&["-f", values.to_str().expect("a UTF-8 path")]);
+    let deployment = one(&objects, "Deployment");
+    let security = &deployment["spec"]["template"]["spec"]["securityContext"];
+    // A float (1.00068e+09) would not be an i64 here.
+    assert_eq!(security["runAsUser"].as_i64(), Some(1_000_680_000), "{security}");
+    assert_eq!(security["runAsGroup"].as_i64(), Some(1_000_680_000), "{security}");
+    let container = operator_container(&objects);
+    for (name, expected) in [
+        ("SILVERLINE_WORKER_UID", "1000680001"),
+        ("SILVERLINE_JOB_TTL_SECONDS", "2592000"),
+        ("SILVERLINE_ATTEMPT_DEADLINE_SECONDS", "1209600"),
+        ("SILVERLINE_BURST_LAUNCHES_PER_SECOND", "4000000"),
+        ("SILVERLINE_LEASE_DURATION_SECONDS", "1000000"),
+    ] {
+        assert_eq!(env_value(container, name).as_deref(), Some(expected), "{name}");
+    }
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["periodSeconds"].as_i64(), Some(1_000_000), "{probe}: {}", container[probe]);
+        assert_eq!(container[probe]["failureThreshold"].as_i64(), Some(1_000_001), "{probe}: {}", container[probe]);
+    }
+    let config = parse_operator_config(container);
+    assert_eq!(config.job_ttl_seconds, 2_592_000);
+    assert_eq!(config.worker_uid, 1_000_680_001);
+    assert_eq!(config.burst_launches_per_second, 4_000_000);
+}
+
 #[test]
 #[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
 fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
@@ -383,9 +572,13 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
         ("watchNamespace={etl}", "watchNamespace"),
         ("operator.replicas=two", "replicas"),
         ("networkPolicy.enabled=yes", "enabled"),
+        ("networkPolicy.instanceMetadata=yes", "instanceMetadata"),
         ("image.worker.pullPolicy=Sometimes", "pullPolicy"),
         ("operator.reconcileConcurrency=-1", "reconcileConcurrency"),
         ("operator.burstLaunchesPerSecond=1.5", "burstLaunchesPerSecond"),
+        // The apiserver refuses a binding with both ("must not contain both Deny and Warn").
+        ("approvalPolicy.validationActions={Deny,Warn}", "validationActions"),
+        ("approvalPolicy.validationActions={Warn,Audit,Deny}", "validationActions"),
     ] {
         let rendered = helm::template("silverline", RELEASE_NAMESPACE, &["--set", set]);
         let error = rendered.err().unwrap_or_else(|| panic!("helm template accepted --set {set}"));
@@ -395,6 +588,13 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
         );
         let out = helm::run(&["lint", chart, "--set", set]);
         assert!(!out.status.success(), "helm lint accepted --set {set}");
+    }
+    // What the apiserver takes: enforce, or observe before enforcing.
+    for set in ["approvalPolicy.validationActions={Warn,Audit}", "approvalPolicy.validationActions={Deny,Audit}"] {
+        let objects = helm::template("silverline", RELEASE_NAMESPACE, &["--set", set])
+            .unwrap_or_else(|e| panic!("helm template refused --set {set}: {e}"));
+        let binding = one(&objects, "ValidatingAdmissionPolicyBinding");
+        assert_eq!(binding["spec"]["validationActions"].as_array().map(Vec::len), Some(2), "{binding}");
     }
 }
 
@@ -503,6 +703,10 @@ async fn the_apiserver_accepts_every_rendered_object_in_a_server_side_dry_run() 
                     &set_watched,
                     "--set",
                     "networkPolicy.enabled=true",
+                    "--set",
+                    "networkPolicy.instanceMetadata=true",
+                    "--set",
+                    "networkPolicy.podIdentity=true",
                     "--set-string",
                     "workerServiceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/x",
                 ],
