@@ -941,7 +941,16 @@ async fn a_rejection_whose_job_cannot_be_launched_is_still_said_and_counted() {
     use k8s_openapi::api::core::v1::ConfigMap;
     let s = Scenario::new("promo-rejlaunch").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
-    let op = s.operator("replica-a").await;
+    // With only its published RBAC: the status written again after the failed launch needs nothing more.
+    let kubeconfig = s.operator_service_account().await;
+    let op = support::Operator::start(support::OperatorOptions {
+        namespace: &s.ns.name,
+        identity: "replica-a",
+        log_dir: s.dir.path(),
+        kubeconfig: Some(&kubeconfig),
+        env: vec![],
+    })
+    .await;
     create_promotion(&s, &promotion("tx-rl-promo", &["20240101T000000Z-abc-a1"], None)).await;
     in_phase(&s, "tx-rl-promo", PromotionPhase::AwaitingApproval, Duration::from_secs(30)).await;
     // A ConfigMap under the contract's name that is not the Promotion's: the reject Job cannot be launched.
@@ -965,6 +974,7 @@ async fn a_rejection_whose_job_cannot_be_launched_is_still_said_and_counted() {
         (n == 1.0).then_some(())
     })
     .await;
+    assert!(!op.logs().contains("forbidden"), "the operator was refused something:\n{}", op.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,10 @@
 //!                                                                                             └──contended (7), transient──▶ retry
 //! ```
 //!
+//! A rejection (or the approval withdrawn) while `Promoting` still wins as long as nothing is committed: no promote
+//! Job runs and the lake records nothing of the Promotion (`Builder::withdraw`). An approval by the Promotion's
+//! creator is refused here too, behind the apiserver's approval policy.
+//!
 //! The operator stays read-only on the lake: it previews (`silverline_lake::promotion::preview_target`), reads
 //! `_LATEST.json` and the audit log; the write is a Job of the worker (`silverline-worker promote`) with the
 //! Dataset's credentials. Decisions are the pure `plan`, table-tested below.
@@ -1169,7 +1173,12 @@ async fn written_since(ctx: &Context, promotion: &Promotion) -> Result<Promotion
     let name = promotion.name_any();
     let namespace = promotion.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<Promotion> = Api::namespaced(ctx.client.clone(), &namespace);
-    let fresh = api.get(&name).await.map_err(Error::kube(format!("reading Promotion {name}")))?;
+    // A list by name: the operator's RBAC grants `list` on Promotions, not `get`.
+    let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
+    let list = api.list(&by_name).await.map_err(Error::kube(format!("reading Promotion {name}")))?;
+    let Some(fresh) = list.items.into_iter().next() else {
+        return Err(Error::Conflict { kind: "Promotion", name });
+    };
     let same = fresh.metadata.uid == promotion.metadata.uid
         && fresh.metadata.generation == promotion.metadata.generation
         && fresh.metadata.annotations == promotion.metadata.annotations;
@@ -2178,9 +2187,155 @@ mod tests {
     }
 
     #[test]
+    fn a_rejection_or_withdrawal_while_promoting_wins_until_something_is_committed() {
+        let rejected = || Decision::Rejected { by: "bob".into(), reason: Some("wrong month".into()) };
+        let failed = |code: i32| Some(JobState::Failed { exit_code: Some(code), message: "m".into() });
+        // No Job ran (a launch failed, or it is not created yet): rejected, recorded by the reject Job.
+        let p =
+            run(Case { decision: rejected(), status: promoting(1), job: Some(JobState::Missing), ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::Rejected));
+        assert_eq!(p.launch.as_ref().map(|l| l.job_name.as_str()), Some("tx-promo-reject"));
+        assert!(rejection_pending(&p.status));
+        assert!(matches!(p.transitions.as_slice(), [Transition::Finished { phase: PromotionPhase::Rejected, .. }]));
+        // In the backoff after a transient failure: no new attempt, rejected.
+        let backoff = run(Case { decision: approved(), status: promoting(1), job: failed(75), ..Case::default() });
+        assert!(backoff.status.next_attempt_at.is_some());
+        let p = run(Case { decision: rejected(), status: backoff.status, job: failed(75), now: 10, ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::Rejected));
+        assert_eq!(p.status.next_attempt_at, None);
+        assert!(matches!(p.launch.map(|l| l.action), Some(JobAction::Reject { .. })));
+        // A Job whose pod never started is deleted; the verdict waits until it is gone.
+        let blocker = Some(PodBlocker::SecretNotFound { name: "lake-creds".into() });
+        let p = run(Case {
+            decision: rejected(),
+            status: promoting(1),
+            job: Some(JobState::Active),
+            blocker,
+            ..Case::default()
+        });
+        assert_eq!(
+            (p.status.phase, p.launch, p.delete_job.as_deref()),
+            (Some(PromotionPhase::Promoting), None, Some("tx-promo-p1"))
+        );
+        assert_eq!(condition(&p.status, CONDITION_READY), ("False", REASON_WITHDRAWAL_PENDING));
+        assert_eq!(p.transitions.len(), 1);
+        // A running Job may be committing: left to finish, nothing launched.
+        let p =
+            run(Case { decision: rejected(), status: promoting(1), job: Some(JobState::Active), ..Case::default() });
+        assert_eq!((p.status.phase, p.launch, p.delete_job), (Some(PromotionPhase::Promoting), None, None));
+        assert_eq!(condition(&p.status, CONDITION_READY), ("False", REASON_WITHDRAWAL_PENDING));
+        // The pointer names it already: too late, the promotion goes on (a catch-up Job).
+        let recorded = Some(Recorded::Promoted { version: 3, previous_version: Some(2) });
+        let p = run(Case { decision: rejected(), status: promoting(1), job: failed(1), recorded, ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::Promoting));
+        assert!(p.status.next_attempt_at.is_some());
+        // The lake cannot be read: nothing decided, nothing launched.
+        let p = run(Case {
+            decision: rejected(),
+            status: promoting(1),
+            job: Some(JobState::Missing),
+            lake_error: Some("connection refused"),
+            ..Case::default()
+        });
+        assert_eq!((p.status.phase, p.launch), (Some(PromotionPhase::Promoting), None));
+
+        // The approval withdrawn: back to awaiting approval; approved again, the next attempt's Job.
+        let p = run(Case { status: promoting(1), job: Some(JobState::Missing), ..Case::default() });
+        assert_eq!((p.status.phase, p.launch.is_none()), (Some(PromotionPhase::AwaitingApproval), true));
+        assert_eq!(p.status.approved_by, None);
+        assert_eq!(condition(&p.status, CONDITION_APPROVED), ("False", REASON_APPROVAL_WITHDRAWN));
+        assert!(matches!(p.transitions.as_slice(), [Transition::ApprovalWithdrawn { .. }]));
+        let again =
+            run(Case { decision: approved(), status: p.status, job: Some(JobState::Missing), ..Case::default() });
+        assert_eq!(again.status.phase, Some(PromotionPhase::Promoting));
+        assert_eq!(again.launch.map(|l| l.job_name), Some("tx-promo-p2".into()));
+    }
+
+    #[test]
+    fn an_approval_by_the_creator_is_refused_and_said_once() {
+        let own = || Decision::Approved { by: "alice".into(), reason: None };
+        let p = run(Case { decision: own(), ..Case::default() });
+        assert_eq!((p.status.phase, p.launch), (Some(PromotionPhase::AwaitingApproval), None));
+        assert_eq!(p.status.approved_by, None);
+        assert_eq!(condition(&p.status, CONDITION_APPROVED), ("False", REASON_SELF_APPROVAL_REFUSED));
+        assert!(p.transitions.iter().any(|t| matches!(t, Transition::SelfApprovalRefused { .. })));
+        let again = run(Case { decision: own(), status: p.status.clone(), now: 30, ..Case::default() });
+        assert_eq!(again.status, p.status);
+        assert!(again.transitions.is_empty(), "said once");
+        // Another person approves: it starts.
+        let jane = run(Case { decision: approved(), status: p.status, ..Case::default() });
+        assert_eq!(jane.launch.map(|l| l.job_name), Some("tx-promo-p1".into()));
+        // Turned into the creator's own while promoting: as withdrawn.
+        let p = run(Case { decision: own(), status: promoting(1), job: Some(JobState::Missing), ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::AwaitingApproval));
+    }
+
+    #[test]
+    fn a_failed_reject_job_is_retried_when_transient_and_bounded() {
+        let rejected = Decision::Rejected { by: "bob".into(), reason: None };
+        let pending = run(Case { decision: rejected.clone(), ..Case::default() }).status;
+        let failed = |code: Option<i32>| Some(JobState::Failed { exit_code: code, message: "m".into() });
+        for code in [Some(75), Some(1), None] {
+            let p =
+                run(Case { decision: rejected.clone(), status: pending.clone(), job: failed(code), ..Case::default() });
+            assert!(rejection_pending(&p.status), "{code:?}");
+            assert!(p.status.next_attempt_at.is_some() && p.launch.is_none());
+            assert!(matches!(p.transitions.as_slice(), [Transition::RejectRetrying { attempt: 1, .. }]));
+            let next = run(Case {
+                decision: rejected.clone(),
+                status: p.status,
+                job: failed(code),
+                now: 10,
+                ..Case::default()
+            });
+            assert_eq!(next.launch.map(|l| l.job_name), Some("tx-promo-r2".into()));
+            assert_eq!(next.status.job_name.as_deref(), Some("tx-promo-r2"));
+        }
+        let last = PromotionStatus { job_name: Some(reject_attempt_job_name("tx-promo", 3)), ..pending.clone() };
+        let p = run(Case { decision: rejected.clone(), status: last, job: failed(Some(75)), ..Case::default() });
+        assert_eq!(condition(&p.status, CONDITION_PROMOTED), ("False", "RejectionNotRecorded"));
+        let usage = run(Case { decision: rejected, status: pending, job: failed(Some(2)), ..Case::default() });
+        assert_eq!(condition(&usage.status, CONDITION_PROMOTED), ("False", "RejectionNotRecorded"));
+        assert_eq!(
+            (reject_attempt_of("tx-promo", "tx-promo-reject"), reject_attempt_of("tx-promo", "tx-promo-r4")),
+            (1, 4)
+        );
+    }
+
+    #[test]
+    fn a_lost_contract_ends_the_promotion_failed() {
+        let lost = "its contract ConfigMap tx-promo-contract is missing and Dataset tx has changed";
+        let p = run(Case {
+            decision: approved(),
+            status: promoting(2),
+            job: Some(JobState::Missing),
+            contract_lost: Some(lost),
+            ..Case::default()
+        });
+        assert_eq!((p.status.phase, p.launch), (Some(PromotionPhase::Failed), None));
+        assert_eq!(condition(&p.status, CONDITION_PROMOTED), ("False", REASON_CONTRACT_LOST));
+        assert!(matches!(p.transitions.as_slice(), [Transition::Finished { phase: PromotionPhase::Failed, .. }]));
+    }
+
+    #[test]
+    fn an_approved_promotion_waiting_for_another_changes_nothing_while_it_waits() {
+        let p = run(Case { decision: approved(), blocked_by: Some("tx-other"), ..Case::default() });
+        assert_eq!(p.transitions.len(), 1);
+        let again = run(Case {
+            decision: approved(),
+            blocked_by: Some("tx-other"),
+            status: p.status.clone(),
+            now: 2,
+            ..Case::default()
+        });
+        assert_eq!(again.status, p.status, "nothing to write");
+        assert!(again.transitions.is_empty(), "no Event");
+    }
+
+    #[test]
     fn derived_names_stay_dns_labels_for_the_longest_names() {
         let longest = "a".repeat(MAX_PROMOTION_NAME);
-        for name in [job_name(&longest, 99), reject_job_name(&longest)] {
+        for name in [job_name(&longest, 99), reject_job_name(&longest), reject_attempt_job_name(&longest, 99)] {
             assert!(name.len() <= 63, "{name}");
         }
         let run = "a".repeat(silverline_crds::etlrun::MAX_ETLRUN_NAME);
