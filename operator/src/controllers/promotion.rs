@@ -1148,13 +1148,21 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
             }
         };
         if let Some(again) = again {
-            let written = plan.status.clone();
-            plan = self::plan(&again, &ctx.promotion);
-            if plan.status != written {
+            let first = std::mem::replace(&mut plan, self::plan(&again, &ctx.promotion));
+            if plan.status != first.status {
                 // The first write changed the resourceVersion: written again on the fresh one (a second write
                 // on the one read would be refused as a conflict, and the first plan's Events never said).
-                let fresh = written_since(&ctx, promotion).await?;
-                write_status(&ctx, &fresh, &plan.status).await?;
+                let wrote = match written_since(&ctx, promotion).await {
+                    Ok(fresh) => write_status(&ctx, &fresh, &plan.status).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = wrote {
+                    // The first write stands: what it decided is said (not the Job that was not created).
+                    for transition in first.transitions.iter().filter(|t| !matches!(t, Transition::Started { .. })) {
+                        report(&ctx, promotion, &first.status, transition).await;
+                    }
+                    return Err(e);
+                }
             }
         }
     }
