@@ -723,3 +723,293 @@ async fn a_promote_job_whose_pod_cannot_start_is_said_on_the_promotion_until_it_
     assert_eq!(status.phase, Some(PromotionPhase::Promoted), "{status:?}\n{}", s.diagnostics(&[&op]));
     assert_eq!(status.attempts, 1, "the same Job, once its pod could start");
 }
+
+/// Removes annotations of a Promotion (a merge patch with `null`).
+async fn remove_annotations(s: &Scenario, name: &str, keys: &[&str]) {
+    let api: Api<Promotion> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let map: serde_json::Map<String, serde_json::Value> =
+        keys.iter().map(|k| ((*k).to_owned(), serde_json::Value::Null)).collect();
+    let patch = serde_json::json!({"metadata": {"annotations": map}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("remove annotations");
+}
+
+/// How many times Events of `reason` were said about `object` (a series counts each of its occurrences).
+async fn said(s: &Scenario, object: &str, reason: &str) -> i32 {
+    support::events(&s.client, &s.ns.name, object)
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.series.and_then(|series| series.count).or(e.count).unwrap_or(1).max(1))
+        .sum()
+}
+
+async fn condition_of(s: &Scenario, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let api: Api<Promotion> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let status = api.get(name).await.ok()?.status?;
+    let c = status.conditions.into_iter().find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason, c.message))
+}
+
+/// A Dataset whose credentials Secret `lake-creds` does not exist: promote Jobs wait for it (their pods never
+/// start).
+async fn dataset_without_its_secret(s: &Scenario) {
+    let mut dataset = transactions_dataset(&s.lake(), 3);
+    dataset.spec.storage.credentials_secret = Some(silverline_crds::SecretKeyRef { name: "lake-creds".into() });
+    create_dataset(&s.client, &s.ns.name, &dataset).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_withdrawal_or_rejection_while_the_promote_pod_cannot_start_wins_and_nothing_moves() {
+    use k8s_openapi::api::core::v1::Secret;
+    let s = Scenario::new("promo-withdraw").await;
+    let mut dataset = transactions_dataset(&s.lake(), 3);
+    dataset.spec.storage.credentials_secret = Some(silverline_crds::SecretKeyRef { name: "lake-creds".into() });
+    create_dataset(&s.client, &s.ns.name, &dataset).await;
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "lake-creds"}, "stringData": {"SILVERLINE_TEST_CREDENTIAL": "x"}
+    }))
+    .expect("secret");
+    secrets.create(&Default::default(), &secret).await.expect("create the Secret");
+    let op = s.operator("replica-a").await;
+    let run_id = succeeded_run(&s, "tx-wd", &op).await;
+    secrets.delete("lake-creds", &Default::default()).await.expect("delete the Secret");
+    create_promotion(&s, &promotion("tx-wd-promo", &[&run_id], None)).await;
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+
+    // Approved: the promote Job's pod waits for the Secret. The approval is withdrawn: the Job is deleted (its pod
+    // never started) and the Promotion awaits approval again.
+    approve(&s, "tx-wd-promo").await;
+    ready_when(&s, "tx-wd-promo", "p1's pod waits for the Secret", |reason, message| {
+        reason == "CredentialsSecretNotFound" && message.contains("tx-wd-promo-p1")
+    })
+    .await;
+    remove_annotations(&s, "tx-wd-promo", &[ANNOTATION_APPROVED_BY, ANNOTATION_APPROVAL_REASON]).await;
+    let back = in_phase(&s, "tx-wd-promo", PromotionPhase::AwaitingApproval, Duration::from_secs(40)).await;
+    assert_eq!(back.status.as_ref().and_then(|st| st.approved_by.clone()), None, "{:?}", back.status);
+    eventually("Job tx-wd-promo-p1 deleted", Duration::from_secs(30), || async {
+        jobs.get_opt("tx-wd-promo-p1").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(said(&s, "tx-wd-promo", "ApprovalWithdrawn").await >= 1, "an Event says the approval was withdrawn");
+
+    // Approved again: a new Job (p2), waiting for the Secret again; then rejected: it is deleted and the
+    // Promotion ends Rejected, with no new attempt.
+    approve(&s, "tx-wd-promo").await;
+    ready_when(&s, "tx-wd-promo", "p2's pod waits for the Secret", |reason, message| {
+        reason == "CredentialsSecretNotFound" && message.contains("tx-wd-promo-p2")
+    })
+    .await;
+    annotate(&s, "tx-wd-promo", &[(ANNOTATION_REJECTED_BY, "bob"), (ANNOTATION_REJECTION_REASON, "wrong month")]).await;
+    let done = finished_promotion(&s, "tx-wd-promo", &op).await;
+    let status = done.status.expect("status");
+    assert_eq!(status.phase, Some(PromotionPhase::Rejected), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.rejected_by.as_deref(), Some("bob"));
+    assert_eq!(status.attempts, 2, "{status:?}");
+    eventually("Job tx-wd-promo-p2 deleted", Duration::from_secs(30), || async {
+        jobs.get_opt("tx-wd-promo-p2").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(said(&s, "tx-wd-promo", "Rejected").await >= 1, "an Event says it is rejected");
+
+    // The Secret is back: the rejection is recorded; nothing was ever promoted.
+    secrets.create(&Default::default(), &secret).await.expect("create the Secret again");
+    let records = eventually("the rejection's audit record", Duration::from_secs(60), || async {
+        let records = audit_records(&s.lake());
+        records.iter().any(|r| r["result"] == "rejected").then_some(records)
+    })
+    .await;
+    assert!(records.iter().all(|r| r["result"] == "rejected"), "{records:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(latest(&s.lake()).is_none(), "nothing moved");
+    let names: Vec<String> = jobs
+        .list(&ListParams::default().labels("etl.silverline.dev/promotion=tx-wd-promo"))
+        .await
+        .expect("jobs")
+        .items
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
+    assert_eq!(names, ["tx-wd-promo-reject"], "no promote Job is left or launched again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn an_approval_by_the_creator_is_refused_until_another_person_approves() {
+    let s = Scenario::new("promo-self").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let op = s.operator("replica-a").await;
+    // Created by alice (`requested-by`: no approval policy here), approved by alice.
+    create_promotion(&s, &promotion("tx-self-promo", &["20240101T000000Z-abc-a1"], None)).await;
+    annotate(&s, "tx-self-promo", &[(ANNOTATION_APPROVED_BY, "alice"), (ANNOTATION_APPROVAL_REASON, "mine")]).await;
+    let approved = eventually("Approved=False SelfApprovalRefused", Duration::from_secs(30), || async {
+        let c = condition_of(&s, "tx-self-promo", "Approved").await?;
+        (c.1 == "SelfApprovalRefused").then_some(c)
+    })
+    .await;
+    assert_eq!(approved.0, "False");
+    assert!(approved.2.contains("alice"), "{}", approved.2);
+    assert!(warned(&s, "tx-self-promo", "SelfApprovalRefused").await, "a Warning Event says it");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let api: Api<Promotion> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let waiting = api.get("tx-self-promo").await.expect("promotion");
+    assert_eq!(waiting.phase(), Some(PromotionPhase::AwaitingApproval), "{:?}", waiting.status);
+    assert_eq!(waiting.status.as_ref().and_then(|st| st.approved_by.clone()), None);
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    assert!(jobs.get_opt("tx-self-promo-p1").await.expect("read Job").is_none(), "no promote Job");
+    assert_eq!(said(&s, "tx-self-promo", "SelfApprovalRefused").await, 1, "said once");
+
+    // Another person approves: it goes on.
+    approve(&s, "tx-self-promo").await;
+    let on = eventually("approved by jane", Duration::from_secs(30), || async {
+        let p = api.get("tx-self-promo").await.ok()?;
+        (p.phase() != Some(PromotionPhase::AwaitingApproval)).then_some(p)
+    })
+    .await;
+    let status = on.status.expect("status");
+    assert_eq!(status.approved_by.as_deref(), Some("jane"), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(status.job_name.as_deref(), Some("tx-self-promo-p1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_lost_contract_fails_the_promotion_and_frees_its_dataset() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use silverline_crds::Dataset;
+    let s = Scenario::new("promo-lost").await;
+    dataset_without_its_secret(&s).await;
+    let op = s.operator("replica-a").await;
+    create_promotion(&s, &promotion("tx-lost-promo", &["20240101T000000Z-abc-a1"], None)).await;
+    approve(&s, "tx-lost-promo").await;
+    ready_when(&s, "tx-lost-promo", "p1's pod waits for the Secret", |reason, _| reason == "CredentialsSecretNotFound")
+        .await;
+
+    // The Dataset changes, the contract ConfigMap and the Job are removed: the frozen contract cannot be made again.
+    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let patch = serde_json::json!({"spec": {"quality": {"maxQuarantineRate": 0.5}}});
+    datasets.patch("transactions", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("change the Dataset");
+    let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    config_maps.delete("tx-lost-promo-contract", &Default::default()).await.expect("delete the contract");
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    jobs.delete("tx-lost-promo-p1", &kube::api::DeleteParams::background()).await.expect("delete the Job");
+
+    let done = finished_promotion(&s, "tx-lost-promo", &op).await;
+    let status = done.status.expect("status");
+    assert_eq!(status.phase, Some(PromotionPhase::Failed), "{status:?}\n{}", s.diagnostics(&[&op]));
+    let (state, reason, message) = condition_of(&s, "tx-lost-promo", "Promoted").await.expect("Promoted");
+    assert_eq!((state.as_str(), reason.as_str()), ("False", "ContractLost"));
+    assert!(message.contains("tx-lost-promo-contract"), "{message}");
+    assert!(warned(&s, "tx-lost-promo", "ContractLost").await, "a Warning Event says it");
+
+    // The dataset is free: another approved Promotion of it starts.
+    create_promotion(&s, &promotion("tx-next-promo", &["20240101T000000Z-abc-a1"], None)).await;
+    approve(&s, "tx-next-promo").await;
+    in_phase(&s, "tx-next-promo", PromotionPhase::Promoting, Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_reject_job_that_fails_transiently_is_retried_until_the_rejection_is_recorded() {
+    let s = Scenario::new("promo-rejretry").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let op = s.operator("replica-a").await;
+    let run_id = succeeded_run(&s, "tx-rr", &op).await;
+    s.kubelet.inject("tx-rr-promo-reject", support::kubelet::Fault::Exit(75));
+    create_promotion(&s, &promotion("tx-rr-promo", &[&run_id], None)).await;
+    in_phase(&s, "tx-rr-promo", PromotionPhase::AwaitingApproval, Duration::from_secs(30)).await;
+    annotate(&s, "tx-rr-promo", &[(ANNOTATION_REJECTED_BY, "bob"), (ANNOTATION_REJECTION_REASON, "wrong month")]).await;
+
+    let recorded = eventually("Promoted=False Rejected (recorded)", Duration::from_secs(90), || async {
+        let c = condition_of(&s, "tx-rr-promo", "Promoted").await?;
+        (c.1 != "RejectionPending").then_some(c)
+    })
+    .await;
+    assert_eq!(recorded.1, "Rejected", "{recorded:?}\n{}", s.diagnostics(&[&op]));
+    let api: Api<Promotion> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let status = api.get("tx-rr-promo").await.expect("promotion").status.expect("status");
+    assert_eq!(status.job_name.as_deref(), Some("tx-rr-promo-r2"), "{status:?}");
+    assert!(warned(&s, "tx-rr-promo", "RejectRetrying").await, "a Warning Event says it is retried");
+    let records = audit_records(&s.lake());
+    assert!(records.iter().any(|r| r["result"] == "rejected" && r["rejected_by"] == "bob"), "{records:?}");
+    assert!(latest(&s.lake()).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_rejection_whose_job_cannot_be_launched_is_still_said_and_counted() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let s = Scenario::new("promo-rejlaunch").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    // With only its published RBAC: the status written again after the failed launch needs nothing more.
+    let kubeconfig = s.operator_service_account().await;
+    let op = support::Operator::start(support::OperatorOptions {
+        namespace: &s.ns.name,
+        identity: "replica-a",
+        log_dir: s.dir.path(),
+        kubeconfig: Some(&kubeconfig),
+        env: vec![],
+    })
+    .await;
+    create_promotion(&s, &promotion("tx-rl-promo", &["20240101T000000Z-abc-a1"], None)).await;
+    in_phase(&s, "tx-rl-promo", PromotionPhase::AwaitingApproval, Duration::from_secs(30)).await;
+    // A ConfigMap under the contract's name that is not the Promotion's: the reject Job cannot be launched.
+    let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "tx-rl-promo-contract"}, "data": {"dataset.yaml": "planted"},
+    }))
+    .expect("a ConfigMap");
+    config_maps.create(&PostParams::default(), &cm).await.expect("plant the ConfigMap");
+
+    annotate(&s, "tx-rl-promo", &[(ANNOTATION_REJECTED_BY, "bob"), (ANNOTATION_REJECTION_REASON, "no")]).await;
+    in_phase(&s, "tx-rl-promo", PromotionPhase::Rejected, Duration::from_secs(30)).await;
+    ready_when(&s, "tx-rl-promo", "Ready=False LaunchFailed", |reason, _| reason == "LaunchFailed").await;
+    eventually("the Rejected Event", Duration::from_secs(20), || async {
+        (said(&s, "tx-rl-promo", "Rejected").await >= 1).then_some(())
+    })
+    .await;
+    eventually("promotions_total{result=rejected} 1", Duration::from_secs(20), || async {
+        let n =
+            op.metric(&s.series(r#"silverline_promotions_total{dataset="transactions",result="rejected"}"#)).await?;
+        (n == 1.0).then_some(())
+    })
+    .await;
+    assert!(!op.logs().contains("forbidden"), "the operator was refused something:\n{}", op.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn an_approved_promotion_waiting_for_another_writes_nothing_and_says_it_once() {
+    let s = Scenario::new("promo-steady").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let op = s.operator("replica-a").await;
+    // The first one's promote Job is held running: the second waits for it.
+    let release = Arc::new(tokio::sync::Notify::new());
+    s.kubelet.inject("tx-first-promo-p1", support::kubelet::Fault::Hold(release.clone()));
+    for name in ["tx-first-promo", "tx-second-promo"] {
+        create_promotion(&s, &promotion(name, &["20240101T000000Z-abc-a1"], None)).await;
+        in_phase(&s, name, PromotionPhase::AwaitingApproval, Duration::from_secs(30)).await;
+    }
+    approve(&s, "tx-first-promo").await;
+    in_phase(&s, "tx-first-promo", PromotionPhase::Promoting, Duration::from_secs(30)).await;
+    approve(&s, "tx-second-promo").await;
+    ready_when(&s, "tx-second-promo", "WaitingForPromotion", |reason, _| reason == "WaitingForPromotion").await;
+    // Settled (the approval's own write done), then a steady wait: no write, no Event, for several polls (2 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let api: Api<Promotion> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let before = api.get("tx-second-promo").await.expect("promotion");
+    let events_before = said(&s, "tx-second-promo", "WaitingForPromotion").await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = api.get("tx-second-promo").await.expect("promotion");
+    assert_eq!(after.phase(), Some(PromotionPhase::AwaitingApproval));
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version,
+        "a steady wait writes nothing: {:?}\n{}",
+        after.status,
+        s.diagnostics(&[&op])
+    );
+    assert_eq!(events_before, 1, "the wait is said once");
+    assert_eq!(said(&s, "tx-second-promo", "WaitingForPromotion").await, 1, "and not again");
+    release.notify_one();
+}

@@ -7,6 +7,10 @@
 //!                                                                                             └──contended (7), transient──▶ retry
 //! ```
 //!
+//! A rejection (or the approval withdrawn) while `Promoting` still wins as long as nothing is committed: no promote
+//! Job runs and the lake records nothing of the Promotion (`Builder::withdraw`). An approval by the Promotion's
+//! creator is refused here too, behind the apiserver's approval policy.
+//!
 //! The operator stays read-only on the lake: it previews (`silverline_lake::promotion::preview_target`), reads
 //! `_LATEST.json` and the audit log; the write is a Job of the worker (`silverline-worker promote`) with the
 //! Dataset's credentials. Decisions are the pure `plan`, table-tested below.
@@ -84,6 +88,22 @@ pub fn job_name(promotion: &str, attempt: u32) -> String {
 
 pub fn reject_job_name(promotion: &str) -> String {
     format!("{promotion}-reject")
+}
+
+/// The Job of attempt `attempt` to record a rejection: the first is [`reject_job_name`], the next ones
+/// `{promotion}-r{attempt}` (as short as a promote Job's name, so a DNS label for the longest names).
+pub fn reject_attempt_job_name(promotion: &str, attempt: u32) -> String {
+    if attempt <= 1 { reject_job_name(promotion) } else { format!("{promotion}-r{attempt}") }
+}
+
+/// Which attempt to record a rejection a Job of [`reject_attempt_job_name`] is (1 for any other name).
+pub fn reject_attempt_of(promotion: &str, job_name: &str) -> u32 {
+    job_name
+        .strip_prefix(promotion)
+        .and_then(|rest| rest.strip_prefix("-r"))
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n >= 2)
+        .unwrap_or(1)
 }
 
 pub fn contract_name(promotion: &str) -> String {
@@ -179,6 +199,9 @@ pub struct Observed<'a> {
     /// Why the Job the plan launches could not be created (the apiserver's answer, a ConfigMap that is not the
     /// Promotion's contract): planned again with it, the plan says so instead of launching.
     pub launch_error: Option<String>,
+    /// Why the Job the plan launches can never be launched: its frozen contract is gone and cannot be made again
+    /// (the ConfigMap is missing and the Dataset has changed since). Planned again with it, the plan ends.
+    pub contract_lost: Option<String>,
 }
 
 /// What the Job of a launch does.
@@ -198,12 +221,43 @@ pub struct Launch {
 /// A change worth an Event, a log line and metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
-    AwaitingApproval { message: String },
-    Waiting { reason: String, message: String },
-    Started { job_name: String, attempt: u32 },
-    Retrying { attempt: u32, message: String, after: Duration },
-    Finished { phase: PromotionPhase, reason: String, message: String },
-    RejectionNotRecorded { message: String },
+    AwaitingApproval {
+        message: String,
+    },
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Started {
+        job_name: String,
+        attempt: u32,
+    },
+    Retrying {
+        attempt: u32,
+        message: String,
+        after: Duration,
+    },
+    /// The Job recording a rejection failed in a way worth another try.
+    RejectRetrying {
+        attempt: u32,
+        message: String,
+    },
+    Finished {
+        phase: PromotionPhase,
+        reason: String,
+        message: String,
+    },
+    RejectionNotRecorded {
+        message: String,
+    },
+    /// The approval was withdrawn before anything was committed: back to awaiting approval.
+    ApprovalWithdrawn {
+        message: String,
+    },
+    /// The approver is the creator: refused, the Promotion waits for another approver.
+    SelfApprovalRefused {
+        message: String,
+    },
 }
 
 /// The decision.
@@ -212,6 +266,9 @@ pub struct Plan {
     pub status: PromotionStatus,
     /// Make sure this Job exists (after the status naming it is written).
     pub launch: Option<Launch>,
+    /// Delete this promote Job (its pods first): a rejection or a withdrawn approval came while its pod had not
+    /// started.
+    pub delete_job: Option<String>,
     pub requeue_after: Option<Duration>,
     pub transitions: Vec<Transition>,
 }
@@ -229,6 +286,7 @@ struct Builder<'a> {
     settings: &'a PromotionSettings,
     status: PromotionStatus,
     launch: Option<Launch>,
+    delete_job: Option<String>,
     requeue_after: Option<Duration>,
     transitions: Vec<Transition>,
 }
@@ -245,17 +303,47 @@ pub fn plan(observed: &Observed, settings: &PromotionSettings) -> Plan {
     {
         status.mode = Some(observed.spec.mode.unwrap_or(*dataset_mode));
     }
-    let mut b = Builder { o: observed, settings, status, launch: None, requeue_after: None, transitions: Vec::new() };
+    let mut b = Builder {
+        o: observed,
+        settings,
+        status,
+        launch: None,
+        delete_job: None,
+        requeue_after: None,
+        transitions: Vec::new(),
+    };
     match b.status.phase {
         Some(PromotionPhase::Rejected) if rejection_pending(&b.status) => b.follow_rejection(),
         Some(phase) if phase.is_terminal() => {}
-        Some(PromotionPhase::Promoting) => b.follow_promotion(),
+        Some(PromotionPhase::Promoting) => {
+            if !b.withdraw() {
+                b.follow_promotion();
+            }
+        }
         None | Some(PromotionPhase::AwaitingApproval) => b.decide(),
         Some(_) => {}
     }
     if b.launch.is_some() && observed.status.job_name.is_none() && b.status.contract_hash.is_none() {
         // The first launch freezes the contract its Jobs apply (`launch_job` checks the ConfigMap against it).
         b.status.contract_hash = observed.contract_hash.clone();
+    }
+    if let Some(lost) = &observed.contract_lost
+        && let Some(launch) = b.launch.take()
+    {
+        b.transitions.retain(|t| !matches!(t, Transition::Started { .. }));
+        b.requeue_after = None;
+        match launch.action {
+            JobAction::Promote { .. } => {
+                let message = format!("the promote Job {} can never be launched: {lost}", launch.job_name);
+                b.finish(PromotionPhase::Failed, REASON_CONTRACT_LOST, message);
+            }
+            JobAction::Reject { .. } => {
+                let note = format!("the rejection could not be recorded in the audit log: {lost}");
+                b.condition(CONDITION_PROMOTED, ConditionStatus::False, "RejectionNotRecorded", &note);
+                b.status.next_attempt_at = None;
+                b.transitions.push(Transition::RejectionNotRecorded { message: note });
+            }
+        }
     }
     if let Some(error) = &observed.launch_error
         && let Some(launch) = b.launch.take()
@@ -268,7 +356,13 @@ pub fn plan(observed: &Observed, settings: &PromotionSettings) -> Plan {
         b.wait_for(REASON_LAUNCH_FAILED, format!("the {what} Job {} cannot be launched: {error}", launch.job_name));
         b.requeue_after = Some(settings.resync);
     }
-    Plan { status: b.status, launch: b.launch, requeue_after: b.requeue_after, transitions: b.transitions }
+    Plan {
+        status: b.status,
+        launch: b.launch,
+        delete_job: b.delete_job,
+        requeue_after: b.requeue_after,
+        transitions: b.transitions,
+    }
 }
 
 /// How often a Promotion looks at its active Job (and at what keeps its pod from starting).
@@ -279,6 +373,16 @@ const ACTIVE_JOB_POLL: Duration = Duration::from_secs(10);
 pub const REASON_LAUNCH_FAILED: &str = "LaunchFailed";
 /// `Ready` while the lake cannot be read for what it records of the Promotion.
 pub const REASON_LAKE_UNREADABLE: &str = "LakeUnreadable";
+/// `Promoted` (and the phase `Failed`) when the contract frozen at the first launch is gone and cannot be made
+/// again: no Job of the Promotion can ever run.
+pub const REASON_CONTRACT_LOST: &str = "ContractLost";
+/// `Ready` while a rejection or a withdrawn approval waits for the promote Job to be gone (deleted, when its pod
+/// never started; else left to finish, as it may be committing).
+pub const REASON_WITHDRAWAL_PENDING: &str = "WithdrawalPending";
+/// `Approved` and `Ready` when the approval is withdrawn while promoting, before anything was committed.
+pub const REASON_APPROVAL_WITHDRAWN: &str = "ApprovalWithdrawn";
+/// `Approved` while the only approval is the creator's own.
+pub const REASON_SELF_APPROVAL_REFUSED: &str = "SelfApprovalRefused";
 
 impl Builder<'_> {
     fn condition(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: &str) {
@@ -303,32 +407,80 @@ impl Builder<'_> {
     /// Not yet promoting: wait for a decision, show the preview, or start.
     fn decide(&mut self) {
         match self.o.decision.clone() {
-            Decision::Rejected { by, reason } => self.reject(by, reason),
+            Decision::Rejected { by, reason } => self.reject(by, reason, None),
             Decision::Pending => self.await_approval(),
+            Decision::Approved { by, .. } if self.self_approval(&by) => self.refuse_self_approval(by),
             Decision::Approved { by, reason } => self.approved(by, reason),
         }
     }
 
+    /// Whether `approver` is the Promotion's creator (as first recorded in status, or as the annotations say
+    /// now): four eyes, checked here too, behind the apiserver's approval policy (which may be in Warn or Audit
+    /// mode, or not installed).
+    fn self_approval(&self, approver: &str) -> bool {
+        [self.status.created_by.as_deref(), self.o.status.created_by.as_deref(), self.o.created_by]
+            .into_iter()
+            .flatten()
+            .any(|creator| creator == approver)
+    }
+
+    /// The approver created the Promotion: not an approval. It waits for another approver, and says so once.
+    fn refuse_self_approval(&mut self, by: String) {
+        self.await_approval();
+        let message = format!(
+            "refused the approval by {by}, who created this Promotion: another person must approve it (four eyes); \
+             waiting for {}",
+            silverline_crds::promotion::ANNOTATION_APPROVED_BY
+        );
+        let said =
+            self.o.status.conditions.iter().any(|c| {
+                c.type_ == CONDITION_APPROVED && c.reason == REASON_SELF_APPROVAL_REFUSED && c.message == message
+            });
+        self.status.approved_by = None;
+        self.condition(CONDITION_APPROVED, ConditionStatus::False, REASON_SELF_APPROVAL_REFUSED, &message);
+        if !said {
+            self.transitions.push(Transition::SelfApprovalRefused { message });
+        }
+    }
+
     fn show_preview(&mut self) {
+        if let Some((status, reason, message)) = self.take_preview() {
+            self.ready_from_preview(status, reason, message);
+        }
+    }
+
+    /// Keeps the preview's facts in status and returns what `Ready` says of them (not yet set: an approved
+    /// Promotion that waits says that instead, so a steady wait changes nothing).
+    fn take_preview(&mut self) -> Option<(ConditionStatus, &'static str, String)> {
         match &self.o.preview {
             Some(Ok(preview)) => {
                 self.status.runs = preview.runs.clone();
                 self.status.change = Some(preview.change.clone());
                 self.status.previous_version = preview.version_before;
                 self.status.failed_checks = preview.failures.clone();
-                if preview.failures.is_empty() {
+                Some(if preview.failures.is_empty() {
                     let message = "the gate's checks pass as previewed (file integrity and key collisions are \
                                    checked at promotion time)";
-                    self.condition(CONDITION_READY, ConditionStatus::True, "GatePreviewPassed", message);
+                    (ConditionStatus::True, "GatePreviewPassed", message.to_owned())
                 } else {
-                    self.wait_for("GateWouldRefuse", format!("the gate would refuse: {}", describe(&preview.failures)));
-                }
+                    let message = format!("the gate would refuse: {}", describe(&preview.failures));
+                    (ConditionStatus::False, "GateWouldRefuse", message)
+                })
             }
-            Some(Err(message)) => {
-                let message = format!("the lake cannot be previewed: {message}");
-                self.condition(CONDITION_READY, ConditionStatus::Unknown, "PreviewUnavailable", &message);
-            }
-            None => {}
+            Some(Err(message)) => Some((
+                ConditionStatus::Unknown,
+                "PreviewUnavailable",
+                format!("the lake cannot be previewed: {message}"),
+            )),
+            None => None,
+        }
+    }
+
+    fn ready_from_preview(&mut self, status: ConditionStatus, reason: &str, message: String) {
+        if status == ConditionStatus::False {
+            self.wait_for(reason, message);
+        } else {
+            self.condition(CONDITION_READY, status, reason, &message);
         }
     }
 
@@ -406,12 +558,15 @@ impl Builder<'_> {
         self.requeue_after = Some(self.settings.resync);
     }
 
-    fn reject(&mut self, by: String, reason: Option<String>) {
+    /// Ends it `Rejected` (`context`: what was under way, said in the message) and records the rejection.
+    fn reject(&mut self, by: String, reason: Option<String>, context: Option<String>) {
         self.status.phase = Some(PromotionPhase::Rejected);
         self.status.rejected_by = Some(by.clone());
         self.status.finished_at = Some(Time(self.o.now));
+        self.status.next_attempt_at = None;
         let why = reason.clone().unwrap_or_else(|| "no reason given".into());
-        let message = format!("rejected by {by}: {why}; the runs stay isolated, nothing moved");
+        let context = context.map(|c| format!(" ({c})")).unwrap_or_default();
+        let message = format!("rejected by {by}: {why}; the runs stay isolated, nothing moved{context}");
         self.condition(CONDITION_APPROVED, ConditionStatus::False, "Rejected", &message);
         self.condition(CONDITION_READY, ConditionStatus::False, "Finished", &message);
         if self.o.dataset.is_ok() {
@@ -464,11 +619,10 @@ impl Builder<'_> {
                 // Whatever Ready said while the Job could not start or the lake could not be read.
                 self.condition(CONDITION_READY, ConditionStatus::False, "Finished", &message);
             }
-            (Some(JobState::Failed { message: failure, .. }), _) => {
-                let note = format!("the rejection could not be recorded in the audit log: {failure}");
-                self.condition(CONDITION_PROMOTED, ConditionStatus::False, "RejectionNotRecorded", &note);
-                self.condition(CONDITION_READY, ConditionStatus::False, "Finished", &message);
-                self.transitions.push(Transition::RejectionNotRecorded { message: note });
+            (Some(JobState::Failed { exit_code, message: failure }), _) => {
+                let exit_code = *exit_code;
+                let failure = failure.clone();
+                self.reject_job_failed(exit_code, &failure, &message);
             }
             (None | Some(JobState::Missing), _) => {
                 // Not created yet, or removed before it was seen to finish: create it (a rejection recorded
@@ -488,6 +642,118 @@ impl Builder<'_> {
         }
     }
 
+    /// The Job recording the rejection failed: a transient failure (exit 75, 1, or none: a lost pod) is tried
+    /// again by a new Job with the promote Jobs' bounded backoff; anything else, or the last attempt, ends it
+    /// unrecorded.
+    fn reject_job_failed(&mut self, exit_code: Option<i32>, failure: &str, rejected: &str) {
+        let job_name = self.status.job_name.clone().unwrap_or_else(|| reject_job_name(self.o.name));
+        let attempt = reject_attempt_of(self.o.name, &job_name);
+        let retryable = matches!(exit_code, None | Some(1) | Some(75));
+        if retryable && attempt < self.settings.max_attempts {
+            match self.status.next_attempt_at.as_ref().map(|t| t.0) {
+                Some(at) if at > self.o.now => self.requeue_after = Some(until(self.o.now, at)),
+                Some(_) => {
+                    let job_name = reject_attempt_job_name(self.o.name, attempt + 1);
+                    self.status.job_name = Some(job_name.clone());
+                    self.status.next_attempt_at = None;
+                    let by = self.status.rejected_by.clone().unwrap_or_default();
+                    let why = match &self.o.decision {
+                        Decision::Rejected { reason: Some(why), .. } => why.clone(),
+                        _ => "no reason given".into(),
+                    };
+                    let action = JobAction::Reject { rejected_by: by, reason: why };
+                    self.launch = Some(Launch { job_name, action, mode: self.mode() });
+                    self.requeue_after = Some(self.settings.resync);
+                }
+                None => {
+                    let what = exit_code.map_or_else(|| "no exit code".to_owned(), |code| format!("exit {code}"));
+                    let delay = self.settings.retry.delay(attempt, retry::jitter(self.o.uid, attempt));
+                    self.status.next_attempt_at = Some(Time(after(self.o.now, delay)));
+                    let message = format!(
+                        "the Job {job_name} recording the rejection failed ({what}: {failure}); attempt {} of {} in \
+                         {}s",
+                        attempt + 1,
+                        self.settings.max_attempts,
+                        delay.as_secs()
+                    );
+                    self.condition(CONDITION_PROMOTED, ConditionStatus::False, REJECTION_PENDING, &message);
+                    self.transitions.push(Transition::RejectRetrying { attempt, message });
+                    self.requeue_after = Some(delay.max(Duration::from_millis(100)));
+                }
+            }
+            return;
+        }
+        let tries = if retryable { format!(" in each of {attempt} Jobs") } else { String::new() };
+        let note = format!("the rejection could not be recorded in the audit log{tries}: {failure}");
+        self.status.next_attempt_at = None;
+        self.condition(CONDITION_PROMOTED, ConditionStatus::False, "RejectionNotRecorded", &note);
+        self.condition(CONDITION_READY, ConditionStatus::False, "Finished", rejected);
+        self.transitions.push(Transition::RejectionNotRecorded { message: note });
+    }
+
+    /// A rejection, or the approval withdrawn (or turned into the creator's own), while `Promoting`: it wins as
+    /// long as nothing is committed — the lake records nothing of this Promotion and no promote Job runs. A Job
+    /// whose pod never started (a missing Secret, a pod that cannot be created) is deleted, its pods first, and
+    /// the verdict waits until it is gone; a Job whose pod runs may be committing, so it is left to finish and
+    /// the lake decides after it — but no new attempt is started meanwhile. Once the lake records the promotion
+    /// (the pointer names it, or the gate refused it), the rejection comes too late and the promotion's own
+    /// outcome stands. Returns whether it decided (else the promotion is followed as usual).
+    fn withdraw(&mut self) -> bool {
+        let rejection = match &self.o.decision {
+            Decision::Approved { by, .. } if !self.self_approval(by) => return false,
+            Decision::Approved { .. } | Decision::Pending => None,
+            Decision::Rejected { by, reason } => Some((by.clone(), reason.clone())),
+        };
+        let who = match &rejection {
+            Some((by, _)) => format!("rejected by {by}"),
+            None => "the approval was withdrawn".to_owned(),
+        };
+        let then = if rejection.is_some() { "it is rejected" } else { "it awaits approval again" };
+        let job_name = self.status.job_name.clone().unwrap_or_default();
+        if matches!(self.o.job, Some(JobState::Active)) {
+            let message = if self.o.blocker.is_some() {
+                self.delete_job = Some(job_name.clone());
+                format!("{who}: deleting the promote Job {job_name}, whose pod never started; then {then}")
+            } else {
+                format!(
+                    "{who} while the promote Job {job_name} runs: it may be committing, so it is left to finish and \
+                     no new attempt is started; if it commits nothing, {then}"
+                )
+            };
+            self.wait_for(REASON_WITHDRAWAL_PENDING, message);
+            self.requeue_after = Some(ACTIVE_JOB_POLL.min(self.settings.resync));
+            return true;
+        }
+        // Without the Dataset or its lake nothing is known of what is committed: held as `follow_promotion` holds
+        // (it launches nothing then).
+        if self.o.dataset.is_err() || self.o.lake_error.is_some() {
+            return false;
+        }
+        if matches!(self.o.recorded, Some(Recorded::Promoted { .. } | Recorded::Refused { .. })) {
+            return false;
+        }
+        let state = match &self.o.job {
+            None | Some(JobState::Missing) => "no promote Job ran".to_owned(),
+            Some(JobState::Failed { .. }) => format!("promote Job {job_name} failed"),
+            _ => format!("promote Job {job_name} ended"),
+        };
+        let context = format!("while promoting, before anything was committed: {state}");
+        match rejection {
+            Some((by, reason)) => self.reject(by, reason, Some(context)),
+            None => {
+                self.status.phase = Some(PromotionPhase::AwaitingApproval);
+                self.status.approved_by = None;
+                self.status.next_attempt_at = None;
+                let message = format!("{who} {context}; nothing moved, and it awaits approval again");
+                self.condition(CONDITION_APPROVED, ConditionStatus::False, REASON_APPROVAL_WITHDRAWN, &message);
+                self.condition(CONDITION_READY, ConditionStatus::False, REASON_APPROVAL_WITHDRAWN, &message);
+                self.transitions.push(Transition::ApprovalWithdrawn { message });
+                self.requeue_after = Some(Duration::from_secs(1));
+            }
+        }
+        true
+    }
+
     fn approved(&mut self, by: String, reason: Option<String>) {
         self.status.approved_by = Some(by.clone());
         let why = reason.clone().unwrap_or_else(|| "no reason given".into());
@@ -498,7 +764,7 @@ impl Builder<'_> {
         if self.dataset_problem() {
             return;
         }
-        self.show_preview();
+        let preview = self.take_preview();
         if let Some(other) = &self.o.blocked_by {
             let message = format!(
                 "waits for Promotion {other} of dataset {}: promotions of one dataset run one at a time",
@@ -508,7 +774,11 @@ impl Builder<'_> {
             self.requeue_after = Some(self.settings.wait_poll);
             return;
         }
-        self.start_attempt(1);
+        if let Some((status, reason, message)) = preview {
+            self.ready_from_preview(status, reason, message);
+        }
+        // After a withdrawn approval the earlier attempts' Jobs keep their names: a new one.
+        self.start_attempt(self.status.attempts + 1);
     }
 
     fn promote_action(&self) -> JobAction {
@@ -851,26 +1121,49 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         lake_error,
         contract_hash,
         launch_error: None,
+        contract_lost: None,
     };
     let mut plan = plan(&observed, &ctx.promotion);
     if plan.status != status {
         write_status(&ctx, promotion, &plan.status).await?;
     }
     drop(serialized);
+    if let Some(job_name) = &plan.delete_job {
+        delete_job(&ctx, &namespace, job_name).await?;
+    }
     let mut launch_failed = None;
     if let (Some(launch), Ok(dataset)) = (&plan.launch, &dataset) {
         let frozen = plan.status.contract_hash.as_deref();
-        if let Err(e) = launch_job(&ctx, promotion, &uid, dataset, launch, frozen).await {
-            // What the user may have to act on (a quota, an admission policy, RBAC, a ConfigMap that is not the
-            // Promotion's contract) is said on the Promotion — `Ready` LaunchFailed and a Warning Event — and the
-            // launch is tried again.
-            let written = plan.status.clone();
-            let refused = Observed { launch_error: Some(e.for_people()), ..observed };
-            plan = self::plan(&refused, &ctx.promotion);
-            if plan.status != written {
-                write_status(&ctx, promotion, &plan.status).await?;
+        let again = match launch_job(&ctx, promotion, &uid, dataset, launch, frozen).await {
+            Ok(Launched::Yes) => None,
+            // No Job of this Promotion can ever run: the plan ends it.
+            Ok(Launched::ContractLost(why)) => Some(Observed { contract_lost: Some(why), ..observed }),
+            Err(e) => {
+                // What the user may have to act on (a quota, an admission policy, RBAC, a ConfigMap that is not
+                // the Promotion's contract) is said on the Promotion — `Ready` LaunchFailed and a Warning Event —
+                // and the launch is tried again.
+                let refused = Observed { launch_error: Some(e.for_people()), ..observed };
+                launch_failed = Some(e);
+                Some(refused)
             }
-            launch_failed = Some(e);
+        };
+        if let Some(again) = again {
+            let first = std::mem::replace(&mut plan, self::plan(&again, &ctx.promotion));
+            if plan.status != first.status {
+                // The first write changed the resourceVersion: written again on the fresh one (a second write
+                // on the one read would be refused as a conflict, and the first plan's Events never said).
+                let wrote = match written_since(&ctx, promotion).await {
+                    Ok(fresh) => write_status(&ctx, &fresh, &plan.status).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = wrote {
+                    // The first write stands: what it decided is said (not the Job that was not created).
+                    for transition in first.transitions.iter().filter(|t| !matches!(t, Transition::Started { .. })) {
+                        report(&ctx, promotion, &first.status, transition).await;
+                    }
+                    return Err(e);
+                }
+            }
         }
     }
     for transition in &plan.transitions {
@@ -880,6 +1173,37 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         return Err(e);
     }
     Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The Promotion as it is after this reconcile's own status write, to write status again on its resourceVersion;
+/// a conflict if anything but its status changed meanwhile (a new annotation is decided by a fresh reconcile).
+async fn written_since(ctx: &Context, promotion: &Promotion) -> Result<Promotion> {
+    let name = promotion.name_any();
+    let namespace = promotion.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<Promotion> = Api::namespaced(ctx.client.clone(), &namespace);
+    // A list by name: the operator's RBAC grants `list` on Promotions, not `get`.
+    let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
+    let list = api.list(&by_name).await.map_err(Error::kube(format!("reading Promotion {name}")))?;
+    let Some(fresh) = list.items.into_iter().next() else {
+        return Err(Error::Conflict { kind: "Promotion", name });
+    };
+    let same = fresh.metadata.uid == promotion.metadata.uid
+        && fresh.metadata.generation == promotion.metadata.generation
+        && fresh.metadata.annotations == promotion.metadata.annotations;
+    if same { Ok(fresh) } else { Err(Error::Conflict { kind: "Promotion", name }) }
+}
+
+/// Deletes a promote Job and, before it, its pods (foreground): it is gone only once no pod of it can run.
+async fn delete_job(ctx: &Context, namespace: &str, job_name: &str) -> Result<()> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    match jobs.delete(job_name, &kube::api::DeleteParams::foreground()).await {
+        Ok(_) => {
+            tracing::info!(namespace = %namespace, job = %job_name, "deleting the promote Job (rejected or withdrawn)");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(format!("deleting Job {job_name}"))(e)),
+    }
 }
 
 /// The Promotion's Dataset, valid, or why not (reason, message).
@@ -1142,6 +1466,14 @@ pub fn contract_config_map(promotion: &Promotion, dataset: &Dataset) -> Result<C
     })
 }
 
+/// Whether [`launch_job`] launched (or found) the Job.
+enum Launched {
+    Yes,
+    /// The contract frozen at the first launch is gone and cannot be made again (why): no Job of the Promotion
+    /// can ever run.
+    ContractLost(String),
+}
+
 /// Makes sure the contract and the Job exist; a Job of that name that exists is adopted if it is ours. The
 /// contract ConfigMap must be the Promotion's own, holding the manifest its first launch froze (`frozen`, the
 /// manifest's [`job::contract_hash`]; a Promotion launched before the hash was kept: any the Promotion owns): the
@@ -1153,7 +1485,7 @@ async fn launch_job(
     dataset: &Dataset,
     launch: &Launch,
     frozen: Option<&str>,
-) -> Result<()> {
+) -> Result<Launched> {
     let namespace = promotion.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -1175,14 +1507,13 @@ async fn launch_job(
     if !created {
         let found = config_maps.get_opt(&name).await.map_err(Error::kube(format!("reading ConfigMap {name}")))?;
         let Some(found) = found else {
-            return Err(Error::Snapshot {
-                name,
-                message: format!(
-                    "it is missing and Dataset {} has changed since the Promotion's first launch: its contract is \
-                     lost; create a new Promotion",
-                    promotion.spec.dataset
-                ),
-            });
+            return Ok(Launched::ContractLost(format!(
+                "its contract ConfigMap {name} is missing and Dataset {} has changed since the Promotion's first \
+                 launch (status.contractHash {}), so the contract it was approved with is lost; create a new \
+                 Promotion",
+                promotion.spec.dataset,
+                frozen.unwrap_or_default()
+            )));
         };
         if !owned_by(&found.metadata, uid) {
             return Err(Error::NotOwned {
@@ -1211,13 +1542,13 @@ async fn launch_job(
         Ok(_) => {
             tracing::info!(promotion = %promotion.name_any(), namespace = %namespace, dataset = %promotion.spec.dataset,
                 job = %launch.job_name, "created the promote Job");
-            Ok(())
+            Ok(Launched::Yes)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let existing =
                 jobs.get(&launch.job_name).await.map_err(Error::kube(format!("reading Job {}", launch.job_name)))?;
             if owned_by(&existing.metadata, uid) {
-                Ok(())
+                Ok(Launched::Yes)
             } else {
                 Err(Error::NotOwned {
                     kind: "Job",
@@ -1272,6 +1603,20 @@ async fn report(ctx: &Context, promotion: &Promotion, status: &PromotionStatus, 
         Transition::RejectionNotRecorded { message } => {
             tracing::warn!(promotion = %name, namespace = %namespace, dataset, "{message}");
             publish::<Promotion>(ctx, meta, EventType::Warning, "RejectionNotRecorded", "Audit", message.clone()).await;
+        }
+        Transition::RejectRetrying { attempt, message } => {
+            tracing::warn!(promotion = %name, namespace = %namespace, dataset, attempt, "{message}");
+            publish::<Promotion>(ctx, meta, EventType::Warning, "RejectRetrying", "Audit", message.clone()).await;
+        }
+        Transition::ApprovalWithdrawn { message } => {
+            tracing::info!(promotion = %name, namespace = %namespace, dataset, "{message}");
+            let reason = REASON_APPROVAL_WITHDRAWN;
+            publish::<Promotion>(ctx, meta, EventType::Normal, reason, "Review", message.clone()).await;
+        }
+        Transition::SelfApprovalRefused { message } => {
+            tracing::warn!(promotion = %name, namespace = %namespace, dataset, "{message}");
+            let reason = REASON_SELF_APPROVAL_REFUSED;
+            publish::<Promotion>(ctx, meta, EventType::Warning, reason, "Review", message.clone()).await;
         }
     }
 }
@@ -1381,6 +1726,7 @@ mod tests {
         recorded: Option<Recorded>,
         lake_error: Option<&'static str>,
         launch_error: Option<&'static str>,
+        contract_lost: Option<&'static str>,
         now: i64,
     }
 
@@ -1396,6 +1742,7 @@ mod tests {
                 recorded: None,
                 lake_error: None,
                 launch_error: None,
+                contract_lost: None,
                 now: 0,
             }
         }
@@ -1421,6 +1768,7 @@ mod tests {
             lake_error: case.lake_error.map(str::to_owned),
             contract_hash: Some(CONTRACT_HASH.into()),
             launch_error: case.launch_error.map(str::to_owned),
+            contract_lost: case.contract_lost.map(str::to_owned),
         };
         plan(&observed, &settings())
     }
@@ -1477,6 +1825,7 @@ mod tests {
                 lake_error: None,
                 contract_hash: None,
                 launch_error: None,
+                contract_lost: None,
             };
             plan(&observed, &settings())
         };
@@ -1535,6 +1884,7 @@ mod tests {
     #[test]
     fn the_pointer_naming_this_promotion_makes_it_promoted() {
         let p = run(Case {
+            decision: approved(),
             status: promoting(1),
             job: Some(JobState::Complete),
             recorded: Some(Recorded::Promoted { version: 3, previous_version: Some(2) }),
@@ -1547,6 +1897,7 @@ mod tests {
 
         // The Job died after the pointer write (current/ and the audit record lag): a new Job catches up.
         let crashed = run(Case {
+            decision: approved(),
             status: promoting(1),
             job: Some(JobState::Failed { exit_code: Some(134), message: "aborted".into() }),
             recorded: Some(Recorded::Promoted { version: 3, previous_version: Some(2) }),
@@ -1555,6 +1906,7 @@ mod tests {
         assert_eq!(crashed.status.phase, Some(PromotionPhase::Promoting));
         assert!(crashed.status.next_attempt_at.is_some());
         let missing = run(Case {
+            decision: approved(),
             status: promoting(1),
             job: Some(JobState::Missing),
             recorded: Some(Recorded::Promoted { version: 3, previous_version: Some(2) }),
@@ -1569,12 +1921,19 @@ mod tests {
             failed_checks: vec![FailedCheck { name: "run_committed".into(), message: "no _SUCCESS".into() }],
         };
         let failed = |code: i32| Some(JobState::Failed { exit_code: Some(code), message: "m".into() });
-        let p = run(Case { status: promoting(1), job: failed(6), recorded: Some(refused), ..Case::default() });
+        let p = run(Case {
+            decision: approved(),
+            status: promoting(1),
+            job: failed(6),
+            recorded: Some(refused),
+            ..Case::default()
+        });
         assert_eq!(p.status.phase, Some(PromotionPhase::Failed));
         assert_eq!(p.status.failed_checks[0].name, "run_committed");
         assert_eq!(condition(&p.status, CONDITION_PROMOTED), ("False", "GateRefused"));
 
         let from_message = run(Case {
+            decision: approved(),
             status: promoting(1),
             job: Some(JobState::Failed {
                 exit_code: Some(6),
@@ -1586,33 +1945,42 @@ mod tests {
         assert_eq!(names, ["quarantine_rate", "schema_version"]);
 
         for code in [7, 75, 1] {
-            let p = run(Case { status: promoting(1), job: failed(code), ..Case::default() });
+            let p = run(Case { decision: approved(), status: promoting(1), job: failed(code), ..Case::default() });
             assert_eq!(p.status.phase, Some(PromotionPhase::Promoting), "exit {code}");
             assert!(p.status.next_attempt_at.is_some());
             assert!(p.launch.is_none());
-            let next = run(Case { status: p.status.clone(), job: failed(code), now: 10, ..Case::default() });
+            let next = run(Case {
+                decision: approved(),
+                status: p.status.clone(),
+                job: failed(code),
+                now: 10,
+                ..Case::default()
+            });
             assert_eq!(next.status.job_name.as_deref(), Some("tx-promo-p2"), "a new Job after the backoff");
             assert!(next.launch.is_some());
         }
-        let last = run(Case { status: promoting(3), job: failed(7), ..Case::default() });
+        let last = run(Case { decision: approved(), status: promoting(3), job: failed(7), ..Case::default() });
         assert_eq!(last.status.phase, Some(PromotionPhase::Failed));
         assert_eq!(condition(&last.status, CONDITION_PROMOTED), ("False", "AttemptsExhausted"));
         // Every Job died after the pointer write: the version is current, so the Promotion is not Failed.
         let recorded = Some(Recorded::Promoted { version: 4, previous_version: Some(3) });
-        let lagging = run(Case { status: promoting(3), job: failed(1), recorded, ..Case::default() });
+        let lagging =
+            run(Case { decision: approved(), status: promoting(3), job: failed(1), recorded, ..Case::default() });
         assert_eq!(lagging.status.phase, Some(PromotionPhase::Promoted));
         assert_eq!(lagging.status.version, Some(4));
         assert_eq!(condition(&lagging.status, CONDITION_PROMOTED), ("True", "PromotedCatchUpPending"));
 
-        let usage = run(Case { status: promoting(1), job: failed(2), ..Case::default() });
+        let usage = run(Case { decision: approved(), status: promoting(1), job: failed(2), ..Case::default() });
         assert_eq!(condition(&usage.status, CONDITION_PROMOTED), ("False", "ConfigurationError"));
     }
 
     #[test]
     fn a_missing_job_is_created_again_and_an_active_one_is_awaited() {
-        let p = run(Case { status: promoting(1), job: Some(JobState::Missing), ..Case::default() });
+        let p =
+            run(Case { decision: approved(), status: promoting(1), job: Some(JobState::Missing), ..Case::default() });
         assert_eq!(p.launch.map(|l| l.job_name), Some("tx-promo-p1".into()));
-        let active = run(Case { status: promoting(1), job: Some(JobState::Active), ..Case::default() });
+        let active =
+            run(Case { decision: approved(), status: promoting(1), job: Some(JobState::Active), ..Case::default() });
         assert!(active.launch.is_none());
         assert_eq!(active.status, promoting(1));
     }
@@ -1637,12 +2005,12 @@ mod tests {
         assert_eq!(p.status.contract_hash.as_deref(), Some(CONTRACT_HASH));
         // A retry (the Dataset's manifest may have changed since): the frozen hash stays.
         let status = PromotionStatus { contract_hash: Some("1111222233334444".into()), ..promoting(1) };
-        let again = run(Case { status, job: Some(JobState::Missing), ..Case::default() });
+        let again = run(Case { decision: approved(), status, job: Some(JobState::Missing), ..Case::default() });
         assert!(again.launch.is_some());
         assert_eq!(again.status.contract_hash.as_deref(), Some("1111222233334444"));
         // A Promotion launched before the hash was kept gets none later (its ConfigMap is checked by owner only).
         let status = PromotionStatus { contract_hash: None, ..promoting(1) };
-        let legacy = run(Case { status, job: Some(JobState::Missing), ..Case::default() });
+        let legacy = run(Case { decision: approved(), status, job: Some(JobState::Missing), ..Case::default() });
         assert_eq!(legacy.status.contract_hash, None);
         // A rejection's Job freezes it too.
         let rejected = Decision::Rejected { by: "bob".into(), reason: None };
@@ -1668,6 +2036,7 @@ mod tests {
         );
         assert_eq!(p.requeue_after, Some(settings().resync));
         let again = run(Case {
+            decision: approved(),
             status: p.status.clone(),
             job: Some(JobState::Missing),
             launch_error: Some(error),
@@ -1675,7 +2044,8 @@ mod tests {
         });
         assert!(again.transitions.is_empty() && again.launch.is_none());
         // Launched at last: the Job runs, and Ready says so again.
-        let ran = run(Case { status: again.status, job: Some(JobState::Active), ..Case::default() });
+        let ran =
+            run(Case { decision: approved(), status: again.status, job: Some(JobState::Active), ..Case::default() });
         assert_eq!(condition(&ran.status, CONDITION_READY), ("True", "Promoting"));
         // A rejection's Job likewise.
         let rejected = Decision::Rejected { by: "bob".into(), reason: None };
@@ -1693,6 +2063,7 @@ mod tests {
     fn a_pod_that_cannot_start_is_said_until_it_starts() {
         let blocker = PodBlocker::SecretNotFound { name: "lake-creds".into() };
         let p = run(Case {
+            decision: approved(),
             status: promoting(1),
             job: Some(JobState::Active),
             blocker: Some(blocker.clone()),
@@ -1703,17 +2074,24 @@ mod tests {
         assert!(message.contains("Secret lake-creds") && message.contains("the promote Job tx-promo-p1"), "{message}");
         assert_eq!(p.transitions.len(), 1);
         let again = run(Case {
+            decision: approved(),
             status: p.status.clone(),
             job: Some(JobState::Active),
             blocker: Some(blocker),
             ..Case::default()
         });
         assert!(again.transitions.is_empty());
-        let started = run(Case { status: again.status, job: Some(JobState::Active), ..Case::default() });
+        let started =
+            run(Case { decision: approved(), status: again.status, job: Some(JobState::Active), ..Case::default() });
         assert_eq!(condition(&started.status, CONDITION_READY), ("True", "Promoting"));
         let refused = PodBlocker::CannotCreate { message: "serviceaccount \"silverline-worker\" not found".into() };
-        let p =
-            run(Case { status: promoting(1), job: Some(JobState::Active), blocker: Some(refused), ..Case::default() });
+        let p = run(Case {
+            decision: approved(),
+            status: promoting(1),
+            job: Some(JobState::Active),
+            blocker: Some(refused),
+            ..Case::default()
+        });
         let message = &p.status.conditions.iter().find(|c| c.type_ == CONDITION_READY).expect("Ready").message;
         assert!(message.contains("ServiceAccount silverline-worker does not exist"), "{message}");
     }
@@ -1722,6 +2100,7 @@ mod tests {
     fn an_unreadable_lake_or_a_lost_dataset_holds_a_promoting_promotion_without_a_verdict() {
         // The Job completed but the lake cannot be read: not taken for "not recorded".
         let p = run(Case {
+            decision: approved(),
             status: promoting(1),
             job: Some(JobState::Complete),
             lake_error: Some("lake: reading _LATEST.json: connection refused"),
@@ -1734,6 +2113,7 @@ mod tests {
         // The Dataset is gone: no launch waits unsaid, no verdict.
         let missing = Err(("DatasetNotFound", "Dataset tx does not exist in this namespace".to_owned()));
         let p = run(Case {
+            decision: approved(),
             status: promoting(1),
             job: Some(JobState::Missing),
             dataset: missing.clone(),
@@ -1744,8 +2124,13 @@ mod tests {
         assert_eq!(condition(&p.status, CONDITION_READY), ("False", "DatasetNotFound"));
         assert_eq!(p.transitions.len(), 1);
         // While its Job runs, the Job is awaited.
-        let active =
-            run(Case { status: promoting(1), job: Some(JobState::Active), dataset: missing, ..Case::default() });
+        let active = run(Case {
+            decision: approved(),
+            status: promoting(1),
+            job: Some(JobState::Active),
+            dataset: missing,
+            ..Case::default()
+        });
         assert_eq!(active.status, promoting(1));
         // A pending rejection whose Dataset is gone stands, unrecorded, as one decided without a Dataset.
         let rejecting =
@@ -1810,9 +2195,155 @@ mod tests {
     }
 
     #[test]
+    fn a_rejection_or_withdrawal_while_promoting_wins_until_something_is_committed() {
+        let rejected = || Decision::Rejected { by: "bob".into(), reason: Some("wrong month".into()) };
+        let failed = |code: i32| Some(JobState::Failed { exit_code: Some(code), message: "m".into() });
+        // No Job ran (a launch failed, or it is not created yet): rejected, recorded by the reject Job.
+        let p =
+            run(Case { decision: rejected(), status: promoting(1), job: Some(JobState::Missing), ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::Rejected));
+        assert_eq!(p.launch.as_ref().map(|l| l.job_name.as_str()), Some("tx-promo-reject"));
+        assert!(rejection_pending(&p.status));
+        assert!(matches!(p.transitions.as_slice(), [Transition::Finished { phase: PromotionPhase::Rejected, .. }]));
+        // In the backoff after a transient failure: no new attempt, rejected.
+        let backoff = run(Case { decision: approved(), status: promoting(1), job: failed(75), ..Case::default() });
+        assert!(backoff.status.next_attempt_at.is_some());
+        let p = run(Case { decision: rejected(), status: backoff.status, job: failed(75), now: 10, ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::Rejected));
+        assert_eq!(p.status.next_attempt_at, None);
+        assert!(matches!(p.launch.map(|l| l.action), Some(JobAction::Reject { .. })));
+        // A Job whose pod never started is deleted; the verdict waits until it is gone.
+        let blocker = Some(PodBlocker::SecretNotFound { name: "lake-creds".into() });
+        let p = run(Case {
+            decision: rejected(),
+            status: promoting(1),
+            job: Some(JobState::Active),
+            blocker,
+            ..Case::default()
+        });
+        assert_eq!(
+            (p.status.phase, p.launch, p.delete_job.as_deref()),
+            (Some(PromotionPhase::Promoting), None, Some("tx-promo-p1"))
+        );
+        assert_eq!(condition(&p.status, CONDITION_READY), ("False", REASON_WITHDRAWAL_PENDING));
+        assert_eq!(p.transitions.len(), 1);
+        // A running Job may be committing: left to finish, nothing launched.
+        let p =
+            run(Case { decision: rejected(), status: promoting(1), job: Some(JobState::Active), ..Case::default() });
+        assert_eq!((p.status.phase, p.launch, p.delete_job), (Some(PromotionPhase::Promoting), None, None));
+        assert_eq!(condition(&p.status, CONDITION_READY), ("False", REASON_WITHDRAWAL_PENDING));
+        // The pointer names it already: too late, the promotion goes on (a catch-up Job).
+        let recorded = Some(Recorded::Promoted { version: 3, previous_version: Some(2) });
+        let p = run(Case { decision: rejected(), status: promoting(1), job: failed(1), recorded, ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::Promoting));
+        assert!(p.status.next_attempt_at.is_some());
+        // The lake cannot be read: nothing decided, nothing launched.
+        let p = run(Case {
+            decision: rejected(),
+            status: promoting(1),
+            job: Some(JobState::Missing),
+            lake_error: Some("connection refused"),
+            ..Case::default()
+        });
+        assert_eq!((p.status.phase, p.launch), (Some(PromotionPhase::Promoting), None));
+
+        // The approval withdrawn: back to awaiting approval; approved again, the next attempt's Job.
+        let p = run(Case { status: promoting(1), job: Some(JobState::Missing), ..Case::default() });
+        assert_eq!((p.status.phase, p.launch.is_none()), (Some(PromotionPhase::AwaitingApproval), true));
+        assert_eq!(p.status.approved_by, None);
+        assert_eq!(condition(&p.status, CONDITION_APPROVED), ("False", REASON_APPROVAL_WITHDRAWN));
+        assert!(matches!(p.transitions.as_slice(), [Transition::ApprovalWithdrawn { .. }]));
+        let again =
+            run(Case { decision: approved(), status: p.status, job: Some(JobState::Missing), ..Case::default() });
+        assert_eq!(again.status.phase, Some(PromotionPhase::Promoting));
+        assert_eq!(again.launch.map(|l| l.job_name), Some("tx-promo-p2".into()));
+    }
+
+    #[test]
+    fn an_approval_by_the_creator_is_refused_and_said_once() {
+        let own = || Decision::Approved { by: "alice".into(), reason: None };
+        let p = run(Case { decision: own(), ..Case::default() });
+        assert_eq!((p.status.phase, p.launch), (Some(PromotionPhase::AwaitingApproval), None));
+        assert_eq!(p.status.approved_by, None);
+        assert_eq!(condition(&p.status, CONDITION_APPROVED), ("False", REASON_SELF_APPROVAL_REFUSED));
+        assert!(p.transitions.iter().any(|t| matches!(t, Transition::SelfApprovalRefused { .. })));
+        let again = run(Case { decision: own(), status: p.status.clone(), now: 30, ..Case::default() });
+        assert_eq!(again.status, p.status);
+        assert!(again.transitions.is_empty(), "said once");
+        // Another person approves: it starts.
+        let jane = run(Case { decision: approved(), status: p.status, ..Case::default() });
+        assert_eq!(jane.launch.map(|l| l.job_name), Some("tx-promo-p1".into()));
+        // Turned into the creator's own while promoting: as withdrawn.
+        let p = run(Case { decision: own(), status: promoting(1), job: Some(JobState::Missing), ..Case::default() });
+        assert_eq!(p.status.phase, Some(PromotionPhase::AwaitingApproval));
+    }
+
+    #[test]
+    fn a_failed_reject_job_is_retried_when_transient_and_bounded() {
+        let rejected = Decision::Rejected { by: "bob".into(), reason: None };
+        let pending = run(Case { decision: rejected.clone(), ..Case::default() }).status;
+        let failed = |code: Option<i32>| Some(JobState::Failed { exit_code: code, message: "m".into() });
+        for code in [Some(75), Some(1), None] {
+            let p =
+                run(Case { decision: rejected.clone(), status: pending.clone(), job: failed(code), ..Case::default() });
+            assert!(rejection_pending(&p.status), "{code:?}");
+            assert!(p.status.next_attempt_at.is_some() && p.launch.is_none());
+            assert!(matches!(p.transitions.as_slice(), [Transition::RejectRetrying { attempt: 1, .. }]));
+            let next = run(Case {
+                decision: rejected.clone(),
+                status: p.status,
+                job: failed(code),
+                now: 10,
+                ..Case::default()
+            });
+            assert_eq!(next.launch.map(|l| l.job_name), Some("tx-promo-r2".into()));
+            assert_eq!(next.status.job_name.as_deref(), Some("tx-promo-r2"));
+        }
+        let last = PromotionStatus { job_name: Some(reject_attempt_job_name("tx-promo", 3)), ..pending.clone() };
+        let p = run(Case { decision: rejected.clone(), status: last, job: failed(Some(75)), ..Case::default() });
+        assert_eq!(condition(&p.status, CONDITION_PROMOTED), ("False", "RejectionNotRecorded"));
+        let usage = run(Case { decision: rejected, status: pending, job: failed(Some(2)), ..Case::default() });
+        assert_eq!(condition(&usage.status, CONDITION_PROMOTED), ("False", "RejectionNotRecorded"));
+        assert_eq!(
+            (reject_attempt_of("tx-promo", "tx-promo-reject"), reject_attempt_of("tx-promo", "tx-promo-r4")),
+            (1, 4)
+        );
+    }
+
+    #[test]
+    fn a_lost_contract_ends_the_promotion_failed() {
+        let lost = "its contract ConfigMap tx-promo-contract is missing and Dataset tx has changed";
+        let p = run(Case {
+            decision: approved(),
+            status: promoting(2),
+            job: Some(JobState::Missing),
+            contract_lost: Some(lost),
+            ..Case::default()
+        });
+        assert_eq!((p.status.phase, p.launch), (Some(PromotionPhase::Failed), None));
+        assert_eq!(condition(&p.status, CONDITION_PROMOTED), ("False", REASON_CONTRACT_LOST));
+        assert!(matches!(p.transitions.as_slice(), [Transition::Finished { phase: PromotionPhase::Failed, .. }]));
+    }
+
+    #[test]
+    fn an_approved_promotion_waiting_for_another_changes_nothing_while_it_waits() {
+        let p = run(Case { decision: approved(), blocked_by: Some("tx-other"), ..Case::default() });
+        assert_eq!(p.transitions.len(), 1);
+        let again = run(Case {
+            decision: approved(),
+            blocked_by: Some("tx-other"),
+            status: p.status.clone(),
+            now: 2,
+            ..Case::default()
+        });
+        assert_eq!(again.status, p.status, "nothing to write");
+        assert!(again.transitions.is_empty(), "no Event");
+    }
+
+    #[test]
     fn derived_names_stay_dns_labels_for_the_longest_names() {
         let longest = "a".repeat(MAX_PROMOTION_NAME);
-        for name in [job_name(&longest, 99), reject_job_name(&longest)] {
+        for name in [job_name(&longest, 99), reject_job_name(&longest), reject_attempt_job_name(&longest, 99)] {
             assert!(name.len() <= 63, "{name}");
         }
         let run = "a".repeat(silverline_crds::etlrun::MAX_ETLRUN_NAME);
