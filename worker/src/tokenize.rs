@@ -379,6 +379,22 @@ impl<R: BufRead> CsvTokenizer<R> {
         }
     }
 
+    /// Consumes the `\n` of a `\r\n` whose `\r` ended the last record: csv-core stops after the `\r`, and
+    /// [`Self::line`] already counts the break (see `pending_cr`), so whoever reads on from here must not see the
+    /// `\n` as a blank line of its own.
+    fn finish_crlf(&mut self) -> io::Result<()> {
+        if !self.pending_cr {
+            return Ok(());
+        }
+        if self.input.fill_buf()?.first() == Some(&b'\n') {
+            self.input.consume(1);
+            self.consumed += 1;
+            self.pending_cr = false;
+            self.skipped_lines += 1;
+        }
+        Ok(())
+    }
+
     /// Reads the next record into `chunk`, whose `data` holds `*filled` bytes of fields followed by spare room.
     /// Returns false at the end of the input.
     fn read_record(&mut self, chunk: &mut RecordChunk, filled: &mut usize) -> io::Result<bool> {
@@ -453,7 +469,8 @@ impl<R: BufRead> CsvTokenizer<R> {
         }
     }
 
-    /// Reads the header record: the field names, trimmed. `None` when the input holds no record at all.
+    /// Reads the header record: the field names, trimmed. `None` when the input holds no record at all. Its
+    /// whole line break is consumed, so that [`Self::into_inner`] starts on the line [`Self::line`] names.
     pub fn read_header(&mut self) -> io::Result<Option<Vec<Vec<u8>>>> {
         let mut chunk = RecordChunk::new(0, 0);
         let mut filled = 0;
@@ -462,6 +479,7 @@ impl<R: BufRead> CsvTokenizer<R> {
         if !found {
             return Ok(None);
         }
+        self.finish_crlf()?;
         Ok(Some(chunk.fields(0).map(|f| crate::values::trim(f).to_vec()).collect()))
     }
 
@@ -755,6 +773,21 @@ mod tests {
         assert_eq!(record_prefix(b"1,\"a\"\"\nb\"\n2"), Some(10));
         // A quote at the very end may be the first of a pair: the cut stays before it.
         assert_eq!(record_prefix(b"1\n2,\"a\n\""), Some(2));
+    }
+
+    #[test]
+    fn the_input_after_a_header_starts_on_the_line_after_it_whatever_the_line_end() {
+        for bom in ["", "\u{feff}"] {
+            for end in ["\n", "\r\n", "\r"] {
+                let text = format!("{bom}a,b{end}1,x{end}{end}2,y{end}");
+                let mut t = CsvTokenizer::new(text.as_bytes());
+                t.read_header().expect("header");
+                let line = t.line();
+                let rest: &[u8] = t.into_inner();
+                assert_eq!(line, 2, "{bom:?} {end:?}");
+                assert_eq!(block(rest, line, true).expect("tokenizes").lines, [2, 4], "{bom:?} {end:?}");
+            }
+        }
     }
 
     #[test]

@@ -973,3 +973,41 @@ fn a_replay_is_gated_on_rows_that_fail_anew_not_on_rows_that_fail_again() {
     let out = run_worker(&stricter, &run_dir(&lake, "quarantine", "a1"), &lake, "a3");
     assert_eq!(out.code, 5, "{}", out.stderr);
 }
+
+/// The `line_number` column of an area, in input order.
+fn line_numbers(lake: &std::path::Path, area: &str, run_id: &str) -> Vec<u64> {
+    read_area(lake, area, run_id)
+        .iter()
+        .flat_map(|batch| {
+            let a = batch.column_by_name("line_number").unwrap();
+            a.as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn records_after_a_header_are_numbered_by_their_line_whatever_the_line_end_and_bom() {
+    let tmp = TempDir::new().unwrap();
+    let c = lenient(tmp.path());
+    for (i, bom) in ["", "\u{feff}"].into_iter().enumerate() {
+        for (j, end) in ["\n", "\r\n", "\r"].into_iter().enumerate() {
+            // Lines: 1 header, 2 and 3 bad amounts, 4 blank, 5 a quote that never closes.
+            let text = [
+                format!("{bom}{HEADER}"),
+                "TX1,C1,abc,EUR,2024-01-01T00:00:00Z".into(),
+                "TX2,C1,abc,EUR,2024-01-01T00:00:00Z".into(),
+                String::new(),
+                "TX3,\"C1,1.00,EUR,2024-01-01T00:00:00Z".into(),
+            ]
+            .join(end);
+            let input = write(tmp.path(), &format!("in{i}{j}.csv"), text);
+            let lake = tmp.path().join(format!("lake{i}{j}"));
+            let out = run_worker(&c, &input, &lake, "r1");
+            assert_eq!(out.code, 0, "{bom:?} {end:?}: {}", out.stderr);
+            assert_eq!(line_numbers(&lake, "quarantine", "r1"), [2, 3, 5], "{bom:?} {end:?}");
+            let messages = strings(&read_area(&lake, "quarantine", "r1"), "error_message");
+            let open = messages[2].as_deref().unwrap();
+            assert!(open.contains("field 2 on line 5"), "{bom:?} {end:?}: {open}");
+        }
+    }
+}
