@@ -365,7 +365,7 @@ fn tokenize_and_check(
     maps: &[HeaderMap],
     mut chunk: crate::tokenize::RecordChunk,
 ) -> Result<CheckedChunk> {
-    if !chunk.block.is_empty() {
+    if !chunk.tokenized && !chunk.block.is_empty() {
         crate::tokenize::tokenize_block(&mut chunk).map_err(|e| read_error(e, &inputs[chunk.source].uri))?;
     }
     Ok(check_chunk(contract, &maps[chunk.source], chunk))

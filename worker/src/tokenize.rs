@@ -62,12 +62,14 @@ pub struct RecordChunk {
     /// Records with text after a closing quote (`"C1"x`), which csv-core would silently join to `C1x`: (record
     /// index in the chunk, 1-based field). Rare, so a list.
     pub text_after_quote: Vec<(usize, usize)>,
-    /// The input bytes of each record in `text_after_quote` (its line break excluded), in the same order: what
-    /// the quarantine keeps of it, since its fields as csv-core read them are not what the file says. Filled by
-    /// [`tokenize_block`], which holds the input; empty for records read from a stream.
-    pub text_after_quote_bytes: Vec<Vec<u8>>,
-    /// The input bytes of a block not yet tokenized (see [`tokenize_block`]); kept for reuse afterwards.
+    /// Where in `block` each record lies (its line break excluded; a record that the input's end ends, all of
+    /// it): what the quarantine keeps of a record, byte for byte. Filled by [`tokenize_block`]; empty for records
+    /// read from a stream or replayed.
+    pub spans: Vec<std::ops::Range<usize>>,
+    /// The input bytes of a block: to tokenize (see [`tokenize_block`]), then, once `tokenized`, the bytes that
+    /// `spans` point into.
     pub block: Vec<u8>,
+    pub tokenized: bool,
     /// 1-based line on which `block` starts, and whether the input ends with it.
     pub block_line: u64,
     pub block_is_last: bool,
@@ -211,8 +213,9 @@ impl RecordChunk {
         self.replay.clear();
         self.open_quote = None;
         self.text_after_quote.clear();
-        self.text_after_quote_bytes.clear();
+        self.spans.clear();
         self.block.clear();
+        self.tokenized = false;
         self.block_line = 0;
         self.block_is_last = false;
     }
@@ -221,10 +224,15 @@ impl RecordChunk {
         self.record_ends.is_empty()
     }
 
-    /// The input bytes of record `r`, if it has text after a closing quote and was read from a block.
-    pub fn text_after_quote_bytes(&self, r: usize) -> Option<&[u8]> {
-        let i = self.text_after_quote.binary_search_by_key(&r, |(record, _)| *record).ok()?;
-        self.text_after_quote_bytes.get(i).map(Vec::as_slice)
+    /// The input bytes of record `r`, exactly as the file has them (line break excluded), if it was read from a
+    /// block.
+    pub fn input_bytes(&self, r: usize) -> Option<&[u8]> {
+        self.spans.get(r).and_then(|span| self.block.get(span.clone()))
+    }
+
+    /// Whether record `r` has text after a closing quote.
+    pub fn has_text_after_quote(&self, r: usize) -> bool {
+        self.text_after_quote.binary_search_by_key(&r, |(record, _)| *record).is_ok()
     }
 
     /// The range of `field_ends` indices of record `r`.
@@ -318,9 +326,9 @@ pub struct CsvTokenizer<R> {
     /// does not count as lines; and whether the last byte consumed was a `\r` whose next byte is not known yet.
     lone_crs: u64,
     pending_cr: bool,
-    /// Where in the input each record with text after a closing quote lies (see
-    /// [`RecordChunk::text_after_quote_bytes`]), in the order read.
-    after_quote_spans: Vec<std::ops::Range<usize>>,
+    /// Whether each record's place in the input goes to [`RecordChunk::spans`]: only when the input is a block,
+    /// which the chunk keeps.
+    keep_spans: bool,
 }
 
 impl<R: BufRead> CsvTokenizer<R> {
@@ -337,7 +345,7 @@ impl<R: BufRead> CsvTokenizer<R> {
             consumed: 0,
             lone_crs: 0,
             pending_cr: false,
-            after_quote_spans: Vec::new(),
+            keep_spans: false,
         }
     }
 
@@ -435,7 +443,6 @@ impl<R: BufRead> CsvTokenizer<R> {
                     self.ended_by_input_end = at_end;
                     if let Some(field) = quoting.text_after_quote {
                         chunk.text_after_quote.push((chunk.len(), field + 1));
-                        self.after_quote_spans.push(input_start..self.consumed);
                     }
                     // csv-core ends a record silently at the end of the input, even inside a quoted field.
                     if at_end && quoting.state == QuoteState::Quoted && n_ends > 0 {
@@ -458,6 +465,10 @@ impl<R: BufRead> CsvTokenizer<R> {
                     chunk.field_ends.extend(self.ends[..n_ends].iter().map(|e| (record_start + e) as u32));
                     chunk.record_ends.push(chunk.field_ends.len() as u32);
                     chunk.lines.push(start_line);
+                    if self.keep_spans {
+                        // With its line break, taken off by `tokenize_block`, which holds the input.
+                        chunk.spans.push(input_start..self.consumed);
+                    }
                     return Ok(true);
                 }
                 End => {
@@ -561,6 +572,7 @@ pub fn tokenize_block(chunk: &mut RecordChunk) -> io::Result<()> {
     let block = std::mem::take(&mut chunk.block);
     let (source, line, last) = (chunk.source, chunk.block_line, chunk.block_is_last);
     let mut tokenizer = CsvTokenizer::starting_at_line(&block[..], line);
+    tokenizer.keep_spans = true;
     chunk.clear(source, 0);
     // Exactly: a recycled buffer a little short would otherwise double, and every chunk in flight keeps its own.
     chunk.data.reserve_exact(block.len() + 4096);
@@ -576,13 +588,17 @@ pub fn tokenize_block(chunk: &mut RecordChunk) -> io::Result<()> {
     chunk.data.truncate(filled);
     let misread = !last && tokenizer.ended_by_input_end;
     let end_line = tokenizer.line();
-    for span in tokenizer.after_quote_spans.drain(..) {
-        let record = &block[span];
-        let line_break = record.iter().rev().take_while(|b| matches!(b, b'\n' | b'\r')).count();
-        chunk.text_after_quote_bytes.push(record[..record.len() - line_break].to_vec());
+    // A record ends with its line break, which is not part of it; one that the input's end ends has none, and
+    // what looks like one there lies inside a quote never closed.
+    let unbroken = tokenizer.ended_by_input_end.then(|| chunk.spans.len().checked_sub(1)).flatten();
+    for (i, span) in chunk.spans.iter_mut().enumerate() {
+        if Some(i) != unbroken {
+            let line_break = block[span.clone()].iter().rev().take_while(|b| matches!(b, b'\n' | b'\r')).count();
+            span.end -= line_break;
+        }
     }
     chunk.block = block;
-    chunk.block.clear();
+    chunk.tokenized = true;
     read?;
     if misread {
         return Err(io::Error::other(format!(
@@ -788,6 +804,19 @@ mod tests {
                 assert_eq!(block(rest, line, true).expect("tokenizes").lines, [2, 4], "{bom:?} {end:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_blocks_records_keep_their_input_bytes_without_their_line_break() {
+        let chunk = block(b"\"a\",b\r\n\n\"c\"x,d\re,\"f\ng\n", 1, true).expect("tokenizes");
+        let kept: Vec<&[u8]> = (0..chunk.len()).filter_map(|r| chunk.input_bytes(r)).collect();
+        // The last record's quote is never closed: the rest of the input, line break and all, is the record.
+        assert_eq!(kept, [&b"\"a\",b"[..], b"\"c\"x,d", b"e,\"f\ng\n"]);
+        assert_eq!(chunk.lines, [1, 3, 4]);
+        assert!(chunk.has_text_after_quote(1) && !chunk.has_text_after_quote(0));
+        // Read from a stream, records have no input bytes to keep.
+        let mut t = CsvTokenizer::new(&b"a,b\n"[..]);
+        assert_eq!(t.next_chunk(0, 1, 10, 1 << 10).expect("reads").expect("a record").input_bytes(0), None);
     }
 
     #[test]
