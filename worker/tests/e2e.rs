@@ -1013,6 +1013,37 @@ fn records_after_a_header_are_numbered_by_their_line_whatever_the_line_end_and_b
 }
 
 #[test]
+fn a_valid_row_is_no_duplicate_of_a_row_quarantined_for_how_it_was_written() {
+    let tmp = TempDir::new().unwrap();
+    let c = lenient(tmp.path());
+    for (i, (refused, valid)) in [("\"C1\" ", "C1"), ("\"C1\"x", "C1x")].into_iter().enumerate() {
+        let text = format!(
+            "{HEADER}\nTX1,{refused},1.00,EUR,2024-01-01T00:00:00Z\nTX1,{valid},1.00,EUR,2024-01-01T00:00:00Z\n"
+        );
+        let input = write(tmp.path(), &format!("in{i}.csv"), text);
+        let lake = tmp.path().join(format!("lake{i}"));
+        let out = run_worker(&c, &input, &lake, "r1");
+        assert_eq!(out.code, 0, "{refused:?}: {}", out.stderr);
+        let report = success(&lake, "r1");
+        let counts = (report.valid_rows_count, report.quarantined_rows_count, report.condemned_rows_count);
+        assert_eq!(counts, (1, 1, 0), "{refused:?}");
+        assert_eq!(line_numbers(&lake, "quarantine", "r1"), [2], "{refused:?}");
+        assert_eq!(strings(&read_area(&lake, "silver", "r1"), "CustomerID"), [Some(valid.trim().to_owned())]);
+    }
+    // Two records written the same way are still exact duplicates; the same values spelled otherwise are not.
+    let text = format!(
+        "{HEADER}\nTX1,\"C1\"x,1.00,EUR,2024-01-01T00:00:00Z\nTX1,\"C1\"x,1.00,EUR,2024-01-01T00:00:00Z\n\
+         TX1,\"C\"1x,1.00,EUR,2024-01-01T00:00:00Z\n"
+    );
+    let input = write(tmp.path(), "twice.csv", text);
+    let lake = tmp.path().join("twice");
+    assert_eq!(run_worker(&c, &input, &lake, "r1").code, 0);
+    let report = success(&lake, "r1");
+    assert_eq!((report.valid_rows_count, report.quarantined_rows_count, report.condemned_rows_count), (0, 2, 1));
+    assert_eq!(line_numbers(&lake, "condemned", "r1"), [3]);
+}
+
+#[test]
 fn every_quarantined_record_keeps_its_input_bytes_across_replays() {
     let tmp = TempDir::new().unwrap();
     let c = lenient(tmp.path());
