@@ -14,7 +14,7 @@ use crate::layout::{self, Area, LakeLayout};
 use crate::ledger::Ledger;
 use crate::report::{InputRecord, Put, RunFacts, RunReport, build_report, put_json};
 use crate::sink::{SideWriter, SilverWriter};
-use crate::tokenize::CsvTokenizer;
+use crate::tokenize::{CsvTokenizer, RecordScan};
 use crate::upload::Spill;
 use crate::{Error, Result, replay};
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -205,27 +205,10 @@ fn read_inputs(
             chunk.clear(source, 0);
             let mut block = std::mem::take(&mut chunk.block);
             block.append(&mut carry);
-            loop {
-                if at_end {
-                    break;
-                }
-                if block.len() >= block_bytes
-                    && let Some(cut) = crate::tokenize::record_prefix(&block)
-                {
-                    carry.extend_from_slice(&block[cut..]);
-                    block.truncate(cut);
-                    break;
-                }
-                let start = block.len();
-                let wanted = start.max(block_bytes) + 64 * 1024;
-                if start < block_bytes {
-                    // Exactly, as for the chunk's data; a record longer than a block grows it amortised.
-                    block.reserve_exact(wanted - start);
-                }
-                block.resize(wanted, 0);
-                let n = read_some(&mut reader, &mut block[start..]).map_err(|e| read_error(e, &input.uri))?;
-                block.truncate(start + n);
-                at_end = n == 0;
+            if !at_end {
+                let mut scan = RecordScan::default();
+                at_end = fill_block(&mut reader, &mut block, &mut carry, block_bytes, &mut scan)
+                    .map_err(|e| read_error(e, &input.uri))?;
             }
             if block.is_empty() {
                 break;
@@ -246,6 +229,40 @@ fn read_inputs(
         records.push(checksum_of(input, &checksum)?);
     }
     Ok(records)
+}
+
+/// Reads into `block`, which starts with the records left over from the last one, until it holds `block_bytes`
+/// and a record ends in it, or the input ends (then `true`); what follows the last record end moves to `carry`.
+/// `scan` goes on where it stopped as the block grows, so that one record longer than a block (or a quote never
+/// closed) is scanned once, not once per read.
+fn fill_block(
+    reader: &mut impl std::io::Read,
+    block: &mut Vec<u8>,
+    carry: &mut Vec<u8>,
+    block_bytes: usize,
+    scan: &mut RecordScan,
+) -> std::io::Result<bool> {
+    loop {
+        if block.len() >= block_bytes
+            && let Some(cut) = scan.scan(block)
+        {
+            carry.extend_from_slice(&block[cut..]);
+            block.truncate(cut);
+            return Ok(false);
+        }
+        let start = block.len();
+        let wanted = start.max(block_bytes) + 64 * 1024;
+        if start < block_bytes {
+            // Exactly, as for the chunk's data; a record longer than a block grows it amortised.
+            block.reserve_exact(wanted - start);
+        }
+        block.resize(wanted, 0);
+        let n = read_some(reader, &mut block[start..])?;
+        block.truncate(start + n);
+        if n == 0 {
+            return Ok(true);
+        }
+    }
 }
 
 /// Where the reader's chunks go, and where their buffers come from.
@@ -665,6 +682,23 @@ pub fn report_progress(control: &RunControl, done: &AtomicBool, terminal: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_longer_than_a_block_is_scanned_once_as_it_is_read() {
+        // A quote never closed at the top: the whole input is one record, read 64 KiB at a time.
+        let mut input = b"1,\"2\n".to_vec();
+        input.extend(b"5,6\r\n".repeat(1_000_000));
+        let (mut block, mut carry, mut scan) = (Vec::new(), Vec::new(), RecordScan::default());
+        let at_end = fill_block(&mut &input[..], &mut block, &mut carry, 1024, &mut scan).expect("reads");
+        assert!(at_end && carry.is_empty() && block == input);
+        assert!(scan.examined() <= 2 * input.len(), "{} bytes searched for {}", scan.examined(), input.len());
+        // Records that end in time are cut where the last one ends.
+        let input = b"1,2\n3,4\n5".repeat(1000);
+        let (mut block, mut carry, mut scan) = (Vec::new(), Vec::new(), RecordScan::default());
+        assert!(!fill_block(&mut &input[..], &mut block, &mut carry, 1024, &mut scan).expect("reads"));
+        assert!(block.ends_with(b"\n") && block.len() >= 1024);
+        assert_eq!([block.as_slice(), carry.as_slice()].concat(), input);
+    }
 
     #[test]
     fn the_reader_gets_no_more_than_its_limit_of_chunks_ahead() {

@@ -534,32 +534,69 @@ impl<R: BufRead> CsvTokenizer<R> {
 /// a comma, a line break or at the start), `""` inside one is a quote, a lone quote closes it, and any other quote
 /// is a plain character. A line break outside a quoted field ends a record (or a blank line).
 pub fn record_prefix(data: &[u8]) -> Option<usize> {
-    let mut cut = None;
-    let mut at = 0;
-    let mut quoted = false;
-    loop {
-        if quoted {
-            // No closing quote yet: the block ends inside a quoted field, after the last cut.
-            let Some(q) = memchr::memchr(b'"', &data[at..]).map(|q| at + q) else { return cut };
-            match data.get(q + 1) {
-                Some(b'"') => at = q + 2,
-                Some(_) => {
-                    quoted = false;
-                    at = q + 1;
+    RecordScan::default().scan(data)
+}
+
+/// [`record_prefix`] over input that grows: each call goes on from where the last one stopped, so that a block
+/// read piece by piece until a record ends in it (one long record, or a quote never closed) is scanned once, not
+/// once per piece.
+#[derive(Debug, Clone, Default)]
+pub struct RecordScan {
+    /// Where the scan goes on: the bytes before it are read, as far as what follows them cannot change.
+    at: usize,
+    quoted: bool,
+    cut: Option<usize>,
+    /// Bytes searched so far, counting a byte again each time it is searched: the scan's work.
+    examined: usize,
+}
+
+impl RecordScan {
+    /// [`record_prefix`] of `data`, which must start with the data of every earlier call of this scan.
+    pub fn scan(&mut self, data: &[u8]) -> Option<usize> {
+        loop {
+            let at = self.at;
+            if self.quoted {
+                // No closing quote yet: the data ends inside a quoted field, after the last cut.
+                let Some(q) = memchr::memchr(b'"', &data[at..]).map(|q| at + q) else {
+                    self.examined += data.len() - at;
+                    self.at = data.len();
+                    return self.cut;
+                };
+                self.examined += q + 1 - at;
+                match data.get(q + 1) {
+                    Some(b'"') => self.at = q + 2,
+                    Some(_) => {
+                        self.quoted = false;
+                        self.at = q + 1;
+                    }
+                    // A quote at the very end: closing, or the first of a pair? The next bytes will tell.
+                    None => {
+                        self.at = q;
+                        return self.cut;
+                    }
                 }
-                // A quote at the very end: closing, or the first of a pair? The next bytes would tell.
-                None => return cut,
+            } else {
+                let next_quote = memchr::memchr(b'"', &data[at..]).map(|q| at + q);
+                let end = next_quote.unwrap_or(data.len());
+                // The quote search and the line break search each read the bytes up to the quote.
+                self.examined += 2 * (end - at);
+                if let Some(after) = last_line_break(data, at, end) {
+                    self.cut = Some(after);
+                }
+                let Some(q) = next_quote else {
+                    // A `\r` at the end may be the first half of a `\r\n`: it is looked at again.
+                    self.at = if data[at..end].last() == Some(&b'\r') { end - 1 } else { end };
+                    return self.cut;
+                };
+                self.quoted = q == 0 || matches!(data[q - 1], b',' | b'\n' | b'\r');
+                self.at = q + 1;
             }
-        } else {
-            let next_quote = memchr::memchr(b'"', &data[at..]).map(|q| at + q);
-            let end = next_quote.unwrap_or(data.len());
-            if let Some(after) = last_line_break(data, at, end) {
-                cut = Some(after);
-            }
-            let Some(q) = next_quote else { return cut };
-            quoted = q == 0 || matches!(data[q - 1], b',' | b'\n' | b'\r');
-            at = q + 1;
         }
+    }
+
+    /// Bytes searched so far, each as many times as it was searched.
+    pub fn examined(&self) -> usize {
+        self.examined
     }
 }
 
@@ -775,6 +812,46 @@ mod tests {
                 assert_eq!(parts, whole, "{:?} cut at {cut}", String::from_utf8_lossy(data));
             }
         }
+    }
+
+    #[test]
+    fn a_scan_that_goes_on_over_more_data_finds_what_a_scan_of_it_all_finds() {
+        let inputs: [&[u8]; 6] = [
+            b"a,b\r1,\"x\ry\"\r2,z\r\r3,\"\"\r",
+            b"x\r\r\n\r\"a\rb\",\"\r\"\r\n",
+            b"a,\"b\"x,c\n\"d\"\"e\",f\"g\r\n\"h\"\n\"\"\"\n\",i\n",
+            b"\"\",\"\"\"\"\n\",\"\n,\n\"\"\"a\n\"\"\"\n",
+            b"1,\"a\"\"\nb\"\n2",
+            b"\n\n\"a\nb\"\"\n\"\"\n\"\n",
+        ];
+        for data in inputs {
+            for k in 0..=data.len() {
+                for l in k..=data.len() {
+                    let mut scan = RecordScan::default();
+                    scan.scan(&data[..k]);
+                    assert_eq!(scan.scan(&data[..l]), record_prefix(&data[..l]), "{data:?} {k} {l}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_read_piece_by_piece_is_scanned_once() {
+        // A quote never closed, then 4 MB: read 64 KiB at a time, each piece is searched about twice at most.
+        let mut data = b"a,b\n1,\"x".to_vec();
+        data.extend(b"y,z\r\n".repeat(700_000));
+        let mut scan = RecordScan::default();
+        for end in (0..data.len()).step_by(64 * 1024).chain([data.len()]) {
+            assert_eq!(scan.scan(&data[..end]), (end >= 4).then_some(4));
+        }
+        assert!(scan.examined() <= 2 * data.len(), "{} bytes searched of {}", scan.examined(), data.len());
+        // Nor one long unquoted line.
+        let line = vec![b'x'; 4_000_000];
+        let mut scan = RecordScan::default();
+        for end in (0..line.len()).step_by(64 * 1024).chain([line.len()]) {
+            assert_eq!(scan.scan(&line[..end]), None);
+        }
+        assert!(scan.examined() <= 2 * line.len(), "{} bytes searched of {}", scan.examined(), line.len());
     }
 
     #[test]
