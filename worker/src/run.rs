@@ -149,16 +149,17 @@ fn preflight(inputs: &[InputObject], contract: &Contract, handle: &Handle) -> Re
                 }
             })?;
             let names = header
+                .names
                 .iter()
                 .enumerate()
                 .map(|(i, h)| {
                     String::from_utf8(h.clone()).map_err(|_| Error::SchemaDrift {
                         source_uri: input.uri.clone(),
-                        message: format!("header line 1, column {}: the name is not valid UTF-8", i + 1),
+                        message: format!("header line {}, column {}: the name is not valid UTF-8", header.line, i + 1),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            HeaderMap::match_header(contract, &names)
+            HeaderMap::match_header(contract, &names, header.line)
                 .map_err(|message| Error::SchemaDrift { source_uri: input.uri.clone(), message })
         })
         .collect()

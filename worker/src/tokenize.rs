@@ -305,6 +305,15 @@ impl RecordChunk {
     }
 }
 
+/// An input's header record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// 1-based line it is on: blank lines may come before it.
+    pub line: u64,
+    /// The field names, trimmed.
+    pub names: Vec<Vec<u8>>,
+}
+
 /// Reads records one at a time from a buffered byte stream.
 pub struct CsvTokenizer<R> {
     input: R,
@@ -482,7 +491,7 @@ impl<R: BufRead> CsvTokenizer<R> {
 
     /// Reads the header record: the field names, trimmed. `None` when the input holds no record at all. Its
     /// whole line break is consumed, so that [`Self::into_inner`] starts on the line [`Self::line`] names.
-    pub fn read_header(&mut self) -> io::Result<Option<Vec<Vec<u8>>>> {
+    pub fn read_header(&mut self) -> io::Result<Option<Header>> {
         let mut chunk = RecordChunk::new(0, 0);
         let mut filled = 0;
         let found = self.read_record(&mut chunk, &mut filled)?;
@@ -491,7 +500,8 @@ impl<R: BufRead> CsvTokenizer<R> {
             return Ok(None);
         }
         self.finish_crlf()?;
-        Ok(Some(chunk.fields(0).map(|f| crate::values::trim(f).to_vec()).collect()))
+        let names = chunk.fields(0).map(|f| crate::values::trim(f).to_vec()).collect();
+        Ok(Some(Header { line: chunk.lines[0], names }))
     }
 
     /// Reads up to `max_records` records or about `max_bytes` of field data into a new chunk.
@@ -894,6 +904,12 @@ mod tests {
         // Read from a stream, records have no input bytes to keep.
         let mut t = CsvTokenizer::new(&b"a,b\n"[..]);
         assert_eq!(t.next_chunk(0, 1, 10, 1 << 10).expect("reads").expect("a record").input_bytes(0), None);
+    }
+
+    #[test]
+    fn the_header_is_on_its_own_line_after_blank_lines() {
+        let header = CsvTokenizer::new(&b"\r\n\n\ra, b\n1,2\n"[..]).read_header().expect("reads");
+        assert_eq!(header, Some(Header { line: 4, names: vec![b"a".to_vec(), b"b".to_vec()] }));
     }
 
     #[test]

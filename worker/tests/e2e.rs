@@ -1079,3 +1079,19 @@ fn every_quarantined_record_keeps_its_input_bytes_across_replays() {
     assert_eq!(strings(&replayed, "raw_record"), strings(&q, "raw_record"));
     assert_eq!(success(&lake, "a2").quarantined_rows_count, 5);
 }
+
+#[test]
+fn schema_drift_names_the_headers_own_line_after_blank_lines() {
+    let tmp = TempDir::new().unwrap();
+    let drifted = "TransactionID,CustomerID,Amount,Currency,TransactionTimestamp";
+    for (name, text) in [
+        ("drift.csv", format!("\r\n\n{drifted}\nT2,C2,1,EUR,2024-01-01T00:00:00Z\n").into_bytes()),
+        ("latin1.csv", b"\n\nTransactionID,Customer\xffID\nT2,C2\n".to_vec()),
+    ] {
+        let input = write(tmp.path(), name, text);
+        let lake = tmp.path().join(format!("lake-{name}"));
+        let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+        assert_eq!(out.code, 3, "{}", out.stderr);
+        assert!(out.stderr.contains("header line 3"), "{name}: {}", out.stderr);
+    }
+}
