@@ -429,15 +429,21 @@ impl Committer<'_> {
         let source = chunk.raw.source;
         let uri = &self.inputs[source].uri;
         let settled = self.ledger.settle(&chunk).map_err(|trip| {
-            let record = match chunk.raw.replay.get(trip.record) {
-                Some(m) => m.record_number,
-                None => chunk.raw.first_record + trip.record as u64,
+            // A replayed row is named where it came from: its original source, record and line.
+            let (source_uri, record, line) = match chunk.raw.replay.get(trip.record) {
+                Some(m) => (m.source_uri.clone(), m.record_number, m.line_number),
+                None => (
+                    uri.clone(),
+                    chunk.raw.first_record + trip.record as u64,
+                    chunk.raw.lines.get(trip.record).copied().unwrap_or_default(),
+                ),
             };
             Error::CircuitBreaker {
                 error_type: trip.error_type.as_str(),
                 max_same_errors: self.contract.max_same_errors,
-                source_uri: uri.clone(),
+                source_uri,
                 record,
+                line,
             }
         })?;
         self.silver.write(&chunk, settled.keep.as_ref())?;

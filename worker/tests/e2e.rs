@@ -342,7 +342,7 @@ fn the_circuit_breaker_stops_the_run_with_exit_4() {
     let input = write(tmp.path(), "in.csv", text);
     let out = run_worker(&c, &input, &lake, "r1");
     assert_eq!(out.code, 4, "{}", out.stderr);
-    assert!(out.stderr.contains("TYPE_ERROR") && out.stderr.contains("record 3"), "{}", out.stderr);
+    assert!(out.stderr.contains("TYPE_ERROR") && out.stderr.contains("record 3, line 4"), "{}", out.stderr);
     let silver = run_dir(&lake, "silver", "r1");
     assert!(!silver.join("_SUCCESS").exists());
     assert!(silver.join("_CIRCUIT_BREAKER.json").exists());
