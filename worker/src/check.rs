@@ -50,10 +50,6 @@ pub struct CheckedChunk {
     pub order: Option<Vec<u32>>,
     /// The primary key's columns: name and position in the record, to name a repeated key's value.
     pub key_fields: Vec<(String, usize)>,
-    /// (record, key fingerprint) of each record that is invalid for how it was written rather than for its
-    /// values (text after a closing quote), in record order: a valid row may hold the same values, and the
-    /// ledger needs the key to find it. Every other record's validity follows from its content.
-    pub twin_keys: Vec<(usize, u128)>,
 }
 
 impl CheckedChunk {
@@ -145,6 +141,18 @@ fn content_hash(hash: u128, fields: &[&[u8]], trimmed: &[&[u8]], scratch: &mut V
 /// Marks the content fingerprint of a record without per-column values (wrong field count), so that it differs
 /// from a row's with values; such records compare by their trimmed fields in source order.
 const NO_VALUES: u128 = 0x5c5c_a3a3_0f0f_7171_e1e1_2d2d_9696_b4b4;
+
+/// Marks the content fingerprint of a record refused for how it was written (text after a closing quote): it
+/// is the hash of its input bytes, so that it repeats only a record written the same way, never a valid row
+/// that spells the same values otherwise (`"C1" ` is not `C1`).
+const WRITTEN_FORM: u128 = 0x3e3e_c1c1_5a5a_8787_d2d2_4b4b_1e1e_f0f0;
+
+/// The content fingerprint of a record refused for how it was written: its input bytes as the file has them
+/// (its fields as csv-core read them, for a record read from a stream).
+fn written_form_hash(raw: &RecordChunk, r: usize) -> u128 {
+    let bytes = raw.input_bytes(r).unwrap_or_else(|| raw.record_bytes(r));
+    xxh3_128_with_seed(bytes, row_seed(raw.fields(r).map(<[u8]>::len))) ^ WRITTEN_FORM
+}
 
 /// The 128-bit fingerprint of a row's primary key: [`row_hash`] of its trimmed values.
 fn key_hash(contract: &Contract, trimmed: &[&[u8]], scratch: &mut Vec<u8>) -> u128 {
@@ -295,7 +303,6 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
     let mut trimmed: Vec<&[u8]> = Vec::with_capacity(width);
     let mut parsed: Vec<Parsed> = Vec::with_capacity(width);
     let mut valid_rows = 0usize;
-    let mut twin_keys = Vec::new();
     // In record order, as the tokenizer found them.
     let mut quotes = raw.text_after_quote.iter().peekable();
 
@@ -345,6 +352,7 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
         // A replayed row keeps the hash it was first given, which need not be its values' hash.
         contents.push(match replay {
             Some(_) => row_hash(&trimmed, &mut scratch),
+            None if after_quote.is_some() => written_form_hash(&raw, r),
             None => content_hash(hash, &fields, &trimmed, &mut scratch),
         });
         if let Some(field) = after_quote {
@@ -356,7 +364,6 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
                  not joined to the quoted text"
             );
             outcomes.push(schema_error(message, column));
-            twin_keys.push((r, key_hash(contract, &trimmed, &mut scratch)));
             continue;
         }
         let ascii = raw.record_bytes(r).is_ascii();
@@ -441,7 +448,7 @@ pub fn check_chunk(contract: &Contract, map: &HeaderMap, raw: RecordChunk) -> Ch
     };
     let key_fields =
         contract.key_columns.iter().map(|&c| (contract.columns[c].name.clone(), map.source_index[c])).collect();
-    CheckedChunk { raw, hashes, contents, outcomes, valid, order, key_fields, twin_keys }
+    CheckedChunk { raw, hashes, contents, outcomes, valid, order, key_fields }
 }
 
 // Every column builder gets exactly one value per valid row, of the schema's own type.

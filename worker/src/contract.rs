@@ -124,7 +124,7 @@ pub struct HeaderMap {
 impl HeaderMap {
     /// Matches a header to the contract by name (after trimming). A missing, unexpected or repeated column is
     /// schema drift; the message lists each.
-    pub fn match_header(contract: &Contract, header: &[String]) -> Result<HeaderMap, String> {
+    pub fn match_header(contract: &Contract, header: &[String], line: u64) -> Result<HeaderMap, String> {
         let mut by_name: HashMap<&str, usize> = HashMap::new();
         let mut repeated = Vec::new();
         for (i, name) in header.iter().enumerate() {
@@ -156,7 +156,7 @@ impl HeaderMap {
             if !repeated.is_empty() {
                 parts.push(format!("repeated column(s) {repeated:?}"));
             }
-            return Err(format!("header line 1: {}", parts.join("; ")));
+            return Err(format!("header line {line}: {}", parts.join("; ")));
         }
         let source_index: Vec<usize> = contract.columns.iter().map(|c| by_name[c.name.as_str()]).collect();
         let identity = source_index.iter().enumerate().all(|(i, s)| i == *s);
@@ -186,7 +186,7 @@ pub(crate) mod tests {
     fn the_header_is_matched_by_name_in_any_order() {
         let c = transactions();
         let h = header(&["Currency", "TransactionID", "CustomerID", "TransactionTimestamp", "TransactionAmount"]);
-        let map = HeaderMap::match_header(&c, &h).expect("matches");
+        let map = HeaderMap::match_header(&c, &h, 1).expect("matches");
         assert_eq!(map.source_index, vec![1, 2, 4, 0, 3]);
         assert!(!map.identity);
     }
@@ -195,7 +195,7 @@ pub(crate) mod tests {
     fn drift_names_missing_and_unexpected_columns() {
         let c = transactions();
         let h = header(&["TransactionID", "CustomerID", "Amount", "Currency", "TransactionTimestamp"]);
-        let err = HeaderMap::match_header(&c, &h).expect_err("drift");
+        let err = HeaderMap::match_header(&c, &h, 1).expect_err("drift");
         assert!(err.contains("missing column(s) [\"TransactionAmount\"]"), "{err}");
         assert!(err.contains("\"Amount\" at column 3"), "{err}");
         let h = header(&[
@@ -206,7 +206,7 @@ pub(crate) mod tests {
             "Currency",
             "TransactionTimestamp",
         ]);
-        assert!(HeaderMap::match_header(&c, &h).expect_err("repeat").contains("repeated"));
+        assert!(HeaderMap::match_header(&c, &h, 1).expect_err("repeat").contains("repeated"));
     }
 
     #[test]

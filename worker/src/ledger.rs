@@ -1,5 +1,6 @@
-//! The ledger decides, in input order, what happens to each checked row: exact duplicates (rows whose trimmed
-//! values equal an earlier row's, see `check::CheckedChunk::contents`) are condemned before
+//! The ledger decides, in input order, what happens to each checked row: exact duplicates (rows whose content —
+//! trimmed values, or for a row refused for how it was written its input bytes — equals an earlier row's, see
+//! `check::CheckedChunk::contents`) are condemned before
 //! anything else, rows that used up their attempts are condemned, a valid row whose key was already taken is a
 //! DUPLICATE_KEY_ERROR, and every row is counted exactly once, so `input = valid + quarantined + condemned`.
 //!
@@ -413,12 +414,9 @@ pub struct Ledger {
     /// [`content_check`]), so that the holder's exact duplicates are found by the same probe as its key.
     keys: FirstSeen<u64>,
     /// Per distinct content of every other row — invalid rows and rows refused for a repeated key — the ordinal
-    /// of its first holder.
+    /// of its first holder. A row invalid for how it was written (text after a closing quote) has the content of
+    /// its input bytes, so no valid row repeats it (see `check::written_form_hash`).
     others: FirstSeen,
-    /// Whether `others` holds a row that was invalid for how it was written, not for its values (text after a
-    /// closing quote): from then on a valid row with a new key may still repeat such a row exactly, so it is
-    /// looked up there as well.
-    written_invalid: bool,
     lineage: Lineage,
     /// The run's input objects, by source index, to name a first holder.
     pub sources: Vec<String>,
@@ -453,7 +451,6 @@ impl Ledger {
         Ledger {
             keys: FirstSeen::default(),
             others: FirstSeen::default(),
-            written_invalid: false,
             lineage: Lineage::default(),
             sources: Vec::new(),
             max_same_errors,
@@ -509,33 +506,19 @@ impl Ledger {
                 Ok(()) => Seen::DuplicateKey(holder),
             },
             Probe::Vacant(slot) => {
-                if let Some((earlier, ())) = self.written_invalid.then(|| self.others.get(content)).flatten() {
-                    return Seen::ExactDuplicate(earlier);
-                }
                 self.keys.fill(slot, key, ordinal, check);
                 Seen::First
             }
         }
     }
 
-    /// An invalid row: new or an exact duplicate. `twin_key` is the key of a row invalid for how it was written,
-    /// whose values a valid row may hold.
+    /// An invalid row: new or an exact duplicate.
     #[inline]
-    fn place_invalid(&mut self, content: u128, twin_key: Option<u128>, ordinal: u64) -> Seen {
-        let slot = match self.others.find(content) {
-            Probe::Held { ordinal: earlier, .. } => return Seen::ExactDuplicate(earlier),
-            Probe::Vacant(slot) => slot,
-        };
-        if let Some(key) = twin_key {
-            if let Some((holder, check)) = self.keys.get(key)
-                && check == content_check(content)
-            {
-                return Seen::ExactDuplicate(holder);
-            }
-            self.written_invalid = true;
+    fn place_invalid(&mut self, content: u128, ordinal: u64) -> Seen {
+        match self.others.insert(content, ordinal, ()) {
+            Err(earlier) => Seen::ExactDuplicate(earlier),
+            Ok(()) => Seen::First,
         }
-        self.others.fill(slot, content, ordinal, ());
-        Seen::First
     }
 
     /// Settles every row of a chunk, in order. Stops at the row that trips the circuit breaker.
@@ -543,7 +526,6 @@ impl Ledger {
         let mut settled = Settled::default();
         let mut keep: Vec<bool> = Vec::new();
         let mut dropped_valid = false;
-        let mut twins = chunk.twin_keys.iter().peekable();
         self.lineage.record(chunk, self.counts.input_rows);
         for (r, outcome) in chunk.outcomes.iter().enumerate() {
             if r % WARM_BLOCK == 0 {
@@ -557,10 +539,9 @@ impl Ledger {
             let ordinal = self.counts.input_rows;
             self.counts.input_rows += 1;
             let attempt_count = chunk.raw.replay.get(r).map_or(1, |m| m.attempt_count.saturating_add(1));
-            let twin_key = twins.next_if(|(record, _)| *record == r).map(|(_, key)| *key);
             let seen = match outcome {
                 Outcome::Valid { key } => self.place_valid(*key, chunk.contents[r], ordinal),
-                Outcome::Invalid(_) => self.place_invalid(chunk.contents[r], twin_key, ordinal),
+                Outcome::Invalid(_) => self.place_invalid(chunk.contents[r], ordinal),
             };
             let is_valid = matches!(outcome, Outcome::Valid { .. });
             if let Seen::ExactDuplicate(holder) = seen {
@@ -741,30 +722,31 @@ mod tests {
     }
 
     #[test]
-    fn a_row_invalid_only_for_its_quoting_and_a_valid_row_of_the_same_values_are_exact_duplicates() {
+    fn a_row_invalid_only_for_its_quoting_repeats_no_valid_row_of_the_same_values() {
         let row = "T1,C1,1.00,EUR,2024-01-01T00:00:00Z";
-        // The invalid one first: the valid one, whose key is new, still repeats it.
+        // The invalid one first: the valid one, written otherwise, is valid.
         let c = chunk_with_text_after_quote(&[row, row, "T2,C2,2.00,EUR,2024-01-01T00:00:00Z"], 0);
-        assert_eq!(c.twin_keys.len(), 1);
         let mut ledger = Ledger::new(100, 3);
         let s = ledger.settle(&c).expect("no trip");
         assert_eq!(s.quarantined.iter().map(|r| r.record).collect::<Vec<_>>(), vec![0]);
-        assert_eq!(s.condemned.iter().map(|r| r.record).collect::<Vec<_>>(), vec![1]);
-        assert_eq!(s.keep, Some(BooleanArray::from(vec![false, true])));
-        // The valid one first: the invalid one repeats its key's holder.
+        assert!(s.condemned.is_empty(), "{:?}", s.condemned);
+        assert_eq!(s.keep, None);
+        // The valid one first: the invalid one is quarantined, not condemned.
         let c = chunk_with_text_after_quote(&[row, row], 1);
         let mut ledger = Ledger::new(100, 3);
         let s = ledger.settle(&c).expect("no trip");
-        assert!(s.quarantined.is_empty(), "{:?}", s.quarantined);
-        assert_eq!(s.condemned.iter().map(|r| r.record).collect::<Vec<_>>(), vec![1]);
-        assert_eq!((ledger.counts.valid, ledger.counts.condemned), (1, 1));
-        // Other values under the same key are no repeat: the valid row keeps its key.
-        let c = chunk_with_text_after_quote(&["T1,C9,9.00,EUR,2024-01-01T00:00:00Z", row, row], 0);
+        assert_eq!(s.quarantined.iter().map(|r| r.record).collect::<Vec<_>>(), vec![1]);
+        assert!(s.condemned.is_empty(), "{:?}", s.condemned);
+        assert_eq!((ledger.counts.valid, ledger.counts.quarantined, ledger.counts.condemned), (1, 1, 0));
+        // Two records written the same way are exact duplicates of each other.
+        let mut raw = records(&[row, row, row]);
+        raw.text_after_quote.extend([(0, 1), (2, 1)]);
+        let c = check_chunk(&transactions(), &HeaderMap::identity(5), raw);
         let mut ledger = Ledger::new(100, 3);
         let s = ledger.settle(&c).expect("no trip");
         assert_eq!(s.quarantined.iter().map(|r| r.record).collect::<Vec<_>>(), vec![0]);
         assert_eq!(s.condemned.iter().map(|r| r.record).collect::<Vec<_>>(), vec![2]);
-        assert_eq!(ledger.counts.valid, 1);
+        assert_eq!((ledger.counts.valid, ledger.counts.quarantined, ledger.counts.condemned), (1, 1, 1));
     }
 
     #[test]

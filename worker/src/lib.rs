@@ -83,10 +83,10 @@ pub enum Error {
         source: BoxError,
     },
     #[error(
-        "circuit breaker: more than {max_same_errors} rows with {error_type} (last at {source_uri} record {record}); \
-         the run stopped without _SUCCESS"
+        "circuit breaker: more than {max_same_errors} rows with {error_type} (last at {source_uri} record {record}, \
+         line {line}); the run stopped without _SUCCESS"
     )]
-    CircuitBreaker { error_type: &'static str, max_same_errors: u64, source_uri: String, record: u64 },
+    CircuitBreaker { error_type: &'static str, max_same_errors: u64, source_uri: String, record: u64, line: u64 },
     #[error(
         "quality gate: quarantine rate {rate:.4} (rows failing anew; in a replay, rows failing as before are not \
          counted) is above maxQuarantineRate {max}; data and quarantine are kept for review under {report_key}, no \

@@ -14,7 +14,7 @@ use crate::layout::{self, Area, LakeLayout};
 use crate::ledger::Ledger;
 use crate::report::{InputRecord, Put, RunFacts, RunReport, build_report, put_json};
 use crate::sink::{SideWriter, SilverWriter};
-use crate::tokenize::CsvTokenizer;
+use crate::tokenize::{CsvTokenizer, RecordScan};
 use crate::upload::Spill;
 use crate::{Error, Result, replay};
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -149,16 +149,17 @@ fn preflight(inputs: &[InputObject], contract: &Contract, handle: &Handle) -> Re
                 }
             })?;
             let names = header
+                .names
                 .iter()
                 .enumerate()
                 .map(|(i, h)| {
                     String::from_utf8(h.clone()).map_err(|_| Error::SchemaDrift {
                         source_uri: input.uri.clone(),
-                        message: format!("header line 1, column {}: the name is not valid UTF-8", i + 1),
+                        message: format!("header line {}, column {}: the name is not valid UTF-8", header.line, i + 1),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            HeaderMap::match_header(contract, &names)
+            HeaderMap::match_header(contract, &names, header.line)
                 .map_err(|message| Error::SchemaDrift { source_uri: input.uri.clone(), message })
         })
         .collect()
@@ -205,27 +206,10 @@ fn read_inputs(
             chunk.clear(source, 0);
             let mut block = std::mem::take(&mut chunk.block);
             block.append(&mut carry);
-            loop {
-                if at_end {
-                    break;
-                }
-                if block.len() >= block_bytes
-                    && let Some(cut) = crate::tokenize::record_prefix(&block)
-                {
-                    carry.extend_from_slice(&block[cut..]);
-                    block.truncate(cut);
-                    break;
-                }
-                let start = block.len();
-                let wanted = start.max(block_bytes) + 64 * 1024;
-                if start < block_bytes {
-                    // Exactly, as for the chunk's data; a record longer than a block grows it amortised.
-                    block.reserve_exact(wanted - start);
-                }
-                block.resize(wanted, 0);
-                let n = read_some(&mut reader, &mut block[start..]).map_err(|e| read_error(e, &input.uri))?;
-                block.truncate(start + n);
-                at_end = n == 0;
+            if !at_end {
+                let mut scan = RecordScan::default();
+                at_end = fill_block(&mut reader, &mut block, &mut carry, block_bytes, &mut scan)
+                    .map_err(|e| read_error(e, &input.uri))?;
             }
             if block.is_empty() {
                 break;
@@ -246,6 +230,40 @@ fn read_inputs(
         records.push(checksum_of(input, &checksum)?);
     }
     Ok(records)
+}
+
+/// Reads into `block`, which starts with the records left over from the last one, until it holds `block_bytes`
+/// and a record ends in it, or the input ends (then `true`); what follows the last record end moves to `carry`.
+/// `scan` goes on where it stopped as the block grows, so that one record longer than a block (or a quote never
+/// closed) is scanned once, not once per read.
+fn fill_block(
+    reader: &mut impl std::io::Read,
+    block: &mut Vec<u8>,
+    carry: &mut Vec<u8>,
+    block_bytes: usize,
+    scan: &mut RecordScan,
+) -> std::io::Result<bool> {
+    loop {
+        if block.len() >= block_bytes
+            && let Some(cut) = scan.scan(block)
+        {
+            carry.extend_from_slice(&block[cut..]);
+            block.truncate(cut);
+            return Ok(false);
+        }
+        let start = block.len();
+        let wanted = start.max(block_bytes) + 64 * 1024;
+        if start < block_bytes {
+            // Exactly, as for the chunk's data; a record longer than a block grows it amortised.
+            block.reserve_exact(wanted - start);
+        }
+        block.resize(wanted, 0);
+        let n = read_some(reader, &mut block[start..])?;
+        block.truncate(start + n);
+        if n == 0 {
+            return Ok(true);
+        }
+    }
 }
 
 /// Where the reader's chunks go, and where their buffers come from.
@@ -365,7 +383,7 @@ fn tokenize_and_check(
     maps: &[HeaderMap],
     mut chunk: crate::tokenize::RecordChunk,
 ) -> Result<CheckedChunk> {
-    if !chunk.block.is_empty() {
+    if !chunk.tokenized && !chunk.block.is_empty() {
         crate::tokenize::tokenize_block(&mut chunk).map_err(|e| read_error(e, &inputs[chunk.source].uri))?;
     }
     Ok(check_chunk(contract, &maps[chunk.source], chunk))
@@ -411,15 +429,21 @@ impl Committer<'_> {
         let source = chunk.raw.source;
         let uri = &self.inputs[source].uri;
         let settled = self.ledger.settle(&chunk).map_err(|trip| {
-            let record = match chunk.raw.replay.get(trip.record) {
-                Some(m) => m.record_number,
-                None => chunk.raw.first_record + trip.record as u64,
+            // A replayed row is named where it came from: its original source, record and line.
+            let (source_uri, record, line) = match chunk.raw.replay.get(trip.record) {
+                Some(m) => (m.source_uri.clone(), m.record_number, m.line_number),
+                None => (
+                    uri.clone(),
+                    chunk.raw.first_record + trip.record as u64,
+                    chunk.raw.lines.get(trip.record).copied().unwrap_or_default(),
+                ),
             };
             Error::CircuitBreaker {
                 error_type: trip.error_type.as_str(),
                 max_same_errors: self.contract.max_same_errors,
-                source_uri: uri.clone(),
+                source_uri,
                 record,
+                line,
             }
         })?;
         self.silver.write(&chunk, settled.keep.as_ref())?;
@@ -665,6 +689,23 @@ pub fn report_progress(control: &RunControl, done: &AtomicBool, terminal: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_longer_than_a_block_is_scanned_once_as_it_is_read() {
+        // A quote never closed at the top: the whole input is one record, read 64 KiB at a time.
+        let mut input = b"1,\"2\n".to_vec();
+        input.extend(b"5,6\r\n".repeat(1_000_000));
+        let (mut block, mut carry, mut scan) = (Vec::new(), Vec::new(), RecordScan::default());
+        let at_end = fill_block(&mut &input[..], &mut block, &mut carry, 1024, &mut scan).expect("reads");
+        assert!(at_end && carry.is_empty() && block == input);
+        assert!(scan.examined() <= 2 * input.len(), "{} bytes searched for {}", scan.examined(), input.len());
+        // Records that end in time are cut where the last one ends.
+        let input = b"1,2\n3,4\n5".repeat(1000);
+        let (mut block, mut carry, mut scan) = (Vec::new(), Vec::new(), RecordScan::default());
+        assert!(!fill_block(&mut &input[..], &mut block, &mut carry, 1024, &mut scan).expect("reads"));
+        assert!(block.ends_with(b"\n") && block.len() >= 1024);
+        assert_eq!([block.as_slice(), carry.as_slice()].concat(), input);
+    }
 
     #[test]
     fn the_reader_gets_no_more_than_its_limit_of_chunks_ahead() {

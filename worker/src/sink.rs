@@ -8,6 +8,7 @@ use crate::contract::{Contract, HeaderMap};
 use crate::input::storage_error;
 use crate::layout::{Area, LakeLayout};
 use crate::ledger::SideRow;
+use crate::tokenize::RecordChunk;
 use crate::upload::{Finishing, Spill, SpilledUpload};
 use crate::{Error, Result};
 use arrow::array::BooleanArray;
@@ -810,6 +811,19 @@ pub fn csv_record_bytes<'a>(fields: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
     out
 }
 
+/// `raw_record` and `raw_record_bytes` of record `r` of a CSV input: the record re-written from its fields (for
+/// one with text after a closing quote, the line as the file has it, since its fields are not what the file
+/// says), and the record's bytes exactly as the file has them whenever `raw_record` is not those bytes, or the
+/// record has text after a closing quote.
+fn raw_record_of(raw: &RecordChunk, r: usize, after_quote: bool) -> (String, Option<Vec<u8>>) {
+    let rewritten = csv_record_bytes(raw.fields(r));
+    let exact = raw.input_bytes(r).unwrap_or(&rewritten);
+    let shown = if after_quote { exact } else { &rewritten };
+    let text = String::from_utf8_lossy(shown);
+    let bytes = (after_quote || text.as_bytes() != exact).then(|| exact.to_vec());
+    (text.into_owned(), bytes)
+}
+
 /// Quarantine or condemned rows, in input order, in `part-NNNNN.parquet` files.
 pub struct SideWriter {
     area: Area,
@@ -881,11 +895,11 @@ impl SideWriter {
             let range = raw.field_range(r);
             let replay = raw.replay.get(r);
             // A record with text after a closing quote is kept as the file has it, not as csv-core joined it.
-            let original = replay.is_none().then(|| raw.text_after_quote_bytes(r)).flatten();
+            let after_quote = replay.is_none() && raw.has_text_after_quote(r);
             let has_values = match replay {
                 Some(m) => m.has_values,
                 None => {
-                    original.is_none()
+                    !after_quote
                         && range.len() == map.field_count
                         && raw.fields(r).all(|f| std::str::from_utf8(f).is_ok())
                 }
@@ -906,22 +920,9 @@ impl SideWriter {
                     line_number.append_value(m.line_number);
                 }
                 None => {
-                    match original {
-                        Some(bytes) => {
-                            raw_record.append_value(String::from_utf8_lossy(bytes));
-                            raw_bytes.append_value(bytes);
-                        }
-                        None => match String::from_utf8(csv_record_bytes(raw.fields(r))) {
-                            Ok(text) => {
-                                raw_record.append_value(text);
-                                raw_bytes.append_null();
-                            }
-                            Err(e) => {
-                                raw_record.append_value(String::from_utf8_lossy(e.as_bytes()));
-                                raw_bytes.append_value(e.as_bytes());
-                            }
-                        },
-                    }
+                    let (text, bytes) = raw_record_of(raw, r, after_quote);
+                    raw_record.append_value(text);
+                    raw_bytes.append_option(bytes);
                     source.append_value(source_uri);
                     record_number.append_value(raw.first_record + r as u64);
                     line_number.append_value(raw.lines[r]);

@@ -280,6 +280,7 @@ mod tests {
                     max_same_errors: 100,
                     source_uri: "in.csv".into(),
                     record: 101,
+                    line: 102,
                 },
                 "exit 4 (circuit breaker tripped)",
                 "_CIRCUIT_BREAKER.json in the lake says so too; no rows of run r9 were kept",

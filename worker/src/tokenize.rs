@@ -62,12 +62,14 @@ pub struct RecordChunk {
     /// Records with text after a closing quote (`"C1"x`), which csv-core would silently join to `C1x`: (record
     /// index in the chunk, 1-based field). Rare, so a list.
     pub text_after_quote: Vec<(usize, usize)>,
-    /// The input bytes of each record in `text_after_quote` (its line break excluded), in the same order: what
-    /// the quarantine keeps of it, since its fields as csv-core read them are not what the file says. Filled by
-    /// [`tokenize_block`], which holds the input; empty for records read from a stream.
-    pub text_after_quote_bytes: Vec<Vec<u8>>,
-    /// The input bytes of a block not yet tokenized (see [`tokenize_block`]); kept for reuse afterwards.
+    /// Where in `block` each record lies (its line break excluded; a record that the input's end ends, all of
+    /// it): what the quarantine keeps of a record, byte for byte. Filled by [`tokenize_block`]; empty for records
+    /// read from a stream or replayed.
+    pub spans: Vec<std::ops::Range<usize>>,
+    /// The input bytes of a block: to tokenize (see [`tokenize_block`]), then, once `tokenized`, the bytes that
+    /// `spans` point into.
     pub block: Vec<u8>,
+    pub tokenized: bool,
     /// 1-based line on which `block` starts, and whether the input ends with it.
     pub block_line: u64,
     pub block_is_last: bool,
@@ -211,8 +213,9 @@ impl RecordChunk {
         self.replay.clear();
         self.open_quote = None;
         self.text_after_quote.clear();
-        self.text_after_quote_bytes.clear();
+        self.spans.clear();
         self.block.clear();
+        self.tokenized = false;
         self.block_line = 0;
         self.block_is_last = false;
     }
@@ -221,10 +224,15 @@ impl RecordChunk {
         self.record_ends.is_empty()
     }
 
-    /// The input bytes of record `r`, if it has text after a closing quote and was read from a block.
-    pub fn text_after_quote_bytes(&self, r: usize) -> Option<&[u8]> {
-        let i = self.text_after_quote.binary_search_by_key(&r, |(record, _)| *record).ok()?;
-        self.text_after_quote_bytes.get(i).map(Vec::as_slice)
+    /// The input bytes of record `r`, exactly as the file has them (line break excluded), if it was read from a
+    /// block.
+    pub fn input_bytes(&self, r: usize) -> Option<&[u8]> {
+        self.spans.get(r).and_then(|span| self.block.get(span.clone()))
+    }
+
+    /// Whether record `r` has text after a closing quote.
+    pub fn has_text_after_quote(&self, r: usize) -> bool {
+        self.text_after_quote.binary_search_by_key(&r, |(record, _)| *record).is_ok()
     }
 
     /// The range of `field_ends` indices of record `r`.
@@ -297,6 +305,15 @@ impl RecordChunk {
     }
 }
 
+/// An input's header record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// 1-based line it is on: blank lines may come before it.
+    pub line: u64,
+    /// The field names, trimmed.
+    pub names: Vec<Vec<u8>>,
+}
+
 /// Reads records one at a time from a buffered byte stream.
 pub struct CsvTokenizer<R> {
     input: R,
@@ -318,9 +335,9 @@ pub struct CsvTokenizer<R> {
     /// does not count as lines; and whether the last byte consumed was a `\r` whose next byte is not known yet.
     lone_crs: u64,
     pending_cr: bool,
-    /// Where in the input each record with text after a closing quote lies (see
-    /// [`RecordChunk::text_after_quote_bytes`]), in the order read.
-    after_quote_spans: Vec<std::ops::Range<usize>>,
+    /// Whether each record's place in the input goes to [`RecordChunk::spans`]: only when the input is a block,
+    /// which the chunk keeps.
+    keep_spans: bool,
 }
 
 impl<R: BufRead> CsvTokenizer<R> {
@@ -337,7 +354,7 @@ impl<R: BufRead> CsvTokenizer<R> {
             consumed: 0,
             lone_crs: 0,
             pending_cr: false,
-            after_quote_spans: Vec::new(),
+            keep_spans: false,
         }
     }
 
@@ -377,6 +394,22 @@ impl<R: BufRead> CsvTokenizer<R> {
                 return Ok(());
             }
         }
+    }
+
+    /// Consumes the `\n` of a `\r\n` whose `\r` ended the last record: csv-core stops after the `\r`, and
+    /// [`Self::line`] already counts the break (see `pending_cr`), so whoever reads on from here must not see the
+    /// `\n` as a blank line of its own.
+    fn finish_crlf(&mut self) -> io::Result<()> {
+        if !self.pending_cr {
+            return Ok(());
+        }
+        if self.input.fill_buf()?.first() == Some(&b'\n') {
+            self.input.consume(1);
+            self.consumed += 1;
+            self.pending_cr = false;
+            self.skipped_lines += 1;
+        }
+        Ok(())
     }
 
     /// Reads the next record into `chunk`, whose `data` holds `*filled` bytes of fields followed by spare room.
@@ -419,7 +452,6 @@ impl<R: BufRead> CsvTokenizer<R> {
                     self.ended_by_input_end = at_end;
                     if let Some(field) = quoting.text_after_quote {
                         chunk.text_after_quote.push((chunk.len(), field + 1));
-                        self.after_quote_spans.push(input_start..self.consumed);
                     }
                     // csv-core ends a record silently at the end of the input, even inside a quoted field.
                     if at_end && quoting.state == QuoteState::Quoted && n_ends > 0 {
@@ -442,6 +474,10 @@ impl<R: BufRead> CsvTokenizer<R> {
                     chunk.field_ends.extend(self.ends[..n_ends].iter().map(|e| (record_start + e) as u32));
                     chunk.record_ends.push(chunk.field_ends.len() as u32);
                     chunk.lines.push(start_line);
+                    if self.keep_spans {
+                        // With its line break, taken off by `tokenize_block`, which holds the input.
+                        chunk.spans.push(input_start..self.consumed);
+                    }
                     return Ok(true);
                 }
                 End => {
@@ -453,8 +489,9 @@ impl<R: BufRead> CsvTokenizer<R> {
         }
     }
 
-    /// Reads the header record: the field names, trimmed. `None` when the input holds no record at all.
-    pub fn read_header(&mut self) -> io::Result<Option<Vec<Vec<u8>>>> {
+    /// Reads the header record: the field names, trimmed. `None` when the input holds no record at all. Its
+    /// whole line break is consumed, so that [`Self::into_inner`] starts on the line [`Self::line`] names.
+    pub fn read_header(&mut self) -> io::Result<Option<Header>> {
         let mut chunk = RecordChunk::new(0, 0);
         let mut filled = 0;
         let found = self.read_record(&mut chunk, &mut filled)?;
@@ -462,7 +499,9 @@ impl<R: BufRead> CsvTokenizer<R> {
         if !found {
             return Ok(None);
         }
-        Ok(Some(chunk.fields(0).map(|f| crate::values::trim(f).to_vec()).collect()))
+        self.finish_crlf()?;
+        let names = chunk.fields(0).map(|f| crate::values::trim(f).to_vec()).collect();
+        Ok(Some(Header { line: chunk.lines[0], names }))
     }
 
     /// Reads up to `max_records` records or about `max_bytes` of field data into a new chunk.
@@ -505,32 +544,69 @@ impl<R: BufRead> CsvTokenizer<R> {
 /// a comma, a line break or at the start), `""` inside one is a quote, a lone quote closes it, and any other quote
 /// is a plain character. A line break outside a quoted field ends a record (or a blank line).
 pub fn record_prefix(data: &[u8]) -> Option<usize> {
-    let mut cut = None;
-    let mut at = 0;
-    let mut quoted = false;
-    loop {
-        if quoted {
-            // No closing quote yet: the block ends inside a quoted field, after the last cut.
-            let Some(q) = memchr::memchr(b'"', &data[at..]).map(|q| at + q) else { return cut };
-            match data.get(q + 1) {
-                Some(b'"') => at = q + 2,
-                Some(_) => {
-                    quoted = false;
-                    at = q + 1;
+    RecordScan::default().scan(data)
+}
+
+/// [`record_prefix`] over input that grows: each call goes on from where the last one stopped, so that a block
+/// read piece by piece until a record ends in it (one long record, or a quote never closed) is scanned once, not
+/// once per piece.
+#[derive(Debug, Clone, Default)]
+pub struct RecordScan {
+    /// Where the scan goes on: the bytes before it are read, as far as what follows them cannot change.
+    at: usize,
+    quoted: bool,
+    cut: Option<usize>,
+    /// Bytes searched so far, counting a byte again each time it is searched: the scan's work.
+    examined: usize,
+}
+
+impl RecordScan {
+    /// [`record_prefix`] of `data`, which must start with the data of every earlier call of this scan.
+    pub fn scan(&mut self, data: &[u8]) -> Option<usize> {
+        loop {
+            let at = self.at;
+            if self.quoted {
+                // No closing quote yet: the data ends inside a quoted field, after the last cut.
+                let Some(q) = memchr::memchr(b'"', &data[at..]).map(|q| at + q) else {
+                    self.examined += data.len() - at;
+                    self.at = data.len();
+                    return self.cut;
+                };
+                self.examined += q + 1 - at;
+                match data.get(q + 1) {
+                    Some(b'"') => self.at = q + 2,
+                    Some(_) => {
+                        self.quoted = false;
+                        self.at = q + 1;
+                    }
+                    // A quote at the very end: closing, or the first of a pair? The next bytes will tell.
+                    None => {
+                        self.at = q;
+                        return self.cut;
+                    }
                 }
-                // A quote at the very end: closing, or the first of a pair? The next bytes would tell.
-                None => return cut,
+            } else {
+                let next_quote = memchr::memchr(b'"', &data[at..]).map(|q| at + q);
+                let end = next_quote.unwrap_or(data.len());
+                // The quote search and the line break search each read the bytes up to the quote.
+                self.examined += 2 * (end - at);
+                if let Some(after) = last_line_break(data, at, end) {
+                    self.cut = Some(after);
+                }
+                let Some(q) = next_quote else {
+                    // A `\r` at the end may be the first half of a `\r\n`: it is looked at again.
+                    self.at = if data[at..end].last() == Some(&b'\r') { end - 1 } else { end };
+                    return self.cut;
+                };
+                self.quoted = q == 0 || matches!(data[q - 1], b',' | b'\n' | b'\r');
+                self.at = q + 1;
             }
-        } else {
-            let next_quote = memchr::memchr(b'"', &data[at..]).map(|q| at + q);
-            let end = next_quote.unwrap_or(data.len());
-            if let Some(after) = last_line_break(data, at, end) {
-                cut = Some(after);
-            }
-            let Some(q) = next_quote else { return cut };
-            quoted = q == 0 || matches!(data[q - 1], b',' | b'\n' | b'\r');
-            at = q + 1;
         }
+    }
+
+    /// Bytes searched so far, each as many times as it was searched.
+    pub fn examined(&self) -> usize {
+        self.examined
     }
 }
 
@@ -543,6 +619,7 @@ pub fn tokenize_block(chunk: &mut RecordChunk) -> io::Result<()> {
     let block = std::mem::take(&mut chunk.block);
     let (source, line, last) = (chunk.source, chunk.block_line, chunk.block_is_last);
     let mut tokenizer = CsvTokenizer::starting_at_line(&block[..], line);
+    tokenizer.keep_spans = true;
     chunk.clear(source, 0);
     // Exactly: a recycled buffer a little short would otherwise double, and every chunk in flight keeps its own.
     chunk.data.reserve_exact(block.len() + 4096);
@@ -558,13 +635,17 @@ pub fn tokenize_block(chunk: &mut RecordChunk) -> io::Result<()> {
     chunk.data.truncate(filled);
     let misread = !last && tokenizer.ended_by_input_end;
     let end_line = tokenizer.line();
-    for span in tokenizer.after_quote_spans.drain(..) {
-        let record = &block[span];
-        let line_break = record.iter().rev().take_while(|b| matches!(b, b'\n' | b'\r')).count();
-        chunk.text_after_quote_bytes.push(record[..record.len() - line_break].to_vec());
+    // A record ends with its line break, which is not part of it; one that the input's end ends has none, and
+    // what looks like one there lies inside a quote never closed.
+    let unbroken = tokenizer.ended_by_input_end.then(|| chunk.spans.len().checked_sub(1)).flatten();
+    for (i, span) in chunk.spans.iter_mut().enumerate() {
+        if Some(i) != unbroken {
+            let line_break = block[span.clone()].iter().rev().take_while(|b| matches!(b, b'\n' | b'\r')).count();
+            span.end -= line_break;
+        }
     }
     chunk.block = block;
-    chunk.block.clear();
+    chunk.tokenized = true;
     read?;
     if misread {
         return Err(io::Error::other(format!(
@@ -744,6 +825,46 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_that_goes_on_over_more_data_finds_what_a_scan_of_it_all_finds() {
+        let inputs: [&[u8]; 6] = [
+            b"a,b\r1,\"x\ry\"\r2,z\r\r3,\"\"\r",
+            b"x\r\r\n\r\"a\rb\",\"\r\"\r\n",
+            b"a,\"b\"x,c\n\"d\"\"e\",f\"g\r\n\"h\"\n\"\"\"\n\",i\n",
+            b"\"\",\"\"\"\"\n\",\"\n,\n\"\"\"a\n\"\"\"\n",
+            b"1,\"a\"\"\nb\"\n2",
+            b"\n\n\"a\nb\"\"\n\"\"\n\"\n",
+        ];
+        for data in inputs {
+            for k in 0..=data.len() {
+                for l in k..=data.len() {
+                    let mut scan = RecordScan::default();
+                    scan.scan(&data[..k]);
+                    assert_eq!(scan.scan(&data[..l]), record_prefix(&data[..l]), "{data:?} {k} {l}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_read_piece_by_piece_is_scanned_once() {
+        // A quote never closed, then 4 MB: read 64 KiB at a time, each piece is searched about twice at most.
+        let mut data = b"a,b\n1,\"x".to_vec();
+        data.extend(b"y,z\r\n".repeat(700_000));
+        let mut scan = RecordScan::default();
+        for end in (0..data.len()).step_by(64 * 1024).chain([data.len()]) {
+            assert_eq!(scan.scan(&data[..end]), (end >= 4).then_some(4));
+        }
+        assert!(scan.examined() <= 2 * data.len(), "{} bytes searched of {}", scan.examined(), data.len());
+        // Nor one long unquoted line.
+        let line = vec![b'x'; 4_000_000];
+        let mut scan = RecordScan::default();
+        for end in (0..line.len()).step_by(64 * 1024).chain([line.len()]) {
+            assert_eq!(scan.scan(&line[..end]), None);
+        }
+        assert!(scan.examined() <= 2 * line.len(), "{} bytes searched of {}", scan.examined(), line.len());
+    }
+
+    #[test]
     fn a_block_cut_inside_a_record_is_an_error_not_two_records() {
         assert!(block(b"1,\"a\nb", 1, false).is_err());
         assert!(block(b"1,2\n3,4", 1, false).is_err());
@@ -755,6 +876,40 @@ mod tests {
         assert_eq!(record_prefix(b"1,\"a\"\"\nb\"\n2"), Some(10));
         // A quote at the very end may be the first of a pair: the cut stays before it.
         assert_eq!(record_prefix(b"1\n2,\"a\n\""), Some(2));
+    }
+
+    #[test]
+    fn the_input_after_a_header_starts_on_the_line_after_it_whatever_the_line_end() {
+        for bom in ["", "\u{feff}"] {
+            for end in ["\n", "\r\n", "\r"] {
+                let text = format!("{bom}a,b{end}1,x{end}{end}2,y{end}");
+                let mut t = CsvTokenizer::new(text.as_bytes());
+                t.read_header().expect("header");
+                let line = t.line();
+                let rest: &[u8] = t.into_inner();
+                assert_eq!(line, 2, "{bom:?} {end:?}");
+                assert_eq!(block(rest, line, true).expect("tokenizes").lines, [2, 4], "{bom:?} {end:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_blocks_records_keep_their_input_bytes_without_their_line_break() {
+        let chunk = block(b"\"a\",b\r\n\n\"c\"x,d\re,\"f\ng\n", 1, true).expect("tokenizes");
+        let kept: Vec<&[u8]> = (0..chunk.len()).filter_map(|r| chunk.input_bytes(r)).collect();
+        // The last record's quote is never closed: the rest of the input, line break and all, is the record.
+        assert_eq!(kept, [&b"\"a\",b"[..], b"\"c\"x,d", b"e,\"f\ng\n"]);
+        assert_eq!(chunk.lines, [1, 3, 4]);
+        assert!(chunk.has_text_after_quote(1) && !chunk.has_text_after_quote(0));
+        // Read from a stream, records have no input bytes to keep.
+        let mut t = CsvTokenizer::new(&b"a,b\n"[..]);
+        assert_eq!(t.next_chunk(0, 1, 10, 1 << 10).expect("reads").expect("a record").input_bytes(0), None);
+    }
+
+    #[test]
+    fn the_header_is_on_its_own_line_after_blank_lines() {
+        let header = CsvTokenizer::new(&b"\r\n\n\ra, b\n1,2\n"[..]).read_header().expect("reads");
+        assert_eq!(header, Some(Header { line: 4, names: vec![b"a".to_vec(), b"b".to_vec()] }));
     }
 
     #[test]

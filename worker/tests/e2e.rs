@@ -342,7 +342,7 @@ fn the_circuit_breaker_stops_the_run_with_exit_4() {
     let input = write(tmp.path(), "in.csv", text);
     let out = run_worker(&c, &input, &lake, "r1");
     assert_eq!(out.code, 4, "{}", out.stderr);
-    assert!(out.stderr.contains("TYPE_ERROR") && out.stderr.contains("record 3"), "{}", out.stderr);
+    assert!(out.stderr.contains("TYPE_ERROR") && out.stderr.contains("record 3, line 4"), "{}", out.stderr);
     let silver = run_dir(&lake, "silver", "r1");
     assert!(!silver.join("_SUCCESS").exists());
     assert!(silver.join("_CIRCUIT_BREAKER.json").exists());
@@ -972,4 +972,126 @@ fn a_replay_is_gated_on_rows_that_fail_anew_not_on_rows_that_fail_again() {
     );
     let out = run_worker(&stricter, &run_dir(&lake, "quarantine", "a1"), &lake, "a3");
     assert_eq!(out.code, 5, "{}", out.stderr);
+}
+
+/// The `line_number` column of an area, in input order.
+fn line_numbers(lake: &std::path::Path, area: &str, run_id: &str) -> Vec<u64> {
+    read_area(lake, area, run_id)
+        .iter()
+        .flat_map(|batch| {
+            let a = batch.column_by_name("line_number").unwrap();
+            a.as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn records_after_a_header_are_numbered_by_their_line_whatever_the_line_end_and_bom() {
+    let tmp = TempDir::new().unwrap();
+    let c = lenient(tmp.path());
+    for (i, bom) in ["", "\u{feff}"].into_iter().enumerate() {
+        for (j, end) in ["\n", "\r\n", "\r"].into_iter().enumerate() {
+            // Lines: 1 header, 2 and 3 bad amounts, 4 blank, 5 a quote that never closes.
+            let text = [
+                format!("{bom}{HEADER}"),
+                "TX1,C1,abc,EUR,2024-01-01T00:00:00Z".into(),
+                "TX2,C1,abc,EUR,2024-01-01T00:00:00Z".into(),
+                String::new(),
+                "TX3,\"C1,1.00,EUR,2024-01-01T00:00:00Z".into(),
+            ]
+            .join(end);
+            let input = write(tmp.path(), &format!("in{i}{j}.csv"), text);
+            let lake = tmp.path().join(format!("lake{i}{j}"));
+            let out = run_worker(&c, &input, &lake, "r1");
+            assert_eq!(out.code, 0, "{bom:?} {end:?}: {}", out.stderr);
+            assert_eq!(line_numbers(&lake, "quarantine", "r1"), [2, 3, 5], "{bom:?} {end:?}");
+            let messages = strings(&read_area(&lake, "quarantine", "r1"), "error_message");
+            let open = messages[2].as_deref().unwrap();
+            assert!(open.contains("field 2 on line 5"), "{bom:?} {end:?}: {open}");
+        }
+    }
+}
+
+#[test]
+fn a_valid_row_is_no_duplicate_of_a_row_quarantined_for_how_it_was_written() {
+    let tmp = TempDir::new().unwrap();
+    let c = lenient(tmp.path());
+    for (i, (refused, valid)) in [("\"C1\" ", "C1"), ("\"C1\"x", "C1x")].into_iter().enumerate() {
+        let text = format!(
+            "{HEADER}\nTX1,{refused},1.00,EUR,2024-01-01T00:00:00Z\nTX1,{valid},1.00,EUR,2024-01-01T00:00:00Z\n"
+        );
+        let input = write(tmp.path(), &format!("in{i}.csv"), text);
+        let lake = tmp.path().join(format!("lake{i}"));
+        let out = run_worker(&c, &input, &lake, "r1");
+        assert_eq!(out.code, 0, "{refused:?}: {}", out.stderr);
+        let report = success(&lake, "r1");
+        let counts = (report.valid_rows_count, report.quarantined_rows_count, report.condemned_rows_count);
+        assert_eq!(counts, (1, 1, 0), "{refused:?}");
+        assert_eq!(line_numbers(&lake, "quarantine", "r1"), [2], "{refused:?}");
+        assert_eq!(strings(&read_area(&lake, "silver", "r1"), "CustomerID"), [Some(valid.trim().to_owned())]);
+    }
+    // Two records written the same way are still exact duplicates; the same values spelled otherwise are not.
+    let text = format!(
+        "{HEADER}\nTX1,\"C1\"x,1.00,EUR,2024-01-01T00:00:00Z\nTX1,\"C1\"x,1.00,EUR,2024-01-01T00:00:00Z\n\
+         TX1,\"C\"1x,1.00,EUR,2024-01-01T00:00:00Z\n"
+    );
+    let input = write(tmp.path(), "twice.csv", text);
+    let lake = tmp.path().join("twice");
+    assert_eq!(run_worker(&c, &input, &lake, "r1").code, 0);
+    let report = success(&lake, "r1");
+    assert_eq!((report.valid_rows_count, report.quarantined_rows_count, report.condemned_rows_count), (0, 2, 1));
+    assert_eq!(line_numbers(&lake, "condemned", "r1"), [3]);
+}
+
+#[test]
+fn every_quarantined_record_keeps_its_input_bytes_across_replays() {
+    let tmp = TempDir::new().unwrap();
+    let c = lenient(tmp.path());
+    let lake = tmp.path().join("lake");
+    let records: [&[u8]; 5] = [
+        b"\"TX1\",C\xff1,1.00,EUR,2024-01-01T00:00:00Z", // not UTF-8, with quotes a re-write drops
+        b"TX2,C\"1,abc,EUR,2024-01-01T00:00:00Z",        // a quote inside an unquoted value
+        b"\"TX3\",C1,1.00,EUR",                          // wrong field count, quoted
+        b"TX5,C5,10.00,XXX,2024-01-01T00:00:00Z",        // rewritten exactly: no bytes needed
+        b"TX4,\"C1,1.00,EUR,2024-01-01T00:00:00Z\r\n",   // a quote never closed: the rest of the file
+    ];
+    let mut bytes = format!("{HEADER}\r\n").into_bytes();
+    for r in &records[..4] {
+        bytes.extend_from_slice(r);
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(records[4]);
+    let input = write(tmp.path(), "in.csv", bytes);
+    let out = run_worker(&c, &input, &lake, "a1");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let expected: Vec<Option<Vec<u8>>> =
+        records.iter().enumerate().map(|(i, r)| (i != 3).then(|| r.to_vec())).collect();
+    let q = read_area(&lake, "quarantine", "a1");
+    assert_eq!(binaries(&q, "raw_record_bytes"), expected);
+    // raw_record is the record re-written from its fields, as documented; where that is not the file's bytes,
+    // raw_record_bytes holds them.
+    assert_eq!(strings(&q, "raw_record")[3].as_deref(), Some("TX5,C5,10.00,XXX,2024-01-01T00:00:00Z"));
+    assert_eq!(line_numbers(&lake, "quarantine", "a1"), [2, 3, 4, 5, 6]);
+    let out = run_worker(&c, &run_dir(&lake, "quarantine", "a1"), &lake, "a2");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let replayed = read_area(&lake, "quarantine", "a2");
+    assert_eq!(binaries(&replayed, "raw_record_bytes"), expected);
+    assert_eq!(strings(&replayed, "raw_record"), strings(&q, "raw_record"));
+    assert_eq!(success(&lake, "a2").quarantined_rows_count, 5);
+}
+
+#[test]
+fn schema_drift_names_the_headers_own_line_after_blank_lines() {
+    let tmp = TempDir::new().unwrap();
+    let drifted = "TransactionID,CustomerID,Amount,Currency,TransactionTimestamp";
+    for (name, text) in [
+        ("drift.csv", format!("\r\n\n{drifted}\nT2,C2,1,EUR,2024-01-01T00:00:00Z\n").into_bytes()),
+        ("latin1.csv", b"\n\nTransactionID,Customer\xffID\nT2,C2\n".to_vec()),
+    ] {
+        let input = write(tmp.path(), name, text);
+        let lake = tmp.path().join(format!("lake-{name}"));
+        let out = run_worker(&lenient(tmp.path()), &input, &lake, "r1");
+        assert_eq!(out.code, 3, "{}", out.stderr);
+        assert!(out.stderr.contains("header line 3"), "{name}: {}", out.stderr);
+    }
 }
