@@ -576,6 +576,9 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
         ("image.worker.pullPolicy=Sometimes", "pullPolicy"),
         ("operator.reconcileConcurrency=-1", "reconcileConcurrency"),
         ("operator.burstLaunchesPerSecond=1.5", "burstLaunchesPerSecond"),
+        // Larger than the operator's (and the API's) 32-bit fields: it would not start.
+        ("worker.jobTtlSeconds=2147483648", "jobTtlSeconds"),
+        ("operator.leaderElection.leaseDurationSeconds=2147483648", "leaseDurationSeconds"),
         // The apiserver refuses a binding with both ("must not contain both Deny and Warn").
         ("approvalPolicy.validationActions={Deny,Warn}", "validationActions"),
         ("approvalPolicy.validationActions={Warn,Audit,Deny}", "validationActions"),

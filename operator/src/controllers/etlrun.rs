@@ -41,20 +41,23 @@ use std::time::Duration;
 #[derive(Clone, Default)]
 pub struct PodEnds(Arc<std::sync::Mutex<PodMemory>>);
 
+/// Each entry holds the uid of the Job its pod belongs to (the pod's `batch.kubernetes.io/controller-uid`): a Job
+/// of the same name made later (a run deleted and created again under its name) is another Job, and what its
+/// predecessor's pod said is not said of it.
 #[derive(Default)]
 struct PodMemory {
-    ends: std::collections::HashMap<String, (PodEnd, std::time::Instant)>,
-    blockers: std::collections::HashMap<String, PodBlocker>,
+    ends: std::collections::HashMap<String, (String, PodEnd, std::time::Instant)>,
+    blockers: std::collections::HashMap<String, (String, PodBlocker)>,
     /// Jobs seen with a pod, and when last.
-    with_pod: std::collections::HashMap<String, std::time::Instant>,
+    with_pod: std::collections::HashMap<String, (String, std::time::Instant)>,
     /// The newest `FailedCreate` message of each Job: (the Job's uid, the message, when seen).
     cannot_create: std::collections::HashMap<String, (String, String, std::time::Instant)>,
 }
 
 impl PodMemory {
     fn forget_old(&mut self) {
-        self.ends.retain(|_, (_, seen)| seen.elapsed() < PodEnds::KEEP);
-        self.with_pod.retain(|_, seen| seen.elapsed() < PodEnds::KEEP);
+        self.ends.retain(|_, (_, _, seen)| seen.elapsed() < PodEnds::KEEP);
+        self.with_pod.retain(|_, (_, seen)| seen.elapsed() < PodEnds::KEEP);
         self.cannot_create.retain(|_, (_, _, seen)| seen.elapsed() < PodEnds::KEEP);
     }
 }
@@ -75,20 +78,21 @@ impl PodEnds {
             return;
         };
         let key = Self::key(namespace, job);
+        let job_uid = Self::job_uid(pod);
         let Ok(mut memory) = self.0.lock() else { return };
         let now = std::time::Instant::now();
         if memory.with_pod.len() > 1024 && !memory.with_pod.contains_key(&key) {
             memory.forget_old();
         }
-        memory.with_pod.insert(key.clone(), now);
+        memory.with_pod.insert(key.clone(), (job_uid.clone(), now));
         match pod_blocker(pod) {
-            Some(blocker) => memory.blockers.insert(key.clone(), blocker),
+            Some(blocker) => memory.blockers.insert(key.clone(), (job_uid.clone(), blocker)),
             None => memory.blockers.remove(&key),
         };
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         if matches!(phase, Some("Failed" | "Succeeded")) {
             memory.forget_old();
-            memory.ends.insert(key, (pod_end(pod), now));
+            memory.ends.insert(key, (job_uid, pod_end(pod), now));
         }
     }
 
@@ -110,18 +114,32 @@ impl PodEnds {
         }
     }
 
-    pub fn get(&self, namespace: &str, job: &str) -> Option<PodEnd> {
-        self.0.lock().ok()?.ends.get(&Self::key(namespace, job)).map(|(end, _)| end.clone())
+    /// The uid of the Job a pod belongs to: its Job controller's label, else its controller owner.
+    fn job_uid(pod: &Pod) -> String {
+        pod.labels()
+            .get("batch.kubernetes.io/controller-uid")
+            .cloned()
+            .or_else(|| pod.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| o.uid.clone()))
+            .unwrap_or_default()
     }
 
-    /// Why the Job's pod cannot start, as the watch last saw it.
-    pub fn blocker(&self, namespace: &str, job: &str) -> Option<PodBlocker> {
-        self.0.lock().ok()?.blockers.get(&Self::key(namespace, job)).cloned()
+    /// How the pod of the Job with this uid ended, as the watch last saw it.
+    pub fn get(&self, namespace: &str, job: &str, uid: &str) -> Option<PodEnd> {
+        let memory = self.0.lock().ok()?;
+        let (of, end, _) = memory.ends.get(&Self::key(namespace, job))?;
+        (of == uid).then(|| end.clone())
     }
 
-    /// Whether the pod watch has seen a pod of the Job.
-    pub fn has_pod(&self, namespace: &str, job: &str) -> bool {
-        self.0.lock().is_ok_and(|m| m.with_pod.contains_key(&Self::key(namespace, job)))
+    /// Why the pod of the Job with this uid cannot start, as the watch last saw it.
+    pub fn blocker(&self, namespace: &str, job: &str, uid: &str) -> Option<PodBlocker> {
+        let memory = self.0.lock().ok()?;
+        let (of, blocker) = memory.blockers.get(&Self::key(namespace, job))?;
+        (of == uid).then(|| blocker.clone())
+    }
+
+    /// Whether the pod watch has seen a pod of the Job with this uid.
+    pub fn has_pod(&self, namespace: &str, job: &str, uid: &str) -> bool {
+        self.0.lock().is_ok_and(|m| m.with_pod.get(&Self::key(namespace, job)).is_some_and(|(of, _)| of == uid))
     }
 
     /// Why no pod of the Job with this uid can be created, as its newest `FailedCreate` Event says.
@@ -141,10 +159,10 @@ impl PodEnds {
         uid: &str,
         listed_pod: bool,
     ) -> (Option<PodBlocker>, bool) {
-        if let Some(blocker) = self.blocker(namespace, job) {
+        if let Some(blocker) = self.blocker(namespace, job, uid) {
             return (Some(blocker), true);
         }
-        if listed_pod || self.has_pod(namespace, job) {
+        if listed_pod || self.has_pod(namespace, job, uid) {
             return (None, true);
         }
         (self.cannot_create(namespace, job, uid).map(|message| PodBlocker::CannotCreate { message }), false)
@@ -884,7 +902,7 @@ async fn observe_job(scope: &Scope, identity: &RunIdentity, attempt: &AttemptSta
         return Ok((JobState::Complete { finished_at: Some(finished_at) }, pods));
     }
     if let Some((at, reason, message)) = condition_time(&found, "Failed") {
-        let pod = last_pod(&scope.ctx, identity, name).await?;
+        let pod = last_pod(&scope.ctx, identity, name, &pods.uid).await?;
         let failure = JobFailure { job_reason: reason, job_message: message, pod };
         return Ok((JobState::Failed { failure, finished_at: Some(at) }, pods));
     }
@@ -967,10 +985,11 @@ pub fn pod_blocker(pod: &Pod) -> Option<PodBlocker> {
     })
 }
 
-/// How the Job's newest pod ended, if a pod is left.
-async fn last_pod(ctx: &Context, identity: &RunIdentity, job_name: &str) -> Result<Option<PodEnd>> {
+/// How the Job's newest pod ended, if a pod is left; else as the pod watch saw the end of the pod of the Job
+/// with this uid.
+async fn last_pod(ctx: &Context, identity: &RunIdentity, job_name: &str, job_uid: &str) -> Result<Option<PodEnd>> {
     let pods = super::pods_of_job(ctx, &identity.namespace, job_name).await?;
-    Ok(super::newest_pod(&pods).map(pod_end).or_else(|| ctx.pod_ends.get(&identity.namespace, job_name)))
+    Ok(super::newest_pod(&pods).map(pod_end).or_else(|| ctx.pod_ends.get(&identity.namespace, job_name, job_uid)))
 }
 
 /// Reads a pod's end from its status, as a kubelet reports it.
@@ -1454,6 +1473,34 @@ mod tests {
     }
 
     #[test]
+    fn what_a_pod_said_is_said_of_its_own_job_only_not_of_a_later_job_of_the_same_name() {
+        let memory = PodEnds::default();
+        let waiting = pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{
+            "name": "worker", "image": "w", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"gone\" not found"}}
+        }]}));
+        let mut old = waiting.clone();
+        old.metadata.namespace = Some("etl".into());
+        old.metadata.labels = Some(
+            [
+                ("batch.kubernetes.io/job-name".to_owned(), "tx-a1".to_owned()),
+                ("batch.kubernetes.io/controller-uid".to_owned(), "uid-old".to_owned()),
+            ]
+            .into(),
+        );
+        memory.observe(&old);
+        let (blocker, has_pod) = memory.why_not_started("etl", "tx-a1", "uid-old", false);
+        assert_eq!((blocker, has_pod), (Some(PodBlocker::SecretNotFound { name: "gone".into() }), true));
+        // The run was deleted and made again: its Job tx-a1 is another one, with no pod yet.
+        assert_eq!(memory.why_not_started("etl", "tx-a1", "uid-new", false), (None, false));
+        let mut ended = old.clone();
+        ended.status = Some(serde_json::from_value(serde_json::json!({"phase": "Failed"})).expect("status"));
+        memory.observe(&ended);
+        assert!(memory.get("etl", "tx-a1", "uid-old").is_some());
+        assert!(memory.get("etl", "tx-a1", "uid-new").is_none());
+    }
+
+    #[test]
     fn a_pod_that_cannot_start_names_what_it_misses() {
         let waiting = |reason: &str, message: &str| {
             pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{
@@ -1587,18 +1634,24 @@ mod tests {
         let of_job = |phase: &str| {
             let mut p = pod(serde_json::json!({"phase": phase}));
             p.metadata.namespace = Some("etl".into());
-            p.metadata.labels = Some([("batch.kubernetes.io/job-name".to_owned(), "tx-a1".to_owned())].into());
+            p.metadata.labels = Some(
+                [
+                    ("batch.kubernetes.io/job-name".to_owned(), "tx-a1".to_owned()),
+                    ("batch.kubernetes.io/controller-uid".to_owned(), "u1".to_owned()),
+                ]
+                .into(),
+            );
             p
         };
         let ends = PodEnds::default();
         ends.observe(&of_job("Running"));
-        assert!(ends.get("etl", "tx-a1").is_none());
+        assert!(ends.get("etl", "tx-a1", "u1").is_none());
         let mut failed = of_job("Failed");
         if let Some(status) = failed.status.as_mut() {
             status.reason = Some("Evicted".into());
         }
         ends.observe(&failed);
-        assert_eq!(ends.get("etl", "tx-a1").and_then(|e| e.pod_reason), Some("Evicted".into()));
-        assert!(ends.get("other", "tx-a1").is_none());
+        assert_eq!(ends.get("etl", "tx-a1", "u1").and_then(|e| e.pod_reason), Some("Evicted".into()));
+        assert!(ends.get("other", "tx-a1", "u1").is_none());
     }
 }

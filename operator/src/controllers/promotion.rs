@@ -1326,8 +1326,10 @@ async fn observe_job(
     }
     if let Some(failed) = condition("Failed") {
         let pods = super::pods_of_job(ctx, namespace, job_name).await?;
-        let end =
-            super::newest_pod(&pods).map(super::etlrun::pod_end).or_else(|| ctx.pod_ends.get(namespace, job_name));
+        let job_uid = found.metadata.uid.as_deref().unwrap_or_default();
+        let end = super::newest_pod(&pods)
+            .map(super::etlrun::pod_end)
+            .or_else(|| ctx.pod_ends.get(namespace, job_name, job_uid));
         // The worker's own error from its termination message (a JSON line), not the whole line.
         let message = end
             .as_ref()
