@@ -7,7 +7,7 @@
 mod support;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use silverline_crds::promotion::{
@@ -684,17 +684,8 @@ async fn a_configmap_planted_under_a_promotions_contract_name_is_never_mounted()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_promote_job_whose_pod_cannot_start_is_said_on_the_promotion_until_it_can() {
-    use k8s_openapi::api::core::v1::Secret;
     let s = Scenario::new("promo-nosecret").await;
-    let mut dataset = transactions_dataset(&s.lake(), 3);
-    dataset.spec.storage.credentials_secret = Some(silverline_crds::SecretKeyRef { name: "lake-creds".into() });
-    create_dataset(&s.client, &s.ns.name, &dataset).await;
-    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "lake-creds"}, "stringData": {"SILVERLINE_TEST_CREDENTIAL": "x"}
-    }))
-    .expect("secret");
-    secrets.create(&Default::default(), &secret).await.expect("create the Secret");
+    let (secrets, secret) = dataset_with_its_secret(&s).await;
     let op = s.operator("replica-a").await;
     let run_id = succeeded_run(&s, "tx-ns", &op).await;
 
@@ -758,20 +749,23 @@ async fn dataset_without_its_secret(s: &Scenario) {
     create_dataset(&s.client, &s.ns.name, &dataset).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
-async fn a_withdrawal_or_rejection_while_the_promote_pod_cannot_start_wins_and_nothing_moves() {
-    use k8s_openapi::api::core::v1::Secret;
-    let s = Scenario::new("promo-withdraw").await;
-    let mut dataset = transactions_dataset(&s.lake(), 3);
-    dataset.spec.storage.credentials_secret = Some(silverline_crds::SecretKeyRef { name: "lake-creds".into() });
-    create_dataset(&s.client, &s.ns.name, &dataset).await;
+/// The Dataset with its credentials Secret `lake-creds`, which exists (a test deletes it to stop a pod).
+async fn dataset_with_its_secret(s: &Scenario) -> (Api<Secret>, Secret) {
+    dataset_without_its_secret(s).await;
     let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "lake-creds"}, "stringData": {"SILVERLINE_TEST_CREDENTIAL": "x"}
     }))
     .expect("secret");
     secrets.create(&Default::default(), &secret).await.expect("create the Secret");
+    (secrets, secret)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_withdrawal_or_rejection_while_the_promote_pod_cannot_start_wins_and_nothing_moves() {
+    let s = Scenario::new("promo-withdraw").await;
+    let (secrets, secret) = dataset_with_its_secret(&s).await;
     let op = s.operator("replica-a").await;
     let run_id = succeeded_run(&s, "tx-wd", &op).await;
     secrets.delete("lake-creds", &Default::default()).await.expect("delete the Secret");

@@ -628,18 +628,23 @@ impl Builder<'_> {
                 // Not created yet, or removed before it was seen to finish: create it (a rejection recorded
                 // twice is harmless; the audit log is append-only).
                 let job_name = self.status.job_name.clone().unwrap_or_else(|| reject_job_name(self.o.name));
-                self.status.job_name = Some(job_name.clone());
-                let by = self.status.rejected_by.clone().unwrap_or_default();
-                let why = match &self.o.decision {
-                    Decision::Rejected { reason: Some(why), .. } => why.clone(),
-                    _ => "no reason given".into(),
-                };
-                let action = JobAction::Reject { rejected_by: by, reason: why };
-                self.launch = Some(Launch { job_name, action, mode: self.mode() });
-                self.requeue_after = Some(self.settings.resync);
+                self.launch_reject(job_name);
             }
             _ => self.requeue_after = Some(self.settings.resync),
         }
+    }
+
+    /// Launches the Job `job_name` that records the rejection in the audit log.
+    fn launch_reject(&mut self, job_name: String) {
+        self.status.job_name = Some(job_name.clone());
+        let by = self.status.rejected_by.clone().unwrap_or_default();
+        let why = match &self.o.decision {
+            Decision::Rejected { reason: Some(why), .. } => why.clone(),
+            _ => "no reason given".into(),
+        };
+        let action = JobAction::Reject { rejected_by: by, reason: why };
+        self.launch = Some(Launch { job_name, action, mode: self.mode() });
+        self.requeue_after = Some(self.settings.resync);
     }
 
     /// The Job recording the rejection failed: a transient failure (exit 75, 1, or none: a lost pod) is tried
@@ -653,17 +658,8 @@ impl Builder<'_> {
             match self.status.next_attempt_at.as_ref().map(|t| t.0) {
                 Some(at) if at > self.o.now => self.requeue_after = Some(until(self.o.now, at)),
                 Some(_) => {
-                    let job_name = reject_attempt_job_name(self.o.name, attempt + 1);
-                    self.status.job_name = Some(job_name.clone());
                     self.status.next_attempt_at = None;
-                    let by = self.status.rejected_by.clone().unwrap_or_default();
-                    let why = match &self.o.decision {
-                        Decision::Rejected { reason: Some(why), .. } => why.clone(),
-                        _ => "no reason given".into(),
-                    };
-                    let action = JobAction::Reject { rejected_by: by, reason: why };
-                    self.launch = Some(Launch { job_name, action, mode: self.mode() });
-                    self.requeue_after = Some(self.settings.resync);
+                    self.launch_reject(reject_attempt_job_name(self.o.name, attempt + 1));
                 }
                 None => {
                     let what = exit_code.map_or_else(|| "no exit code".to_owned(), |code| format!("exit {code}"));
