@@ -181,6 +181,9 @@ pub struct Observed<'a> {
     pub decision: Decision,
     /// The creator ([`Promotion::creator`]).
     pub created_by: Option<&'a str>,
+    /// Who the Promotion says asked for it (`requested-by`, free text): under GitOps the person whose change an
+    /// applier created it for, whose own approval is not four eyes either.
+    pub requested_by: Option<&'a str>,
     pub status: &'a PromotionStatus,
     /// The Dataset's default mode, or why the Dataset cannot be used (`reason`, `message`).
     pub dataset: Result<PromotionMode, (&'static str, String)>,
@@ -415,10 +418,10 @@ impl Builder<'_> {
     }
 
     /// Whether `approver` is the Promotion's creator (as first recorded in status, or as the annotations say
-    /// now): four eyes, checked here too, behind the apiserver's approval policy (which may be in Warn or Audit
-    /// mode, or not installed).
+    /// now) or the person it says asked for it (`requested-by`): four eyes, checked here too, behind the
+    /// apiserver's approval policy (which may be in Warn or Audit mode, or not installed).
     fn self_approval(&self, approver: &str) -> bool {
-        [self.status.created_by.as_deref(), self.o.status.created_by.as_deref(), self.o.created_by]
+        [self.status.created_by.as_deref(), self.o.status.created_by.as_deref(), self.o.created_by, self.o.requested_by]
             .into_iter()
             .flatten()
             .any(|creator| creator == approver)
@@ -1107,6 +1110,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         spec: &promotion.spec,
         decision,
         created_by: promotion.creator(),
+        requested_by: promotion.requested_by(),
         status: &status,
         dataset: dataset.as_ref().map(|d| d.spec.promotion.mode).map_err(Clone::clone),
         preview,
@@ -1725,6 +1729,7 @@ mod tests {
         lake_error: Option<&'static str>,
         launch_error: Option<&'static str>,
         contract_lost: Option<&'static str>,
+        requested_by: Option<&'static str>,
         now: i64,
     }
 
@@ -1741,6 +1746,7 @@ mod tests {
                 lake_error: None,
                 launch_error: None,
                 contract_lost: None,
+                requested_by: None,
                 now: 0,
             }
         }
@@ -1756,6 +1762,7 @@ mod tests {
             spec: &spec,
             decision: case.decision,
             created_by: Some("alice"),
+            requested_by: case.requested_by,
             status: &case.status,
             dataset: case.dataset,
             preview: preview(vec![]),
@@ -1813,6 +1820,7 @@ mod tests {
                 spec: &spec,
                 decision: Decision::Pending,
                 created_by: None,
+                requested_by: None,
                 status,
                 dataset: Ok(PromotionMode::Append),
                 preview: preview(failures.clone()),
@@ -2259,6 +2267,12 @@ mod tests {
 
     #[test]
     fn an_approval_by_the_creator_is_refused_and_said_once() {
+        // Under GitOps the creator is the applier; the person the Promotion names as its requester is not a
+        // second pair of eyes either.
+        let requester = Decision::Approved { by: "jane".into(), reason: None };
+        let by_requester = run(Case { decision: requester, requested_by: Some("jane"), ..Case::default() });
+        assert_eq!(condition(&by_requester.status, CONDITION_APPROVED), ("False", REASON_SELF_APPROVAL_REFUSED));
+        assert_eq!(by_requester.launch, None);
         let own = || Decision::Approved { by: "alice".into(), reason: None };
         let p = run(Case { decision: own(), ..Case::default() });
         assert_eq!((p.status.phase, p.launch), (Some(PromotionPhase::AwaitingApproval), None));
