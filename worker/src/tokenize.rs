@@ -64,8 +64,9 @@ pub struct RecordChunk {
     pub text_after_quote: Vec<(usize, usize)>,
     /// Where in `block` each record lies (its line break excluded; a record that the input's end ends, all of
     /// it): what the quarantine keeps of a record, byte for byte. Filled by [`tokenize_block`]; empty for records
-    /// read from a stream or replayed.
-    pub spans: Vec<std::ops::Range<usize>>,
+    /// read from a stream or replayed, or from a block of 4 GiB or more. 32-bit offsets: 8 bytes a record in
+    /// every chunk in flight.
+    pub spans: Vec<std::ops::Range<u32>>,
     /// The input bytes of a block: to tokenize (see [`tokenize_block`]), then, once `tokenized`, the bytes that
     /// `spans` point into.
     pub block: Vec<u8>,
@@ -227,7 +228,7 @@ impl RecordChunk {
     /// The input bytes of record `r`, exactly as the file has them (line break excluded), if it was read from a
     /// block.
     pub fn input_bytes(&self, r: usize) -> Option<&[u8]> {
-        self.spans.get(r).and_then(|span| self.block.get(span.clone()))
+        self.spans.get(r).and_then(|span| self.block.get(span.start as usize..span.end as usize))
     }
 
     /// Whether record `r` has text after a closing quote.
@@ -474,9 +475,11 @@ impl<R: BufRead> CsvTokenizer<R> {
                     chunk.field_ends.extend(self.ends[..n_ends].iter().map(|e| (record_start + e) as u32));
                     chunk.record_ends.push(chunk.field_ends.len() as u32);
                     chunk.lines.push(start_line);
-                    if self.keep_spans {
+                    if self.keep_spans
+                        && let (Ok(start), Ok(end)) = (u32::try_from(input_start), u32::try_from(self.consumed))
+                    {
                         // With its line break, taken off by `tokenize_block`, which holds the input.
-                        chunk.spans.push(input_start..self.consumed);
+                        chunk.spans.push(start..end);
                     }
                     return Ok(true);
                 }
@@ -619,7 +622,8 @@ pub fn tokenize_block(chunk: &mut RecordChunk) -> io::Result<()> {
     let block = std::mem::take(&mut chunk.block);
     let (source, line, last) = (chunk.source, chunk.block_line, chunk.block_is_last);
     let mut tokenizer = CsvTokenizer::starting_at_line(&block[..], line);
-    tokenizer.keep_spans = true;
+    // Offsets of 32 bits (see `RecordChunk::spans`): a block of 4 GiB (one record that long) keeps none.
+    tokenizer.keep_spans = u32::try_from(block.len()).is_ok();
     chunk.clear(source, 0);
     // Exactly: a recycled buffer a little short would otherwise double, and every chunk in flight keeps its own.
     chunk.data.reserve_exact(block.len() + 4096);
@@ -640,8 +644,9 @@ pub fn tokenize_block(chunk: &mut RecordChunk) -> io::Result<()> {
     let unbroken = tokenizer.ended_by_input_end.then(|| chunk.spans.len().checked_sub(1)).flatten();
     for (i, span) in chunk.spans.iter_mut().enumerate() {
         if Some(i) != unbroken {
-            let line_break = block[span.clone()].iter().rev().take_while(|b| matches!(b, b'\n' | b'\r')).count();
-            span.end -= line_break;
+            let bytes = &block[span.start as usize..span.end as usize];
+            let line_break = bytes.iter().rev().take_while(|b| matches!(b, b'\n' | b'\r')).count();
+            span.end -= line_break as u32;
         }
     }
     chunk.block = block;
