@@ -1007,3 +1007,29 @@ async fn an_approved_promotion_waiting_for_another_writes_nothing_and_says_it_on
     assert_eq!(said(&s, "tx-second-promo", "WaitingForPromotion").await, 1, "and not again");
     release.notify_one();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_dataset_moved_to_another_lake_while_promoting_is_read_where_its_job_wrote() {
+    let s = Scenario::new("promo-moved").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let op = s.operator("replica-a").await;
+    let run_id = succeeded_run(&s, "tx-mv", &op).await;
+    // The promote Job holds until the Dataset names another lake, then promotes in the lake it was approved for.
+    let release = Arc::new(tokio::sync::Notify::new());
+    s.kubelet.inject("tx-mv-promo-p1", support::kubelet::Fault::Hold(release.clone()));
+    create_promotion(&s, &promotion("tx-mv-promo", &[&run_id], None)).await;
+    approve(&s, "tx-mv-promo").await;
+    in_phase(&s, "tx-mv-promo", PromotionPhase::Promoting, Duration::from_secs(30)).await;
+    let elsewhere = s.dir.path().join("another-lake");
+    let datasets: Api<silverline_crds::Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let moved = serde_json::json!({"spec": {"storage": {"lakeUri": format!("file://{}", elsewhere.display())}}});
+    datasets.patch("transactions", &PatchParams::default(), &Patch::Merge(&moved)).await.expect("move the lake");
+    release.notify_one();
+
+    let done = finished_promotion(&s, "tx-mv-promo", &op).await;
+    let status = done.status.expect("status");
+    assert_eq!(status.phase, Some(PromotionPhase::Promoted), "{status:?}\n{}", s.diagnostics(&[&op]));
+    assert_eq!(latest(&s.lake()).expect("_LATEST.json in the frozen contract's lake")["runs"][0], run_id.as_str());
+    assert!(latest(&elsewhere).is_none(), "nothing was written to the Dataset's new lake");
+}

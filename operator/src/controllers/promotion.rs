@@ -1086,7 +1086,9 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         (Ok(dataset), Some(PromotionPhase::Promoting | PromotionPhase::Rejected), job)
             if !matches!(job, Some(JobState::Active)) =>
         {
-            match read_recorded(&ctx, dataset, &uid).await {
+            // The lake its Jobs write: the one of the contract frozen at the first launch, not the Dataset's now.
+            let frozen = frozen_contract(&ctx, &namespace, &name, &uid, status.contract_hash.as_deref()).await?;
+            match read_recorded(&ctx, frozen.as_ref().unwrap_or(dataset), &uid).await {
                 Ok(recorded) => (recorded, None),
                 // Said on the Promotion (`Ready` LakeUnreadable) and looked at again; nothing is decided meanwhile.
                 Err(e @ (Error::Lake { .. } | Error::LakeRead { .. })) => (None, Some(e.for_people())),
@@ -1341,6 +1343,31 @@ async fn observe_job(
     let job_uid = found.metadata.uid.as_deref().unwrap_or_default();
     let (blocker, _) = ctx.pod_ends.why_not_started(namespace, job_name, job_uid, false);
     Ok((JobState::Active, blocker))
+}
+
+/// The contract this Promotion's Jobs apply, as frozen at its first launch (its ConfigMap `{promotion}-contract`,
+/// owned by it and holding the manifest of `status.contractHash`); `None` before a launch, or when that ConfigMap is
+/// gone or not the one frozen (the launch says so). A Dataset edited meanwhile (its lake moved) must not make the
+/// operator look for the promotion's outcome where its Job did not write.
+async fn frozen_contract(
+    ctx: &Context,
+    namespace: &str,
+    promotion: &str,
+    uid: &str,
+    frozen: Option<&str>,
+) -> Result<Option<Dataset>> {
+    let Some(frozen) = frozen else { return Ok(None) };
+    let name = contract_name(promotion);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = config_maps.get_opt(&name).await.map_err(Error::kube(format!("reading ConfigMap {name}")))?;
+    let Some(text) = found
+        .filter(|cm| owned_by(&cm.metadata, uid))
+        .and_then(|cm| cm.data.and_then(|mut d| d.remove(job::CONTRACT_KEY)))
+        .filter(|text| job::contract_hash(text) == frozen)
+    else {
+        return Ok(None);
+    };
+    Dataset::from_manifest(&text).map(Some).map_err(|e| Error::Snapshot { name, message: e.to_string() })
 }
 
 /// What the lake records about this Promotion: `_LATEST.json` first (it names the Promotion that moved it),
