@@ -3,7 +3,7 @@
 //! status (a Job given up, a missing snapshot) — and report what changed as Events, logs and metrics.
 
 use super::{
-    ConditionStatus, ConditionUpdate, Context, ControllerName, FIELD_MANAGER, drain,
+    ConditionStatus, ConditionUpdate, Context, ControllerName, FIELD_MANAGER, delete_job, drain,
     error_policy as shared_error_policy, owned_by, publish, publish_related, scoped, set_condition, unreadable,
     write_status,
 };
@@ -17,7 +17,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -785,7 +785,7 @@ pub const REASON_BLOCKED: &str = "Blocked";
 /// After the status is written: deletes the Job the plan gives up.
 async fn act(scope: &Scope, identity: &RunIdentity, plan: &lifecycle::Plan) -> Result<()> {
     if let Some(job_name) = &plan.delete_job {
-        delete_job(&scope.ctx, identity, job_name).await?;
+        delete_job(&scope.ctx, &identity.namespace, job_name, &DeleteParams::background()).await?;
     }
     Ok(())
 }
@@ -943,17 +943,6 @@ fn observe_blocker(
     let (blocker, has_pod) =
         ctx.pod_ends.why_not_started(&identity.namespace, job_name, &job_pods.uid, job_pods.active > 0);
     (blocker, Some(has_pod))
-}
-
-/// Deletes an attempt's Job that was given up (its pods are deleted with it).
-async fn delete_job(ctx: &Context, identity: &RunIdentity, job_name: &str) -> Result<()> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &identity.namespace);
-    let params = kube::api::DeleteParams::background();
-    match jobs.delete(job_name, &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::kube(format!("deleting Job {job_name}"))(e)),
-    }
 }
 
 /// Why a pod's worker container cannot start, from its waiting state. The operator does not read Secrets (its
@@ -1295,7 +1284,9 @@ async fn settle_finished(scope: &Scope, run: &EtlRun) -> Result<()> {
             continue;
         }
         tracing::info!(etlrun = %identity.name, namespace = %identity.namespace, job = %attempt.job_name, "deleting the active Job of a finished run");
-        if let Err(e) = delete_job(&scope.ctx, &identity, &attempt.job_name).await {
+        if let Err(e) =
+            delete_job(&scope.ctx, &identity.namespace, &attempt.job_name, &DeleteParams::background()).await
+        {
             let note = format!("cannot delete Job {} of the finished run: {}", attempt.job_name, e.for_people());
             publish::<EtlRun>(&scope.ctx, &run.metadata, EventType::Warning, "JobDeleteFailed", "Delete", note).await;
             return Err(e);

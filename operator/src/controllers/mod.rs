@@ -391,7 +391,21 @@ pub fn requeue(retry: Retry, failures: u32) -> Action {
     Action::requeue(base.saturating_mul(1 << doublings).min(MAX_ERROR_BACKOFF))
 }
 
-/// Whether `meta` names `uid` among its owners.
+/// Deletes a Job of the operator's (an attempt given up, a promote Job rejected); one already gone counts as deleted.
+pub async fn delete_job(
+    ctx: &Context,
+    namespace: &str,
+    job_name: &str,
+    params: &kube::api::DeleteParams,
+) -> Result<()> {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(ctx.client.clone(), namespace);
+    match jobs.delete(job_name, params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(format!("deleting Job {job_name}"))(e)),
+    }
+}
+
 /// The pods of a Job (worker pods of an attempt, or of a promote Job), by the Job controller's label.
 pub async fn pods_of_job(
     ctx: &Context,
@@ -412,6 +426,7 @@ pub fn newest_pod(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<&k8s_opena
     pods.iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
+/// Whether `meta` names `uid` among its owners.
 pub fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
     meta.owner_references.iter().flatten().any(|o| o.uid == uid)
 }

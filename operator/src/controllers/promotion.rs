@@ -1131,7 +1131,9 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
     }
     drop(serialized);
     if let Some(job_name) = &plan.delete_job {
-        delete_job(&ctx, &namespace, job_name).await?;
+        // Its pods first (foreground): it is gone only once no pod of it can run.
+        tracing::info!(namespace = %namespace, job = %job_name, "deleting the promote Job (rejected or withdrawn)");
+        super::delete_job(&ctx, &namespace, job_name, &kube::api::DeleteParams::foreground()).await?;
     }
     let mut launch_failed = None;
     if let (Some(launch), Ok(dataset)) = (&plan.launch, &dataset) {
@@ -1193,19 +1195,6 @@ async fn written_since(ctx: &Context, promotion: &Promotion) -> Result<Promotion
         && fresh.metadata.generation == promotion.metadata.generation
         && fresh.metadata.annotations == promotion.metadata.annotations;
     if same { Ok(fresh) } else { Err(Error::Conflict { kind: "Promotion", name }) }
-}
-
-/// Deletes a promote Job and, before it, its pods (foreground): it is gone only once no pod of it can run.
-async fn delete_job(ctx: &Context, namespace: &str, job_name: &str) -> Result<()> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    match jobs.delete(job_name, &kube::api::DeleteParams::foreground()).await {
-        Ok(_) => {
-            tracing::info!(namespace = %namespace, job = %job_name, "deleting the promote Job (rejected or withdrawn)");
-            Ok(())
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::kube(format!("deleting Job {job_name}"))(e)),
-    }
 }
 
 /// The Promotion's Dataset, valid, or why not (reason, message).
