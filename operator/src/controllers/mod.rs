@@ -54,7 +54,7 @@ pub struct Context {
 }
 
 /// Consecutive failed reconciles by controller and object (`{controller}/{namespace}/{name}`), and when the
-/// last one failed: the error policy waits longer after each (`retry_delay`); a reconcile that ends well forgets
+/// last one failed: the error policy waits longer after each (`requeue`); a reconcile that ends well forgets
 /// the object (`drain`). Objects deleted while failing are forgotten an hour after their last failure.
 #[derive(Default)]
 pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>);
