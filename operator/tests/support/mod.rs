@@ -183,10 +183,20 @@ pub async fn events(client: &Client, namespace: &str, object: &str) -> Vec<Event
     list.items.into_iter().filter(|e| e.involved_object.name.as_deref() == Some(object)).collect()
 }
 
-/// Watches `api` and notes, per key that `noted` finds in an object, the instant a watch event first brought it
-/// (sub-second, on this process's monotonic clock, unlike `creationTimestamp`); returns once the watch has listed
-/// what exists.
-pub async fn first_seen<K, F>(api: Api<K>, noted: F) -> std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>>
+/// When a watch event first brought a key: the instant (sub-second, on this process's monotonic clock, unlike
+/// `creationTimestamp`) and the object's `resourceVersion` in that event.
+#[derive(Clone, Copy, Debug)]
+pub struct Seen {
+    pub at: Instant,
+    /// The write's place in the apiserver's order. Clients must treat resourceVersions as opaque; against the test
+    /// control plane (one apiserver, one etcd) it is etcd's revision, one counter for every kind, so comparing two
+    /// tells which write came first — what the arrival of events on two watches, two connections, cannot tell.
+    pub revision: u64,
+}
+
+/// Watches `api` and notes, per key that `noted` finds in an object, when a watch event first brought it; returns
+/// once the watch has listed what exists.
+pub async fn first_seen<K, F>(api: Api<K>, noted: F) -> std::sync::Arc<std::sync::Mutex<HashMap<String, Seen>>>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     <K as kube::Resource>::DynamicType: Default,
@@ -194,7 +204,7 @@ where
 {
     use futures::StreamExt;
     use kube::runtime::watcher;
-    let seen: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+    let seen: std::sync::Arc<std::sync::Mutex<HashMap<String, Seen>>> = Default::default();
     let kind = K::kind(&Default::default()).into_owned();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (record, watched) = (seen.clone(), kind.clone());
@@ -206,7 +216,10 @@ where
             match event {
                 Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
                     if let Some(key) = noted(&object) {
-                        record.lock().expect("objects seen").entry(key).or_insert(now);
+                        let version = object.meta().resource_version.as_deref().unwrap_or_default();
+                        let revision =
+                            version.parse().unwrap_or_else(|e| panic!("{watched} resourceVersion {version:?}: {e}"));
+                        record.lock().expect("objects seen").entry(key).or_insert(Seen { at: now, revision });
                     }
                 }
                 Ok(watcher::Event::InitDone) => {
