@@ -103,6 +103,9 @@ image:
 workerServiceAccount:
   namespaces: [$ETL_NS]
 operator:
+  allowedLakes:
+    - {namespace: $ETL_NS, lake: "s3://silverline-lake"}
+  allowedEndpoints: ["http://s3.$LAKE_NS.svc:8333"]
   env:
     - {name: AWS_ENDPOINT_URL, value: "http://s3.$LAKE_NS.svc:8333"}
     - {name: AWS_REGION, value: us-east-1}

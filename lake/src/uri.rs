@@ -66,6 +66,38 @@ impl LakeUri {
         }
         Ok(LakeUri::Local(path))
     }
+
+    /// Whether this lake lies at or under `root`, by whole path segments: `s3://b/team` holds `s3://b/team` and
+    /// `s3://b/team/x`, not `s3://b/teams`; a bucket's root holds every prefix in it. A lake or root with a `..`
+    /// (or `.`) segment lies nowhere — `/allowed/../etc` is not under `/allowed` — so that such a name cannot
+    /// reach out of a root; a local lake is compared as written (symbolic links are not resolved).
+    pub fn is_within(&self, root: &LakeUri) -> bool {
+        fn dotted<'a>(mut segments: impl Iterator<Item = &'a str>) -> bool {
+            segments.any(|s| s == "." || s == "..")
+        }
+        match (self, root) {
+            (LakeUri::S3 { bucket, prefix }, LakeUri::S3 { bucket: root_bucket, prefix: root_prefix }) => {
+                let (segments, root_segments) = (prefix.split('/'), root_prefix.split('/'));
+                if bucket != root_bucket || dotted(segments.clone()) || dotted(root_segments) {
+                    return false;
+                }
+                root_prefix.is_empty()
+                    || prefix == root_prefix
+                    || prefix.strip_prefix(root_prefix.as_str()).is_some_and(|rest| rest.starts_with('/'))
+            }
+            (LakeUri::Local(path), LakeUri::Local(root_path)) => {
+                use std::path::Component;
+                let unsafe_part = |p: &std::path::Path| {
+                    p.is_relative()
+                        || p.to_str().is_none()
+                        || p.to_str().is_some_and(|s| dotted(s.split('/')))
+                        || p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+                };
+                !unsafe_part(path) && !unsafe_part(root_path) && path.starts_with(root_path)
+            }
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -96,6 +128,39 @@ mod tests {
         for (uri, relative, expected) in cases {
             let got = LakeUri::parse(uri, relative).map_err(|e| e.kind);
             assert_eq!(got, expected, "{uri:?} with {relative:?}");
+        }
+    }
+
+    #[test]
+    fn a_lake_is_within_a_root_by_whole_segments_and_never_through_dot_segments() {
+        let parse = |uri: &str| LakeUri::parse(uri, RelativePaths::Accept).expect(uri);
+        let cases = [
+            ("s3://b/team", "s3://b/team", true),
+            ("s3://b/team/x/y", "s3://b/team", true),
+            ("s3://b/team/x", "s3://b/team/", true),
+            ("s3://b/anything", "s3://b", true),
+            ("s3://b", "s3://b", true),
+            ("s3://b/teams", "s3://b/team", false),
+            ("s3://b/tea", "s3://b/team", false),
+            ("s3://b", "s3://b/team", false),
+            ("s3://other/team", "s3://b/team", false),
+            ("s3://bb/team", "s3://b", false),
+            ("s3://b/team/../other", "s3://b/team", false),
+            ("s3://b/team/./x", "s3://b/team", false),
+            ("s3://b/x", "s3://b/team/..", false),
+            ("/data/lakes/a", "/data/lakes", true),
+            ("file:///data/lakes/a/", "/data/lakes", true),
+            ("/data/lakes", "/data/lakes/", true),
+            ("/data/lakesx", "/data/lakes", false),
+            ("/data", "/data/lakes", false),
+            ("/data/lakes/../../etc", "/data/lakes", false),
+            ("/data/lakes/./a", "/data/lakes", false),
+            ("./data/lakes/a", "./data/lakes", false),
+            ("/data/lakes/a", "s3://data/lakes", false),
+            ("s3://data/lakes", "/data/lakes", false),
+        ];
+        for (lake, root, expected) in cases {
+            assert_eq!(parse(lake).is_within(&parse(root)), expected, "{lake} within {root}");
         }
     }
 }

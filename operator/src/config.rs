@@ -14,6 +14,16 @@ pub struct Config {
     /// The operator then needs its rules in each of them only (Roles instead of a ClusterRole).
     #[arg(long = "namespace", env = "SILVERLINE_NAMESPACE", value_delimiter = ',')]
     pub namespaces: Vec<String>,
+    /// Where each namespace's Datasets may keep their lake: `NAMESPACE=LAKE` (repeat the flag, or separate them
+    /// with commas), `NAMESPACE` a namespace or `*` for all, `LAKE` a root that holds the Dataset's lake by whole
+    /// segments (`s3://bucket[/prefix]`, an absolute path) or `*` for any. None given: no lake is allowed, and every
+    /// Dataset says so in its `Valid` condition (`LakeNotAllowed`).
+    #[arg(long = "allowed-lakes", env = "SILVERLINE_ALLOWED_LAKES", value_delimiter = ',')]
+    pub allowed_lakes: Vec<crate::lake::LakeGrant>,
+    /// The custom S3 endpoints (`spec.storage.endpoint`) Datasets may name: `http(s)://HOST[:PORT]` (repeat, or
+    /// separate with commas) or `*` for any. None given: a Dataset with an endpoint is not allowed.
+    #[arg(long = "allowed-endpoints", env = "SILVERLINE_ALLOWED_ENDPOINTS", value_delimiter = ',')]
+    pub allowed_endpoints: Vec<crate::lake::EndpointGrant>,
     /// The worker's container image.
     #[arg(long, env = "SILVERLINE_WORKER_IMAGE")]
     pub worker_image: String,
@@ -177,6 +187,11 @@ impl Config {
             retry: self.lifecycle_settings().retry,
             ..Default::default()
         }
+    }
+
+    /// Which lakes and endpoints the Datasets of each namespace may name.
+    pub fn lake_policy(&self) -> crate::lake::LakePolicy {
+        crate::lake::LakePolicy { lakes: self.allowed_lakes.clone(), endpoints: self.allowed_endpoints.clone() }
     }
 
     /// The namespaces to watch, each once, in the order given; `None` for all namespaces.

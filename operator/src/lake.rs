@@ -4,7 +4,9 @@
 //! mapping into the operator's `Error`.
 //!
 //! The operator reads the lake with its own identity (for S3: the usual AWS environment, IRSA or web identity);
-//! it never reads the Dataset's credentials Secret. Local lakes must be absolute paths.
+//! it never reads the Dataset's credentials Secret. Local lakes must be absolute paths. Which lakes and S3
+//! endpoints a namespace's Datasets may name at all is the operator's [`LakePolicy`]: a lake it does not allow is
+//! neither read nor given to a Job.
 
 use crate::{Error, Result};
 use silverline_crds::StorageSpec;
@@ -12,24 +14,161 @@ pub use silverline_lake::layout::{CIRCUIT_BREAKER_REPORT, QUALITY_REPORT, RUN_CL
 use silverline_lake::{LakeUri, OpenOptions, RelativePaths, StoreOptions};
 use std::sync::Arc;
 
+/// Where the Datasets of a namespace may keep their lake: `NAMESPACE=LAKE` (`--allowed-lakes`), `NAMESPACE` a
+/// namespace's name or `*` for every namespace, `LAKE` a lake root (`s3://bucket[/prefix]`, an absolute path or
+/// `file:///…`) that holds the Dataset's lake by whole segments, or `*` for any lake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeGrant {
+    /// `None`: every namespace.
+    namespace: Option<String>,
+    /// `None`: any lake.
+    root: Option<LakeUri>,
+    text: String,
+}
+
+impl std::str::FromStr for LakeGrant {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let usage =
+            |detail: String| format!("allowed lake {text:?}: {detail} (write NAMESPACE=LAKE, e.g. etl=s3://lake/etl)");
+        let (namespace, lake) = text.split_once('=').ok_or_else(|| usage("no `=`".into()))?;
+        let namespace = match namespace {
+            "*" => None,
+            name if is_dns_label(name) => Some(name.to_owned()),
+            name => return Err(usage(format!("{name:?} is neither a namespace's name nor *"))),
+        };
+        let root = match lake {
+            "*" => None,
+            lake => {
+                let root = LakeUri::parse(lake, RelativePaths::Reject).map_err(|e| usage(e.to_string()))?;
+                // A root with a `.` or `..` segment would hold nothing (`LakeUri::is_within`): refused, not ignored.
+                if !root.is_within(&root) {
+                    return Err(usage(format!("{lake:?} has a . or .. segment")));
+                }
+                Some(root)
+            }
+        };
+        Ok(LakeGrant { namespace, root, text: text.to_owned() })
+    }
+}
+
+/// An S3 endpoint a Dataset may name (`--allowed-endpoints`): `*` for any, or a URL compared with the Dataset's
+/// after lower-casing its scheme and host and dropping a trailing `/` (no other rewriting: list each spelling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointGrant(Option<String>);
+
+impl std::str::FromStr for EndpointGrant {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "*" {
+            return Ok(EndpointGrant(None));
+        }
+        normalized_endpoint(text).map(|e| EndpointGrant(Some(e))).ok_or_else(|| {
+            format!("allowed endpoint {text:?}: write http://HOST[:PORT] or https://HOST[:PORT], or * for any")
+        })
+    }
+}
+
+/// `http(s)://host[:port][/path]` with scheme and host lower-cased and no trailing `/`; `None` for anything else
+/// (another scheme, no host, a user name or password in it).
+fn normalized_endpoint(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    if authority.is_empty() || authority.contains('@') || text.chars().any(|c| c.is_whitespace()) {
+        return None;
+    }
+    let path = path.trim_end_matches('/');
+    let authority = authority.to_ascii_lowercase();
+    Some(if path.is_empty() { format!("{scheme}://{authority}") } else { format!("{scheme}://{authority}/{path}") })
+}
+
+fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Which lakes and S3 endpoints each namespace's Datasets may name. With no grant nothing is allowed: an operator
+/// reads lakes with its own identity and starts Jobs that write them, so a namespace's users must not be able to
+/// point it at another team's bucket, or at any host as an "S3 endpoint". A Dataset without an endpoint (AWS's
+/// own, or the operator's `AWS_ENDPOINT_URL`) needs no endpoint grant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LakePolicy {
+    pub lakes: Vec<LakeGrant>,
+    pub endpoints: Vec<EndpointGrant>,
+}
+
+impl LakePolicy {
+    /// Whether the Datasets of `namespace` may use `storage`; if not, why, said for the Dataset's users (the grants
+    /// of their own namespace, never another's).
+    pub fn check(&self, namespace: &str, storage: &StorageSpec) -> Result<(), String> {
+        let uri = &storage.lake_uri;
+        let lake = LakeUri::parse(uri, RelativePaths::Reject).map_err(|e| e.to_string())?;
+        let grants: Vec<&LakeGrant> =
+            self.lakes.iter().filter(|g| g.namespace.as_deref().is_none_or(|n| n == namespace)).collect();
+        if !grants.iter().any(|g| g.root.as_ref().is_none_or(|root| lake.is_within(root))) {
+            let roots: Vec<&str> =
+                grants.iter().map(|g| g.text.split_once('=').map_or(g.text.as_str(), |(_, lake)| lake)).collect();
+            let held = if roots.is_empty() { "none".to_owned() } else { roots.join(", ") };
+            return Err(format!(
+                "lake {uri} is not one the operator allows in namespace {namespace} (allowed: {held}); the \
+                 operator's administrators grant lakes with --allowed-lakes (Helm value operator.allowedLakes)"
+            ));
+        }
+        if let Some(endpoint) = &storage.endpoint {
+            let allowed = normalized_endpoint(endpoint).is_some_and(|endpoint| {
+                self.endpoints.iter().any(|g| g.0.as_ref().is_none_or(|allowed| *allowed == endpoint))
+            });
+            if !allowed {
+                return Err(format!(
+                    "S3 endpoint {endpoint} is not one the operator allows; its administrators grant endpoints \
+                     with --allowed-endpoints (Helm value operator.allowedEndpoints)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the lake says about one run id.
 pub type LakeFinding = silverline_lake::RunFinding;
 
 /// Opened lakes, by storage settings: one object-store client (and its connection pool) per lake, not one per
-/// reconcile.
+/// reconcile; and the policy every lake is checked against before it is opened.
 #[derive(Default)]
-pub struct Lakes(std::sync::Mutex<std::collections::HashMap<String, Arc<Lake>>>);
+pub struct Lakes {
+    policy: LakePolicy,
+    opened: std::sync::Mutex<std::collections::HashMap<String, Arc<Lake>>>,
+}
 
 impl Lakes {
-    pub fn open(&self, storage: &StorageSpec) -> Result<Arc<Lake>> {
+    pub fn new(policy: LakePolicy) -> Lakes {
+        Lakes { policy, opened: Default::default() }
+    }
+
+    /// Whether the Datasets of `namespace` may use `storage` (see [`LakePolicy::check`]).
+    pub fn allowed(&self, namespace: &str, storage: &StorageSpec) -> Result<(), String> {
+        self.policy.check(namespace, storage)
+    }
+
+    /// The lake of a Dataset of `namespace`, if the policy allows it.
+    pub fn open(&self, namespace: &str, storage: &StorageSpec) -> Result<Arc<Lake>> {
+        self.allowed(namespace, storage).map_err(|message| Error::Lake { uri: storage.lake_uri.clone(), message })?;
         let key = format!("{}|{:?}|{:?}", storage.lake_uri, storage.endpoint, storage.region);
-        if let Some(lake) = self.0.lock().ok().and_then(|lakes| lakes.get(&key).cloned()) {
+        if let Some(lake) = self.opened.lock().ok().and_then(|lakes| lakes.get(&key).cloned()) {
             return Ok(lake);
         }
         let lake = Arc::new(Lake::open(storage)?);
         // A local lake that does not exist yet is opened again next time, once the worker has created it.
         if lake.inner.is_some()
-            && let Ok(mut lakes) = self.0.lock()
+            && let Ok(mut lakes) = self.opened.lock()
         {
             lakes.insert(key, lake.clone());
         }
@@ -139,13 +278,13 @@ mod tests {
     #[tokio::test]
     async fn lakes_are_opened_once_but_a_missing_local_lake_is_looked_for_again() {
         let root = tempfile::tempdir().expect("tempdir");
-        let lakes = Lakes::default();
+        let lakes = Lakes::new(policy(&[&format!("etl={}", root.path().display())], &[]));
         let missing = storage(&format!("{}/lake", root.path().display()));
-        let first = lakes.open(&missing).expect("open");
-        assert!(!Arc::ptr_eq(&first, &lakes.open(&missing).expect("open")), "not cached while missing");
+        let first = lakes.open("etl", &missing).expect("open");
+        assert!(!Arc::ptr_eq(&first, &lakes.open("etl", &missing).expect("open")), "not cached while missing");
         write(&root.path().join("lake"), "r1", SUCCESS, &report("r1", "success"));
-        let found = lakes.open(&missing).expect("open");
-        assert!(Arc::ptr_eq(&found, &lakes.open(&missing).expect("open")), "cached once it exists");
+        let found = lakes.open("etl", &missing).expect("open");
+        assert!(Arc::ptr_eq(&found, &lakes.open("etl", &missing).expect("open")), "cached once it exists");
         assert!(matches!(found.find("tx", "v1", "r1").await.expect("find"), LakeFinding::Success { .. }));
     }
 
@@ -158,5 +297,96 @@ mod tests {
         assert!(lake.find("../tx", "v1", "r1").await.is_err());
         assert!(lake.find("tx", "v1", "../r1").await.is_err());
         assert!(Lake::open(&storage("relative/lake")).is_err());
+    }
+
+    fn policy(lakes: &[&str], endpoints: &[&str]) -> LakePolicy {
+        LakePolicy {
+            lakes: lakes.iter().map(|g| g.parse().expect("grant")).collect(),
+            endpoints: endpoints.iter().map(|g| g.parse().expect("endpoint grant")).collect(),
+        }
+    }
+
+    fn on(uri: &str, endpoint: Option<&str>) -> StorageSpec {
+        StorageSpec { endpoint: endpoint.map(str::to_owned), ..storage(uri) }
+    }
+
+    #[test]
+    fn a_lake_is_allowed_only_under_a_root_granted_to_its_namespace_or_to_all() {
+        let granted = policy(&["etl=s3://lake/etl", "*=s3://shared", "ops=/data/lakes", "lab=*"], &[]);
+        let cases = [
+            ("etl", "s3://lake/etl", true),
+            ("etl", "s3://lake/etl/orders", true),
+            ("etl", "s3://lake/etl-b", false),
+            ("etl", "s3://lake/other", false),
+            ("etl", "s3://lake/etl/../other", false),
+            ("team-b", "s3://lake/etl", false),
+            ("team-b", "s3://shared/b", true),
+            ("ops", "/data/lakes/x", true),
+            ("ops", "file:///data/lakes/x", true),
+            ("ops", "/data/lakes/../../etc", false),
+            ("etl", "/data/lakes/x", false),
+            ("lab", "s3://anything/at/all", true),
+            ("lab", "relative/lake", false),
+        ];
+        for (namespace, uri, expected) in cases {
+            let verdict = granted.check(namespace, &on(uri, None));
+            assert_eq!(verdict.is_ok(), expected, "{uri} in {namespace}: {verdict:?}");
+        }
+        let refused = granted.check("team-b", &on("s3://lake/etl", None)).expect_err("refused");
+        assert!(refused.contains("lake s3://lake/etl") && refused.contains("namespace team-b"), "{refused}");
+        assert!(
+            refused.contains("(allowed: s3://shared)") && !refused.contains("etl="),
+            "only its own grants: {refused}"
+        );
+        let nothing = LakePolicy::default().check("etl", &on("s3://lake/etl", None)).expect_err("no grant, no lake");
+        assert!(nothing.contains("(allowed: none)") && nothing.contains("--allowed-lakes"), "{nothing}");
+    }
+
+    #[test]
+    fn a_datasets_s3_endpoint_must_be_granted_as_written_apart_from_case_and_a_trailing_slash() {
+        let granted = policy(&["*=*"], &["http://MinIO.storage:9000", "https://s3.example.com/"]);
+        let cases = [
+            (None, true),
+            (Some("http://minio.storage:9000"), true),
+            (Some("HTTP://minio.STORAGE:9000/"), true),
+            (Some("https://s3.example.com"), true),
+            (Some("http://minio.storage:9001"), false),
+            (Some("https://minio.storage:9000"), false),
+            (Some("http://169.254.169.254"), false),
+            (Some("http://user@minio.storage:9000"), false),
+            (Some("https://s3.example.com:443"), false),
+            (Some("minio.storage:9000"), false),
+        ];
+        for (endpoint, expected) in cases {
+            let verdict = granted.check("etl", &on("s3://lake/x", endpoint));
+            assert_eq!(verdict.is_ok(), expected, "{endpoint:?}: {verdict:?}");
+        }
+        let refused = policy(&["*=*"], &[]).check("etl", &on("s3://lake/x", Some("http://10.0.0.1:80")));
+        assert!(refused.expect_err("no endpoint grant").contains("S3 endpoint http://10.0.0.1:80"));
+        assert!(policy(&["*=*"], &["*"]).check("etl", &on("s3://lake/x", Some("http://any:1"))).is_ok());
+    }
+
+    #[test]
+    fn grants_that_say_nothing_clear_are_refused() {
+        for text in
+            ["etl", "Etl=s3://lake", "=s3://lake", "etl=relative/lake", "etl=s3://", "etl=s3://lake/../x", "etl="]
+        {
+            assert!(text.parse::<LakeGrant>().is_err(), "{text}");
+        }
+        for text in ["ftp://x", "http://", "minio:9000", "http://a@b", "http://a b"] {
+            assert!(text.parse::<EndpointGrant>().is_err(), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lake_the_policy_does_not_allow_is_never_opened() {
+        let root = tempfile::tempdir().expect("tempdir");
+        write(root.path(), "r1", SUCCESS, &report("r1", "success"));
+        let lakes = Lakes::new(policy(&["etl=s3://lake/etl"], &[]));
+        let lake = storage(root.path().to_str().expect("utf-8"));
+        match lakes.open("etl", &lake) {
+            Err(Error::Lake { message, .. }) => assert!(message.contains("not one the operator allows"), "{message}"),
+            other => panic!("expected a refusal, got {:?}", other.map(|_| "a lake")),
+        }
     }
 }

@@ -42,8 +42,18 @@ pub struct ContractFacts {
 /// Why the run cannot start (or go on) yet. Each waits for a change of the Dataset.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ContractProblem {
-    DatasetNotFound { name: String },
-    InvalidDataset { name: String, message: String },
+    DatasetNotFound {
+        name: String,
+    },
+    InvalidDataset {
+        name: String,
+        message: String,
+    },
+    /// The contract's lake or endpoint is not one the operator allows in the run's namespace.
+    LakeNotAllowed {
+        name: String,
+        message: String,
+    },
 }
 
 impl ContractProblem {
@@ -51,6 +61,7 @@ impl ContractProblem {
         match self {
             ContractProblem::DatasetNotFound { .. } => "DatasetNotFound",
             ContractProblem::InvalidDataset { .. } => "InvalidDataset",
+            ContractProblem::LakeNotAllowed { .. } => "LakeNotAllowed",
         }
     }
 
@@ -58,6 +69,7 @@ impl ContractProblem {
         match self {
             ContractProblem::DatasetNotFound { name } => format!("Dataset {name} does not exist in this namespace"),
             ContractProblem::InvalidDataset { name, message } => format!("Dataset {name} is not valid: {message}"),
+            ContractProblem::LakeNotAllowed { name, message } => format!("Dataset {name}: {message}"),
         }
     }
 }

@@ -562,6 +562,59 @@ fn large_numbers_from_a_values_file_render_as_integers() {
     assert_eq!(config.burst_launches_per_second, 4_000_000);
 }
 
+/// operator.allowedLakes and operator.allowedEndpoints from a values file become the operator's lake policy (parsed by
+/// its own flags); by default nothing is rendered and the operator allows no lake.
+#[test]
+#[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+fn allowed_lakes_and_endpoints_become_the_operators_lake_policy() {
+    use silverline_crds::StorageSpec;
+    let storage = |uri: &str, endpoint: Option<&str>| StorageSpec {
+        lake_uri: uri.into(),
+        endpoint: endpoint.map(str::to_owned),
+        region: None,
+        credentials_secret: None,
+    };
+    let default = parse_operator_config(operator_container(&render(&[])));
+    assert!(default.allowed_lakes.is_empty() && default.allowed_endpoints.is_empty());
+    assert!(default.lake_policy().check("etl", &storage("s3://lake/etl", None)).is_err(), "nothing by default");
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "operator:\n\
+        \x20 allowedLakes:\n\
+        \x20   - namespace: etl\n\
+        \x20     lake: s3://datalake-prod/etl\n\
+        \x20   - namespace: \"*\"\n\
+        \x20     lake: /data/shared-lakes\n\
+        \x20 allowedEndpoints:\n\
+        \x20   - http://minio.storage:9000\n",
+    )
+    .expect("write the values file");
+    let objects = render(&["-f", values.to_str().expect("a UTF-8 path")]);
+    let container = operator_container(&objects);
+    assert_eq!(
+        env_value(container, "SILVERLINE_ALLOWED_LAKES").as_deref(),
+        Some("etl=s3://datalake-prod/etl,*=/data/shared-lakes")
+    );
+    let policy = parse_operator_config(container).lake_policy();
+    for (namespace, uri, endpoint, allowed) in [
+        ("etl", "s3://datalake-prod/etl/orders", None, true),
+        ("etl", "s3://datalake-prod/etl/orders", Some("http://minio.storage:9000/"), true),
+        ("etl", "s3://datalake-prod/etl/orders", Some("http://169.254.169.254"), false),
+        ("team-b", "s3://datalake-prod/etl/orders", None, false),
+        ("team-b", "/data/shared-lakes/b", None, true),
+        ("etl", "s3://datalake-prod/etl-b", None, false),
+    ] {
+        assert_eq!(
+            policy.check(namespace, &storage(uri, endpoint)).is_ok(),
+            allowed,
+            "{uri} {endpoint:?} in {namespace}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
 fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
@@ -582,6 +635,11 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
         // The apiserver refuses a binding with both ("must not contain both Deny and Warn").
         ("approvalPolicy.validationActions={Deny,Warn}", "validationActions"),
         ("approvalPolicy.validationActions={Warn,Audit,Deny}", "validationActions"),
+        // A lake root the operator would refuse at start (relative), or one without its namespace.
+        ("operator.allowedLakes[0].namespace=etl,operator.allowedLakes[0].lake=relative/lake", "lake"),
+        ("operator.allowedLakes[0].lake=s3://lake/etl", "namespace"),
+        ("operator.allowedLakes[0].namespace=Etl,operator.allowedLakes[0].lake=s3://lake/etl", "namespace"),
+        ("operator.allowedEndpoints={minio.storage:9000}", "allowedEndpoints"),
     ] {
         let rendered = helm::template("silverline", RELEASE_NAMESPACE, &["--set", set]);
         let error = rendered.err().unwrap_or_else(|| panic!("helm template accepted --set {set}"));

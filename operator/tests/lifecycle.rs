@@ -1235,7 +1235,13 @@ async fn a_lake_that_cannot_be_read_is_said_in_status_and_events_and_ends_the_at
     dataset.spec.storage.region = Some("us-east-1".into());
     create_dataset(&s.client, &s.ns.name, &dataset).await;
     s.kubelet.inject("tx-nolake-a1", Fault::SucceedWithoutRunning);
-    let env = [("AWS_ACCESS_KEY_ID", "operator-key-id"), ("AWS_SECRET_ACCESS_KEY", "operator-secret-value")];
+    let (lakes, endpoints) = (format!("{}=s3://refused-lake", s.ns.name), format!("http://127.0.0.1:{port}"));
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "operator-key-id"),
+        ("AWS_SECRET_ACCESS_KEY", "operator-secret-value"),
+        ("SILVERLINE_ALLOWED_LAKES", lakes.as_str()),
+        ("SILVERLINE_ALLOWED_ENDPOINTS", endpoints.as_str()),
+    ];
     let op = s.operator_with_env("replica-a", &env).await;
     let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
     create_run(&s.client, &s.ns.name, "tx-nolake", &input).await;

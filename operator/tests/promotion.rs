@@ -1033,3 +1033,73 @@ async fn a_dataset_moved_to_another_lake_while_promoting_is_read_where_its_job_w
     assert_eq!(latest(&s.lake()).expect("_LATEST.json in the frozen contract's lake")["runs"][0], run_id.as_str());
     assert!(latest(&elsewhere).is_none(), "nothing was written to the Dataset's new lake");
 }
+
+/// A Dataset's `Valid` condition (reason, message) once its status is `wanted`.
+async fn valid_of(s: &Scenario, name: &str, wanted: &str) -> (String, String) {
+    let datasets: Api<silverline_crds::Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually(&format!("Dataset {name} Valid={wanted}"), Duration::from_secs(30), || async {
+        let c = datasets.get(name).await.ok()?.status?.conditions.into_iter().find(|c| c.type_ == "Valid")?;
+        (c.status == wanted).then_some((c.reason, c.message))
+    })
+    .await
+}
+
+/// The operator's lake policy (`--allowed-lakes`, `--allowed-endpoints`): a Dataset whose lake is not granted to its
+/// namespace — granted to another namespace only — is `Valid=False LakeNotAllowed` with one Warning Event, its run
+/// waits with no Job, its Promotion says why and launches nothing, and nothing is written to the lake; a Dataset
+/// naming an endpoint that is not granted is refused the same way. Granted (the operator restarted with the
+/// grant), the run goes on to succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_lake_the_operator_does_not_allow_in_the_namespace_is_said_and_holds_runs_and_promotions_until_granted() {
+    let s = Scenario::new("lake-policy").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let mut elsewhere = transactions_dataset(&s.lake(), 3);
+    elsewhere.metadata.name = Some("metadata-endpoint".into());
+    elsewhere.spec.storage.lake_uri = "s3://lake/x".into();
+    elsewhere.spec.storage.endpoint = Some("http://169.254.169.254".into());
+    create_dataset(&s.client, &s.ns.name, &elsewhere).await;
+    // The scenario's directory is granted to another namespace, and this one has a bucket it does not use.
+    let grants = format!("other-team={},{}=s3://lake/x", s.dir.path().display(), s.ns.name);
+    let mut op = s.operator_with_env("replica-a", &[("SILVERLINE_ALLOWED_LAKES", &grants)]).await;
+
+    let (reason, message) = valid_of(&s, "transactions", "False").await;
+    assert_eq!(reason, "LakeNotAllowed", "{message}");
+    let lake = transactions_dataset(&s.lake(), 3).spec.storage.lake_uri;
+    assert!(message.contains(&format!("lake {lake} ")) && message.contains(&s.ns.name), "{message}");
+    assert!(message.contains("allowed: s3://lake/x") && !message.contains("other-team"), "its own grants: {message}");
+    assert!(warned(&s, "transactions", "LakeNotAllowed").await, "a Warning Event on the Dataset");
+    let (reason, message) = valid_of(&s, "metadata-endpoint", "False").await;
+    assert_eq!(reason, "LakeNotAllowed", "{message}");
+    assert!(message.contains("S3 endpoint http://169.254.169.254"), "{message}");
+
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-pol", &input).await;
+    let runs: Api<silverline_crds::EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let waiting = eventually("the run to wait for its lake", Duration::from_secs(30), || async {
+        let status = runs.get("tx-pol").await.ok()?.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
+        (c.reason == "LakeNotAllowed" && status.phase == Some(EtlRunPhase::Pending)).then(|| c.message.clone())
+    })
+    .await;
+    assert!(waiting.contains("Dataset transactions") && waiting.contains(&lake), "{waiting}");
+    create_promotion(&s, &promotion("tx-pol-promo", &["20240101T000000Z-abc-a1"], None)).await;
+    approve(&s, "tx-pol-promo").await;
+    let said = ready_when(&s, "tx-pol-promo", "the Promotion to say its lake is not allowed", |reason, _| {
+        reason == "LakeNotAllowed"
+    })
+    .await;
+    assert!(said.contains("Dataset transactions") && said.contains(&lake), "{said}");
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    assert!(jobs.list(&ListParams::default()).await.expect("list Jobs").items.is_empty(), "no Job for either");
+    assert_eq!(files_under(&s.lake()), BTreeSet::new(), "nothing written to the lake");
+
+    // Granted: the operator restarted with its default grants (the scenario's directory) goes on.
+    assert!(op.terminate().await, "the operator did not stop cleanly:\n{}", s.diagnostics(&[&op]));
+    let op = s.operator("replica-a").await;
+    valid_of(&s, "transactions", "True").await;
+    let run = finished(&s.client, &s.ns.name, "tx-pol", RUN_TIMEOUT).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
+    ready_when(&s, "tx-pol-promo", "the Promotion to look at its lake", |reason, _| reason != "LakeNotAllowed").await;
+    assert_eq!(valid_of(&s, "metadata-endpoint", "False").await.0, "LakeNotAllowed", "still no endpoint granted");
+}

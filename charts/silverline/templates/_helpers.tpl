@@ -47,3 +47,12 @@ app.kubernetes.io/component: operator
 {{- if not $namespaces }}{{ $namespaces = list .Release.Namespace }}{{ end -}}
 {{- toJson $namespaces -}}
 {{- end -}}
+
+{{/* operator.allowedLakes as the operator's --allowed-lakes: NAMESPACE=LAKE, comma-separated. */}}
+{{- define "silverline.allowedLakes" -}}
+{{- $grants := list -}}
+{{- range . -}}
+{{- $grants = append $grants (printf "%s=%s" .namespace .lake) -}}
+{{- end -}}
+{{- join "," $grants -}}
+{{- end -}}

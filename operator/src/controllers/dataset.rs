@@ -18,17 +18,40 @@ use std::sync::Arc;
 
 pub const CONDITION_VALID: &str = "Valid";
 
+/// Why a Dataset is not valid: its contract fails a check, or its lake or endpoint is not one the operator allows
+/// in its namespace (`--allowed-lakes`, `--allowed-endpoints`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    Contract(String),
+    LakeNotAllowed(String),
+}
+
+impl Invalid {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Invalid::Contract(_) => "InvalidContract",
+            Invalid::LakeNotAllowed(_) => "LakeNotAllowed",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Invalid::Contract(message) | Invalid::LakeNotAllowed(message) => message,
+        }
+    }
+}
+
 /// The status the Dataset should have, given the result of its validation. Only `observedGeneration` and the
 /// `Valid` condition are decided here; everything else is kept.
 pub fn plan(
     current: &DatasetStatus,
     generation: Option<i64>,
-    validation: Result<(), String>,
+    validation: Result<(), Invalid>,
     now: Timestamp,
 ) -> DatasetStatus {
     let (status, reason, message) = match &validation {
         Ok(()) => (true, "ContractValid", "the contract passes every check"),
-        Err(message) => (false, "InvalidContract", message.as_str()),
+        Err(invalid) => (false, invalid.reason(), invalid.message()),
     };
     let mut next = current.clone();
     next.observed_generation = generation;
@@ -65,7 +88,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>)
     let namespace = dataset.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
     ctx.metrics.init_dataset(DatasetSeries::new(&namespace, &name));
     let current = dataset.status.clone().unwrap_or_default();
-    let validation = dataset.validate().map_err(|e| e.to_string());
+    let validation = dataset
+        .validate()
+        .map_err(|e| Invalid::Contract(e.to_string()))
+        .and_then(|()| ctx.lakes.allowed(&namespace, &dataset.spec.storage).map_err(Invalid::LakeNotAllowed));
     let next = plan(&current, dataset.metadata.generation, validation.clone(), Timestamp::now());
     if next == current {
         return Ok(Action::await_change());
@@ -75,9 +101,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>)
     super::write_status(&ctx, dataset, &status).await?;
     let was_valid = current.conditions.iter().find(|c| c.type_ == CONDITION_VALID).map(|c| c.status == "True");
     match validation {
-        Err(message) if was_valid != Some(false) => {
-            tracing::warn!(dataset = %name, namespace = %namespace, "the contract is not valid: {message}");
-            publish::<Dataset>(&ctx, &dataset.metadata, EventType::Warning, "InvalidContract", "Validate", message)
+        Err(invalid) if was_valid != Some(false) => {
+            let message = invalid.message().to_owned();
+            tracing::warn!(dataset = %name, namespace = %namespace, reason = invalid.reason(), "not valid: {message}");
+            publish::<Dataset>(&ctx, &dataset.metadata, EventType::Warning, invalid.reason(), "Validate", message)
                 .await;
         }
         Ok(()) if was_valid == Some(false) => {
@@ -115,12 +142,19 @@ mod tests {
         let again = plan(&valid, Some(1), Ok(()), at(60));
         assert_eq!(again, valid, "no change, nothing to write");
 
-        let broken = plan(&valid, Some(2), Err("spec.primaryKey: \"Nope\" is not a declared column".into()), at(90));
+        let message = "spec.primaryKey: \"Nope\" is not a declared column";
+        let broken = plan(&valid, Some(2), Err(Invalid::Contract(message.into())), at(90));
         let c = &broken.conditions[0];
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InvalidContract"));
         assert!(c.message.contains("spec.primaryKey"));
         assert_eq!(c.last_transition_time, Time(at(90)));
         assert_eq!(broken.conditions.len(), 1);
+
+        let refused = Invalid::LakeNotAllowed("lake s3://x is not one the operator allows".into());
+        let elsewhere = plan(&broken, Some(3), Err(refused), at(120));
+        let c = &elsewhere.conditions[0];
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "LakeNotAllowed"));
+        assert!(c.message.contains("s3://x"), "{}", c.message);
     }
 
     #[test]
@@ -128,7 +162,7 @@ mod tests {
         let mut dataset =
             Dataset::from_manifest(include_str!("../../../examples/datasets/transactions.yaml")).expect("example");
         dataset.spec.columns[1].name = silverline_crds::RESERVED_COLUMNS[3].into();
-        let validation = dataset.validate().map_err(|e| e.to_string());
+        let validation = dataset.validate().map_err(|e| Invalid::Contract(e.to_string()));
         let status = plan(&DatasetStatus::default(), Some(1), validation, at(0));
         let c = &status.conditions[0];
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InvalidContract"));

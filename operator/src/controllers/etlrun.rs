@@ -579,6 +579,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         Ok(loaded) => loaded,
         Err(e) => return Err(blocked(e).await),
     };
+    // The run's own contract (its snapshot's, once launched) is checked, not the Dataset as it is now: that is the
+    // lake its Jobs write and the operator reads. Refused, a run waits and an attempt in flight is not followed.
+    let contract = contract.and_then(|dataset| match ctx.lakes.allowed(&identity.namespace, &dataset.spec.storage) {
+        Ok(()) => Ok(dataset),
+        Err(message) => Err(ContractProblem::LakeNotAllowed { name: run.spec.dataset.clone(), message }),
+    });
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
     let mut lake_error = None;
     let (job_state, lake, lake_checks, mut blocker, job_has_pod) = match (&current, &contract) {
@@ -596,7 +602,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
                 _ => {
                     ctx.metrics.lake_check(DatasetSeries::of(run, &run.spec.dataset));
                     let checks = ctx.lake_checks.count(&attempt.run_id, attempt.lake_checks);
-                    match read_lake(ctx, dataset, &attempt.run_id).await {
+                    match read_lake(ctx, &identity.namespace, dataset, &attempt.run_id).await {
                         Ok(found) => (Some(found), checks),
                         // The run says so (condition, Event) and the plan bounds it by the lake grace period.
                         Err(e @ (Error::Lake { .. } | Error::LakeRead { .. })) => {
@@ -1002,10 +1008,10 @@ pub fn pod_end(pod: &Pod) -> PodEnd {
     }
 }
 
-async fn read_lake(ctx: &Context, dataset: &Dataset, run_id: &str) -> Result<LakeFinding> {
+async fn read_lake(ctx: &Context, namespace: &str, dataset: &Dataset, run_id: &str) -> Result<LakeFinding> {
     let name =
         dataset.checked_name().map_err(|e| Error::Snapshot { name: "contract".into(), message: e.to_string() })?;
-    let lake = ctx.lakes.open(&dataset.spec.storage)?;
+    let lake = ctx.lakes.open(namespace, &dataset.spec.storage)?;
     lake.find(name, &dataset.spec.schema_version, run_id).await
 }
 

@@ -1062,7 +1062,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
     let target = target_of(&promotion.spec, status.mode.or(promotion.spec.mode), dataset.as_ref().ok());
     let preview = match (&dataset, awaiting, &decision) {
         (Ok(dataset), true, Decision::Pending | Decision::Approved { .. }) => {
-            Some(preview(&ctx, dataset, &target).await)
+            Some(preview(&ctx, &namespace, dataset, &target).await)
         }
         _ => None,
     };
@@ -1088,7 +1088,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         {
             // The lake its Jobs write: the one of the contract frozen at the first launch, not the Dataset's now.
             let frozen = frozen_contract(&ctx, &namespace, &name, &uid, status.contract_hash.as_deref()).await?;
-            match read_recorded(&ctx, frozen.as_ref().unwrap_or(dataset), &uid).await {
+            match read_recorded(&ctx, &namespace, frozen.as_ref().unwrap_or(dataset), &uid).await {
                 Ok(recorded) => (recorded, None),
                 // Said on the Promotion (`Ready` LakeUnreadable) and looked at again; nothing is decided meanwhile.
                 Err(e @ (Error::Lake { .. } | Error::LakeRead { .. })) => (None, Some(e.for_people())),
@@ -1197,7 +1197,8 @@ async fn written_since(ctx: &Context, promotion: &Promotion) -> Result<Promotion
     if same { Ok(fresh) } else { Err(Error::Conflict { kind: "Promotion", name }) }
 }
 
-/// The Promotion's Dataset, valid, or why not (reason, message).
+/// The Promotion's Dataset, valid and with a lake the operator allows in its namespace, or why not (reason,
+/// message).
 async fn load_dataset(ctx: &Context, namespace: &str, name: &str) -> Result<Result<Dataset, (&'static str, String)>> {
     let api: Api<DeserializeGuard<Dataset>> = Api::namespaced(ctx.client.clone(), namespace);
     let found = api.get_opt(name).await.map_err(Error::kube(format!("reading Dataset {name}")))?;
@@ -1207,7 +1208,10 @@ async fn load_dataset(ctx: &Context, namespace: &str, name: &str) -> Result<Resu
             Err(("InvalidDataset", format!("Dataset {name} is not valid: {}", invalid.error)))
         }
         Some(DeserializeGuard(Ok(dataset))) => match dataset.validate() {
-            Ok(()) => Ok(dataset),
+            Ok(()) => match ctx.lakes.allowed(namespace, &dataset.spec.storage) {
+                Ok(()) => Ok(dataset),
+                Err(message) => Err(("LakeNotAllowed", format!("Dataset {name}: {message}"))),
+            },
             Err(e) => Err(("InvalidDataset", format!("Dataset {name} is not valid: {e}"))),
         },
     })
@@ -1223,8 +1227,13 @@ fn target_of(spec: &PromotionSpec, mode: Option<PromotionMode>, dataset: Option<
     }
 }
 
-async fn preview(ctx: &Context, dataset: &Dataset, target: &silverline_lake::Target) -> Result<PreviewFacts, String> {
-    let lake = ctx.lakes.open(&dataset.spec.storage).map_err(|e| e.to_string())?;
+async fn preview(
+    ctx: &Context,
+    namespace: &str,
+    dataset: &Dataset,
+    target: &silverline_lake::Target,
+) -> Result<PreviewFacts, String> {
+    let lake = ctx.lakes.open(namespace, &dataset.spec.storage).map_err(|e| e.to_string())?;
     let Some(lake) = lake.lake() else { return Err("the lake does not exist yet".into()) };
     let preview = silverline_lake::promotion::preview_target(lake, dataset, target).await.map_err(|e| e.to_string())?;
     Ok(PreviewFacts {
@@ -1361,8 +1370,8 @@ async fn frozen_contract(
 
 /// What the lake records about this Promotion: `_LATEST.json` first (it names the Promotion that moved it),
 /// then the audit log (a later promotion may have moved the pointer again; a refusal or rejection).
-async fn read_recorded(ctx: &Context, dataset: &Dataset, uid: &str) -> Result<Option<Recorded>> {
-    let lake = ctx.lakes.open(&dataset.spec.storage)?;
+async fn read_recorded(ctx: &Context, namespace: &str, dataset: &Dataset, uid: &str) -> Result<Option<Recorded>> {
+    let lake = ctx.lakes.open(namespace, &dataset.spec.storage)?;
     let Some(lake) = lake.lake() else { return Ok(None) };
     let name =
         dataset.checked_name().map_err(|e| Error::Snapshot { name: "Dataset".into(), message: e.to_string() })?;

@@ -278,6 +278,12 @@ impl Operator {
         if !options.env.iter().any(|(k, _)| k.starts_with("SILVERLINE_LAKE_")) {
             command.args(["--lake-grace-seconds", "2", "--lake-check-interval-seconds", "0.5"]);
         }
+        // The lakes of the test's own scenario are allowed (its directory, and the S3 test server's bucket `lake`)
+        // unless the environment says which; no custom S3 endpoint unless it does.
+        if !options.env.iter().any(|(k, _)| k == "SILVERLINE_ALLOWED_LAKES") {
+            let (namespace, dir) = (options.namespace, options.log_dir.display());
+            command.arg(format!("--allowed-lakes={namespace}={dir},{namespace}=s3://lake"));
+        }
         if !options.env.iter().any(|(k, _)| k == "SILVERLINE_WORKER_SERVICE_ACCOUNT") {
             command.args(["--worker-service-account", "default"]);
         }
@@ -419,6 +425,7 @@ impl Scenario {
             env: vec![
                 ("AWS_ACCESS_KEY_ID".into(), s3.var("SILVERLINE_TEST_RO_ACCESS_KEY_ID")),
                 ("AWS_SECRET_ACCESS_KEY".into(), s3.var("SILVERLINE_TEST_RO_SECRET_ACCESS_KEY")),
+                ("SILVERLINE_ALLOWED_ENDPOINTS".into(), s3.var("AWS_ENDPOINT_URL")),
             ],
         })
         .await
