@@ -17,11 +17,13 @@ pub const ANNOTATION_APPROVAL_REASON: &str = "etl.silverline.dev/approval-reason
 pub const ANNOTATION_REJECTED_BY: &str = "etl.silverline.dev/rejected-by";
 /// Why it was rejected.
 pub const ANNOTATION_REJECTION_REASON: &str = "etl.silverline.dev/rejection-reason";
-/// Who asked for the promotion, set by its creator (`silverline-operator` for the ones the operator creates):
-/// free text, not checked. The authoritative creator is [`ANNOTATION_CREATED_BY`].
+/// Who asked for the promotion, set by its creator: free text, not checked. The authoritative creator is
+/// [`ANNOTATION_CREATED_BY`]. On a Promotion the operator creates (`requestOnSuccess`) it is the EtlRun's creator
+/// (its `created-by`), who may not approve it, or `silverline-operator` when the run's creator is not recorded.
 pub const ANNOTATION_REQUESTED_BY: &str = "etl.silverline.dev/requested-by";
-/// Who created the promotion, recorded by the apiserver at create time and immutable after, where the chart's
-/// approval policy is installed (docs/approval.md): the creator the four-eyes rule compares the approver with.
+/// Who created the promotion (or the EtlRun), recorded by the apiserver at create time and immutable after, where
+/// the chart's approval policy is installed (docs/approval.md): the creator the four-eyes rule compares the
+/// approver with.
 pub const ANNOTATION_CREATED_BY: &str = "etl.silverline.dev/created-by";
 
 /// The longest Promotion name: the operator derives Job names (`{name}-p{attempt}`, `{name}-reject`) that must

@@ -24,11 +24,12 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Po
 use kube::{Api, Client, ResourceExt};
 use silverline_crds::promotion::{
     ANNOTATION_APPROVAL_REASON, ANNOTATION_APPROVED_BY, ANNOTATION_REJECTED_BY, ANNOTATION_REJECTION_REASON,
+    ANNOTATION_REQUESTED_BY,
 };
 use silverline_crds::{EtlRunPhase, Promotion, PromotionPhase, PromotionSpec};
 use std::path::Path;
 use std::time::Duration;
-use support::{Scenario, TestNamespace, create_dataset, create_run, eventually, finished, helm, transactions_dataset};
+use support::{Scenario, TestNamespace, create_dataset, eventually, finished, helm, transactions_dataset};
 
 /// Recorded by the apiserver (the chart's MutatingAdmissionPolicy) at create time.
 const CREATED_BY: &str = silverline_crds::promotion::ANNOTATION_CREATED_BY;
@@ -47,13 +48,19 @@ enum Mode {
 }
 
 /// `helm template` of the approval policy, as `helm install` renders it against this apiserver (its version, and
-/// MutatingAdmissionPolicy among its API versions when `mode` says so).
-async fn render_policy(client: &Client, mode: Mode, trusted_appliers: &[String]) -> Vec<serde_json::Value> {
+/// MutatingAdmissionPolicy among its API versions when `mode` says so), released in `namespace`: the operator it
+/// knows is the ServiceAccount `silverline-operator` there (`Scenario::operator_service_account`).
+async fn render_policy(
+    client: &Client,
+    namespace: &str,
+    mode: Mode,
+    trusted_appliers: &[String],
+) -> Vec<serde_json::Value> {
     let version = client.apiserver_version().await.expect("the apiserver's version").git_version;
     let chart = helm::chart_dir();
     let trusted = format!("approvalPolicy.trustedAppliers={}", serde_json::json!(trusted_appliers));
     let mut args = vec!["template", "silverline", chart.to_str().expect("a UTF-8 chart path")];
-    args.extend(["--namespace", helm::RELEASE_NAMESPACE, "--kube-version", version.as_str()]);
+    args.extend(["--namespace", namespace, "--kube-version", version.as_str()]);
     args.extend(["--show-only", "templates/approval-policy.yaml", "--set-json", trusted.as_str()]);
     if mode == Mode::WithMutatingPolicy {
         args.extend(["--api-versions", MAP_API_VERSION]);
@@ -109,7 +116,7 @@ impl InstalledPolicy {
         let label = serde_json::json!({"metadata": {"labels": {SCOPE_LABEL: namespace}}});
         namespaces.patch(namespace, &PatchParams::default(), &Patch::Merge(&label)).await.expect("label namespace");
         let mut objects = Vec::new();
-        for mut doc in render_policy(admin, mode, trusted_appliers).await {
+        for mut doc in render_policy(admin, namespace, mode, trusted_appliers).await {
             let kind = doc["kind"].as_str().expect("kind").to_owned();
             let name = format!("{}-{namespace}", doc["metadata"]["name"].as_str().expect("metadata.name"));
             doc["metadata"]["name"] = name.clone().into();
@@ -250,6 +257,25 @@ fn promotion(name: &str, annotations: &[(&str, &str)]) -> Promotion {
     p
 }
 
+/// Creates an EtlRun of the transactions dataset as `client`'s user, with `annotations`.
+async fn create_run_as(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    input: &Path,
+    annotations: &[(&str, &str)],
+) -> kube::Result<silverline_crds::EtlRun> {
+    let spec = silverline_crds::EtlRunSpec {
+        dataset: "transactions".into(),
+        input: input.display().to_string(),
+        resources: None,
+        deadline_seconds: None,
+    };
+    let mut run = silverline_crds::EtlRun::new(name, spec);
+    run.metadata.annotations = Some(annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+    Api::namespaced(client.clone(), namespace).create(&PostParams::default(), &run).await
+}
+
 fn annotation<'a>(promotion: &'a Promotion, key: &str) -> Option<&'a str> {
     promotion.metadata.annotations.as_ref()?.get(key).map(String::as_str)
 }
@@ -271,8 +297,13 @@ fn refused<T: std::fmt::Debug>(result: kube::Result<T>, says: &[&str]) -> String
 
 /// A Role in `namespace` with `verbs` on promotions, bound to `subjects` (ServiceAccounts of that namespace).
 async fn grant(admin: &Client, namespace: &str, role: &str, verbs: &[&str], subjects: &[&str]) {
+    grant_on(admin, namespace, "promotions", role, verbs, subjects).await;
+}
+
+/// A Role in `namespace` with `verbs` on `resource` (of etl.silverline.dev), bound to `subjects`.
+async fn grant_on(admin: &Client, namespace: &str, resource: &str, role: &str, verbs: &[&str], subjects: &[&str]) {
     let pp = PostParams::default();
-    let rules = serde_json::json!([{"apiGroups": ["etl.silverline.dev"], "resources": ["promotions"], "verbs": verbs}]);
+    let rules = serde_json::json!([{"apiGroups": ["etl.silverline.dev"], "resources": [resource], "verbs": verbs}]);
     let r: Role =
         serde_json::from_value(serde_json::json!({"metadata": {"name": role}, "rules": rules})).expect("Role");
     Api::<Role>::namespaced(admin.clone(), namespace).create(&pp, &r).await.expect("create Role");
@@ -292,7 +323,7 @@ async fn grant(admin: &Client, namespace: &str, role: &str, verbs: &[&str], subj
     for subject in subjects {
         for verb in verbs {
             let user = format!("system:serviceaccount:{namespace}:{subject}");
-            let access = support::Access { group: "etl.silverline.dev", resource: "promotions", verb };
+            let access = support::Access { group: "etl.silverline.dev", resource, verb };
             support::wait_until_allowed(admin, &user, Some(namespace), access).await;
         }
     }
@@ -560,8 +591,28 @@ async fn operator_under_the_policy(prefix: &str, mode: Mode) {
         env: vec![],
     })
     .await;
+    // alice runs the data: she creates the EtlRun (recorded as its creator: by the apiserver, or in her own name
+    // where no mutating policy does it), and holds the approve verb on Promotions too.
+    let alice = Identity::service_account(&s.client, &ns, "alice").await;
+    grant_on(&s.client, &ns, "etlruns", "run-creator", &["get", "list", "watch", "create", "patch"], &["alice"]).await;
+    grant(&s.client, &ns, "alice-approver", APPROVER_VERBS, &["alice"]).await;
     let input = s.input("tx-pol.csv", support::TRANSACTIONS_CSV);
-    create_run(&s.client, &ns, "tx-pol", &input).await;
+    let bob_name = format!("system:serviceaccount:{ns}:bob");
+    let claims_bob = [(CREATED_BY, bob_name.as_str())];
+    if mode == Mode::ValidatingOnly {
+        // Naming someone else as the run's creator is refused (left out, the creator is unknown).
+        let refusal = create_run_as(&alice.client, &ns, "tx-forged-run", &input, &claims_bob).await;
+        refused(refusal, &["created-by:", alice.username.as_str(), format!("not {bob_name}").as_str()]);
+    }
+    let own = [(CREATED_BY, alice.username.as_str())];
+    let annotations: &[(&str, &str)] = if mode == Mode::ValidatingOnly { &own } else { &claims_bob };
+    let created =
+        create_run_as(&alice.client, &ns, "tx-pol", &input, annotations).await.expect("alice creates the run");
+    assert_eq!(created.annotations().get(CREATED_BY), Some(&alice.username), "the run's creator is recorded");
+    let runs: Api<silverline_crds::EtlRun> = Api::namespaced(s.client.clone(), &ns);
+    let change = serde_json::json!({"metadata": {"annotations": {CREATED_BY: bob_name}}});
+    let changed = runs.patch("tx-pol", &PatchParams::default(), &Patch::Merge(&change)).await;
+    refused(changed, &["created-by is immutable:", alice.username.as_str()]);
     let run = finished(&s.client, &ns, "tx-pol", Duration::from_secs(120)).await;
     assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
 
@@ -576,6 +627,16 @@ async fn operator_under_the_policy(prefix: &str, mode: Mode) {
     // status.createdBy is the apiserver's record of the creator, not the free-text requested-by.
     let created_by = requested.status.as_ref().and_then(|st| st.created_by.as_deref());
     assert_eq!(created_by, Some(operator.username.as_str()));
+    // The run's creator asked for it, and may neither approve it nor take her name off it.
+    assert_eq!(annotation(&requested, ANNOTATION_REQUESTED_BY), Some(alice.username.as_str()));
+    refused(
+        alice.approve(&ns, "tx-pol-promo", &alice.username).await,
+        &["four eyes:", alice.username.as_str(), "created the EtlRun", "may not also approve it"],
+    );
+    refused(
+        alice.annotate(&ns, "tx-pol-promo", &[(ANNOTATION_REQUESTED_BY, Some("someone-else"))]).await,
+        &["requested-by is immutable", alice.username.as_str()],
+    );
 
     // The operator can create Promotions, but not approved ones, and cannot approve its own.
     // (Naming itself as creator, as it must where no mutating policy does it.)

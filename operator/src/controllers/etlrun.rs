@@ -1316,7 +1316,8 @@ async fn request_promotion(scope: &Scope, run: &EtlRun, identity: &RunIdentity, 
     // The contract the run ran under (its snapshot), else the Dataset as it is now.
     let requested = match load_contract(scope, run, identity, status, None).await {
         Ok((Ok(dataset), _)) => {
-            super::promotion::request_for_run(ctx, &identity.namespace, &identity.name, &dataset, run_id).await
+            let creator = run.annotations().get(silverline_crds::promotion::ANNOTATION_CREATED_BY).map(String::as_str);
+            super::promotion::request_for_run(ctx, &identity.namespace, &identity.name, creator, &dataset, run_id).await
         }
         Ok((Err(problem), _)) => Err(Error::Snapshot { name: run.spec.dataset.clone(), message: problem.message() }),
         Err(e) => Err(e),

@@ -431,8 +431,8 @@ impl Builder<'_> {
     fn refuse_self_approval(&mut self, by: String) {
         self.await_approval();
         let message = format!(
-            "refused the approval by {by}, who created this Promotion: another person must approve it (four eyes); \
-             waiting for {}",
+            "refused the approval by {by}, who created or requested this Promotion (for one the operator requested: \
+             created the EtlRun it publishes): another person must approve it (four eyes); waiting for {}",
             silverline_crds::promotion::ANNOTATION_APPROVED_BY
         );
         let said =
@@ -1650,11 +1650,13 @@ async fn report(ctx: &Context, promotion: &Promotion, status: &PromotionStatus, 
 
 /// Creates the Promotion a succeeded EtlRun asks for when its Dataset says `spec.promotion.requestOnSuccess`:
 /// named `{etlrun}-promo`, awaiting approval, not owned by the EtlRun (deleting a run must not delete the
-/// review). One that exists already is left as it is.
+/// review). One that exists already is left as it is. `run_creator` (the EtlRun's `created-by`, where the approval
+/// policy records it) is named as `requested-by`: whoever ran the data may not also approve its publication.
 pub async fn request_for_run(
     ctx: &Context,
     namespace: &str,
     etlrun: &str,
+    run_creator: Option<&str>,
     dataset: &Dataset,
     run_id: &str,
 ) -> Result<Option<String>> {
@@ -1674,7 +1676,8 @@ pub async fn request_for_run(
         },
     );
     promotion.metadata.namespace = Some(namespace.to_owned());
-    let mut annotations = BTreeMap::from([(ANNOTATION_REQUESTED_BY.to_owned(), OPERATOR_REQUESTER.to_owned())]);
+    let requester = run_creator.map(str::trim).filter(|c| !c.is_empty()).unwrap_or(OPERATOR_REQUESTER);
+    let mut annotations = BTreeMap::from([(ANNOTATION_REQUESTED_BY.to_owned(), requester.to_owned())]);
     // The creator names itself, as the approval policy's validating half requires of every creator (its mutating
     // half, where installed, records the same name).
     if let Some(username) = ctx.username().await {
