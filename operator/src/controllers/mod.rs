@@ -374,17 +374,23 @@ where
     action
 }
 
+/// How often an object whose reconcile is blocked by another object is looked at again.
+pub const BLOCKED_RECHECK: Duration = Duration::from_secs(30);
+
 /// The longest wait after failed reconciles of one object.
 pub const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
 
 /// How long a failure waits before the next reconcile of its object: by the kind of failure, doubled with each
 /// failure in a row of the same object (`failures`, from 1), at most [`MAX_ERROR_BACKOFF`] — so that an
 /// apiserver or a quota refusing a thousand objects is asked less and less often, not every few seconds forever.
+/// An object in the way (`Retry::Blocked`) is looked at again every 30 s, not less often: a person removes it,
+/// nothing is hammered meanwhile, and every event on the object fails one more reconcile, so a doubling would
+/// reach minutes within seconds of the first failure.
 pub fn requeue(retry: Retry, failures: u32) -> Action {
     let base = match retry {
         Retry::Soon => Duration::from_millis(200),
         Retry::Transient => Duration::from_secs(5),
-        Retry::Blocked => Duration::from_secs(30),
+        Retry::Blocked => return Action::requeue(BLOCKED_RECHECK),
         Retry::OnChange => return Action::await_change(),
     };
     let doublings = failures.saturating_sub(1).min(16);
@@ -490,7 +496,7 @@ mod tests {
         let waits = |retry| (1..=8).map(|n| requeue(retry, n)).collect::<Vec<_>>();
         let secs = |s: &[u64]| s.iter().map(|&s| Action::requeue(Duration::from_secs(s))).collect::<Vec<_>>();
         assert_eq!(waits(Retry::Transient), secs(&[5, 10, 20, 40, 80, 160, 300, 300]));
-        assert_eq!(waits(Retry::Blocked), secs(&[30, 60, 120, 240, 300, 300, 300, 300]));
+        assert_eq!(waits(Retry::Blocked), secs(&[30; 8]), "an object in the way is looked for every 30 s");
         assert_eq!(requeue(Retry::Soon, 1), Action::requeue(Duration::from_millis(200)));
         assert_eq!(requeue(Retry::Soon, u32::MAX), Action::requeue(MAX_ERROR_BACKOFF));
         assert_eq!(requeue(Retry::OnChange, 9), Action::await_change());
