@@ -18,12 +18,12 @@ pub struct Config {
     /// with commas), `NAMESPACE` a namespace or `*` for all, `LAKE` a root that holds the Dataset's lake by whole
     /// segments (`s3://bucket[/prefix]`, an absolute path) or `*` for any. None given: no lake is allowed, and every
     /// Dataset says so in its `Valid` condition (`LakeNotAllowed`).
-    #[arg(long = "allowed-lakes", env = "SILVERLINE_ALLOWED_LAKES", value_delimiter = ',')]
-    pub allowed_lakes: Vec<crate::lake::LakeGrant>,
+    #[arg(long = "allowed-lakes", env = "SILVERLINE_ALLOWED_LAKES")]
+    pub allowed_lakes: Vec<crate::lake::LakeGrants>,
     /// The custom S3 endpoints (`spec.storage.endpoint`) Datasets may name: `http(s)://HOST[:PORT]` (repeat, or
     /// separate with commas) or `*` for any. None given: a Dataset with an endpoint is not allowed.
-    #[arg(long = "allowed-endpoints", env = "SILVERLINE_ALLOWED_ENDPOINTS", value_delimiter = ',')]
-    pub allowed_endpoints: Vec<crate::lake::EndpointGrant>,
+    #[arg(long = "allowed-endpoints", env = "SILVERLINE_ALLOWED_ENDPOINTS")]
+    pub allowed_endpoints: Vec<crate::lake::EndpointGrants>,
     /// The worker's container image.
     #[arg(long, env = "SILVERLINE_WORKER_IMAGE")]
     pub worker_image: String,
@@ -191,7 +191,10 @@ impl Config {
 
     /// Which lakes and endpoints the Datasets of each namespace may name.
     pub fn lake_policy(&self) -> crate::lake::LakePolicy {
-        crate::lake::LakePolicy { lakes: self.allowed_lakes.clone(), endpoints: self.allowed_endpoints.clone() }
+        crate::lake::LakePolicy {
+            lakes: self.allowed_lakes.iter().flat_map(|g| g.0.iter().cloned()).collect(),
+            endpoints: self.allowed_endpoints.iter().flat_map(|g| g.0.iter().cloned()).collect(),
+        }
     }
 
     /// The namespaces to watch, each once, in the order given; `None` for all namespaces.

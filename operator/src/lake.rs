@@ -53,6 +53,37 @@ impl std::str::FromStr for LakeGrant {
     }
 }
 
+/// One value of `--allowed-lakes`: grants separated by commas; blank entries (an empty variable, a trailing comma)
+/// grant nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LakeGrants(pub Vec<LakeGrant>);
+
+impl std::str::FromStr for LakeGrants {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(LakeGrants)
+    }
+}
+
+/// One value of `--allowed-endpoints`: endpoints separated by commas; blank entries allow nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointGrants(pub Vec<EndpointGrant>);
+
+impl std::str::FromStr for EndpointGrants {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let grants = text.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::parse);
+        grants.collect::<Result<_, _>>().map(EndpointGrants)
+    }
+}
+
 /// An S3 endpoint a Dataset may name (`--allowed-endpoints`): `*` for any, or a URL compared with the Dataset's
 /// after lower-casing its scheme and host and dropping a trailing `/` (no other rewriting: list each spelling).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,6 +395,17 @@ mod tests {
         let refused = policy(&["*=*"], &[]).check("etl", &on("s3://lake/x", Some("http://10.0.0.1:80")));
         assert!(refused.expect_err("no endpoint grant").contains("S3 endpoint http://10.0.0.1:80"));
         assert!(policy(&["*=*"], &["*"]).check("etl", &on("s3://lake/x", Some("http://any:1"))).is_ok());
+    }
+
+    #[test]
+    fn a_flags_value_holds_grants_separated_by_commas_and_blank_ones_grant_nothing() {
+        let lakes: LakeGrants = " etl=s3://lake/etl , *=/data/lakes,".parse().expect("grants");
+        assert_eq!(lakes.0, vec!["etl=s3://lake/etl".parse().expect("a"), "*=/data/lakes".parse().expect("b")]);
+        assert_eq!("".parse::<LakeGrants>(), Ok(LakeGrants(vec![])));
+        assert!("etl=s3://lake,etl".parse::<LakeGrants>().is_err(), "one bad grant refuses the value");
+        let endpoints: EndpointGrants = "http://a:9000,,https://b".parse().expect("endpoints");
+        assert_eq!(endpoints.0.len(), 2);
+        assert_eq!(" ".parse::<EndpointGrants>(), Ok(EndpointGrants(vec![])));
     }
 
     #[test]

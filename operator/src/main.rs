@@ -63,7 +63,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let watched = config.watched_namespaces();
     let scope = watched.as_ref().map_or_else(|| "all namespaces".to_owned(), |namespaces| namespaces.join(","));
     tracing::info!(identity = %lease.identity, scope, "leading: reconciling EtlRuns");
-    if config.allowed_lakes.is_empty() {
+    let lake_policy = config.lake_policy();
+    if lake_policy.lakes.is_empty() {
         tracing::warn!("no lake is allowed (--allowed-lakes): every Dataset will say LakeNotAllowed until one is");
     }
 
@@ -78,7 +79,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         promotion_locks: Default::default(),
         pod_ends: controllers::etlrun::PodEnds::default(),
         lake_checks: controllers::etlrun::LakeChecks::default(),
-        lakes: silverline_operator::lake::Lakes::new(config.lake_policy()),
+        lakes: silverline_operator::lake::Lakes::new(lake_policy),
         reconcile_concurrency: config.reconcile_concurrency,
         burst_launches_per_second: config.burst_launches_per_second,
         username: Default::default(),

@@ -575,7 +575,7 @@ fn allowed_lakes_and_endpoints_become_the_operators_lake_policy() {
         credentials_secret: None,
     };
     let default = parse_operator_config(operator_container(&render(&[])));
-    assert!(default.allowed_lakes.is_empty() && default.allowed_endpoints.is_empty());
+    assert_eq!(default.lake_policy(), silverline_operator::lake::LakePolicy::default(), "no grant by default");
     assert!(default.lake_policy().check("etl", &storage("s3://lake/etl", None)).is_err(), "nothing by default");
 
     let dir = tempfile::tempdir().expect("a temporary directory");
