@@ -166,6 +166,7 @@ pub struct StorageSpec {
     pub endpoint: Option<String>,
     /// The S3 region, e.g. `eu-west-1`; unset: the pod's AWS environment decides (`AWS_REGION`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]{1,20}(-[a-z0-9]{1,20}){0,5}$"))]
     pub region: Option<String>,
     /// Secret in the same namespace holding `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
     /// Leave unset to use the pod's identity (IRSA / web identity).
@@ -174,13 +175,34 @@ pub struct StorageSpec {
 }
 
 impl StorageSpec {
-    /// The lake URI forms the worker accepts: `s3://bucket[/prefix]`, `file://…` or a path.
+    /// The lake URI forms the worker accepts: `s3://bucket[/prefix]`, `file://…` or a path; a region and a bucket
+    /// that cannot name another host, and an endpoint that is an `http://` or `https://` URL.
     pub fn validate(&self) -> Result<(), ContractError> {
+        if let Some(region) = &self.region {
+            crate::names::check_region(region).map_err(|e| ContractError::Storage {
+                field: "region",
+                value: region.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(endpoint) = &self.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(ContractError::Storage {
+                field: "endpoint",
+                value: endpoint.clone(),
+                message: "must be an http:// or https:// URL (lower-case scheme)".into(),
+            });
+        }
         let uri = &self.lake_uri;
         let fail = |message: &str| Err(ContractError::LakeUri { uri: uri.clone(), message: message.to_owned() });
         if let Some(rest) = uri.strip_prefix("s3://") {
-            if rest.split('/').next().is_none_or(str::is_empty) {
+            let bucket = rest.split('/').next().unwrap_or_default();
+            if bucket.is_empty() {
                 return fail("names no bucket");
+            }
+            if let Err(e) = crate::names::check_bucket(bucket) {
+                return fail(&e.to_string());
             }
             return Ok(());
         }
@@ -316,6 +338,8 @@ pub enum ContractError {
     ReservedColumn(String),
     #[error("spec.storage.lakeUri {uri:?}: {message}")]
     LakeUri { uri: String, message: String },
+    #[error("spec.storage.{field} {value:?}: {message}")]
+    Storage { field: &'static str, value: String, message: String },
 }
 
 impl Dataset {
@@ -523,6 +547,13 @@ mod tests {
             ("reserved", Box::new(|d| d.spec.columns[1].name = "error_type".into())),
             ("lakeUri", Box::new(|d| d.spec.storage.lake_uri = "gs://bucket/lake".into())),
             ("lakeUri", Box::new(|d| d.spec.storage.lake_uri = "s3:///lake".into())),
+            // Names the S3 client puts into host names and URLs: never another host.
+            ("lakeUri", Box::new(|d| d.spec.storage.lake_uri = "s3://evil.example#/x".into())),
+            ("lakeUri", Box::new(|d| d.spec.storage.lake_uri = "s3://Lake_Bucket/x".into())),
+            ("region", Box::new(|d| d.spec.storage.region = Some("attacker.example/".into()))),
+            ("region", Box::new(|d| d.spec.storage.region = Some("eu-west-1.evil.com".into()))),
+            ("endpoint", Box::new(|d| d.spec.storage.endpoint = Some("HTTP://minio:9000".into()))),
+            ("endpoint", Box::new(|d| d.spec.storage.endpoint = Some("minio:9000".into()))),
         ];
         for (field, mutate) in cases {
             let err = mutated(mutate).expect_err(field);
@@ -541,6 +572,8 @@ mod tests {
         for good in ["s3://lake", "s3://lake/prefix/", "file:///tmp/lake", "/tmp/lake", "lake"] {
             assert!(mutated(|d| d.spec.storage.lake_uri = good.into()).is_ok(), "{good}");
         }
+        assert!(mutated(|d| d.spec.storage.region = Some("eu-west-1".into())).is_ok());
+        assert!(mutated(|d| d.spec.storage.endpoint = Some("https://s3.example.com:9000".into())).is_ok());
     }
 
     #[test]

@@ -13,7 +13,18 @@ pub const SCHEMA_VERSION_PATTERN: &str = "^v[0-9]{1,6}$";
 /// when it starts with '.' or '_' (hidden files).
 pub const RUN_ID_PATTERN: &str = "^[A-Za-z0-9-][A-Za-z0-9._-]{0,63}$";
 
+/// An S3 region name such as `eu-west-1` (or an S3-compatible store's, e.g. `garage`): lowercase alphanumerics in
+/// groups joined by '-', at most 64 characters. The S3 client builds host names from it (`sts.{region}.amazonaws.com`,
+/// `s3.{region}.amazonaws.com`), so anything else — a '/', '.', '#' or '@' — would send requests and web-identity
+/// tokens to another host.
+pub const REGION_PATTERN: &str = "^[a-z0-9]{1,20}(-[a-z0-9]{1,20}){0,5}$";
+/// An S3 bucket name (the general-purpose rules): 3 to 63 lowercase alphanumerics, '-' and '.', starting and
+/// ending alphanumeric; it becomes part of request URLs.
+pub const BUCKET_PATTERN: &str = "^[a-z0-9][-a-z0-9.]{1,61}[a-z0-9]$";
+
 static DNS_LABEL: LazyLock<Regex> = LazyLock::new(|| compile(DNS_LABEL_PATTERN));
+static REGION: LazyLock<Regex> = LazyLock::new(|| compile(REGION_PATTERN));
+static BUCKET: LazyLock<Regex> = LazyLock::new(|| compile(BUCKET_PATTERN));
 static SCHEMA_VERSION: LazyLock<Regex> = LazyLock::new(|| compile(SCHEMA_VERSION_PATTERN));
 static RUN_ID: LazyLock<Regex> = LazyLock::new(|| compile(RUN_ID_PATTERN));
 
@@ -33,6 +44,14 @@ pub struct InvalidName {
 
 fn check(re: &Regex, pattern: &'static str, what: &'static str, value: &str) -> Result<(), InvalidName> {
     if re.is_match(value) { Ok(()) } else { Err(InvalidName { what, value: value.to_owned(), pattern }) }
+}
+
+pub fn check_region(value: &str) -> Result<(), InvalidName> {
+    check(&REGION, REGION_PATTERN, "S3 region", value)
+}
+
+pub fn check_bucket(value: &str) -> Result<(), InvalidName> {
+    check(&BUCKET, BUCKET_PATTERN, "S3 bucket", value)
 }
 
 pub fn check_dataset_name(value: &str) -> Result<(), InvalidName> {
@@ -58,6 +77,22 @@ mod tests {
         }
         for good in ["transactions", "a", "tx-2024", &"a".repeat(63)] {
             assert!(check_dataset_name(good).is_ok(), "{good:?} should be accepted");
+        }
+    }
+
+    #[test]
+    fn regions_and_buckets_cannot_name_another_host() {
+        for ok in ["eu-west-1", "us-gov-west-1", "cn-north-1", "auto", "garage", "us-east-1"] {
+            assert!(check_region(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "attacker.example/", "eu-west-1.evil.com", "a#b", "u@x", "EU-WEST-1", "-x", "x-", "a b", "x/"] {
+            assert!(check_region(bad).is_err(), "{bad}");
+        }
+        for ok in ["lake", "silverline-lake", "my.bucket.1", "abc"] {
+            assert!(check_bucket(ok).is_ok(), "{ok}");
+        }
+        for bad in ["ab", "Lake", "a_b", "x#y", "evil.com/", "-lake", "lake-", "a@b", &"a".repeat(64)] {
+            assert!(check_bucket(bad).is_err(), "{bad}");
         }
     }
 

@@ -87,6 +87,18 @@ pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectSt
             .with_virtual_hosted_style_request(false)
             .with_allow_http(endpoint.starts_with("http://"));
     }
+    // Whatever set them (the contract, a flag, or AWS_REGION / AWS_DEFAULT_REGION from the environment — which
+    // may come from a Dataset's credentials Secret), the client builds host names from the region and URLs from
+    // the bucket: one that could name another host is refused before any request, or a web-identity token
+    // would go to `sts.{region}.amazonaws.com` of someone's choosing.
+    if let Some(region) = builder.get_config_value(&object_store::aws::AmazonS3ConfigKey::Region)
+        && let Err(e) = silverline_crds::names::check_region(&region)
+    {
+        return Err(StorageError::usage(format!("s3://{bucket}"), e.to_string()));
+    }
+    if let Err(e) = silverline_crds::names::check_bucket(bucket) {
+        return Err(StorageError::usage(format!("s3://{bucket}"), e.to_string()));
+    }
     if metadata_disabled(std::env::var(METADATA_DISABLED).ok().as_deref()) && needs_instance_metadata(&builder) {
         return Err(StorageError::usage(
             format!("s3://{bucket}"),
@@ -433,6 +445,16 @@ mod tests {
         for (value, disabled) in cases {
             assert_eq!(metadata_disabled(value), disabled, "{value:?}");
         }
+    }
+
+    #[test]
+    fn a_region_or_bucket_that_could_name_another_host_is_refused_before_any_request() {
+        let options = |region: &str| StoreOptions { region: Some(region.into()), ..StoreOptions::default() };
+        let refused = s3_store("lake", &options("attacker.example/")).expect_err("refused");
+        assert_eq!(refused.kind, StorageErrorKind::Usage);
+        assert!(refused.to_string().contains("S3 region \"attacker.example/\""), "{refused}");
+        let refused = s3_store("evil.example#", &options("eu-west-1")).expect_err("refused");
+        assert!(refused.to_string().contains("S3 bucket"), "{refused}");
     }
 
     fn local(dir: &std::path::Path) -> Lake {

@@ -140,6 +140,8 @@ impl LakePolicy {
     /// Whether the Datasets of `namespace` may use `storage`; if not, why, said for the Dataset's users (the grants
     /// of their own namespace, never another's).
     pub fn check(&self, namespace: &str, storage: &StorageSpec) -> Result<(), String> {
+        // A contract read back from a snapshot is held to the same rules as a Dataset (region, bucket, endpoint).
+        storage.validate().map_err(|e| e.to_string())?;
         let uri = &storage.lake_uri;
         let lake = LakeUri::parse(uri, RelativePaths::Reject).map_err(|e| e.to_string())?;
         let grants: Vec<&LakeGrant> =
@@ -191,7 +193,8 @@ impl Lakes {
 
     /// The lake of a Dataset of `namespace`, if the policy allows it.
     pub fn open(&self, namespace: &str, storage: &StorageSpec) -> Result<Arc<Lake>> {
-        self.allowed(namespace, storage).map_err(|message| Error::Lake { uri: storage.lake_uri.clone(), message })?;
+        self.allowed(namespace, storage)
+            .map_err(|message| Error::LakeNotAllowed { uri: storage.lake_uri.clone(), message })?;
         let key = format!("{}|{:?}|{:?}", storage.lake_uri, storage.endpoint, storage.region);
         if let Some(lake) = self.opened.lock().ok().and_then(|lakes| lakes.get(&key).cloned()) {
             return Ok(lake);
@@ -379,7 +382,8 @@ mod tests {
         let cases = [
             (None, true),
             (Some("http://minio.storage:9000"), true),
-            (Some("HTTP://minio.STORAGE:9000/"), true),
+            (Some("http://minio.STORAGE:9000/"), true),
+            (Some("HTTP://minio.storage:9000"), false),
             (Some("https://s3.example.com"), true),
             (Some("http://minio.storage:9001"), false),
             (Some("https://minio.storage:9000"), false),
@@ -427,7 +431,9 @@ mod tests {
         let lakes = Lakes::new(policy(&["etl=s3://lake/etl"], &[]));
         let lake = storage(root.path().to_str().expect("utf-8"));
         match lakes.open("etl", &lake) {
-            Err(Error::Lake { message, .. }) => assert!(message.contains("not one the operator allows"), "{message}"),
+            Err(Error::LakeNotAllowed { message, .. }) => {
+                assert!(message.contains("not one the operator allows"), "{message}")
+            }
             other => panic!("expected a refusal, got {:?}", other.map(|_| "a lake")),
         }
     }

@@ -45,6 +45,10 @@ pub enum Error {
     SnapshotConflict { name: String },
     #[error("lake {uri}: {message}")]
     Lake { uri: String, message: String },
+    /// The lake (or its endpoint) is not one the operator allows in the namespace (`--allowed-lakes`): never
+    /// opened.
+    #[error("lake {uri}: {message}")]
+    LakeNotAllowed { uri: String, message: String },
     #[error("lake: reading {what}: {source}")]
     LakeRead {
         what: &'static str,
@@ -96,6 +100,7 @@ impl Error {
             Error::MissingField(_) => "missing_field",
             Error::Snapshot { .. } | Error::SnapshotConflict { .. } => "contract_snapshot",
             Error::Lake { .. } | Error::LakeRead { .. } => "lake",
+            Error::LakeNotAllowed { .. } => "lake_not_allowed",
             Error::Serialize { .. } => "serialize",
             Error::LeadershipLost { .. } => "leadership_lost",
         }
@@ -108,6 +113,7 @@ impl Error {
             Error::NotOwned { .. }
             | Error::Snapshot { .. }
             | Error::SnapshotConflict { .. }
+            | Error::LakeNotAllowed { .. }
             | Error::Serialize { .. } => Retry::Blocked,
             Error::InvalidResource { .. } | Error::MissingField(_) | Error::LeadershipLost { .. } => Retry::OnChange,
         }

@@ -638,6 +638,7 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
         // A lake root the operator would refuse at start (relative), or one without its namespace.
         ("operator.allowedLakes[0].namespace=etl,operator.allowedLakes[0].lake=relative/lake", "lake"),
         ("operator.allowedLakes[0].lake=s3://lake/etl", "namespace"),
+        ("operator.allowedLakes[0].namespace=etl,operator.allowedLakes[0].lake=s3://lake/etl/../other", "lake"),
         ("operator.allowedLakes[0].namespace=Etl,operator.allowedLakes[0].lake=s3://lake/etl", "namespace"),
         ("operator.allowedEndpoints={minio.storage:9000}", "allowedEndpoints"),
     ] {

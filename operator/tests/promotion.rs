@@ -1103,3 +1103,52 @@ async fn a_lake_the_operator_does_not_allow_in_the_namespace_is_said_and_holds_r
     ready_when(&s, "tx-pol-promo", "the Promotion to look at its lake", |reason, _| reason != "LakeNotAllowed").await;
     assert_eq!(valid_of(&s, "metadata-endpoint", "False").await.0, "LakeNotAllowed", "still no endpoint granted");
 }
+
+/// A Promotion's Jobs write the lake of the contract frozen at its first launch. When that lake is no longer
+/// granted (the Dataset moved to a granted lake after a withdrawn approval, the old lake's grant withdrawn), a new
+/// approval launches nothing there and reads nothing from it: `Ready=False, LakeNotAllowed` says so, and nothing
+/// is written to either lake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_promotion_whose_frozen_lake_is_no_longer_allowed_launches_nothing_there() {
+    let s = Scenario::new("promo-frozen-lake").await;
+    let (secrets, secret) = dataset_with_its_secret(&s).await;
+    let mut op = s.operator("replica-a").await;
+    let run_id = succeeded_run(&s, "tx-fz", &op).await;
+    secrets.delete("lake-creds", &Default::default()).await.expect("delete the Secret");
+    create_promotion(&s, &promotion("tx-fz-promo", &[&run_id], None)).await;
+    approve(&s, "tx-fz-promo").await;
+    ready_when(&s, "tx-fz-promo", "p1's pod waits for the Secret", |reason, message| {
+        reason == "CredentialsSecretNotFound" && message.contains("tx-fz-promo-p1")
+    })
+    .await;
+    remove_annotations(&s, "tx-fz-promo", &[ANNOTATION_APPROVED_BY, ANNOTATION_APPROVAL_REASON]).await;
+    in_phase(&s, "tx-fz-promo", PromotionPhase::AwaitingApproval, Duration::from_secs(40)).await;
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually("Job tx-fz-promo-p1 deleted", Duration::from_secs(30), || async {
+        jobs.get_opt("tx-fz-promo-p1").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    // Only another directory is granted now, and the Dataset moves there.
+    assert!(op.terminate().await, "the operator did not stop cleanly:\n{}", s.diagnostics(&[&op]));
+    let granted = s.dir.path().join("granted");
+    let moved = granted.join("lake");
+    let datasets: Api<silverline_crds::Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let patch = serde_json::json!({"spec": {"storage": {"lakeUri": format!("file://{}", moved.display())}}});
+    datasets.patch("transactions", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("move the lake");
+    let grant = format!("{}={}", s.ns.name, granted.display());
+    let op = s.operator_with_env("replica-a", &[("SILVERLINE_ALLOWED_LAKES", &grant)]).await;
+    secrets.create(&Default::default(), &secret).await.expect("create the Secret again");
+    assert_eq!(valid_of(&s, "transactions", "True").await.0, "ContractValid");
+
+    approve(&s, "tx-fz-promo").await;
+    let frozen_lake = transactions_dataset(&s.lake(), 3).spec.storage.lake_uri;
+    let said = ready_when(&s, "tx-fz-promo", "the frozen contract's lake refused", |reason, message| {
+        reason == "LakeNotAllowed" && message.contains("not one the operator allows")
+    })
+    .await;
+    assert!(said.contains(&frozen_lake), "names the frozen contract's lake: {said}\n{}", s.diagnostics(&[&op]));
+    assert!(jobs.get_opt("tx-fz-promo-p2").await.expect("get Job").is_none(), "no Job for the frozen lake");
+    assert!(latest(&s.lake()).is_none() && latest(&moved).is_none(), "nothing moved in either lake");
+}

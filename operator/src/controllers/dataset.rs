@@ -99,9 +99,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>)
     // Only the fields this controller decides: the EtlRun controller merges the freshness fields.
     let status = serde_json::json!({ "observedGeneration": next.observed_generation, "conditions": next.conditions });
     super::write_status(&ctx, dataset, &status).await?;
-    let was_valid = current.conditions.iter().find(|c| c.type_ == CONDITION_VALID).map(|c| c.status == "True");
+    let was = current.conditions.iter().find(|c| c.type_ == CONDITION_VALID);
+    let was_valid = was.map(|c| c.status == "True");
     match validation {
-        Err(invalid) if was_valid != Some(false) => {
+        // Said when it becomes invalid, and again when the reason changes (a fixed contract, but a lake that is
+        // not allowed).
+        Err(invalid) if was.is_none_or(|c| c.status != "False" || c.reason != invalid.reason()) => {
             let message = invalid.message().to_owned();
             tracing::warn!(dataset = %name, namespace = %namespace, reason = invalid.reason(), "not valid: {message}");
             publish::<Dataset>(&ctx, &dataset.metadata, EventType::Warning, invalid.reason(), "Validate", message)

@@ -605,7 +605,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
                     match read_lake(ctx, &identity.namespace, dataset, &attempt.run_id).await {
                         Ok(found) => (Some(found), checks),
                         // The run says so (condition, Event) and the plan bounds it by the lake grace period.
-                        Err(e @ (Error::Lake { .. } | Error::LakeRead { .. })) => {
+                        Err(e @ (Error::Lake { .. } | Error::LakeRead { .. } | Error::LakeNotAllowed { .. })) => {
                             ctx.metrics.reconcile_failed(ControllerName::EtlRun.label(), e.category());
                             tracing::warn!(etlrun = %identity.name, namespace = %identity.namespace, run_id = %attempt.run_id, error = %e, "cannot read the lake");
                             lake_error = Some(e.to_string());

@@ -197,6 +197,8 @@ pub struct Observed<'a> {
     pub recorded: Option<Recorded>,
     /// Why the lake could not be read for what it records of this Promotion.
     pub lake_error: Option<String>,
+    /// That lake is not one the operator allows in the namespace (then `lake_error` says why): never read.
+    pub lake_refused: bool,
     /// The hash of the Dataset's contract manifest now ([`job::contract_hash`]), to freeze at the first launch.
     pub contract_hash: Option<String>,
     /// Why the Job the plan launches could not be created (the apiserver's answer, a ConfigMap that is not the
@@ -386,6 +388,7 @@ pub const REASON_WITHDRAWAL_PENDING: &str = "WithdrawalPending";
 pub const REASON_APPROVAL_WITHDRAWN: &str = "ApprovalWithdrawn";
 /// `Approved` while the only approval is the creator's own.
 pub const REASON_SELF_APPROVAL_REFUSED: &str = "SelfApprovalRefused";
+pub const REASON_LAKE_NOT_ALLOWED: &str = "LakeNotAllowed";
 
 impl Builder<'_> {
     fn condition(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: &str) {
@@ -405,6 +408,11 @@ impl Builder<'_> {
         self.condition(CONDITION_PROMOTED, promoted.into(), reason, &message);
         self.condition(CONDITION_READY, ConditionStatus::False, "Finished", &message);
         self.transitions.push(Transition::Finished { phase, reason: reason.to_owned(), message });
+    }
+
+    /// The reason of a wait for the lake: not allowed (`--allowed-lakes`), or not readable.
+    fn lake_reason(&self) -> &'static str {
+        if self.o.lake_refused { REASON_LAKE_NOT_ALLOWED } else { REASON_LAKE_UNREADABLE }
     }
 
     /// Not yet promoting: wait for a decision, show the preview, or start.
@@ -609,10 +617,7 @@ impl Builder<'_> {
             return;
         }
         if let Some(error) = &self.o.lake_error {
-            self.wait_for(
-                REASON_LAKE_UNREADABLE,
-                format!("the lake cannot be read for this rejection's record: {error}"),
-            );
+            self.wait_for(self.lake_reason(), format!("the lake cannot be read for this rejection's record: {error}"));
             self.requeue_after = Some(self.settings.resync);
             return;
         }
@@ -810,8 +815,14 @@ impl Builder<'_> {
                 return;
             }
             if let Some(error) = &self.o.lake_error {
-                let message = format!("the lake cannot be read for what it records of this Promotion: {error}");
-                self.wait_for(REASON_LAKE_UNREADABLE, message);
+                let message = if self.o.lake_refused {
+                    format!(
+                        "the lake of the contract this Promotion froze at its first launch may not be used: {error}"
+                    )
+                } else {
+                    format!("the lake cannot be read for what it records of this Promotion: {error}")
+                };
+                self.wait_for(self.lake_reason(), message);
                 self.requeue_after = Some(self.settings.resync);
                 return;
             }
@@ -1082,20 +1093,22 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         }
         None => (None, None),
     };
-    let (recorded, lake_error) = match (&dataset, status.phase, &job) {
+    let (recorded, lake_error, lake_refused) = match (&dataset, status.phase, &job) {
         (Ok(dataset), Some(PromotionPhase::Promoting | PromotionPhase::Rejected), job)
             if !matches!(job, Some(JobState::Active)) =>
         {
             // The lake its Jobs write: the one of the contract frozen at the first launch, not the Dataset's now.
             let frozen = frozen_contract(&ctx, &namespace, &name, &uid, status.contract_hash.as_deref()).await?;
             match read_recorded(&ctx, &namespace, frozen.as_ref().unwrap_or(dataset), &uid).await {
-                Ok(recorded) => (recorded, None),
-                // Said on the Promotion (`Ready` LakeUnreadable) and looked at again; nothing is decided meanwhile.
-                Err(e @ (Error::Lake { .. } | Error::LakeRead { .. })) => (None, Some(e.for_people())),
+                Ok(recorded) => (recorded, None, false),
+                // Said on the Promotion (`Ready` LakeUnreadable, or LakeNotAllowed) and looked at again; nothing is
+                // decided meanwhile.
+                Err(e @ (Error::Lake { .. } | Error::LakeRead { .. })) => (None, Some(e.for_people()), false),
+                Err(e @ Error::LakeNotAllowed { .. }) => (None, Some(e.for_people()), true),
                 Err(e) => return Err(e),
             }
         }
-        _ => (None, None),
+        _ => (None, None, false),
     };
     // Only a first launch freezes it (see `plan`): not serialized and hashed on every reconcile.
     let contract_hash = match &dataset {
@@ -1121,6 +1134,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         blocker,
         recorded,
         lake_error,
+        lake_refused,
         contract_hash,
         launch_error: None,
         contract_lost: None,
@@ -1551,6 +1565,15 @@ async fn launch_job(
             });
         }
         let held = manifest(&found).map(|text| job::contract_hash(&text));
+        // The Job writes the lake of the contract it mounts, frozen at the first launch: that lake must still be
+        // one the operator allows (a grant withdrawn since, or a Dataset moved to an allowed lake meanwhile).
+        if let Some(text) = manifest(&found) {
+            let mounted = Dataset::from_manifest(&text)
+                .map_err(|e| Error::Snapshot { name: name.clone(), message: e.to_string() })?;
+            ctx.lakes
+                .allowed(&namespace, &mounted.spec.storage)
+                .map_err(|message| Error::LakeNotAllowed { uri: mounted.spec.storage.lake_uri.clone(), message })?;
+        }
         if let Some(frozen) = frozen
             && held.as_deref() != Some(frozen)
         {
@@ -1799,6 +1822,7 @@ mod tests {
             blocker: case.blocker,
             recorded: case.recorded,
             lake_error: case.lake_error.map(str::to_owned),
+            lake_refused: false,
             contract_hash: Some(CONTRACT_HASH.into()),
             launch_error: case.launch_error.map(str::to_owned),
             contract_lost: case.contract_lost.map(str::to_owned),
@@ -1857,6 +1881,7 @@ mod tests {
                 blocker: None,
                 recorded: None,
                 lake_error: None,
+                lake_refused: false,
                 contract_hash: None,
                 launch_error: None,
                 contract_lost: None,
