@@ -31,6 +31,8 @@ pub struct PromoteArgs {
     pub rejected_by: Option<String>,
     pub reason: String,
     pub promotion: Option<String>,
+    /// Commit again although the audit log records this very request as committed (`--again`).
+    pub again: bool,
 }
 
 /// What a `promote` invocation ended with.
@@ -98,11 +100,17 @@ pub fn promote(args: &PromoteArgs, handle: &Handle, hooks: &Hooks) -> Result<Pro
     };
     match (&args.approved_by, &args.rejected_by) {
         (Some(approved_by), None) => {
-            let request =
-                PromoteRequest { target, approved_by: approved_by.clone(), reason: args.reason.clone(), promotion };
+            let request = PromoteRequest {
+                target,
+                approved_by: approved_by.clone(),
+                reason: args.reason.clone(),
+                promotion,
+                again: args.again,
+            };
             let outcome = handle.block_on(silverline_lake::promote(&lake, &dataset, &request, hooks))?;
             Ok(PromoteResult::Promoted { dataset: name, outcome: Box::new(outcome) })
         }
+        (None, Some(_)) if args.again => Err(Error::Usage("--again is for a promotion, not a rejection".into())),
         (None, Some(rejected_by)) => {
             let audit_key = handle.block_on(silverline_lake::promotion::reject(
                 &lake,

@@ -362,7 +362,21 @@ fn appending_keys_already_current_is_refused_with_the_count_and_a_run_twice_as_a
     let out = lake.approve(&["r3"], "append");
     assert_eq!(out.code, 6, "{}", out.stderr);
     assert!(out.stderr.contains("key_collision") && out.stderr.contains("5 row(s)"), "{}", out.stderr);
+    // The same request again is answered from the audit log; promoted again on purpose, the gate refuses it.
     let out = lake.approve(&["r1"], "append");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("already promoted as version 1"), "{}", out.stdout);
+    let out = lake.promote(&[
+        "--approved-by",
+        "jane",
+        "--reason",
+        "reviewed",
+        "--mode",
+        "append",
+        "--run-id",
+        "r1",
+        "--again",
+    ]);
     assert_eq!(out.code, 6, "{}", out.stderr);
     assert!(out.stderr.contains("already_current"), "{}", out.stderr);
     // The same run may replace its partition, though: the replaced January files do not stay current.
@@ -538,6 +552,88 @@ fn a_promoter_killed_at_any_step_completes_exactly_once_when_repeated() {
         killed_then_repeated(step, Some("team-a/promote-r1/0b7c"));
     }
     killed_then_repeated("pointer", None);
+}
+
+/// A promotion without identity (the CLI's) killed once the pointer had moved; another promotion commits; the
+/// killed one is repeated as the exit-75 text tells.
+fn killed_then_overtaken_then_repeated(step: &str, mode: &str) {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(20..25, 2, 0));
+    let a = ["--run-id", "r1", "--mode", mode, "--approved-by", "jane", "--reason", "feed"];
+    let killed = ran(lake.command("promote", &a).env("SILVERLINE_PROMOTE_CRASH_AFTER", step).output().unwrap());
+    assert_ne!(killed.code, 0, "{step}");
+    assert_eq!(lake.latest()["version"], 1, "{step}");
+    let b = lake.promote(&["--run-id", "r2", "--mode", "append", "--approved-by", "joe", "--reason", "next"]);
+    assert_eq!(b.code, 0, "{step}: {}", b.stderr);
+    assert_eq!(lake.latest()["version"], 2, "{step}");
+    let again = lake.promote(&a);
+    assert_eq!(again.code, 0, "{step} {mode}: {}", again.stderr);
+    assert!(again.stdout.contains("already promoted as version 1"), "{step} {mode}: {}", again.stdout);
+    assert!(again.stdout.contains("--again"), "{step} {mode}: {}", again.stdout);
+    assert_eq!(lake.latest()["version"], 2, "{step} {mode}: r2's version stays current");
+    assert!(!lake.path("silver/transactions/_manifests/3.json").exists(), "{step} {mode}");
+    assert_eq!(
+        manifest_files(&lake.manifest(2)),
+        vec![("r1".into(), JAN.into()), ("r2".into(), FEB.into())],
+        "{step} {mode}"
+    );
+    assert_current_matches_pointer(&lake);
+    assert_eq!(lake.audit_results(), ["promoted", "promoted"], "{step} {mode}: no refusal, no third record");
+}
+
+#[test]
+fn a_repeat_without_identity_after_another_promotion_committed_is_already_promoted_not_applied_again() {
+    for step in ["pointer", "copies", "current"] {
+        killed_then_overtaken_then_repeated(step, "replace-all");
+    }
+    killed_then_overtaken_then_repeated("pointer", "append");
+    killed_then_overtaken_then_repeated("pointer", "replace-partitions");
+}
+
+#[test]
+fn a_repeat_without_identity_of_a_finished_promotion_commits_nothing_unless_asked_again() {
+    // A promoter killed right after its audit record leaves the lake as a finished one does.
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(20..25, 2, 0));
+    for mode in ["replace-all", "replace-partitions"] {
+        let args = ["--run-id", "r1", "--mode", mode, "--approved-by", "jane", "--reason", mode];
+        let first = lake.promote(&args);
+        assert_eq!(first.code, 0, "{mode}: {}", first.stderr);
+        let version = lake.latest()["version"].as_u64().unwrap();
+        let records = lake.audit().len();
+        let again = lake.promote(&args);
+        assert_eq!(again.code, 0, "{mode}: {}", again.stderr);
+        assert!(again.stdout.contains(&format!("already promoted as version {version}")), "{}", again.stdout);
+        assert_eq!(lake.latest()["version"], version, "{mode}: no duplicate version");
+        assert_eq!(lake.audit().len(), records, "{mode}: no new audit record");
+    }
+    // A rollback repeated, too.
+    assert_eq!(lake.approve(&["r2"], "append").code, 0);
+    let restore = ["--restore-version", "1", "--approved-by", "joe", "--reason", "back"];
+    assert_eq!(lake.promote(&restore).code, 0);
+    let version = lake.latest()["version"].as_u64().unwrap();
+    let again = lake.promote(&restore);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.contains(&format!("already promoted as version {version}")), "{}", again.stdout);
+    assert_eq!(lake.latest()["version"], version);
+    // Another approver or reason is another request; --again commits the same one again, on purpose.
+    let args = ["--run-id", "r1", "--mode", "replace-all", "--approved-by", "jane", "--reason", "replace-all"];
+    let out = lake.promote(&[&args[..], &["--again"]].concat());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(lake.latest()["version"], version + 1);
+    assert_eq!(lake.audit_results()[0], "promoted");
+    let other = lake.promote(&["--run-id", "r1", "--mode", "replace-all", "--approved-by", "ann", "--reason", "x"]);
+    assert_eq!(other.code, 0, "{}", other.stderr);
+    assert_eq!(lake.latest()["version"], version + 2);
+    // --again is for the CLI's requests, never a Promotion's or a rejection's.
+    for extra in [&["--again", "--promotion", "ns/p/1"][..], &["--again"][..]] {
+        let mut args = vec!["--run-id", "r1", "--reason", "x"];
+        args.extend(if extra.len() == 1 { ["--rejected-by", "ann"] } else { ["--approved-by", "ann"] });
+        args.extend(extra);
+        assert_eq!(lake.promote(&args).code, 2, "{args:?}");
+    }
 }
 
 #[test]
