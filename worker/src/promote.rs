@@ -147,8 +147,20 @@ fn version(value: Option<u64>) -> String {
 pub fn history_table(history: &History) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let current = history.current_version.map_or_else(|| "none (nothing promoted yet)".to_owned(), |v| v.to_string());
+    let pointer_unreadable = silverline_lake::DatasetLayout::new(&history.dataset)
+        .is_ok_and(|layout| history.problems.iter().any(|p| p.key == layout.latest()));
+    let current = match history.current_version {
+        Some(v) => v.to_string(),
+        None if pointer_unreadable => "unknown (_LATEST.json cannot be read: see PROBLEMS)".to_owned(),
+        None => "none (nothing promoted yet)".to_owned(),
+    };
     let _ = writeln!(out, "dataset {}: current version {current}", history.dataset);
+    if !history.problems.is_empty() {
+        let _ = writeln!(out, "\nPROBLEMS (objects that cannot be read, skipped below)");
+        for p in &history.problems {
+            let _ = writeln!(out, "{}: {}", p.key, p.error);
+        }
+    }
     let _ = writeln!(out, "\nVERSIONS (newest first)");
     let _ = writeln!(
         out,

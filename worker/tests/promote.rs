@@ -666,6 +666,67 @@ fn history_lists_runs_versions_and_the_audit_log_newest_first() {
 }
 
 #[test]
+fn one_unreadable_object_is_skipped_and_reported_not_allowed_to_stop_promote_or_history() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(20..25, 2, 0));
+    assert_eq!(lake.approve(&["r1"], "append").code, 0);
+    // An audit record cut short (or edited by hand) is skipped by promote.
+    let bad_record = "audit/transactions/20991231T000000.000000Z-promoted-cut.json";
+    std::fs::write(lake.path(bad_record), br#"{"format": 1, "dataset": "transac"#).unwrap();
+    let out = lake.approve(&["r2"], "append");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains(bad_record), "the skipped record is named: {}", out.stderr);
+    assert_eq!(lake.latest()["version"], 2);
+    // A damaged manifest, a _SUCCESS that is not JSON and one of another run id: history goes on and lists them.
+    let bad_manifest = "silver/transactions/_manifests/7.json";
+    std::fs::write(lake.path(bad_manifest), b"{").unwrap();
+    for (run, body) in
+        [("garbled", b"not json".to_vec()), ("copied", std::fs::read(success_path(&lake, "r1")).unwrap())]
+    {
+        let dir = run_dir(&lake.lake, "silver", run);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("_SUCCESS"), body).unwrap();
+    }
+    let out = ran(lake.command("history", &["--format", "json"]).output().unwrap());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let history: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(history["current_version"], 2);
+    assert_eq!(history["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(history["audit"].as_array().unwrap().len(), 2);
+    let runs: Vec<&str> = history["runs"].as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap()).collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let problems = history["problems"].as_array().unwrap();
+    let problem = |key: &str| {
+        let found = problems.iter().find(|p| p["key"] == key);
+        found.unwrap_or_else(|| panic!("{key} in {problems:?}"))["error"].as_str().unwrap().to_owned()
+    };
+    assert!(problem(bad_record).contains("not a valid audit record"));
+    assert!(problem(bad_manifest).contains("not a valid manifest"));
+    assert!(problem("silver/transactions/schema_v=v1/run_id=garbled").contains("_SUCCESS is not a valid run report"));
+    assert!(problem("silver/transactions/schema_v=v1/run_id=copied").contains("\"r1\""));
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    let out = ran(lake.command("history", &[]).output().unwrap());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("PROBLEMS") && out.stdout.contains(bad_manifest), "{}", out.stdout);
+    // A damaged _LATEST.json: history says so and goes on; promote stops, naming it.
+    std::fs::write(lake.path("silver/transactions/_LATEST.json"), b"{\"format\": 1,").unwrap();
+    let out = ran(lake.command("history", &[]).output().unwrap());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("current version unknown"), "{}", out.stdout);
+    assert!(out.stdout.contains("silver/transactions/_LATEST.json:"), "{}", out.stdout);
+    assert!(out.stdout.contains("r2 "), "the runs are still listed: {}", out.stdout);
+    lake.ok_run("r3", &csv(30..33, 3, 0));
+    let out = lake.approve(&["r3"], "append");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("silver/transactions/_LATEST.json is not a valid _LATEST.json"), "{}", out.stderr);
+}
+
+fn success_path(lake: &Lake, run_id: &str) -> PathBuf {
+    run_dir(&lake.lake, "silver", run_id).join("_SUCCESS")
+}
+
+#[test]
 fn promote_usage_errors_exit_2() {
     let lake = Lake::new();
     for args in [
