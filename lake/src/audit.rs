@@ -38,7 +38,8 @@ impl AuditResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunMetrics {
     pub run_id: String,
-    /// What the lake holds: `committed`, `quality_failed`, `circuit_breaker`, `unfinished`, `missing`.
+    /// What the lake holds: `committed`, `quality_failed`, `circuit_breaker`, `unfinished`, `missing`, or
+    /// `inconsistent` (a marker that is not a valid run report, or is of another run id).
     pub state: String,
     pub input_rows: Option<u64>,
     pub valid_rows: Option<u64>,

@@ -423,7 +423,17 @@ fn record_is_this_request(record: &AuditRecord, request: &PromoteRequest) -> boo
 async fn metrics_of(lake: &Lake, rules: &GateRules, run_ids: &[String]) -> Result<Vec<RunMetrics>> {
     let mut metrics = Vec::new();
     for run_id in run_ids {
-        let found = lake.find_run(&rules.dataset, &rules.schema_version, run_id).await?;
+        let found = match lake.find_run(&rules.dataset, &rules.schema_version, run_id).await {
+            Ok(found) => found,
+            // A marker that is not a valid run report (or is of another run id) has no metrics to show; the gate
+            // refuses such a run, and a rejection of it is still recorded.
+            Err(e) if e.is_unreadable_document() => {
+                tracing::warn!(run_id = %run_id, error = %e, "a run's marker cannot be read; no metrics");
+                metrics.push(RunMetrics::of(run_id, "inconsistent", None));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let report = match &found {
             crate::RunFinding::Success { report, .. } | crate::RunFinding::QualityReport { report, .. } => {
                 Some(report.as_ref())

@@ -284,6 +284,54 @@ impl TapMkdir for PathBuf {
 }
 
 #[test]
+fn a_success_that_is_not_a_report_of_its_run_is_refused_as_success_marker_and_audited() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("good", &csv(50..60, 2, 0));
+    let r1 = std::fs::read(run_dir(&lake.lake, "silver", "r1").join("_SUCCESS")).unwrap();
+    for (run, body, problem) in [
+        ("garbled", b"{\"outcome\": \"succ".to_vec(), "is not a valid run report"),
+        ("copied", r1, "the report is of run id \"r1\", expected \"copied\""),
+    ] {
+        let dir = run_dir(&lake.lake, "silver", run);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("_SUCCESS"), body).unwrap();
+        let out = lake.approve(&["good", run], "append");
+        assert_eq!(out.code, 6, "{run}: {}", out.stderr);
+        let key = format!("silver/transactions/schema_v=v1/run_id={run}/_SUCCESS");
+        assert!(out.stderr.contains("success_marker") && out.stderr.contains(&key), "{run}: {}", out.stderr);
+        assert!(out.stderr.contains(problem), "{run}: {}", out.stderr);
+        let record = &lake.audit()[0];
+        assert_eq!(record["result"], "refused", "{run}");
+        assert_eq!(record["failed_checks"][0]["check"], "success_marker", "{run}");
+        assert!(record["failed_checks"][0]["message"].as_str().unwrap().contains(&key), "{run}: {record}");
+        assert_eq!(record["metrics"][1]["state"], "inconsistent", "{run}");
+        // Such a run can still be rejected.
+        let out = lake.promote(&["--run-id", run, "--rejected-by", "ann", "--reason", "damaged"]);
+        assert_eq!(out.code, 0, "{run}: {}", out.stderr);
+        assert_eq!(lake.audit()[0]["metrics"][0]["state"], "inconsistent", "{run}");
+    }
+    assert!(!lake.path("silver/transactions/_LATEST.json").exists(), "nothing moved");
+}
+
+#[test]
+fn a_runs_files_are_taken_only_from_the_schema_directory_its_success_lies_in() {
+    // r9's _SUCCESS moved under schema_v=v2 (its claim gone from v1) still names schema v1 and r9's files there:
+    // found under v2, it may not pull in files from schema_v=v1.
+    let lake = Lake::new();
+    lake.ok_run("r9", &csv(0..10, 1, 0));
+    let v1 = run_dir(&lake.lake, "silver", "r9");
+    let v2 = lake.path("silver/transactions/schema_v=v2/run_id=r9").tap_mkdir();
+    std::fs::rename(v1.join("_SUCCESS"), v2.join("_SUCCESS")).unwrap();
+    std::fs::remove_file(v1.join("_RUN.json")).unwrap();
+    let out = lake.approve(&["r9"], "append");
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("file_location") && out.stderr.contains("schema_v=v2"), "{}", out.stderr);
+    assert!(out.stderr.contains("success_marker"), "{}", out.stderr);
+    assert!(!lake.path("silver/transactions/_LATEST.json").exists(), "nothing moved");
+}
+
+#[test]
 fn a_data_file_altered_after_success_is_refused_file_integrity() {
     let lake = Lake::new();
     lake.ok_run("r1", &csv(0..10, 1, 0));
