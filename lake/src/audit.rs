@@ -6,7 +6,7 @@ use crate::layout::DatasetLayout;
 use crate::plan::Change;
 use crate::pointer::PromotionRef;
 use crate::store::Lake;
-use crate::{Result, StorageErrorKind};
+use crate::{Problem, Result, StorageErrorKind};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use silverline_crds::PromotionMode;
@@ -38,7 +38,8 @@ impl AuditResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunMetrics {
     pub run_id: String,
-    /// What the lake holds: `committed`, `quality_failed`, `circuit_breaker`, `unfinished`, `missing`.
+    /// What the lake holds: `committed`, `quality_failed`, `circuit_breaker`, `unfinished`, `missing`, or
+    /// `inconsistent` (a marker that is not a valid run report, or is of another run id).
     pub state: String,
     pub input_rows: Option<u64>,
     pub valid_rows: Option<u64>,
@@ -146,8 +147,18 @@ pub async fn write(lake: &Lake, record: &AuditRecord) -> Result<String> {
     }
 }
 
-/// Every audit record of a dataset, newest first.
-pub async fn list(lake: &Lake, dataset: &str) -> Result<Vec<AuditRecord>> {
+/// The audit log as read: the records, newest first, and the ones that could not be parsed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditLog {
+    pub records: Vec<AuditRecord>,
+    /// Records skipped because they are not valid audit records (each logged as a warning with its key).
+    pub problems: Vec<Problem>,
+}
+
+/// Reads every audit record of a dataset, newest first. One that is not a valid audit record (edited by hand, a
+/// write cut short by a store without atomic puts) is skipped and reported, not allowed to stop every reader of
+/// the log; a storage failure still fails the read (a record that was not read could be the one looked for).
+pub async fn read_log(lake: &Lake, dataset: &str) -> Result<AuditLog> {
     let layout = DatasetLayout::new(dataset)?;
     let mut keys: Vec<String> = lake
         .list(&lake.path(&layout.audit()))
@@ -157,14 +168,25 @@ pub async fn list(lake: &Lake, dataset: &str) -> Result<Vec<AuditRecord>> {
         .filter(|key| key.ends_with(".json") && !key.rsplit('/').next().unwrap_or("").starts_with('.'))
         .collect();
     keys.sort_unstable_by(|a, b| b.cmp(a));
-    let mut records = Vec::with_capacity(keys.len());
+    let mut log = AuditLog { records: Vec::with_capacity(keys.len()), problems: Vec::new() };
     for key in keys {
-        if let Some(mut record) = lake.read_json::<AuditRecord>(&lake.path(&key), "audit record").await? {
-            record.key = key;
-            records.push(record);
+        match lake.read_json::<AuditRecord>(&lake.path(&key), "audit record").await {
+            Ok(Some(mut record)) => {
+                record.key = key;
+                log.records.push(record);
+            }
+            Ok(None) => {}
+            Err(e) if e.is_unreadable_document() => log.problems.push(Problem::skipped(key, &e, "an audit record")),
+            Err(e) => return Err(e),
         }
     }
-    Ok(records)
+    Ok(log)
+}
+
+/// Every valid audit record of a dataset, newest first; records that cannot be parsed are skipped (and logged
+/// as warnings with their keys; [`read_log`] returns them).
+pub async fn list(lake: &Lake, dataset: &str) -> Result<Vec<AuditRecord>> {
+    Ok(read_log(lake, dataset).await?.records)
 }
 
 /// A record with the fields every result shares; the caller fills in the rest.
@@ -217,5 +239,34 @@ mod tests {
         assert_eq!(listed[0].result, AuditResult::Promoted);
         let again = lake.put_if_absent(&lake.path(&k1), Bytes::from_static(b"{}")).await;
         assert_eq!(again.map_err(|e| e.kind), Err(StorageErrorKind::AlreadyExists));
+    }
+
+    #[tokio::test]
+    async fn a_record_that_cannot_be_parsed_is_skipped_and_reported_by_its_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(dir.path().to_str().expect("utf-8"), &StoreOptions::default(), OpenOptions::WRITER)
+            .expect("open");
+        let mut good = record("tx", AuditResult::Promoted, "ok", &["r1".into()]);
+        good.time = "2024-01-01T00:00:00Z".into();
+        let good_key = write(&lake, &good).await.expect("write");
+        for (name, body) in [
+            ("20240102T000000.000000Z-promoted-cut.json", &b"{\"format\": 1, \"dat"[..]),
+            ("20240103T000000.000000Z-promoted-edited.json", &b"{\"format\": 1, \"dataset\": \"tx\"}"[..]),
+        ] {
+            let key = lake.path(&format!("audit/tx/{name}"));
+            lake.put_if_absent(&key, Bytes::copy_from_slice(body)).await.expect("put");
+        }
+        let listed = list(&lake, "tx").await.expect("one bad record does not stop the log");
+        assert_eq!(listed.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), [good_key.as_str()]);
+        let log = read_log(&lake, "tx").await.expect("read");
+        let problems: Vec<&str> = log.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            problems,
+            [
+                "audit/tx/20240103T000000.000000Z-promoted-edited.json",
+                "audit/tx/20240102T000000.000000Z-promoted-cut.json"
+            ]
+        );
+        assert!(log.problems[0].error.contains("is not a valid audit record"), "{:?}", log.problems);
     }
 }

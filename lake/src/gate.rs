@@ -3,7 +3,7 @@
 //!
 //! | check | refuses |
 //! |---|---|
-//! | `success_marker` | a run without `_SUCCESS` (quality-failed, circuit breaker, unfinished, missing), or whose `_SUCCESS` is of another run or dataset |
+//! | `success_marker` | a run without `_SUCCESS` (quality-failed, circuit breaker, unfinished, missing), or whose `_SUCCESS` is not a valid run report, is of another run or dataset, or names another schema version than the `schema_v=` directory it lies in |
 //! | `file_location` | a silver file in `_SUCCESS` that lies outside that run's own prefix (a tampered `_SUCCESS` must not pull in other objects) |
 //! | `file_integrity` | a listed silver file that is missing or whose size or SHA-256 differs (bytes streamed, never buffered whole) |
 //! | `quarantine_rate` | a run whose quarantine rate is above the Dataset's `quality.maxQuarantineRate` |
@@ -187,19 +187,21 @@ pub fn check_report(rules: &GateRules, run_id: &str, report: &RunReport) -> Vec<
     failures
 }
 
-/// The run's silver files as manifest entries, each checked to lie inside the run's own prefix (pure). A
-/// `_SUCCESS` names files by URI; `lake_uris` are the roots it may be relative to (the one recorded in the
+/// The run's silver files as manifest entries, each checked to lie inside the run's own prefix (pure): the
+/// directory `schema_v={schema_v}/run_id={run_id}` its `_SUCCESS` was found in, whatever schema the report names.
+/// A `_SUCCESS` names files by URI; `lake_uris` are the roots it may be relative to (the one recorded in the
 /// report, and the lake's URI today).
 pub fn run_files(
     rules: &GateRules,
     run_id: &str,
+    schema_v: &str,
     report: &RunReport,
     lake_uris: &[&str],
 ) -> Result<Vec<ManifestFile>, GateFailure> {
     let layout =
         DatasetLayout::new(&rules.dataset).map_err(|e| GateFailure::new(Check::FileLocation, e.to_string()))?;
     let prefix = layout
-        .run_prefix(Area::Silver, &report.schema_v, run_id)
+        .run_prefix(Area::Silver, schema_v, run_id)
         .map_err(|e| GateFailure::new(Check::FileLocation, format!("run {run_id}: {e}")))?;
     let outside = |key: &str| {
         GateFailure::new(Check::FileLocation, format!("run {run_id}: {key} lies outside the run's prefix {prefix}/"))
@@ -420,7 +422,15 @@ pub async fn review_runs(
     let mut review = Review::default();
     let lake_uri = lake.uri.clone();
     for run_id in run_ids {
-        let finding = find_run_any_schema(lake, rules, run_id).await?;
+        let Located { schema, finding } = find_run_any_schema(lake, rules, run_id).await?;
+        let finding = match finding {
+            Ok(finding) => finding,
+            Err(e) => {
+                review.metrics.push(RunMetrics::of(run_id, "inconsistent", None));
+                review.failures.push(GateFailure::new(Check::SuccessMarker, format!("run {run_id}: {e}")));
+                continue;
+            }
+        };
         let report = match &finding {
             RunFinding::Success { report, .. } => Some(report.as_ref()),
             RunFinding::QualityReport { report, .. } => Some(report.as_ref()),
@@ -428,9 +438,18 @@ pub async fn review_runs(
         };
         review.metrics.push(RunMetrics::of(run_id, finding.state(), report));
         match &finding {
-            RunFinding::Success { report, .. } => {
+            RunFinding::Success { report, uri } => {
                 review.failures.extend(check_report(rules, run_id, report));
-                match run_files(rules, run_id, report, &[report.lake_uri.as_str(), lake_uri.as_str()]) {
+                if report.schema_v != schema {
+                    review.failures.push(GateFailure::new(
+                        Check::SuccessMarker,
+                        format!(
+                            "run {run_id}: {uri} lies under schema_v={schema} but names schema {}",
+                            report.schema_v
+                        ),
+                    ));
+                }
+                match run_files(rules, run_id, &schema, report, &[report.lake_uri.as_str(), lake_uri.as_str()]) {
                     Ok(files) => review.files.extend(files),
                     Err(failure) => review.failures.push(failure),
                 }
@@ -476,11 +495,26 @@ pub async fn review_runs(
     Ok(review)
 }
 
+/// One run id as the gate found it: the `schema_v=` directory it lies in (the Dataset's when nothing was found),
+/// and its markers — or, when one of them cannot be trusted (not a valid run report, or of another run id), why.
+struct Located {
+    schema: String,
+    finding: Result<RunFinding>,
+}
+
 /// Looks for a run under the Dataset's schema version, then under any other one (so that a run of an older
-/// schema is refused by `schema_version`, not reported missing).
-async fn find_run_any_schema(lake: &Lake, rules: &GateRules, run_id: &str) -> Result<RunFinding> {
-    let found = lake.find_run(&rules.dataset, &rules.schema_version, run_id).await?;
-    if found != RunFinding::Nothing {
+/// schema is refused by `schema_version`, not reported missing). A marker that cannot be trusted is a finding for
+/// the gate to refuse (`success_marker`), not an error of the promotion; a storage failure is.
+async fn find_run_any_schema(lake: &Lake, rules: &GateRules, run_id: &str) -> Result<Located> {
+    let find = |schema: String| async move {
+        match lake.find_run(&rules.dataset, &schema, run_id).await {
+            Ok(finding) => Ok(Located { schema, finding: Ok(finding) }),
+            Err(e) if e.is_unreadable_document() => Ok(Located { schema, finding: Err(e) }),
+            Err(e) => Err(e),
+        }
+    };
+    let found = find(rules.schema_version.clone()).await?;
+    if !matches!(found.finding, Ok(RunFinding::Nothing)) {
         return Ok(found);
     }
     let layout = DatasetLayout::new(&rules.dataset)?;
@@ -492,12 +526,12 @@ async fn find_run_any_schema(lake: &Lake, rules: &GateRules, run_id: &str) -> Re
         if schema == rules.schema_version || silverline_crds::names::check_schema_version(&schema).is_err() {
             continue;
         }
-        let other = lake.find_run(&rules.dataset, &schema, run_id).await?;
-        if other != RunFinding::Nothing {
+        let other = find(schema).await?;
+        if !matches!(other.finding, Ok(RunFinding::Nothing)) {
             return Ok(other);
         }
     }
-    Ok(RunFinding::Nothing)
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -602,10 +636,10 @@ mod tests {
     fn only_files_inside_the_runs_own_prefix_are_accepted() {
         let run = "file:///lake/silver/tx/schema_v=v1/run_id=r1";
         let good = format!("{run}/year=2024/month=01/part-00000.parquet");
-        let files = run_files(&rules(), "r1", &report("r1", &[&good]), &["file:///lake"]).expect("inside");
+        let files = run_files(&rules(), "r1", "v1", &report("r1", &[&good]), &["file:///lake"]).expect("inside");
         assert_eq!(files[0].key, "silver/tx/schema_v=v1/run_id=r1/year=2024/month=01/part-00000.parquet");
         assert_eq!(files[0].partition, "year=2024/month=01");
-        let moved = run_files(&rules(), "r1", &report("r1", &[&good]), &["file:///elsewhere", "file:///lake/"]);
+        let moved = run_files(&rules(), "r1", "v1", &report("r1", &[&good]), &["file:///elsewhere", "file:///lake/"]);
         assert!(moved.is_ok(), "the lake's URI today is accepted too");
         for bad in [
             "file:///lake/silver/tx/schema_v=v1/run_id=r2/year=2024/month=01/part-00000.parquet",
@@ -617,9 +651,13 @@ mod tests {
             "s3://bucket/silver/tx/schema_v=v1/run_id=r1/year=2024/month=01/part-00000.parquet",
             "file:///lake/silver/tx/schema_v=v1/run_id=r1/year=2024/month=01/sub/part-00000.parquet",
         ] {
-            let got = run_files(&rules(), "r1", &report("r1", &[bad]), &["file:///lake"]);
+            let got = run_files(&rules(), "r1", "v1", &report("r1", &[bad]), &["file:///lake"]);
             assert_eq!(got.map_err(|f| f.check), Err(Check::FileLocation), "{bad}");
         }
+        // The prefix is the directory the _SUCCESS lies in, not the schema it names: one found under schema_v=v2
+        // that names v1 cannot pull in the files of run r1 under schema_v=v1.
+        let got = run_files(&rules(), "r1", "v2", &report("r1", &[&good]), &["file:///lake"]);
+        assert_eq!(got.map_err(|f| f.check), Err(Check::FileLocation));
     }
 
     #[test]

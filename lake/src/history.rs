@@ -1,14 +1,16 @@
 //! A dataset's history as one read: its runs (from the markers each left, and whether each is part of current),
 //! its versions (from `_manifests/` and the audit log: who promoted what, how, why and when) and the current
-//! version. Newest first. Read-only.
+//! version. Newest first. Read-only. An object that cannot be read as what it should be (an audit record, a
+//! manifest, a run's marker, `_LATEST.json`) is skipped and listed in `problems` with its key: one damaged object
+//! must not hide the rest of the history from the person looking for what went wrong.
 
-use crate::Result;
 use crate::audit::{self, AuditRecord, AuditResult};
 use crate::layout::{Area, DatasetLayout, RUN_CLAIM};
 use crate::manifest::Manifest;
 use crate::pointer::{PromotionRef, read_latest};
 use crate::runs::RunFinding;
 use crate::store::Lake;
+use crate::{Problem, Result};
 use serde::Serialize;
 use silverline_crds::PromotionMode;
 use std::collections::BTreeSet;
@@ -58,9 +60,16 @@ pub struct History {
     pub versions: Vec<VersionEntry>,
     /// Every audit record, newest first (including rejections and refusals).
     pub audit: Vec<AuditRecord>,
+    /// Objects skipped because they cannot be read (key and error), each also logged as a warning.
+    pub problems: Vec<Problem>,
 }
 
-async fn runs(lake: &Lake, layout: &DatasetLayout, current_runs: &BTreeSet<String>) -> Result<Vec<RunEntry>> {
+async fn runs(
+    lake: &Lake,
+    layout: &DatasetLayout,
+    current_runs: &BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) -> Result<Vec<RunEntry>> {
     let mut entries = Vec::new();
     let (schemas, _) = lake.list_dir(&lake.path(&layout.area(Area::Silver))).await?;
     for schema_dir in schemas {
@@ -78,7 +87,16 @@ async fn runs(lake: &Lake, layout: &DatasetLayout, current_runs: &BTreeSet<Strin
             if silverline_crds::names::check_run_id(&run_id).is_err() {
                 continue;
             }
-            let found = lake.find_run(layout.dataset(), &schema, &run_id).await?;
+            let found = match lake.find_run(layout.dataset(), &schema, &run_id).await {
+                Ok(found) => found,
+                // A marker that is not valid JSON of a run report, or is of another run id.
+                Err(e) if e.is_unreadable_document() => {
+                    let key = layout.run_prefix(Area::Silver, &schema, &run_id)?;
+                    problems.push(Problem::skipped(key, &e, "a run's marker"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let report = match &found {
                 RunFinding::Success { report, .. } | RunFinding::QualityReport { report, .. } => Some(report.as_ref()),
                 _ => None,
@@ -118,16 +136,29 @@ async fn runs(lake: &Lake, layout: &DatasetLayout, current_runs: &BTreeSet<Strin
 /// Reads the dataset's history.
 pub async fn history(lake: &Lake, dataset: &str) -> Result<History> {
     let layout = DatasetLayout::new(dataset)?;
-    let latest = read_latest(lake, dataset).await?.map(|(p, _)| p);
-    let audit = audit::list(lake, dataset).await?;
+    let mut problems = Vec::new();
+    let latest = match read_latest(lake, dataset).await {
+        Ok(latest) => latest.map(|(p, _)| p),
+        Err(e) if e.is_unreadable_document() => {
+            problems.push(Problem::skipped(layout.latest(), &e, "the promotion pointer"));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let audit_log = audit::read_log(lake, dataset).await?;
+    problems.extend(audit_log.problems);
+    let audit = audit_log.records;
     let mut manifests = Vec::new();
     for meta in lake.list(&lake.path(&layout.manifests())).await? {
         let Some(name) = meta.location.filename() else { continue };
         let Some(version) = name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) else { continue };
-        if let Some(manifest) = lake.read_json::<Manifest>(&meta.location, "manifest").await?
-            && manifest.version == version
-        {
-            manifests.push(manifest);
+        match lake.read_json::<Manifest>(&meta.location, "manifest").await {
+            Ok(Some(manifest)) if manifest.version == version => manifests.push(manifest),
+            Ok(_) => {}
+            Err(e) if e.is_unreadable_document() => {
+                problems.push(Problem::skipped(layout.manifest(version), &e, "a manifest"));
+            }
+            Err(e) => return Err(e),
         }
     }
     manifests.sort_by_key(|m| std::cmp::Reverse(m.version));
@@ -170,11 +201,6 @@ pub async fn history(lake: &Lake, dataset: &str) -> Result<History> {
             }
         })
         .collect();
-    Ok(History {
-        dataset: dataset.to_owned(),
-        current_version,
-        runs: runs(lake, &layout, &current_runs).await?,
-        versions,
-        audit,
-    })
+    let runs = runs(lake, &layout, &current_runs, &mut problems).await?;
+    Ok(History { dataset: dataset.to_owned(), current_version, runs, versions, audit, problems })
 }

@@ -47,6 +47,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the object was read but is not what it should be (not valid JSON of its kind, or inconsistent with
+    /// where it lies): a reader of many objects can skip it and report it. A storage failure is not: a store that
+    /// did not answer says nothing about the object.
+    pub fn is_unreadable_document(&self) -> bool {
+        matches!(self, Error::Format { .. } | Error::Inconsistent { .. })
+    }
+
     /// The storage kind, when the error came from the store.
     pub fn storage_kind(&self) -> Option<StorageErrorKind> {
         match self {
@@ -57,6 +64,23 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An object a reader of many objects (the audit log, `history`) skipped because it cannot be read as what it
+/// should be: its lake-relative key and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub key: String,
+    pub error: String,
+}
+
+impl Problem {
+    /// Logs the problem (a warning naming the key and `what` it is) and returns it.
+    pub fn skipped(key: impl Into<String>, error: &Error, what: &str) -> Problem {
+        let key = key.into();
+        tracing::warn!(key = %key, error = %error, "{what} cannot be read; skipped");
+        Problem { key, error: error.to_string() }
+    }
+}
 
 /// Now, as RFC 3339 UTC with microseconds: the time format of every promotion document.
 pub fn now_rfc3339() -> String {

@@ -2,7 +2,9 @@
 //! person's approval. The commit, in this order:
 //!
 //! 1. read `_LATEST.json` and the version it was read at; finish a promotion that this request already made
-//!    (same `Promotion` identity), and bring `current/` up to the pointer if it lags;
+//!    (same `Promotion` identity; without one, the same target, approver and reason), or answer "already
+//!    promoted" when the audit log records it as committed (unless `again`), and bring `current/` up to the
+//!    pointer if it lags;
 //! 2. the gate ([`crate::gate`]); a refusal writes a `refused` audit record and moves nothing;
 //! 3. plan the next file set ([`crate::plan`]) and write manifest `N` create-only (if `N.json` exists — an
 //!    orphan of a promoter that crashed before step 4 — it is reused when it describes the same change,
@@ -51,6 +53,9 @@ pub struct PromoteRequest {
     pub reason: String,
     /// The Kubernetes `Promotion` this is, so a repeat is recognised (`--promotion NAMESPACE/NAME/UID`).
     pub promotion: Option<PromotionRef>,
+    /// Without `promotion` only: commit again although the audit log records this very request (same target,
+    /// approver and reason) as committed (`--again`). Without it, such a request is answered "already promoted".
+    pub again: bool,
 }
 
 /// A step of the commit, for test hooks that stop the process there.
@@ -175,6 +180,11 @@ fn validate(request: &PromoteRequest) -> Result<(), PromoteError> {
     }
     if let Target::Restore { version: 0 } = request.target {
         return Err(PromoteError::Usage("versions start at 1".into()));
+    }
+    if request.again && request.promotion.is_some() {
+        return Err(PromoteError::Usage(
+            "--again is for a promotion without --promotion: a Kubernetes Promotion is committed once".into(),
+        ));
     }
     Ok(())
 }
@@ -382,10 +392,48 @@ fn pointer_is_this_request(pointer: &LatestPointer, request: &PromoteRequest) ->
         && pointer.reason == request.reason
 }
 
+/// Whether an audit record is the commit of this very request: by `Promotion` identity when there is one;
+/// otherwise a record without identity of the same target (runs and mode, or restored version), approver and
+/// reason — the local command repeated after its promoter was killed once the pointer had moved (its record
+/// written by itself or by the next promotion, which may have moved the pointer on since).
+fn record_is_this_request(record: &AuditRecord, request: &PromoteRequest) -> bool {
+    if !matches!(record.result, AuditResult::Promoted | AuditResult::RolledBack) {
+        return false;
+    }
+    if let Some(id) = &request.promotion {
+        return record.promotion.as_ref() == Some(id);
+    }
+    let same_target = match &request.target {
+        Target::Runs { run_ids, mode } => {
+            record.result == AuditResult::Promoted
+                && &record.runs == run_ids
+                && record.mode == Some(*mode)
+                && record.restore_version.is_none()
+        }
+        Target::Restore { version } => {
+            record.result == AuditResult::RolledBack && record.restore_version == Some(*version)
+        }
+    };
+    record.promotion.is_none()
+        && same_target
+        && record.approved_by.as_deref() == Some(request.approved_by.as_str())
+        && record.reason == request.reason
+}
+
 async fn metrics_of(lake: &Lake, rules: &GateRules, run_ids: &[String]) -> Result<Vec<RunMetrics>> {
     let mut metrics = Vec::new();
     for run_id in run_ids {
-        let found = lake.find_run(&rules.dataset, &rules.schema_version, run_id).await?;
+        let found = match lake.find_run(&rules.dataset, &rules.schema_version, run_id).await {
+            Ok(found) => found,
+            // A marker that is not a valid run report (or is of another run id) has no metrics to show; the gate
+            // refuses such a run, and a rejection of it is still recorded.
+            Err(e) if e.is_unreadable_document() => {
+                tracing::warn!(run_id = %run_id, error = %e, "a run's marker cannot be read; no metrics");
+                metrics.push(RunMetrics::of(run_id, "inconsistent", None));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let report = match &found {
             crate::RunFinding::Success { report, .. } | crate::RunFinding::QualityReport { report, .. } => {
                 Some(report.as_ref())
@@ -623,29 +671,29 @@ pub async fn promote(
                 r.version_after == Some(pointer.version)
                     && matches!(r.result, AuditResult::Promoted | AuditResult::RolledBack)
             });
-            // Without an identity, a pointer that already has its audit record was a finished promotion of an
-            // identical request: that is a new promotion, not a repeat.
+            // Without an identity, a pointer that already has its audit record is a finished promotion of an
+            // identical request: the audit log answers for it below (or, with `again`, it is promoted again).
             if request.promotion.is_some() || !has_record {
                 return Ok(finish_committed(lake, &rules, &layout, pointer, request, hooks).await?);
             }
         }
-        if let Some(id) = &request.promotion {
-            let done = audit::list(lake, &rules.dataset).await?.into_iter().find(|r| {
-                r.promotion.as_ref() == Some(id) && matches!(r.result, AuditResult::Promoted | AuditResult::RolledBack)
+        // Already committed by this request (its Promotion identity; without one, an identical request) and
+        // recorded? Then say so instead of committing it again — however many promotions came since.
+        if !request.again
+            && let Some(record) =
+                audit::list(lake, &rules.dataset).await?.into_iter().find(|r| record_is_this_request(r, request))
+        {
+            repair_current(lake, &rules.dataset, hooks).await?;
+            return Ok(PromoteOutcome {
+                already_promoted: true,
+                result: record.result,
+                version_before: record.version_before,
+                version_after: record.version_after.unwrap_or_default(),
+                change: record.change.unwrap_or_default(),
+                metrics: record.metrics,
+                retries,
+                audit_key: Some(record.key),
             });
-            if let Some(record) = done {
-                repair_current(lake, &rules.dataset, hooks).await?;
-                return Ok(PromoteOutcome {
-                    already_promoted: true,
-                    result: record.result,
-                    version_before: record.version_before,
-                    version_after: record.version_after.unwrap_or_default(),
-                    change: record.change.unwrap_or_default(),
-                    metrics: record.metrics,
-                    retries,
-                    audit_key: Some(record.key),
-                });
-            }
         }
         // Repair current/ first if a killed promoter left it behind the pointer.
         let current = match pointer {
@@ -880,7 +928,8 @@ mod tests {
         let target = Target::Restore { version: 1 };
         assert_send(&preview_target(&lake, &dataset, &target));
         assert_send(&preview(&lake, &dataset, &[], PromotionMode::Append));
-        let request = PromoteRequest { target, approved_by: "a".into(), reason: "r".into(), promotion: None };
+        let request =
+            PromoteRequest { target, approved_by: "a".into(), reason: "r".into(), promotion: None, again: false };
         let hooks = Hooks::default();
         assert_send(&promote(&lake, &dataset, &request, &hooks));
         assert_send(&crate::history::history(&lake, "transactions"));

@@ -90,6 +90,10 @@ struct PromoteCli {
     /// The Kubernetes Promotion this is (NAMESPACE/NAME/UID): a repeat of it only catches up.
     #[arg(long, value_name = "NS/NAME/UID")]
     promotion: Option<String>,
+    /// Commit again, as a new version, a request (same runs and mode, or restore version; approver; reason) that
+    /// the audit log records as committed; without it such a repeat says "already promoted as version N".
+    #[arg(long, conflicts_with_all = ["promotion", "rejected_by"])]
+    again: bool,
 }
 
 fn parse_mode(text: &str) -> Result<PromotionMode, String> {
@@ -409,6 +413,7 @@ fn execute_promote(cli: &PromoteCli) -> Result<(), Error> {
         rejected_by: cli.rejected_by.clone(),
         reason: cli.reason.clone(),
         promotion: cli.promotion.clone(),
+        again: cli.again,
     };
     match promote(&args, runtime.handle(), &hooks()) {
         Ok(PromoteResult::Promoted { dataset, outcome }) => {
@@ -419,6 +424,9 @@ fn execute_promote(cli: &PromoteCli) -> Result<(), Error> {
                     "already promoted as version {} of dataset {dataset}; current/ and the audit log are caught up",
                     o.version_after
                 );
+                if cli.promotion.is_none() {
+                    println!("  (the same request was committed; to commit it again as a new version, add --again)");
+                }
             } else {
                 println!(
                     "{} dataset {dataset}: version {before} → {}",

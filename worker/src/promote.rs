@@ -31,6 +31,8 @@ pub struct PromoteArgs {
     pub rejected_by: Option<String>,
     pub reason: String,
     pub promotion: Option<String>,
+    /// Commit again although the audit log records this very request as committed (`--again`).
+    pub again: bool,
 }
 
 /// What a `promote` invocation ended with.
@@ -98,11 +100,17 @@ pub fn promote(args: &PromoteArgs, handle: &Handle, hooks: &Hooks) -> Result<Pro
     };
     match (&args.approved_by, &args.rejected_by) {
         (Some(approved_by), None) => {
-            let request =
-                PromoteRequest { target, approved_by: approved_by.clone(), reason: args.reason.clone(), promotion };
+            let request = PromoteRequest {
+                target,
+                approved_by: approved_by.clone(),
+                reason: args.reason.clone(),
+                promotion,
+                again: args.again,
+            };
             let outcome = handle.block_on(silverline_lake::promote(&lake, &dataset, &request, hooks))?;
             Ok(PromoteResult::Promoted { dataset: name, outcome: Box::new(outcome) })
         }
+        (None, Some(_)) if args.again => Err(Error::Usage("--again is for a promotion, not a rejection".into())),
         (None, Some(rejected_by)) => {
             let audit_key = handle.block_on(silverline_lake::promotion::reject(
                 &lake,
@@ -139,8 +147,20 @@ fn version(value: Option<u64>) -> String {
 pub fn history_table(history: &History) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let current = history.current_version.map_or_else(|| "none (nothing promoted yet)".to_owned(), |v| v.to_string());
+    let pointer_unreadable = silverline_lake::DatasetLayout::new(&history.dataset)
+        .is_ok_and(|layout| history.problems.iter().any(|p| p.key == layout.latest()));
+    let current = match history.current_version {
+        Some(v) => v.to_string(),
+        None if pointer_unreadable => "unknown (_LATEST.json cannot be read: see PROBLEMS)".to_owned(),
+        None => "none (nothing promoted yet)".to_owned(),
+    };
     let _ = writeln!(out, "dataset {}: current version {current}", history.dataset);
+    if !history.problems.is_empty() {
+        let _ = writeln!(out, "\nPROBLEMS (objects that cannot be read, skipped below)");
+        for p in &history.problems {
+            let _ = writeln!(out, "{}: {}", p.key, p.error);
+        }
+    }
     let _ = writeln!(out, "\nVERSIONS (newest first)");
     let _ = writeln!(
         out,

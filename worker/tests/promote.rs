@@ -284,6 +284,54 @@ impl TapMkdir for PathBuf {
 }
 
 #[test]
+fn a_success_that_is_not_a_report_of_its_run_is_refused_as_success_marker_and_audited() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("good", &csv(50..60, 2, 0));
+    let r1 = std::fs::read(run_dir(&lake.lake, "silver", "r1").join("_SUCCESS")).unwrap();
+    for (run, body, problem) in [
+        ("garbled", b"{\"outcome\": \"succ".to_vec(), "is not a valid run report"),
+        ("copied", r1, "the report is of run id \"r1\", expected \"copied\""),
+    ] {
+        let dir = run_dir(&lake.lake, "silver", run);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("_SUCCESS"), body).unwrap();
+        let out = lake.approve(&["good", run], "append");
+        assert_eq!(out.code, 6, "{run}: {}", out.stderr);
+        let key = format!("silver/transactions/schema_v=v1/run_id={run}/_SUCCESS");
+        assert!(out.stderr.contains("success_marker") && out.stderr.contains(&key), "{run}: {}", out.stderr);
+        assert!(out.stderr.contains(problem), "{run}: {}", out.stderr);
+        let record = &lake.audit()[0];
+        assert_eq!(record["result"], "refused", "{run}");
+        assert_eq!(record["failed_checks"][0]["check"], "success_marker", "{run}");
+        assert!(record["failed_checks"][0]["message"].as_str().unwrap().contains(&key), "{run}: {record}");
+        assert_eq!(record["metrics"][1]["state"], "inconsistent", "{run}");
+        // Such a run can still be rejected.
+        let out = lake.promote(&["--run-id", run, "--rejected-by", "ann", "--reason", "damaged"]);
+        assert_eq!(out.code, 0, "{run}: {}", out.stderr);
+        assert_eq!(lake.audit()[0]["metrics"][0]["state"], "inconsistent", "{run}");
+    }
+    assert!(!lake.path("silver/transactions/_LATEST.json").exists(), "nothing moved");
+}
+
+#[test]
+fn a_runs_files_are_taken_only_from_the_schema_directory_its_success_lies_in() {
+    // r9's _SUCCESS moved under schema_v=v2 (its claim gone from v1) still names schema v1 and r9's files there:
+    // found under v2, it may not pull in files from schema_v=v1.
+    let lake = Lake::new();
+    lake.ok_run("r9", &csv(0..10, 1, 0));
+    let v1 = run_dir(&lake.lake, "silver", "r9");
+    let v2 = lake.path("silver/transactions/schema_v=v2/run_id=r9").tap_mkdir();
+    std::fs::rename(v1.join("_SUCCESS"), v2.join("_SUCCESS")).unwrap();
+    std::fs::remove_file(v1.join("_RUN.json")).unwrap();
+    let out = lake.approve(&["r9"], "append");
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("file_location") && out.stderr.contains("schema_v=v2"), "{}", out.stderr);
+    assert!(out.stderr.contains("success_marker"), "{}", out.stderr);
+    assert!(!lake.path("silver/transactions/_LATEST.json").exists(), "nothing moved");
+}
+
+#[test]
 fn a_data_file_altered_after_success_is_refused_file_integrity() {
     let lake = Lake::new();
     lake.ok_run("r1", &csv(0..10, 1, 0));
@@ -362,7 +410,21 @@ fn appending_keys_already_current_is_refused_with_the_count_and_a_run_twice_as_a
     let out = lake.approve(&["r3"], "append");
     assert_eq!(out.code, 6, "{}", out.stderr);
     assert!(out.stderr.contains("key_collision") && out.stderr.contains("5 row(s)"), "{}", out.stderr);
+    // The same request again is answered from the audit log; promoted again on purpose, the gate refuses it.
     let out = lake.approve(&["r1"], "append");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("already promoted as version 1"), "{}", out.stdout);
+    let out = lake.promote(&[
+        "--approved-by",
+        "jane",
+        "--reason",
+        "reviewed",
+        "--mode",
+        "append",
+        "--run-id",
+        "r1",
+        "--again",
+    ]);
     assert_eq!(out.code, 6, "{}", out.stderr);
     assert!(out.stderr.contains("already_current"), "{}", out.stderr);
     // The same run may replace its partition, though: the replaced January files do not stay current.
@@ -540,6 +602,88 @@ fn a_promoter_killed_at_any_step_completes_exactly_once_when_repeated() {
     killed_then_repeated("pointer", None);
 }
 
+/// A promotion without identity (the CLI's) killed once the pointer had moved; another promotion commits; the
+/// killed one is repeated as the exit-75 text tells.
+fn killed_then_overtaken_then_repeated(step: &str, mode: &str) {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(20..25, 2, 0));
+    let a = ["--run-id", "r1", "--mode", mode, "--approved-by", "jane", "--reason", "feed"];
+    let killed = ran(lake.command("promote", &a).env("SILVERLINE_PROMOTE_CRASH_AFTER", step).output().unwrap());
+    assert_ne!(killed.code, 0, "{step}");
+    assert_eq!(lake.latest()["version"], 1, "{step}");
+    let b = lake.promote(&["--run-id", "r2", "--mode", "append", "--approved-by", "joe", "--reason", "next"]);
+    assert_eq!(b.code, 0, "{step}: {}", b.stderr);
+    assert_eq!(lake.latest()["version"], 2, "{step}");
+    let again = lake.promote(&a);
+    assert_eq!(again.code, 0, "{step} {mode}: {}", again.stderr);
+    assert!(again.stdout.contains("already promoted as version 1"), "{step} {mode}: {}", again.stdout);
+    assert!(again.stdout.contains("--again"), "{step} {mode}: {}", again.stdout);
+    assert_eq!(lake.latest()["version"], 2, "{step} {mode}: r2's version stays current");
+    assert!(!lake.path("silver/transactions/_manifests/3.json").exists(), "{step} {mode}");
+    assert_eq!(
+        manifest_files(&lake.manifest(2)),
+        vec![("r1".into(), JAN.into()), ("r2".into(), FEB.into())],
+        "{step} {mode}"
+    );
+    assert_current_matches_pointer(&lake);
+    assert_eq!(lake.audit_results(), ["promoted", "promoted"], "{step} {mode}: no refusal, no third record");
+}
+
+#[test]
+fn a_repeat_without_identity_after_another_promotion_committed_is_already_promoted_not_applied_again() {
+    for step in ["pointer", "copies", "current"] {
+        killed_then_overtaken_then_repeated(step, "replace-all");
+    }
+    killed_then_overtaken_then_repeated("pointer", "append");
+    killed_then_overtaken_then_repeated("pointer", "replace-partitions");
+}
+
+#[test]
+fn a_repeat_without_identity_of_a_finished_promotion_commits_nothing_unless_asked_again() {
+    // A promoter killed right after its audit record leaves the lake as a finished one does.
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(20..25, 2, 0));
+    for mode in ["replace-all", "replace-partitions"] {
+        let args = ["--run-id", "r1", "--mode", mode, "--approved-by", "jane", "--reason", mode];
+        let first = lake.promote(&args);
+        assert_eq!(first.code, 0, "{mode}: {}", first.stderr);
+        let version = lake.latest()["version"].as_u64().unwrap();
+        let records = lake.audit().len();
+        let again = lake.promote(&args);
+        assert_eq!(again.code, 0, "{mode}: {}", again.stderr);
+        assert!(again.stdout.contains(&format!("already promoted as version {version}")), "{}", again.stdout);
+        assert_eq!(lake.latest()["version"], version, "{mode}: no duplicate version");
+        assert_eq!(lake.audit().len(), records, "{mode}: no new audit record");
+    }
+    // A rollback repeated, too.
+    assert_eq!(lake.approve(&["r2"], "append").code, 0);
+    let restore = ["--restore-version", "1", "--approved-by", "joe", "--reason", "back"];
+    assert_eq!(lake.promote(&restore).code, 0);
+    let version = lake.latest()["version"].as_u64().unwrap();
+    let again = lake.promote(&restore);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.contains(&format!("already promoted as version {version}")), "{}", again.stdout);
+    assert_eq!(lake.latest()["version"], version);
+    // Another approver or reason is another request; --again commits the same one again, on purpose.
+    let args = ["--run-id", "r1", "--mode", "replace-all", "--approved-by", "jane", "--reason", "replace-all"];
+    let out = lake.promote(&[&args[..], &["--again"]].concat());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(lake.latest()["version"], version + 1);
+    assert_eq!(lake.audit_results()[0], "promoted");
+    let other = lake.promote(&["--run-id", "r1", "--mode", "replace-all", "--approved-by", "ann", "--reason", "x"]);
+    assert_eq!(other.code, 0, "{}", other.stderr);
+    assert_eq!(lake.latest()["version"], version + 2);
+    // --again is for the CLI's requests, never a Promotion's or a rejection's.
+    for extra in [&["--again", "--promotion", "ns/p/1"][..], &["--again"][..]] {
+        let mut args = vec!["--run-id", "r1", "--reason", "x"];
+        args.extend(if extra.len() == 1 { ["--rejected-by", "ann"] } else { ["--approved-by", "ann"] });
+        args.extend(extra);
+        assert_eq!(lake.promote(&args).code, 2, "{args:?}");
+    }
+}
+
 #[test]
 fn history_lists_runs_versions_and_the_audit_log_newest_first() {
     let lake = Lake::new();
@@ -567,6 +711,67 @@ fn history_lists_runs_versions_and_the_audit_log_newest_first() {
     assert_eq!(state("r2-quality")["state"], "quality_failed");
     assert_eq!(history["versions"][0]["approved_by"], "jane");
     assert_eq!(history["audit"][0]["result"], "refused", "newest first");
+}
+
+#[test]
+fn one_unreadable_object_is_skipped_and_reported_not_allowed_to_stop_promote_or_history() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    lake.ok_run("r2", &csv(20..25, 2, 0));
+    assert_eq!(lake.approve(&["r1"], "append").code, 0);
+    // An audit record cut short (or edited by hand) is skipped by promote.
+    let bad_record = "audit/transactions/20991231T000000.000000Z-promoted-cut.json";
+    std::fs::write(lake.path(bad_record), br#"{"format": 1, "dataset": "transac"#).unwrap();
+    let out = lake.approve(&["r2"], "append");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains(bad_record), "the skipped record is named: {}", out.stderr);
+    assert_eq!(lake.latest()["version"], 2);
+    // A damaged manifest, a _SUCCESS that is not JSON and one of another run id: history goes on and lists them.
+    let bad_manifest = "silver/transactions/_manifests/7.json";
+    std::fs::write(lake.path(bad_manifest), b"{").unwrap();
+    for (run, body) in
+        [("garbled", b"not json".to_vec()), ("copied", std::fs::read(success_path(&lake, "r1")).unwrap())]
+    {
+        let dir = run_dir(&lake.lake, "silver", run);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("_SUCCESS"), body).unwrap();
+    }
+    let out = ran(lake.command("history", &["--format", "json"]).output().unwrap());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let history: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(history["current_version"], 2);
+    assert_eq!(history["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(history["audit"].as_array().unwrap().len(), 2);
+    let runs: Vec<&str> = history["runs"].as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap()).collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let problems = history["problems"].as_array().unwrap();
+    let problem = |key: &str| {
+        let found = problems.iter().find(|p| p["key"] == key);
+        found.unwrap_or_else(|| panic!("{key} in {problems:?}"))["error"].as_str().unwrap().to_owned()
+    };
+    assert!(problem(bad_record).contains("not a valid audit record"));
+    assert!(problem(bad_manifest).contains("not a valid manifest"));
+    assert!(problem("silver/transactions/schema_v=v1/run_id=garbled").contains("_SUCCESS is not a valid run report"));
+    assert!(problem("silver/transactions/schema_v=v1/run_id=copied").contains("\"r1\""));
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    let out = ran(lake.command("history", &[]).output().unwrap());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("PROBLEMS") && out.stdout.contains(bad_manifest), "{}", out.stdout);
+    // A damaged _LATEST.json: history says so and goes on; promote stops, naming it.
+    std::fs::write(lake.path("silver/transactions/_LATEST.json"), b"{\"format\": 1,").unwrap();
+    let out = ran(lake.command("history", &[]).output().unwrap());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("current version unknown"), "{}", out.stdout);
+    assert!(out.stdout.contains("silver/transactions/_LATEST.json:"), "{}", out.stdout);
+    assert!(out.stdout.contains("r2 "), "the runs are still listed: {}", out.stdout);
+    lake.ok_run("r3", &csv(30..33, 3, 0));
+    let out = lake.approve(&["r3"], "append");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("silver/transactions/_LATEST.json is not a valid _LATEST.json"), "{}", out.stderr);
+}
+
+fn success_path(lake: &Lake, run_id: &str) -> PathBuf {
+    run_dir(&lake.lake, "silver", run_id).join("_SUCCESS")
 }
 
 #[test]
