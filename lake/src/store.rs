@@ -168,8 +168,11 @@ impl Lake {
                 }
                 let shown = dir.display().to_string();
                 let dir = dir.canonicalize().map_err(|e| StorageError::from_io(e, &shown))?;
+                // fsync: a write returns once its file and directory entry are on disk (multipart uploads once, at
+                // completion), so a manifest, audit record or copy is durable before the pointer that names it.
                 let store = LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| StorageError::usage(&shown, "cannot open the directory").with_source(e))?;
+                    .map_err(|e| StorageError::usage(&shown, "cannot open the directory").with_source(e))?
+                    .with_fsync(true);
                 Ok(Lake {
                     store: Arc::new(store),
                     prefix: Path::default(),
@@ -476,6 +479,15 @@ mod tests {
         let results = futures::future::join_all(writers).await;
         let won = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
         assert_eq!(won, 1, "{results:?}");
+    }
+
+    #[test]
+    fn a_local_lake_is_opened_with_fsync_on() {
+        // Only the option can be checked here (a power loss cannot be): object_store's LocalFileSystem then fsyncs
+        // each written file and its directory before a write returns.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = format!("{:?}", local(dir.path()).store);
+        assert!(store.contains("fsync: true"), "{store}");
     }
 
     #[test]
