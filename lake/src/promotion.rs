@@ -297,6 +297,14 @@ pub async fn sync_current(
             Err(e) => return Err(e.into()),
         }
         let current_prefix = layout.current();
+        // Staging files of copies killed midway (local lake): engines reading the folder would read them.
+        let swept = lake.remove_local_staging_leftovers(&lake.path(&current_prefix)).await?;
+        if !swept.is_empty() {
+            hooks.log(
+                "removed staging files left in current/ by interrupted writes",
+                serde_json::json!({"dataset": layout.dataset(), "files": swept}),
+            );
+        }
         for meta in lake.list(&lake.path(&current_prefix)).await? {
             let Some(key) = lake.relative(&meta.location) else { continue };
             let name = key.rsplit('/').next().unwrap_or("");
@@ -336,10 +344,14 @@ async fn copy_into_current(lake: &Lake, file: &ManifestFile, target: &str, kept:
     Ok(lake.copy(&from, &to).await?)
 }
 
-/// Whether `current/` already shows the pointer's version.
+/// Whether `current/` already shows the pointer's version (and, on a local lake, holds no staging file that an
+/// interrupted copy left where engines reading the folder would read it).
 async fn current_is_up_to_date(lake: &Lake, layout: &DatasetLayout, pointer: &LatestPointer) -> Result<bool> {
     let Some(bytes) = lake.get(&lake.path(&layout.current_manifest())).await? else { return Ok(false) };
-    Ok(hex::encode(Sha256::digest(&bytes)) == pointer.manifest_sha256)
+    if hex::encode(Sha256::digest(&bytes)) != pointer.manifest_sha256 {
+        return Ok(false);
+    }
+    Ok(lake.local_staging_leftovers(&lake.path(&layout.current())).await?.is_empty())
 }
 
 /// Brings `current/` up to `_LATEST.json` if it lags (e.g. after a promoter was killed after the pointer moved).
@@ -356,6 +368,9 @@ pub async fn repair_current(lake: &Lake, dataset: &str, hooks: &Hooks) -> Result
     }
     Ok(Some(pointer.version))
 }
+
+#[cfg(test)]
+mod current_tests;
 
 fn target_runs(target: &Target) -> Vec<String> {
     match target {
