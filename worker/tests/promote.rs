@@ -534,7 +534,7 @@ fn killed_then_repeated(step: &str, identity: Option<&str>) {
 
 #[test]
 fn a_promoter_killed_at_any_step_completes_exactly_once_when_repeated() {
-    for step in ["manifest", "pointer", "copies", "current"] {
+    for step in ["manifest", "pointer", "copies", "current_manifest", "current"] {
         killed_then_repeated(step, Some("team-a/promote-r1/0b7c"));
     }
     killed_then_repeated("pointer", None);

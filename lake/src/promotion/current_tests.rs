@@ -127,3 +127,69 @@ async fn a_staging_file_left_in_current_by_a_killed_copy_is_removed_by_the_next_
     assert!(!leftover.exists(), "the staging file is removed");
     assert_eq!(fx.visible(), Fixture::expected(&[&r1]));
 }
+
+#[tokio::test]
+async fn a_copy_missing_from_current_or_one_too_many_makes_it_lag_and_the_next_repair_fixes_it() {
+    let fx = Fixture::new();
+    let (r1, r2) = (fx.run_file("r1"), fx.run_file("r2"));
+    fx.commit(1, &[r1.clone(), r2.clone()]).await;
+    repair_current(&fx.lake, "tx", &Hooks::default()).await.expect("repair");
+    let (pointer, _) = read_latest(&fx.lake, "tx").await.expect("read").expect("pointer");
+    assert!(current_is_up_to_date(&fx.lake, &fx.layout, &pointer).await.expect("checked"));
+    // A copy deleted under the manifest (by a sync that raced a newer one), and a stray one left by an older sync.
+    let copy = fx.dir.path().join(format!("silver/tx/current/{JAN}/r2-part-00000.parquet"));
+    std::fs::remove_file(&copy).expect("remove");
+    let stray = fx.dir.path().join(format!("silver/tx/current/{JAN}/r0-part-00000.parquet"));
+    std::fs::write(&stray, "an old version's rows").expect("stray");
+    assert!(!current_is_up_to_date(&fx.lake, &fx.layout, &pointer).await.expect("checked"));
+    repair_current(&fx.lake, "tx", &Hooks::default()).await.expect("repair");
+    assert_eq!(fx.visible(), Fixture::expected(&[&r1, &r2]));
+    assert_eq!(std::fs::read(&copy).expect("copied again"), std::fs::read(fx.dir.path().join(&r2.key)).expect("run"));
+    assert!(current_is_up_to_date(&fx.lake, &fx.layout, &pointer).await.expect("checked"));
+}
+
+/// A hook that, at `at`, tells the test it got there and waits for its go.
+fn pause_at(at: Step) -> (Hooks, tokio::sync::mpsc::UnboundedReceiver<()>, std::sync::mpsc::Sender<()>) {
+    let (arrived, arrival) = tokio::sync::mpsc::unbounded_channel();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let wait = std::sync::Mutex::new(wait);
+    let hook = move |step: Step| {
+        if step == at {
+            arrived.send(()).expect("the test waits");
+            wait.lock().expect("lock").recv().expect("go");
+        }
+    };
+    (Hooks { after_step: Some(Arc::new(hook)), log: None }, arrival, go)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_sync_of_an_older_version_does_not_delete_the_copies_of_a_newer_one_under_way() {
+    let fx = Arc::new(Fixture::new());
+    let (r1, r2, r3) = (fx.run_file("r1"), fx.run_file("r2"), fx.run_file("r3"));
+    fx.commit(1, std::slice::from_ref(&r1)).await;
+    repair_current(&fx.lake, "tx", &Hooks::default()).await.expect("repair");
+    // A makes version 2 current and stops once its current/_MANIFEST.json is written, before its cleanup.
+    let (v2, v2_bytes) = fx.commit(2, &[r1.clone(), r2.clone()]).await;
+    let (hooks_a, mut at_a, go_a) = pause_at(Step::CurrentManifest);
+    let a = {
+        let fx = fx.clone();
+        tokio::spawn(async move { sync_current(&fx.lake, &fx.layout, &v2, &v2_bytes, &hooks_a).await })
+    };
+    at_a.recv().await.expect("A paused");
+    // B commits version 3 and copies its files, but has not written its current/_MANIFEST.json yet ...
+    let (v3, v3_bytes) = fx.commit(3, &[r1.clone(), r2.clone(), r3.clone()]).await;
+    let (hooks_b, mut at_b, go_b) = pause_at(Step::Copies);
+    let b = {
+        let fx = fx.clone();
+        tokio::spawn(async move { sync_current(&fx.lake, &fx.layout, &v3, &v3_bytes, &hooks_b).await })
+    };
+    at_b.recv().await.expect("B paused");
+    // ... when A cleans up: r3's fresh copy is not A's to delete.
+    go_a.send(()).expect("A waits");
+    a.await.expect("A ran").expect("A synced");
+    go_b.send(()).expect("B waits");
+    b.await.expect("B ran").expect("B synced");
+    assert_eq!(fx.visible(), Fixture::expected(&[&r1, &r2, &r3]), "current/ shows version 3 whole");
+    let (pointer, _) = read_latest(&fx.lake, "tx").await.expect("read").expect("pointer");
+    assert!(current_is_up_to_date(&fx.lake, &fx.layout, &pointer).await.expect("checked"));
+}
