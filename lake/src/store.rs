@@ -319,13 +319,18 @@ impl Lake {
     /// Spark). Not object_store's local copy: that is a hard link, which would make the copy and its source one
     /// file — a write in place to either would change both, e.g. a run's history through its copy in `current/`.
     pub async fn copy(&self, from: &Path, to: &Path) -> Result<(), StorageError> {
+        let (from_uri, to_uri) = (self.uri_of(from), self.uri_of(to));
+        let action = format!("copying {from_uri} to {to_uri}");
         let Some(dir) = &self.local_dir else {
-            return self.store.copy(from, to).await.map_err(|e| self.error(e, from));
+            // CopyObject answers NoSuchKey only for the source; any other failure may be about either key.
+            return self.store.copy(from, to).await.map_err(|e| match e {
+                object_store::Error::NotFound { .. } => StorageError::from_store(e, &from_uri).during(action),
+                e => StorageError::from_store(e, &to_uri).during(action),
+            });
         };
         let (source, target) = (dir.join(from.as_ref()), dir.join(to.as_ref()));
-        let (from_uri, to_uri) = (self.uri_of(from), self.uri_of(to));
         let panicked = StorageError::new(StorageErrorKind::Transient, to_uri.clone(), "the copy panicked");
-        tokio::task::spawn_blocking(move || {
+        let copied = tokio::task::spawn_blocking(move || {
             let mut source = std::fs::File::open(&source).map_err(|e| StorageError::from_io(e, &from_uri))?;
             write_staged(&target, |staging| {
                 std::io::copy(&mut source, &mut std::fs::File::create(staging)?).map(|_| ())
@@ -333,7 +338,8 @@ impl Lake {
             .map_err(|e| StorageError::from_io(e, &to_uri))
         })
         .await
-        .map_err(|e| panicked.with_source(e))?
+        .map_err(|e| panicked.with_source(e))?;
+        copied.map_err(|e| e.during(action))
     }
 
     /// Staging files left under `prefix` of a local lake by writers that were killed (none on S3, where an
@@ -645,6 +651,24 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(&target_dir).expect("read_dir").flatten().map(|e| e.file_name()).collect();
         assert_eq!(left, ["r-part-00000.parquet"], "nothing but the copy is left");
         assert_eq!(std::fs::read(target_dir.join("r-part-00000.parquet")).expect("copy").len(), body.len());
+    }
+
+    #[tokio::test]
+    async fn a_failed_copy_names_both_keys_and_which_one_is_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = local(dir.path());
+        let (from, to) = (lake.path("silver/tx/run/part-00000.parquet"), lake.path("silver/tx/current/r-part.parquet"));
+        let (from_uri, to_uri) = (lake.uri_of(&from), lake.uri_of(&to));
+        let missing = lake.copy(&from, &to).await.expect_err("no source");
+        assert_eq!((missing.kind, missing.uri.as_str()), (StorageErrorKind::NotFound, from_uri.as_str()));
+        assert_eq!(missing.to_string(), format!("copying {from_uri} to {to_uri}: {from_uri}: no such object"));
+        // The destination cannot be written: its directory is a file.
+        std::fs::create_dir_all(dir.path().join("silver/tx/run")).expect("mkdir");
+        std::fs::write(dir.path().join("silver/tx/run/part-00000.parquet"), "rows").expect("source");
+        std::fs::write(dir.path().join("silver/tx/current"), "in the way").expect("file");
+        let unwritable = lake.copy(&from, &to).await.expect_err("no directory");
+        assert_eq!(unwritable.uri, to_uri);
+        assert!(unwritable.to_string().starts_with(&format!("copying {from_uri} to {to_uri}: ")), "{unwritable}");
     }
 
     #[test]
