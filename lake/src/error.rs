@@ -54,11 +54,14 @@ pub struct StorageError {
     pub detail: String,
     #[source]
     pub source: Option<Source>,
+    /// What was being done, when the object alone does not say it: a copy names both keys (`copying SRC to
+    /// DST`), since the store's answer does not always say which of the two it is about.
+    pub action: Option<String>,
 }
 
 impl StorageError {
     pub fn new(kind: StorageErrorKind, uri: impl Into<String>, detail: impl Into<String>) -> StorageError {
-        StorageError { kind, uri: uri.into(), detail: detail.into(), source: None }
+        StorageError { kind, uri: uri.into(), detail: detail.into(), source: None, action: None }
     }
 
     pub fn with_source(mut self, source: impl Into<Source>) -> StorageError {
@@ -70,8 +73,25 @@ impl StorageError {
         StorageError::new(StorageErrorKind::Usage, uri, detail)
     }
 
+    /// The same error, said to have happened while doing `action` (e.g. `copying SRC to DST`).
+    pub fn during(mut self, action: impl Into<String>) -> StorageError {
+        self.action = Some(action.into());
+        self
+    }
+
     fn describe(&self) -> String {
         let (uri, detail) = (&self.uri, &self.detail);
+        if let Some(action) = &self.action {
+            // The action names the objects; only a missing one is known for sure (its key is `uri`).
+            return match self.kind {
+                StorageErrorKind::NotFound => format!("{action}: {uri}: no such object"),
+                StorageErrorKind::AccessDenied => format!("{action}: access was refused: {detail}"),
+                StorageErrorKind::Transient => format!("{action}: transient I/O failure: {detail}"),
+                StorageErrorKind::AlreadyExists => format!("{action}: {uri} already exists"),
+                StorageErrorKind::Precondition => format!("{action}: {uri} changed since it was read: {detail}"),
+                StorageErrorKind::Usage => format!("{action}: {detail}"),
+            };
+        }
         match self.kind {
             StorageErrorKind::AccessDenied => format!("access to {uri} was refused: {detail}"),
             StorageErrorKind::Transient => format!("transient I/O failure at {uri}: {detail}"),
@@ -132,7 +152,7 @@ impl StorageError {
                 }
             }
         };
-        StorageError { kind, uri: uri.to_owned(), detail, source: Some(Box::new(err)) }
+        StorageError { kind, uri: uri.to_owned(), detail, source: Some(Box::new(err)), action: None }
     }
 
     /// Classifies a local file-system error at `uri` (used by the local conditional writes).
@@ -144,7 +164,7 @@ impl StorageError {
             K::AlreadyExists => StorageErrorKind::AlreadyExists,
             _ => StorageErrorKind::Transient,
         };
-        StorageError { kind, uri: uri.to_owned(), detail: err.to_string(), source: Some(Box::new(err)) }
+        StorageError { kind, uri: uri.to_owned(), detail: err.to_string(), source: Some(Box::new(err)), action: None }
     }
 
     pub fn is(&self, kind: StorageErrorKind) -> bool {

@@ -180,8 +180,11 @@ impl Lake {
                 }
                 let shown = dir.display().to_string();
                 let dir = dir.canonicalize().map_err(|e| StorageError::from_io(e, &shown))?;
+                // fsync: a write returns once its file and directory entry are on disk (multipart uploads once, at
+                // completion), so a manifest, audit record or copy is durable before the pointer that names it.
                 let store = LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| StorageError::usage(&shown, "cannot open the directory").with_source(e))?;
+                    .map_err(|e| StorageError::usage(&shown, "cannot open the directory").with_source(e))?
+                    .with_fsync(true);
                 Ok(Lake {
                     store: Arc::new(store),
                     prefix: Path::default(),
@@ -321,17 +324,71 @@ impl Lake {
         }
     }
 
-    /// A copy of an object: server-side on S3 (`CopyObject`). On a local lake the bytes are written anew (a
-    /// whole-object put: a staging file renamed into place): object_store's local copy is a hard link, which would
-    /// make the copy and its source one file — a write in place to either would change both, e.g. a run's history
-    /// through its copy in `current/` — and two copies racing to one name can leave its hidden staging link behind.
+    /// A copy of an object: server-side on S3 (`CopyObject`). On a local lake the bytes are written anew into a
+    /// hidden staging sibling (`.{name}.{pid}.{nanos}.tmp`: engines reading the folder skip dot files), fsynced and
+    /// renamed into place, then the directory fsynced: a copy killed midway leaves no partial file under a visible
+    /// name (object_store's own staging file, `{name}#1`, is hidden from its listing but not from pyarrow or
+    /// Spark). Not object_store's local copy: that is a hard link, which would make the copy and its source one
+    /// file — a write in place to either would change both, e.g. a run's history through its copy in `current/`.
     pub async fn copy(&self, from: &Path, to: &Path) -> Result<(), StorageError> {
-        if self.local_dir.is_none() {
-            return self.store.copy(from, to).await.map_err(|e| self.error(e, from));
+        let (from_uri, to_uri) = (self.uri_of(from), self.uri_of(to));
+        let action = format!("copying {from_uri} to {to_uri}");
+        let Some(dir) = &self.local_dir else {
+            // CopyObject answers NoSuchKey only for the source; any other failure may be about either key.
+            return self.store.copy(from, to).await.map_err(|e| match e {
+                object_store::Error::NotFound { .. } => StorageError::from_store(e, &from_uri).during(action),
+                e => StorageError::from_store(e, &to_uri).during(action),
+            });
+        };
+        let (source, target) = (dir.join(from.as_ref()), dir.join(to.as_ref()));
+        let panicked = StorageError::new(StorageErrorKind::Transient, to_uri.clone(), "the copy panicked");
+        let copied = tokio::task::spawn_blocking(move || {
+            let mut source = std::fs::File::open(&source).map_err(|e| StorageError::from_io(e, &from_uri))?;
+            write_staged(&target, |staging| {
+                std::io::copy(&mut source, &mut std::fs::File::create(staging)?).map(|_| ())
+            })
+            .map_err(|e| StorageError::from_io(e, &to_uri))
+        })
+        .await
+        .map_err(|e| panicked.with_source(e))?;
+        copied.map_err(|e| e.during(action))
+    }
+
+    /// Staging files left under `prefix` of a local lake by writers that were killed (none on S3, where an
+    /// object appears whole or not at all): object_store's `{name}#{digits}`, which its listing hides but engines
+    /// reading the folder do not (this crate no longer writes them where they matter, so any is a leftover), and
+    /// this crate's hidden `.{name}.{pid}.{nanos}.tmp` once older than [`STALE_STAGING`] (a younger one may be a
+    /// write under way). Returns their keys (a local lake's root has no prefix: store path = lake-relative key).
+    pub async fn local_staging_leftovers(&self, prefix: &Path) -> Result<Vec<String>, StorageError> {
+        let Some(dir) = &self.local_dir else { return Ok(Vec::new()) };
+        let (root, uri) = (dir.clone(), self.uri_of(prefix));
+        let below = dir.join(prefix.as_ref());
+        let found = tokio::task::spawn_blocking(move || staging_leftovers(&below, std::time::SystemTime::now()))
+            .await
+            .map_err(|e| {
+                StorageError::new(StorageErrorKind::Transient, uri.clone(), "the listing panicked").with_source(e)
+            })?
+            .map_err(|e| StorageError::from_io(e, &uri))?;
+        Ok(found
+            .iter()
+            .filter_map(|file| file.strip_prefix(&root).ok())
+            .map(|relative| relative.to_string_lossy().into_owned())
+            .collect())
+    }
+
+    /// Removes the staging leftovers of [`Lake::local_staging_leftovers`] with `std::fs` (object_store cannot
+    /// name them); returns their keys.
+    pub async fn remove_local_staging_leftovers(&self, prefix: &Path) -> Result<Vec<String>, StorageError> {
+        let Some(dir) = &self.local_dir else { return Ok(Vec::new()) };
+        let found = self.local_staging_leftovers(prefix).await?;
+        for key in &found {
+            match std::fs::remove_file(dir.join(key)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::from_io(e, &format!("{}/{key}", self.uri))),
+            }
         }
-        let bytes = self.store.get(from).await.map_err(|e| self.error(e, from))?.bytes().await;
-        let bytes = bytes.map_err(|e| self.error(e, from))?;
-        self.store.put(to, bytes.into()).await.map(|_| ()).map_err(|e| self.error(e, to))
+        Ok(found)
     }
 
     /// Deletes an object; a missing one is fine.
@@ -408,26 +465,92 @@ fn local_put_conditional(
             return Err(StorageError::usage(uri, "an ETag cannot condition a local write"));
         }
     }
+    write_staged(file, |temp| std::fs::File::create(temp)?.write_all(body)).map_err(io)?;
+    drop(lock);
+    Ok(())
+}
+
+/// How old a hidden staging file (`.{name}.{pid}.{nanos}.tmp`) must be before a sweep takes it for a leftover
+/// of a killed writer rather than a write under way.
+pub const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Writes `file` by `fill`ing a hidden staging sibling `.{name}.{pid}.{nanos}.tmp`, fsyncing it, renaming it
+/// into place and fsyncing the directory: readers see the whole file or none, and engines reading the folder
+/// skip the staging file (a dot file) if the writer is killed midway. The staging file is removed on failure.
+fn write_staged(
+    file: &std::path::Path,
+    fill: impl FnOnce(&std::path::Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("the key has no {what}"));
+    let parent = file.parent().ok_or_else(|| invalid("directory"))?;
+    let name = file.file_name().ok_or_else(|| invalid("file name"))?.to_string_lossy();
+    std::fs::create_dir_all(parent)?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let temp = parent.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
     let written = (|| {
-        let mut out = std::fs::File::create(&temp)?;
-        out.write_all(body)?;
-        out.sync_all()?;
+        fill(&temp)?;
+        std::fs::File::options().write(true).open(&temp)?.sync_all()?;
         std::fs::rename(&temp, file)?;
         std::fs::File::open(parent)?.sync_all()
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
     }
-    written.map_err(io)?;
-    drop(lock);
-    Ok(())
+    written
+}
+
+/// Whether a file name is a writer's staging file: object_store's `{name}#{digits}`, or this crate's
+/// `.{name}.{pid}.{nanos}.tmp` (`Some(true)` for the first kind, `Some(false)` for the second).
+fn staging_kind(name: &str) -> Option<bool> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some((_, suffix)) = name.rsplit_once('#')
+        && digits(suffix)
+    {
+        return Some(true);
+    }
+    let ours = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).and_then(|n| {
+        let mut parts = n.rsplitn(3, '.');
+        let (nanos, pid, rest) = (parts.next()?, parts.next()?, parts.next()?);
+        (digits(nanos) && digits(pid) && !rest.is_empty()).then_some(())
+    });
+    ours.map(|()| false)
+}
+
+/// The staging leftovers under `dir`, recursively (see [`Lake::local_staging_leftovers`]); a missing `dir` has
+/// none.
+fn staging_leftovers(dir: &std::path::Path, now: std::time::SystemTime) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            found.extend(staging_leftovers(&entry.path(), now)?);
+            continue;
+        }
+        let stale = match staging_kind(&entry.file_name().to_string_lossy()) {
+            None => false,
+            Some(true) => true,
+            Some(false) => {
+                let modified = entry.metadata()?.modified()?;
+                now.duration_since(modified).is_ok_and(|age| age >= STALE_STAGING)
+            }
+        };
+        if stale {
+            found.push(entry.path());
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn instance_metadata_is_needed_only_without_any_other_credentials() {
@@ -498,6 +621,134 @@ mod tests {
         let results = futures::future::join_all(writers).await;
         let won = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
         assert_eq!(won, 1, "{results:?}");
+    }
+
+    #[test]
+    fn a_local_lake_is_opened_with_fsync_on() {
+        // Only the option can be checked here (a power loss cannot be): object_store's LocalFileSystem then fsyncs
+        // each written file and its directory before a write returns.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = format!("{:?}", local(dir.path()).store);
+        assert!(store.contains("fsync: true"), "{store}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_local_copy_shows_no_partial_file_under_a_visible_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = local(dir.path());
+        let body = vec![7_u8; 48 << 20];
+        let source = dir.path().join("silver/tx/run/part-00000.parquet");
+        std::fs::create_dir_all(source.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&source, &body).expect("source");
+        let target_dir = dir.path().join("silver/tx/current/year=2024/month=01");
+        std::fs::create_dir_all(&target_dir).expect("mkdir");
+        // What an engine listing the folder sees while the copy is under way: every name not hidden, with its size.
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (done, target_dir) = (done.clone(), target_dir.clone());
+            std::thread::spawn(move || {
+                let mut seen = BTreeSet::new();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    for entry in std::fs::read_dir(&target_dir).expect("read_dir").flatten() {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        if !name.starts_with('.') {
+                            seen.insert((name, entry.metadata().map(|m| m.len()).unwrap_or(0)));
+                        }
+                    }
+                }
+                seen
+            })
+        };
+        let copied = lake
+            .copy(
+                &lake.path("silver/tx/run/part-00000.parquet"),
+                &lake.path("silver/tx/current/year=2024/month=01/r-part-00000.parquet"),
+            )
+            .await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        copied.expect("copy");
+        let seen = watcher.join().expect("watcher");
+        let whole = BTreeSet::from([("r-part-00000.parquet".to_owned(), body.len() as u64)]);
+        assert!(seen.is_subset(&whole), "visible during the copy: {seen:?}");
+        let left: Vec<_> = std::fs::read_dir(&target_dir).expect("read_dir").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, ["r-part-00000.parquet"], "nothing but the copy is left");
+        assert_eq!(std::fs::read(target_dir.join("r-part-00000.parquet")).expect("copy").len(), body.len());
+    }
+
+    #[tokio::test]
+    async fn a_failed_copy_names_both_keys_and_which_one_is_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = local(dir.path());
+        let (from, to) = (lake.path("silver/tx/run/part-00000.parquet"), lake.path("silver/tx/current/r-part.parquet"));
+        let (from_uri, to_uri) = (lake.uri_of(&from), lake.uri_of(&to));
+        let missing = lake.copy(&from, &to).await.expect_err("no source");
+        assert_eq!((missing.kind, missing.uri.as_str()), (StorageErrorKind::NotFound, from_uri.as_str()));
+        assert_eq!(missing.to_string(), format!("copying {from_uri} to {to_uri}: {from_uri}: no such object"));
+        // The destination cannot be written: its directory is a file.
+        std::fs::create_dir_all(dir.path().join("silver/tx/run")).expect("mkdir");
+        std::fs::write(dir.path().join("silver/tx/run/part-00000.parquet"), "rows").expect("source");
+        std::fs::write(dir.path().join("silver/tx/current"), "in the way").expect("file");
+        let unwritable = lake.copy(&from, &to).await.expect_err("no directory");
+        assert_eq!(unwritable.uri, to_uri);
+        assert!(unwritable.to_string().starts_with(&format!("copying {from_uri} to {to_uri}: ")), "{unwritable}");
+    }
+
+    #[test]
+    fn staging_files_are_told_apart_from_objects() {
+        let cases = [
+            ("part-00000.parquet#1", Some(true)),
+            ("part-00000.parquet#12", Some(true)),
+            (".part-00000.parquet.4242.1764000000000000000.tmp", Some(false)),
+            (".________MANIFEST.json.1.2.tmp", Some(false)),
+            ("part-00000.parquet", None),
+            ("part#x", None),
+            ("part#", None),
+            (".part-00000.parquet.lock", None),
+            (".part.x.2.tmp", None),
+            ("_MANIFEST.json", None),
+        ];
+        for (name, kind) in cases {
+            assert_eq!(staging_kind(name), kind, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn staging_leftovers_are_found_and_removed_but_a_young_hidden_one_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = local(dir.path());
+        let month = dir.path().join("silver/tx/current/year=2024/month=01");
+        std::fs::create_dir_all(&month).expect("mkdir");
+        let old = std::time::SystemTime::now() - STALE_STAGING - std::time::Duration::from_secs(1);
+        for (name, modified) in [
+            ("r-part-00000.parquet", None),
+            ("r-part-00001.parquet#1", None),
+            (".r-part-00002.parquet.77.1.tmp", Some(old)),
+            (".r-part-00003.parquet.77.2.tmp", None),
+            (".r-part-00000.parquet.lock", Some(old)),
+        ] {
+            let file = std::fs::File::create(month.join(name)).expect("create");
+            if let Some(modified) = modified {
+                file.set_modified(modified).expect("set_modified");
+            }
+        }
+        let prefix = lake.path("silver/tx/current");
+        let mut removed = lake.remove_local_staging_leftovers(&prefix).await.expect("removed");
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                "silver/tx/current/year=2024/month=01/.r-part-00002.parquet.77.1.tmp",
+                "silver/tx/current/year=2024/month=01/r-part-00001.parquet#1",
+            ]
+        );
+        let mut left: Vec<_> = std::fs::read_dir(&month)
+            .expect("read_dir")
+            .flatten()
+            .map(|e| e.file_name().into_string().expect("utf-8"))
+            .collect();
+        left.sort();
+        assert_eq!(left, [".r-part-00000.parquet.lock", ".r-part-00003.parquet.77.2.tmp", "r-part-00000.parquet"]);
+        assert!(lake.local_staging_leftovers(&prefix).await.expect("listed").is_empty());
     }
 
     #[test]

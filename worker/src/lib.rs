@@ -110,6 +110,10 @@ pub enum Error {
     /// `_LATEST.json` kept changing under the promoter (the lake's `PromoteError::Contention`).
     #[error("{0}")]
     PointerContention(#[source] silverline_lake::PromoteError),
+    /// `promote`: an object the promotion copies or reads is gone from the lake — not a feed's fault (exit 3),
+    /// the lake's: a run's file deleted or moved after the run was written.
+    #[error("promote: a file of the version being made current is missing from the lake: {source}")]
+    PromoteObjectMissing { source: StorageError },
     #[error("run stopped by {signal}: uploads aborted, no _SUCCESS")]
     Interrupted { signal: &'static str },
     #[error("{context}: {source}")]
@@ -135,7 +139,7 @@ impl Error {
             Error::CircuitBreaker { .. } => ExitCode::CircuitBreaker,
             Error::QualityGate { .. } => ExitCode::QualityGate,
             Error::Transient { .. } | Error::Interrupted { .. } => ExitCode::Transient,
-            Error::Internal { .. } | Error::Lake(_) => ExitCode::Other,
+            Error::Internal { .. } | Error::Lake(_) | Error::PromoteObjectMissing { .. } => ExitCode::Other,
             Error::GateRefused { .. } => ExitCode::GateRefused,
             Error::PointerContention(_) => ExitCode::PointerContention,
             Error::Storage(e) => match e.kind {
@@ -163,7 +167,7 @@ impl Error {
             Error::Transient { .. } => "transient_io",
             Error::Interrupted { .. } => "interrupted",
             Error::Internal { .. } => "internal",
-            Error::Lake(_) => "lake",
+            Error::Lake(_) | Error::PromoteObjectMissing { .. } => "lake",
             Error::GateRefused { .. } => "gate_refused",
             Error::PointerContention(_) => "pointer_contention",
             Error::Storage(e) => match e.kind {

@@ -372,7 +372,7 @@ fn termination_log(line: &serde_json::Value) {
 }
 
 /// Test-only hooks, from the environment (documented in docs/lake.md): `SILVERLINE_PROMOTE_CRASH_AFTER=
-/// manifest|pointer|copies|current` aborts the process right after that step, as a kill would;
+/// manifest|pointer|copies|current_manifest|current` aborts the process right after that step, as a kill would;
 /// `SILVERLINE_PROMOTE_PAUSE_BEFORE_POINTER=FILE`, before each attempt's conditional write of `_LATEST.json`,
 /// creates `FILE.paused.N` (N = 1, 2, …) and waits (up to 60 s) for `FILE.go.N`, so a test can move the pointer
 /// meanwhile.

@@ -7,7 +7,7 @@ use crate::{Error, Result};
 use silverline_crds::{Dataset, PromotionMode};
 use silverline_lake::history::History;
 use silverline_lake::promotion::{Hooks, PromoteError, PromoteOutcome, PromoteRequest, Target};
-use silverline_lake::{Lake, OpenOptions, PromotionRef, StoreOptions};
+use silverline_lake::{Lake, OpenOptions, PromotionRef, StorageErrorKind, StoreOptions};
 use std::path::PathBuf;
 use tokio::runtime::Handle;
 
@@ -73,6 +73,11 @@ impl From<PromoteError> for Error {
                 Error::GateRefused { checks: refused.failed_checks().join(","), source: refused }
             }
             contention @ PromoteError::Contention { .. } => Error::PointerContention(contention),
+            // Every key a promotion reads is the lake's own (manifests, runs' files): one that is gone is the
+            // lake's inconsistency, not a missing input of the feed.
+            PromoteError::Lake(silverline_lake::Error::Storage(e)) if e.kind == StorageErrorKind::NotFound => {
+                Error::PromoteObjectMissing { source: e }
+            }
             PromoteError::Lake(e) => Error::from(e),
         }
     }

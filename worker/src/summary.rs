@@ -165,6 +165,10 @@ fn next_step(e: &Error, run_id: &str) -> String {
             "this is not expected: report it with this line and the command".into()
         }
         Error::GateRefused { .. } | Error::PointerContention(_) => "see the message above".into(),
+        Error::PromoteObjectMissing { .. } => "a run's file was deleted or moved after the run was written: put it \
+                                               back, or restore a version without it (promote --restore-version, \
+                                               see history), then promote again"
+            .into(),
     }
 }
 

@@ -596,7 +596,7 @@ fn killed_then_repeated(step: &str, identity: Option<&str>) {
 
 #[test]
 fn a_promoter_killed_at_any_step_completes_exactly_once_when_repeated() {
-    for step in ["manifest", "pointer", "copies", "current"] {
+    for step in ["manifest", "pointer", "copies", "current_manifest", "current"] {
         killed_then_repeated(step, Some("team-a/promote-r1/0b7c"));
     }
     killed_then_repeated("pointer", None);
@@ -682,6 +682,23 @@ fn a_repeat_without_identity_of_a_finished_promotion_commits_nothing_unless_aske
         args.extend(extra);
         assert_eq!(lake.promote(&args).code, 2, "{args:?}");
     }
+}
+
+#[test]
+fn a_runs_file_deleted_before_current_caught_up_fails_the_promote_naming_it_not_as_the_feeds_fault() {
+    let lake = Lake::new();
+    lake.ok_run("r1", &csv(0..10, 1, 0));
+    let args = ["--run-id", "r1", "--approved-by", "jane", "--reason", "feed", "--promotion", "team-a/p-r1/1d2e"];
+    let killed = ran(lake.command("promote", &args).env("SILVERLINE_PROMOTE_CRASH_AFTER", "pointer").output().unwrap());
+    assert_ne!(killed.code, 0, "{}", killed.stderr);
+    let key = lake.manifest(1)["files"][0]["key"].as_str().unwrap().to_owned();
+    std::fs::remove_file(lake.path(&key)).unwrap();
+    let again = lake.promote(&args);
+    assert_eq!(again.code, 1, "not exit 3 (fix the feed): {}", again.stderr);
+    let copy = format!("silver/transactions/current/{JAN}/r1-part-00000.parquet");
+    assert!(again.stderr.contains(&format!("copying file://{}", lake.path(&key).display())), "{}", again.stderr);
+    assert!(again.stderr.contains(&copy), "names the copy too: {}", again.stderr);
+    assert!(again.stderr.contains("missing from the lake"), "{}", again.stderr);
 }
 
 #[test]

@@ -407,6 +407,35 @@ fn the_pointer_is_replaced_only_if_unchanged_on_s3() {
 
 #[test]
 #[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn a_copy_on_s3_that_may_not_write_its_destination_names_both_keys() {
+    let rt = runtime();
+    let bucket = unique_bucket("copyro");
+    let admin = lake_on(&bucket);
+    let from = admin.path("silver/transactions/schema_v=v1/run_id=r1/year=2024/month=01/part-00000.parquet");
+    let to = admin.path("silver/transactions/current/year=2024/month=01/r1-part-00000.parquet");
+    rt.block_on(admin.put(&from, Bytes::from_static(b"rows"))).unwrap();
+    // The read-only identity may read the run's file but not write into current/.
+    let read_only = AmazonS3Builder::new()
+        .with_bucket_name(&bucket)
+        .with_region("us-east-1")
+        .with_endpoint(env("AWS_ENDPOINT_URL"))
+        .with_allow_http(true)
+        .with_access_key_id(env("SILVERLINE_TEST_RO_ACCESS_KEY_ID"))
+        .with_secret_access_key(env("SILVERLINE_TEST_RO_SECRET_ACCESS_KEY"))
+        .build()
+        .unwrap();
+    let lake = silverline_lake::Lake { store: std::sync::Arc::new(read_only), ..admin.clone() };
+    let denied = rt.block_on(lake.copy(&from, &to)).unwrap_err();
+    assert_eq!(denied.kind, silverline_lake::StorageErrorKind::AccessDenied, "{denied}");
+    let (from_uri, to_uri) = (lake.uri_of(&from), lake.uri_of(&to));
+    assert!(denied.to_string().starts_with(&format!("copying {from_uri} to {to_uri}: ")), "{denied}");
+    let missing = rt.block_on(admin.copy(&admin.path("silver/transactions/none.parquet"), &to)).unwrap_err();
+    assert_eq!(missing.kind, silverline_lake::StorageErrorKind::NotFound, "{missing}");
+    assert!(missing.to_string().ends_with("/lake/silver/transactions/none.parquet: no such object"), "{missing}");
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
 fn a_promotion_on_s3_moves_pointer_current_and_audit_and_refuses_an_altered_file() {
     let rt = runtime();
     let tmp = TempDir::new().unwrap();
