@@ -266,7 +266,7 @@ fn check_manifest(manifest: &Manifest, layout: &DatasetLayout, version: u64, uri
 /// newer version's sync moved the pointer before copying anything, so its copies are either not in the listing
 /// or the check sees its pointer — and deletes nothing otherwise (the newer sync cleans up). What the checks
 /// cannot rule out on S3 (no conditional delete: a newer sync re-copying, between the check and the delete, a
-/// name the listing held) [`current_is_up_to_date`] detects: the next `promote` or `repair_current` copies it
+/// name the listing held) `current_is_up_to_date` detects: the next `promote` or `repair_current` copies it
 /// again.
 pub async fn sync_current(
     lake: &Lake,
