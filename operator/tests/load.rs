@@ -555,6 +555,8 @@ impl OperatorProcess {
         let file = std::fs::File::create(&log).expect("operator log");
         let child = tokio::process::Command::new(operator_binary())
             .args(["--namespace", namespace, "--lease-namespace", namespace, "--identity", "load"])
+            // The runs' lake lies in `dir` (the operator allows no lake that is not granted).
+            .arg(format!("--allowed-lakes={namespace}={}", dir.display()))
             .args(WORKER_FLAGS)
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "warn")
