@@ -24,6 +24,11 @@ pub struct Config {
     /// separate with commas) or `*` for any. None given: a Dataset with an endpoint is not allowed.
     #[arg(long = "allowed-endpoints", env = "SILVERLINE_ALLOWED_ENDPOINTS")]
     pub allowed_endpoints: Vec<crate::lake::EndpointGrants>,
+    /// Where each namespace's EtlRuns may read their input (`spec.input`): `NAMESPACE=ROOT` grants as for
+    /// `--allowed-lakes`. None given: inputs are not restricted (the workers read them with the Dataset's
+    /// identity); give them where namespaces share one worker identity. Refused, a run waits (`InputNotAllowed`).
+    #[arg(long = "allowed-inputs", env = "SILVERLINE_ALLOWED_INPUTS")]
+    pub allowed_inputs: Vec<crate::lake::LakeGrants>,
     /// The worker's container image.
     #[arg(long, env = "SILVERLINE_WORKER_IMAGE")]
     pub worker_image: String,
@@ -194,6 +199,7 @@ impl Config {
         crate::lake::LakePolicy {
             lakes: self.allowed_lakes.iter().flat_map(|g| g.0.iter().cloned()).collect(),
             endpoints: self.allowed_endpoints.iter().flat_map(|g| g.0.iter().cloned()).collect(),
+            inputs: self.allowed_inputs.iter().flat_map(|g| g.0.iter().cloned()).collect(),
         }
     }
 

@@ -134,9 +134,40 @@ fn is_dns_label(name: &str) -> bool {
 pub struct LakePolicy {
     pub lakes: Vec<LakeGrant>,
     pub endpoints: Vec<EndpointGrant>,
+    /// Where a namespace's EtlRuns may read their input (`--allowed-inputs`, the same `NAMESPACE=ROOT` grants);
+    /// empty: not restricted. The worker, not the operator, reads the input, with the Dataset's identity (its
+    /// credentials Secret or the workers' ServiceAccount); where namespaces share one worker identity (one IAM role
+    /// for every namespace's ServiceAccount), these grants keep a namespace from reading another's feeds.
+    pub inputs: Vec<LakeGrant>,
+}
+
+/// The grants of `namespace` (its own and those for every namespace) that hold `uri`, or why none does.
+fn granted(grants: &[LakeGrant], namespace: &str, uri: &LakeUri) -> Result<(), String> {
+    let own: Vec<&LakeGrant> =
+        grants.iter().filter(|g| g.namespace.as_deref().is_none_or(|n| n == namespace)).collect();
+    if own.iter().any(|g| g.root.as_ref().is_none_or(|root| uri.is_within(root))) {
+        return Ok(());
+    }
+    let roots: Vec<&str> =
+        own.iter().map(|g| g.text.split_once('=').map_or(g.text.as_str(), |(_, root)| root)).collect();
+    Err(if roots.is_empty() { "none".to_owned() } else { roots.join(", ") })
 }
 
 impl LakePolicy {
+    /// Whether an EtlRun of `namespace` may read `input`; if not, why (its own namespace's grants only).
+    pub fn check_input(&self, namespace: &str, input: &str) -> Result<(), String> {
+        if self.inputs.is_empty() {
+            return Ok(());
+        }
+        let uri = LakeUri::parse(input, RelativePaths::Reject).map_err(|e| e.to_string())?;
+        granted(&self.inputs, namespace, &uri).map_err(|held| {
+            format!(
+                "input {input} is not one the operator allows in namespace {namespace} (allowed: {held}); the \
+                 operator's administrators grant inputs with --allowed-inputs (Helm value operator.allowedInputs)"
+            )
+        })
+    }
+
     /// Whether the Datasets of `namespace` may use `storage`; if not, why, said for the Dataset's users (the grants
     /// of their own namespace, never another's).
     pub fn check(&self, namespace: &str, storage: &StorageSpec) -> Result<(), String> {
@@ -144,12 +175,7 @@ impl LakePolicy {
         storage.validate().map_err(|e| e.to_string())?;
         let uri = &storage.lake_uri;
         let lake = LakeUri::parse(uri, RelativePaths::Reject).map_err(|e| e.to_string())?;
-        let grants: Vec<&LakeGrant> =
-            self.lakes.iter().filter(|g| g.namespace.as_deref().is_none_or(|n| n == namespace)).collect();
-        if !grants.iter().any(|g| g.root.as_ref().is_none_or(|root| lake.is_within(root))) {
-            let roots: Vec<&str> =
-                grants.iter().map(|g| g.text.split_once('=').map_or(g.text.as_str(), |(_, lake)| lake)).collect();
-            let held = if roots.is_empty() { "none".to_owned() } else { roots.join(", ") };
+        if let Err(held) = granted(&self.lakes, namespace, &lake) {
             return Err(format!(
                 "lake {uri} is not one the operator allows in namespace {namespace} (allowed: {held}); the \
                  operator's administrators grant lakes with --allowed-lakes (Helm value operator.allowedLakes)"
@@ -189,6 +215,11 @@ impl Lakes {
     /// Whether the Datasets of `namespace` may use `storage` (see [`LakePolicy::check`]).
     pub fn allowed(&self, namespace: &str, storage: &StorageSpec) -> Result<(), String> {
         self.policy.check(namespace, storage)
+    }
+
+    /// Whether the EtlRuns of `namespace` may read `input` (see [`LakePolicy::check_input`]).
+    pub fn input_allowed(&self, namespace: &str, input: &str) -> Result<(), String> {
+        self.policy.check_input(namespace, input)
     }
 
     /// The lake of a Dataset of `namespace`, if the policy allows it.
@@ -337,6 +368,7 @@ mod tests {
         LakePolicy {
             lakes: lakes.iter().map(|g| g.parse().expect("grant")).collect(),
             endpoints: endpoints.iter().map(|g| g.parse().expect("endpoint grant")).collect(),
+            inputs: Vec::new(),
         }
     }
 
@@ -410,6 +442,24 @@ mod tests {
         let endpoints: EndpointGrants = "http://a:9000,,https://b".parse().expect("endpoints");
         assert_eq!(endpoints.0.len(), 2);
         assert_eq!(" ".parse::<EndpointGrants>(), Ok(EndpointGrants(vec![])));
+    }
+
+    #[test]
+    fn inputs_are_restricted_only_once_granted_and_then_like_lakes() {
+        let open = policy(&["*=*"], &[]);
+        assert!(open.check_input("etl", "s3://another-teams-bronze/feed/").is_ok(), "no input grant: any input");
+        let granted = LakePolicy {
+            inputs: vec!["etl=s3://bronze/etl".parse().expect("grant"), "*=/data/shared".parse().expect("grant")],
+            ..open
+        };
+        assert!(granted.check_input("etl", "s3://bronze/etl/2024/01.csv").is_ok());
+        assert!(granted.check_input("team-b", "/data/shared/x.csv").is_ok());
+        let refused = granted.check_input("team-b", "s3://bronze/etl/2024/01.csv").expect_err("another namespace's");
+        assert!(refused.contains("input s3://bronze/etl/2024/01.csv") && refused.contains("namespace team-b"));
+        assert!(refused.contains("(allowed: /data/shared)") && refused.contains("--allowed-inputs"), "{refused}");
+        assert!(granted.check_input("etl", "s3://bronze/etl-b/x.csv").is_err(), "whole segments");
+        assert!(granted.check_input("etl", "s3://bronze/etl/../other/x.csv").is_err(), "no dot segments");
+        assert!(granted.check_input("etl", "relative/x.csv").is_err());
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub struct ContractFacts {
     pub request_promotion: bool,
 }
 
-/// Why the run cannot start (or go on) yet. Each waits for a change of the Dataset.
+/// Why the run cannot start (or go on) yet. Each waits for a change of the Dataset (or of the operator's grants).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ContractProblem {
     DatasetNotFound {
@@ -54,6 +54,10 @@ pub enum ContractProblem {
         name: String,
         message: String,
     },
+    /// The run's input is not one the operator allows in its namespace (`--allowed-inputs`).
+    InputNotAllowed {
+        message: String,
+    },
 }
 
 impl ContractProblem {
@@ -62,6 +66,7 @@ impl ContractProblem {
             ContractProblem::DatasetNotFound { .. } => "DatasetNotFound",
             ContractProblem::InvalidDataset { .. } => "InvalidDataset",
             ContractProblem::LakeNotAllowed { .. } => "LakeNotAllowed",
+            ContractProblem::InputNotAllowed { .. } => "InputNotAllowed",
         }
     }
 
@@ -70,6 +75,7 @@ impl ContractProblem {
             ContractProblem::DatasetNotFound { name } => format!("Dataset {name} does not exist in this namespace"),
             ContractProblem::InvalidDataset { name, message } => format!("Dataset {name} is not valid: {message}"),
             ContractProblem::LakeNotAllowed { name, message } => format!("Dataset {name}: {message}"),
+            ContractProblem::InputNotAllowed { message } => message.clone(),
         }
     }
 }

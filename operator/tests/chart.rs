@@ -562,8 +562,9 @@ fn large_numbers_from_a_values_file_render_as_integers() {
     assert_eq!(config.burst_launches_per_second, 4_000_000);
 }
 
-/// operator.allowedLakes and operator.allowedEndpoints from a values file become the operator's lake policy (parsed by
-/// its own flags); by default nothing is rendered and the operator allows no lake.
+/// operator.allowedLakes, operator.allowedEndpoints and operator.allowedInputs from a values file become the
+/// operator's lake policy (parsed by its own flags); by default nothing is rendered: the operator allows no lake and
+/// restricts no input.
 #[test]
 #[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
 fn allowed_lakes_and_endpoints_become_the_operators_lake_policy() {
@@ -589,7 +590,10 @@ fn allowed_lakes_and_endpoints_become_the_operators_lake_policy() {
         \x20   - namespace: \"*\"\n\
         \x20     lake: /data/shared-lakes\n\
         \x20 allowedEndpoints:\n\
-        \x20   - http://minio.storage:9000\n",
+        \x20   - http://minio.storage:9000\n\
+        \x20 allowedInputs:\n\
+        \x20   - namespace: etl\n\
+        \x20     prefix: s3://bronze/etl\n",
     )
     .expect("write the values file");
     let objects = render(&["-f", values.to_str().expect("a UTF-8 path")]);
@@ -598,7 +602,11 @@ fn allowed_lakes_and_endpoints_become_the_operators_lake_policy() {
         env_value(container, "SILVERLINE_ALLOWED_LAKES").as_deref(),
         Some("etl=s3://datalake-prod/etl,*=/data/shared-lakes")
     );
+    assert_eq!(env_value(container, "SILVERLINE_ALLOWED_INPUTS").as_deref(), Some("etl=s3://bronze/etl"));
     let policy = parse_operator_config(container).lake_policy();
+    assert!(policy.check_input("etl", "s3://bronze/etl/2024/01.csv").is_ok());
+    assert!(policy.check_input("team-b", "s3://bronze/etl/2024/01.csv").is_err(), "granted to etl only");
+    assert!(default.lake_policy().check_input("team-b", "s3://bronze/etl/x.csv").is_ok(), "unrestricted by default");
     for (namespace, uri, endpoint, allowed) in [
         ("etl", "s3://datalake-prod/etl/orders", None, true),
         ("etl", "s3://datalake-prod/etl/orders", Some("http://minio.storage:9000/"), true),
@@ -641,6 +649,7 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
         ("operator.allowedLakes[0].namespace=etl,operator.allowedLakes[0].lake=s3://lake/etl/../other", "lake"),
         ("operator.allowedLakes[0].namespace=Etl,operator.allowedLakes[0].lake=s3://lake/etl", "namespace"),
         ("operator.allowedEndpoints={minio.storage:9000}", "allowedEndpoints"),
+        ("operator.allowedInputs[0].namespace=etl,operator.allowedInputs[0].prefix=bronze/etl", "prefix"),
     ] {
         let rendered = helm::template("silverline", RELEASE_NAMESPACE, &["--set", set]);
         let error = rendered.err().unwrap_or_else(|| panic!("helm template accepted --set {set}"));

@@ -1579,3 +1579,36 @@ async fn a_job_deleted_before_its_worker_wrote_anything_costs_its_attempt_and_is
     assert!(first.message.as_deref().is_some_and(|m| m.contains("the lake holds nothing")), "{first:?}");
     assert_eq!((second.job_name.as_str(), second.outcome), ("tx-gone-a2", Some(AttemptOutcome::Succeeded)));
 }
+
+/// `--allowed-inputs`: once inputs are granted, a run whose input lies outside its namespace's grants waits
+/// (`Pending`, `Progressing` reason `InputNotAllowed`, naming the input and the namespace's grants) with no Job,
+/// while a run of a granted input goes on to succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn a_run_whose_input_is_not_granted_to_its_namespace_waits_with_no_job() {
+    let s = Scenario::new("input-policy").await;
+    create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
+    let granted = s.dir.path().join("granted");
+    std::fs::create_dir_all(&granted).expect("granted dir");
+    let inputs = format!("{}={},other-team={}", s.ns.name, granted.display(), s.dir.path().display());
+    let op = s.operator_with_env("replica-a", &[("SILVERLINE_ALLOWED_INPUTS", &inputs)]).await;
+    let elsewhere = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-ungranted", &elsewhere).await;
+    let inside = granted.join("transactions.csv");
+    std::fs::write(&inside, support::TRANSACTIONS_CSV).expect("write the granted input");
+    create_run(&s.client, &s.ns.name, "tx-granted", &inside).await;
+
+    let done = finished(&s.client, &s.ns.name, "tx-granted", RUN_TIMEOUT).await;
+    assert_eq!(done.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
+    let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let message = eventually("the ungranted run to wait for its input", Duration::from_secs(30), || async {
+        let status = runs.get("tx-ungranted").await.ok()?.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
+        (c.reason == "InputNotAllowed" && status.phase == Some(EtlRunPhase::Pending)).then(|| c.message.clone())
+    })
+    .await;
+    let input = elsewhere.display().to_string();
+    assert!(message.contains(&format!("input {input} ")) && message.contains(&s.ns.name), "{message}");
+    assert!(message.contains(&granted.display().to_string()) && !message.contains("other-team"), "{message}");
+    assert!(jobs_of(&s, "tx-ungranted").await.is_empty(), "no Job reads an input that is not granted");
+}

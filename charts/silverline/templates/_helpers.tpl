@@ -48,11 +48,13 @@ app.kubernetes.io/component: operator
 {{- toJson $namespaces -}}
 {{- end -}}
 
-{{/* operator.allowedLakes as the operator's --allowed-lakes: NAMESPACE=LAKE, comma-separated. */}}
-{{- define "silverline.allowedLakes" -}}
+{{/* Grants (operator.allowedLakes, operator.allowedInputs) as the operator's flags take them: NAMESPACE=ROOT,
+     comma-separated; "root" names the entries' key that holds the root (lake, prefix). */}}
+{{- define "silverline.grants" -}}
+{{- $root := .root -}}
 {{- $grants := list -}}
-{{- range . -}}
-{{- $grants = append $grants (printf "%s=%s" .namespace .lake) -}}
+{{- range .grants -}}
+{{- $grants = append $grants (printf "%s=%s" .namespace (index . $root)) -}}
 {{- end -}}
 {{- join "," $grants -}}
 {{- end -}}

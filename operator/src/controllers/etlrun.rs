@@ -585,6 +585,11 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
         Ok(()) => Ok(dataset),
         Err(message) => Err(ContractProblem::LakeNotAllowed { name: run.spec.dataset.clone(), message }),
     });
+    // And its input, which its worker reads (`--allowed-inputs`; not restricted without grants).
+    let contract = contract.and_then(|dataset| match ctx.lakes.input_allowed(&identity.namespace, &run.spec.input) {
+        Ok(()) => Ok(dataset),
+        Err(message) => Err(ContractProblem::InputNotAllowed { message }),
+    });
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
     let mut lake_error = None;
     let (job_state, lake, lake_checks, mut blocker, job_has_pod) = match (&current, &contract) {
