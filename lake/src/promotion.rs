@@ -734,11 +734,12 @@ pub async fn promote(
         let latest = read_latest(lake, &rules.dataset).await?;
         let (pointer, read_version): (Option<&LatestPointer>, Option<&ObjectVersion>) =
             (latest.as_ref().map(|(p, _)| p), latest.as_ref().map(|(_, v)| v));
+        // The audit log, read once per attempt for the three questions below.
+        let audited = audit::list(lake, &rules.dataset).await?;
         // 1. Already done by this request? Then only catch up.
         if let Some(pointer) = pointer
             && pointer_is_this_request(pointer, request)
         {
-            let audited = audit::list(lake, &rules.dataset).await?;
             let has_record = audited.iter().any(|r| {
                 r.version_after == Some(pointer.version)
                     && matches!(r.result, AuditResult::Promoted | AuditResult::RolledBack)
@@ -752,8 +753,7 @@ pub async fn promote(
         // Already committed by this request (its Promotion identity; without one, an identical request) and
         // recorded? Then say so instead of committing it again — however many promotions came since.
         if !request.again
-            && let Some(record) =
-                audit::list(lake, &rules.dataset).await?.into_iter().find(|r| record_is_this_request(r, request))
+            && let Some(record) = audited.iter().find(|r| record_is_this_request(r, request))
         {
             repair_current(lake, &rules.dataset, hooks).await?;
             return Ok(PromoteOutcome {
@@ -761,10 +761,10 @@ pub async fn promote(
                 result: record.result,
                 version_before: record.version_before,
                 version_after: record.version_after.unwrap_or_default(),
-                change: record.change.unwrap_or_default(),
-                metrics: record.metrics,
+                change: record.change.clone().unwrap_or_default(),
+                metrics: record.metrics.clone(),
                 retries,
-                audit_key: Some(record.key),
+                audit_key: Some(record.key.clone()),
             });
         }
         // Repair current/ first if a killed promoter left it behind the pointer.
@@ -774,10 +774,7 @@ pub async fn promote(
             // would drop every current file and skip the key checks against them. (A manifest alone proves
             // nothing: a first promotion killed, or still on its way, before its pointer write leaves one.)
             None if lake.get(&lake.path(&layout.current_manifest())).await?.is_some()
-                || audit::list(lake, &rules.dataset)
-                    .await?
-                    .iter()
-                    .any(|r| matches!(r.result, AuditResult::Promoted | AuditResult::RolledBack)) =>
+                || audited.iter().any(|r| matches!(r.result, AuditResult::Promoted | AuditResult::RolledBack)) =>
             {
                 return Err(Error::Inconsistent {
                     uri: lake.uri_of(&lake.path(&layout.latest())),
