@@ -54,6 +54,11 @@ pub fn check_bucket(value: &str) -> Result<(), InvalidName> {
     check(&BUCKET, BUCKET_PATTERN, "S3 bucket", value)
 }
 
+/// A Kubernetes namespace's name (a DNS label), e.g. in the operator's grants.
+pub fn check_namespace(value: &str) -> Result<(), InvalidName> {
+    check(&DNS_LABEL, DNS_LABEL_PATTERN, "namespace", value)
+}
+
 pub fn check_dataset_name(value: &str) -> Result<(), InvalidName> {
     check(&DNS_LABEL, DNS_LABEL_PATTERN, "dataset name", value)
 }

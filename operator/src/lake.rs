@@ -23,7 +23,8 @@ pub struct LakeGrant {
     namespace: Option<String>,
     /// `None`: any lake.
     root: Option<LakeUri>,
-    text: String,
+    /// The root as written (`*` too), for messages.
+    shown: String,
 }
 
 impl std::str::FromStr for LakeGrant {
@@ -35,7 +36,7 @@ impl std::str::FromStr for LakeGrant {
         let (namespace, lake) = text.split_once('=').ok_or_else(|| usage("no `=`".into()))?;
         let namespace = match namespace {
             "*" => None,
-            name if is_dns_label(name) => Some(name.to_owned()),
+            name if silverline_crds::names::check_namespace(name).is_ok() => Some(name.to_owned()),
             name => return Err(usage(format!("{name:?} is neither a namespace's name nor *"))),
         };
         let root = match lake {
@@ -49,7 +50,7 @@ impl std::str::FromStr for LakeGrant {
                 Some(root)
             }
         };
-        Ok(LakeGrant { namespace, root, text: text.to_owned() })
+        Ok(LakeGrant { namespace, root, shown: lake.to_owned() })
     }
 }
 
@@ -62,13 +63,13 @@ impl std::str::FromStr for LakeGrants {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        text.split(',')
-            .map(str::trim)
-            .filter(|g| !g.is_empty())
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .map(LakeGrants)
+        comma_separated(text).map(LakeGrants)
     }
+}
+
+/// The entries of a flag's value separated by commas, each parsed; blank ones skipped.
+fn comma_separated<T: std::str::FromStr<Err = String>>(text: &str) -> Result<Vec<T>, String> {
+    text.split(',').map(str::trim).filter(|entry| !entry.is_empty()).map(str::parse).collect()
 }
 
 /// One value of `--allowed-endpoints`: endpoints separated by commas; blank entries allow nothing.
@@ -79,8 +80,7 @@ impl std::str::FromStr for EndpointGrants {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let grants = text.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::parse);
-        grants.collect::<Result<_, _>>().map(EndpointGrants)
+        comma_separated(text).map(EndpointGrants)
     }
 }
 
@@ -119,13 +119,6 @@ fn normalized_endpoint(text: &str) -> Option<String> {
     Some(if path.is_empty() { format!("{scheme}://{authority}") } else { format!("{scheme}://{authority}/{path}") })
 }
 
-fn is_dns_label(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
 /// Which lakes and S3 endpoints each namespace's Datasets may name. With no grant nothing is allowed: an operator
 /// reads lakes with its own identity and starts Jobs that write them, so a namespace's users must not be able to
 /// point it at another team's bucket, or at any host as an "S3 endpoint". A Dataset without an endpoint (AWS's
@@ -148,8 +141,7 @@ fn granted(grants: &[LakeGrant], namespace: &str, uri: &LakeUri) -> Result<(), S
     if own.iter().any(|g| g.root.as_ref().is_none_or(|root| uri.is_within(root))) {
         return Ok(());
     }
-    let roots: Vec<&str> =
-        own.iter().map(|g| g.text.split_once('=').map_or(g.text.as_str(), |(_, root)| root)).collect();
+    let roots: Vec<&str> = own.iter().map(|g| g.shown.as_str()).collect();
     Err(if roots.is_empty() { "none".to_owned() } else { roots.join(", ") })
 }
 
