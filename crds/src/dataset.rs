@@ -168,8 +168,9 @@ pub struct StorageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]{1,20}(-[a-z0-9]{1,20}){0,5}$"))]
     pub region: Option<String>,
-    /// Secret in the same namespace holding `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
-    /// Leave unset to use the pod's identity (IRSA / web identity).
+    /// Secret in the same namespace holding `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`
+    /// for temporary credentials); workers get only these keys. Leave unset to use the pod's identity (IRSA / web
+    /// identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretKeyRef>,
 }
@@ -223,8 +224,8 @@ impl StorageSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
-    /// Name of the Secret (in the Dataset's namespace). The operator never reads it; worker pods get it by
-    /// `envFrom` reference.
+    /// Name of the Secret (in the Dataset's namespace). The operator never reads it; worker pods get its
+    /// credential keys by reference (`secretKeyRef`).
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }

@@ -7,8 +7,8 @@ use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretEnvSource,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
     SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -283,9 +283,15 @@ pub fn worker_job(
 /// killed first, its uploads left open and its exit 137.
 pub const WORKER_TERMINATION_GRACE_SECONDS: i64 = silverline_lake::store::DEFAULT_IO_RETRY_SECONDS as i64 + 30;
 
+/// The variables a worker takes from the Dataset's credentials Secret, each from the Secret's key of the same name,
+/// and whether the key must be there. Only these: a Secret cannot set anything else in the worker's environment
+/// (an `AWS_ENDPOINT_URL` past the operator's endpoint grants, a container-credentials URL, the metadata fallback).
+pub const CREDENTIAL_KEYS: [(&str, bool); 3] =
+    [("AWS_ACCESS_KEY_ID", true), ("AWS_SECRET_ACCESS_KEY", true), ("AWS_SESSION_TOKEN", false)];
+
 /// The restricted pod of a worker: non-root, read-only root file system, all capabilities dropped, seccomp
 /// `RuntimeDefault`, no service-account token; the contract snapshot mounted read-only; the Dataset's lake
-/// credentials by `envFrom` reference only.
+/// credentials by reference to the Secret's keys only ([`CREDENTIAL_KEYS`]).
 pub fn worker_pod(
     args: Vec<String>,
     dataset: &Dataset,
@@ -293,15 +299,25 @@ pub fn worker_pod(
     resources: Option<ResourceRequirements>,
     settings: &JobSettings,
 ) -> PodSpec {
-    let env_from = dataset.spec.storage.credentials_secret.as_ref().map(|secret| {
-        vec![EnvFromSource {
-            secret_ref: Some(SecretEnvSource { name: secret.name.clone(), optional: Some(false) }),
-            ..EnvFromSource::default()
-        }]
-    });
-    // Set here, it wins over the credentials Secret's variables (`envFrom`): a Secret cannot turn the fallback on.
-    let env = (!settings.instance_metadata_credentials)
-        .then(|| vec![EnvVar { name: METADATA_DISABLED.to_owned(), value: Some("true".into()), ..EnvVar::default() }]);
+    let mut env = Vec::new();
+    if let Some(secret) = &dataset.spec.storage.credentials_secret {
+        env.extend(CREDENTIAL_KEYS.iter().map(|&(key, required)| EnvVar {
+            name: key.to_owned(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: key.to_owned(),
+                    optional: Some(!required),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }));
+    }
+    if !settings.instance_metadata_credentials {
+        env.push(EnvVar { name: METADATA_DISABLED.to_owned(), value: Some("true".into()), ..EnvVar::default() });
+    }
+    let env = (!env.is_empty()).then_some(env);
     let container = Container {
         name: WORKER_CONTAINER.to_owned(),
         image: Some(settings.image.clone()),
@@ -309,7 +325,6 @@ pub fn worker_pod(
         command: Some(vec![WORKER_COMMAND.to_owned()]),
         args: Some(args),
         env,
-        env_from,
         resources,
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -543,18 +558,36 @@ mod tests {
     fn credentials_are_referenced_never_copied() {
         let job = build(&run(), &dataset());
         let c = &job.spec.and_then(|s| s.template.spec).expect("pod").containers[0];
-        let from = c.env_from.as_ref().expect("envFrom");
-        assert_eq!(from[0].secret_ref.as_ref().map(|s| s.name.as_str()), Some("silverline-lake-credentials"));
-        // The only variable set on the container: no instance-metadata fallback (a value, not a secret).
-        let env: Vec<(&str, Option<&str>)> =
-            c.env.iter().flatten().map(|e| (e.name.as_str(), e.value.as_deref())).collect();
-        assert_eq!(env, [("AWS_EC2_METADATA_DISABLED", Some("true"))]);
+        assert!(c.env_from.is_none(), "never the whole Secret: it could set any variable of the worker");
+        // (name, literal value, (Secret, key, optional)) of each variable.
+        type Variable<'a> = (&'a str, Option<&'a str>, Option<(&'a str, &'a str, Option<bool>)>);
+        let env: Vec<Variable> = c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| {
+                let from = e.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref());
+                (e.name.as_str(), e.value.as_deref(), from.map(|r| (r.name.as_str(), r.key.as_str(), r.optional)))
+            })
+            .collect();
+        let secret = "silverline-lake-credentials";
+        assert_eq!(
+            env,
+            [
+                ("AWS_ACCESS_KEY_ID", None, Some((secret, "AWS_ACCESS_KEY_ID", Some(false)))),
+                ("AWS_SECRET_ACCESS_KEY", None, Some((secret, "AWS_SECRET_ACCESS_KEY", Some(false)))),
+                ("AWS_SESSION_TOKEN", None, Some((secret, "AWS_SESSION_TOKEN", Some(true)))),
+                // Listed after the Secret's keys and never one of them: no instance-metadata fallback.
+                ("AWS_EC2_METADATA_DISABLED", Some("true"), None),
+            ]
+        );
 
         let mut anonymous = dataset();
         anonymous.spec.storage.credentials_secret = None;
         let c = &build(&run(), &anonymous).spec.and_then(|s| s.template.spec).expect("pod").containers[0];
         assert!(c.env_from.is_none());
-        assert_eq!(c.env.as_ref().map(Vec::len), Some(1), "the fallback is off without a Secret too");
+        let names: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["AWS_EC2_METADATA_DISABLED"], "the fallback is off without a Secret too");
     }
 
     #[test]
@@ -563,7 +596,8 @@ mod tests {
         let plan = AttemptPlan { attempt: 1, run_id: "r-a1", job_name: "tx-2024-01-a1", snapshot: "s" };
         let allowed = JobSettings { instance_metadata_credentials: true, ..settings() };
         let job = worker_job(&run(), &identity, &dataset(), &plan, &allowed).expect("job");
-        assert!(job.spec.and_then(|s| s.template.spec).expect("pod").containers[0].env.is_none());
+        let env = job.spec.and_then(|s| s.template.spec).expect("pod").containers[0].env.clone().unwrap_or_default();
+        assert!(env.iter().all(|e| e.name != METADATA_DISABLED), "{env:?}");
     }
 
     #[test]

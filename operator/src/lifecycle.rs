@@ -82,6 +82,7 @@ impl ContractProblem {
 
 pub const REASON_LAKE_UNREADABLE: &str = "LakeUnreadable";
 pub const REASON_SECRET_NOT_FOUND: &str = "CredentialsSecretNotFound";
+pub const REASON_SECRET_KEY_MISSING: &str = "CredentialsSecretKeyMissing";
 pub const REASON_CONTAINER_CONFIG: &str = "ContainerConfigError";
 pub const REASON_SNAPSHOT_REFUSED: &str = "ContractSnapshotRefused";
 
@@ -90,6 +91,8 @@ pub const REASON_SNAPSHOT_REFUSED: &str = "ContractSnapshotRefused";
 pub enum PodBlocker {
     /// The Dataset's `storage.credentialsSecret` does not exist (`CreateContainerConfigError`).
     SecretNotFound { name: String },
+    /// The credentials Secret exists but lacks a key the worker needs (`CreateContainerConfigError`).
+    SecretKeyMissing { name: String, key: String },
     /// Another `CreateContainerConfigError`.
     ContainerConfig { message: String },
     /// No pod of the Job exists and the Job controller reports `FailedCreate` with this message.
@@ -119,6 +122,7 @@ impl PodBlocker {
     pub fn reason(&self) -> &'static str {
         match self {
             PodBlocker::SecretNotFound { .. } => REASON_SECRET_NOT_FOUND,
+            PodBlocker::SecretKeyMissing { .. } => REASON_SECRET_KEY_MISSING,
             PodBlocker::ContainerConfig { .. } => REASON_CONTAINER_CONFIG,
             PodBlocker::CannotCreate { .. } => FailureReason::PodCreationFailed.as_str(),
             PodBlocker::SnapshotRefused { .. } => REASON_SNAPSHOT_REFUSED,
@@ -141,6 +145,11 @@ impl PodBlocker {
             PodBlocker::SecretNotFound { name } => format!(
                 "Secret {name} (the Dataset's storage.credentialsSecret) does not exist in this namespace: the pod \
                  of {what} cannot start until it is created"
+            ),
+            PodBlocker::SecretKeyMissing { name, key } => format!(
+                "Secret {name} (the Dataset's storage.credentialsSecret) has no key {key}: the pod of {what} cannot \
+                 start until it is added (workers take AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from it, and \
+                 AWS_SESSION_TOKEN if it holds one)"
             ),
             PodBlocker::ContainerConfig { message } => format!("the pod of {what} cannot start: {message}"),
             PodBlocker::CannotCreate { message } => {

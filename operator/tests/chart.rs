@@ -14,7 +14,7 @@ use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::discovery::{ApiResource, Discovery, Scope};
 use serde_json::Value;
 use silverline_crds::EtlRunPhase;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::helm::{self, RELEASE_NAMESPACE, of_kind};
@@ -432,6 +432,51 @@ fn the_network_policy_reaches_credential_endpoints_only_when_asked() {
         .filter_map(|port| port["port"].as_i64())
         .collect();
     assert_eq!(ports, BTreeSet::from([53, 443, 6443, 9000]));
+}
+
+/// `workerServiceAccount.namespaceAnnotations`: one namespace's lake identity, over the common annotations.
+#[test]
+#[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+fn a_namespace_gets_its_own_worker_identity_over_the_common_one() {
+    let role = "eks\\.amazonaws\\.com/role-arn";
+    let common = format!("workerServiceAccount.annotations.{role}=arn:aws:iam::1:role/common");
+    let own = format!("workerServiceAccount.namespaceAnnotations.etl-b.{role}=arn:aws:iam::1:role/etl-b");
+    let extra = "workerServiceAccount.namespaceAnnotations.etl-b.team=payments";
+    let objects = render(&[
+        "--set",
+        "watchNamespaces={etl-a,etl-b}",
+        "--set-string",
+        &common,
+        "--set-string",
+        &own,
+        "--set-string",
+        extra,
+    ]);
+    let workers: BTreeMap<String, Value> = of_kind(&objects, "ServiceAccount")
+        .into_iter()
+        .filter(|sa| sa["metadata"]["name"] == "silverline-worker")
+        .map(|sa| {
+            let namespace = sa["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+            (namespace, sa["metadata"]["annotations"].clone())
+        })
+        .collect();
+    assert_eq!(
+        workers,
+        BTreeMap::from([
+            ("etl-a".to_owned(), serde_json::json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/common"})),
+            (
+                "etl-b".to_owned(),
+                serde_json::json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/etl-b", "team": "payments"})
+            ),
+        ])
+    );
+
+    // A namespace that gets no workers' ServiceAccount: a typo would leave it on the common role, so it is refused.
+    let stray = format!("workerServiceAccount.namespaceAnnotations.etl-c.{role}=arn:aws:iam::1:role/etl-c");
+    let args = ["--set", "watchNamespaces={etl-a}", "--set-string", &stray];
+    let error = helm::template("silverline", RELEASE_NAMESPACE, &args)
+        .expect_err("helm template accepted annotations for a namespace without workers");
+    assert!(error.contains("namespace etl-c, which gets no workers' ServiceAccount"), "{error}");
 }
 
 /// The pod's prometheus.io scrape annotations are defaults: a user's podAnnotations key replaces the value, once

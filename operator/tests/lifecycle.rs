@@ -1141,13 +1141,34 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
         .collect();
     assert!(warnings.iter().any(|e| e.type_.as_deref() == Some("Warning")), "{warnings:?}");
 
-    // The Secret appears: the pod starts, the run succeeds, the Dataset says the Secret is found.
+    // The Secret appears without the secret key: the run and the Dataset name the key that is missing.
     let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
     let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "lake-creds"}, "stringData": {"SILVERLINE_TEST_CREDENTIAL": "x"}
+        "metadata": {"name": "lake-creds"}, "stringData": {"AWS_ACCESS_KEY_ID": "x"}
     }))
     .expect("secret");
     secrets.create(&Default::default(), &secret).await.expect("create the Secret");
+    let waiting = eventually("the run to say which key is missing", Duration::from_secs(30), || async {
+        let status = runs.get("tx-nosecret").await.ok()?.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
+        (c.reason == "CredentialsSecretKeyMissing").then(|| c.message.clone())
+    })
+    .await;
+    assert!(waiting.contains("Secret lake-creds") && waiting.contains("no key AWS_SECRET_ACCESS_KEY"), "{waiting}");
+    let missing = eventually("CredentialsSecret=False, KeyMissing", Duration::from_secs(20), || async {
+        credentials("False").await.filter(|c| c.reason == "KeyMissing")
+    })
+    .await;
+    assert!(missing.message.contains("has no key AWS_SECRET_ACCESS_KEY"), "{missing:?}");
+    let warned = support::events(&s.client, &s.ns.name, "tx-nosecret")
+        .await
+        .into_iter()
+        .any(|e| e.reason.as_deref() == Some("CredentialsSecretKeyMissing") && e.type_.as_deref() == Some("Warning"));
+    assert!(warned, "a Warning Event names the missing key");
+
+    // The key is added: the pod starts, the run succeeds, the Dataset says the Secret is found.
+    let patch = serde_json::json!({"stringData": {"AWS_SECRET_ACCESS_KEY": "y"}});
+    secrets.patch("lake-creds", &Default::default(), &kube::api::Patch::Merge(&patch)).await.expect("add the key");
     let run = finished(&s.client, &s.ns.name, "tx-nosecret", RUN_TIMEOUT).await;
     assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
     assert_eq!(run.status.expect("status").attempts.len(), 1, "the same attempt, once its pod could start");
@@ -1343,8 +1364,22 @@ async fn lake_credentials_reach_the_worker_by_reference_only() {
     assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
     let jobs = jobs_of(&s, "tx-creds").await;
     let pod_spec = jobs[0].spec.clone().and_then(|j| j.template.spec).expect("pod spec");
-    let secret_ref = pod_spec.containers[0].env_from.as_ref().and_then(|e| e[0].secret_ref.clone()).expect("envFrom");
-    assert_eq!(secret_ref.name, "lake-credentials");
+    let container = &pod_spec.containers[0];
+    assert!(container.env_from.is_none(), "never the whole Secret: {:?}", container.env_from);
+    let from_secret: Vec<(String, String, String)> = container
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            Some((e.name.clone(), r.name.clone(), r.key.clone()))
+        })
+        .collect();
+    let by_key = |k: &str| (k.to_owned(), "lake-credentials".to_owned(), k.to_owned());
+    assert_eq!(
+        from_secret,
+        [by_key("AWS_ACCESS_KEY_ID"), by_key("AWS_SECRET_ACCESS_KEY"), by_key("AWS_SESSION_TOKEN")]
+    );
     // The value is nowhere but in the Secret: not in the run, its Job, its contract snapshot or the logs.
     let snapshots: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
     let snapshot_name = run.status.as_ref().and_then(|st| st.contract_snapshot.clone()).expect("snapshot name");

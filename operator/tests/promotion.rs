@@ -754,7 +754,8 @@ async fn dataset_with_its_secret(s: &Scenario) -> (Api<Secret>, Secret) {
     dataset_without_its_secret(s).await;
     let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
     let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "lake-creds"}, "stringData": {"SILVERLINE_TEST_CREDENTIAL": "x"}
+        "metadata": {"name": "lake-creds"},
+        "stringData": {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
     }))
     .expect("secret");
     secrets.create(&Default::default(), &secret).await.expect("create the Secret");

@@ -979,9 +979,15 @@ pub fn pod_blocker(pod: &Pod) -> Option<PodBlocker> {
         .strip_prefix("secret \"")
         .and_then(|rest| rest.split_once("\" not found"))
         .map(|(name, _)| name.to_owned());
-    Some(match secret {
-        Some(name) => PodBlocker::SecretNotFound { name },
-        None => PodBlocker::ContainerConfig { message },
+    // The kubelet's words for a `secretKeyRef` to a key the Secret lacks: `couldn't find key K in Secret NS/NAME`.
+    let key = message
+        .strip_prefix("couldn't find key ")
+        .and_then(|rest| rest.split_once(" in Secret "))
+        .and_then(|(key, secret)| Some((key, secret.rsplit_once('/')?.1)));
+    Some(match (secret, key) {
+        (Some(name), _) => PodBlocker::SecretNotFound { name },
+        (None, Some((key, name))) => PodBlocker::SecretKeyMissing { name: name.to_owned(), key: key.to_owned() },
+        (None, None) => PodBlocker::ContainerConfig { message },
     })
 }
 
@@ -1256,11 +1262,8 @@ async fn report(scope: &Scope, run: &EtlRun, status: &EtlRunStatus, transition: 
         Transition::Waiting { reason, message } => {
             tracing::warn!(etlrun = %name, namespace = %namespace, dataset, reason = %reason, "{message}");
             publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, reason, "Wait", message.clone()).await;
-            if let Some(secret) = missing_secret_of(reason, message) {
-                let note = format!(
-                    "Secret {secret} (storage.credentialsSecret) does not exist in namespace {namespace}: the worker pods of EtlRun {name} cannot start"
-                );
-                set_credentials_condition(ctx, run, &namespace, false, "SecretNotFound", &note).await;
+            if let Some((condition_reason, note)) = credentials_problem(reason, message, &namespace, &name) {
+                set_credentials_condition(ctx, run, &namespace, false, condition_reason, &note).await;
             }
         }
     }
@@ -1374,9 +1377,24 @@ async fn request_promotion(scope: &Scope, run: &EtlRun, identity: &RunIdentity, 
     outcome
 }
 
-/// The Secret a `CredentialsSecretNotFound` wait names (its message starts with `Secret {name} `).
-fn missing_secret_of<'a>(reason: &str, message: &'a str) -> Option<&'a str> {
-    (reason == lifecycle::REASON_SECRET_NOT_FOUND).then(|| message.strip_prefix("Secret ")?.split(' ').next())?
+/// What the Dataset's `CredentialsSecret` condition says of a run waiting for its credentials Secret: the reason
+/// and message, from the wait's (whose message starts with `Secret {name} `, and names the key that is missing).
+fn credentials_problem(reason: &str, message: &str, namespace: &str, run: &str) -> Option<(&'static str, String)> {
+    let secret = message.strip_prefix("Secret ")?.split(' ').next()?;
+    if reason == lifecycle::REASON_SECRET_NOT_FOUND {
+        let note = format!(
+            "Secret {secret} (storage.credentialsSecret) does not exist in namespace {namespace}: the worker pods of EtlRun {run} cannot start"
+        );
+        return Some(("SecretNotFound", note));
+    }
+    if reason == lifecycle::REASON_SECRET_KEY_MISSING {
+        let key = message.split_once(" has no key ")?.1.split(':').next()?;
+        let note = format!(
+            "Secret {secret} (storage.credentialsSecret) in namespace {namespace} has no key {key}: the worker pods of EtlRun {run} cannot start"
+        );
+        return Some(("KeyMissing", note));
+    }
+    None
 }
 
 /// The field manager of the Dataset's `CredentialsSecret` condition: the Dataset controller owns `Valid` under
@@ -1504,6 +1522,28 @@ mod tests {
     }
 
     #[test]
+    fn the_dataset_is_told_which_secret_or_key_is_missing() {
+        let attempt = "attempt 2 (Job tx-a2)";
+        let gone = PodBlocker::SecretNotFound { name: "lake-creds".into() };
+        let (reason, note) = credentials_problem(gone.reason(), &gone.message_for(attempt), "etl", "tx").expect("said");
+        assert_eq!(reason, "SecretNotFound");
+        assert!(
+            note.starts_with("Secret lake-creds (storage.credentialsSecret) does not exist in namespace etl"),
+            "{note}"
+        );
+        let key = PodBlocker::SecretKeyMissing { name: "lake-creds".into(), key: "AWS_SECRET_ACCESS_KEY".into() };
+        let (reason, note) = credentials_problem(key.reason(), &key.message_for(attempt), "etl", "tx").expect("said");
+        assert_eq!(reason, "KeyMissing");
+        assert_eq!(
+            note,
+            "Secret lake-creds (storage.credentialsSecret) in namespace etl has no key AWS_SECRET_ACCESS_KEY: the \
+             worker pods of EtlRun tx cannot start"
+        );
+        let other = PodBlocker::ContainerConfig { message: "Secret x: no".into() };
+        assert_eq!(credentials_problem(other.reason(), &other.message_for(attempt), "etl", "tx"), None);
+    }
+
+    #[test]
     fn a_pod_that_cannot_start_names_what_it_misses() {
         let waiting = |reason: &str, message: &str| {
             pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{
@@ -1515,6 +1555,13 @@ mod tests {
             (
                 waiting("CreateContainerConfigError", "secret \"lake-creds\" not found"),
                 Some(PodBlocker::SecretNotFound { name: "lake-creds".into() }),
+            ),
+            (
+                waiting(
+                    "CreateContainerConfigError",
+                    "couldn't find key AWS_SECRET_ACCESS_KEY in Secret etl/lake-creds",
+                ),
+                Some(PodBlocker::SecretKeyMissing { name: "lake-creds".into(), key: "AWS_SECRET_ACCESS_KEY".into() }),
             ),
             (
                 waiting("CreateContainerConfigError", "configmap \"x\" not found"),

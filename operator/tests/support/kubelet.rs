@@ -63,6 +63,7 @@ impl Kubelet {
             pods: Api::namespaced(client.clone(), namespace),
             config_maps: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
             worker_bin,
             root: dir.path().to_owned(),
             faults: faults.clone(),
@@ -107,6 +108,7 @@ struct Node {
     pods: Api<Pod>,
     config_maps: Api<ConfigMap>,
     secrets: Api<Secret>,
+    namespace: String,
     worker_bin: PathBuf,
     root: PathBuf,
     faults: Faults,
@@ -223,7 +225,7 @@ impl Node {
         let mut args_all: Vec<String> = command.iter().skip(1).cloned().collect();
         args_all.extend(args);
 
-        // Environment: literal values, and whole Secrets / ConfigMaps by envFrom.
+        // Environment: whole Secrets by envFrom, literal values, and Secret keys by secretKeyRef.
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
         for from in container.env_from.iter().flatten() {
@@ -258,6 +260,35 @@ impl Node {
         for var in container.env.iter().flatten() {
             if let Some(value) = &var.value {
                 env.insert(var.name.clone(), value.clone());
+            }
+            let Some(selector) = var.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()) else { continue };
+            // As a kubelet: a missing Secret, or a missing key that is not optional, is a
+            // CreateContainerConfigError in the kubelet's words, retried until the Secret has it.
+            let optional = selector.optional == Some(true);
+            let mut said = None;
+            let value = loop {
+                let secret =
+                    self.secrets.get_opt(&selector.name).await.map_err(|e| format!("Secret {}: {e}", selector.name))?;
+                let found = secret.as_ref().map(|s| s.data.as_ref().and_then(|d| d.get(&selector.key)).cloned());
+                let problem = match found {
+                    Some(Some(value)) => break Some(String::from_utf8_lossy(&value.0).into_owned()),
+                    None | Some(None) if optional => break None,
+                    None => format!("secret \"{}\" not found", selector.name),
+                    Some(None) => {
+                        format!("couldn't find key {} in Secret {}/{}", selector.key, self.namespace, selector.name)
+                    }
+                };
+                if said.as_ref() != Some(&problem) {
+                    self.set_waiting(&name, &container.name, "CreateContainerConfigError", &problem).await?;
+                    said = Some(problem);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = &mut stopped => return Ok(()),
+                }
+            };
+            if let Some(value) = value {
+                env.insert(var.name.clone(), value);
             }
         }
 
