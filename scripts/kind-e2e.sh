@@ -88,8 +88,7 @@ step "namespaces and credentials: workers write with lake-writer (etl), the oper
 kubectl create namespace "$ETL_NS" --dry-run=client -o yaml | kubectl apply -f -
 kubectl create namespace "$OPERATOR_NS" --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n "$ETL_NS" create secret generic lake-writer --from-literal=AWS_ACCESS_KEY_ID="$writer_key" \
-  --from-literal=AWS_SECRET_ACCESS_KEY="$writer_secret" --from-literal=AWS_EC2_METADATA_DISABLED=true \
-  --dry-run=client -o yaml | kubectl apply -f -
+  --from-literal=AWS_SECRET_ACCESS_KEY="$writer_secret" --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n "$OPERATOR_NS" create secret generic lake-reader --from-literal=AWS_ACCESS_KEY_ID="$reader_key" \
   --from-literal=AWS_SECRET_ACCESS_KEY="$reader_secret" --dry-run=client -o yaml | kubectl apply -f -
 
