@@ -434,6 +434,30 @@ fn the_network_policy_reaches_credential_endpoints_only_when_asked() {
     assert_eq!(ports, BTreeSet::from([53, 443, 6443, 9000]));
 }
 
+/// `image.*.digest`: images pulled by digest, the operator's and every worker Job's.
+#[test]
+#[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+fn images_pinned_by_digest_are_pulled_by_it() {
+    let operator = format!("sha256:{}", "a".repeat(64));
+    let worker = format!("sha256:{}", "b".repeat(64));
+    let objects = render(&[
+        "--set",
+        "image.operator.tag=1.2.3",
+        "--set",
+        &format!("image.operator.digest={operator}"),
+        "--set",
+        &format!("image.worker.digest={worker}"),
+    ]);
+    let container = operator_container(&objects);
+    assert_eq!(container["image"], format!("ghcr.io/silverline-dev/silverline-operator:1.2.3@{operator}"));
+    let worker_image = env_value(container, "SILVERLINE_WORKER_IMAGE").expect("the worker's image");
+    assert!(worker_image.starts_with("ghcr.io/silverline-dev/silverline-worker:"), "{worker_image}");
+    assert!(worker_image.ends_with(&format!("@{worker}")), "{worker_image}");
+    // Without a digest, by tag only (as before).
+    let container = operator_container(&render(&["--set", "image.operator.tag=1.2.3"])).clone();
+    assert_eq!(container["image"], "ghcr.io/silverline-dev/silverline-operator:1.2.3");
+}
+
 /// `workerServiceAccount.namespaceAnnotations`: one namespace's lake identity, over the common annotations.
 #[test]
 #[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]

@@ -36,7 +36,9 @@ app.kubernetes.io/component: operator
 {{- end -}}
 
 {{- define "silverline.image" -}}
-{{- printf "%s:%s" .image.repository (default .chart.AppVersion .image.tag) -}}
+{{- $reference := printf "%s:%s" .image.repository (default .chart.AppVersion .image.tag) -}}
+{{- if .image.digest }}{{ $reference = printf "%s@%s" $reference .image.digest }}{{ end -}}
+{{- $reference -}}
 {{- end -}}
 
 {{/* The namespaces the workers' ServiceAccount is created in, as a JSON list: workerServiceAccount.namespaces,
