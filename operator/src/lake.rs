@@ -122,7 +122,7 @@ fn normalized_endpoint(text: &str) -> Option<String> {
 /// Which lakes and S3 endpoints each namespace's Datasets may name. With no grant nothing is allowed: an operator
 /// reads lakes with its own identity and starts Jobs that write them, so a namespace's users must not be able to
 /// point it at another team's bucket, or at any host as an "S3 endpoint". A Dataset without an endpoint (AWS's
-/// own, or the operator's `AWS_ENDPOINT_URL`) needs no endpoint grant.
+/// own; the operator's `AWS_ENDPOINT_URL` reaches only its own reads, never a worker) needs no endpoint grant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LakePolicy {
     pub lakes: Vec<LakeGrant>,

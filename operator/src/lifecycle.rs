@@ -327,7 +327,12 @@ pub fn plan(observed: &Observed, settings: &LifecycleSettings) -> Plan {
 
 /// The reason of the run's `Progressing` condition, if it has one.
 fn progressing_reason(status: &EtlRunStatus) -> Option<&str> {
-    status.conditions.iter().find(|c| c.type_ == CONDITION_PROGRESSING).map(|c| c.reason.as_str())
+    progressing(status).map(|(reason, _)| reason)
+}
+
+/// The reason and message of the run's `Progressing` condition.
+fn progressing(status: &EtlRunStatus) -> Option<(&str, &str)> {
+    status.conditions.iter().find(|c| c.type_ == CONDITION_PROGRESSING).map(|c| (c.reason.as_str(), c.message.as_str()))
 }
 
 /// The attempt in flight: the last one, if it has not ended.
@@ -478,9 +483,12 @@ impl Builder<'_> {
                         Some(NO_POD_RECHECK.min(until(self.now(), give_up)).max(Duration::from_millis(100)));
                 }
                 Some(blocker) => {
+                    // Said again when the message changes too: the kubelet names one missing key at a time, so a
+                    // Secret lacking two keys moves from one to the other under the same reason.
                     let (reason, message) = (blocker.reason(), blocker.message(&attempt));
+                    let said = progressing(self.observed.status) == Some((reason, message.as_str()));
                     self.set_phase(EtlRunPhase::Running, reason, &message);
-                    if progressing_reason(self.observed.status) != Some(reason) {
+                    if !said {
                         self.transitions.push(Transition::Waiting { reason: reason.to_owned(), message });
                     }
                 }
@@ -1162,6 +1170,32 @@ mod tests {
         assert!(p2.transitions.is_empty() && p2.status == p.status, "said once");
         let started_now = plan(&observe(&p.status, 7, Some(JobState::Active), None), &settings());
         assert_eq!(condition(&started_now.status, CONDITION_PROGRESSING), ("True", "AttemptRunning"));
+    }
+
+    #[test]
+    fn a_secret_missing_one_key_then_another_is_said_for_each_key() {
+        let s = started();
+        let missing = |key: &str| PodBlocker::SecretKeyMissing { name: "lake-creds".into(), key: key.into() };
+        let mut first = observe(&s, 5, Some(JobState::Active), None);
+        first.blocker = Some(missing("AWS_ACCESS_KEY_ID"));
+        let p = plan(&first, &settings());
+        assert_eq!(condition(&p.status, CONDITION_PROGRESSING), ("True", REASON_SECRET_KEY_MISSING));
+        assert!(
+            matches!(p.transitions.as_slice(), [Transition::Waiting { message, .. }] if message.contains("no key AWS_ACCESS_KEY_ID"))
+        );
+        let mut same = observe(&p.status, 6, Some(JobState::Active), None);
+        same.blocker = first.blocker.clone();
+        assert!(plan(&same, &settings()).transitions.is_empty(), "said once per key");
+        // The first key added, the kubelet names the next one: the same reason, said again for that key.
+        let mut next = observe(&p.status, 7, Some(JobState::Active), None);
+        next.blocker = Some(missing("AWS_SECRET_ACCESS_KEY"));
+        let p2 = plan(&next, &settings());
+        assert!(
+            matches!(p2.transitions.as_slice(), [Transition::Waiting { reason, message }]
+                if reason == REASON_SECRET_KEY_MISSING && message.contains("no key AWS_SECRET_ACCESS_KEY")),
+            "{:?}",
+            p2.transitions
+        );
     }
 
     #[test]

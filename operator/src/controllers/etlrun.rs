@@ -1223,6 +1223,10 @@ async fn report(scope: &Scope, run: &EtlRun, status: &EtlRunStatus, transition: 
                 .await;
         }
         Transition::AttemptEnded { attempt, retry_after } => {
+            if attempt.exit_code.is_some() {
+                // Its pod ran, so it started with the Secret and its keys, whatever the attempt's end.
+                clear_credentials_condition(scope, run, &namespace).await;
+            }
             if attempt.outcome != Some(AttemptOutcome::Failed) {
                 return;
             }
@@ -1431,7 +1435,8 @@ async fn set_credentials_condition(
     }
 }
 
-/// A run succeeded: if its Dataset says its Secret was missing, it is there now.
+/// A worker pod of the run started (its attempt ended with an exit code, or the run succeeded): if its Dataset says
+/// its Secret or one of its keys was missing, it is there now.
 async fn clear_credentials_condition(scope: &Scope, run: &EtlRun, namespace: &str) {
     let Some(dataset) = scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(namespace)) else { return };
     let missing = dataset
@@ -1441,7 +1446,7 @@ async fn clear_credentials_condition(scope: &Scope, run: &EtlRun, namespace: &st
         .and_then(|d| d.status.as_ref())
         .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == CONDITION_CREDENTIALS && c.status == "False"));
     if missing {
-        let message = format!("the worker pods of EtlRun {} started with the Secret", run.name_any());
+        let message = format!("a worker pod of EtlRun {} started with the Secret", run.name_any());
         set_credentials_condition(&scope.ctx, run, namespace, true, "SecretFound", &message).await;
     }
 }

@@ -17,7 +17,7 @@
 //! one whose worker runs with more environment (e.g. a test hook of the worker), optionally held before start.
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -225,72 +225,26 @@ impl Node {
         let mut args_all: Vec<String> = command.iter().skip(1).cloned().collect();
         args_all.extend(args);
 
-        // Environment: whole Secrets by envFrom, literal values, and Secret keys by secretKeyRef.
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
-        for from in container.env_from.iter().flatten() {
-            if let Some(secret) = &from.secret_ref {
-                // As a kubelet: a missing Secret is a CreateContainerConfigError, retried until it exists.
-                let mut said = false;
-                let s = loop {
-                    match self
-                        .secrets
-                        .get_opt(&secret.name)
-                        .await
-                        .map_err(|e| format!("Secret {}: {e}", secret.name))?
-                    {
-                        Some(s) => break s,
-                        None if !said => {
-                            let message = format!("secret \"{}\" not found", secret.name);
-                            self.set_waiting(&name, &container.name, "CreateContainerConfigError", &message).await?;
-                            said = true;
-                        }
-                        None => {}
+        // Environment: whole Secrets by envFrom, literal values, and Secret keys by secretKeyRef. As a kubelet:
+        // the whole environment is made again on every try, each Secret read once per try; a missing Secret, or a
+        // missing key that is not optional, is a CreateContainerConfigError in the kubelet's words, retried
+        // until the pod can start.
+        let mut said: Option<String> = None;
+        let mut env = loop {
+            match self.environment(&container).await? {
+                Ok(env) => break env,
+                Err(problem) => {
+                    if said.as_ref() != Some(&problem) {
+                        self.set_waiting(&name, &container.name, "CreateContainerConfigError", &problem).await?;
+                        said = Some(problem);
                     }
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        _ = &mut stopped => return Ok(()),
-                    }
-                };
-                for (k, v) in s.data.iter().flatten() {
-                    env.insert(k.clone(), String::from_utf8_lossy(&v.0).into_owned());
                 }
             }
-        }
-        for var in container.env.iter().flatten() {
-            if let Some(value) = &var.value {
-                env.insert(var.name.clone(), value.clone());
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = &mut stopped => return Ok(()),
             }
-            let Some(selector) = var.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()) else { continue };
-            // As a kubelet: a missing Secret, or a missing key that is not optional, is a
-            // CreateContainerConfigError in the kubelet's words, retried until the Secret has it.
-            let optional = selector.optional == Some(true);
-            let mut said = None;
-            let value = loop {
-                let secret =
-                    self.secrets.get_opt(&selector.name).await.map_err(|e| format!("Secret {}: {e}", selector.name))?;
-                let found = secret.as_ref().map(|s| s.data.as_ref().and_then(|d| d.get(&selector.key)).cloned());
-                let problem = match found {
-                    Some(Some(value)) => break Some(String::from_utf8_lossy(&value.0).into_owned()),
-                    None | Some(None) if optional => break None,
-                    None => format!("secret \"{}\" not found", selector.name),
-                    Some(None) => {
-                        format!("couldn't find key {} in Secret {}/{}", selector.key, self.namespace, selector.name)
-                    }
-                };
-                if said.as_ref() != Some(&problem) {
-                    self.set_waiting(&name, &container.name, "CreateContainerConfigError", &problem).await?;
-                    said = Some(problem);
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = &mut stopped => return Ok(()),
-                }
-            };
-            if let Some(value) = value {
-                env.insert(var.name.clone(), value);
-            }
-        }
+        };
 
         if let Some(Fault::Env { vars, .. }) = &fault {
             env.extend(vars.iter().cloned());
@@ -372,6 +326,61 @@ impl Node {
             .await
             .map(|_| ())
             .map_err(|e| format!("pod {name}: writing status: {e}"))
+    }
+
+    /// The container's environment from one read of each Secret it names, or what keeps it from starting.
+    async fn environment(&self, container: &Container) -> Result<Result<BTreeMap<String, String>, String>, String> {
+        let mut secrets: BTreeMap<String, Option<Secret>> = BTreeMap::new();
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+        let mut names: Vec<&str> =
+            container.env_from.iter().flatten().filter_map(|f| Some(f.secret_ref.as_ref()?.name.as_str())).collect();
+        names.extend(
+            container
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|v| Some(v.value_from.as_ref()?.secret_key_ref.as_ref()?.name.as_str())),
+        );
+        for name in names {
+            if !secrets.contains_key(name) {
+                let secret = self.secrets.get_opt(name).await.map_err(|e| format!("Secret {name}: {e}"))?;
+                secrets.insert(name.to_owned(), secret);
+            }
+        }
+        let text = |v: &k8s_openapi::ByteString| String::from_utf8_lossy(&v.0).into_owned();
+        for from in container.env_from.iter().flatten() {
+            let Some(reference) = &from.secret_ref else { continue };
+            match secrets.get(&reference.name).cloned().flatten() {
+                Some(secret) => env.extend(secret.data.iter().flatten().map(|(k, v)| (k.clone(), text(v)))),
+                None if reference.optional == Some(true) => {}
+                None => return Ok(Err(format!("secret \"{}\" not found", reference.name))),
+            }
+        }
+        for var in container.env.iter().flatten() {
+            if let Some(value) = &var.value {
+                env.insert(var.name.clone(), value.clone());
+            }
+            let Some(selector) = var.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()) else { continue };
+            let optional = selector.optional == Some(true);
+            let Some(secret) = secrets.get(&selector.name).cloned().flatten() else {
+                if optional {
+                    continue;
+                }
+                return Ok(Err(format!("secret \"{}\" not found", selector.name)));
+            };
+            match secret.data.as_ref().and_then(|d| d.get(&selector.key)) {
+                Some(value) => {
+                    env.insert(var.name.clone(), text(value));
+                }
+                None if optional => {}
+                None => {
+                    let (key, namespace, name) = (&selector.key, &self.namespace, &selector.name);
+                    return Ok(Err(format!("couldn't find key {key} in Secret {namespace}/{name}")));
+                }
+            }
+        }
+        Ok(Ok(env))
     }
 
     async fn set_waiting(&self, name: &str, container: &str, reason: &str, message: &str) -> Result<(), String> {
