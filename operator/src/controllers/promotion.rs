@@ -2156,6 +2156,29 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_missing_a_key_is_said_for_each_key_it_misses() {
+        let missing = |key: &str| PodBlocker::SecretKeyMissing { name: "lake-creds".into(), key: key.into() };
+        let case = |status: PromotionStatus, blocker: PodBlocker| Case {
+            decision: approved(),
+            status,
+            job: Some(JobState::Active),
+            blocker: Some(blocker),
+            ..Case::default()
+        };
+        let p = run(case(promoting(1), missing("AWS_ACCESS_KEY_ID")));
+        assert_eq!(condition(&p.status, CONDITION_READY), ("False", "CredentialsSecretKeyMissing"));
+        let message = &p.status.conditions.iter().find(|c| c.type_ == CONDITION_READY).expect("Ready").message;
+        assert!(message.contains("no key AWS_ACCESS_KEY_ID") && message.contains("tx-promo-p1"), "{message}");
+        assert_eq!(p.transitions.len(), 1);
+        let next = run(case(p.status.clone(), missing("AWS_SECRET_ACCESS_KEY")));
+        assert!(
+            matches!(next.transitions.as_slice(), [Transition::Waiting { message, .. }] if message.contains("no key AWS_SECRET_ACCESS_KEY")),
+            "{:?}",
+            next.transitions
+        );
+    }
+
+    #[test]
     fn an_unreadable_lake_or_a_lost_dataset_holds_a_promoting_promotion_without_a_verdict() {
         // The Job completed but the lake cannot be read: not taken for "not recorded".
         let p = run(Case {
