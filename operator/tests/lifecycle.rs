@@ -1113,10 +1113,17 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
     create_run(&s.client, &s.ns.name, "tx-nosecret", &input).await;
 
     let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let waiting = eventually("the run to say its Secret is missing", Duration::from_secs(30), || async {
-        let status = runs.get("tx-nosecret").await.ok()?.status?;
-        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
-        (c.reason == "CredentialsSecretNotFound").then(|| c.message.clone())
+    // The message of the run's Progressing condition once its reason is `reason`.
+    let waiting_for = |reason: &'static str| {
+        let runs = runs.clone();
+        async move {
+            let status = runs.get("tx-nosecret").await.ok()?.status?;
+            let c = status.conditions.into_iter().find(|c| c.type_ == "Progressing")?;
+            (c.reason == reason).then_some(c.message)
+        }
+    };
+    let waiting = eventually("the run to say its Secret is missing", Duration::from_secs(30), || {
+        waiting_for("CredentialsSecretNotFound")
     })
     .await;
     assert!(waiting.contains("Secret lake-creds") && waiting.contains("tx-nosecret-a1"), "{waiting}");
@@ -1148,10 +1155,8 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
     }))
     .expect("secret");
     secrets.create(&Default::default(), &secret).await.expect("create the Secret");
-    let waiting = eventually("the run to say which key is missing", Duration::from_secs(30), || async {
-        let status = runs.get("tx-nosecret").await.ok()?.status?;
-        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
-        (c.reason == "CredentialsSecretKeyMissing").then(|| c.message.clone())
+    let waiting = eventually("the run to say which key is missing", Duration::from_secs(30), || {
+        waiting_for("CredentialsSecretKeyMissing")
     })
     .await;
     assert!(waiting.contains("Secret lake-creds") && waiting.contains("no key AWS_SECRET_ACCESS_KEY"), "{waiting}");
