@@ -1079,11 +1079,14 @@ async fn an_invalid_contract_is_reported_on_the_dataset_and_holds_its_runs_until
     let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
     create_run(&s.client, &s.ns.name, "tx-held", &input).await;
     let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
-    eventually("the run to wait for a valid contract", Duration::from_secs(20), || async {
-        let status = runs.get("tx-held").await.ok()?.status?;
-        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
-        (c.reason == "InvalidDataset" && status.phase == Some(EtlRunPhase::Pending)).then_some(())
-    })
+    support::run_waits(
+        &runs,
+        "tx-held",
+        "InvalidDataset",
+        Some(EtlRunPhase::Pending),
+        "the run to wait for a valid contract",
+        Duration::from_secs(20),
+    )
     .await;
     assert!(jobs_of(&s, "tx-held").await.is_empty());
 
@@ -1113,18 +1116,14 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
     create_run(&s.client, &s.ns.name, "tx-nosecret", &input).await;
 
     let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
-    // The message of the run's Progressing condition once its reason is `reason`.
-    let waiting_for = |reason: &'static str| {
-        let runs = runs.clone();
-        async move {
-            let status = runs.get("tx-nosecret").await.ok()?.status?;
-            let c = status.conditions.into_iter().find(|c| c.type_ == "Progressing")?;
-            (c.reason == reason).then_some(c.message)
-        }
-    };
-    let waiting = eventually("the run to say its Secret is missing", Duration::from_secs(30), || {
-        waiting_for("CredentialsSecretNotFound")
-    })
+    let waiting = support::run_waits(
+        &runs,
+        "tx-nosecret",
+        "CredentialsSecretNotFound",
+        None,
+        "the run to say its Secret is missing",
+        Duration::from_secs(30),
+    )
     .await;
     assert!(waiting.contains("Secret lake-creds") && waiting.contains("tx-nosecret-a1"), "{waiting}");
     let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
@@ -1155,9 +1154,14 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
     }))
     .expect("secret");
     secrets.create(&Default::default(), &secret).await.expect("create the Secret");
-    let waiting = eventually("the run to say which key is missing", Duration::from_secs(30), || {
-        waiting_for("CredentialsSecretKeyMissing")
-    })
+    let waiting = support::run_waits(
+        &runs,
+        "tx-nosecret",
+        "CredentialsSecretKeyMissing",
+        None,
+        "the run to say which key is missing",
+        Duration::from_secs(30),
+    )
     .await;
     assert!(waiting.contains("Secret lake-creds") && waiting.contains("no key AWS_SECRET_ACCESS_KEY"), "{waiting}");
     let missing = eventually("CredentialsSecret=False, KeyMissing", Duration::from_secs(20), || async {
@@ -1201,11 +1205,14 @@ async fn a_job_whose_pods_cannot_be_created_is_reported_at_once_and_given_up_aft
     create_run(&s.client, &s.ns.name, "tx-nosa", &input).await;
 
     let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let waiting = eventually("the run to say no pod can be created", Duration::from_secs(10), || async {
-        let status = runs.get("tx-nosa").await.ok()?.status?;
-        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
-        (c.reason == "PodCreationFailed" && status.phase == Some(EtlRunPhase::Running)).then(|| c.message.clone())
-    })
+    let waiting = support::run_waits(
+        &runs,
+        "tx-nosa",
+        "PodCreationFailed",
+        Some(EtlRunPhase::Running),
+        "the run to say no pod can be created",
+        Duration::from_secs(10),
+    )
     .await;
     assert!(waiting.contains("ServiceAccount missing-worker does not exist"), "{waiting}");
     let warned = support::events(&s.client, &s.ns.name, "tx-nosa").await;
@@ -1273,11 +1280,14 @@ async fn a_lake_that_cannot_be_read_is_said_in_status_and_events_and_ends_the_at
     create_run(&s.client, &s.ns.name, "tx-nolake", &input).await;
 
     let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let said = eventually("the run to say the lake cannot be read", Duration::from_secs(30), || async {
-        let status = runs.get("tx-nolake").await.ok()?.status?;
-        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
-        (c.reason == "LakeUnreadable").then(|| c.message.clone())
-    })
+    let said = support::run_waits(
+        &runs,
+        "tx-nolake",
+        "LakeUnreadable",
+        None,
+        "the run to say the lake cannot be read",
+        Duration::from_secs(30),
+    )
     .await;
     assert!(said.contains("s3://refused-lake/tx") && said.contains("_SUCCESS") && said.contains("access"), "{said}");
     assert!(said.contains("(AccessDenied: Access Denied)"), "what the store answered: {said}");
@@ -1466,11 +1476,14 @@ async fn a_job_of_the_runs_name_that_is_not_its_own_is_said_on_the_run_until_it_
     let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
     // Found in the operator's cache of Jobs: said as Blocked (a launch that meets it first says LaunchFailed, and
     // the next look, 30 s later, Blocked).
-    let message = eventually("the run to say what is in its way", Duration::from_secs(45), || async {
-        let status = runs.get("tx-foreign").await.ok()?.status?;
-        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
-        (c.reason == "Blocked").then(|| c.message.clone())
-    })
+    let message = support::run_waits(
+        &runs,
+        "tx-foreign",
+        "Blocked",
+        None,
+        "the run to say what is in its way",
+        Duration::from_secs(45),
+    )
     .await;
     assert!(
         message.contains("Job tx-foreign-a1") && message.contains("not owned"),
@@ -1641,11 +1654,14 @@ async fn a_run_whose_input_is_not_granted_to_its_namespace_waits_with_no_job() {
     let done = finished(&s.client, &s.ns.name, "tx-granted", RUN_TIMEOUT).await;
     assert_eq!(done.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
     let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let message = eventually("the ungranted run to wait for its input", Duration::from_secs(30), || async {
-        let status = runs.get("tx-ungranted").await.ok()?.status?;
-        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
-        (c.reason == "InputNotAllowed" && status.phase == Some(EtlRunPhase::Pending)).then(|| c.message.clone())
-    })
+    let message = support::run_waits(
+        &runs,
+        "tx-ungranted",
+        "InputNotAllowed",
+        Some(EtlRunPhase::Pending),
+        "the ungranted run to wait for its input",
+        Duration::from_secs(30),
+    )
     .await;
     let input = elsewhere.display().to_string();
     assert!(message.contains(&format!("input {input} ")) && message.contains(&s.ns.name), "{message}");

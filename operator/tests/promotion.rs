@@ -1077,11 +1077,14 @@ async fn a_lake_the_operator_does_not_allow_in_the_namespace_is_said_and_holds_r
     let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
     create_run(&s.client, &s.ns.name, "tx-pol", &input).await;
     let runs: Api<silverline_crds::EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let waiting = eventually("the run to wait for its lake", Duration::from_secs(30), || async {
-        let status = runs.get("tx-pol").await.ok()?.status?;
-        let c = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
-        (c.reason == "LakeNotAllowed" && status.phase == Some(EtlRunPhase::Pending)).then(|| c.message.clone())
-    })
+    let waiting = support::run_waits(
+        &runs,
+        "tx-pol",
+        "LakeNotAllowed",
+        Some(EtlRunPhase::Pending),
+        "the run to wait for its lake",
+        Duration::from_secs(30),
+    )
     .await;
     assert!(waiting.contains("Dataset transactions") && waiting.contains(&lake), "{waiting}");
     create_promotion(&s, &promotion("tx-pol-promo", &["20240101T000000Z-abc-a1"], None)).await;

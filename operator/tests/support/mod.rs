@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Event, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use silverline_crds::{Dataset, EtlRun, EtlRunSpec};
+use silverline_crds::{Dataset, EtlRun, EtlRunPhase, EtlRunSpec};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -173,6 +173,24 @@ pub async fn finished(client: &Client, namespace: &str, name: &str, timeout: Dur
     eventually(&format!("EtlRun {name} to finish"), timeout, || async {
         let run = api.get(name).await.ok()?;
         run.phase().is_some_and(|p| p.is_terminal()).then_some(run)
+    })
+    .await
+}
+
+/// Waits until EtlRun `name` says `reason` in its `Progressing` condition (in `phase`, where given), and returns
+/// that condition's message; panics after `timeout` naming `what`.
+pub async fn run_waits(
+    runs: &Api<EtlRun>,
+    name: &str,
+    reason: &str,
+    phase: Option<EtlRunPhase>,
+    what: &str,
+    timeout: Duration,
+) -> String {
+    eventually(what, timeout, || async {
+        let status = runs.get(name).await.ok()?.status?;
+        let c = status.conditions.into_iter().find(|c| c.type_ == "Progressing")?;
+        (c.reason == reason && phase.is_none_or(|p| status.phase == Some(p))).then_some(c.message)
     })
     .await
 }
