@@ -53,11 +53,41 @@ pub struct Context {
     pub failures: Failures,
 }
 
-/// Consecutive failed reconciles by controller and object (`{controller}/{namespace}/{name}`), and when the
-/// last one failed: the error policy waits longer after each (`requeue`); a reconcile that ends well forgets
-/// the object (`drain`). Objects deleted while failing are forgotten an hour after their last failure.
+/// Consecutive failed reconciles by controller and object (`{controller}/{namespace}/{name}`): how many, when the
+/// first of them failed and when the last: the error policy waits as long as the failures have lasted
+/// (`requeue`); a reconcile that ends well forgets the object (`drain`). Objects deleted while failing are
+/// forgotten an hour after their last failure.
 #[derive(Default)]
-pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>);
+pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, Streak>>);
+
+/// Failed reconciles of one object in a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Streak {
+    /// How many, counting the one just failed (from 1).
+    pub failures: u32,
+    /// How long since the first of them failed.
+    pub lasted: Duration,
+    first: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Streak {
+    /// The first failure, at `now`.
+    fn first(now: std::time::Instant) -> Streak {
+        Streak { failures: 1, lasted: Duration::ZERO, first: now, last: now }
+    }
+
+    /// The streak after one more failure at `now`. A failure more than twice the longest wait after the last one
+    /// starts a streak of its own: the object was left alone meanwhile (an error that waits for a change), not
+    /// failing all along.
+    fn failed_again(self, now: std::time::Instant) -> Streak {
+        if now.saturating_duration_since(self.last) > 2 * MAX_ERROR_BACKOFF {
+            return Streak::first(now);
+        }
+        let lasted = now.saturating_duration_since(self.first);
+        Streak { failures: self.failures.saturating_add(1), lasted, first: self.first, last: now }
+    }
+}
 
 impl Failures {
     const FORGET_AFTER: Duration = Duration::from_secs(3600);
@@ -66,16 +96,28 @@ impl Failures {
         format!("{}/{}/{name}", controller.label(), namespace.unwrap_or_default())
     }
 
-    /// Counts one more failure of the object; returns how many in a row.
-    pub fn failed(&self, controller: ControllerName, namespace: Option<&str>, name: &str) -> u32 {
-        let Ok(mut failures) = self.0.lock() else { return 1 };
-        let now = std::time::Instant::now();
+    /// Counts one more failure of the object; returns the failures in a row so far.
+    pub fn failed(&self, controller: ControllerName, namespace: Option<&str>, name: &str) -> Streak {
+        self.failed_at(controller, namespace, name, std::time::Instant::now())
+    }
+
+    fn failed_at(
+        &self,
+        controller: ControllerName,
+        namespace: Option<&str>,
+        name: &str,
+        now: std::time::Instant,
+    ) -> Streak {
+        let Ok(mut failures) = self.0.lock() else { return Streak::first(now) };
         if failures.len() >= 4096 {
-            failures.retain(|_, (_, last)| now.duration_since(*last) < Self::FORGET_AFTER);
+            failures.retain(|_, streak| now.saturating_duration_since(streak.last) < Self::FORGET_AFTER);
         }
-        let entry = failures.entry(Self::key(controller, namespace, name)).or_insert((0, now));
-        *entry = (entry.0.saturating_add(1), now);
-        entry.0
+        let streak = match failures.get(&Self::key(controller, namespace, name)) {
+            Some(streak) => streak.failed_again(now),
+            None => Streak::first(now),
+        };
+        failures.insert(Self::key(controller, namespace, name), streak);
+        streak
     }
 
     /// The object's reconcile ended well: its next failure waits the least again.
@@ -359,15 +401,16 @@ where
     ctx.metrics.reconcile_failed(controller.label(), error.category());
     let meta = guard.meta();
     let name = meta.name.as_deref().unwrap_or_default();
-    let failures = ctx.failures.failed(controller, meta.namespace.as_deref(), name);
-    let action = requeue(error.retry(), failures);
+    let streak = ctx.failures.failed(controller, meta.namespace.as_deref(), name);
+    let action = requeue(error.retry(), &streak);
     tracing::warn!(
         controller = controller.label(),
         kind = %K::kind(&()),
         name,
         namespace = meta.namespace.as_deref().unwrap_or_default(),
         category = error.category(),
-        failures,
+        failures = streak.failures,
+        failing_for_s = streak.lasted.as_secs(),
         error = %error,
         "reconcile failed"
     );
@@ -380,21 +423,22 @@ pub const BLOCKED_RECHECK: Duration = Duration::from_secs(30);
 /// The longest wait after failed reconciles of one object.
 pub const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
 
-/// How long a failure waits before the next reconcile of its object: by the kind of failure, doubled with each
-/// failure in a row of the same object (`failures`, from 1), at most [`MAX_ERROR_BACKOFF`] — so that an
-/// apiserver or a quota refusing a thousand objects is asked less and less often, not every few seconds forever.
-/// An object in the way (`Retry::Blocked`) is looked at again every 30 s, not less often: a person removes it,
-/// nothing is hammered meanwhile, and every event on the object fails one more reconcile, so a doubling would
-/// reach minutes within seconds of the first failure.
-pub fn requeue(retry: Retry, failures: u32) -> Action {
+/// How long a failure waits before the next reconcile of its object: as long as its failures in a row have lasted
+/// (`streak`), at least a base by the kind of failure, at most [`MAX_ERROR_BACKOFF`]. Reconciles that only the
+/// backoff starts so wait twice as long each (5, 5, 10, 20, 40 s…), and an apiserver or a quota refusing a
+/// thousand objects is asked less and less often, not every few seconds forever; yet a recovery is seen within
+/// as long again as the outage lasted, however many events on the object failed meanwhile (a Job's pods change it
+/// several times a second; counting those failures would have reached minutes of waiting within seconds).
+/// An object in the way (`Retry::Blocked`) is looked at again every 30 s: a person removes it, and nothing is
+/// hammered meanwhile.
+pub fn requeue(retry: Retry, streak: &Streak) -> Action {
     let base = match retry {
         Retry::Soon => Duration::from_millis(200),
         Retry::Transient => Duration::from_secs(5),
         Retry::Blocked => return Action::requeue(BLOCKED_RECHECK),
         Retry::OnChange => return Action::await_change(),
     };
-    let doublings = failures.saturating_sub(1).min(16);
-    Action::requeue(base.saturating_mul(1 << doublings).min(MAX_ERROR_BACKOFF))
+    Action::requeue(streak.lasted.clamp(base, MAX_ERROR_BACKOFF.max(base)))
 }
 
 /// Deletes a Job of the operator's (an attempt given up, a promote Job rejected); one already gone counts as deleted.
@@ -486,27 +530,53 @@ mod tests {
         assert_eq!(conflict.retry(), Retry::Soon);
         assert!(conflict.to_string().starts_with("Promotion p changed"));
         let invalid = Error::InvalidResource { kind: "Dataset", name: "d".into(), message: "bad".into() };
-        assert_eq!((invalid.retry(), requeue(invalid.retry(), 1)), (Retry::OnChange, Action::await_change()));
+        let first = Streak::first(std::time::Instant::now());
+        assert_eq!((invalid.retry(), requeue(invalid.retry(), &first)), (Retry::OnChange, Action::await_change()));
         let lake = Error::Lake { uri: "s3://l".into(), message: "timeout".into() };
-        assert_eq!(requeue(lake.retry(), 1), Action::requeue(Duration::from_secs(5)));
+        assert_eq!(requeue(lake.retry(), &first), Action::requeue(Duration::from_secs(5)));
     }
 
     #[test]
-    fn failures_in_a_row_wait_twice_as_long_each_up_to_the_bound_and_a_success_resets_them() {
-        let waits = |retry| (1..=8).map(|n| requeue(retry, n)).collect::<Vec<_>>();
+    fn failures_wait_as_long_as_they_have_lasted_up_to_the_bound_and_a_success_resets_them() {
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let lasted = |s: u64| Streak { failures: 1, lasted: Duration::from_secs(s), first: t0, last: t0 };
+        let waits = |retry, seconds: &[u64]| seconds.iter().map(|&s| requeue(retry, &lasted(s))).collect::<Vec<_>>();
         let secs = |s: &[u64]| s.iter().map(|&s| Action::requeue(Duration::from_secs(s))).collect::<Vec<_>>();
-        assert_eq!(waits(Retry::Transient), secs(&[5, 10, 20, 40, 80, 160, 300, 300]));
-        assert_eq!(waits(Retry::Blocked), secs(&[30; 8]), "an object in the way is looked for every 30 s");
-        assert_eq!(requeue(Retry::Soon, 1), Action::requeue(Duration::from_millis(200)));
-        assert_eq!(requeue(Retry::Soon, u32::MAX), Action::requeue(MAX_ERROR_BACKOFF));
-        assert_eq!(requeue(Retry::OnChange, 9), Action::await_change());
+        assert_eq!(waits(Retry::Transient, &[0, 3, 5, 10, 20, 299, 600]), secs(&[5, 5, 5, 10, 20, 299, 300]));
+        assert_eq!(
+            waits(Retry::Blocked, &[0, 100, 900]),
+            secs(&[30; 3]),
+            "an object in the way is looked for every 30 s"
+        );
+        assert_eq!(requeue(Retry::Soon, &lasted(0)), Action::requeue(Duration::from_millis(200)));
+        assert_eq!(requeue(Retry::Soon, &lasted(1)), Action::requeue(Duration::from_secs(1)));
+        assert_eq!(requeue(Retry::Soon, &lasted(u64::MAX / 4)), Action::requeue(MAX_ERROR_BACKOFF));
+        assert_eq!(requeue(Retry::OnChange, &lasted(9)), Action::await_change());
 
         let failures = Failures::default();
         let (run, other) = ((ControllerName::EtlRun, Some("ns"), "a"), (ControllerName::Promotion, Some("ns"), "a"));
-        assert_eq!([1, 2, 3].map(|_| failures.failed(run.0, run.1, run.2)), [1, 2, 3]);
-        assert_eq!(failures.failed(other.0, other.1, other.2), 1, "counted per controller and object");
+        let fail = |(c, ns, name): (ControllerName, Option<&str>, &str), s| {
+            let streak = failures.failed_at(c, ns, name, at(s));
+            (streak.failures, streak.lasted.as_secs())
+        };
+        // Only the backoff starting reconciles, each when the wait before it ended: each wait twice the one before.
+        let schedule = [0, 5, 10, 20, 40, 80, 160];
+        let backoff: Vec<_> = schedule
+            .iter()
+            .map(|&s| requeue(Retry::Transient, &failures.failed_at(run.0, run.1, run.2, at(s))))
+            .collect();
+        assert_eq!(backoff, secs(&[5, 5, 10, 20, 40, 80, 160]));
         failures.succeeded(run.0, run.1, run.2);
-        assert_eq!(failures.failed(run.0, run.1, run.2), 1);
-        assert_eq!(failures.failed(other.0, other.1, other.2), 2);
+        // A burst of events failing fifty reconciles in three seconds waits three seconds' worth, not minutes.
+        let burst: Vec<_> = (0..50).map(|n| fail(run, 1000 + n / 17)).collect();
+        assert_eq!(burst.last(), Some(&(50, 2)));
+        assert_eq!(requeue(Retry::Transient, &failures.failed_at(run.0, run.1, run.2, at(1003))), secs(&[5])[0]);
+        assert_eq!(requeue(Retry::Transient, &failures.failed_at(run.0, run.1, run.2, at(1012))), secs(&[12])[0]);
+        assert_eq!(fail(other, 1003), (1, 0), "counted per controller and object");
+        failures.succeeded(run.0, run.1, run.2);
+        assert_eq!(fail(run, 1004), (1, 0), "a success starts again");
+        assert_eq!(fail(other, 1010), (2, 7));
+        assert_eq!(fail(other, 1010 + 601), (1, 0), "left alone longer than twice the longest wait: a new streak");
     }
 }
