@@ -63,6 +63,11 @@ pub struct Config {
     /// `AWS_EC2_METADATA_DISABLED=true` and such a run fails saying it has no credentials (exit 2).
     #[arg(long, env = "SILVERLINE_WORKER_INSTANCE_METADATA_CREDENTIALS", default_value_t = false, action = clap::ArgAction::Set)]
     pub worker_instance_metadata_credentials: bool,
+    /// Variables set in every worker's environment: `NAME=VALUE` (repeat the flag, or put one per line), e.g.
+    /// `HTTPS_PROXY=http://proxy.corp:3128` and `NO_PROXY=...` for a lake reached through an egress proxy. Not
+    /// `AWS_*` (the Dataset's contract and credentials Secret set the lake client) nor `SILVERLINE_*`.
+    #[arg(long = "worker-env", env = "SILVERLINE_WORKER_ENV")]
+    pub worker_env: Vec<crate::job::WorkerEnv>,
     /// Wait after the first failed attempt, in seconds; doubles per attempt (see --retry-factor).
     #[arg(long, env = "SILVERLINE_RETRY_BASE_SECONDS", default_value_t = 30.0)]
     pub retry_base_seconds: f64,
@@ -143,7 +148,8 @@ fn seconds(value: f64) -> Duration {
 }
 
 impl Config {
-    pub fn job_settings(&self) -> JobSettings {
+    /// How the operator shapes worker Jobs; refused when `--worker-env` sets one variable twice.
+    pub fn job_settings(&self) -> Result<JobSettings, String> {
         use k8s_openapi::api::core::v1::ResourceRequirements;
         use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
         let mut amounts = std::collections::BTreeMap::new();
@@ -158,7 +164,8 @@ impl Config {
             limits: Some(amounts),
             ..ResourceRequirements::default()
         });
-        JobSettings {
+        let env = self.worker_env.iter().try_fold(crate::job::WorkerEnv::default(), |env, more| env.merged(more))?;
+        Ok(JobSettings {
             image: self.worker_image.clone(),
             image_pull_policy: self.worker_image_pull_policy.clone(),
             service_account: self.worker_service_account.clone(),
@@ -168,7 +175,8 @@ impl Config {
             default_resources,
             spill_size_limit: self.worker_spill_size_limit.clone(),
             instance_metadata_credentials: self.worker_instance_metadata_credentials,
-        }
+            env,
+        })
     }
 
     pub fn lifecycle_settings(&self) -> LifecycleSettings {
@@ -241,11 +249,12 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_ones() {
         let config = Config::try_parse_from(["silverline-operator", "--worker-image", "w:1"]).expect("parses");
-        let jobs = config.job_settings();
+        let jobs = config.job_settings().expect("settings");
         assert_eq!((jobs.image.as_str(), jobs.service_account.as_str()), ("w:1", "silverline-worker"));
         assert_eq!((jobs.default_deadline_seconds, jobs.ttl_seconds_after_finished), (21600, 604800));
         assert!(jobs.default_resources.is_none());
         assert_eq!(jobs.spill_size_limit, "2Gi");
+        assert!(jobs.env.0.is_empty());
         let lifecycle = config.lifecycle_settings();
         assert_eq!(lifecycle.retry, RetryPolicy::default());
         assert_eq!(
@@ -260,7 +269,7 @@ mod tests {
     fn the_spill_size_limit_is_a_quantity_of_bytes() {
         let parse = |limit: &str| {
             Config::try_parse_from(["silverline-operator", "--worker-image", "w", "--worker-spill-size-limit", limit])
-                .map(|c| c.job_settings().spill_size_limit)
+                .map(|c| c.job_settings().expect("settings").spill_size_limit)
         };
         for good in ["2Gi", "500Mi", "1G", "1073741824", "1.5Gi"] {
             assert_eq!(parse(good).ok().as_deref(), Some(good));
@@ -299,11 +308,33 @@ mod tests {
             "0.5",
         ])
         .expect("parses");
-        let resources = config.job_settings().default_resources.expect("resources");
+        let resources = config.job_settings().expect("settings").default_resources.expect("resources");
         assert_eq!(resources.limits.and_then(|l| l.get("memory").cloned()).map(|q| q.0), Some("2Gi".into()));
         assert_eq!(config.lease_settings().namespace, "etl");
         assert_eq!(config.lifecycle_settings().retry.base, Duration::from_millis(500));
         assert_eq!(config.watched_namespaces(), Some(vec!["etl".to_owned()]));
+    }
+
+    #[test]
+    fn worker_env_comes_repeated_or_one_per_line_and_a_name_set_twice_is_refused() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["silverline-operator", "--worker-image", "w"];
+            argv.extend_from_slice(args);
+            Config::try_parse_from(argv).map_err(|e| e.to_string())?.job_settings().map(|jobs| jobs.env.0)
+        };
+        let pair = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+        assert_eq!(
+            parse(&["--worker-env", "HTTPS_PROXY=http://p:3128", "--worker-env", "NO_PROXY=.svc,.local"]),
+            Ok(vec![pair("HTTPS_PROXY", "http://p:3128"), pair("NO_PROXY", ".svc,.local")])
+        );
+        assert_eq!(
+            parse(&["--worker-env", "HTTPS_PROXY=http://p:3128\nNO_PROXY=.svc"]),
+            Ok(vec![pair("HTTPS_PROXY", "http://p:3128"), pair("NO_PROXY", ".svc")])
+        );
+        let twice = parse(&["--worker-env", "TZ=UTC", "--worker-env", "TZ=CET"]).expect_err("refused");
+        assert!(twice.contains("TZ twice"), "{twice}");
+        let reserved = parse(&["--worker-env", "AWS_REGION=eu-west-1"]).expect_err("refused");
+        assert!(reserved.contains("AWS_REGION is not for --worker-env"), "{reserved}");
     }
 
     #[test]

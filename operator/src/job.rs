@@ -67,6 +67,65 @@ pub struct JobSettings {
     /// Whether workers may fall back to the node's instance-metadata credentials (else
     /// `AWS_EC2_METADATA_DISABLED=true`; `--worker-instance-metadata-credentials`).
     pub instance_metadata_credentials: bool,
+    /// Variables set in every worker's environment (`--worker-env`), e.g. an egress proxy.
+    pub env: WorkerEnv,
+}
+
+/// Variables the operator sets in every worker's and promote pod's environment (`--worker-env`): one `NAME=VALUE`
+/// per line, e.g. `HTTPS_PROXY=http://proxy.corp:3128` and `NO_PROXY=.svc,.cluster.local` for a lake reached
+/// through an egress proxy. `NAME` is a C identifier, each once; blank lines are skipped. Not `AWS_*`: those set
+/// the lake client — credentials, endpoint, region — which the Dataset's contract, its credentials Secret and the
+/// operator's grants decide (an `AWS_ENDPOINT_URL` here would pass `--allowed-endpoints` by), and not
+/// `SILVERLINE_*`, the worker's own settings, which its flags and the operator decide.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerEnv(pub Vec<(String, String)>);
+
+/// Prefixes of the variables `--worker-env` cannot set (see [`WorkerEnv`]).
+pub const RESERVED_ENV_PREFIXES: [&str; 2] = ["AWS_", "SILVERLINE_"];
+
+impl WorkerEnv {
+    /// These variables and then `more`'s; a name set by both is refused.
+    pub fn merged(mut self, more: &WorkerEnv) -> Result<WorkerEnv, String> {
+        for (name, value) in &more.0 {
+            if self.0.iter().any(|(seen, _)| seen == name) {
+                return Err(format!("--worker-env sets {name} twice"));
+            }
+            self.0.push((name.clone(), value.clone()));
+        }
+        Ok(self)
+    }
+}
+
+impl std::str::FromStr for WorkerEnv {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut env = WorkerEnv::default();
+        for (n, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+            let Some((name, value)) = line.split_once('=') else {
+                return Err(format!("--worker-env line {}: {line:?} is not NAME=VALUE", n + 1));
+            };
+            let name = name.trim();
+            let identifier = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !identifier {
+                return Err(format!(
+                    "--worker-env line {}: {name:?} is not a variable name (letters, digits and _, not starting \
+                     with a digit)",
+                    n + 1
+                ));
+            }
+            if let Some(prefix) = RESERVED_ENV_PREFIXES.iter().find(|p| name.to_ascii_uppercase().starts_with(*p)) {
+                return Err(format!(
+                    "--worker-env line {}: {name} is not for --worker-env: {prefix}* variables are set by the \
+                     Dataset's contract and credentials Secret and by the operator",
+                    n + 1
+                ));
+            }
+            env = env.merged(&WorkerEnv(vec![(name.to_owned(), value.to_owned())]))?;
+        }
+        Ok(env)
+    }
 }
 
 /// The Job of attempt `attempt` of EtlRun `run`.
@@ -299,7 +358,12 @@ pub fn worker_pod(
     resources: Option<ResourceRequirements>,
     settings: &JobSettings,
 ) -> PodSpec {
-    let mut env = Vec::new();
+    let mut env: Vec<EnvVar> = settings
+        .env
+        .0
+        .iter()
+        .map(|(name, value)| EnvVar { name: name.clone(), value: Some(value.clone()), ..EnvVar::default() })
+        .collect();
     if let Some(secret) = &dataset.spec.storage.credentials_secret {
         env.extend(CREDENTIAL_KEYS.iter().map(|&(key, required)| EnvVar {
             name: key.to_owned(),
@@ -413,6 +477,7 @@ mod tests {
             default_resources: None,
             spill_size_limit: "2Gi".into(),
             instance_metadata_credentials: false,
+            env: WorkerEnv::default(),
         }
     }
 
@@ -588,6 +653,54 @@ mod tests {
         assert!(c.env_from.is_none());
         let names: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["AWS_EC2_METADATA_DISABLED"], "the fallback is off without a Secret too");
+    }
+
+    #[test]
+    fn the_operators_worker_env_comes_first_and_cannot_touch_the_lake_client() {
+        let env: WorkerEnv =
+            "HTTPS_PROXY=http://proxy.corp:3128\n\n NO_PROXY=.svc,10.0.0.0/8,a=b\n".parse().expect("env");
+        assert_eq!(
+            env.0,
+            [
+                ("HTTPS_PROXY".to_owned(), "http://proxy.corp:3128".to_owned()),
+                ("NO_PROXY".to_owned(), ".svc,10.0.0.0/8,a=b".to_owned())
+            ],
+            "one per line, commas and = kept in the value, blank lines skipped"
+        );
+        let settings = JobSettings { env, ..settings() };
+        let identity = RunIdentity::of(&run()).expect("identity");
+        let plan = AttemptPlan { attempt: 1, run_id: "r-a1", job_name: "tx-2024-01-a1", snapshot: "s" };
+        let job = worker_job(&run(), &identity, &dataset(), &plan, &settings).expect("job");
+        let c = &job.spec.and_then(|s| s.template.spec).expect("pod").containers[0];
+        let names: Vec<(&str, Option<&str>)> =
+            c.env.iter().flatten().map(|e| (e.name.as_str(), e.value.as_deref())).collect();
+        assert_eq!(
+            names,
+            [
+                ("HTTPS_PROXY", Some("http://proxy.corp:3128")),
+                ("NO_PROXY", Some(".svc,10.0.0.0/8,a=b")),
+                ("AWS_ACCESS_KEY_ID", None),
+                ("AWS_SECRET_ACCESS_KEY", None),
+                ("AWS_SESSION_TOKEN", None),
+                ("AWS_EC2_METADATA_DISABLED", Some("true")),
+            ]
+        );
+
+        for (bad, says) in [
+            ("AWS_ENDPOINT_URL=http://elsewhere", "AWS_* variables are set by the Dataset"),
+            ("aws_access_key_id=x", "AWS_* variables"),
+            ("SILVERLINE_IO_RETRY_SECONDS=1", "SILVERLINE_* variables"),
+            ("HTTPS_PROXY", "line 1: \"HTTPS_PROXY\" is not NAME=VALUE"),
+            ("ok=1\n1X=2", "line 2: \"1X\" is not a variable name"),
+            ("A-B=1", "\"A-B\" is not a variable name"),
+            ("=1", "\"\" is not a variable name"),
+            ("TZ=UTC\nTZ=CET", "--worker-env sets TZ twice"),
+        ] {
+            let refused = bad.parse::<WorkerEnv>().expect_err(bad);
+            assert!(refused.contains(says), "{bad:?}: {refused}");
+        }
+        let twice = WorkerEnv(vec![("TZ".into(), "UTC".into())]).merged(&"TZ=CET".parse().expect("env"));
+        assert_eq!(twice, Err("--worker-env sets TZ twice".to_owned()), "across repeated flags too");
     }
 
     #[test]

@@ -73,7 +73,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         client: client.clone(),
         recorder: Recorder::new(client, reporter),
         metrics: metrics.clone(),
-        jobs: config.job_settings(),
+        jobs: config.job_settings()?,
         lifecycle: config.lifecycle_settings(),
         promotion: config.promotion_settings(),
         promotion_locks: Default::default(),
@@ -115,6 +115,10 @@ async fn watch(ctx: Arc<Context>, namespaces: Option<Vec<String>>) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
+    if let Err(e) = config.job_settings() {
+        use clap::CommandFactory;
+        Config::command().error(clap::error::ErrorKind::ArgumentConflict, e).exit();
+    }
     init_logging();
     match run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

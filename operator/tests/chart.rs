@@ -692,6 +692,46 @@ fn allowed_lakes_and_endpoints_become_the_operators_lake_policy() {
     }
 }
 
+/// worker.env from a values file reaches the operator as one variable, a line per entry, which its own flags
+/// parse into the variables every worker pod gets; a value of two lines is refused by the schema (it would be two
+/// entries). None by default.
+#[test]
+#[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
+fn worker_env_reaches_the_operator_one_line_per_variable() {
+    let default = operator_container(&render(&[])).clone();
+    assert_eq!(env_value(&default, "SILVERLINE_WORKER_ENV"), None);
+    assert!(parse_operator_config(&default).job_settings().expect("settings").env.0.is_empty());
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "worker:\n\
+        \x20 env:\n\
+        \x20   HTTPS_PROXY: http://proxy.corp:3128\n\
+        \x20   NO_PROXY: .svc,.cluster.local,10.0.0.0/8\n",
+    )
+    .expect("write the values file");
+    let objects = render(&["-f", values.to_str().expect("a UTF-8 path")]);
+    let container = operator_container(&objects);
+    assert_eq!(
+        env_value(container, "SILVERLINE_WORKER_ENV").as_deref(),
+        Some("HTTPS_PROXY=http://proxy.corp:3128\nNO_PROXY=.svc,.cluster.local,10.0.0.0/8")
+    );
+    let env = parse_operator_config(container).job_settings().expect("settings").env;
+    let pair = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+    assert_eq!(
+        env.0,
+        [pair("HTTPS_PROXY", "http://proxy.corp:3128"), pair("NO_PROXY", ".svc,.cluster.local,10.0.0.0/8")]
+    );
+
+    std::fs::write(&values, "worker:\n  env:\n    TZ: \"UTC\\nAWS_REGION=eu-west-1\"\n")
+        .expect("write the values file");
+    let smuggled = helm::template("silverline", RELEASE_NAMESPACE, &["-f", values.to_str().expect("a UTF-8 path")]);
+    let error = smuggled.expect_err("a value of two lines is refused");
+    assert!(error.contains("schema") && error.contains("/env/TZ"), "{error}");
+}
+
 #[test]
 #[ignore = "needs helm (SILVERLINE_HELM): run ./scripts/test.sh"]
 fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
@@ -719,6 +759,11 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
         ("operator.allowedLakes[0].namespace=Etl,operator.allowedLakes[0].lake=s3://lake/etl", "namespace"),
         ("operator.allowedEndpoints={minio.storage:9000}", "allowedEndpoints"),
         ("operator.allowedInputs[0].namespace=etl,operator.allowedInputs[0].prefix=bronze/etl", "prefix"),
+        // The lake client's settings come from the Dataset and the operator's grants; the worker's own from its flags.
+        ("worker.env.AWS_ENDPOINT_URL=http://elsewhere:9000", "AWS_ENDPOINT_URL"),
+        ("worker.env.aws_access_key_id=x", "aws_access_key_id"),
+        ("worker.env.SILVERLINE_IO_RETRY_SECONDS=1", "SILVERLINE_IO_RETRY_SECONDS"),
+        ("worker.env.HTTPS-PROXY=http://p:3128", "HTTPS-PROXY"),
     ] {
         let rendered = helm::template("silverline", RELEASE_NAMESPACE, &["--set", set]);
         let error = rendered.err().unwrap_or_else(|| panic!("helm template accepted --set {set}"));

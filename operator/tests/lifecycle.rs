@@ -338,7 +338,8 @@ async fn a_run_launched_by_an_operator_before_shared_snapshots_keeps_its_own_sna
     let snapshots: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
     snapshots.create(&Default::default(), &snapshot).await.expect("the legacy snapshot");
     let argv = ["silverline-operator", "--worker-image", "ghcr.io/silverline-dev/silverline-worker:test"];
-    let settings = silverline_operator::config::Config::try_parse_from(argv).expect("flags").job_settings();
+    let settings =
+        silverline_operator::config::Config::try_parse_from(argv).expect("flags").job_settings().expect("settings");
     let started = k8s_openapi::jiff::Timestamp::now();
     let run_id = job::run_id(started, &identity.uid, 1);
     let plan = job::AttemptPlan { attempt: 1, run_id: &run_id, job_name: "tx-legacy-a1", snapshot: &legacy };
@@ -1451,6 +1452,43 @@ async fn a_run_on_an_s3_lake_succeeds_with_a_read_only_operator() {
         format!("s3://lake/warehouse/silver/transactions/schema_v=v1/run_id={run_id}/_SUCCESS")
     );
     assert!(result.files.iter().all(|f| f.key.starts_with("s3://lake/warehouse/")), "{:?}", result.files);
+}
+
+/// `--worker-env` reaches the worker's process: with `HTTP_PROXY` naming a forward proxy (on loopback, as a
+/// cluster's egress proxy would be), the worker's S3 requests go through it and the run succeeds; the operator's own
+/// reads of the lake, without it, do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
+async fn the_workers_environment_from_the_operator_sends_its_lake_requests_through_an_egress_proxy() {
+    let s = Scenario::new("proxy").await;
+    let s3 = support::S3Server::start().await;
+    let proxy = support::proxy::ForwardProxy::start().await;
+    let worker_env = format!("HTTP_PROXY=http://{}\nTZ=UTC", proxy.addr);
+    let op = s.s3_dataset_and_read_only_operator_with_env(&s3, &[("SILVERLINE_WORKER_ENV", &worker_env)]).await;
+    let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    create_run(&s.client, &s.ns.name, "tx-proxy", &input).await;
+
+    let run = finished(&s.client, &s.ns.name, "tx-proxy", RUN_TIMEOUT).await;
+    assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
+    let endpoint = s3.var("AWS_ENDPOINT_URL");
+    let s3_host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let relayed = proxy.relayed();
+    assert!(!relayed.is_empty(), "the worker's S3 requests did not go through the proxy");
+    assert!(relayed.iter().all(|host| host == s3_host), "{relayed:?}");
+    let jobs = jobs_of(&s, "tx-proxy").await;
+    let container = &jobs[0].spec.clone().and_then(|j| j.template.spec).expect("pod spec").containers[0];
+    let literal: Vec<(&str, Option<&str>)> = container
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.value_from.is_none())
+        .map(|e| (e.name.as_str(), e.value.as_deref()))
+        .collect();
+    let proxy_url = format!("http://{}", proxy.addr);
+    assert_eq!(
+        literal,
+        [("HTTP_PROXY", Some(proxy_url.as_str())), ("TZ", Some("UTC")), ("AWS_EC2_METADATA_DISABLED", Some("true"))]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

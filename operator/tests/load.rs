@@ -279,7 +279,7 @@ async fn minimal_controller(client: Client, namespace: String, dataset: Arc<silv
     // The Jobs the operator would build: its own configuration, from the flags the benchmark starts it with.
     let argv = ["silverline-operator"].into_iter().chain(WORKER_FLAGS);
     let config = silverline_operator::config::Config::try_parse_from(argv).expect("the operator's flags");
-    let settings = Arc::new(config.job_settings());
+    let settings = Arc::new(config.job_settings().expect("settings"));
     let runs: Api<EtlRun> = Api::namespaced(client.clone(), &namespace);
     let jobs: Api<Job> = Api::namespaced(client, &namespace);
     let mut launched = std::collections::HashSet::new();

@@ -9,6 +9,7 @@
 
 pub mod helm;
 pub mod kubelet;
+pub mod proxy;
 
 use k8s_openapi::api::core::v1::{Event, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -421,6 +422,11 @@ impl Scenario {
     /// `lake-writer` holds the writing identity (for worker and promote Jobs); the returned operator reads with the
     /// server's read-only identity of its own.
     pub async fn s3_dataset_and_read_only_operator(&self, s3: &S3Server) -> Operator {
+        self.s3_dataset_and_read_only_operator_with_env(s3, &[]).await
+    }
+
+    /// The same, with more environment for the operator.
+    pub async fn s3_dataset_and_read_only_operator_with_env(&self, s3: &S3Server, more: &[(&str, &str)]) -> Operator {
         s3.create_bucket("lake").await;
         let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), &self.ns.name);
         let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
@@ -444,7 +450,10 @@ impl Scenario {
                 ("AWS_ACCESS_KEY_ID".into(), s3.var("SILVERLINE_TEST_RO_ACCESS_KEY_ID")),
                 ("AWS_SECRET_ACCESS_KEY".into(), s3.var("SILVERLINE_TEST_RO_SECRET_ACCESS_KEY")),
                 ("SILVERLINE_ALLOWED_ENDPOINTS".into(), s3.var("AWS_ENDPOINT_URL")),
-            ],
+            ]
+            .into_iter()
+            .chain(more.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+            .collect(),
         })
         .await
     }
