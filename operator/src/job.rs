@@ -73,7 +73,8 @@ pub struct JobSettings {
 
 /// Variables the operator sets in every worker's and promote pod's environment (`--worker-env`): one `NAME=VALUE`
 /// per line, e.g. `HTTPS_PROXY=http://proxy.corp:3128` and `NO_PROXY=.svc,.cluster.local` for a lake reached
-/// through an egress proxy. `NAME` is a C identifier, each once; blank lines are skipped. Not `AWS_*`: those set
+/// through an egress proxy. `NAME` is a C identifier, each once; the value is all after the first `=`, as
+/// written, without control characters; blank lines are skipped. Not `AWS_*`: those set
 /// the lake client — credentials, endpoint, region — which the Dataset's contract, its credentials Secret and the
 /// operator's grants decide (an `AWS_ENDPOINT_URL` here would pass `--allowed-endpoints` by), and not
 /// `SILVERLINE_*`, the worker's own settings, which its flags and the operator decide.
@@ -102,6 +103,7 @@ impl std::str::FromStr for WorkerEnv {
     fn from_str(text: &str) -> Result<Self, String> {
         let mut env = WorkerEnv::default();
         for (n, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+            let line = line.trim_end_matches('\r');
             let Some((name, value)) = line.split_once('=') else {
                 return Err(format!("--worker-env line {}: {line:?} is not NAME=VALUE", n + 1));
             };
@@ -121,6 +123,9 @@ impl std::str::FromStr for WorkerEnv {
                      Dataset's contract and credentials Secret and by the operator",
                     n + 1
                 ));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(format!("--worker-env line {}: the value of {name} has a control character", n + 1));
             }
             env = env.merged(&WorkerEnv(vec![(name.to_owned(), value.to_owned())]))?;
         }
@@ -154,6 +159,9 @@ pub struct ContractSnapshot {
     pub manifest: String,
     /// The Dataset's name.
     pub dataset: String,
+    /// The Dataset as an owner, when made from the Dataset as the apiserver holds it (one parsed back from a
+    /// snapshot has no uid): its snapshots go with it.
+    pub owner: Option<OwnerReference>,
 }
 
 impl ContractSnapshot {
@@ -164,6 +172,7 @@ impl ContractSnapshot {
             name: Self::name_of(dataset_name, &manifest),
             manifest,
             dataset: dataset_name.to_owned(),
+            owner: dataset.controller_owner_ref(&()),
         })
     }
 
@@ -695,10 +704,13 @@ mod tests {
             ("A-B=1", "\"A-B\" is not a variable name"),
             ("=1", "\"\" is not a variable name"),
             ("TZ=UTC\nTZ=CET", "--worker-env sets TZ twice"),
+            ("TZ=UTC\u{1b}[0m", "the value of TZ has a control character"),
         ] {
             let refused = bad.parse::<WorkerEnv>().expect_err(bad);
             assert!(refused.contains(says), "{bad:?}: {refused}");
         }
+        let windows: WorkerEnv = "TZ=UTC\r\nLANG=C.UTF-8\r".parse().expect("CRLF lines");
+        assert_eq!(windows.0, [("TZ".to_owned(), "UTC".to_owned()), ("LANG".to_owned(), "C.UTF-8".to_owned())]);
         let twice = WorkerEnv(vec![("TZ".into(), "UTC".into())]).merged(&"TZ=CET".parse().expect("env"));
         assert_eq!(twice, Err("--worker-env sets TZ twice".to_owned()), "across repeated flags too");
     }
@@ -756,7 +768,14 @@ mod tests {
         let mut same = dataset();
         same.metadata.generation = Some(7);
         same.metadata.uid = Some("other".into());
-        assert_eq!(ContractSnapshot::of(&same).expect("same"), first);
+        let again = ContractSnapshot::of(&same).expect("same");
+        assert_eq!((&again.name, &again.manifest), (&first.name, &first.manifest));
+        // Owned by the Dataset it was made from when that is the apiserver's (with a uid); not one read back.
+        assert_eq!(
+            again.owner.map(|o| (o.kind, o.name, o.uid)),
+            Some(("Dataset".into(), "transactions".into(), "other".into()))
+        );
+        assert_eq!(first.owner, None, "a manifest has no uid");
         // A changed contract: another snapshot.
         let mut changed = dataset();
         changed.spec.max_attempts += 1;

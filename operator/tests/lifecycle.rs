@@ -1141,12 +1141,7 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
     assert!(missing.reason == "SecretNotFound" && missing.message.contains("lake-creds"), "{missing:?}");
     let valid = datasets.get("transactions").await.expect("dataset").status.expect("status");
     assert!(valid.conditions.iter().any(|c| c.type_ == "Valid" && c.status == "True"), "Valid is kept: {valid:?}");
-    let warnings: Vec<_> = support::events(&s.client, &s.ns.name, "tx-nosecret")
-        .await
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("CredentialsSecretNotFound"))
-        .collect();
-    assert!(warnings.iter().any(|e| e.type_.as_deref() == Some("Warning")), "{warnings:?}");
+    assert!(support::warned(&s.client, &s.ns.name, "tx-nosecret", "CredentialsSecretNotFound").await);
 
     // The Secret appears without the secret key: the run and the Dataset name the key that is missing.
     let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
@@ -1170,10 +1165,7 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
     })
     .await;
     assert!(missing.message.contains("has no key AWS_SECRET_ACCESS_KEY"), "{missing:?}");
-    let warned = support::events(&s.client, &s.ns.name, "tx-nosecret")
-        .await
-        .into_iter()
-        .any(|e| e.reason.as_deref() == Some("CredentialsSecretKeyMissing") && e.type_.as_deref() == Some("Warning"));
+    let warned = support::warned(&s.client, &s.ns.name, "tx-nosecret", "CredentialsSecretKeyMissing").await;
     assert!(warned, "a Warning Event names the missing key");
 
     // The key is added: the pod starts, the run succeeds, the Dataset says the Secret is found.
@@ -1216,13 +1208,7 @@ async fn a_job_whose_pods_cannot_be_created_is_reported_at_once_and_given_up_aft
     )
     .await;
     assert!(waiting.contains("ServiceAccount missing-worker does not exist"), "{waiting}");
-    let warned = support::events(&s.client, &s.ns.name, "tx-nosa").await;
-    assert!(
-        warned
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("PodCreationFailed") && e.type_.as_deref() == Some("Warning")),
-        "{warned:?}"
-    );
+    assert!(support::warned(&s.client, &s.ns.name, "tx-nosa", "PodCreationFailed").await);
 
     let run = finished(&s.client, &s.ns.name, "tx-nosa", Duration::from_secs(30)).await;
     let status = run.status.expect("status");
@@ -1455,8 +1441,7 @@ async fn a_run_on_an_s3_lake_succeeds_with_a_read_only_operator() {
 }
 
 /// `--worker-env` reaches the worker's process: with `HTTP_PROXY` naming a forward proxy (on loopback, as a
-/// cluster's egress proxy would be), the worker's S3 requests go through it and the run succeeds; the operator's own
-/// reads of the lake, without it, do not.
+/// cluster's egress proxy would be), the worker's S3 requests go through it and the run succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn the_workers_environment_from_the_operator_sends_its_lake_requests_through_an_egress_proxy() {
@@ -1528,10 +1513,11 @@ async fn a_job_of_the_runs_name_that_is_not_its_own_is_said_on_the_run_until_it_
         "{message}\n{}",
         s.diagnostics(&[&op])
     );
-    let warned = support::events(&s.client, &s.ns.name, "tx-foreign").await.iter().any(|e| {
+    let (warned, events) = support::event_appears(&s.client, &s.ns.name, "tx-foreign", |e| {
         e.type_.as_deref() == Some("Warning") && e.message.as_deref().is_some_and(|n| n.contains("tx-foreign-a1"))
-    });
-    assert!(warned, "a Warning Event names the Job");
+    })
+    .await;
+    assert!(warned, "a Warning Event names the Job: {events:?}");
 
     // Removed: the run launches its own Job and succeeds.
     jobs.delete("tx-foreign-a1", &kube::api::DeleteParams::background()).await.expect("delete the foreign Job");

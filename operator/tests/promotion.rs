@@ -623,20 +623,8 @@ async fn ready_when(s: &Scenario, name: &str, what: &str, wanted: impl Fn(&str, 
     .await
 }
 
-/// Whether a Warning Event with `reason` on `name` appears within 10 s: the operator publishes an Event after the
-/// status write that the test saw, so one look right after the status could come before the Event.
 async fn warned(s: &Scenario, name: &str, reason: &str) -> bool {
-    let start = std::time::Instant::now();
-    loop {
-        let events = support::events(&s.client, &s.ns.name, name).await;
-        if events.iter().any(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some("Warning")) {
-            return true;
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::warned(&s.client, &s.ns.name, name, reason).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1088,8 +1088,8 @@ fn launched_job(scope: &Scope, identity: &RunIdentity, status: &EtlRunStatus) ->
 
 /// Creates the contract snapshot `name` holding `fresh` (the manifest of the run's contract, with the name that
 /// manifest gives) unless it is known to exist, and remembers it as the run's contract. A snapshot of the
-/// Dataset's manifest is owned by the Dataset (the one in the store, else read; the run, when that is gone); a
-/// legacy run's own, by the run. One found existing must hold this very manifest; a
+/// Dataset's manifest is owned by the Dataset (the one in the store, else the one `fresh` was made from; the run,
+/// when that is gone); a legacy run's own, by the run. One found existing must hold this very manifest; a
 /// missing snapshot whose name stands for another manifest than the Dataset's now cannot be made again.
 async fn ensure_snapshot(
     scope: &Scope,
@@ -1125,13 +1125,13 @@ async fn ensure_snapshot(
         remember(&fresh.manifest);
         return Ok(());
     }
-    // The Dataset as the store holds it, or read when the store has not seen it yet (a run created right after
-    // its Dataset): a snapshot shared by the Dataset's runs must not go with the first run to be deleted.
-    let owner = match legacy {
-        true => None,
-        false => stored_or_read(&scope.datasets, &ctx.client, &identity.namespace, dataset_name)
-            .await?
-            .and_then(|stored| stored.controller_owner_ref(&())),
+    // The Dataset as the store holds it, or as the run's contract was read from the apiserver when the store has
+    // not seen it yet (a run created right after its Dataset, an operator just started): a snapshot shared by the
+    // Dataset's runs must not go with the first run to be deleted.
+    let owner = match scope.datasets.get(&ObjectRef::new(dataset_name).within(&identity.namespace)) {
+        _ if legacy => None,
+        Some(stored) => stored.controller_owner_ref(&()),
+        None => fresh.owner.clone(),
     };
     let owner = owner.unwrap_or_else(|| identity.owner.clone());
     let snapshot = job::contract_config_map(&identity.namespace, dataset_name, name, &fresh.manifest, owner);

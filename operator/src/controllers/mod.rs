@@ -53,12 +53,14 @@ pub struct Context {
     pub failures: Failures,
 }
 
-/// Consecutive failed reconciles by controller and object (`{controller}/{namespace}/{name}`): how many, when the
-/// first of them failed and when the last: the error policy waits as long as the failures have lasted
-/// (`requeue`); a reconcile that ends well forgets the object (`drain`). Objects deleted while failing are
-/// forgotten an hour after their last failure.
+/// Consecutive failed reconciles by controller and object (`{controller}/{namespace}/{name}`, and the object's uid,
+/// so that one deleted and created again starts afresh): how many, when the first of them failed and when the
+/// last. The error policy waits as long as the failures have lasted (`requeue`); a reconcile that ends well
+/// forgets the object (`drain`), and so does a failure that waits for a change or for another object (the time
+/// spent waiting is not time spent failing). Objects deleted while failing are forgotten an hour after their last
+/// failure.
 #[derive(Default)]
-pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, Streak>>);
+pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, (Option<String>, Streak)>>);
 
 /// Failed reconciles of one object in a row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,9 +98,25 @@ impl Failures {
         format!("{}/{}/{name}", controller.label(), namespace.unwrap_or_default())
     }
 
-    /// Counts one more failure of the object; returns the failures in a row so far.
-    pub fn failed(&self, controller: ControllerName, namespace: Option<&str>, name: &str) -> Streak {
-        self.failed_at(controller, namespace, name, std::time::Instant::now())
+    /// A failure of the object (`uid`: its uid) at `now` that is retried by `retry`: one more in its streak, or,
+    /// for one that waits for a change or for another object, the end of its streak — waiting is not failing, so
+    /// a failure after it starts afresh. Returns the streak the failure's wait is decided by.
+    pub fn record_at(
+        &self,
+        retry: Retry,
+        controller: ControllerName,
+        namespace: Option<&str>,
+        name: &str,
+        uid: Option<&str>,
+        now: std::time::Instant,
+    ) -> Streak {
+        match retry {
+            Retry::Soon | Retry::Transient => self.failed_at(controller, namespace, name, uid, now),
+            Retry::Blocked | Retry::OnChange => {
+                self.succeeded(controller, namespace, name);
+                Streak::first(now)
+            }
+        }
     }
 
     fn failed_at(
@@ -106,17 +124,19 @@ impl Failures {
         controller: ControllerName,
         namespace: Option<&str>,
         name: &str,
+        uid: Option<&str>,
         now: std::time::Instant,
     ) -> Streak {
         let Ok(mut failures) = self.0.lock() else { return Streak::first(now) };
         if failures.len() >= 4096 {
-            failures.retain(|_, streak| now.saturating_duration_since(streak.last) < Self::FORGET_AFTER);
+            failures.retain(|_, (_, streak)| now.saturating_duration_since(streak.last) < Self::FORGET_AFTER);
         }
-        let streak = match failures.get(&Self::key(controller, namespace, name)) {
-            Some(streak) => streak.failed_again(now),
-            None => Streak::first(now),
+        let key = Self::key(controller, namespace, name);
+        let streak = match failures.get(&key) {
+            Some((of, streak)) if of.as_deref() == uid => streak.failed_again(now),
+            _ => Streak::first(now),
         };
-        failures.insert(Self::key(controller, namespace, name), streak);
+        failures.insert(key, (uid.map(str::to_owned), streak));
         streak
     }
 
@@ -401,7 +421,9 @@ where
     ctx.metrics.reconcile_failed(controller.label(), error.category());
     let meta = guard.meta();
     let name = meta.name.as_deref().unwrap_or_default();
-    let streak = ctx.failures.failed(controller, meta.namespace.as_deref(), name);
+    let now = std::time::Instant::now();
+    let streak =
+        ctx.failures.record_at(error.retry(), controller, meta.namespace.as_deref(), name, meta.uid.as_deref(), now);
     let action = requeue(error.retry(), &streak);
     tracing::warn!(
         controller = controller.label(),
@@ -557,26 +579,46 @@ mod tests {
         let failures = Failures::default();
         let (run, other) = ((ControllerName::EtlRun, Some("ns"), "a"), (ControllerName::Promotion, Some("ns"), "a"));
         let fail = |(c, ns, name): (ControllerName, Option<&str>, &str), s| {
-            let streak = failures.failed_at(c, ns, name, at(s));
+            let streak = failures.failed_at(c, ns, name, Some("uid-1"), at(s));
             (streak.failures, streak.lasted.as_secs())
         };
         // Only the backoff starting reconciles, each when the wait before it ended: each wait twice the one before.
         let schedule = [0, 5, 10, 20, 40, 80, 160];
         let backoff: Vec<_> = schedule
             .iter()
-            .map(|&s| requeue(Retry::Transient, &failures.failed_at(run.0, run.1, run.2, at(s))))
+            .map(|&s| requeue(Retry::Transient, &failures.failed_at(run.0, run.1, run.2, Some("uid-1"), at(s))))
             .collect();
         assert_eq!(backoff, secs(&[5, 5, 10, 20, 40, 80, 160]));
         failures.succeeded(run.0, run.1, run.2);
         // A burst of events failing fifty reconciles in three seconds waits three seconds' worth, not minutes.
         let burst: Vec<_> = (0..50).map(|n| fail(run, 1000 + n / 17)).collect();
         assert_eq!(burst.last(), Some(&(50, 2)));
-        assert_eq!(requeue(Retry::Transient, &failures.failed_at(run.0, run.1, run.2, at(1003))), secs(&[5])[0]);
-        assert_eq!(requeue(Retry::Transient, &failures.failed_at(run.0, run.1, run.2, at(1012))), secs(&[12])[0]);
+        assert_eq!(
+            requeue(Retry::Transient, &failures.failed_at(run.0, run.1, run.2, Some("uid-1"), at(1003))),
+            secs(&[5])[0]
+        );
+        assert_eq!(
+            requeue(Retry::Transient, &failures.failed_at(run.0, run.1, run.2, Some("uid-1"), at(1012))),
+            secs(&[12])[0]
+        );
         assert_eq!(fail(other, 1003), (1, 0), "counted per controller and object");
         failures.succeeded(run.0, run.1, run.2);
         assert_eq!(fail(run, 1004), (1, 0), "a success starts again");
         assert_eq!(fail(other, 1010), (2, 7));
-        assert_eq!(fail(other, 1010 + 601), (1, 0), "left alone longer than twice the longest wait: a new streak");
+        assert_eq!(fail(other, 1010 + 600), (3, 607), "waited the longest wait twice over: still failing");
+        assert_eq!(fail(other, 1610 + 601), (1, 0), "left alone longer than twice the longest wait: a new streak");
+        assert_eq!(fail(other, 2212), (2, 1));
+        let recreated = failures.failed_at(other.0, other.1, other.2, Some("uid-2"), at(2213));
+        assert_eq!((recreated.failures, recreated.lasted), (1, Duration::ZERO), "deleted and created again: afresh");
+
+        // Four minutes of an invalid object (waiting for a change), then an apiserver error: 5 s, not 240.
+        let record = |retry, s| failures.record_at(retry, run.0, run.1, run.2, Some("uid-1"), at(s));
+        record(Retry::Transient, 3000);
+        record(Retry::OnChange, 3001);
+        record(Retry::OnChange, 3240);
+        assert_eq!(requeue(Retry::Transient, &record(Retry::Transient, 3241)), secs(&[5])[0]);
+        assert_eq!(requeue(Retry::Transient, &record(Retry::Transient, 3246)), secs(&[5])[0]);
+        assert_eq!(requeue(Retry::Blocked, &record(Retry::Blocked, 3300)), secs(&[30])[0]);
+        assert_eq!(record(Retry::Transient, 3330).failures, 1, "after waiting for another object: afresh");
     }
 }

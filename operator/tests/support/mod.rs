@@ -196,6 +196,37 @@ pub async fn run_waits(
     .await
 }
 
+/// Whether an Event on `object` satisfies `wanted` within 10 s, and the object's Events at the last look (for the
+/// assertion's message): the operator publishes an Event after the status write a test waits for, so one look
+/// right after that status could come before the Event.
+pub async fn event_appears(
+    client: &Client,
+    namespace: &str,
+    object: &str,
+    wanted: impl Fn(&Event) -> bool,
+) -> (bool, Vec<Event>) {
+    let start = Instant::now();
+    loop {
+        let events = events(client, namespace, object).await;
+        if events.iter().any(&wanted) {
+            return (true, events);
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return (false, events);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether a Warning Event with `reason` on `object` appears within 10 s (see [`event_appears`]).
+pub async fn warned(client: &Client, namespace: &str, object: &str, reason: &str) -> bool {
+    event_appears(client, namespace, object, |e| {
+        e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some("Warning")
+    })
+    .await
+    .0
+}
+
 pub async fn events(client: &Client, namespace: &str, object: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(client.clone(), namespace);
     let list = api.list(&ListParams::default()).await.expect("list events");
