@@ -734,7 +734,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     // A run's Promotion (`requestOnSuccess`) is created by the reconcile of the finished run that this status
     // write wakes (`settle_finished`).
     for transition in &plan.transitions {
-        report(&scope, run, &plan.status, transition).await;
+        report(&scope, run, &plan.status, transition, observed.blocker.as_ref()).await;
     }
     if let (Err(e), false) = (&acted, said) {
         // What the user may have to act on (a quota, an admission policy, RBAC) is said on the run, not only
@@ -1207,8 +1207,15 @@ async fn ensure_job(
     }
 }
 
-/// Publishes one change (it is already written to status): an Event, a log line, metrics.
-async fn report(scope: &Scope, run: &EtlRun, status: &EtlRunStatus, transition: &Transition) {
+/// Publishes one change (it is already written to status): an Event, a log line, metrics; a wait for the pod's
+/// credentials (`blocker`, what keeps the attempt's pod from starting) also on the Dataset.
+async fn report(
+    scope: &Scope,
+    run: &EtlRun,
+    status: &EtlRunStatus,
+    transition: &Transition,
+    blocker: Option<&lifecycle::PodBlocker>,
+) {
     let ctx = &scope.ctx;
     let name = run.name_any();
     let namespace = run.namespace().unwrap_or_default();
@@ -1270,7 +1277,9 @@ async fn report(scope: &Scope, run: &EtlRun, status: &EtlRunStatus, transition: 
         Transition::Waiting { reason, message } => {
             tracing::warn!(etlrun = %name, namespace = %namespace, dataset, reason = %reason, "{message}");
             publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, reason, "Wait", message.clone()).await;
-            if let Some((condition_reason, note)) = credentials_problem(reason, message, &namespace, &name) {
+            let credentials =
+                blocker.filter(|b| b.reason() == reason).and_then(|b| credentials_problem(b, &namespace, &name));
+            if let Some((condition_reason, note)) = credentials {
                 set_credentials_condition(ctx, run, &namespace, false, condition_reason, &note).await;
             }
         }
@@ -1385,24 +1394,24 @@ async fn request_promotion(scope: &Scope, run: &EtlRun, identity: &RunIdentity, 
     outcome
 }
 
-/// What the Dataset's `CredentialsSecret` condition says of a run waiting for its credentials Secret: the reason
-/// and message, from the wait's (whose message starts with `Secret {name} `, and names the key that is missing).
-fn credentials_problem(reason: &str, message: &str, namespace: &str, run: &str) -> Option<(&'static str, String)> {
-    let secret = message.strip_prefix("Secret ")?.split(' ').next()?;
-    if reason == lifecycle::REASON_SECRET_NOT_FOUND {
-        let note = format!(
-            "Secret {secret} (storage.credentialsSecret) does not exist in namespace {namespace}: the worker pods of EtlRun {run} cannot start"
-        );
-        return Some(("SecretNotFound", note));
+/// What the Dataset's `CredentialsSecret` condition says of a run whose pod waits for its credentials Secret
+/// (`blocker`): the reason and message; `None` for a pod held back by anything else.
+fn credentials_problem(blocker: &lifecycle::PodBlocker, namespace: &str, run: &str) -> Option<(&'static str, String)> {
+    match blocker {
+        lifecycle::PodBlocker::SecretNotFound { name } => Some((
+            "SecretNotFound",
+            format!(
+                "Secret {name} (storage.credentialsSecret) does not exist in namespace {namespace}: the worker pods of EtlRun {run} cannot start"
+            ),
+        )),
+        lifecycle::PodBlocker::SecretKeyMissing { name, key } => Some((
+            "KeyMissing",
+            format!(
+                "Secret {name} (storage.credentialsSecret) in namespace {namespace} has no key {key}: the worker pods of EtlRun {run} cannot start"
+            ),
+        )),
+        _ => None,
     }
-    if reason == lifecycle::REASON_SECRET_KEY_MISSING {
-        let key = message.split_once(" has no key ")?.1.split(':').next()?;
-        let note = format!(
-            "Secret {secret} (storage.credentialsSecret) in namespace {namespace} has no key {key}: the worker pods of EtlRun {run} cannot start"
-        );
-        return Some(("KeyMissing", note));
-    }
-    None
 }
 
 /// The field manager of the Dataset's `CredentialsSecret` condition: the Dataset controller owns `Valid` under
@@ -1532,16 +1541,15 @@ mod tests {
 
     #[test]
     fn the_dataset_is_told_which_secret_or_key_is_missing() {
-        let attempt = "attempt 2 (Job tx-a2)";
         let gone = PodBlocker::SecretNotFound { name: "lake-creds".into() };
-        let (reason, note) = credentials_problem(gone.reason(), &gone.message_for(attempt), "etl", "tx").expect("said");
+        let (reason, note) = credentials_problem(&gone, "etl", "tx").expect("said");
         assert_eq!(reason, "SecretNotFound");
         assert!(
             note.starts_with("Secret lake-creds (storage.credentialsSecret) does not exist in namespace etl"),
             "{note}"
         );
         let key = PodBlocker::SecretKeyMissing { name: "lake-creds".into(), key: "AWS_SECRET_ACCESS_KEY".into() };
-        let (reason, note) = credentials_problem(key.reason(), &key.message_for(attempt), "etl", "tx").expect("said");
+        let (reason, note) = credentials_problem(&key, "etl", "tx").expect("said");
         assert_eq!(reason, "KeyMissing");
         assert_eq!(
             note,
@@ -1549,7 +1557,7 @@ mod tests {
              worker pods of EtlRun tx cannot start"
         );
         let other = PodBlocker::ContainerConfig { message: "Secret x: no".into() };
-        assert_eq!(credentials_problem(other.reason(), &other.message_for(attempt), "etl", "tx"), None);
+        assert_eq!(credentials_problem(&other, "etl", "tx"), None);
     }
 
     #[test]
