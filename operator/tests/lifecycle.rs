@@ -277,7 +277,7 @@ async fn a_contract_snapshot_refused_beside_its_job_is_said_and_created_once_it_
     // What the pod waits for is said where users look: the run's condition and a Warning Event.
     let run: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
     let waiting = eventually("the run's condition naming the refused snapshot", RUN_TIMEOUT, || async {
-        let run = run.get("tx-refused").await.expect("get run");
+        let run = run.get("tx-refused").await.ok()?;
         let refused = run.status.as_ref().is_some_and(|st| {
             st.conditions.iter().any(|c| c.type_ == "Progressing" && c.reason == "ContractSnapshotRefused")
         });
@@ -517,7 +517,8 @@ async fn in_a_burst_of_new_runs_their_jobs_come_first_and_the_statuses_naming_th
             job_seen.revision
         );
         let waited = status_seen.at.saturating_duration_since(job_seen.at);
-        assert!(waited < Duration::from_secs(8), "{name}: its launch was recorded {waited:?} after its Job");
+        // Held at most 5 s after the Job's creation, then a recheck, the write and the watch on a loaded machine.
+        assert!(waited < Duration::from_secs(15), "{name}: its launch was recorded {waited:?} after its Job");
         let created = job.metadata.creation_timestamp.as_ref().map(|t| t.0).expect("the Job's creation time");
         let started = status.attempts[0].started_at.as_ref().map(|t| t.0).expect("the attempt's start");
         if waited >= Duration::from_millis(900) {
@@ -748,7 +749,9 @@ async fn a_job_that_succeeds_without_a_success_marker_is_a_failed_attempt() {
     let s = Scenario::new("nomarker").await;
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
     s.kubelet.inject("tx-nomarker-a1", Fault::SucceedWithoutRunning);
-    let op = s.operator("replica-a").await;
+    // A grace of several checks even when the operator sees the finished Job late.
+    let env = [("SILVERLINE_LAKE_GRACE_SECONDS", "6"), ("SILVERLINE_LAKE_CHECK_INTERVAL_SECONDS", "1")];
+    let op = s.operator_with_env("replica-a", &env).await;
     let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
     create_run(&s.client, &s.ns.name, "tx-nomarker", &input).await;
 
@@ -785,10 +788,11 @@ async fn while_validating_the_lake_is_checked_at_the_configured_interval_without
     assert_eq!(first.reason.as_deref(), Some("SuccessMarkerMissing"), "{first:?}");
     let reads = op.metric(&s.series(r#"silverline_lake_checks_total{dataset="transactions"}"#)).await.unwrap_or(0.0);
     let reconciles = op.metric(r#"silverline_reconciles_total{controller="etlrun"}"#).await.unwrap_or(0.0);
-    assert!((4.0..=12.0).contains(&reads), "6 s at 1 s intervals, a few more for the Job's own updates: {reads}");
-    assert!(reconciles <= 25.0, "reconciles of one run over its whole life: {reconciles}");
+    // Fewer when the finished Job is seen late (the grace counts from its completion), never hundreds.
+    assert!((2.0..=12.0).contains(&reads), "6 s at 1 s intervals, a few more for the Job's own updates: {reads}");
+    assert!(reconciles <= 40.0, "reconciles of one run over its whole life: {reconciles}");
     assert!(
-        (4..=12).contains(&first.lake_checks),
+        (2..=12).contains(&first.lake_checks),
         "the checks reach status when the attempt ends: {first:?} (reads {reads})"
     );
 }
@@ -860,7 +864,7 @@ async fn only_the_leader_of_two_replicas_acts() {
 
     // The leader dies without giving the Lease up: the standby takes over once it expires.
     a.kill().await;
-    eventually("replica-b takes over", Duration::from_secs(30), || async {
+    eventually("replica-b takes over", Duration::from_secs(45), || async {
         (b.metric("silverline_leader").await == Some(1.0)).then_some(())
     })
     .await;
@@ -956,7 +960,12 @@ async fn a_quality_gate_failure_ends_the_run_with_the_reports_metrics() {
     let result = status.result.expect("the quality report's metrics");
     assert_eq!((result.input_rows, result.quarantined_rows), (100, 25));
     assert!(result.report_uri.ends_with("_QUALITY_REPORT.json"));
-    assert_eq!(op.metric(&s.series(r#"silverline_last_quarantine_rate{dataset="transactions"}"#)).await, Some(0.25));
+    // The metrics are recorded after the status write.
+    let rate = &s.series(r#"silverline_last_quarantine_rate{dataset="transactions"}"#);
+    eventually("the last quarantine rate", Duration::from_secs(10), || async {
+        (op.metric(rate).await == Some(0.25)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -981,17 +990,18 @@ async fn the_operator_needs_no_more_than_its_published_rbac() {
     let run = finished(&s.client, &s.ns.name, "tx-rbac", RUN_TIMEOUT).await;
     assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
     assert_eq!(run.status.expect("status").attempts[0].exit_code, Some(75));
+    // The Dataset's last success is written after the finish's Event: the Events are all out then.
+    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually("the Dataset's last success", Duration::from_secs(10), || async {
+        datasets.get("transactions").await.ok()?.status?.last_successful_run_id
+    })
+    .await;
     let reasons: Vec<String> =
         support::events(&s.client, &s.ns.name, "tx-rbac").await.into_iter().filter_map(|e| e.reason).collect();
     assert!(
         reasons.contains(&"TransientFailure".to_owned()) && reasons.contains(&"Succeeded".to_owned()),
         "{reasons:?}"
     );
-    let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
-    eventually("the Dataset's last success", Duration::from_secs(10), || async {
-        datasets.get("transactions").await.ok()?.status?.last_successful_run_id
-    })
-    .await;
     let forbidden = op.logs().lines().filter(|l| l.contains("forbidden") || l.contains("Forbidden")).count();
     assert_eq!(forbidden, 0, "{}", op.logs());
 }
@@ -1096,8 +1106,11 @@ async fn an_invalid_contract_is_reported_on_the_dataset_and_holds_its_runs_until
     let run = finished(&s.client, &s.ns.name, "tx-held", RUN_TIMEOUT).await;
     assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
     eventually("Valid=True on the Dataset", Duration::from_secs(20), || valid("True")).await;
-    let reasons: Vec<String> =
-        support::events(&s.client, &s.ns.name, "transactions").await.into_iter().filter_map(|e| e.reason).collect();
+    // Its Event follows that status write.
+    let (_, events) =
+        support::event_appears(&s.client, &s.ns.name, "transactions", |e| e.reason.as_deref() == Some("ContractValid"))
+            .await;
+    let reasons: Vec<String> = events.into_iter().filter_map(|e| e.reason).collect();
     assert!(
         reasons.contains(&"InvalidContract".to_owned()) && reasons.contains(&"ContractValid".to_owned()),
         "{reasons:?}"
@@ -1184,8 +1197,10 @@ async fn a_job_whose_pods_cannot_be_created_is_reported_at_once_and_given_up_aft
     create_dataset(&s.client, &s.ns.name, &transactions_dataset(&s.lake(), 3)).await;
     // With only its published RBAC: listing the Job's Events and deleting the Job are in it.
     let kubeconfig = s.operator_service_account().await;
+    // A bound long enough that the Job controller's FailedCreate reaches the operator within it on a loaded machine
+    // (the run says so while Running), short enough for a test.
     let env =
-        [("SILVERLINE_WORKER_SERVICE_ACCOUNT", "missing-worker"), ("SILVERLINE_POD_CREATE_TIMEOUT_SECONDS", "10")];
+        [("SILVERLINE_WORKER_SERVICE_ACCOUNT", "missing-worker"), ("SILVERLINE_POD_CREATE_TIMEOUT_SECONDS", "30")];
     let op = support::Operator::start(support::OperatorOptions {
         namespace: &s.ns.name,
         identity: "replica-a",
@@ -1204,13 +1219,13 @@ async fn a_job_whose_pods_cannot_be_created_is_reported_at_once_and_given_up_aft
         "PodCreationFailed",
         Some(EtlRunPhase::Running),
         "the run to say no pod can be created",
-        Duration::from_secs(10),
+        Duration::from_secs(40),
     )
     .await;
     assert!(waiting.contains("ServiceAccount missing-worker does not exist"), "{waiting}");
     assert!(support::warned(&s.client, &s.ns.name, "tx-nosa", "PodCreationFailed").await);
 
-    let run = finished(&s.client, &s.ns.name, "tx-nosa", Duration::from_secs(30)).await;
+    let run = finished(&s.client, &s.ns.name, "tx-nosa", Duration::from_secs(90)).await;
     let status = run.status.expect("status");
     assert_eq!(status.phase, Some(EtlRunPhase::Failed), "{status:?}\n{}", s.diagnostics(&[&op]));
     let [attempt] = status.attempts.as_slice() else { panic!("one attempt, not retried: {:?}", status.attempts) };
@@ -1261,6 +1276,10 @@ async fn a_lake_that_cannot_be_read_is_said_in_status_and_events_and_ends_the_at
         ("AWS_SECRET_ACCESS_KEY", "operator-secret-value"),
         ("SILVERLINE_ALLOWED_LAKES", lakes.as_str()),
         ("SILVERLINE_ALLOWED_ENDPOINTS", endpoints.as_str()),
+        // A grace longer than the tests' 2 s: the wait is said only if the operator sees the finished Job within
+        // it (counted from the Job's completion, to the second), which a loaded machine can delay.
+        ("SILVERLINE_LAKE_GRACE_SECONDS", "10"),
+        ("SILVERLINE_LAKE_CHECK_INTERVAL_SECONDS", "1"),
     ];
     let op = s.operator_with_env("replica-a", &env).await;
     let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);

@@ -160,7 +160,11 @@ async fn an_unapproved_promotion_waits_and_moves_nothing_until_approved_then_bec
     assert_eq!(pointer["approved_by"], "jane");
     assert_eq!(pointer["runs"][0], run_id.as_str());
     assert_eq!(pointer["promotion"]["uid"], created.uid().expect("uid").as_str());
-    let reasons = reasons(support::events(&s.client, &s.ns.name, "tx-jan-promo").await);
+    // The finish's Event follows the status, and the metrics come before it.
+    let (_, events) =
+        support::event_appears(&s.client, &s.ns.name, "tx-jan-promo", |e| e.reason.as_deref() == Some("Promoted"))
+            .await;
+    let reasons = reasons(events);
     for reason in ["AwaitingApproval", "Promoting", "Promoted"] {
         assert!(reasons.contains(&reason.to_owned()), "{reason} missing in {reasons:?}");
     }
@@ -184,7 +188,7 @@ async fn an_unapproved_promotion_waits_and_moves_nothing_until_approved_then_bec
     op.kill().await;
     let next = s.operator("replica-b").await;
     let finished = status.finished_at.expect("finishedAt").0.as_second() as f64;
-    eventually("replica-b's last-promotion time", Duration::from_secs(30), || async {
+    eventually("replica-b's last-promotion time", Duration::from_secs(60), || async {
         let t =
             next.metric(&s.series(r#"silverline_last_promotion_timestamp_seconds{dataset="transactions"}"#)).await?;
         (t == finished).then_some(())
@@ -241,12 +245,11 @@ async fn a_run_that_never_committed_is_refused_by_the_gate_naming_the_check() {
     let promoted = status.conditions.iter().find(|c| c.type_ == "Promoted").expect("Promoted condition");
     assert_eq!((promoted.status.as_str(), promoted.reason.as_str()), ("False", "GateRefused"));
     assert!(promoted.message.contains("success_marker"), "{}", promoted.message);
-    let events = support::events(&s.client, &s.ns.name, "tx-ghost-promo").await;
-    assert!(
-        events.iter().any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("GateRefused")),
-        "{:?}",
-        reasons(events)
-    );
+    let (refused, events) = support::event_appears(&s.client, &s.ns.name, "tx-ghost-promo", |e| {
+        e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("GateRefused")
+    })
+    .await;
+    assert!(refused, "{:?}", reasons(events));
     assert!(latest(&s.lake()).is_none());
     assert_eq!(
         op.metric(&s.series(r#"silverline_promotions_total{dataset="transactions",result="failed"}"#)).await,
@@ -360,8 +363,10 @@ async fn a_dataset_with_request_on_success_asks_for_review_and_the_published_rba
     assert_eq!(requested.spec.mode, Some(PromotionMode::ReplacePartitions));
     assert_eq!(requested.requested_by(), Some("silverline-operator"));
     assert!(requested.owner_references().is_empty(), "the review outlives its run");
-    let reasons = reasons(support::events(&s.client, &s.ns.name, "tx-apr").await);
-    assert!(reasons.contains(&"PromotionRequested".to_owned()), "{reasons:?}");
+    let (requested, events) =
+        support::event_appears(&s.client, &s.ns.name, "tx-apr", |e| e.reason.as_deref() == Some("PromotionRequested"))
+            .await;
+    assert!(requested, "{:?}", reasons(events));
 
     approve(&s, "tx-apr-promo").await;
     let done = finished_promotion(&s, "tx-apr-promo", &op).await;
@@ -532,8 +537,10 @@ async fn a_promote_job_killed_after_the_pointer_write_with_the_operator_restarte
         assert_eq!(copy.expect("copy"), original.expect("original"), "{f}");
     }
 
-    let reasons = reasons(support::events(&s.client, &s.ns.name, "tx-jun-promo").await);
-    assert!(reasons.contains(&"Promoted".to_owned()), "{reasons:?}");
+    let (promoted, events) =
+        support::event_appears(&s.client, &s.ns.name, "tx-jun-promo", |e| e.reason.as_deref() == Some("Promoted"))
+            .await;
+    assert!(promoted, "{:?}", reasons(events));
     assert_eq!(
         second.metric(&s.series(r#"silverline_promotions_total{dataset="transactions",result="promoted"}"#)).await,
         Some(1.0)
@@ -592,7 +599,10 @@ async fn a_quality_failed_run_is_refused_by_the_success_marker_check_with_a_warn
     let promoted = status.conditions.iter().find(|c| c.type_ == "Promoted").expect("Promoted condition");
     assert_eq!((promoted.status.as_str(), promoted.reason.as_str()), ("False", "GateRefused"));
     assert!(promoted.message.contains("success_marker"), "{}", promoted.message);
-    let events = support::events(&s.client, &s.ns.name, "tx-bad-promo").await;
+    let gate_refused = |e: &k8s_openapi::api::core::v1::Event| {
+        e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("GateRefused")
+    };
+    let (_, events) = support::event_appears(&s.client, &s.ns.name, "tx-bad-promo", gate_refused).await;
     let warning =
         events.iter().find(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("GateRefused"));
     let warning = warning.unwrap_or_else(|| panic!("no Warning GateRefused in {:?}", reasons(events.clone())));
@@ -784,7 +794,13 @@ async fn a_withdrawal_or_rejection_while_the_promote_pod_cannot_start_wins_and_n
         jobs.get_opt("tx-wd-promo-p1").await.ok()?.is_none().then_some(())
     })
     .await;
-    assert!(said(&s, "tx-wd-promo", "ApprovalWithdrawn").await >= 1, "an Event says the approval was withdrawn");
+    assert!(
+        support::event_appears(&s.client, &s.ns.name, "tx-wd-promo", |e| e.reason.as_deref()
+            == Some("ApprovalWithdrawn"))
+        .await
+        .0,
+        "an Event says the approval was withdrawn"
+    );
 
     // Approved again: a new Job (p2), waiting for the Secret again; then rejected: it is deleted and the
     // Promotion ends Rejected, with no new attempt.
@@ -803,7 +819,12 @@ async fn a_withdrawal_or_rejection_while_the_promote_pod_cannot_start_wins_and_n
         jobs.get_opt("tx-wd-promo-p2").await.ok()?.is_none().then_some(())
     })
     .await;
-    assert!(said(&s, "tx-wd-promo", "Rejected").await >= 1, "an Event says it is rejected");
+    assert!(
+        support::event_appears(&s.client, &s.ns.name, "tx-wd-promo", |e| e.reason.as_deref() == Some("Rejected"))
+            .await
+            .0,
+        "an Event says it is rejected"
+    );
 
     // The Secret is back: the rejection is recorded; nothing was ever promoted.
     secrets.create(&Default::default(), &secret).await.expect("create the Secret again");
@@ -990,7 +1011,12 @@ async fn an_approved_promotion_waiting_for_another_writes_nothing_and_says_it_on
     tokio::time::sleep(Duration::from_secs(2)).await;
     let api: Api<Promotion> = Api::namespaced(s.client.clone(), &s.ns.name);
     let before = api.get("tx-second-promo").await.expect("promotion");
-    let events_before = said(&s, "tx-second-promo", "WaitingForPromotion").await;
+    // Its Event follows the status write seen above.
+    let events_before = eventually("the wait said", Duration::from_secs(10), || async {
+        let n = said(&s, "tx-second-promo", "WaitingForPromotion").await;
+        (n >= 1).then_some(n)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     let after = api.get("tx-second-promo").await.expect("promotion");
     assert_eq!(after.phase(), Some(PromotionPhase::AwaitingApproval));

@@ -347,7 +347,9 @@ impl Operator {
             .args(["--retry-base-seconds", "1", "--retry-cap-seconds", "2"])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--identity", options.identity])
-            .args(["--lease-duration-seconds", "3", "--lease-renew-seconds", "0.5"])
+            // Short enough that a standby takes over a killed leader's Lease within seconds; long enough that a
+            // renewal slowed by a loaded apiserver (a GET and a PUT) does not lose it.
+            .args(["--lease-duration-seconds", "8", "--lease-renew-seconds", "1"])
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
