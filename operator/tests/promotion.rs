@@ -790,7 +790,7 @@ async fn a_withdrawal_or_rejection_while_the_promote_pod_cannot_start_wins_and_n
     remove_annotations(&s, "tx-wd-promo", &[ANNOTATION_APPROVED_BY, ANNOTATION_APPROVAL_REASON]).await;
     let back = in_phase(&s, "tx-wd-promo", PromotionPhase::AwaitingApproval, Duration::from_secs(40)).await;
     assert_eq!(back.status.as_ref().and_then(|st| st.approved_by.clone()), None, "{:?}", back.status);
-    eventually("Job tx-wd-promo-p1 deleted", Duration::from_secs(30), || async {
+    eventually("Job tx-wd-promo-p1 deleted", Duration::from_secs(90), || async {
         jobs.get_opt("tx-wd-promo-p1").await.ok()?.is_none().then_some(())
     })
     .await;
@@ -815,7 +815,7 @@ async fn a_withdrawal_or_rejection_while_the_promote_pod_cannot_start_wins_and_n
     assert_eq!(status.phase, Some(PromotionPhase::Rejected), "{status:?}\n{}", s.diagnostics(&[&op]));
     assert_eq!(status.rejected_by.as_deref(), Some("bob"));
     assert_eq!(status.attempts, 2, "{status:?}");
-    eventually("Job tx-wd-promo-p2 deleted", Duration::from_secs(30), || async {
+    eventually("Job tx-wd-promo-p2 deleted", Duration::from_secs(90), || async {
         jobs.get_opt("tx-wd-promo-p2").await.ok()?.is_none().then_some(())
     })
     .await;
@@ -1152,7 +1152,7 @@ async fn a_promotion_whose_frozen_lake_is_no_longer_allowed_launches_nothing_the
     remove_annotations(&s, "tx-fz-promo", &[ANNOTATION_APPROVED_BY, ANNOTATION_APPROVAL_REASON]).await;
     in_phase(&s, "tx-fz-promo", PromotionPhase::AwaitingApproval, Duration::from_secs(40)).await;
     let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns.name);
-    eventually("Job tx-fz-promo-p1 deleted", Duration::from_secs(30), || async {
+    eventually("Job tx-fz-promo-p1 deleted", Duration::from_secs(90), || async {
         jobs.get_opt("tx-fz-promo-p1").await.ok()?.is_none().then_some(())
     })
     .await;
