@@ -62,6 +62,16 @@ pub struct Context {
 #[derive(Default)]
 pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, (Option<String>, Streak)>>);
 
+/// The object whose reconcile failed, as [`Failures`] keeps it.
+#[derive(Clone, Copy, Debug)]
+pub struct FailedObject<'a> {
+    pub controller: ControllerName,
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
+    /// Its uid: one deleted and created again under the same name starts a streak of its own.
+    pub uid: Option<&'a str>,
+}
+
 /// Failed reconciles of one object in a row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Streak {
@@ -98,40 +108,25 @@ impl Failures {
         format!("{}/{}/{name}", controller.label(), namespace.unwrap_or_default())
     }
 
-    /// A failure of the object (`uid`: its uid) at `now` that is retried by `retry`: one more in its streak, or,
-    /// for one that waits for a change or for another object, the end of its streak — waiting is not failing, so
-    /// a failure after it starts afresh. Returns the streak the failure's wait is decided by.
-    pub fn record_at(
-        &self,
-        retry: Retry,
-        controller: ControllerName,
-        namespace: Option<&str>,
-        name: &str,
-        uid: Option<&str>,
-        now: std::time::Instant,
-    ) -> Streak {
+    /// A failure of `object` at `now` that is retried by `retry`: one more in its streak, or, for one that waits
+    /// for a change or for another object, the end of its streak — waiting is not failing, so a failure after it
+    /// starts afresh. Returns the streak the failure's wait is decided by.
+    pub fn record_at(&self, retry: Retry, object: FailedObject<'_>, now: std::time::Instant) -> Streak {
         match retry {
-            Retry::Soon | Retry::Transient => self.failed_at(controller, namespace, name, uid, now),
+            Retry::Soon | Retry::Transient => self.failed_at(object, now),
             Retry::Blocked | Retry::OnChange => {
-                self.succeeded(controller, namespace, name);
+                self.succeeded(object.controller, object.namespace, object.name);
                 Streak::first(now)
             }
         }
     }
 
-    fn failed_at(
-        &self,
-        controller: ControllerName,
-        namespace: Option<&str>,
-        name: &str,
-        uid: Option<&str>,
-        now: std::time::Instant,
-    ) -> Streak {
+    fn failed_at(&self, object: FailedObject<'_>, now: std::time::Instant) -> Streak {
         let Ok(mut failures) = self.0.lock() else { return Streak::first(now) };
         if failures.len() >= 4096 {
             failures.retain(|_, (_, streak)| now.saturating_duration_since(streak.last) < Self::FORGET_AFTER);
         }
-        let key = Self::key(controller, namespace, name);
+        let (key, uid) = (Self::key(object.controller, object.namespace, object.name), object.uid);
         let streak = match failures.get(&key) {
             Some((of, streak)) if of.as_deref() == uid => streak.failed_again(now),
             _ => Streak::first(now),
@@ -422,8 +417,11 @@ where
     let meta = guard.meta();
     let name = meta.name.as_deref().unwrap_or_default();
     let now = std::time::Instant::now();
-    let streak =
-        ctx.failures.record_at(error.retry(), controller, meta.namespace.as_deref(), name, meta.uid.as_deref(), now);
+    let streak = ctx.failures.record_at(
+        error.retry(),
+        FailedObject { controller, namespace: meta.namespace.as_deref(), name, uid: meta.uid.as_deref() },
+        now,
+    );
     let action = requeue(error.retry(), &streak);
     tracing::warn!(
         controller = controller.label(),
@@ -577,42 +575,36 @@ mod tests {
         assert_eq!(requeue(Retry::OnChange, &lasted(9)), Action::await_change());
 
         let failures = Failures::default();
-        let (run, other) = ((ControllerName::EtlRun, Some("ns"), "a"), (ControllerName::Promotion, Some("ns"), "a"));
-        let fail = |(c, ns, name): (ControllerName, Option<&str>, &str), s| {
-            let streak = failures.failed_at(c, ns, name, Some("uid-1"), at(s));
+        let object = |controller, uid| FailedObject { controller, namespace: Some("ns"), name: "a", uid: Some(uid) };
+        let (run, other) = (object(ControllerName::EtlRun, "uid-1"), object(ControllerName::Promotion, "uid-1"));
+        let forget = |o: FailedObject| failures.succeeded(o.controller, o.namespace, o.name);
+        let fail = |o: FailedObject, s| {
+            let streak = failures.failed_at(o, at(s));
             (streak.failures, streak.lasted.as_secs())
         };
         // Only the backoff starting reconciles, each when the wait before it ended: each wait twice the one before.
         let schedule = [0, 5, 10, 20, 40, 80, 160];
-        let backoff: Vec<_> = schedule
-            .iter()
-            .map(|&s| requeue(Retry::Transient, &failures.failed_at(run.0, run.1, run.2, Some("uid-1"), at(s))))
-            .collect();
+        let backoff: Vec<_> =
+            schedule.iter().map(|&s| requeue(Retry::Transient, &failures.failed_at(run, at(s)))).collect();
         assert_eq!(backoff, secs(&[5, 5, 10, 20, 40, 80, 160]));
-        failures.succeeded(run.0, run.1, run.2);
+        forget(run);
         // A burst of events failing fifty reconciles in three seconds waits three seconds' worth, not minutes.
         let burst: Vec<_> = (0..50).map(|n| fail(run, 1000 + n / 17)).collect();
         assert_eq!(burst.last(), Some(&(50, 2)));
-        assert_eq!(
-            requeue(Retry::Transient, &failures.failed_at(run.0, run.1, run.2, Some("uid-1"), at(1003))),
-            secs(&[5])[0]
-        );
-        assert_eq!(
-            requeue(Retry::Transient, &failures.failed_at(run.0, run.1, run.2, Some("uid-1"), at(1012))),
-            secs(&[12])[0]
-        );
+        assert_eq!(requeue(Retry::Transient, &failures.failed_at(run, at(1003))), secs(&[5])[0]);
+        assert_eq!(requeue(Retry::Transient, &failures.failed_at(run, at(1012))), secs(&[12])[0]);
         assert_eq!(fail(other, 1003), (1, 0), "counted per controller and object");
-        failures.succeeded(run.0, run.1, run.2);
+        forget(run);
         assert_eq!(fail(run, 1004), (1, 0), "a success starts again");
         assert_eq!(fail(other, 1010), (2, 7));
         assert_eq!(fail(other, 1010 + 600), (3, 607), "waited the longest wait twice over: still failing");
         assert_eq!(fail(other, 1610 + 601), (1, 0), "left alone longer than twice the longest wait: a new streak");
         assert_eq!(fail(other, 2212), (2, 1));
-        let recreated = failures.failed_at(other.0, other.1, other.2, Some("uid-2"), at(2213));
-        assert_eq!((recreated.failures, recreated.lasted), (1, Duration::ZERO), "deleted and created again: afresh");
+        let recreated = object(ControllerName::Promotion, "uid-2");
+        assert_eq!(fail(recreated, 2213), (1, 0), "deleted and created again: afresh");
 
         // Four minutes of an invalid object (waiting for a change), then an apiserver error: 5 s, not 240.
-        let record = |retry, s| failures.record_at(retry, run.0, run.1, run.2, Some("uid-1"), at(s));
+        let record = |retry, s| failures.record_at(retry, run, at(s));
         record(Retry::Transient, 3000);
         record(Retry::OnChange, 3001);
         record(Retry::OnChange, 3240);
