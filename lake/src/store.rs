@@ -87,9 +87,10 @@ pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectSt
             .with_virtual_hosted_style_request(false)
             .with_allow_http(endpoint.starts_with("http://"));
     }
-    // Whatever set them (the contract, a flag, or AWS_REGION / AWS_DEFAULT_REGION from the environment), the client builds host names from the region and URLs from
-    // the bucket: one that could name another host is refused before any request, or a web-identity token
-    // would go to `sts.{region}.amazonaws.com` of someone's choosing.
+    // Whatever set them (the contract, a flag, or AWS_REGION / AWS_DEFAULT_REGION from the environment), the
+    // client builds host names from the region and URLs from the bucket: one that could name another host is
+    // refused before any request, or a web-identity token would go to `sts.{region}.amazonaws.com` of someone's
+    // choosing.
     if let Some(region) = builder.get_config_value(&object_store::aws::AmazonS3ConfigKey::Region)
         && let Err(e) = silverline_crds::names::check_region(&region)
     {

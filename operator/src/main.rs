@@ -6,6 +6,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use silverline_operator::config::Config;
 use silverline_operator::controllers::{self, Context};
 use silverline_operator::http::{self, Probes};
+use silverline_operator::job::JobSettings;
 use silverline_operator::leader::LeaderElector;
 use silverline_operator::metrics::Metrics;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(config: Config, jobs: JobSettings) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Arc::new(Metrics::new()?);
     let ready = Arc::new(AtomicBool::new(false));
     let (addr, _server) =
@@ -73,7 +74,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         client: client.clone(),
         recorder: Recorder::new(client, reporter),
         metrics: metrics.clone(),
-        jobs: config.job_settings()?,
+        jobs,
         lifecycle: config.lifecycle_settings(),
         promotion: config.promotion_settings(),
         promotion_locks: Default::default(),
@@ -115,12 +116,12 @@ async fn watch(ctx: Arc<Context>, namespaces: Option<Vec<String>>) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    if let Err(e) = config.job_settings() {
+    let jobs = config.job_settings().unwrap_or_else(|e| {
         use clap::CommandFactory;
-        Config::command().error(clap::error::ErrorKind::ArgumentConflict, e).exit();
-    }
+        Config::command().error(clap::error::ErrorKind::ArgumentConflict, e).exit()
+    });
     init_logging();
-    match run(config).await {
+    match run(config, jobs).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "silverline-operator stopped");

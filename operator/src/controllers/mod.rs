@@ -77,8 +77,6 @@ pub struct FailedObject<'a> {
 pub struct Streak {
     /// How many, counting the one just failed (from 1).
     pub failures: u32,
-    /// How long since the first of them failed.
-    pub lasted: Duration,
     first: std::time::Instant,
     last: std::time::Instant,
 }
@@ -86,7 +84,12 @@ pub struct Streak {
 impl Streak {
     /// The first failure, at `now`.
     fn first(now: std::time::Instant) -> Streak {
-        Streak { failures: 1, lasted: Duration::ZERO, first: now, last: now }
+        Streak { failures: 1, first: now, last: now }
+    }
+
+    /// How long since the first of them failed, as of the last.
+    pub fn lasted(&self) -> Duration {
+        self.last.saturating_duration_since(self.first)
     }
 
     /// The streak after one more failure at `now`. A failure more than twice the longest wait after the last one
@@ -96,8 +99,7 @@ impl Streak {
         if now.saturating_duration_since(self.last) > 2 * MAX_ERROR_BACKOFF {
             return Streak::first(now);
         }
-        let lasted = now.saturating_duration_since(self.first);
-        Streak { failures: self.failures.saturating_add(1), lasted, first: self.first, last: now }
+        Streak { failures: self.failures.saturating_add(1), first: self.first, last: now }
     }
 }
 
@@ -430,7 +432,7 @@ where
         namespace = meta.namespace.as_deref().unwrap_or_default(),
         category = error.category(),
         failures = streak.failures,
-        failing_for_s = streak.lasted.as_secs(),
+        failing_for_s = streak.lasted().as_secs(),
         error = %error,
         "reconcile failed"
     );
@@ -458,7 +460,7 @@ pub fn requeue(retry: Retry, streak: &Streak) -> Action {
         Retry::Blocked => return Action::requeue(BLOCKED_RECHECK),
         Retry::OnChange => return Action::await_change(),
     };
-    Action::requeue(streak.lasted.clamp(base, MAX_ERROR_BACKOFF.max(base)))
+    Action::requeue(streak.lasted().clamp(base, MAX_ERROR_BACKOFF.max(base)))
 }
 
 /// Deletes a Job of the operator's (an attempt given up, a promote Job rejected); one already gone counts as deleted.
@@ -560,7 +562,7 @@ mod tests {
     fn failures_wait_as_long_as_they_have_lasted_up_to_the_bound_and_a_success_resets_them() {
         let t0 = std::time::Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let lasted = |s: u64| Streak { failures: 1, lasted: Duration::from_secs(s), first: t0, last: t0 };
+        let lasted = |s: u64| Streak { failures: 1, first: t0, last: t0 + Duration::from_secs(s) };
         let waits = |retry, seconds: &[u64]| seconds.iter().map(|&s| requeue(retry, &lasted(s))).collect::<Vec<_>>();
         let secs = |s: &[u64]| s.iter().map(|&s| Action::requeue(Duration::from_secs(s))).collect::<Vec<_>>();
         assert_eq!(waits(Retry::Transient, &[0, 3, 5, 10, 20, 299, 600]), secs(&[5, 5, 5, 10, 20, 299, 300]));
@@ -571,7 +573,7 @@ mod tests {
         );
         assert_eq!(requeue(Retry::Soon, &lasted(0)), Action::requeue(Duration::from_millis(200)));
         assert_eq!(requeue(Retry::Soon, &lasted(1)), Action::requeue(Duration::from_secs(1)));
-        assert_eq!(requeue(Retry::Soon, &lasted(u64::MAX / 4)), Action::requeue(MAX_ERROR_BACKOFF));
+        assert_eq!(requeue(Retry::Soon, &lasted(365 * 86_400)), Action::requeue(MAX_ERROR_BACKOFF));
         assert_eq!(requeue(Retry::OnChange, &lasted(9)), Action::await_change());
 
         let failures = Failures::default();
@@ -580,7 +582,7 @@ mod tests {
         let forget = |o: FailedObject| failures.succeeded(o.controller, o.namespace, o.name);
         let fail = |o: FailedObject, s| {
             let streak = failures.failed_at(o, at(s));
-            (streak.failures, streak.lasted.as_secs())
+            (streak.failures, streak.lasted().as_secs())
         };
         // Only the backoff starting reconciles, each when the wait before it ended: each wait twice the one before.
         let schedule = [0, 5, 10, 20, 40, 80, 160];
