@@ -517,7 +517,8 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
             layout.clone(),
             spill.clone(),
             handle.clone(),
-        ),
+            threads,
+        )?,
         condemned: SideWriter::new(
             Area::Condemned,
             &contract,
@@ -525,7 +526,8 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
             layout.clone(),
             spill.clone(),
             handle.clone(),
-        ),
+            threads,
+        )?,
         control,
         next_record: (usize::MAX, 1),
     };

@@ -824,12 +824,36 @@ fn raw_record_of(raw: &RecordChunk, r: usize, after_quote: bool) -> (String, Opt
     (text.into_owned(), bytes)
 }
 
-/// Quarantine or condemned rows, in input order, in `part-NNNNN.parquet` files.
+/// Quarantine or condemned rows, in input order, in `part-NNNNN.parquet` files. The caller builds each chunk's
+/// rows (they need the chunk's raw records); with more than one thread they are encoded in a thread of the area's
+/// own, off the in-order path, as silver's are.
 pub struct SideWriter {
     area: Area,
-    sink: SinkContext,
     schema: SchemaRef,
-    stream: PartStream,
+    stream: SideStream,
+}
+
+/// Where a side area's rows are encoded.
+enum SideStream {
+    /// `None` once closed.
+    Inline { stream: Option<Box<PartStream>>, sink: SinkContext },
+    Thread {
+        /// `None` once closed or abandoned.
+        sender: Option<crossbeam_channel::Sender<SideMessage>>,
+        thread: Option<std::thread::JoinHandle<Result<Vec<ClosingPart>>>>,
+    },
+}
+
+/// How errors name a side area's writer.
+fn side_writer(area: Area) -> String {
+    format!("{} writer", area.as_str())
+}
+
+enum SideMessage {
+    Write(RecordBatch),
+    /// Close the open part. A channel closed without it means the run was abandoned: the open part is dropped,
+    /// which aborts its upload.
+    Finish,
 }
 
 impl SideWriter {
@@ -840,14 +864,29 @@ impl SideWriter {
         layout: LakeLayout,
         spill: Spill,
         handle: Handle,
-    ) -> SideWriter {
+        threads: usize,
+    ) -> Result<SideWriter> {
         let schema = side_schema(contract, area);
-        SideWriter {
-            area,
-            stream: PartStream::new(area, schema.clone(), side_properties()),
-            schema,
-            sink: SinkContext { location, layout, spill, handle },
+        let sink = SinkContext { location, layout, spill, handle };
+        let mut stream = Box::new(PartStream::new(area, schema.clone(), side_properties()));
+        if threads <= 1 {
+            return Ok(SideWriter { area, schema, stream: SideStream::Inline { stream: Some(stream), sink } });
         }
+        let (sender, receiver) = crossbeam_channel::bounded::<SideMessage>(4);
+        let thread = std::thread::Builder::new()
+            .name(format!("{}-writer", area.as_str()))
+            .spawn(move || {
+                let key_of = |part| sink.layout.side_part(area, part);
+                for message in receiver.iter() {
+                    match message {
+                        SideMessage::Write(batch) => stream.push(batch, &sink, &key_of)?,
+                        SideMessage::Finish => return stream.finish(&sink, &key_of),
+                    }
+                }
+                Err(Error::internal(side_writer(area), "stopped before the run finished"))
+            })
+            .map_err(|e| Error::internal(format!("starting the {} writer thread", area.as_str()), e))?;
+        Ok(SideWriter { area, schema, stream: SideStream::Thread { sender: Some(sender), thread: Some(thread) } })
     }
 
     /// Writes `rows` of `chunk`, whose source is `source_uri` with header `map`.
@@ -863,8 +902,32 @@ impl SideWriter {
             return Ok(());
         }
         let batch = self.build(contract, chunk, map, source_uri, rows)?;
-        let (layout, area) = (&self.sink.layout, self.area);
-        self.stream.push(batch, &self.sink, &|part| layout.side_part(area, part))
+        let area = self.area;
+        match &mut self.stream {
+            SideStream::Inline { stream: Some(stream), sink } => {
+                stream.push(batch, sink, &|part| sink.layout.side_part(area, part))
+            }
+            SideStream::Inline { stream: None, .. } => Err(Error::internal(side_writer(area), "closed")),
+            SideStream::Thread { sender, .. } => {
+                if sender.as_ref().is_some_and(|s| s.send(SideMessage::Write(batch)).is_ok()) {
+                    return Ok(());
+                }
+                // The thread stopped on an error: report it.
+                Err(self.stop().err().unwrap_or_else(|| Error::internal(side_writer(area), "stopped")))
+            }
+        }
+    }
+
+    /// Stops the area's thread, if it has one, and returns what it ended with: an abandoned writer's thread drops
+    /// its open part, which aborts the upload, and that must happen before the run's runtime shuts down.
+    fn stop(&mut self) -> Result<Vec<ClosingPart>> {
+        let SideStream::Thread { sender, thread } = &mut self.stream else { return Ok(Vec::new()) };
+        sender.take();
+        match thread.take().map(|t| t.join()) {
+            None => Ok(Vec::new()),
+            Some(Ok(ended)) => ended,
+            Some(Err(_)) => Err(Error::internal(side_writer(self.area), "the thread panicked")),
+        }
     }
 
     fn build(
@@ -967,9 +1030,28 @@ impl SideWriter {
     }
 
     /// Writes what is left and closes the open part; the uploads may still be completing.
-    fn close(self) -> Result<Vec<ClosingPart>> {
-        let (layout, area) = (&self.sink.layout, self.area);
-        self.stream.finish(&self.sink, &|part| layout.side_part(area, part))
+    fn close(mut self) -> Result<Vec<ClosingPart>> {
+        let area = self.area;
+        match &mut self.stream {
+            SideStream::Inline { stream, sink } => match stream.take() {
+                Some(stream) => stream.finish(sink, &|part| sink.layout.side_part(area, part)),
+                None => Err(Error::internal(side_writer(area), "closed twice")),
+            },
+            SideStream::Thread { sender, .. } => {
+                // A closed channel means the thread already stopped on an error, which `stop` reports.
+                if let Some(sender) = sender.as_ref() {
+                    let _ = sender.send(SideMessage::Finish);
+                }
+                self.stop()
+            }
+        }
+    }
+}
+
+impl Drop for SideWriter {
+    /// A run that fails before `close` waits here for the area's thread to abort its open upload.
+    fn drop(&mut self) {
+        let _ = self.stop();
     }
 }
 

@@ -348,6 +348,47 @@ fn the_circuit_breaker_stops_the_run_with_exit_4() {
     assert!(silver.join("_CIRCUIT_BREAKER.json").exists());
 }
 
+/// With two threads, quarantined and condemned rows are encoded in threads of their own: a run stopped by its
+/// circuit breaker after such rows (and silver's) were handed to them stops those threads before it exits, and
+/// leaves neither a part file nor a half-written one in the lake, only its claim and the breaker's marker.
+#[test]
+fn a_run_stopped_by_its_circuit_breaker_on_two_threads_leaves_no_part_files() {
+    let tmp = TempDir::new().unwrap();
+    let lake = tmp.path().join("lake");
+    let c = contract(
+        tmp.path(),
+        &[("maxSameErrors: 100", "maxSameErrors: 2"), ("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")],
+    );
+    let mut text = format!("{HEADER}\n");
+    for i in 0..40_000 {
+        // And its exact duplicate: condemned, not an error; enough of them that the condemned rows' thread has
+        // a part file open, with bytes on their way to the lake, when the run stops.
+        text += &good(i);
+        text += &good(i);
+    }
+    // A duplicate key: quarantined, once (no trip).
+    text += &row("T1", "other", "1.00", "EUR", "2024-01-15T10:00:00Z");
+    for i in 0..3 {
+        text += &row(&format!("B{i}"), "C", "bad", "EUR", "2024-01-15T10:00:00Z");
+    }
+    let input = write(tmp.path(), "in.csv", text);
+    let out = ran(std::process::Command::new(worker_bin())
+        .args(["run", "--progress", "off", "--threads", "2", "--contract"])
+        .arg(&c)
+        .arg("--input")
+        .arg(&input)
+        .arg("--lake")
+        .arg(&lake)
+        .args(["--run-id", "r1"])
+        .env("SILVERLINE_CHUNK_BYTES", "4096")
+        .output()
+        .unwrap());
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("TYPE_ERROR"), "{}", out.stderr);
+    let run = "silver/transactions/schema_v=v1/run_id=r1";
+    assert_eq!(files_under(&lake), [format!("{run}/_CIRCUIT_BREAKER.json"), format!("{run}/_RUN.json")]);
+}
+
 #[test]
 fn the_quality_gate_keeps_data_for_review_with_exit_5() {
     let tmp = TempDir::new().unwrap();
