@@ -13,7 +13,7 @@ use crate::input::{InputFormat, InputObject, read_error, resolve_inputs, storage
 use crate::layout::{self, Area, LakeLayout};
 use crate::ledger::Ledger;
 use crate::report::{InputRecord, Put, RunFacts, RunReport, build_report, put_json};
-use crate::sink::{SideWriter, SilverWriter};
+use crate::sink::{SideWriters, SilverWriter};
 use crate::tokenize::{CsvTokenizer, RecordScan};
 use crate::upload::Spill;
 use crate::{Error, Result, replay};
@@ -404,8 +404,7 @@ struct Committer<'a> {
     maps: &'a [HeaderMap],
     ledger: Ledger,
     silver: SilverWriter,
-    quarantine: SideWriter,
-    condemned: SideWriter,
+    sides: SideWriters,
     control: &'a RunControl,
     /// The source being read and the number of its next record: blocks are tokenized in any order, so their
     /// records are numbered here, in input order.
@@ -448,8 +447,8 @@ impl Committer<'_> {
         })?;
         self.silver.write(&chunk, settled.keep.as_ref())?;
         let map = &self.maps[source];
-        self.quarantine.write(self.contract, &chunk, map, uri, &settled.quarantined)?;
-        self.condemned.write(self.contract, &chunk, map, uri, &settled.condemned)?;
+        self.sides.write(Area::Quarantine, self.contract, &chunk, map, uri, &settled.quarantined)?;
+        self.sides.write(Area::Condemned, self.contract, &chunk, map, uri, &settled.condemned)?;
         self.control.rows.store(self.ledger.counts.input_rows, Ordering::Relaxed);
         Ok(chunk.raw)
     }
@@ -510,24 +509,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
         ledger: Ledger::new(contract.max_same_errors, contract.max_attempts)
             .with_sources(inputs.iter().map(|i| i.uri.clone()).collect()),
         silver: SilverWriter::new(lake.clone(), layout.clone(), &contract, spill.clone(), handle.clone(), threads),
-        quarantine: SideWriter::new(
-            Area::Quarantine,
-            &contract,
-            lake.clone(),
-            layout.clone(),
-            spill.clone(),
-            handle.clone(),
-            threads,
-        )?,
-        condemned: SideWriter::new(
-            Area::Condemned,
-            &contract,
-            lake.clone(),
-            layout.clone(),
-            spill.clone(),
-            handle.clone(),
-            threads,
-        )?,
+        sides: SideWriters::new(&contract, lake.clone(), layout.clone(), spill.clone(), handle.clone(), threads)?,
         control,
         next_record: (usize::MAX, 1),
     };
@@ -614,7 +596,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     let input_records = input_records?;
     control.check()?;
 
-    let Committer { ledger, silver, quarantine, condemned, .. } = committer;
+    let Committer { ledger, silver, sides, .. } = committer;
     // Every row is settled: the key state (~30 bytes a row) is freed before the writers encode their last row
     // groups and complete their uploads, so that the end of a run does not add to its peak; uploads to an object
     // store may then have as many more parts in flight as that memory holds.
@@ -622,7 +604,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     let counts = ledger.into_counts();
     spill.widen(ledger_bytes);
     let finishing = Instant::now();
-    let files = crate::sink::finish_all(silver, quarantine, condemned)?;
+    let files = crate::sink::finish_all(silver, sides)?;
     let finishing_seconds = finishing.elapsed().as_secs_f64();
     let mut error_columns = crate::summary::ErrorColumns::new();
     for ((error, column), n) in &counts.by_error_column {

@@ -824,19 +824,48 @@ fn raw_record_of(raw: &RecordChunk, r: usize, after_quote: bool) -> (String, Opt
     (text.into_owned(), bytes)
 }
 
-/// Quarantine or condemned rows, in input order, in `part-NNNNN.parquet` files. The caller builds each chunk's
-/// rows (they need the chunk's raw records); with more than one thread they are encoded in a thread of the area's
-/// own, off the in-order path, as silver's are.
-pub struct SideWriter {
-    area: Area,
-    schema: SchemaRef,
-    stream: SideStream,
+/// The two side areas, in the order their files are listed.
+const SIDE_AREAS: [Area; 2] = [Area::Quarantine, Area::Condemned];
+
+fn side_index(area: Area) -> usize {
+    usize::from(area == Area::Condemned)
 }
 
-/// Where a side area's rows are encoded.
-enum SideStream {
-    /// `None` once closed.
-    Inline { stream: Option<Box<PartStream>>, sink: SinkContext },
+/// Quarantine and condemned rows, in input order, each area in `part-NNNNN.parquet` files of its own. The caller
+/// builds each chunk's rows (they need the chunk's raw records); with more than one thread both areas are encoded
+/// in one thread of their own, off the in-order path, as silver's rows are in the encoders.
+pub struct SideWriters {
+    schemas: [SchemaRef; 2],
+    encoding: SideEncoding,
+}
+
+/// The part streams of both side areas.
+struct SideStreams {
+    streams: [PartStream; 2],
+    sink: SinkContext,
+}
+
+impl SideStreams {
+    fn push(&mut self, area: Area, batch: RecordBatch) -> Result<()> {
+        let sink = &self.sink;
+        self.streams[side_index(area)].push(batch, sink, &|part| sink.layout.side_part(area, part))
+    }
+
+    /// Writes what is left and closes both areas' open parts: quarantine's, then condemned's.
+    fn finish(self) -> Result<Vec<ClosingPart>> {
+        let sink = &self.sink;
+        let mut closing = Vec::new();
+        for (stream, area) in self.streams.into_iter().zip(SIDE_AREAS) {
+            closing.extend(stream.finish(sink, &|part| sink.layout.side_part(area, part))?);
+        }
+        Ok(closing)
+    }
+}
+
+/// Where the side areas' rows are encoded.
+enum SideEncoding {
+    /// In the caller's thread; `None` once closed.
+    Inline(Option<Box<SideStreams>>),
     Thread {
         /// `None` once closed or abandoned.
         sender: Option<crossbeam_channel::Sender<SideMessage>>,
@@ -844,54 +873,54 @@ enum SideStream {
     },
 }
 
-/// How errors name a side area's writer.
-fn side_writer(area: Area) -> String {
-    format!("{} writer", area.as_str())
-}
-
 enum SideMessage {
-    Write(RecordBatch),
-    /// Close the open part. A channel closed without it means the run was abandoned: the open part is dropped,
-    /// which aborts its upload.
+    Write(Area, RecordBatch),
+    /// Close the open parts. A channel closed without it means the run was abandoned: the open parts are dropped,
+    /// which aborts their uploads.
     Finish,
 }
 
-impl SideWriter {
+const SIDE_WRITER: &str = "quarantine and condemned writer";
+
+impl SideWriters {
     pub fn new(
-        area: Area,
         contract: &Contract,
         location: Location,
         layout: LakeLayout,
         spill: Spill,
         handle: Handle,
         threads: usize,
-    ) -> Result<SideWriter> {
-        let schema = side_schema(contract, area);
-        let sink = SinkContext { location, layout, spill, handle };
-        let mut stream = Box::new(PartStream::new(area, schema.clone(), side_properties()));
+    ) -> Result<SideWriters> {
+        let schemas = SIDE_AREAS.map(|area| side_schema(contract, area));
+        let streams = Box::new(SideStreams {
+            streams: SIDE_AREAS.map(|area| PartStream::new(area, schemas[side_index(area)].clone(), side_properties())),
+            sink: SinkContext { location, layout, spill, handle },
+        });
         if threads <= 1 {
-            return Ok(SideWriter { area, schema, stream: SideStream::Inline { stream: Some(stream), sink } });
+            return Ok(SideWriters { schemas, encoding: SideEncoding::Inline(Some(streams)) });
         }
         let (sender, receiver) = crossbeam_channel::bounded::<SideMessage>(4);
         let thread = std::thread::Builder::new()
-            .name(format!("{}-writer", area.as_str()))
+            .name("side-writer".to_owned())
             .spawn(move || {
-                let key_of = |part| sink.layout.side_part(area, part);
+                let mut streams = streams;
                 for message in receiver.iter() {
                     match message {
-                        SideMessage::Write(batch) => stream.push(batch, &sink, &key_of)?,
-                        SideMessage::Finish => return stream.finish(&sink, &key_of),
+                        SideMessage::Write(area, batch) => streams.push(area, batch)?,
+                        SideMessage::Finish => return streams.finish(),
                     }
                 }
-                Err(Error::internal(side_writer(area), "stopped before the run finished"))
+                Err(Error::internal(SIDE_WRITER, "stopped before the run finished"))
             })
-            .map_err(|e| Error::internal(format!("starting the {} writer thread", area.as_str()), e))?;
-        Ok(SideWriter { area, schema, stream: SideStream::Thread { sender: Some(sender), thread: Some(thread) } })
+            .map_err(|e| Error::internal("starting the quarantine and condemned writer thread", e))?;
+        Ok(SideWriters { schemas, encoding: SideEncoding::Thread { sender: Some(sender), thread: Some(thread) } })
     }
 
-    /// Writes `rows` of `chunk`, whose source is `source_uri` with header `map`.
+    /// Writes `rows` of `chunk` to `area` (quarantine or condemned); the chunk's source is `source_uri` with
+    /// header `map`.
     pub fn write(
         &mut self,
+        area: Area,
         contract: &Contract,
         chunk: &CheckedChunk,
         map: &HeaderMap,
@@ -901,37 +930,35 @@ impl SideWriter {
         if rows.is_empty() {
             return Ok(());
         }
-        let batch = self.build(contract, chunk, map, source_uri, rows)?;
-        let area = self.area;
-        match &mut self.stream {
-            SideStream::Inline { stream: Some(stream), sink } => {
-                stream.push(batch, sink, &|part| sink.layout.side_part(area, part))
-            }
-            SideStream::Inline { stream: None, .. } => Err(Error::internal(side_writer(area), "closed")),
-            SideStream::Thread { sender, .. } => {
-                if sender.as_ref().is_some_and(|s| s.send(SideMessage::Write(batch)).is_ok()) {
+        let batch = self.build(area, contract, chunk, map, source_uri, rows)?;
+        match &mut self.encoding {
+            SideEncoding::Inline(Some(streams)) => streams.push(area, batch),
+            SideEncoding::Inline(None) => Err(Error::internal(SIDE_WRITER, "closed")),
+            SideEncoding::Thread { sender, .. } => {
+                if sender.as_ref().is_some_and(|s| s.send(SideMessage::Write(area, batch)).is_ok()) {
                     return Ok(());
                 }
                 // The thread stopped on an error: report it.
-                Err(self.stop().err().unwrap_or_else(|| Error::internal(side_writer(area), "stopped")))
+                Err(self.stop().err().unwrap_or_else(|| Error::internal(SIDE_WRITER, "stopped")))
             }
         }
     }
 
-    /// Stops the area's thread, if it has one, and returns what it ended with: an abandoned writer's thread drops
-    /// its open part, which aborts the upload, and that must happen before the run's runtime shuts down.
+    /// Stops the thread, if there is one, and returns what it ended with: an abandoned writer's thread drops its
+    /// open parts, which aborts their uploads, and that must happen before the run's runtime shuts down.
     fn stop(&mut self) -> Result<Vec<ClosingPart>> {
-        let SideStream::Thread { sender, thread } = &mut self.stream else { return Ok(Vec::new()) };
+        let SideEncoding::Thread { sender, thread } = &mut self.encoding else { return Ok(Vec::new()) };
         sender.take();
         match thread.take().map(|t| t.join()) {
             None => Ok(Vec::new()),
             Some(Ok(ended)) => ended,
-            Some(Err(_)) => Err(Error::internal(side_writer(self.area), "the thread panicked")),
+            Some(Err(_)) => Err(Error::internal(SIDE_WRITER, "the thread panicked")),
         }
     }
 
     fn build(
         &self,
+        area: Area,
         contract: &Contract,
         chunk: &CheckedChunk,
         map: &HeaderMap,
@@ -1023,21 +1050,22 @@ impl SideWriter {
         columns.push(Arc::new(error_message.finish()));
         columns.push(Arc::new(attempt.finish()));
         columns.push(Arc::new(row_hash.finish()));
-        if self.area == Area::Condemned {
+        if area == Area::Condemned {
             columns.push(Arc::new(reason.finish()));
         }
-        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| Error::internal("building side rows", e))
+        RecordBatch::try_new(self.schemas[side_index(area)].clone(), columns)
+            .map_err(|e| Error::internal("building side rows", e))
     }
 
-    /// Writes what is left and closes the open part; the uploads may still be completing.
+    /// Writes what is left and closes both areas' open parts (quarantine's, then condemned's); the uploads may
+    /// still be completing.
     fn close(mut self) -> Result<Vec<ClosingPart>> {
-        let area = self.area;
-        match &mut self.stream {
-            SideStream::Inline { stream, sink } => match stream.take() {
-                Some(stream) => stream.finish(sink, &|part| sink.layout.side_part(area, part)),
-                None => Err(Error::internal(side_writer(area), "closed twice")),
+        match &mut self.encoding {
+            SideEncoding::Inline(streams) => match streams.take() {
+                Some(streams) => streams.finish(),
+                None => Err(Error::internal(SIDE_WRITER, "closed twice")),
             },
-            SideStream::Thread { sender, .. } => {
+            SideEncoding::Thread { sender, .. } => {
                 // A closed channel means the thread already stopped on an error, which `stop` reports.
                 if let Some(sender) = sender.as_ref() {
                     let _ = sender.send(SideMessage::Finish);
@@ -1048,8 +1076,8 @@ impl SideWriter {
     }
 }
 
-impl Drop for SideWriter {
-    /// A run that fails before `close` waits here for the area's thread to abort its open upload.
+impl Drop for SideWriters {
+    /// A run that fails before `close` waits here for the thread to abort its open uploads.
     fn drop(&mut self) {
         let _ = self.stop();
     }
@@ -1057,13 +1085,11 @@ impl Drop for SideWriter {
 
 /// Finishes a run's three writers, the side areas' uploads completing while silver's last row groups are encoded
 /// and uploaded: silver's files, then quarantine's, then condemned's.
-pub fn finish_all(silver: SilverWriter, quarantine: SideWriter, condemned: SideWriter) -> Result<Vec<FileRecord>> {
+pub fn finish_all(silver: SilverWriter, sides: SideWriters) -> Result<Vec<FileRecord>> {
     // On an error, the uploads still completing are waited for as they are dropped (`Finishing`).
-    let quarantine = quarantine.close()?;
-    let condemned = condemned.close()?;
+    let sides = sides.close()?;
     let mut files = silver.finish()?;
-    files.extend(wait_all(quarantine)?);
-    files.extend(wait_all(condemned)?);
+    files.extend(wait_all(sides)?);
     Ok(files)
 }
 

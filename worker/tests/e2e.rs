@@ -348,9 +348,9 @@ fn the_circuit_breaker_stops_the_run_with_exit_4() {
     assert!(silver.join("_CIRCUIT_BREAKER.json").exists());
 }
 
-/// With two threads, quarantined and condemned rows are encoded in threads of their own: a run stopped by its
-/// circuit breaker after such rows (and silver's) were handed to them stops those threads before it exits, and
-/// leaves neither a part file nor a half-written one in the lake, only its claim and the breaker's marker.
+/// With two threads, quarantined and condemned rows are encoded in a thread of their own: a run stopped by its
+/// circuit breaker after such rows (and silver's) were handed to it stops that thread before it exits, and leaves
+/// neither a part file nor a half-written one in the lake, only its claim and the breaker's marker.
 #[test]
 fn a_run_stopped_by_its_circuit_breaker_on_two_threads_leaves_no_part_files() {
     let tmp = TempDir::new().unwrap();
@@ -361,8 +361,8 @@ fn a_run_stopped_by_its_circuit_breaker_on_two_threads_leaves_no_part_files() {
     );
     let mut text = format!("{HEADER}\n");
     for i in 0..40_000 {
-        // And its exact duplicate: condemned, not an error; enough of them that the condemned rows' thread has
-        // a part file open, with bytes on their way to the lake, when the run stops.
+        // And its exact duplicate: condemned, not an error; enough of them that the side rows' thread has a
+        // condemned part file open, with bytes on their way to the lake, when the run stops.
         text += &good(i);
         text += &good(i);
     }
