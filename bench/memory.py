@@ -10,6 +10,7 @@ against the first the ratio of their rests round by round and its median. It onl
 """
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -39,10 +40,13 @@ def run_once(args, input_path):
     try:
         with tempfile.NamedTemporaryFile("r", suffix=".time") as t:
             cmd = [TIME, "-o", t.name, "-f", "%e %U %S %M", args.worker, "run", "--contract", args.contract,
-                   "--input", input_path, "--lake", str(lake), "--run-id", "bench", "--progress", "off"]
+                   "--input", input_path, "--lake", str(lake), "--run-id", "bench", "--progress", "off",
+                   "--log-format", "json"]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
-            p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            # The `run finished` line (with ledger_bytes) is at info, whatever RUST_LOG the caller has.
+            env = dict(os.environ, RUST_LOG="info")
+            p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
             if p.returncode != 0:
                 sys.exit(f"the worker failed with exit code {p.returncode} on {input_path}:\n{p.stderr[-4000:]}")
             wall, user, system, max_rss_kib = t.read().split()[-4:]
@@ -62,6 +66,8 @@ def main():
     p.add_argument("inputs", nargs="+")
     args = p.parse_args()
 
+    if len(set(args.inputs)) != len(args.inputs):
+        sys.exit("give each input once")
     rows = [sum(1 for _ in open(i, "rb")) - 1 for i in args.inputs]
     runs = {i: [] for i in args.inputs}
     print(f"{'rows':>10} {'round':>5} {'wall s':>7} {'CPU s':>6} {'peak RSS MiB':>12} {'key state MiB':>13} "

@@ -870,6 +870,8 @@ enum SideEncoding {
         /// `None` once closed or abandoned.
         sender: Option<crossbeam_channel::Sender<SideMessage>>,
         thread: Option<std::thread::JoinHandle<Result<Vec<ClosingPart>>>>,
+        /// Set when the run is abandoned: rows still queued are dropped, not encoded (as silver's).
+        abandoned: Arc<std::sync::atomic::AtomicBool>,
     },
 }
 
@@ -900,12 +902,15 @@ impl SideWriters {
             return Ok(SideWriters { schemas, encoding: SideEncoding::Inline(Some(streams)) });
         }
         let (sender, receiver) = crossbeam_channel::bounded::<SideMessage>(4);
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = abandoned.clone();
         let thread = std::thread::Builder::new()
             .name("side-writer".to_owned())
             .spawn(move || {
                 let mut streams = streams;
                 for message in receiver.iter() {
                     match message {
+                        SideMessage::Write(..) if stop.load(std::sync::atomic::Ordering::Relaxed) => {}
                         SideMessage::Write(area, batch) => streams.push(area, batch)?,
                         SideMessage::Finish => return streams.finish(),
                     }
@@ -913,7 +918,10 @@ impl SideWriters {
                 Err(Error::internal(SIDE_WRITER, "stopped before the run finished"))
             })
             .map_err(|e| Error::internal("starting the quarantine and condemned writer thread", e))?;
-        Ok(SideWriters { schemas, encoding: SideEncoding::Thread { sender: Some(sender), thread: Some(thread) } })
+        Ok(SideWriters {
+            schemas,
+            encoding: SideEncoding::Thread { sender: Some(sender), thread: Some(thread), abandoned },
+        })
     }
 
     /// Writes `rows` of `chunk` to `area` (quarantine or condemned); the chunk's source is `source_uri` with
@@ -947,7 +955,7 @@ impl SideWriters {
     /// Stops the thread, if there is one, and returns what it ended with: an abandoned writer's thread drops its
     /// open parts, which aborts their uploads, and that must happen before the run's runtime shuts down.
     fn stop(&mut self) -> Result<Vec<ClosingPart>> {
-        let SideEncoding::Thread { sender, thread } = &mut self.encoding else { return Ok(Vec::new()) };
+        let SideEncoding::Thread { sender, thread, .. } = &mut self.encoding else { return Ok(Vec::new()) };
         sender.take();
         match thread.take().map(|t| t.join()) {
             None => Ok(Vec::new()),
@@ -1077,8 +1085,12 @@ impl SideWriters {
 }
 
 impl Drop for SideWriters {
-    /// A run that fails before `close` waits here for the thread to abort its open uploads.
+    /// A run that fails before `close` waits here for the thread to abort its open uploads; rows still queued
+    /// for it are dropped unencoded.
     fn drop(&mut self) {
+        if let SideEncoding::Thread { abandoned, .. } = &self.encoding {
+            abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let _ = self.stop();
     }
 }
