@@ -327,14 +327,16 @@ fn configuration_errors_are_exit_2() {
     assert_eq!(files_under(&lake), Vec::<String>::new());
 }
 
+/// A contract whose circuit breaker trips at the third error of one type (and no quality gate to speak of).
+fn tripping_contract(dir: &std::path::Path) -> std::path::PathBuf {
+    contract(dir, &[("maxSameErrors: 100", "maxSameErrors: 2"), ("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")])
+}
+
 #[test]
 fn the_circuit_breaker_stops_the_run_with_exit_4() {
     let tmp = TempDir::new().unwrap();
     let lake = tmp.path().join("lake");
-    let c = contract(
-        tmp.path(),
-        &[("maxSameErrors: 100", "maxSameErrors: 2"), ("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")],
-    );
+    let c = tripping_contract(tmp.path());
     let mut text = format!("{HEADER}\n");
     for i in 0..5 {
         text += &row(&format!("T{i}"), "C", "bad", "EUR", "2024-01-15T10:00:00Z");
@@ -355,10 +357,7 @@ fn the_circuit_breaker_stops_the_run_with_exit_4() {
 fn a_run_stopped_by_its_circuit_breaker_on_two_threads_leaves_no_part_files() {
     let tmp = TempDir::new().unwrap();
     let lake = tmp.path().join("lake");
-    let c = contract(
-        tmp.path(),
-        &[("maxSameErrors: 100", "maxSameErrors: 2"), ("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")],
-    );
+    let c = tripping_contract(tmp.path());
     let mut text = format!("{HEADER}\n");
     for i in 0..40_000 {
         // And its exact duplicate: condemned, not an error; enough of them that the side rows' thread has a
