@@ -538,10 +538,99 @@ impl PartitionSet {
     }
 }
 
-enum EncoderMessage {
-    Write(u32, RecordBatch, Option<BooleanArray>),
+enum EncoderMessage<T> {
+    Write(T),
+    /// Close the open parts. A channel closed without it means the run was abandoned: the open parts are dropped,
+    /// which aborts their uploads.
     Finish,
 }
+
+/// A thread that encodes what it is sent, in order, over a bounded channel: each of silver's encoders, and the
+/// side areas' writer. [`EncoderThread::request_finish`] asks it to close its open parts and
+/// [`EncoderThread::stop`] returns what it ended with. Dropped unfinished (an abandoned run), it sets
+/// `abandoned`, so that what is still queued is dropped instead of encoded (and maybe starting uploads) on the way
+/// out, and waits for the thread to drop its open parts, which abort their uploads: that must happen before the
+/// run's runtime shuts down.
+struct EncoderThread<T, R> {
+    /// How errors name it.
+    name: &'static str,
+    /// `None` once stopped.
+    sender: Option<crossbeam_channel::Sender<EncoderMessage<T>>>,
+    thread: Option<std::thread::JoinHandle<Result<R>>>,
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<T: Send + 'static, R: Default + Send + 'static> EncoderThread<T, R> {
+    /// Starts thread `thread_name`, which hands each item to `write` with `state`, and on `Finish` gives `state`
+    /// to `finish`. `abandoned` may be shared by several threads of one writer.
+    fn spawn<S: Send + 'static>(
+        name: &'static str,
+        thread_name: String,
+        abandoned: Arc<std::sync::atomic::AtomicBool>,
+        mut state: S,
+        mut write: impl FnMut(&mut S, T) -> Result<()> + Send + 'static,
+        finish: impl FnOnce(S) -> Result<R> + Send + 'static,
+    ) -> Result<Self> {
+        let (sender, receiver) = crossbeam_channel::bounded::<EncoderMessage<T>>(4);
+        let skip = abandoned.clone();
+        let thread = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                for message in receiver.iter() {
+                    match message {
+                        EncoderMessage::Write(_) if skip.load(std::sync::atomic::Ordering::Relaxed) => {}
+                        EncoderMessage::Write(item) => write(&mut state, item)?,
+                        EncoderMessage::Finish => return finish(state),
+                    }
+                }
+                Err(Error::internal(name, "stopped before the run finished"))
+            })
+            .map_err(|e| Error::internal(format!("starting the {name} thread"), e))?;
+        Ok(EncoderThread { name, sender: Some(sender), thread: Some(thread), abandoned })
+    }
+
+    /// Hands `item` to the thread; if it has stopped (on an error), that error.
+    fn send(&mut self, item: T) -> Result<()> {
+        if self.sender.as_ref().is_some_and(|s| s.send(EncoderMessage::Write(item)).is_ok()) {
+            return Ok(());
+        }
+        match self.stop() {
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::internal(self.name, "the thread stopped unexpectedly")),
+        }
+    }
+
+    /// Asks the thread to close its open parts; [`EncoderThread::stop`] then returns what it ended with.
+    fn request_finish(&self) {
+        // A closed channel means the thread already stopped on an error, which `stop` reports.
+        if let Some(sender) = &self.sender {
+            let _ = sender.send(EncoderMessage::Finish);
+        }
+    }
+
+    /// Closes the channel and waits for the thread; what it ended with (nothing once stopped before).
+    fn stop(&mut self) -> Result<R> {
+        self.sender.take();
+        match self.thread.take().map(|t| t.join()) {
+            None => Ok(R::default()),
+            Some(Ok(ended)) => ended,
+            Some(Err(_)) => Err(Error::internal(self.name, "the thread panicked")),
+        }
+    }
+}
+
+impl<T, R> Drop for EncoderThread<T, R> {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.sender.take();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What silver's encoder threads are sent: a partition's batch and which of its rows to keep.
+type SilverItem = (u32, RecordBatch, Option<BooleanArray>);
 
 /// Valid rows, split into `year=YYYY/month=MM` partitions and encoded in parallel: partition `p` belongs to
 /// encoder thread `p % threads`, which writes its batches in the order given, so the files do not depend on
@@ -556,8 +645,7 @@ pub struct SilverWriter {
     sink: SinkContext,
     contract: Contract,
     threads: usize,
-    senders: Vec<crossbeam_channel::Sender<EncoderMessage>>,
-    encoders: Vec<std::thread::JoinHandle<Result<Vec<FileRecord>>>>,
+    encoders: Vec<EncoderThread<SilverItem, Vec<FileRecord>>>,
     /// With one thread, the partitions encoded in the caller's thread.
     inline: Option<PartitionSet>,
     /// Before the encoders start: the batches to send them, and the sample so far.
@@ -580,7 +668,6 @@ impl SilverWriter {
             sink: SinkContext { location, layout, spill, handle },
             contract: contract.clone(),
             threads: threads.max(1),
-            senders: Vec::new(),
             encoders: Vec::new(),
             inline: None,
             held: Vec::new(),
@@ -602,29 +689,20 @@ impl SilverWriter {
             });
         }
         for i in 0..encoders {
-            let (tx, rx) = crossbeam_channel::bounded::<EncoderMessage>(4);
-            let mut set = PartitionSet {
+            let set = PartitionSet {
                 sink: self.sink.clone(),
                 schema: self.contract.silver_schema.clone(),
                 properties: properties.clone(),
                 streams: BTreeMap::new(),
             };
-            let abandoned = self.abandoned.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("encoder-{i}"))
-                .spawn(move || {
-                    for message in rx.iter() {
-                        match message {
-                            EncoderMessage::Write(..) if abandoned.load(std::sync::atomic::Ordering::Relaxed) => {}
-                            EncoderMessage::Write(p, batch, keep) => set.write_partition(p, batch, keep)?,
-                            EncoderMessage::Finish => return set.finish(),
-                        }
-                    }
-                    Err(Error::internal("encoder", "stopped before the run finished"))
-                })
-                .map_err(|e| Error::internal("starting an encoder thread", e))?;
-            self.senders.push(tx);
-            self.encoders.push(thread);
+            self.encoders.push(EncoderThread::spawn(
+                "encoder",
+                format!("encoder-{i}"),
+                self.abandoned.clone(),
+                set,
+                |set: &mut PartitionSet, (p, batch, keep): SilverItem| set.write_partition(p, batch, keep),
+                PartitionSet::finish,
+            )?);
         }
         for (partition, batch, keep) in std::mem::take(&mut self.held) {
             self.send(partition, batch, keep)?;
@@ -636,17 +714,8 @@ impl SilverWriter {
         if let Some(set) = &mut self.inline {
             return set.write_partition(partition, batch, keep);
         }
-        let i = partition as usize % self.senders.len();
-        if self.senders[i].send(EncoderMessage::Write(partition, batch, keep)).is_ok() {
-            return Ok(());
-        }
-        // The encoder stopped on an error: report it.
-        let thread = self.encoders.remove(i);
-        self.senders.remove(i);
-        match thread.join() {
-            Ok(Err(e)) => Err(e),
-            _ => Err(Error::internal("encoder", "the thread stopped unexpectedly")),
-        }
+        let i = partition as usize % self.encoders.len();
+        self.encoders[i].send((partition, batch, keep))
     }
 
     /// Adds the first valid rows of `chunk`, in record order, to the dictionary sample, up to its size.
@@ -709,14 +778,7 @@ impl SilverWriter {
     }
 
     fn started(&self) -> bool {
-        !self.senders.is_empty() || self.inline.is_some()
-    }
-
-    /// Stops the encoders and waits for them: an encoder whose channel closes without `Finish` drops its open
-    /// parts, which abort their uploads, and that must happen before the run's runtime shuts down.
-    fn stop_encoders(&mut self) -> Vec<std::thread::Result<Result<Vec<FileRecord>>>> {
-        self.senders.clear();
-        std::mem::take(&mut self.encoders).into_iter().map(|thread| thread.join()).collect()
+        !self.encoders.is_empty() || self.inline.is_some()
     }
 
     /// Completes every part; the files are listed in key order.
@@ -728,19 +790,16 @@ impl SilverWriter {
             Some(set) => set.finish()?,
             None => Vec::new(),
         };
-        for sender in &self.senders {
-            // A closed channel means the encoder already stopped on an error, which join reports.
-            let _ = sender.send(EncoderMessage::Finish);
+        // Every encoder closes its parts at once; then each is waited for.
+        for encoder in &self.encoders {
+            encoder.request_finish();
         }
         let mut first_error = None;
-        for joined in self.stop_encoders() {
-            match joined {
-                Ok(Ok(f)) => files.extend(f),
-                Ok(Err(e)) => {
+        for encoder in &mut self.encoders {
+            match encoder.stop() {
+                Ok(f) => files.extend(f),
+                Err(e) => {
                     first_error.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_error.get_or_insert(Error::internal("encoder", "the thread panicked"));
                 }
             }
         }
@@ -756,8 +815,9 @@ impl Drop for SilverWriter {
     /// A run that fails before `finish` (a tripped circuit breaker, SIGTERM, an unreadable input) waits here for its
     /// encoders to abort their open uploads.
     fn drop(&mut self) {
+        // All of them at once, before the first is waited for.
         self.abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.stop_encoders();
+        self.encoders.clear();
     }
 }
 
@@ -866,20 +926,7 @@ impl SideStreams {
 enum SideEncoding {
     /// In the caller's thread; `None` once closed.
     Inline(Option<Box<SideStreams>>),
-    Thread {
-        /// `None` once closed or abandoned.
-        sender: Option<crossbeam_channel::Sender<SideMessage>>,
-        thread: Option<std::thread::JoinHandle<Result<Vec<ClosingPart>>>>,
-        /// Set when the run is abandoned: rows still queued are dropped, not encoded (as silver's).
-        abandoned: Arc<std::sync::atomic::AtomicBool>,
-    },
-}
-
-enum SideMessage {
-    Write(Area, RecordBatch),
-    /// Close the open parts. A channel closed without it means the run was abandoned: the open parts are dropped,
-    /// which aborts their uploads.
-    Finish,
+    Thread(EncoderThread<(Area, RecordBatch), Vec<ClosingPart>>),
 }
 
 const SIDE_WRITER: &str = "quarantine and condemned writer";
@@ -901,27 +948,15 @@ impl SideWriters {
         if threads <= 1 {
             return Ok(SideWriters { schemas, encoding: SideEncoding::Inline(Some(streams)) });
         }
-        let (sender, receiver) = crossbeam_channel::bounded::<SideMessage>(4);
-        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop = abandoned.clone();
-        let thread = std::thread::Builder::new()
-            .name("side-writer".to_owned())
-            .spawn(move || {
-                let mut streams = streams;
-                for message in receiver.iter() {
-                    match message {
-                        SideMessage::Write(..) if stop.load(std::sync::atomic::Ordering::Relaxed) => {}
-                        SideMessage::Write(area, batch) => streams.push(area, batch)?,
-                        SideMessage::Finish => return streams.finish(),
-                    }
-                }
-                Err(Error::internal(SIDE_WRITER, "stopped before the run finished"))
-            })
-            .map_err(|e| Error::internal("starting the quarantine and condemned writer thread", e))?;
-        Ok(SideWriters {
-            schemas,
-            encoding: SideEncoding::Thread { sender: Some(sender), thread: Some(thread), abandoned },
-        })
+        let thread = EncoderThread::spawn(
+            SIDE_WRITER,
+            "side-writer".to_owned(),
+            Arc::default(),
+            streams,
+            |streams: &mut Box<SideStreams>, (area, batch)| streams.push(area, batch),
+            |streams| streams.finish(),
+        )?;
+        Ok(SideWriters { schemas, encoding: SideEncoding::Thread(thread) })
     }
 
     /// Writes `rows` of `chunk` to `area` (quarantine or condemned); the chunk's source is `source_uri` with
@@ -942,25 +977,7 @@ impl SideWriters {
         match &mut self.encoding {
             SideEncoding::Inline(Some(streams)) => streams.push(area, batch),
             SideEncoding::Inline(None) => Err(Error::internal(SIDE_WRITER, "closed")),
-            SideEncoding::Thread { sender, .. } => {
-                if sender.as_ref().is_some_and(|s| s.send(SideMessage::Write(area, batch)).is_ok()) {
-                    return Ok(());
-                }
-                // The thread stopped on an error: report it.
-                Err(self.stop().err().unwrap_or_else(|| Error::internal(SIDE_WRITER, "stopped")))
-            }
-        }
-    }
-
-    /// Stops the thread, if there is one, and returns what it ended with: an abandoned writer's thread drops its
-    /// open parts, which aborts their uploads, and that must happen before the run's runtime shuts down.
-    fn stop(&mut self) -> Result<Vec<ClosingPart>> {
-        let SideEncoding::Thread { sender, thread, .. } = &mut self.encoding else { return Ok(Vec::new()) };
-        sender.take();
-        match thread.take().map(|t| t.join()) {
-            None => Ok(Vec::new()),
-            Some(Ok(ended)) => ended,
-            Some(Err(_)) => Err(Error::internal(SIDE_WRITER, "the thread panicked")),
+            SideEncoding::Thread(thread) => thread.send((area, batch)),
         }
     }
 
@@ -1073,25 +1090,11 @@ impl SideWriters {
                 Some(streams) => streams.finish(),
                 None => Err(Error::internal(SIDE_WRITER, "closed twice")),
             },
-            SideEncoding::Thread { sender, .. } => {
-                // A closed channel means the thread already stopped on an error, which `stop` reports.
-                if let Some(sender) = sender.as_ref() {
-                    let _ = sender.send(SideMessage::Finish);
-                }
-                self.stop()
+            SideEncoding::Thread(thread) => {
+                thread.request_finish();
+                thread.stop()
             }
         }
-    }
-}
-
-impl Drop for SideWriters {
-    /// A run that fails before `close` waits here for the thread to abort its open uploads; rows still queued
-    /// for it are dropped unencoded.
-    fn drop(&mut self) {
-        if let SideEncoding::Thread { abandoned, .. } = &self.encoding {
-            abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        let _ = self.stop();
     }
 }
 
