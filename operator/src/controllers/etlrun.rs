@@ -3,7 +3,7 @@
 //! status (a Job given up, a missing snapshot) — and report what changed as Events, logs and metrics.
 
 use super::{
-    ConditionStatus, ConditionUpdate, Context, ControllerName, FIELD_MANAGER, delete_job, drain,
+    ConditionStatus, ConditionUpdate, Context, ControllerName, FIELD_MANAGER, credentials, delete_job, drain,
     error_policy as shared_error_policy, owned_by, publish, publish_related, scoped, set_condition, unreadable,
     write_status,
 };
@@ -1277,10 +1277,11 @@ async fn report(
         Transition::Waiting { reason, message } => {
             tracing::warn!(etlrun = %name, namespace = %namespace, dataset, reason = %reason, "{message}");
             publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, reason, "Wait", message.clone()).await;
-            let credentials =
-                blocker.filter(|b| b.reason() == reason).and_then(|b| credentials_problem(b, &namespace, &name));
-            if let Some((condition_reason, note)) = credentials {
-                set_credentials_condition(ctx, run, &namespace, false, condition_reason, &note).await;
+            let missing = blocker
+                .filter(|b| b.reason() == reason)
+                .and_then(|b| credentials::problem(b, &namespace, &worker_pods(&name)));
+            if let Some((condition_reason, note)) = missing {
+                credentials::set(ctx, &namespace, &run.spec.dataset, false, condition_reason, &note).await;
             }
         }
     }
@@ -1394,73 +1395,17 @@ async fn request_promotion(scope: &Scope, run: &EtlRun, identity: &RunIdentity, 
     outcome
 }
 
-/// What the Dataset's `CredentialsSecret` condition says of a run whose pod waits for its credentials Secret
-/// (`blocker`): the reason and message; `None` for a pod held back by anything else.
-fn credentials_problem(blocker: &lifecycle::PodBlocker, namespace: &str, run: &str) -> Option<(&'static str, String)> {
-    match blocker {
-        lifecycle::PodBlocker::SecretNotFound { name } => Some((
-            "SecretNotFound",
-            format!(
-                "Secret {name} (storage.credentialsSecret) does not exist in namespace {namespace}: the worker pods of EtlRun {run} cannot start"
-            ),
-        )),
-        lifecycle::PodBlocker::SecretKeyMissing { name, key } => Some((
-            "KeyMissing",
-            format!(
-                "Secret {name} (storage.credentialsSecret) in namespace {namespace} has no key {key}: the worker pods of EtlRun {run} cannot start"
-            ),
-        )),
-        _ => None,
-    }
-}
-
-/// The field manager of the Dataset's `CredentialsSecret` condition: the Dataset controller owns `Valid` under
-/// its own, and server-side apply merges the two conditions by type.
-const CREDENTIALS_MANAGER: &str = "silverline-operator-credentials";
-pub const CONDITION_CREDENTIALS: &str = "CredentialsSecret";
-
-/// Says on the Dataset whether its credentials Secret was found by the kubelet of a worker pod.
-async fn set_credentials_condition(
-    ctx: &Context,
-    run: &EtlRun,
-    namespace: &str,
-    found: bool,
-    reason: &str,
-    message: &str,
-) {
-    let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), namespace);
-    let condition = serde_json::json!({
-        "type": CONDITION_CREDENTIALS,
-        "status": if found { "True" } else { "False" },
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
-    });
-    let patch = serde_json::json!({
-        "apiVersion": <Dataset as kube::Resource>::api_version(&()),
-        "kind": <Dataset as kube::Resource>::kind(&()),
-        "metadata": { "name": run.spec.dataset },
-        "status": { "conditions": [condition] },
-    });
-    let params = PatchParams::apply(CREDENTIALS_MANAGER).force();
-    if let Err(e) = api.patch_status(&run.spec.dataset, &params, &Patch::Apply(&patch)).await {
-        tracing::warn!(dataset = %run.spec.dataset, error = %e, "cannot set the dataset's CredentialsSecret condition");
-    }
+/// Whose pods the Dataset's `CredentialsSecret` condition names for a run.
+fn worker_pods(run: &str) -> String {
+    format!("the worker pods of EtlRun {run}")
 }
 
 /// A worker pod of the run started (its attempt ended with an exit code, or the run succeeded): if its Dataset says
 /// its Secret or one of its keys was missing, it is there now.
 async fn clear_credentials_condition(scope: &Scope, run: &EtlRun, namespace: &str) {
     let Some(dataset) = scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(namespace)) else { return };
-    let missing = dataset
-        .0
-        .as_ref()
-        .ok()
-        .and_then(|d| d.status.as_ref())
-        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == CONDITION_CREDENTIALS && c.status == "False"));
-    if missing {
-        let message = format!("a worker pod of EtlRun {} started with the Secret", run.name_any());
-        set_credentials_condition(&scope.ctx, run, namespace, true, "SecretFound", &message).await;
+    if let Ok(dataset) = dataset.0.as_ref() {
+        credentials::found(&scope.ctx, namespace, dataset, &worker_pods(&run.name_any())).await;
     }
 }
 
@@ -1537,27 +1482,6 @@ mod tests {
         memory.observe(&ended);
         assert!(memory.get("etl", "tx-a1", "uid-old").is_some());
         assert!(memory.get("etl", "tx-a1", "uid-new").is_none());
-    }
-
-    #[test]
-    fn the_dataset_is_told_which_secret_or_key_is_missing() {
-        let gone = PodBlocker::SecretNotFound { name: "lake-creds".into() };
-        let (reason, note) = credentials_problem(&gone, "etl", "tx").expect("said");
-        assert_eq!(reason, "SecretNotFound");
-        assert!(
-            note.starts_with("Secret lake-creds (storage.credentialsSecret) does not exist in namespace etl"),
-            "{note}"
-        );
-        let key = PodBlocker::SecretKeyMissing { name: "lake-creds".into(), key: "AWS_SECRET_ACCESS_KEY".into() };
-        let (reason, note) = credentials_problem(&key, "etl", "tx").expect("said");
-        assert_eq!(reason, "KeyMissing");
-        assert_eq!(
-            note,
-            "Secret lake-creds (storage.credentialsSecret) in namespace etl has no key AWS_SECRET_ACCESS_KEY: the \
-             worker pods of EtlRun tx cannot start"
-        );
-        let other = PodBlocker::ContainerConfig { message: "Secret x: no".into() };
-        assert_eq!(credentials_problem(&other, "etl", "tx"), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `Context`, the status writer (server-side apply conditional on the observed resourceVersion), Events,
 //! condition updates and the error policy.
 
+pub mod credentials;
 pub mod dataset;
 pub mod etlrun;
 pub mod promotion;

@@ -16,7 +16,7 @@
 //! Dataset's credentials. Decisions are the pure `plan`, table-tested below.
 
 use super::{
-    ConditionStatus, ConditionUpdate, Context, ControllerName, FIELD_MANAGER, drain,
+    ConditionStatus, ConditionUpdate, Context, ControllerName, FIELD_MANAGER, credentials, drain,
     error_policy as shared_error_policy, owned_by, publish, scoped, set_condition, unreadable, write_status,
 };
 use crate::job::{self, JobSettings};
@@ -1117,6 +1117,13 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         }
         _ => None,
     };
+    // The promote and reject Jobs mount the Dataset's credentials, as worker pods do: a pod that waits for them
+    // is said on the Dataset too, by its `CredentialsSecret` condition.
+    let whose = status.job_name.as_ref().map(|job| format!("the pod of Job {job} (Promotion {name})"));
+    let missing_credentials = blocker
+        .as_ref()
+        .zip(whose.as_ref())
+        .and_then(|(b, whose)| credentials::problem(b, &namespace, whose).map(|said| (b.reason(), said)));
     let observed = Observed {
         now: Timestamp::now(),
         name: &name,
@@ -1186,6 +1193,16 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
     }
     for transition in &plan.transitions {
         report(&ctx, promotion, &plan.status, transition).await;
+    }
+    if let Some((blocked, (reason, message))) = &missing_credentials
+        && plan.transitions.iter().any(|t| matches!(t, Transition::Waiting { reason, .. } if reason == blocked))
+    {
+        credentials::set(&ctx, &namespace, &promotion.spec.dataset, false, reason, message).await;
+    }
+    let promoted =
+        plan.transitions.iter().any(|t| matches!(t, Transition::Finished { phase: PromotionPhase::Promoted, .. }));
+    if let (true, Ok(dataset), Some(whose)) = (promoted, &dataset, &whose) {
+        credentials::found(&ctx, &namespace, dataset, whose).await;
     }
     if let Some(e) = launch_failed {
         return Err(e);
