@@ -371,8 +371,9 @@ pub const CHECKER_NICE: i32 = 19;
 /// the checkers, the chunks in flight filled up, and then the checkers waited for it: at 5 M rows on two cores
 /// 1.65 cores were busy on average; with the checkers at the lowest priority they take what the serial stages
 /// leave, and 1.82 are (bench/README, "Thread scaling"). It orders only the worker's own threads where the
-/// worker has a CPU cgroup of its own (a container); on a host shared with other busy processes the checkers
-/// also yield to those. Best effort: a system that refuses changes only the speed.
+/// worker has a CPU cgroup of its own (a container, a systemd service, an autogrouped session); in one shared with
+/// other busy processes the checkers also yield to those. Best effort: a system that refuses changes only the
+/// speed.
 fn yield_to_serial_stages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), CHECKER_NICE) {
@@ -739,6 +740,10 @@ mod tests {
         let nice = |tid| rustix::process::getpriority_process(Some(tid)).expect("reads a thread's priority");
         let here = rustix::thread::gettid();
         let before = nice(here);
+        assert_ne!(
+            before, CHECKER_NICE,
+            "run the tests at another priority than the checkers', or this proves nothing"
+        );
         let contract = crate::contract::tests::transactions();
         let (raw_tx, raw_rx) = bounded(1);
         let (checked_tx, _checked_rx) = bounded(1);

@@ -1,8 +1,10 @@
 //! The Dataset's `CredentialsSecret` condition, written once for both kinds of pods that mount the Dataset's
-//! credentials: an `EtlRun`'s worker pods and a `Promotion`'s promote pods. A pod that waits for the Secret (or one
-//! of its keys) sets it False, naming the Secret, the key and whose pods wait; a pod of either kind that started
-//! sets it True again. Its own field manager: the Dataset controller owns `Valid` under its own, and server-side
-//! apply merges the two conditions by type.
+//! credentials: an `EtlRun`'s worker pods and a `Promotion`'s promote and reject pods. A pod that waits for the
+//! Secret (or one of its keys) sets it False, naming the Secret, the key and whose pods wait. A worker pod that
+//! started sets it True again whoever's wait it names; a Promotion's Job that completed sets True only a False
+//! that names that Promotion (its pod started then, but the Secret may have gone since and a run's pod be waiting
+//! for it now). Its own field manager: the Dataset controller owns `Valid` under its own, and server-side apply
+//! merges the two conditions by type.
 
 use super::Context;
 use crate::lifecycle::PodBlocker;
@@ -37,9 +39,13 @@ pub fn problem(blocker: &PodBlocker, namespace: &str, whose: &str) -> Option<(&'
     }
 }
 
-/// Whether the Dataset says its Secret or one of its keys is missing.
-pub fn said_missing(dataset: &Dataset) -> bool {
-    dataset.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == CONDITION && c.status == "False"))
+/// Whether the Dataset says its Secret or one of its keys is missing; with `naming`, only if that False names it.
+pub fn said_missing(dataset: &Dataset, naming: Option<&str>) -> bool {
+    dataset.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION && c.status == "False" && naming.is_none_or(|name| c.message.contains(name)))
+    })
 }
 
 /// Sets the condition on Dataset `dataset`: found or not, why. A failure is logged: the pods' own resource says
@@ -65,11 +71,12 @@ pub async fn set(ctx: &Context, namespace: &str, dataset: &str, found: bool, rea
     }
 }
 
-/// Pods (`whose`) started with the Secret: if `dataset` says it or one of its keys was missing, it is there now.
-pub async fn found(ctx: &Context, namespace: &str, dataset: &Dataset, whose: &str) {
-    if said_missing(dataset) {
+/// A pod (`started`: "a worker pod of EtlRun tx") started with the Secret: if `dataset` says it or one of its keys
+/// was missing (with `naming`, in a False that names it), it is there now.
+pub async fn found(ctx: &Context, namespace: &str, dataset: &Dataset, started: &str, naming: Option<&str>) {
+    if said_missing(dataset, naming) {
         let name = kube::ResourceExt::name_any(dataset);
-        set(ctx, namespace, &name, true, "SecretFound", &format!("{whose} started with the Secret")).await;
+        set(ctx, namespace, &name, true, "SecretFound", &format!("{started} started with the Secret")).await;
     }
 }
 
@@ -107,10 +114,19 @@ mod tests {
             d.status = Some(serde_json::from_value(serde_json::json!({"conditions": conditions})).expect("status"));
             d
         };
-        let condition = |type_: &str, status: &str| serde_json::json!({"type": type_, "status": status, "reason": "R", "message": "", "lastTransitionTime": "2026-12-01T00:00:00Z"});
-        assert!(said_missing(&with(serde_json::json!([condition(CONDITION, "False")]))));
-        assert!(!said_missing(&with(serde_json::json!([condition(CONDITION, "True")]))));
-        assert!(!said_missing(&with(serde_json::json!([condition("Valid", "False")]))));
-        assert!(!said_missing(&with(serde_json::json!([]))));
+        let condition = |type_: &str, status: &str, message: &str| {
+            serde_json::json!({
+                "type": type_, "status": status, "reason": "R", "message": message,
+                "lastTransitionTime": "2026-12-01T00:00:00Z",
+            })
+        };
+        let waits = "Secret s ...: the pod of Job p-p1 (Promotion p) cannot start";
+        let missing = with(serde_json::json!([condition(CONDITION, "False", waits)]));
+        assert!(said_missing(&missing, None));
+        assert!(said_missing(&missing, Some("(Promotion p)")), "a False that names the Promotion");
+        assert!(!said_missing(&missing, Some("(Promotion q)")), "not another Promotion's");
+        assert!(!said_missing(&with(serde_json::json!([condition(CONDITION, "True", waits)])), None));
+        assert!(!said_missing(&with(serde_json::json!([condition("Valid", "False", waits)])), None));
+        assert!(!said_missing(&with(serde_json::json!([])), None));
     }
 }

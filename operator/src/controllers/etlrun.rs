@@ -1405,7 +1405,8 @@ fn worker_pods(run: &str) -> String {
 async fn clear_credentials_condition(scope: &Scope, run: &EtlRun, namespace: &str) {
     let Some(dataset) = scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(namespace)) else { return };
     if let Ok(dataset) = dataset.0.as_ref() {
-        credentials::found(&scope.ctx, namespace, dataset, &worker_pods(&run.name_any())).await;
+        let started = format!("a worker pod of EtlRun {}", run.name_any());
+        credentials::found(&scope.ctx, namespace, dataset, &started, None).await;
     }
 }
 

@@ -1120,10 +1120,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
     // The promote and reject Jobs mount the Dataset's credentials, as worker pods do: a pod that waits for them
     // is said on the Dataset too, by its `CredentialsSecret` condition.
     let whose = status.job_name.as_ref().map(|job| format!("the pod of Job {job} (Promotion {name})"));
-    let missing_credentials = blocker
-        .as_ref()
-        .zip(whose.as_ref())
-        .and_then(|(b, whose)| credentials::problem(b, &namespace, whose).map(|said| (b.reason(), said)));
+    let missing_credentials = blocker.as_ref().zip(whose.as_ref()).and_then(|(blocker, whose)| {
+        let (reason, message) = credentials::problem(blocker, &namespace, whose)?;
+        Some(MissingCredentials { waiting: blocker.reason(), reason, message })
+    });
+    // A Job that completed, or failed with its container's exit code, had a pod that started.
+    let pod_ran = matches!(job, Some(JobState::Complete | JobState::Failed { exit_code: Some(_), .. }));
     let observed = Observed {
         now: Timestamp::now(),
         name: &name,
@@ -1194,20 +1196,56 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
     for transition in &plan.transitions {
         report(&ctx, promotion, &plan.status, transition).await;
     }
-    if let Some((blocked, (reason, message))) = &missing_credentials
-        && plan.transitions.iter().any(|t| matches!(t, Transition::Waiting { reason, .. } if reason == blocked))
-    {
-        credentials::set(&ctx, &namespace, &promotion.spec.dataset, false, reason, message).await;
-    }
-    let promoted =
-        plan.transitions.iter().any(|t| matches!(t, Transition::Finished { phase: PromotionPhase::Promoted, .. }));
-    if let (true, Ok(dataset), Some(whose)) = (promoted, &dataset, &whose) {
-        credentials::found(&ctx, &namespace, dataset, whose).await;
+    match (credentials_note(missing_credentials.as_ref(), &plan.transitions, pod_ran), &dataset, &whose) {
+        (Some(CredentialsNote::Missing { reason, message }), _, _) => {
+            credentials::set(&ctx, &namespace, &promotion.spec.dataset, false, reason, message).await;
+        }
+        (Some(CredentialsNote::Found), Ok(dataset), Some(whose)) => {
+            let naming = format!("(Promotion {name})");
+            credentials::found(&ctx, &namespace, dataset, whose, Some(&naming)).await;
+        }
+        _ => {}
     }
     if let Some(e) = launch_failed {
         return Err(e);
     }
     Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The pod of a Promotion's Job waits for the Dataset's credentials Secret or a key of it.
+struct MissingCredentials {
+    /// The `Ready` reason that says so on the Promotion (the blocker's).
+    waiting: &'static str,
+    /// The Dataset's `CredentialsSecret` reason and message.
+    reason: &'static str,
+    message: String,
+}
+
+/// What a reconcile says on the Dataset's `CredentialsSecret` condition (see `controllers::credentials`).
+#[derive(Debug, PartialEq)]
+enum CredentialsNote<'a> {
+    /// False: the Job's pod waits for the Secret or a key of it.
+    Missing { reason: &'static str, message: &'a str },
+    /// True, if a False names this Promotion: its Job's pod ran (or it ended Promoted), so it started.
+    Found,
+}
+
+/// The Dataset hears of a waiting pod when the Promotion does (a `Waiting` transition for that blocker: once, not
+/// on every resync), and of a pod that started when its Job's pod ran to an end or the Promotion ended Promoted.
+fn credentials_note<'a>(
+    missing: Option<&'a MissingCredentials>,
+    transitions: &[Transition],
+    pod_ran: bool,
+) -> Option<CredentialsNote<'a>> {
+    let said = |m: &&MissingCredentials| {
+        transitions.iter().any(|t| matches!(t, Transition::Waiting { reason, .. } if reason == m.waiting))
+    };
+    if let Some(m) = missing.filter(said) {
+        return Some(CredentialsNote::Missing { reason: m.reason, message: &m.message });
+    }
+    let promoted =
+        transitions.iter().any(|t| matches!(t, Transition::Finished { phase: PromotionPhase::Promoted, .. }));
+    (pod_ran || promoted).then_some(CredentialsNote::Found)
 }
 
 /// The Promotion as it is after this reconcile's own status write, to write status again on its resourceVersion;
@@ -1737,6 +1775,31 @@ pub async fn request_for_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dataset_hears_of_a_waiting_pod_once_and_of_a_pod_that_ran() {
+        let missing = MissingCredentials {
+            waiting: crate::lifecycle::REASON_SECRET_NOT_FOUND,
+            reason: "SecretNotFound",
+            message: "Secret lake-creds ...: the pod of Job p-p1 (Promotion p) cannot start".into(),
+        };
+        let waiting = |reason: &str| Transition::Waiting { reason: reason.into(), message: "m".into() };
+        let promoted =
+            Transition::Finished { phase: PromotionPhase::Promoted, reason: "Promoted".into(), message: "m".into() };
+        // Said when the Promotion says it (a Waiting transition for that blocker), not on every resync.
+        assert_eq!(
+            credentials_note(Some(&missing), &[waiting(crate::lifecycle::REASON_SECRET_NOT_FOUND)], false),
+            Some(CredentialsNote::Missing { reason: "SecretNotFound", message: &missing.message })
+        );
+        assert_eq!(credentials_note(Some(&missing), &[], false), None);
+        assert_eq!(credentials_note(Some(&missing), &[waiting("WaitingForPromotion")], false), None);
+        // Another blocker (a ServiceAccount, a quota) says nothing of the Secret.
+        assert_eq!(credentials_note(None, &[waiting("PodCreationFailed")], false), None);
+        // A pod that ran, or a promotion that ended Promoted: found.
+        assert_eq!(credentials_note(None, &[], true), Some(CredentialsNote::Found));
+        assert_eq!(credentials_note(None, &[promoted], false), Some(CredentialsNote::Found));
+        assert_eq!(credentials_note(None, &[], false), None);
+    }
 
     const UID: &str = "0f3a9c12-aaaa-bbbb-cccc-000000000000";
 
