@@ -131,16 +131,34 @@ fn ensure_unused(lake: &Location, layout: &LakeLayout, handle: &Handle) -> Resul
     Ok(())
 }
 
-/// Opens each input and matches its header (or, for a quarantine replay, its schema).
-fn preflight(inputs: &[InputObject], contract: &Contract, handle: &Handle) -> Result<Vec<HeaderMap>> {
-    inputs
+/// The first input, opened by [`preflight`] and read past its header: the run goes on reading it where the header
+/// ends. On a remote store that saves a second GET of it, and a new connection (the first GET, cut short after the
+/// header, cannot be reused) — two round trips before the first row.
+struct OpenedFirst {
+    /// Lines of the header (the number of the line before the first record).
+    line: u64,
+    reader: Box<dyn std::io::BufRead + Send>,
+    checksum: Arc<std::sync::Mutex<Option<crate::input::Checksum>>>,
+}
+
+/// Opens each input and matches its header (or, for a quarantine replay, its schema). The first CSV input stays
+/// open, read past its header, with `progress` counting its bytes (see [`OpenedFirst`]).
+fn preflight(
+    inputs: &[InputObject],
+    contract: &Contract,
+    handle: &Handle,
+    progress: &Arc<AtomicU64>,
+) -> Result<(Vec<HeaderMap>, Option<OpenedFirst>)> {
+    let mut first = None;
+    let maps = inputs
         .iter()
-        .map(|input| {
+        .enumerate()
+        .map(|(index, input)| {
             if input.format == InputFormat::Quarantine {
                 replay::preflight(input, contract, handle)?;
                 return Ok(HeaderMap::identity(contract.columns.len()));
             }
-            let open = input.open(handle, None)?;
+            let open = input.open(handle, (index == 0).then(|| progress.clone()))?;
             let mut tokenizer = CsvTokenizer::new(open.reader);
             let header = tokenizer.read_header().map_err(|e| read_error(e, &input.uri))?.ok_or_else(|| {
                 Error::UnreadableInput {
@@ -159,10 +177,16 @@ fn preflight(inputs: &[InputObject], contract: &Contract, handle: &Handle) -> Re
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            HeaderMap::match_header(contract, &names, header.line)
-                .map_err(|message| Error::SchemaDrift { source_uri: input.uri.clone(), message })
+            let map = HeaderMap::match_header(contract, &names, header.line)
+                .map_err(|message| Error::SchemaDrift { source_uri: input.uri.clone(), message })?;
+            if index == 0 {
+                let line = tokenizer.line();
+                first = Some(OpenedFirst { line, reader: tokenizer.into_inner(), checksum: open.checksum });
+            }
+            Ok(map)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((maps, first))
 }
 
 /// Reads every input in order into chunks: CSV as blocks of whole records, tokenized later by the checkers (see
@@ -173,6 +197,7 @@ fn read_inputs(
     handle: &Handle,
     control: &RunControl,
     flow: &mut dyn ChunkFlow,
+    mut first: Option<OpenedFirst>,
 ) -> Result<Vec<InputRecord>> {
     let mut seq = 0u64;
     let mut records = Vec::with_capacity(inputs.len());
@@ -190,12 +215,15 @@ fn read_inputs(
             records.push(checksum_of(input, &checksum)?);
             continue;
         }
-        let open = input.open(handle, Some(control.bytes.clone()))?;
-        let checksum = open.checksum.clone();
-        let mut header = CsvTokenizer::new(open.reader);
-        header.read_header().map_err(|e| read_error(e, &input.uri))?;
-        let mut line = header.line();
-        let mut reader = header.into_inner();
+        let (mut line, mut reader, checksum) = match first.take().filter(|_| source == 0) {
+            Some(opened) => (opened.line, opened.reader, opened.checksum),
+            None => {
+                let open = input.open(handle, Some(control.bytes.clone()))?;
+                let mut header = CsvTokenizer::new(open.reader);
+                header.read_header().map_err(|e| read_error(e, &input.uri))?;
+                (header.line(), header.into_inner(), open.checksum)
+            }
+        };
         let mut carry: Vec<u8> = Vec::new();
         let mut at_end = false;
         while !(at_end && carry.is_empty()) {
@@ -506,7 +534,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     unused?;
     let inputs = inputs?;
     control.total_bytes.store(inputs.iter().map(|i| i.size).sum(), Ordering::Relaxed);
-    let maps = preflight(&inputs, &contract, handle)?;
+    let (maps, first) = preflight(&inputs, &contract, handle, &control.bytes)?;
 
     // The nonce makes the claim this worker's alone: a create whose answer was lost is recognised as its own by its
     // bytes (`put_json`), never another worker's claim of the same run id.
@@ -538,7 +566,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
     let (input_records, committed) = if threads == 1 {
         // One thread does everything, in order: no queues, no hand-offs.
         let mut flow = Inline { committer: &mut committer, inputs: &inputs, maps: &maps, spare: None };
-        match read_inputs(&inputs, &contract, handle, control, &mut flow) {
+        match read_inputs(&inputs, &contract, handle, control, &mut flow, first) {
             Ok(records) => (Ok(records), Ok(())),
             Err(e) => (Ok(Vec::new()), Err(e)),
         }
@@ -555,7 +583,7 @@ pub fn run(args: &RunArgs, handle: &Handle, control: &RunControl) -> Result<RunO
             let (all_inputs, the_contract) = (&inputs, &contract);
             let reader = scope.spawn(move || {
                 let mut flow = ToCheckers { out: raw_tx, recycled: recycle_rx, created: 0, limit: in_flight, control };
-                read_inputs(all_inputs, the_contract, handle, control, &mut flow)
+                read_inputs(all_inputs, the_contract, handle, control, &mut flow, first)
             });
             for _ in 0..threads {
                 let (rx, tx) = (raw_rx.clone(), checked_tx.clone());
@@ -755,5 +783,52 @@ mod tests {
         });
         assert_eq!(checker.join().expect("the checker thread ends"), CHECKER_NICE);
         assert_eq!(nice(here), before, "only the checker's own thread changes");
+    }
+
+    /// Takes every chunk the reader hands on and counts its records' lines.
+    struct Collect {
+        chunks: usize,
+        lines: u64,
+    }
+
+    impl ChunkFlow for Collect {
+        fn buffers(&mut self) -> Result<Option<crate::tokenize::RecordChunk>> {
+            Ok(Some(crate::tokenize::RecordChunk::default()))
+        }
+
+        fn send(&mut self, _seq: u64, chunk: crate::tokenize::RecordChunk) -> Result<bool> {
+            self.chunks += 1;
+            self.lines += crate::tokenize::line_breaks(&chunk.block);
+            Ok(true)
+        }
+    }
+
+    #[test]
+    fn the_first_input_is_read_on_from_its_header_where_the_preflight_opened_it() {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("in.csv");
+        let mut text = String::from("TransactionID,CustomerID,TransactionAmount,Currency,TransactionTimestamp\n");
+        for i in 0..50_000 {
+            text.push_str(&format!("T{i},C{},{i}.25,EUR,2024-01-01T00:00:00Z\n", i % 7));
+        }
+        std::fs::write(&path, &text).expect("write the input");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let handle = runtime.handle();
+        let inputs = crate::input::resolve_inputs(&path.display().to_string(), &StoreOptions::default(), handle)
+            .expect("the input resolves");
+        let contract = crate::contract::tests::transactions();
+        let control = RunControl::default();
+        let (maps, first) = preflight(&inputs, &contract, handle, &control.bytes).expect("the header matches");
+        assert_eq!(maps.len(), 1);
+        assert!(first.is_some(), "the first input stays open");
+        // Gone from its directory: a second open would fail; the one open file is read on to its end.
+        std::fs::remove_file(&path).expect("remove the input");
+        let mut flow = Collect { chunks: 0, lines: 0 };
+        let read = read_inputs(&inputs, &contract, handle, &control, &mut flow, first).expect("read to its end");
+        assert_eq!(flow.lines, 50_000, "every record after the header, once");
+        assert_eq!(read[0].bytes, text.len() as u64);
+        assert_eq!(read[0].sha256, hex::encode(sha2::Sha256::digest(text.as_bytes())), "the header is in the checksum");
+        assert_eq!(control.bytes.load(Ordering::Relaxed), text.len() as u64, "progress counts every byte once");
     }
 }
