@@ -52,7 +52,7 @@ pub struct InputObject {
 }
 
 /// Where an input's bytes are, and the version of them its listing saw: every read of the input (its header, its
-/// records) is of that version, or fails. (A GET streams one version of an object, so a read that starts with the
+/// records; one read for a run's only input, see `run::OpenedFirst`) is of that version, or fails. (A GET streams one version of an object, so a read that starts with the
 /// listed ETag reads that version to its end.)
 #[derive(Debug, Clone)]
 enum Source {
@@ -130,10 +130,12 @@ pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Res
     Ok(inputs)
 }
 
-/// Why a FIFO, a socket or a device is not taken as input: the header is read first, then the data again from
-/// the start (and the checksum is of the whole object), so a stream that can be read once would hang or lose data.
-const NOT_REGULAR: &str = "not a regular file (a pipe, a socket or a device): the worker reads an input more than once \
-                           (its header, then its records), so give it a file — e.g. copy the stream to one first";
+/// Why a FIFO, a socket or a device is not taken as input: every input's header is read before the run starts and
+/// all but a run's only input are read again from the start (the checksum is of the whole object), and a file is
+/// checked for change by its size and time, so a stream that can be read once would hang, lose data or be refused.
+const NOT_REGULAR: &str = "not a regular file (a pipe, a socket or a device): the worker reads each input's header \
+                           before the run and may read it again from the start, so give it a file — e.g. copy the \
+                           stream to one first";
 
 fn special(meta: &std::fs::Metadata) -> bool {
     !meta.is_file() && !meta.is_dir()

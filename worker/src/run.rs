@@ -131,9 +131,11 @@ fn ensure_unused(lake: &Location, layout: &LakeLayout, handle: &Handle) -> Resul
     Ok(())
 }
 
-/// The first input, opened by [`preflight`] and read past its header: the run goes on reading it where the header
-/// ends. On a remote store that saves a second GET of it, and a new connection (the first GET, cut short after the
-/// header, cannot be reused) — two round trips before the first row.
+/// A run's only input, opened by [`preflight`] and read past its header: the run goes on reading it where the
+/// header ends. On a remote store that saves a second GET of it, and a new connection (the first GET, cut short
+/// after the header, cannot be reused) — two round trips before the first row. Only for a run of one input: with
+/// more, the first would wait unread while the others' headers are fetched, on a store long enough for its request
+/// to time out and be made again.
 struct OpenedFirst {
     /// Lines of the header (the number of the line before the first record).
     line: u64,
@@ -141,8 +143,8 @@ struct OpenedFirst {
     checksum: Arc<std::sync::Mutex<Option<crate::input::Checksum>>>,
 }
 
-/// Opens each input and matches its header (or, for a quarantine replay, its schema). The first CSV input stays
-/// open, read past its header, with `progress` counting its bytes (see [`OpenedFirst`]).
+/// Opens each input and matches its header (or, for a quarantine replay, its schema). A run's only input, if CSV,
+/// stays open, read past its header, with `progress` counting its bytes (see [`OpenedFirst`]).
 fn preflight(
     inputs: &[InputObject],
     contract: &Contract,
@@ -158,7 +160,8 @@ fn preflight(
                 replay::preflight(input, contract, handle)?;
                 return Ok(HeaderMap::identity(contract.columns.len()));
             }
-            let open = input.open(handle, (index == 0).then(|| progress.clone()))?;
+            let keep = index == 0 && inputs.len() == 1;
+            let open = input.open(handle, keep.then(|| progress.clone()))?;
             let mut tokenizer = CsvTokenizer::new(open.reader);
             let header = tokenizer.read_header().map_err(|e| read_error(e, &input.uri))?.ok_or_else(|| {
                 Error::UnreadableInput {
@@ -179,7 +182,7 @@ fn preflight(
                 .collect::<Result<Vec<_>>>()?;
             let map = HeaderMap::match_header(contract, &names, header.line)
                 .map_err(|message| Error::SchemaDrift { source_uri: input.uri.clone(), message })?;
-            if index == 0 {
+            if keep {
                 let line = tokenizer.line();
                 first = Some(OpenedFirst { line, reader: tokenizer.into_inner(), checksum: open.checksum });
             }
@@ -390,7 +393,7 @@ fn checksum_of(input: &InputObject, slot: &std::sync::Mutex<Option<crate::input:
 }
 
 /// The niceness of the checker threads: the lowest priority (see [`yield_to_serial_stages`]).
-pub const CHECKER_NICE: i32 = 19;
+const CHECKER_NICE: i32 = 19;
 
 /// Lowers the calling thread's scheduling priority to [`CHECKER_NICE`] (on Linux niceness is per thread). The
 /// checkers do most of a run's work and there are as many of them as threads, while the reader, the in-order
@@ -785,10 +788,12 @@ mod tests {
         assert_eq!(nice(here), before, "only the checker's own thread changes");
     }
 
-    /// Takes every chunk the reader hands on and counts its records' lines.
+    /// Takes every chunk the reader hands on: how many, their records' lines, the first block's line.
+    #[derive(Debug, Default, PartialEq)]
     struct Collect {
         chunks: usize,
         lines: u64,
+        first_line: Option<u64>,
     }
 
     impl ChunkFlow for Collect {
@@ -799,36 +804,72 @@ mod tests {
         fn send(&mut self, _seq: u64, chunk: crate::tokenize::RecordChunk) -> Result<bool> {
             self.chunks += 1;
             self.lines += crate::tokenize::line_breaks(&chunk.block);
+            self.first_line.get_or_insert(chunk.block_line);
             Ok(true)
         }
     }
 
     #[test]
-    fn the_first_input_is_read_on_from_its_header_where_the_preflight_opened_it() {
+    fn a_runs_only_input_is_read_on_from_its_header_where_the_preflight_opened_it() {
         use sha2::Digest;
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("in.csv");
-        let mut text = String::from("TransactionID,CustomerID,TransactionAmount,Currency,TransactionTimestamp\n");
+        // A byte-order mark and CRLF line ends.
+        let mut text =
+            String::from("\u{feff}TransactionID,CustomerID,TransactionAmount,Currency,TransactionTimestamp\r\n");
         for i in 0..50_000 {
-            text.push_str(&format!("T{i},C{},{i}.25,EUR,2024-01-01T00:00:00Z\n", i % 7));
+            text.push_str(&format!("T{i},C{},{i}.25,EUR,2024-01-01T00:00:00Z\r\n", i % 7));
         }
-        std::fs::write(&path, &text).expect("write the input");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let handle = runtime.handle();
-        let inputs = crate::input::resolve_inputs(&path.display().to_string(), &StoreOptions::default(), handle)
-            .expect("the input resolves");
+        let contract = crate::contract::tests::transactions();
+        // Read as before (opened again after the preflight), then as now: the same chunks from the same line.
+        let read = |keep: bool| {
+            let path = dir.path().join(if keep { "kept.csv" } else { "again.csv" });
+            std::fs::write(&path, &text).expect("write the input");
+            let uri = path.display().to_string();
+            let inputs = crate::input::resolve_inputs(&uri, &StoreOptions::default(), handle).expect("resolves");
+            let control = RunControl::default();
+            let (maps, first) = preflight(&inputs, &contract, handle, &control.bytes).expect("the header matches");
+            assert_eq!(maps.len(), 1);
+            assert!(first.is_some(), "a run's only input stays open");
+            if keep {
+                // Gone from its directory: a second open would fail; the one open file is read on to its end.
+                std::fs::remove_file(&path).expect("remove the input");
+            }
+            let mut flow = Collect::default();
+            let first = if keep { first } else { None };
+            let records = read_inputs(&inputs, &contract, handle, &control, &mut flow, first).expect("read to its end");
+            (flow, records[0].bytes, records[0].sha256.clone(), control.bytes.load(Ordering::Relaxed))
+        };
+        let (again, kept) = (read(false), read(true));
+        // (Progress aside: there the preflight's open had counted what it buffered before it was dropped.)
+        assert_eq!((&kept.0, kept.1, &kept.2), (&again.0, again.1, &again.2));
+        let (flow, bytes, sha256, progress) = kept;
+        assert_eq!(
+            (flow.lines, flow.first_line),
+            (50_000, Some(2)),
+            "every record once, numbered from the header's end"
+        );
+        assert_eq!((bytes, progress), (text.len() as u64, text.len() as u64), "every byte counted once");
+        assert_eq!(sha256, hex::encode(sha2::Sha256::digest(text.as_bytes())), "the header is in the checksum");
+    }
+
+    #[test]
+    fn with_more_than_one_input_none_is_kept_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let header = "TransactionID,CustomerID,TransactionAmount,Currency,TransactionTimestamp\n";
+        for name in ["a.csv", "b.csv"] {
+            std::fs::write(dir.path().join(name), format!("{header}T-{name},C1,1.00,EUR,2024-01-01T00:00:00Z\n"))
+                .expect("write an input");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let uri = dir.path().display().to_string();
+        let inputs = crate::input::resolve_inputs(&uri, &StoreOptions::default(), runtime.handle()).expect("resolves");
         let contract = crate::contract::tests::transactions();
         let control = RunControl::default();
-        let (maps, first) = preflight(&inputs, &contract, handle, &control.bytes).expect("the header matches");
-        assert_eq!(maps.len(), 1);
-        assert!(first.is_some(), "the first input stays open");
-        // Gone from its directory: a second open would fail; the one open file is read on to its end.
-        std::fs::remove_file(&path).expect("remove the input");
-        let mut flow = Collect { chunks: 0, lines: 0 };
-        let read = read_inputs(&inputs, &contract, handle, &control, &mut flow, first).expect("read to its end");
-        assert_eq!(flow.lines, 50_000, "every record after the header, once");
-        assert_eq!(read[0].bytes, text.len() as u64);
-        assert_eq!(read[0].sha256, hex::encode(sha2::Sha256::digest(text.as_bytes())), "the header is in the checksum");
-        assert_eq!(control.bytes.load(Ordering::Relaxed), text.len() as u64, "progress counts every byte once");
+        let (maps, first) = preflight(&inputs, &contract, runtime.handle(), &control.bytes).expect("headers match");
+        assert_eq!(maps.len(), 2);
+        assert!(first.is_none());
+        assert_eq!(control.bytes.load(Ordering::Relaxed), 0, "the preflight counts no progress");
     }
 }
