@@ -1,13 +1,16 @@
 //! The Dataset's `CredentialsSecret` condition, written once for both kinds of pods that mount the Dataset's
 //! credentials: an `EtlRun`'s worker pods and a `Promotion`'s promote and reject pods. A pod that waits for the
-//! Secret (or one of its keys) sets it False, naming the Secret, the key and whose pods wait. A worker pod that
-//! started sets it True again whoever's wait it names; a Promotion's Job that completed sets True only a False
-//! that names that Promotion (its pod started then, but the Secret may have gone since and a run's pod be waiting
-//! for it now). Its own field manager: the Dataset controller owns `Valid` under its own, and server-side apply
-//! merges the two conditions by type.
+//! Secret (or one of its keys) sets it False, naming the Secret, the key and whose pods wait — checked on every
+//! reconcile while it waits and written when the Dataset does not say False for that reason already, so a refused
+//! write is made good and two waiting pods do not overwrite each other's message; `lastTransitionTime` moves only
+//! with the status. A worker pod that started sets it True again whoever's wait it names; a Promotion's Job whose
+//! pod ran sets True only a False that names that Promotion (its pod started then, but the Secret may have gone
+//! since and a run's pod be waiting for it now). Its own field manager: the Dataset controller owns `Valid` under
+//! its own, and server-side apply merges the two conditions by type.
 
 use super::Context;
 use crate::lifecycle::PodBlocker;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -48,16 +51,52 @@ pub fn said_missing(dataset: &Dataset, naming: Option<&str>) -> bool {
     })
 }
 
-/// Sets the condition on Dataset `dataset`: found or not, why. A failure is logged: the pods' own resource says
-/// the same in its status and Events.
-pub async fn set(ctx: &Context, namespace: &str, dataset: &str, found: bool, reason: &str, message: &str) {
+/// The condition as the Dataset has it now.
+fn current(dataset: Option<&Dataset>) -> Option<&Condition> {
+    dataset?.status.as_ref()?.conditions.iter().find(|c| c.type_ == CONDITION)
+}
+
+fn status_of(found: bool) -> &'static str {
+    if found { "True" } else { "False" }
+}
+
+/// Whether found-or-not for `reason` would change what the Dataset says. A False of the same reason is not written
+/// again for another waiting pod: each names its own, and the message would go back and forth between them on
+/// every reconcile. (`None`: the Dataset is not known; then it is written.)
+pub fn would_change(dataset: Option<&Dataset>, found: bool, reason: &str) -> bool {
+    current(dataset).is_none_or(|c| c.status != status_of(found) || c.reason != reason)
+}
+
+/// When the condition last changed status: kept while the status stays what it was, `now` when it changes.
+fn transition_time(dataset: Option<&Dataset>, found: bool, now: Timestamp) -> Time {
+    match current(dataset) {
+        Some(c) if c.status == status_of(found) => c.last_transition_time.clone(),
+        _ => Time(now),
+    }
+}
+
+/// Sets the condition on Dataset `dataset` (`current`: as the caller last saw it): found or not, why — unless it
+/// already says so (see [`would_change`]). A failure is logged, and made good by a later call: the callers set it
+/// on every reconcile while a pod waits; the pods' own resource says the same in its status and Events.
+pub async fn set(
+    ctx: &Context,
+    namespace: &str,
+    dataset: &str,
+    current: Option<&Dataset>,
+    found: bool,
+    reason: &str,
+    message: &str,
+) {
+    if !would_change(current, found, reason) {
+        return;
+    }
     let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), namespace);
     let condition = serde_json::json!({
         "type": CONDITION,
-        "status": if found { "True" } else { "False" },
+        "status": status_of(found),
         "reason": reason,
         "message": message,
-        "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        "lastTransitionTime": transition_time(current, found, Timestamp::now()),
     });
     let patch = serde_json::json!({
         "apiVersion": <Dataset as kube::Resource>::api_version(&()),
@@ -76,7 +115,8 @@ pub async fn set(ctx: &Context, namespace: &str, dataset: &str, found: bool, rea
 pub async fn found(ctx: &Context, namespace: &str, dataset: &Dataset, started: &str, naming: Option<&str>) {
     if said_missing(dataset, naming) {
         let name = kube::ResourceExt::name_any(dataset);
-        set(ctx, namespace, &name, true, "SecretFound", &format!("{started} started with the Secret")).await;
+        let message = format!("{started} started with the Secret");
+        set(ctx, namespace, &name, Some(dataset), true, "SecretFound", &message).await;
     }
 }
 
@@ -104,6 +144,36 @@ mod tests {
         );
         let other = PodBlocker::ContainerConfig { message: "Secret x: no".into() };
         assert_eq!(problem(&other, "etl", "the worker pods of EtlRun tx"), None);
+    }
+
+    #[test]
+    fn a_waiting_pod_is_said_once_per_reason_and_the_time_moves_only_with_the_status() {
+        let with = |status: &str, reason: &str, at: &str| -> Dataset {
+            let mut d =
+                Dataset::from_manifest(include_str!("../../../examples/datasets/transactions.yaml")).expect("example");
+            d.status = Some(
+                serde_json::from_value(serde_json::json!({"conditions": [{
+                    "type": CONDITION, "status": status, "reason": reason, "message": "the pods of EtlRun a …",
+                    "lastTransitionTime": at,
+                }]}))
+                .expect("status"),
+            );
+            d
+        };
+        let missing = with("False", "SecretNotFound", "2026-12-01T00:00:00Z");
+        // Another pod waiting for the same: not written again (its message would replace the first's).
+        assert!(!would_change(Some(&missing), false, "SecretNotFound"));
+        // Another reason, found, or a Dataset not known: written.
+        assert!(would_change(Some(&missing), false, "KeyMissing"));
+        assert!(would_change(Some(&missing), true, "SecretFound"));
+        assert!(would_change(None, false, "SecretNotFound"));
+        assert!(!would_change(Some(&with("True", "SecretFound", "2026-12-01T00:00:00Z")), true, "SecretFound"));
+        // The time of the last change of status: kept from Secret to key, new from missing to found.
+        let now: Timestamp = "2026-12-01T01:00:00Z".parse().expect("time");
+        let then: Timestamp = "2026-12-01T00:00:00Z".parse().expect("time");
+        assert_eq!(transition_time(Some(&missing), false, now), Time(then));
+        assert_eq!(transition_time(Some(&missing), true, now), Time(now));
+        assert_eq!(transition_time(None, false, now), Time(now));
     }
 
     #[test]

@@ -734,7 +734,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     // A run's Promotion (`requestOnSuccess`) is created by the reconcile of the finished run that this status
     // write wakes (`settle_finished`).
     for transition in &plan.transitions {
-        report(&scope, run, &plan.status, transition, observed.blocker.as_ref()).await;
+        report(&scope, run, &plan.status, transition).await;
+    }
+    if let Some(blocker) = observed.blocker.as_ref() {
+        say_credentials_missing(&scope, run, blocker).await;
     }
     if let (Err(e), false) = (&acted, said) {
         // What the user may have to act on (a quota, an admission policy, RBAC) is said on the run, not only
@@ -1207,15 +1210,8 @@ async fn ensure_job(
     }
 }
 
-/// Publishes one change (it is already written to status): an Event, a log line, metrics; a wait for the pod's
-/// credentials (`blocker`, what keeps the attempt's pod from starting) also on the Dataset.
-async fn report(
-    scope: &Scope,
-    run: &EtlRun,
-    status: &EtlRunStatus,
-    transition: &Transition,
-    blocker: Option<&lifecycle::PodBlocker>,
-) {
+/// Publishes one change (it is already written to status): an Event, a log line, metrics.
+async fn report(scope: &Scope, run: &EtlRun, status: &EtlRunStatus, transition: &Transition) {
     let ctx = &scope.ctx;
     let name = run.name_any();
     let namespace = run.namespace().unwrap_or_default();
@@ -1277,12 +1273,6 @@ async fn report(
         Transition::Waiting { reason, message } => {
             tracing::warn!(etlrun = %name, namespace = %namespace, dataset, reason = %reason, "{message}");
             publish::<EtlRun>(ctx, &run.metadata, EventType::Warning, reason, "Wait", message.clone()).await;
-            let missing = blocker
-                .filter(|b| b.reason() == reason)
-                .and_then(|b| credentials::problem(b, &namespace, &worker_pods(&name)));
-            if let Some((condition_reason, note)) = missing {
-                credentials::set(ctx, &namespace, &run.spec.dataset, false, condition_reason, &note).await;
-            }
         }
     }
 }
@@ -1395,9 +1385,16 @@ async fn request_promotion(scope: &Scope, run: &EtlRun, identity: &RunIdentity, 
     outcome
 }
 
-/// Whose pods the Dataset's `CredentialsSecret` condition names for a run.
-fn worker_pods(run: &str) -> String {
-    format!("the worker pods of EtlRun {run}")
+/// The attempt's pod waits (`blocker`): if for the Dataset's credentials Secret or a key of it, the Dataset says so
+/// too, by its `CredentialsSecret` condition — on every reconcile while the pod waits, written only when the
+/// Dataset does not say it already (see `credentials::set`), so that one refused write is made good by the next.
+async fn say_credentials_missing(scope: &Scope, run: &EtlRun, blocker: &PodBlocker) {
+    let namespace = run.namespace().unwrap_or_default();
+    let whose = format!("the worker pods of EtlRun {}", run.name_any());
+    let Some((reason, message)) = credentials::problem(blocker, &namespace, &whose) else { return };
+    let dataset = scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(&namespace));
+    let current = dataset.as_ref().and_then(|d| d.0.as_ref().ok());
+    credentials::set(&scope.ctx, &namespace, &run.spec.dataset, current, false, reason, &message).await;
 }
 
 /// A worker pod of the run started (its attempt ended with an exit code, or the run succeeded): if its Dataset says

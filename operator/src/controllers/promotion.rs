@@ -1122,7 +1122,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
     let whose = status.job_name.as_ref().map(|job| format!("the pod of Job {job} (Promotion {name})"));
     let missing_credentials = blocker.as_ref().zip(whose.as_ref()).and_then(|(blocker, whose)| {
         let (reason, message) = credentials::problem(blocker, &namespace, whose)?;
-        Some(MissingCredentials { waiting: blocker.reason(), reason, message })
+        Some(MissingCredentials { reason, message })
     });
     // A Job that completed, or failed with its container's exit code, had a pod that started.
     let pod_ran = matches!(job, Some(JobState::Complete | JobState::Failed { exit_code: Some(_), .. }));
@@ -1197,8 +1197,9 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         report(&ctx, promotion, &plan.status, transition).await;
     }
     match (credentials_note(missing_credentials.as_ref(), &plan.transitions, pod_ran), &dataset, &whose) {
-        (Some(CredentialsNote::Missing { reason, message }), _, _) => {
-            credentials::set(&ctx, &namespace, &promotion.spec.dataset, false, reason, message).await;
+        (Some(CredentialsNote::Missing { reason, message }), current, _) => {
+            let current = current.as_ref().ok();
+            credentials::set(&ctx, &namespace, &promotion.spec.dataset, current, false, reason, message).await;
         }
         (Some(CredentialsNote::Found), Ok(dataset), Some(whose)) => {
             let naming = format!("(Promotion {name})");
@@ -1212,11 +1213,9 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
     Ok(plan.requeue_after.map_or_else(Action::await_change, Action::requeue))
 }
 
-/// The pod of a Promotion's Job waits for the Dataset's credentials Secret or a key of it.
+/// The pod of a Promotion's Job waits for the Dataset's credentials Secret or a key of it: the Dataset's
+/// `CredentialsSecret` reason and message.
 struct MissingCredentials {
-    /// The `Ready` reason that says so on the Promotion (the blocker's).
-    waiting: &'static str,
-    /// The Dataset's `CredentialsSecret` reason and message.
     reason: &'static str,
     message: String,
 }
@@ -1230,17 +1229,15 @@ enum CredentialsNote<'a> {
     Found,
 }
 
-/// The Dataset hears of a waiting pod when the Promotion does (a `Waiting` transition for that blocker: once, not
-/// on every resync), and of a pod that started when its Job's pod ran to an end or the Promotion ended Promoted.
+/// The Dataset hears of a waiting pod on every reconcile while it waits (written only when it does not say so
+/// already: `credentials::set`), and of a pod that started when its Job's pod ran to an end or the Promotion ended
+/// Promoted.
 fn credentials_note<'a>(
     missing: Option<&'a MissingCredentials>,
     transitions: &[Transition],
     pod_ran: bool,
 ) -> Option<CredentialsNote<'a>> {
-    let said = |m: &&MissingCredentials| {
-        transitions.iter().any(|t| matches!(t, Transition::Waiting { reason, .. } if reason == m.waiting))
-    };
-    if let Some(m) = missing.filter(said) {
+    if let Some(m) = missing {
         return Some(CredentialsNote::Missing { reason: m.reason, message: &m.message });
     }
     let promoted =
@@ -1777,22 +1774,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_dataset_hears_of_a_waiting_pod_once_and_of_a_pod_that_ran() {
+    fn the_dataset_hears_of_a_waiting_pod_while_it_waits_and_of_a_pod_that_ran() {
         let missing = MissingCredentials {
-            waiting: crate::lifecycle::REASON_SECRET_NOT_FOUND,
             reason: "SecretNotFound",
             message: "Secret lake-creds ...: the pod of Job p-p1 (Promotion p) cannot start".into(),
         };
         let waiting = |reason: &str| Transition::Waiting { reason: reason.into(), message: "m".into() };
         let promoted =
             Transition::Finished { phase: PromotionPhase::Promoted, reason: "Promoted".into(), message: "m".into() };
-        // Said when the Promotion says it (a Waiting transition for that blocker), not on every resync.
+        // On every reconcile while the pod waits, transition or not (`credentials::set` writes only a change).
+        let said = Some(CredentialsNote::Missing { reason: "SecretNotFound", message: &missing.message });
         assert_eq!(
             credentials_note(Some(&missing), &[waiting(crate::lifecycle::REASON_SECRET_NOT_FOUND)], false),
-            Some(CredentialsNote::Missing { reason: "SecretNotFound", message: &missing.message })
+            said
         );
-        assert_eq!(credentials_note(Some(&missing), &[], false), None);
-        assert_eq!(credentials_note(Some(&missing), &[waiting("WaitingForPromotion")], false), None);
+        assert_eq!(credentials_note(Some(&missing), &[], false), said);
         // Another blocker (a ServiceAccount, a quota) says nothing of the Secret.
         assert_eq!(credentials_note(None, &[waiting("PodCreationFailed")], false), None);
         // A pod that ran, or a promotion that ended Promoted: found.
