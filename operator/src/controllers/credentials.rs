@@ -1,12 +1,13 @@
 //! The Dataset's `CredentialsSecret` condition, written once for both kinds of pods that mount the Dataset's
 //! credentials: an `EtlRun`'s worker pods and a `Promotion`'s promote and reject pods. A pod that waits for the
 //! Secret (or one of its keys) sets it False, naming the Secret, the key and whose pods wait — checked on every
-//! reconcile while it waits and written when the Dataset does not say False for that reason already, so a refused
-//! write is made good and two waiting pods do not overwrite each other's message; `lastTransitionTime` moves only
-//! with the status. A worker pod that started sets it True again whoever's wait it names; a Promotion's Job whose
-//! pod ran sets True only a False that names that Promotion (its pod started then, but the Secret may have gone
-//! since and a run's pod be waiting for it now). Its own field manager: the Dataset controller owns `Valid` under
-//! its own, and server-side apply merges the two conditions by type.
+//! reconcile while it waits, so a refused write is made good by the next. A False belongs to the waiting pods it
+//! names: they keep it current (another key missing now), and other waiting pods leave it alone, so two of them
+//! never overwrite each other. A worker pod that started sets it True again whoever's wait it names; a Promotion's
+//! Job whose pod ran sets True only a False that names that Promotion (its pod started then, but the Secret may
+//! have gone since and a run's pod be waiting for it now). `lastTransitionTime` moves with the status. Its own
+//! field manager: the Dataset controller owns `Valid` under its own, and server-side apply merges the two
+//! conditions by type.
 
 use super::Context;
 use crate::lifecycle::PodBlocker;
@@ -52,44 +53,48 @@ pub fn said_missing(dataset: &Dataset, naming: Option<&str>) -> bool {
 }
 
 /// The condition as the Dataset has it now.
-fn current(dataset: Option<&Dataset>) -> Option<&Condition> {
-    dataset?.status.as_ref()?.conditions.iter().find(|c| c.type_ == CONDITION)
+fn current(dataset: &Dataset) -> Option<&Condition> {
+    dataset.status.as_ref()?.conditions.iter().find(|c| c.type_ == CONDITION)
 }
 
 fn status_of(found: bool) -> &'static str {
     if found { "True" } else { "False" }
 }
 
-/// Whether found-or-not for `reason` would change what the Dataset says. A False of the same reason is not written
-/// again for another waiting pod: each names its own, and the message would go back and forth between them on
-/// every reconcile. (`None`: the Dataset is not known; then it is written.)
-pub fn would_change(dataset: Option<&Dataset>, found: bool, reason: &str) -> bool {
-    current(dataset).is_none_or(|c| c.status != status_of(found) || c.reason != reason)
+/// Whether writing found-or-not with `message`, for pods `whose`, changes what the Dataset says: a new status
+/// does; a False does again only if it is these pods' own (it names them) and says something else now.
+pub fn would_change(dataset: &Dataset, found: bool, message: &str, whose: &str) -> bool {
+    match current(dataset) {
+        None => true,
+        Some(c) if c.status != status_of(found) => true,
+        Some(_) if found => false,
+        Some(c) => waits_for(&c.message, whose) && c.message != message,
+    }
+}
+
+/// Whether a False's message (see [`problem`]) names pods `whose` as the ones waiting: its end, so that EtlRun `a`
+/// is not taken for EtlRun `ab`.
+fn waits_for(message: &str, whose: &str) -> bool {
+    message.strip_suffix(" cannot start").and_then(|m| m.strip_suffix(whose)).is_some_and(|m| m.ends_with(": "))
 }
 
 /// When the condition last changed status: kept while the status stays what it was, `now` when it changes.
-fn transition_time(dataset: Option<&Dataset>, found: bool, now: Timestamp) -> Time {
+fn transition_time(dataset: &Dataset, found: bool, now: Timestamp) -> Time {
     match current(dataset) {
         Some(c) if c.status == status_of(found) => c.last_transition_time.clone(),
         _ => Time(now),
     }
 }
 
-/// Sets the condition on Dataset `dataset` (`current`: as the caller last saw it): found or not, why — unless it
-/// already says so (see [`would_change`]). A failure is logged, and made good by a later call: the callers set it
-/// on every reconcile while a pod waits; the pods' own resource says the same in its status and Events.
-pub async fn set(
-    ctx: &Context,
-    namespace: &str,
-    dataset: &str,
-    current: Option<&Dataset>,
-    found: bool,
-    reason: &str,
-    message: &str,
-) {
-    if !would_change(current, found, reason) {
+/// Sets the condition on Dataset `current` (as the caller last saw it) for pods `whose`: found or not, why —
+/// unless that changes nothing (see [`would_change`]). A failure is logged: for a waiting pod the next reconcile
+/// writes it again; a True is not retried (the pods' own resources say the same in their status and Events).
+pub async fn set(ctx: &Context, current: &Dataset, whose: &str, found: bool, reason: &str, message: &str) {
+    if !would_change(current, found, message, whose) {
         return;
     }
+    let Some(namespace) = current.metadata.namespace.as_deref() else { return };
+    let dataset = kube::ResourceExt::name_any(current);
     let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), namespace);
     let condition = serde_json::json!({
         "type": CONDITION,
@@ -105,18 +110,17 @@ pub async fn set(
         "status": { "conditions": [condition] },
     });
     let params = PatchParams::apply(MANAGER).force();
-    if let Err(e) = api.patch_status(dataset, &params, &Patch::Apply(&patch)).await {
+    if let Err(e) = api.patch_status(&dataset, &params, &Patch::Apply(&patch)).await {
         tracing::warn!(dataset, namespace, error = %e, "cannot set the dataset's CredentialsSecret condition");
     }
 }
 
 /// A pod (`started`: "a worker pod of EtlRun tx") started with the Secret: if `dataset` says it or one of its keys
 /// was missing (with `naming`, in a False that names it), it is there now.
-pub async fn found(ctx: &Context, namespace: &str, dataset: &Dataset, started: &str, naming: Option<&str>) {
+pub async fn found(ctx: &Context, dataset: &Dataset, started: &str, naming: Option<&str>) {
     if said_missing(dataset, naming) {
-        let name = kube::ResourceExt::name_any(dataset);
         let message = format!("{started} started with the Secret");
-        set(ctx, namespace, &name, Some(dataset), true, "SecretFound", &message).await;
+        set(ctx, dataset, started, true, "SecretFound", &message).await;
     }
 }
 
@@ -147,33 +151,48 @@ mod tests {
     }
 
     #[test]
-    fn a_waiting_pod_is_said_once_per_reason_and_the_time_moves_only_with_the_status() {
-        let with = |status: &str, reason: &str, at: &str| -> Dataset {
+    fn a_false_is_kept_current_by_the_pods_it_names_and_left_alone_by_others() {
+        let with = |status: &str, message: &str| -> Dataset {
             let mut d =
                 Dataset::from_manifest(include_str!("../../../examples/datasets/transactions.yaml")).expect("example");
             d.status = Some(
                 serde_json::from_value(serde_json::json!({"conditions": [{
-                    "type": CONDITION, "status": status, "reason": reason, "message": "the pods of EtlRun a …",
-                    "lastTransitionTime": at,
+                    "type": CONDITION, "status": status, "reason": "R", "message": message,
+                    "lastTransitionTime": "2026-12-01T00:00:00Z",
                 }]}))
                 .expect("status"),
             );
             d
         };
-        let missing = with("False", "SecretNotFound", "2026-12-01T00:00:00Z");
-        // Another pod waiting for the same: not written again (its message would replace the first's).
-        assert!(!would_change(Some(&missing), false, "SecretNotFound"));
-        // Another reason, found, or a Dataset not known: written.
-        assert!(would_change(Some(&missing), false, "KeyMissing"));
-        assert!(would_change(Some(&missing), true, "SecretFound"));
-        assert!(would_change(None, false, "SecretNotFound"));
-        assert!(!would_change(Some(&with("True", "SecretFound", "2026-12-01T00:00:00Z")), true, "SecretFound"));
-        // The time of the last change of status: kept from Secret to key, new from missing to found.
+        let (a, b) = ("the worker pods of EtlRun a", "the worker pods of EtlRun b");
+        let key = |k: &str, whose: &str| format!("Secret s has no key {k}: {whose} cannot start");
+        let missing = with("False", &key("AWS_ACCESS_KEY_ID", a));
+        // Its own pods: the same words change nothing; another key missing now is written.
+        assert!(!would_change(&missing, false, &key("AWS_ACCESS_KEY_ID", a), a));
+        assert!(would_change(&missing, false, &key("AWS_SECRET_ACCESS_KEY", a), a));
+        // Other waiting pods leave it alone, whatever they say — EtlRun `a`'s pods too, if it names `ab`'s.
+        assert!(!would_change(&missing, false, &key("AWS_SECRET_ACCESS_KEY", b), b));
+        let ab = "the worker pods of EtlRun ab";
+        assert!(!would_change(
+            &with("False", &key("AWS_ACCESS_KEY_ID", ab)),
+            false,
+            &key("AWS_SECRET_ACCESS_KEY", a),
+            a
+        ));
+        // Found is written over any False, once.
+        assert!(would_change(&missing, true, "started", b));
+        assert!(!would_change(&with("True", "a pod started"), true, "another pod started", b));
+        // A True or no condition at all: a waiting pod's False is written.
+        assert!(would_change(&with("True", "a pod started"), false, &key("AWS_ACCESS_KEY_ID", b), b));
+        let mut none = missing.clone();
+        none.status = None;
+        assert!(would_change(&none, false, &key("AWS_ACCESS_KEY_ID", b), b));
+        // The time of the last change of status: kept from one key to another, new from missing to found.
         let now: Timestamp = "2026-12-01T01:00:00Z".parse().expect("time");
         let then: Timestamp = "2026-12-01T00:00:00Z".parse().expect("time");
-        assert_eq!(transition_time(Some(&missing), false, now), Time(then));
-        assert_eq!(transition_time(Some(&missing), true, now), Time(now));
-        assert_eq!(transition_time(None, false, now), Time(now));
+        assert_eq!(transition_time(&missing, false, now), Time(then));
+        assert_eq!(transition_time(&missing, true, now), Time(now));
+        assert_eq!(transition_time(&none, false, now), Time(now));
     }
 
     #[test]

@@ -1392,9 +1392,11 @@ async fn say_credentials_missing(scope: &Scope, run: &EtlRun, blocker: &PodBlock
     let namespace = run.namespace().unwrap_or_default();
     let whose = format!("the worker pods of EtlRun {}", run.name_any());
     let Some((reason, message)) = credentials::problem(blocker, &namespace, &whose) else { return };
-    let dataset = scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(&namespace));
-    let current = dataset.as_ref().and_then(|d| d.0.as_ref().ok());
-    credentials::set(&scope.ctx, &namespace, &run.spec.dataset, current, false, reason, &message).await;
+    // Not known (yet) or not valid: nothing to compare with, nothing written; the run says it all the same.
+    let Some(dataset) = scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(&namespace)) else { return };
+    if let Ok(current) = dataset.0.as_ref() {
+        credentials::set(&scope.ctx, current, &whose, false, reason, &message).await;
+    }
 }
 
 /// A worker pod of the run started (its attempt ended with an exit code, or the run succeeded): if its Dataset says
@@ -1403,7 +1405,7 @@ async fn clear_credentials_condition(scope: &Scope, run: &EtlRun, namespace: &st
     let Some(dataset) = scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(namespace)) else { return };
     if let Ok(dataset) = dataset.0.as_ref() {
         let started = format!("a worker pod of EtlRun {}", run.name_any());
-        credentials::found(&scope.ctx, namespace, dataset, &started, None).await;
+        credentials::found(&scope.ctx, dataset, &started, None).await;
     }
 }
 

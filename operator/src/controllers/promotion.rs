@@ -1197,13 +1197,13 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Promotion>>, ctx: Arc<Context
         report(&ctx, promotion, &plan.status, transition).await;
     }
     match (credentials_note(missing_credentials.as_ref(), &plan.transitions, pod_ran), &dataset, &whose) {
-        (Some(CredentialsNote::Missing { reason, message }), current, _) => {
-            let current = current.as_ref().ok();
-            credentials::set(&ctx, &namespace, &promotion.spec.dataset, current, false, reason, message).await;
+        // A Dataset not found or not valid: nothing to compare with, nothing written; the Promotion says it.
+        (Some(CredentialsNote::Missing { reason, message }), Ok(current), Some(whose)) => {
+            credentials::set(&ctx, current, whose, false, reason, message).await;
         }
         (Some(CredentialsNote::Found), Ok(dataset), Some(whose)) => {
             let naming = format!("(Promotion {name})");
-            credentials::found(&ctx, &namespace, dataset, whose, Some(&naming)).await;
+            credentials::found(&ctx, dataset, whose, Some(&naming)).await;
         }
         _ => {}
     }
