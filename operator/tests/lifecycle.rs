@@ -1145,16 +1145,7 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
     .await;
     assert!(waiting.contains("Secret lake-creds") && waiting.contains("tx-nosecret-a1"), "{waiting}");
     let datasets: Api<Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let credentials = |status: &'static str| {
-        let datasets = datasets.clone();
-        async move {
-            let ds = datasets.get("transactions").await.ok()?;
-            let c = ds.status?.conditions.into_iter().find(|c| c.type_ == "CredentialsSecret")?;
-            (c.status == status).then_some(c)
-        }
-    };
-    let missing =
-        eventually("CredentialsSecret=False on the Dataset", Duration::from_secs(20), || credentials("False")).await;
+    let missing = support::credentials_condition(&s.client, &s.ns.name, "transactions", "False", None).await;
     assert!(missing.reason == "SecretNotFound" && missing.message.contains("lake-creds"), "{missing:?}");
     let valid = datasets.get("transactions").await.expect("dataset").status.expect("status");
     assert!(valid.conditions.iter().any(|c| c.type_ == "Valid" && c.status == "True"), "Valid is kept: {valid:?}");
@@ -1177,10 +1168,8 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
     )
     .await;
     assert!(waiting.contains("Secret lake-creds") && waiting.contains("no key AWS_SECRET_ACCESS_KEY"), "{waiting}");
-    let missing = eventually("CredentialsSecret=False, KeyMissing", Duration::from_secs(20), || async {
-        credentials("False").await.filter(|c| c.reason == "KeyMissing")
-    })
-    .await;
+    let missing =
+        support::credentials_condition(&s.client, &s.ns.name, "transactions", "False", Some("KeyMissing")).await;
     assert!(missing.message.contains("has no key AWS_SECRET_ACCESS_KEY"), "{missing:?}");
     let warned = support::warned(&s.client, &s.ns.name, "tx-nosecret", "CredentialsSecretKeyMissing").await;
     assert!(warned, "a Warning Event names the missing key");
@@ -1191,7 +1180,7 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
     let run = finished(&s.client, &s.ns.name, "tx-nosecret", RUN_TIMEOUT).await;
     assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
     assert_eq!(run.status.expect("status").attempts.len(), 1, "the same attempt, once its pod could start");
-    eventually("CredentialsSecret=True on the Dataset", Duration::from_secs(20), || credentials("True")).await;
+    support::credentials_condition(&s.client, &s.ns.name, "transactions", "True", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

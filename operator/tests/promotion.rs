@@ -707,17 +707,7 @@ async fn a_promote_job_whose_pod_cannot_start_is_said_on_the_promotion_until_it_
     assert!(message.contains("Secret lake-creds") && message.contains("tx-ns-promo-p1"), "{message}");
     assert!(warned(&s, "tx-ns-promo", "CredentialsSecretNotFound").await, "a Warning Event says it");
     // As for a run's worker pods, the Dataset says it too, naming the Secret and whose pod waits.
-    let datasets: Api<silverline_crds::Dataset> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let credentials = |status: &'static str| {
-        let datasets = datasets.clone();
-        async move {
-            let ds = datasets.get("transactions").await.ok()?;
-            let c = ds.status?.conditions.into_iter().find(|c| c.type_ == "CredentialsSecret")?;
-            (c.status == status).then_some(c)
-        }
-    };
-    let missing =
-        eventually("CredentialsSecret=False on the Dataset", Duration::from_secs(20), || credentials("False")).await;
+    let missing = support::credentials_condition(&s.client, &s.ns.name, "transactions", "False", None).await;
     assert_eq!(missing.reason, "SecretNotFound", "{missing:?}");
     assert!(
         missing.message.contains("Secret lake-creds") && missing.message.contains("Promotion tx-ns-promo"),
@@ -737,8 +727,7 @@ async fn a_promote_job_whose_pod_cannot_start_is_said_on_the_promotion_until_it_
     let status = done.status.expect("status");
     assert_eq!(status.phase, Some(PromotionPhase::Promoted), "{status:?}\n{}", s.diagnostics(&[&op]));
     assert_eq!(status.attempts, 1, "the same Job, once its pod could start");
-    let found =
-        eventually("CredentialsSecret=True on the Dataset", Duration::from_secs(20), || credentials("True")).await;
+    let found = support::credentials_condition(&s.client, &s.ns.name, "transactions", "True", None).await;
     assert!(found.reason == "SecretFound" && found.message.contains("Promotion tx-ns-promo"), "{found:?}");
 }
 

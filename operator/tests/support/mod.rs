@@ -94,6 +94,24 @@ where
     }
 }
 
+/// Waits until Dataset `name`'s `CredentialsSecret` condition has `status` (and `reason`, if given), and returns it.
+pub async fn credentials_condition(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let datasets: Api<Dataset> = Api::namespaced(client.clone(), namespace);
+    let what = format!("CredentialsSecret={status} ({reason:?}) on Dataset {name}");
+    eventually(&what, Duration::from_secs(20), || async {
+        let ds = datasets.get(name).await.ok()?;
+        let c = ds.status?.conditions.into_iter().find(|c| c.type_ == "CredentialsSecret")?;
+        (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(c)
+    })
+    .await
+}
+
 /// A namespace of its own for one test, deleted at the end.
 pub struct TestNamespace {
     pub name: String,
