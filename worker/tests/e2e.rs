@@ -371,14 +371,8 @@ fn a_run_stopped_by_its_circuit_breaker_on_two_threads_leaves_no_part_files() {
         text += &row(&format!("B{i}"), "C", "bad", "EUR", "2024-01-15T10:00:00Z");
     }
     let input = write(tmp.path(), "in.csv", text);
-    let out = ran(std::process::Command::new(worker_bin())
-        .args(["run", "--progress", "off", "--threads", "2", "--contract"])
-        .arg(&c)
-        .arg("--input")
-        .arg(&input)
-        .arg("--lake")
-        .arg(&lake)
-        .args(["--run-id", "r1"])
+    let out = ran(worker_command(&c, &input, &lake, "r1")
+        .args(["--threads", "2"])
         .env("SILVERLINE_CHUNK_BYTES", "4096")
         .output()
         .unwrap());

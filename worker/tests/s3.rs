@@ -70,14 +70,6 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-fn worker(contract: &std::path::Path, input: &str, lake: &str, run_id: &str) -> Command {
-    let mut cmd = Command::new(worker_bin());
-    cmd.args(["run", "--progress", "off", "--contract"])
-        .arg(contract)
-        .args(["--input", input, "--lake", lake, "--run-id", run_id]);
-    cmd
-}
-
 fn keys(rt: &tokio::runtime::Runtime, s: &AmazonS3, prefix: &str) -> Vec<String> {
     let mut keys: Vec<String> = rt
         .block_on(s.list(Some(&Path::from(prefix))).try_collect::<Vec<_>>())
@@ -125,10 +117,14 @@ fn a_run_on_s3_writes_the_same_silver_files_as_on_a_local_lake() {
     rt.block_on(s.put(&Path::from("bronze/transactions/2024/b.csv.gz"), Bytes::from(gz.finish().unwrap()).into()))
         .unwrap();
     let contract = repo_root().join("examples/datasets/transactions.yaml");
-    let out =
-        worker(&contract, &format!("s3://{bucket}/bronze/transactions/2024/"), &format!("s3://{bucket}/lake"), "s3run")
-            .output()
-            .unwrap();
+    let out = worker_command(
+        &contract,
+        format!("s3://{bucket}/bronze/transactions/2024/"),
+        format!("s3://{bucket}/lake"),
+        "s3run",
+    )
+    .output()
+    .unwrap();
     let out = ran(out);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let remote: silverline_crds::report::RunReport =
@@ -170,12 +166,13 @@ fn a_missing_bucket_and_denied_access_are_permanent_exit_2() {
     let tmp = TempDir::new().unwrap();
     let contract = repo_root().join("examples/datasets/transactions.yaml");
     let input = repo_root().join("examples/data/transactions.csv");
-    let out = ran(worker(&contract, input.to_str().unwrap(), "s3://sl-no-such-bucket/lake", "r1").output().unwrap());
+    let out =
+        ran(worker_command(&contract, input.to_str().unwrap(), "s3://sl-no-such-bucket/lake", "r1").output().unwrap());
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("sl-no-such-bucket"), "{}", out.stderr);
 
     let bucket = unique_bucket("ro");
-    let out = ran(worker(&contract, input.to_str().unwrap(), &format!("s3://{bucket}/lake"), "r1")
+    let out = ran(worker_command(&contract, input.to_str().unwrap(), format!("s3://{bucket}/lake"), "r1")
         .env("AWS_ACCESS_KEY_ID", env("SILVERLINE_TEST_RO_ACCESS_KEY_ID"))
         .env("AWS_SECRET_ACCESS_KEY", env("SILVERLINE_TEST_RO_SECRET_ACCESS_KEY"))
         .output()
@@ -192,7 +189,7 @@ fn an_unreachable_store_is_transient_exit_75_after_the_retry_budget() {
     let contract = repo_root().join("examples/datasets/transactions.yaml");
     let input = repo_root().join("examples/data/transactions.csv");
     let started = Instant::now();
-    let out = ran(worker(&contract, input.to_str().unwrap(), "s3://any-bucket/lake", "r1")
+    let out = ran(worker_command(&contract, input.to_str().unwrap(), "s3://any-bucket/lake", "r1")
         .args(["--s3-endpoint", "http://127.0.0.1:9"])
         .env("SILVERLINE_IO_RETRY_SECONDS", "2")
         .output()
@@ -264,7 +261,7 @@ fn runs_killed_at_any_point_never_look_complete_and_a_new_run_id_succeeds() {
     for (i, delay_ms) in [0u64, 300, 1500, 2500].into_iter().enumerate() {
         let id = format!("killed-{i}");
         let mut child =
-            worker(&contract, &input, &lake, &id).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            worker_command(&contract, &input, &lake, &id).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let claim = format!("{}/_RUN.json", run_path(&id));
         let started = Instant::now();
         while rt.block_on(s.head(&Path::from(claim.as_str()))).is_err() {
@@ -285,7 +282,7 @@ fn runs_killed_at_any_point_never_look_complete_and_a_new_run_id_succeeds() {
         );
         every_visible_parquet_is_complete(&rt, &s, "lake/");
     }
-    let out = ran(worker(&contract, &input, &lake, "after").output().unwrap());
+    let out = ran(worker_command(&contract, &input, &lake, "after").output().unwrap());
     assert_eq!(out.code, 0, "{}", out.stderr);
     let report: silverline_crds::report::RunReport =
         serde_json::from_slice(&get(&rt, &s, &format!("{}/_SUCCESS", run_path("after")))).unwrap();
@@ -305,7 +302,7 @@ fn runs_killed_at_any_point_never_look_complete_and_a_new_run_id_succeeds() {
 #[ignore = "needs the S3 server that scripts/test.sh starts"]
 fn sigterm_on_s3_aborts_uploads_and_exits_75() {
     let BigRun { rt, bucket, s, _tmp, contract } = big_run("term");
-    let child = worker(&contract, &format!("s3://{bucket}/bronze/big.csv"), &format!("s3://{bucket}/lake"), "t1")
+    let child = worker_command(&contract, format!("s3://{bucket}/bronze/big.csv"), format!("s3://{bucket}/lake"), "t1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -336,10 +333,11 @@ fn a_run_stopped_by_its_circuit_breaker_on_two_threads_leaves_no_incomplete_uplo
         writeln!(input, "B{i:08},C000001,not-a-number,USD,2024-03-01T00:00:00Z").unwrap();
     }
     rt.block_on(s.put(&Path::from("bronze/bad-end.csv"), Bytes::from(input).into())).unwrap();
-    let out = worker(&contract, &format!("s3://{bucket}/bronze/bad-end.csv"), &format!("s3://{bucket}/lake"), "b1")
-        .args(["--threads", "2"])
-        .output()
-        .unwrap();
+    let out =
+        worker_command(&contract, format!("s3://{bucket}/bronze/bad-end.csv"), format!("s3://{bucket}/lake"), "b1")
+            .args(["--threads", "2"])
+            .output()
+            .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(!keys(&rt, &s, "lake/").iter().any(|k| k.ends_with("/_SUCCESS")));
@@ -449,7 +447,7 @@ fn a_promotion_on_s3_moves_pointer_current_and_audit_and_refuses_an_altered_file
             csv.push_str(&format!("T{i},C{i},10.00,EUR,2024-{month:02}-15T10:00:00Z\n"));
         }
         let input = write(tmp.path(), &format!("{run}.csv"), csv);
-        let out = ran(worker(&contract, input.to_str().unwrap(), &uri, run)
+        let out = ran(worker_command(&contract, input.to_str().unwrap(), &uri, run)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .output()
             .unwrap());
@@ -522,7 +520,8 @@ fn the_quarantine_triage_reads_an_s3_lake() {
     rt.block_on(s.put(&Path::from("bronze/tx.csv"), Bytes::from(sample).into())).unwrap();
     let contract = repo_root().join("examples/datasets/transactions.yaml");
     let lake = format!("s3://{bucket}/lake");
-    let out = ran(worker(&contract, &format!("s3://{bucket}/bronze/tx.csv"), &lake, "s3triage").output().unwrap());
+    let out =
+        ran(worker_command(&contract, format!("s3://{bucket}/bronze/tx.csv"), &lake, "s3triage").output().unwrap());
     assert_eq!(out.code, 0, "{}", out.stderr);
     let report: silverline_crds::report::RunReport =
         serde_json::from_slice(&get(&rt, &s, "lake/silver/transactions/schema_v=v1/run_id=s3triage/_SUCCESS")).unwrap();

@@ -61,18 +61,27 @@ pub struct Ran {
     pub stderr: String,
 }
 
-pub fn run_worker(contract: &Path, input: &Path, lake: &Path, run_id: &str) -> Ran {
-    let out = Command::new(worker_bin())
+/// `silverline-worker run` of `input` into `lake` as `run_id`, to add flags or environment to.
+pub fn worker_command(
+    contract: &Path,
+    input: impl AsRef<std::ffi::OsStr>,
+    lake: impl AsRef<std::ffi::OsStr>,
+    run_id: &str,
+) -> Command {
+    let mut command = Command::new(worker_bin());
+    command
         .args(["run", "--progress", "off", "--contract"])
         .arg(contract)
         .arg("--input")
         .arg(input)
         .arg("--lake")
         .arg(lake)
-        .args(["--run-id", run_id])
-        .output()
-        .expect("the worker starts");
-    ran(out)
+        .args(["--run-id", run_id]);
+    command
+}
+
+pub fn run_worker(contract: &Path, input: &Path, lake: &Path, run_id: &str) -> Ran {
+    ran(worker_command(contract, input, lake, run_id).output().expect("the worker starts"))
 }
 
 pub fn ran(out: Output) -> Ran {
