@@ -19,7 +19,10 @@ use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{
+    ClientConfigKey, ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    UpdateVersion,
+};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,12 +74,59 @@ pub fn retry_config() -> object_store::RetryConfig {
 }
 
 /// The S3 client of one bucket: path-style when an endpoint is given (S3-compatible stores), conditional puts
-/// by ETag, the retry budget above.
+/// by ETag, the retry budget above. Each request has the client's total timeout (`AWS_TIMEOUT`; object_store's
+/// default is 30 s): for puts, listings and small reads, not for an input read as one long stream
+/// ([`s3_stream_store`]).
 pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>, StorageError> {
-    let mut builder = AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .with_conditional_put(S3ConditionalPut::ETagMatch)
-        .with_retry(retry_config());
+    s3_client(bucket, options, AmazonS3Builder::from_env())
+}
+
+/// The same S3 client for objects read as one stream for as long as their reader takes (a run's input): no total
+/// timeout per request, and instead a read timeout — a response that delivers nothing for that long fails (and is
+/// resumed by object_store from where it stopped). With the total timeout, every GET that outlasted it broke
+/// and was resumed, and once the retry budget — counted from the GET's start, `SILVERLINE_IO_RETRY_SECONDS` —
+/// was spent the next break failed the run (exit 75, every retry alike): an input whose reading took longer than
+/// ~3.5 minutes could not be processed at all. The read timeout is `AWS_READ_TIMEOUT` if set, else the total
+/// timeout's setting (`AWS_TIMEOUT`), else 30 s.
+pub fn s3_stream_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    let client = stream_client_options(
+        std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    );
+    s3_client(bucket, options, AmazonS3Builder::from_env().with_client_options(client))
+}
+
+/// The read timeout of [`s3_stream_store`] when nothing sets one.
+pub const DEFAULT_STREAM_READ_TIMEOUT: &str = "30s";
+
+/// The HTTP client options the `AWS_*` variables set (parsed as `AmazonS3Builder::from_env` parses them: proxy,
+/// certificates, `AWS_ALLOW_HTTP`, timeouts, ...), for long streams: the total timeout off, the read timeout
+/// as [`s3_stream_store`] says.
+fn stream_client_options(vars: impl Iterator<Item = (String, String)>) -> ClientOptions {
+    use object_store::aws::AmazonS3ConfigKey;
+    let mut total = None;
+    let mut read = None;
+    let mut client = ClientOptions::new();
+    for (name, value) in vars.filter(|(name, _)| name.starts_with("AWS_")) {
+        let Ok(AmazonS3ConfigKey::Client(key)) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() else {
+            continue;
+        };
+        match key {
+            ClientConfigKey::Timeout => total = Some(value),
+            ClientConfigKey::ReadTimeout => read = Some(value),
+            key => client = client.with_config(key, value),
+        }
+    }
+    let read = read.or(total).unwrap_or_else(|| DEFAULT_STREAM_READ_TIMEOUT.to_owned());
+    client.with_timeout_disabled().with_config(ClientConfigKey::ReadTimeout, read)
+}
+
+fn s3_client(
+    bucket: &str,
+    options: &StoreOptions,
+    builder: AmazonS3Builder,
+) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    let mut builder =
+        builder.with_bucket_name(bucket).with_conditional_put(S3ConditionalPut::ETagMatch).with_retry(retry_config());
     if let Some(region) = &options.region {
         builder = builder.with_region(region);
     }
@@ -568,6 +618,43 @@ mod tests {
         for (value, disabled) in cases {
             assert_eq!(metadata_disabled(value), disabled, "{value:?}");
         }
+    }
+
+    #[test]
+    fn a_stream_client_has_no_total_timeout_and_a_read_timeout_from_the_environment() {
+        let options = |vars: &[(&str, &str)]| {
+            stream_client_options(vars.iter().map(|(name, value)| (name.to_string(), value.to_string())))
+        };
+        let value = |client: &ClientOptions, key: ClientConfigKey| client.get_config_value(&key);
+        let defaults = options(&[]);
+        assert_eq!(
+            value(&ClientOptions::new(), ClientConfigKey::Timeout).as_deref(),
+            Some("30s"),
+            "the bounded default"
+        );
+        assert_eq!(value(&defaults, ClientConfigKey::Timeout), None);
+        assert_eq!(value(&defaults, ClientConfigKey::ReadTimeout).as_deref(), Some(DEFAULT_STREAM_READ_TIMEOUT));
+        // The total timeout's setting becomes the read timeout; the other client settings are kept.
+        let set = options(&[
+            ("AWS_TIMEOUT", "2s"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_PROXY_URL", "http://127.0.0.1:3128"),
+            ("AWS_CONNECT_TIMEOUT", "4s"),
+            ("TIMEOUT", "9s"),
+        ]);
+        assert_eq!(value(&set, ClientConfigKey::Timeout), None);
+        assert_eq!(value(&set, ClientConfigKey::ReadTimeout).as_deref(), Some("2s"));
+        assert_eq!(value(&set, ClientConfigKey::AllowHttp).as_deref(), Some("true"));
+        assert_eq!(value(&set, ClientConfigKey::ProxyUrl).as_deref(), Some("http://127.0.0.1:3128"));
+        assert_eq!(value(&set, ClientConfigKey::ConnectTimeout).as_deref(), Some("4s"));
+        let both = options(&[("AWS_TIMEOUT", "2s"), ("AWS_READ_TIMEOUT", "7s")]);
+        assert_eq!(value(&both, ClientConfigKey::ReadTimeout).as_deref(), Some("7s"));
+        // A value that is no duration is refused when the client is built, naming the bucket.
+        let bad = AmazonS3Builder::new().with_client_options(options(&[("AWS_READ_TIMEOUT", "soon")]));
+        let err = s3_client("lake", &StoreOptions::default(), bad.with_access_key_id("k").with_secret_access_key("s"))
+            .expect_err("refused");
+        assert_eq!(err.kind, StorageErrorKind::Usage, "{err}");
+        assert!(err.to_string().contains("s3://lake"), "{err}");
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! `silverline_lake::StorageError`; here a missing input becomes unreadable input (exit 3).
 
 use crate::{Error, Result};
-use futures::TryStreamExt;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use silverline_lake::StorageErrorKind::Transient;
-use silverline_lake::store::s3_store;
+use silverline_lake::store::s3_stream_store;
 use silverline_lake::{LakeUri, RelativePaths, StorageError, StoreOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -90,7 +92,8 @@ pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Res
                 .collect::<Vec<_>>()
         }
         LakeUri::S3 { bucket, prefix } => {
-            let store = s3_store(&bucket, options)?;
+            // Inputs are read as one stream each, for as long as the run takes: no total timeout per request.
+            let store = s3_stream_store(&bucket, options)?;
             let key = Path::from(prefix.as_str());
             let found = match handle.block_on(store.head(&key)) {
                 Ok(meta) if !prefix.is_empty() => Some(meta),
@@ -234,11 +237,7 @@ impl<R: Read> Read for ChecksumOnEof<R> {
 impl InputObject {
     /// Opens the object as a decoded byte stream.
     pub fn open(&self, handle: &Handle, progress: Option<Arc<std::sync::atomic::AtomicU64>>) -> Result<OpenInput> {
-        // Read again later, the input is whole and of one version: worth a retry (exit 75), never a mix of two.
-        let changed = |what: &str| Error::Transient {
-            key: self.uri.clone(),
-            message: format!("the input changed while the run read it ({what} since it was listed)"),
-        };
+        let changed = |what: &str| changed(&self.uri, what);
         let raw: Box<dyn Read + Send> = match &self.source {
             Source::Local { path, modified } => {
                 let unreadable =
@@ -259,8 +258,17 @@ impl InputObject {
                 {
                     return Err(changed("the object was replaced"));
                 }
-                let uri = self.uri.clone();
-                let stream = got.into_stream().map_err(move |e| io::Error::other(storage_error(e, &uri)));
+                let stream = Resumable {
+                    store: store.clone(),
+                    key: key.clone(),
+                    uri: self.uri.clone(),
+                    e_tag: got.meta.e_tag.clone(),
+                    size: got.meta.size,
+                    offset: 0,
+                    failures: 0,
+                    body: got.into_stream(),
+                }
+                .into_stream();
                 let reader = tokio_util::io::StreamReader::new(stream);
                 Box::new(tokio_util::io::SyncIoBridge::new_with_handle(reader, handle.clone()))
             }
@@ -288,6 +296,94 @@ impl InputObject {
         };
         Ok(OpenInput { reader, checksum })
     }
+}
+
+/// The input changed after its listing: read again later, the input is whole and of one version — worth a retry
+/// (exit 75), never a mix of two.
+fn changed(uri: &str, what: &str) -> Error {
+    Error::Transient {
+        key: uri.to_owned(),
+        message: format!("the input changed while the run read it ({what} since it was listed)"),
+    }
+}
+
+/// How many times in a row a remote input's stream is opened again where it broke, without a byte read in
+/// between, before the run gives up on it (exit 75).
+const RESUMES_WITHOUT_PROGRESS: u32 = 3;
+
+/// A remote input's bytes as one stream that outlives a broken connection. object_store resumes a broken GET
+/// body itself, but within a retry budget counted from the GET's start (`SILVERLINE_IO_RETRY_SECONDS`), so a
+/// stream that broke later than that — any input read for longer — failed the run. Here a body that fails with a
+/// transient error is followed by a new GET of the rest (`Range: bytes=offset-`), if the object is still the
+/// version that was read (its ETag; without one it is not resumed), after a pause that doubles with each failure
+/// in a row; the bytes already read stay read, so the checksum and the rows go on where they were.
+struct Resumable {
+    store: Arc<dyn ObjectStore>,
+    key: Path,
+    uri: String,
+    e_tag: Option<String>,
+    size: u64,
+    /// Bytes delivered so far.
+    offset: u64,
+    /// Resumptions since the last byte delivered.
+    failures: u32,
+    body: BoxStream<'static, object_store::Result<Bytes>>,
+}
+
+impl Resumable {
+    fn into_stream(self) -> BoxStream<'static, io::Result<Bytes>> {
+        futures::stream::try_unfold(self, |mut this| async move {
+            loop {
+                match this.body.next().await {
+                    None => return Ok(None),
+                    Some(Ok(bytes)) => {
+                        this.offset += bytes.len() as u64;
+                        if !bytes.is_empty() {
+                            this.failures = 0;
+                        }
+                        return Ok(Some((bytes, this)));
+                    }
+                    Some(Err(broke)) => this.resume(broke).await.map_err(io::Error::other)?,
+                }
+            }
+        })
+        .boxed()
+    }
+
+    /// Opens the rest of the object where the body broke, or says why not (the body's own error when it is not
+    /// worth another try).
+    async fn resume(&mut self, broke: object_store::Error) -> Result<()> {
+        let error = storage_error(broke, &self.uri);
+        let Some(e_tag) = self.e_tag.clone().filter(|_| worth_resuming(&error, self.offset, self.size, self.failures))
+        else {
+            return Err(error);
+        };
+        self.failures += 1;
+        crate::log::input_resumed(&self.uri, self.offset, self.size, self.failures, &error);
+        tokio::time::sleep(std::time::Duration::from_millis(250 << self.failures)).await;
+        let rest = self.offset..self.size;
+        let options = GetOptions { range: Some(GetRange::Bounded(rest.clone())), ..GetOptions::default() };
+        let got = self.store.get_opts(&self.key, options).await.map_err(|e| storage_error(e, &self.uri))?;
+        if got.meta.e_tag.as_deref().map(bare_e_tag) != Some(bare_e_tag(&e_tag)) {
+            return Err(changed(&self.uri, "the object was replaced"));
+        }
+        if got.range != rest {
+            return Err(Error::Transient {
+                key: self.uri.clone(),
+                message: format!("asked the store for bytes {rest:?} to read on, it answered bytes {:?}", got.range),
+            });
+        }
+        self.body = got.into_stream();
+        Ok(())
+    }
+}
+
+/// Whether a stream that broke with `error` after `offset` of `size` bytes, `failures` times in a row already, is
+/// worth opening again: only for a transient error (a dropped connection, a timeout, a 5xx), with bytes left.
+fn worth_resuming(error: &Error, offset: u64, size: u64, failures: u32) -> bool {
+    matches!(error, Error::Storage(StorageError { kind: Transient, .. }))
+        && offset < size
+        && failures < RESUMES_WITHOUT_PROGRESS
 }
 
 /// An ETag without its weak marker and quotes (`W/"abc"` and `"abc"` are `abc`).
@@ -382,6 +478,89 @@ mod tests {
             assert!(err.to_string().contains(&uri), "{err}");
         }
         Ok(())
+    }
+
+    /// The worker's own kind of runtime: the input is read through `Handle::block_on`, which drives no timer (the
+    /// pause before reading on) on a current-thread runtime.
+    fn worker_like_runtime() -> io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
+    }
+
+    /// An object in a real (in-memory) store, and the first GET of it breaking after `after` bytes the way a
+    /// dropped connection does.
+    fn broken_read(
+        data: &Bytes,
+        after: usize,
+        handle: &Handle,
+    ) -> std::result::Result<(Arc<dyn ObjectStore>, Resumable), Box<dyn std::error::Error>> {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let key = Path::from("bronze/feed.csv");
+        handle.block_on(store.put(&key, data.clone().into()))?;
+        let got = handle.block_on(store.get(&key))?;
+        let dropped = object_store::Error::Generic { store: "S3", source: "connection reset by peer".into() };
+        let body = futures::stream::iter([Ok(data.slice(..after)), Err(dropped)]).boxed();
+        let read = Resumable {
+            store: store.clone(),
+            key,
+            uri: "s3://b/bronze/feed.csv".into(),
+            e_tag: got.meta.e_tag.clone(),
+            size: got.meta.size,
+            offset: 0,
+            failures: 0,
+            body,
+        };
+        Ok((store, read))
+    }
+
+    fn read_all(read: Resumable, handle: &Handle) -> io::Result<Vec<u8>> {
+        let chunks: Vec<Bytes> = handle.block_on(read.into_stream().try_collect())?;
+        Ok(chunks.concat())
+    }
+
+    #[test]
+    fn a_broken_input_stream_is_read_on_where_it_broke() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let runtime = worker_like_runtime()?;
+        let data = Bytes::from((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        let (_, read) = broken_read(&data, 100_000, runtime.handle())?;
+        assert_eq!(read_all(read, runtime.handle())?, data.to_vec(), "the bytes before and after the break, once each");
+        Ok(())
+    }
+
+    #[test]
+    fn an_input_replaced_or_gone_when_its_stream_broke_is_not_read_on()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let runtime = worker_like_runtime()?;
+        let data = Bytes::from_static(b"a,b\n1,2\n3,4\n");
+        let (store, read) = broken_read(&data, 6, runtime.handle())?;
+        runtime.block_on(store.put(&read.key, Bytes::from_static(b"a,b\n9,9\n3,4\n").into()))?;
+        let err = read_all(read, runtime.handle()).expect_err("a replaced object was read on");
+        let err = read_error(StoreRead::wrap(err), "s3://b/bronze/feed.csv");
+        assert_eq!(err.exit_code(), crate::ExitCode::Transient, "{err}");
+        assert!(err.to_string().contains("the input changed while the run read it"), "{err}");
+
+        let (store, read) = broken_read(&data, 6, runtime.handle())?;
+        runtime.block_on(store.delete(&read.key))?;
+        let err = read_all(read, runtime.handle()).expect_err("a deleted object was read on");
+        assert!(err.to_string().contains("s3://b/bronze/feed.csv"), "{err}");
+
+        // Without an ETag the version read on could be another: the break is the error.
+        let (_, mut read) = broken_read(&data, 6, runtime.handle())?;
+        read.e_tag = None;
+        let err = read_all(read, runtime.handle()).expect_err("read on without an ETag");
+        assert!(err.to_string().contains("connection reset by peer"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn only_a_transient_break_with_bytes_left_is_resumed_and_not_forever() {
+        let uri = "s3://b/feed.csv";
+        let transient = storage_error(object_store::Error::Generic { store: "S3", source: "reset".into() }, uri);
+        let gone = storage_error(object_store::Error::NotFound { path: "feed.csv".into(), source: "404".into() }, uri);
+        assert!(worth_resuming(&transient, 10, 100, 0));
+        assert!(worth_resuming(&transient, 10, 100, RESUMES_WITHOUT_PROGRESS - 1));
+        assert!(!worth_resuming(&transient, 10, 100, RESUMES_WITHOUT_PROGRESS), "given up after failures in a row");
+        assert!(!worth_resuming(&transient, 100, 100, 0), "nothing left to read");
+        assert!(!worth_resuming(&gone, 10, 100, 0));
     }
 
     #[test]

@@ -117,6 +117,12 @@ pub fn run_finished(report: &RunReport, success_uri: &str, ledger_bytes: usize, 
     );
 }
 
+/// A remote input's stream broke and is read on from where it broke (`resumed_at` bytes of `bytes_total`), the
+/// `attempt`th time in a row without a byte read in between.
+pub fn input_resumed(input_uri: &str, resumed_at: u64, bytes_total: u64, attempt: u32, error: &Error) {
+    tracing::warn!(input_uri, resumed_at, bytes_total, attempt, error = %error, "input stream broke; reading on where it stopped");
+}
+
 /// A run that ended early: what failed, its category and the exit code.
 pub fn run_failed(run_id: &str, error: &Error) {
     tracing::error!(

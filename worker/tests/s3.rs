@@ -555,3 +555,196 @@ fn the_quarantine_triage_reads_an_s3_lake() {
     }
     assert_eq!(triage(&[])["rows"], report.quarantined_rows_count);
 }
+
+/// What a [`FaultyLink`] does to the connections it relays.
+struct Faults {
+    /// Responses flow back at most this many bytes per `tick`: a slow network.
+    bytes_per_tick: usize,
+    tick: Duration,
+    /// The first connection to carry more response bytes than this is closed in the middle of its response, as a
+    /// dropped connection would be.
+    cut_after: Option<u64>,
+    /// The requests counted: those whose bytes hold this (e.g. `GET /bucket/key `).
+    count: String,
+}
+
+/// A TCP relay on loopback in front of the S3 server (from `AWS_ENDPOINT_URL`), standing in for a network that
+/// is slow or drops a connection; the server and the worker are the real ones. Its threads end with the tests.
+struct FaultyLink {
+    endpoint: String,
+    counted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultyLink {
+    fn start(faults: Faults) -> FaultyLink {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let target = env("AWS_ENDPOINT_URL").trim_start_matches("http://").to_owned();
+        let (faults, counted, cut) =
+            (Arc::new(faults), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let seen = counted.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(&target) else { return };
+                let (faults, seen, cut) = (faults.clone(), seen.clone(), cut.clone());
+                let (mut from_client, mut to_server) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let pattern = faults.count.clone().into_bytes();
+                std::thread::spawn(move || relay_requests(&mut from_client, &mut to_server, &pattern, &seen));
+                std::thread::spawn(move || relay_responses(server, client, &faults, &cut));
+            }
+        });
+        FaultyLink { endpoint, counted }
+    }
+
+    fn counted(&self) -> usize {
+        self.counted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn relay_requests(
+    from: &mut std::net::TcpStream,
+    to: &mut std::net::TcpStream,
+    pattern: &[u8],
+    seen: &std::sync::atomic::AtomicUsize,
+) {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut tail: Vec<u8> = Vec::new();
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        // Matches across reads: the end of the last read is kept, shorter than the pattern.
+        tail.extend_from_slice(&buf[..n]);
+        let found = tail.windows(pattern.len()).filter(|w| *w == pattern).count();
+        seen.fetch_add(found, std::sync::atomic::Ordering::SeqCst);
+        let keep = tail.len().min(pattern.len() - 1);
+        tail.drain(..tail.len() - keep);
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+fn relay_responses(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    faults: &Faults,
+    cut: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+    let mut buf = vec![0u8; faults.bytes_per_tick];
+    let mut carried = 0u64;
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        if let Some(limit) = faults.cut_after
+            && carried + n as u64 > limit
+            && !cut.swap(true, Ordering::SeqCst)
+        {
+            let _ = to.write_all(&buf[..(limit - carried) as usize]);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        carried += n as u64;
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        std::thread::sleep(faults.tick);
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// `rows` rows of the big input (one month), and its SHA-256.
+fn some_rows(rows: usize) -> (Vec<u8>, String) {
+    use sha2::Digest;
+    let big = big_input();
+    let end = big.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(rows).map(|(i, _)| i + 1).unwrap();
+    let text = big[..end].to_vec();
+    let sha = hex::encode(sha2::Sha256::digest(&text));
+    (text, sha)
+}
+
+/// A run of the bucket's `bronze/feed.csv` through `link`, with the client's total timeout `timeout` and
+/// object_store's retry budget (within which it also resumes a broken body itself) `retry_seconds`.
+fn run_through(
+    link: &FaultyLink,
+    bucket: &str,
+    contract: &std::path::Path,
+    run_id: &str,
+    timeout: &str,
+    retry_seconds: &str,
+) -> Ran {
+    ran(worker_command(contract, format!("s3://{bucket}/bronze/feed.csv"), format!("s3://{bucket}/lake"), run_id)
+        .env("AWS_ENDPOINT_URL", &link.endpoint)
+        .env("AWS_TIMEOUT", timeout)
+        .env("SILVERLINE_IO_RETRY_SECONDS", retry_seconds)
+        .output()
+        .unwrap())
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn an_input_read_for_longer_than_the_request_timeout_is_read_by_one_get() {
+    let rt = runtime();
+    let bucket = unique_bucket("slowlink");
+    let s = store(&bucket);
+    let (input, sha) = some_rows(120_000);
+    rt.block_on(s.put(&Path::from("bronze/feed.csv"), Bytes::from(input.clone()).into())).unwrap();
+    let tmp = TempDir::new().unwrap();
+    let contract = contract(tmp.path(), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")]);
+    // ~7 MB at 2 MB/s: the input's GET streams for ~3.5 s, longer than the client's total timeout (2 s). That
+    // timeout broke the GET in the middle, every time: it was resumed by a second GET (the count below), and once
+    // object_store's retry budget (counted from the GET's start) was spent the run failed, before the input's
+    // client had none. The other requests keep the timeout, with a budget of retries.
+    let link = FaultyLink::start(Faults {
+        bytes_per_tick: 64 * 1024,
+        tick: Duration::from_millis(32),
+        cut_after: None,
+        count: format!("GET /{bucket}/bronze/feed.csv "),
+    });
+    let started = Instant::now();
+    let out = run_through(&link, &bucket, &contract, "slow", "2s", "10");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(started.elapsed() > Duration::from_secs(3), "the link was not slow: {:?}", started.elapsed());
+    assert_eq!(link.counted(), 1, "the input was read by more than one GET:\n{}", out.stderr);
+    let report: silverline_crds::report::RunReport =
+        serde_json::from_slice(&get(&rt, &s, "lake/silver/transactions/schema_v=v1/run_id=slow/_SUCCESS")).unwrap();
+    assert_eq!((report.input_rows, report.inputs[0].sha256.as_str()), (120_000, sha.as_str()));
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn an_input_stream_that_breaks_is_read_on_where_it_broke() {
+    let rt = runtime();
+    let bucket = unique_bucket("droplink");
+    let s = store(&bucket);
+    let (input, sha) = some_rows(120_000);
+    rt.block_on(s.put(&Path::from("bronze/feed.csv"), Bytes::from(input.clone()).into())).unwrap();
+    let tmp = TempDir::new().unwrap();
+    let contract = contract(tmp.path(), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")]);
+    let link = FaultyLink::start(Faults {
+        bytes_per_tick: 64 * 1024,
+        tick: Duration::ZERO,
+        cut_after: Some(3_000_000),
+        count: format!("GET /{bucket}/bronze/feed.csv "),
+    });
+    // No budget: object_store does not resume the broken body itself, so what reads on is the worker.
+    let out = run_through(&link, &bucket, &contract, "dropped", "30s", "0");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(link.counted(), 2, "the input's GET and the one reading on:\n{}", out.stderr);
+    let resumed = out.stderr.lines().find(|l| l.contains("input stream broke; reading on where it stopped")).unwrap();
+    let resumed: serde_json::Value = serde_json::from_str(resumed).unwrap();
+    assert_eq!(resumed["input_uri"], format!("s3://{bucket}/bronze/feed.csv"));
+    assert_eq!(resumed["bytes_total"], input.len());
+    let at = resumed["resumed_at"].as_u64().unwrap();
+    assert!(at > 0 && at <= 3_000_000, "{resumed}");
+    let report: silverline_crds::report::RunReport =
+        serde_json::from_slice(&get(&rt, &s, "lake/silver/transactions/schema_v=v1/run_id=dropped/_SUCCESS")).unwrap();
+    assert_eq!((report.input_rows, report.inputs[0].sha256.as_str()), (120_000, sha.as_str()));
+    assert_eq!(report.inputs[0].bytes, input.len() as u64);
+}
