@@ -61,7 +61,29 @@ enum Source {
     /// A local file with its modification time at listing (its size is the input's).
     Local { path: PathBuf, modified: Option<std::time::SystemTime> },
     /// An object, read only while its ETag is still the one listed (none when the store gave none).
-    Remote { store: Arc<dyn ObjectStore>, key: Path, e_tag: Option<String> },
+    Remote { store: Arc<dyn ObjectStore>, key: Path, e_tag: Option<String>, prefetched: Prefetched },
+}
+
+/// The GET that found a single-object input when it was resolved — it tells all a HEAD would — kept for the first
+/// read of the object, which then needs no request of its own: one round trip fewer before a run's first row.
+#[derive(Clone, Default)]
+struct Prefetched(Arc<std::sync::Mutex<Option<object_store::GetResult>>>);
+
+impl Prefetched {
+    fn new(got: object_store::GetResult) -> Prefetched {
+        Prefetched(Arc::new(std::sync::Mutex::new(Some(got))))
+    }
+
+    fn take(&self) -> Option<object_store::GetResult> {
+        self.0.lock().ok().and_then(|mut got| got.take())
+    }
+}
+
+impl std::fmt::Debug for Prefetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = self.0.lock().is_ok_and(|got| got.is_some());
+        f.debug_tuple("Prefetched").field(&kept).finish()
+    }
 }
 
 /// Lists the input: a single object, or every supported object under a prefix, in lexicographic order.
@@ -95,28 +117,36 @@ pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Res
             // Inputs are read as one stream each, for as long as the run takes: no total timeout per request.
             let store = s3_stream_store(&bucket, options)?;
             let key = Path::from(prefix.as_str());
-            let found = match handle.block_on(store.head(&key)) {
-                Ok(meta) if !prefix.is_empty() => Some(meta),
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => None,
-                Err(e) => return Err(storage_error(e, uri)),
+            // A GET rather than a HEAD: for an object it is the run's first read of it as well (see `Prefetched`).
+            let found = if prefix.is_empty() {
+                None
+            } else {
+                match handle.block_on(store.get(&key)) {
+                    Ok(got) => Some(got),
+                    Err(object_store::Error::NotFound { .. }) => None,
+                    Err(e) => return Err(storage_error(e, uri)),
+                }
             };
             let only = found.is_some();
             let metas = match found {
-                Some(meta) => vec![meta],
+                Some(got) => vec![(got.meta.clone(), Prefetched::new(got))],
                 None => handle
                     .block_on(store.list(Some(&key)).try_collect::<Vec<_>>())
-                    .map_err(|e| storage_error(e, uri))?,
+                    .map_err(|e| storage_error(e, uri))?
+                    .into_iter()
+                    .map(|meta| (meta, Prefetched::default()))
+                    .collect(),
             };
             metas
                 .into_iter()
-                .filter_map(|m| {
+                .filter_map(|(m, prefetched)| {
                     let format =
                         InputFormat::of(m.location.as_ref()).or(if only { Some(InputFormat::Csv) } else { None })?;
                     Some(InputObject {
                         uri: format!("s3://{bucket}/{}", m.location),
                         format,
                         size: m.size,
-                        source: Source::Remote { store: store.clone(), key: m.location, e_tag: m.e_tag },
+                        source: Source::Remote { store: store.clone(), key: m.location, e_tag: m.e_tag, prefetched },
                     })
                 })
                 .collect()
@@ -249,8 +279,11 @@ impl InputObject {
                 }
                 Box::new(file)
             }
-            Source::Remote { store, key, e_tag } => {
-                let got = handle.block_on(store.get(key)).map_err(|e| storage_error(e, &self.uri))?;
+            Source::Remote { store, key, e_tag, prefetched } => {
+                let got = match prefetched.take() {
+                    Some(got) => got,
+                    None => handle.block_on(store.get(key)).map_err(|e| storage_error(e, &self.uri))?,
+                };
                 // Compared here rather than sent as If-Match: some stores and proxies answer weak or re-quoted
                 // ETags, which a literal If-Match would refuse every time.
                 if let (Some(listed), Some(read)) = (e_tag, &got.meta.e_tag)
