@@ -82,12 +82,14 @@ pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectSt
 }
 
 /// The same S3 client for objects read as one stream for as long as their reader takes (a run's input): no total
-/// timeout per request, and instead a read timeout — a response that delivers nothing for that long fails (and is
-/// resumed by object_store from where it stopped). With the total timeout, every GET that outlasted it broke
-/// and was resumed, and once the retry budget — counted from the GET's start, `SILVERLINE_IO_RETRY_SECONDS` —
-/// was spent the next break failed the run (exit 75, every retry alike): an input whose reading took longer than
-/// ~3.5 minutes could not be processed at all. The read timeout is `AWS_READ_TIMEOUT` if set, else the total
-/// timeout's setting (`AWS_TIMEOUT`), else 30 s.
+/// timeout on any of its requests, and instead a read timeout — a response that delivers nothing for that long
+/// fails, and so does one whose reader leaves it unread for that long (reqwest restarts the clock with each chunk
+/// handed over); either way the reader may resume it where it stopped. With the total timeout, every GET that
+/// outlasted it broke and was resumed, and once the retry budget — counted from the GET's start,
+/// `SILVERLINE_IO_RETRY_SECONDS` — was spent the next break failed the run (exit 75, every retry alike): an input
+/// whose reading took longer than ~3.5 minutes could not be processed at all. The read timeout is
+/// `AWS_READ_TIMEOUT` if set, else [`DEFAULT_STREAM_READ_TIMEOUT`] (not `AWS_TIMEOUT`: a limit set for whole
+/// requests would break the stream at every pause of its reader as long).
 pub fn s3_stream_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>, StorageError> {
     let client = stream_client_options(
         std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
@@ -99,11 +101,10 @@ pub fn s3_stream_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn O
 pub const DEFAULT_STREAM_READ_TIMEOUT: &str = "30s";
 
 /// The HTTP client options the `AWS_*` variables set (parsed as `AmazonS3Builder::from_env` parses them: proxy,
-/// certificates, `AWS_ALLOW_HTTP`, timeouts, ...), for long streams: the total timeout off, the read timeout
-/// as [`s3_stream_store`] says.
+/// certificates, `AWS_ALLOW_HTTP`, the connect timeout, ...), for long streams: the total timeout off, the read
+/// timeout as [`s3_stream_store`] says.
 fn stream_client_options(vars: impl Iterator<Item = (String, String)>) -> ClientOptions {
     use object_store::aws::AmazonS3ConfigKey;
-    let mut total = None;
     let mut read = None;
     let mut client = ClientOptions::new();
     for (name, value) in vars.filter(|(name, _)| name.starts_with("AWS_")) {
@@ -111,12 +112,12 @@ fn stream_client_options(vars: impl Iterator<Item = (String, String)>) -> Client
             continue;
         };
         match key {
-            ClientConfigKey::Timeout => total = Some(value),
+            ClientConfigKey::Timeout => {}
             ClientConfigKey::ReadTimeout => read = Some(value),
             key => client = client.with_config(key, value),
         }
     }
-    let read = read.or(total).unwrap_or_else(|| DEFAULT_STREAM_READ_TIMEOUT.to_owned());
+    let read = read.unwrap_or_else(|| DEFAULT_STREAM_READ_TIMEOUT.to_owned());
     client.with_timeout_disabled().with_config(ClientConfigKey::ReadTimeout, read)
 }
 
@@ -634,7 +635,7 @@ mod tests {
         );
         assert_eq!(value(&defaults, ClientConfigKey::Timeout), None);
         assert_eq!(value(&defaults, ClientConfigKey::ReadTimeout).as_deref(), Some(DEFAULT_STREAM_READ_TIMEOUT));
-        // The total timeout's setting becomes the read timeout; the other client settings are kept.
+        // The total timeout's setting is not taken for the read timeout; the other client settings are kept.
         let set = options(&[
             ("AWS_TIMEOUT", "2s"),
             ("AWS_ALLOW_HTTP", "true"),
@@ -643,7 +644,7 @@ mod tests {
             ("TIMEOUT", "9s"),
         ]);
         assert_eq!(value(&set, ClientConfigKey::Timeout), None);
-        assert_eq!(value(&set, ClientConfigKey::ReadTimeout).as_deref(), Some("2s"));
+        assert_eq!(value(&set, ClientConfigKey::ReadTimeout).as_deref(), Some(DEFAULT_STREAM_READ_TIMEOUT));
         assert_eq!(value(&set, ClientConfigKey::AllowHttp).as_deref(), Some("true"));
         assert_eq!(value(&set, ClientConfigKey::ProxyUrl).as_deref(), Some("http://127.0.0.1:3128"));
         assert_eq!(value(&set, ClientConfigKey::ConnectTimeout).as_deref(), Some("4s"));

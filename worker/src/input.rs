@@ -347,9 +347,12 @@ const RESUMES_WITHOUT_PROGRESS: u32 = 3;
 /// A remote input's bytes as one stream that outlives a broken connection. object_store resumes a broken GET
 /// body itself, but within a retry budget counted from the GET's start (`SILVERLINE_IO_RETRY_SECONDS`), so a
 /// stream that broke later than that — any input read for longer — failed the run. Here a body that fails with a
-/// transient error is followed by a new GET of the rest (`Range: bytes=offset-`), if the object is still the
-/// version that was read (its ETag; without one it is not resumed), after a pause that doubles with each failure
-/// in a row; the bytes already read stay read, so the checksum and the rows go on where they were.
+/// transient error is followed by a new GET of the rest (the range from the next byte to the end), if the object
+/// is still the version that was read (its ETag; without one it is not resumed; one replaced, cut short or
+/// deleted since is "the input changed", exit 75), after a pause that doubles with each failure in a row; the
+/// bytes already read stay read, so the checksum and the rows go on where they were. Once every byte is
+/// delivered the stream ends without reading the body again: a break (or the read timeout of a reader that paused
+/// after the last byte) then costs nothing.
 struct Resumable {
     store: Arc<dyn ObjectStore>,
     key: Path,
@@ -367,6 +370,9 @@ impl Resumable {
     fn into_stream(self) -> BoxStream<'static, io::Result<Bytes>> {
         futures::stream::try_unfold(self, |mut this| async move {
             loop {
+                if this.offset >= this.size {
+                    return Ok(None);
+                }
                 match this.body.next().await {
                     None => return Ok(None),
                     Some(Ok(bytes)) => {
@@ -396,7 +402,19 @@ impl Resumable {
         tokio::time::sleep(std::time::Duration::from_millis(250 << self.failures)).await;
         let rest = self.offset..self.size;
         let options = GetOptions { range: Some(GetRange::Bounded(rest.clone())), ..GetOptions::default() };
-        let got = self.store.get_opts(&self.key, options).await.map_err(|e| storage_error(e, &self.uri))?;
+        let got = match self.store.get_opts(&self.key, options).await {
+            Ok(got) => got,
+            Err(e) => {
+                // A range no longer there (416) or an object gone: the object changed since it was read, which a
+                // retry of the run handles, rather than an unreadable input. (object_store retried the GET itself
+                // within its budget: any other failure is the run's.)
+                let error = storage_error(e, &self.uri);
+                if replaced(self.store.clone(), self.key.clone(), &e_tag).await {
+                    return Err(changed(&self.uri, "the object was replaced or deleted"));
+                }
+                return Err(error);
+            }
+        };
         if got.meta.e_tag.as_deref().map(bare_e_tag) != Some(bare_e_tag(&e_tag)) {
             return Err(changed(&self.uri, "the object was replaced"));
         }
@@ -408,6 +426,15 @@ impl Resumable {
         }
         self.body = got.into_stream();
         Ok(())
+    }
+}
+
+/// Whether the object at `key` is gone or another version than `e_tag` (a store error says neither).
+async fn replaced(store: Arc<dyn ObjectStore>, key: Path, e_tag: &str) -> bool {
+    match store.head(&key).await {
+        Ok(meta) => meta.e_tag.as_deref().map(bare_e_tag) != Some(bare_e_tag(e_tag)),
+        Err(object_store::Error::NotFound { .. }) => true,
+        Err(_) => false,
     }
 }
 
@@ -556,6 +583,9 @@ mod tests {
         let data = Bytes::from((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
         let (_, read) = broken_read(&data, 100_000, runtime.handle())?;
         assert_eq!(read_all(read, runtime.handle())?, data.to_vec(), "the bytes before and after the break, once each");
+        // A break after the last byte (or a reader's pause there, which the read timeout breaks): the stream ends.
+        let (_, read) = broken_read(&data, data.len(), runtime.handle())?;
+        assert_eq!(read_all(read, runtime.handle())?, data.to_vec());
         Ok(())
     }
 
@@ -564,17 +594,22 @@ mod tests {
     -> std::result::Result<(), Box<dyn std::error::Error>> {
         let runtime = worker_like_runtime()?;
         let data = Bytes::from_static(b"a,b\n1,2\n3,4\n");
-        let (store, read) = broken_read(&data, 6, runtime.handle())?;
-        runtime.block_on(store.put(&read.key, Bytes::from_static(b"a,b\n9,9\n3,4\n").into()))?;
-        let err = read_all(read, runtime.handle()).expect_err("a replaced object was read on");
-        let err = read_error(StoreRead::wrap(err), "s3://b/bronze/feed.csv");
-        assert_eq!(err.exit_code(), crate::ExitCode::Transient, "{err}");
-        assert!(err.to_string().contains("the input changed while the run read it"), "{err}");
-
-        let (store, read) = broken_read(&data, 6, runtime.handle())?;
-        runtime.block_on(store.delete(&read.key))?;
-        let err = read_all(read, runtime.handle()).expect_err("a deleted object was read on");
-        assert!(err.to_string().contains("s3://b/bronze/feed.csv"), "{err}");
+        // Replaced by one as long, by a shorter one (the rest's range is not there), or deleted: the input changed,
+        // a retry reads it again.
+        for replacement in [Some(&b"a,b\n9,9\n3,4\n"[..]), Some(&b"a,b\n"[..]), None] {
+            let (store, read) = broken_read(&data, 6, runtime.handle())?;
+            match replacement {
+                Some(bytes) => {
+                    runtime.block_on(store.put(&read.key, Bytes::copy_from_slice(bytes).into())).map(drop)?
+                }
+                None => runtime.block_on(store.delete(&read.key))?,
+            }
+            let err = read_all(read, runtime.handle()).expect_err("a changed object was read on");
+            let err = read_error(StoreRead::wrap(err), "s3://b/bronze/feed.csv");
+            assert_eq!(err.exit_code(), crate::ExitCode::Transient, "{replacement:?}: {err}");
+            assert!(err.to_string().contains("the input changed while the run read it"), "{err}");
+            assert!(err.to_string().contains("s3://b/bronze/feed.csv"), "{err}");
+        }
 
         // Without an ETag the version read on could be another: the break is the error.
         let (_, mut read) = broken_read(&data, 6, runtime.handle())?;

@@ -564,6 +564,9 @@ struct Faults {
     /// The first connection to carry more response bytes than this is closed in the middle of its response, as a
     /// dropped connection would be.
     cut_after: Option<u64>,
+    /// The first connection to carry more response bytes than this stops for that long before the rest, as a
+    /// stalled server would.
+    stall: Option<(u64, Duration)>,
     /// The requests counted: those whose bytes hold this (e.g. `GET /bucket/key `).
     count: String,
 }
@@ -582,18 +585,18 @@ impl FaultyLink {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let target = env("AWS_ENDPOINT_URL").trim_start_matches("http://").to_owned();
-        let (faults, counted, cut) =
-            (Arc::new(faults), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let (faults, counted) = (Arc::new(faults), Arc::new(AtomicUsize::new(0)));
+        let (cut, stalled) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let seen = counted.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
                 let Ok(server) = std::net::TcpStream::connect(&target) else { return };
-                let (faults, seen, cut) = (faults.clone(), seen.clone(), cut.clone());
+                let (faults, seen, cut, stalled) = (faults.clone(), seen.clone(), cut.clone(), stalled.clone());
                 let (mut from_client, mut to_server) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let pattern = faults.count.clone().into_bytes();
                 std::thread::spawn(move || relay_requests(&mut from_client, &mut to_server, &pattern, &seen));
-                std::thread::spawn(move || relay_responses(server, client, &faults, &cut));
+                std::thread::spawn(move || relay_responses(server, client, &faults, &cut, &stalled));
             }
         });
         FaultyLink { endpoint, counted }
@@ -632,6 +635,7 @@ fn relay_responses(
     mut to: std::net::TcpStream,
     faults: &Faults,
     cut: &std::sync::atomic::AtomicBool,
+    stalled: &std::sync::atomic::AtomicBool,
 ) {
     use std::io::Read;
     use std::sync::atomic::Ordering;
@@ -649,6 +653,12 @@ fn relay_responses(
             let _ = to.shutdown(std::net::Shutdown::Both);
             let _ = from.shutdown(std::net::Shutdown::Both);
             return;
+        }
+        if let Some((limit, pause)) = faults.stall
+            && carried + n as u64 > limit
+            && !stalled.swap(true, Ordering::SeqCst)
+        {
+            std::thread::sleep(pause);
         }
         carried += n as u64;
         if to.write_all(&buf[..n]).is_err() {
@@ -669,22 +679,20 @@ fn some_rows(rows: usize) -> (Vec<u8>, String) {
     (text, sha)
 }
 
-/// A run of the bucket's `bronze/feed.csv` through `link`, with the client's total timeout `timeout` and
-/// object_store's retry budget (within which it also resumes a broken body itself) `retry_seconds`.
-fn run_through(
-    link: &FaultyLink,
-    bucket: &str,
-    contract: &std::path::Path,
-    run_id: &str,
-    timeout: &str,
-    retry_seconds: &str,
-) -> Ran {
-    ran(worker_command(contract, format!("s3://{bucket}/bronze/feed.csv"), format!("s3://{bucket}/lake"), run_id)
-        .env("AWS_ENDPOINT_URL", &link.endpoint)
-        .env("AWS_TIMEOUT", timeout)
-        .env("SILVERLINE_IO_RETRY_SECONDS", retry_seconds)
-        .output()
-        .unwrap())
+/// A run of the bucket's `bronze/feed.csv` through `link`, with `env` (`AWS_TIMEOUT`: the client's total timeout;
+/// `AWS_READ_TIMEOUT`: the input's; `SILVERLINE_IO_RETRY_SECONDS`: object_store's retry budget, within which it
+/// also resumes a broken body itself).
+fn run_through(link: &FaultyLink, bucket: &str, contract: &std::path::Path, run_id: &str, env: &[(&str, &str)]) -> Ran {
+    let mut command =
+        worker_command(contract, format!("s3://{bucket}/bronze/feed.csv"), format!("s3://{bucket}/lake"), run_id);
+    command.env("AWS_ENDPOINT_URL", &link.endpoint).envs(env.iter().copied());
+    ran(command.output().unwrap())
+}
+
+/// The first line of `stderr` saying the input's stream broke and is read on.
+fn resumed_line(stderr: &str) -> Option<serde_json::Value> {
+    let line = stderr.lines().find(|l| l.contains("input stream broke; reading on where it stopped"))?;
+    serde_json::from_str(line).ok()
 }
 
 #[test]
@@ -705,11 +713,14 @@ fn an_input_is_found_and_read_by_one_get_however_long_it_streams() {
         bytes_per_tick: 64 * 1024,
         tick: Duration::from_millis(32),
         cut_after: None,
+        stall: None,
         // Any request of the input: one GET found it (no HEAD first), was its header check and is its records.
         count: format!(" /{bucket}/bronze/feed.csv "),
     });
     let started = Instant::now();
-    let out = run_through(&link, &bucket, &contract, "slow", "2s", "10");
+    // A read timeout far above any pause of the run's reader, which would break the stream too (and count twice).
+    let env = [("AWS_TIMEOUT", "2s"), ("AWS_READ_TIMEOUT", "60s"), ("SILVERLINE_IO_RETRY_SECONDS", "10")];
+    let out = run_through(&link, &bucket, &contract, "slow", &env);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(started.elapsed() > Duration::from_secs(3), "the link was not slow: {:?}", started.elapsed());
     assert_eq!(link.counted(), 1, "the input took more than one request:\n{}", out.stderr);
@@ -732,14 +743,15 @@ fn an_input_stream_that_breaks_is_read_on_where_it_broke() {
         bytes_per_tick: 64 * 1024,
         tick: Duration::ZERO,
         cut_after: Some(3_000_000),
+        stall: None,
         count: format!("GET /{bucket}/bronze/feed.csv "),
     });
     // No budget: object_store does not resume the broken body itself, so what reads on is the worker.
-    let out = run_through(&link, &bucket, &contract, "dropped", "30s", "0");
+    let env = [("AWS_READ_TIMEOUT", "60s"), ("SILVERLINE_IO_RETRY_SECONDS", "0")];
+    let out = run_through(&link, &bucket, &contract, "dropped", &env);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(link.counted(), 2, "the input's GET and the one reading on:\n{}", out.stderr);
-    let resumed = out.stderr.lines().find(|l| l.contains("input stream broke; reading on where it stopped")).unwrap();
-    let resumed: serde_json::Value = serde_json::from_str(resumed).unwrap();
+    let resumed = resumed_line(&out.stderr).unwrap_or_else(|| panic!("no resumption logged:\n{}", out.stderr));
     assert_eq!(resumed["input_uri"], format!("s3://{bucket}/bronze/feed.csv"));
     assert_eq!(resumed["bytes_total"], input.len());
     let at = resumed["resumed_at"].as_u64().unwrap();
@@ -748,4 +760,37 @@ fn an_input_stream_that_breaks_is_read_on_where_it_broke() {
         serde_json::from_slice(&get(&rt, &s, "lake/silver/transactions/schema_v=v1/run_id=dropped/_SUCCESS")).unwrap();
     assert_eq!((report.input_rows, report.inputs[0].sha256.as_str()), (120_000, sha.as_str()));
     assert_eq!(report.inputs[0].bytes, input.len() as u64);
+}
+
+#[test]
+#[ignore = "needs the S3 server that scripts/test.sh starts"]
+fn an_input_stream_that_stalls_is_broken_by_the_read_timeout_and_read_on() {
+    let rt = runtime();
+    let bucket = unique_bucket("stalllink");
+    let s = store(&bucket);
+    let (input, sha) = some_rows(120_000);
+    rt.block_on(s.put(&Path::from("bronze/feed.csv"), Bytes::from(input.clone()).into())).unwrap();
+    let tmp = TempDir::new().unwrap();
+    let contract = contract(tmp.path(), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")]);
+    // The server stops sending for 20 s after 3 MB; with no read timeout the GET would wait it out (one request).
+    let link = FaultyLink::start(Faults {
+        bytes_per_tick: 64 * 1024,
+        tick: Duration::ZERO,
+        cut_after: None,
+        stall: Some((3_000_000, Duration::from_secs(20))),
+        count: format!("GET /{bucket}/bronze/feed.csv "),
+    });
+    let started = Instant::now();
+    let env = [("AWS_READ_TIMEOUT", "1s"), ("SILVERLINE_IO_RETRY_SECONDS", "0")];
+    let out = run_through(&link, &bucket, &contract, "stalled", &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(15), "the stall was waited out: {:?}", started.elapsed());
+    // At least the GET that stalled and the one reading on (a pause of the run's own reader over the 1 s read
+    // timeout, on a loaded machine, would add one).
+    assert!(link.counted() >= 2, "the stalled GET was not broken:\n{}", out.stderr);
+    let resumed = resumed_line(&out.stderr).unwrap_or_else(|| panic!("no resumption logged:\n{}", out.stderr));
+    assert!(resumed["resumed_at"].as_u64().unwrap() <= 3_000_000, "{resumed}");
+    let report: silverline_crds::report::RunReport =
+        serde_json::from_slice(&get(&rt, &s, "lake/silver/transactions/schema_v=v1/run_id=stalled/_SUCCESS")).unwrap();
+    assert_eq!((report.input_rows, report.inputs[0].sha256.as_str()), (120_000, sha.as_str()));
 }
