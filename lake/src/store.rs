@@ -82,43 +82,52 @@ pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectSt
 }
 
 /// The same S3 client for objects read as one stream for as long as their reader takes (a run's input): no total
-/// timeout on any of its requests, and instead a read timeout — a response that delivers nothing for that long
-/// fails, and so does one whose reader leaves it unread for that long (reqwest restarts the clock with each chunk
-/// handed over); either way the reader may resume it where it stopped. With the total timeout, every GET that
-/// outlasted it broke and was resumed, and once the retry budget — counted from the GET's start,
-/// `SILVERLINE_IO_RETRY_SECONDS` — was spent the next break failed the run (exit 75, every retry alike): an input
-/// whose reading took longer than ~3.5 minutes could not be processed at all. The read timeout is
-/// `AWS_READ_TIMEOUT` if set, else [`DEFAULT_STREAM_READ_TIMEOUT`] (not `AWS_TIMEOUT`: a limit set for whole
-/// requests would break the stream at every pause of its reader as long).
+/// timeout on any of its requests, and instead a read timeout of [`INPUT_READ_TIMEOUT_ENV`] seconds (default
+/// [`DEFAULT_INPUT_READ_TIMEOUT_SECONDS`]) — a response that delivers nothing for that long fails, and so does one
+/// whose reader leaves it unread for that long (reqwest restarts the clock with each chunk handed over); either way
+/// the reader may resume it where it stopped. With the total timeout, every GET that outlasted it broke and was
+/// resumed, and once the retry budget — counted from the GET's start, `SILVERLINE_IO_RETRY_SECONDS` — was spent the
+/// next break failed the run (exit 75, every retry alike): an input whose reading took longer than ~3.5 minutes
+/// could not be processed at all. `AWS_TIMEOUT` and `AWS_READ_TIMEOUT` are the other clients' (the lake's) and not
+/// taken here: the first limits whole requests, and reqwest applies the second from a request's start until its
+/// answer begins, which for the lake includes sending each upload's body.
 pub fn s3_stream_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>, StorageError> {
-    let client = stream_client_options(
-        std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
-    );
+    let vars = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let client = stream_client_options(vars).map_err(|e| StorageError::usage(format!("s3://{bucket}"), e))?;
     s3_client(bucket, options, AmazonS3Builder::from_env().with_client_options(client))
 }
 
-/// The read timeout of [`s3_stream_store`] when nothing sets one.
-pub const DEFAULT_STREAM_READ_TIMEOUT: &str = "30s";
+/// Seconds an input's stream may deliver nothing (or be left unread) before it breaks and is resumed.
+pub const INPUT_READ_TIMEOUT_ENV: &str = "SILVERLINE_INPUT_READ_TIMEOUT_SECONDS";
+/// [`INPUT_READ_TIMEOUT_ENV`] when unset.
+pub const DEFAULT_INPUT_READ_TIMEOUT_SECONDS: u64 = 30;
 
 /// The HTTP client options the `AWS_*` variables set (parsed as `AmazonS3Builder::from_env` parses them: proxy,
-/// certificates, `AWS_ALLOW_HTTP`, the connect timeout, ...), for long streams: the total timeout off, the read
-/// timeout as [`s3_stream_store`] says.
-fn stream_client_options(vars: impl Iterator<Item = (String, String)>) -> ClientOptions {
+/// certificates, `AWS_ALLOW_HTTP`, the connect timeout, ...) but the two timeouts, for long streams: the total
+/// timeout off, the read timeout from [`INPUT_READ_TIMEOUT_ENV`].
+fn stream_client_options(vars: impl Iterator<Item = (String, String)>) -> Result<ClientOptions, String> {
     use object_store::aws::AmazonS3ConfigKey;
-    let mut read = None;
+    let mut read = DEFAULT_INPUT_READ_TIMEOUT_SECONDS;
     let mut client = ClientOptions::new();
-    for (name, value) in vars.filter(|(name, _)| name.starts_with("AWS_")) {
+    for (name, value) in vars {
+        if name == INPUT_READ_TIMEOUT_ENV {
+            read = value.trim().parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                format!("{INPUT_READ_TIMEOUT_ENV}={value:?} is not a whole number of seconds above 0")
+            })?;
+            continue;
+        }
+        if !name.starts_with("AWS_") {
+            continue;
+        }
         let Ok(AmazonS3ConfigKey::Client(key)) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() else {
             continue;
         };
         match key {
-            ClientConfigKey::Timeout => {}
-            ClientConfigKey::ReadTimeout => read = Some(value),
+            ClientConfigKey::Timeout | ClientConfigKey::ReadTimeout => {}
             key => client = client.with_config(key, value),
         }
     }
-    let read = read.unwrap_or_else(|| DEFAULT_STREAM_READ_TIMEOUT.to_owned());
-    client.with_timeout_disabled().with_config(ClientConfigKey::ReadTimeout, read)
+    Ok(client.with_timeout_disabled().with_read_timeout(std::time::Duration::from_secs(read)))
 }
 
 fn s3_client(
@@ -622,40 +631,40 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_client_has_no_total_timeout_and_a_read_timeout_from_the_environment() {
+    fn a_stream_client_has_no_total_timeout_and_its_own_read_timeout() -> Result<(), String> {
         let options = |vars: &[(&str, &str)]| {
             stream_client_options(vars.iter().map(|(name, value)| (name.to_string(), value.to_string())))
         };
         let value = |client: &ClientOptions, key: ClientConfigKey| client.get_config_value(&key);
-        let defaults = options(&[]);
+        let defaults = options(&[])?;
         assert_eq!(
             value(&ClientOptions::new(), ClientConfigKey::Timeout).as_deref(),
             Some("30s"),
             "the bounded default"
         );
         assert_eq!(value(&defaults, ClientConfigKey::Timeout), None);
-        assert_eq!(value(&defaults, ClientConfigKey::ReadTimeout).as_deref(), Some(DEFAULT_STREAM_READ_TIMEOUT));
-        // The total timeout's setting is not taken for the read timeout; the other client settings are kept.
+        assert_eq!(value(&defaults, ClientConfigKey::ReadTimeout).as_deref(), Some("30s"));
+        // The lake's two timeouts are not taken; the other client settings are kept.
         let set = options(&[
             ("AWS_TIMEOUT", "2s"),
+            ("AWS_READ_TIMEOUT", "3s"),
             ("AWS_ALLOW_HTTP", "true"),
             ("AWS_PROXY_URL", "http://127.0.0.1:3128"),
             ("AWS_CONNECT_TIMEOUT", "4s"),
             ("TIMEOUT", "9s"),
-        ]);
+        ])?;
         assert_eq!(value(&set, ClientConfigKey::Timeout), None);
-        assert_eq!(value(&set, ClientConfigKey::ReadTimeout).as_deref(), Some(DEFAULT_STREAM_READ_TIMEOUT));
+        assert_eq!(value(&set, ClientConfigKey::ReadTimeout).as_deref(), Some("30s"));
         assert_eq!(value(&set, ClientConfigKey::AllowHttp).as_deref(), Some("true"));
         assert_eq!(value(&set, ClientConfigKey::ProxyUrl).as_deref(), Some("http://127.0.0.1:3128"));
         assert_eq!(value(&set, ClientConfigKey::ConnectTimeout).as_deref(), Some("4s"));
-        let both = options(&[("AWS_TIMEOUT", "2s"), ("AWS_READ_TIMEOUT", "7s")]);
-        assert_eq!(value(&both, ClientConfigKey::ReadTimeout).as_deref(), Some("7s"));
-        // A value that is no duration is refused when the client is built, naming the bucket.
-        let bad = AmazonS3Builder::new().with_client_options(options(&[("AWS_READ_TIMEOUT", "soon")]));
-        let err = s3_client("lake", &StoreOptions::default(), bad.with_access_key_id("k").with_secret_access_key("s"))
-            .expect_err("refused");
-        assert_eq!(err.kind, StorageErrorKind::Usage, "{err}");
-        assert!(err.to_string().contains("s3://lake"), "{err}");
+        let own = options(&[("AWS_READ_TIMEOUT", "3s"), (INPUT_READ_TIMEOUT_ENV, " 7 ")])?;
+        assert_eq!(value(&own, ClientConfigKey::ReadTimeout).as_deref(), Some("7s"));
+        for bad in ["0", "soon", "1.5", "-3"] {
+            let err = options(&[(INPUT_READ_TIMEOUT_ENV, bad)]).expect_err(bad);
+            assert!(err.contains(INPUT_READ_TIMEOUT_ENV) && err.contains(bad), "{err}");
+        }
+        Ok(())
     }
 
     #[test]

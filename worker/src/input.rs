@@ -127,16 +127,21 @@ pub fn resolve_inputs(uri: &str, options: &StoreOptions, handle: &Handle) -> Res
                     Err(e) => return Err(storage_error(e, uri)),
                 }
             };
-            let only = found.is_some();
-            let metas = match found {
-                Some(got) => vec![(got.meta.clone(), Prefetched::new(got))],
-                None => handle
-                    .block_on(store.list(Some(&key)).try_collect::<Vec<_>>())
-                    .map_err(|e| storage_error(e, uri))?
-                    .into_iter()
-                    .map(|meta| (meta, Prefetched::default()))
-                    .collect(),
+            let list = || -> Result<Vec<(object_store::ObjectMeta, Prefetched)>> {
+                let metas = handle.block_on(store.list(Some(&key)).try_collect::<Vec<_>>());
+                Ok(metas.map_err(|e| storage_error(e, uri))?.into_iter().map(|m| (m, Prefetched::default())).collect())
             };
+            let metas = match found {
+                // An empty object with objects under it is a folder's marker (what s3fs and the console create;
+                // SeaweedFS answers a HEAD of it with 404 but a GET with the empty object): the folder is the input.
+                Some(got) if got.meta.size == 0 => match list()? {
+                    listed if listed.is_empty() => vec![(got.meta.clone(), Prefetched::new(got))],
+                    listed => listed,
+                },
+                Some(got) => vec![(got.meta.clone(), Prefetched::new(got))],
+                None => list()?,
+            };
+            let only = metas.len() == 1 && metas[0].0.location == key;
             metas
                 .into_iter()
                 .filter_map(|(m, prefetched)| {
@@ -393,10 +398,18 @@ impl Resumable {
     /// worth another try).
     async fn resume(&mut self, broke: object_store::Error) -> Result<()> {
         let error = storage_error(broke, &self.uri);
-        let Some(e_tag) = self.e_tag.clone().filter(|_| worth_resuming(&error, self.offset, self.size, self.failures))
-        else {
+        let Some(e_tag) = self.e_tag.clone() else {
             return Err(error);
         };
+        if !worth_resuming(&error, self.offset, self.size, self.failures) {
+            // object_store, resuming within its budget, found the object gone or cut short (a 404 or 416 from its
+            // own GET of the rest): the input changed, not an unreadable input.
+            let transient = matches!(&error, Error::Storage(StorageError { kind: Transient, .. }));
+            if !transient && self.offset < self.size && replaced(self.store.clone(), self.key.clone(), &e_tag).await {
+                return Err(changed(&self.uri, "the object was replaced or deleted"));
+            }
+            return Err(error);
+        }
         self.failures += 1;
         crate::log::input_resumed(&self.uri, self.offset, self.size, self.failures, &error);
         tokio::time::sleep(std::time::Duration::from_millis(250 << self.failures)).await;
@@ -408,8 +421,9 @@ impl Resumable {
                 // A range no longer there (416) or an object gone: the object changed since it was read, which a
                 // retry of the run handles, rather than an unreadable input. (object_store retried the GET itself
                 // within its budget: any other failure is the run's.)
+                let gone = matches!(e, object_store::Error::NotFound { .. });
                 let error = storage_error(e, &self.uri);
-                if replaced(self.store.clone(), self.key.clone(), &e_tag).await {
+                if gone || replaced(self.store.clone(), self.key.clone(), &e_tag).await {
                     return Err(changed(&self.uri, "the object was replaced or deleted"));
                 }
                 return Err(error);
