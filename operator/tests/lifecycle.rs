@@ -1131,6 +1131,10 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
     create_dataset(&s.client, &s.ns.name, &dataset).await;
     let op = s.operator("replica-a").await;
     let input = s.input("transactions.csv", support::TRANSACTIONS_CSV);
+    // Once it can start, the pod runs but its worker waits for the test: the Dataset must say the Secret is found
+    // while the run still runs, not only when it ends.
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    s.kubelet.inject("tx-nosecret-a1", Fault::Hold(release.clone()));
     create_run(&s.client, &s.ns.name, "tx-nosecret", &input).await;
 
     let runs: Api<EtlRun> = Api::namespaced(s.client.clone(), &s.ns.name);
@@ -1174,9 +1178,15 @@ async fn a_missing_credentials_secret_is_named_on_the_dataset_and_the_waiting_ru
     let warned = support::warned(&s.client, &s.ns.name, "tx-nosecret", "CredentialsSecretKeyMissing").await;
     assert!(warned, "a Warning Event names the missing key");
 
-    // The key is added: the pod starts, the run succeeds, the Dataset says the Secret is found.
+    // The key is added: the pod starts, and while it runs the Dataset says the Secret is found; then the run
+    // succeeds.
     let patch = serde_json::json!({"stringData": {"AWS_SECRET_ACCESS_KEY": "y"}});
     secrets.patch("lake-creds", &Default::default(), &kube::api::Patch::Merge(&patch)).await.expect("add the key");
+    let found = support::credentials_condition(&s.client, &s.ns.name, "transactions", "True", None).await;
+    assert!(found.message.contains("a worker pod of EtlRun tx-nosecret started"), "{found:?}");
+    let running = runs.get("tx-nosecret").await.expect("run");
+    assert!(!running.phase().is_some_and(|p| p.is_terminal()), "said before the run ended: {:?}", running.status);
+    release.notify_one();
     let run = finished(&s.client, &s.ns.name, "tx-nosecret", RUN_TIMEOUT).await;
     assert_eq!(run.phase(), Some(EtlRunPhase::Succeeded), "{}", s.diagnostics(&[&op]));
     assert_eq!(run.status.expect("status").attempts.len(), 1, "the same attempt, once its pod could start");

@@ -124,6 +124,21 @@ pub async fn found(ctx: &Context, dataset: &Dataset, started: &str, naming: Opti
     }
 }
 
+/// A pod of the ones `whose` ("the worker pods of EtlRun tx") started (`started`: "a worker pod of EtlRun tx"): if
+/// `dataset` says the Secret or a key was missing in a False that names those pods as waiting, it is there now. A
+/// False naming other pods is theirs to keep.
+pub async fn found_for(ctx: &Context, dataset: &Dataset, whose: &str, started: &str) {
+    if said_missing_for(dataset, whose) {
+        let message = format!("{started} started with the Secret");
+        set(ctx, dataset, started, true, "SecretFound", &message).await;
+    }
+}
+
+/// Whether the Dataset's condition is a False that names pods `whose` as the ones waiting.
+fn said_missing_for(dataset: &Dataset, whose: &str) -> bool {
+    current(dataset).is_some_and(|c| c.status == "False" && waits_for(&c.message, whose))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +232,20 @@ mod tests {
         assert!(!said_missing(&with(serde_json::json!([condition(CONDITION, "True", waits)])), None));
         assert!(!said_missing(&with(serde_json::json!([condition("Valid", "False", waits)])), None));
         assert!(!said_missing(&with(serde_json::json!([])), None));
+
+        // A run's pods: only a False that names them as the ones waiting (EtlRun `a` is not `ab`, nor `xa`).
+        let run = |name: &str| {
+            format!(
+                "Secret s (storage.credentialsSecret) does not exist in namespace etl: the worker pods of EtlRun {name} cannot start"
+            )
+        };
+        let a = "the worker pods of EtlRun a";
+        assert!(said_missing_for(&with(serde_json::json!([condition(CONDITION, "False", &run("a"))])), a));
+        for other in ["ab", "xa", "b"] {
+            let theirs = with(serde_json::json!([condition(CONDITION, "False", &run(other))]));
+            assert!(!said_missing_for(&theirs, a), "{other}");
+        }
+        assert!(!said_missing_for(&with(serde_json::json!([condition(CONDITION, "True", &run("a"))])), a));
+        assert!(!said_missing_for(&with(serde_json::json!([condition(CONDITION, "False", waits)])), a));
     }
 }

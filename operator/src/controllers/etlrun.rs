@@ -50,6 +50,8 @@ struct PodMemory {
     blockers: std::collections::HashMap<String, (String, PodBlocker)>,
     /// Jobs seen with a pod, and when last.
     with_pod: std::collections::HashMap<String, (String, std::time::Instant)>,
+    /// Jobs whose worker container was seen created (running or ended: past its Secret and keys), and when.
+    started: std::collections::HashMap<String, (String, std::time::Instant)>,
     /// The newest `FailedCreate` message of each Job: (the Job's uid, the message, when seen).
     cannot_create: std::collections::HashMap<String, (String, String, std::time::Instant)>,
 }
@@ -58,6 +60,7 @@ impl PodMemory {
     fn forget_old(&mut self) {
         self.ends.retain(|_, (_, _, seen)| seen.elapsed() < PodEnds::KEEP);
         self.with_pod.retain(|_, (_, seen)| seen.elapsed() < PodEnds::KEEP);
+        self.started.retain(|_, (_, seen)| seen.elapsed() < PodEnds::KEEP);
         self.cannot_create.retain(|_, (_, _, seen)| seen.elapsed() < PodEnds::KEEP);
     }
 }
@@ -69,31 +72,44 @@ impl PodEnds {
         format!("{namespace}/{job}")
     }
 
-    /// Remembers that the pod's Job has a pod, how the pod ended if it has ended, and why it cannot start if it
-    /// cannot.
-    pub fn observe(&self, pod: &Pod) {
+    /// Remembers that the pod's Job has a pod, how the pod ended if it has ended, why it cannot start if it
+    /// cannot, and whether its worker container started. Whether the pod's run should look again: its pod cannot
+    /// start, or could not until now (the Job's status changes with neither).
+    pub fn observe(&self, pod: &Pod) -> bool {
         let (Some(namespace), Some(job)) =
             (pod.metadata.namespace.as_deref(), pod.labels().get("batch.kubernetes.io/job-name"))
         else {
-            return;
+            return false;
         };
         let key = Self::key(namespace, job);
         let job_uid = Self::job_uid(pod);
-        let Ok(mut memory) = self.0.lock() else { return };
+        let Ok(mut memory) = self.0.lock() else { return false };
         let now = std::time::Instant::now();
         if memory.with_pod.len() > 1024 && !memory.with_pod.contains_key(&key) {
             memory.forget_old();
         }
         memory.with_pod.insert(key.clone(), (job_uid.clone(), now));
-        match pod_blocker(pod) {
-            Some(blocker) => memory.blockers.insert(key.clone(), (job_uid.clone(), blocker)),
-            None => memory.blockers.remove(&key),
+        if worker_started(pod) {
+            memory.started.insert(key.clone(), (job_uid.clone(), now));
+        }
+        let wake = match pod_blocker(pod) {
+            Some(blocker) => {
+                memory.blockers.insert(key.clone(), (job_uid.clone(), blocker));
+                true
+            }
+            None => memory.blockers.remove(&key).is_some(),
         };
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         if matches!(phase, Some("Failed" | "Succeeded")) {
             memory.forget_old();
             memory.ends.insert(key, (job_uid, pod_end(pod), now));
         }
+        wake
+    }
+
+    /// Whether the worker container of the Job with this uid was seen created (so past its Secret and keys).
+    pub fn started(&self, namespace: &str, job: &str, uid: &str) -> bool {
+        self.0.lock().is_ok_and(|m| m.started.get(&Self::key(namespace, job)).is_some_and(|(of, _)| of == uid))
     }
 
     /// Remembers a `FailedCreate` Event of a Job (why none of its pods can be created).
@@ -503,9 +519,10 @@ pub(crate) async fn run(ctx: Arc<Context>, ns: Option<&str>) {
         })
         .watches(pods, watcher::Config::default().labels(&managed_selector()), move |pod| {
             // Remembers how worker pods end (the Job controller may remove them before their failure is
-            // reconciled), and wakes the run of a pod that cannot start: the Job's status does not change then.
-            pod_ends.observe(&pod);
-            let run = pod.labels().get(job::LABEL_ETLRUN).filter(|_| pod_blocker(&pod).is_some());
+            // reconciled), and wakes the run of a pod that cannot start, or now can: the Job's status does not
+            // change then.
+            let wake = pod_ends.observe(&pod);
+            let run = pod.labels().get(job::LABEL_ETLRUN).filter(|_| wake);
             run.map(|name| ObjectRef::new(name).within(pod.namespace().as_deref().unwrap_or_default()))
         })
         .watches(events, watcher::Config::default().fields(FAILED_CREATE_EVENTS), move |event| {
@@ -592,15 +609,15 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     });
     let current = lifecycle::current_attempt(&status).map(|i| status.attempts[i].clone());
     let mut lake_error = None;
-    let (job_state, lake, lake_checks, mut blocker, job_has_pod) = match (&current, &contract) {
+    let (job_state, lake, lake_checks, mut blocker, job_has_pod, pod_started) = match (&current, &contract) {
         (Some(attempt), Ok(dataset)) => {
             let (job_state, pods) = match observe_job(&scope, &identity, attempt).await {
                 Ok(observed) => observed,
                 Err(e) => return Err(blocked(e).await),
             };
-            let (blocker, job_has_pod) = match job_state {
+            let (blocker, job_has_pod, pod_started) = match job_state {
                 JobState::Active => observe_blocker(ctx, &identity, &attempt.job_name, pods),
-                _ => (None, None),
+                _ => (None, None, false),
             };
             let (lake, checks) = match job_state {
                 JobState::Active => (None, attempt.lake_checks),
@@ -620,9 +637,9 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
                     }
                 }
             };
-            (Some(job_state), lake, checks, blocker, job_has_pod)
+            (Some(job_state), lake, checks, blocker, job_has_pod, pod_started)
         }
-        _ => (None, None, 0, None, None),
+        _ => (None, None, 0, None, None, false),
     };
     // An attempt whose Job is active but whose contract snapshot is missing (its create was refused and the Job
     // launched all the same, or it was deleted) gets it now, from the Dataset, if the Dataset still holds the
@@ -738,6 +755,8 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EtlRun>>, scope: Arc<Scope>) 
     }
     if let Some(blocker) = observed.blocker.as_ref() {
         say_credentials_missing(&scope, run, blocker).await;
+    } else if pod_started {
+        say_credentials_found(&scope, run).await;
     }
     if let (Err(e), false) = (&acted, said) {
         // What the user may have to act on (a quota, an admission policy, RBAC) is said on the run, not only
@@ -953,10 +972,23 @@ fn observe_blocker(
     identity: &RunIdentity,
     job_name: &str,
     job_pods: JobPods,
-) -> (Option<PodBlocker>, Option<bool>) {
+) -> (Option<PodBlocker>, Option<bool>, bool) {
     let (blocker, has_pod) =
         ctx.pod_ends.why_not_started(&identity.namespace, job_name, &job_pods.uid, job_pods.active > 0);
-    (blocker, Some(has_pod))
+    let started = ctx.pod_ends.started(&identity.namespace, job_name, &job_pods.uid);
+    (blocker, Some(has_pod), started)
+}
+
+/// Whether the pod's worker container was created — running or ended — which the kubelet does only once the
+/// Secret and the keys its environment names are there.
+fn worker_started(pod: &Pod) -> bool {
+    let state = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|statuses| statuses.iter().find(|c| c.name == job::WORKER_CONTAINER))
+        .and_then(|c| c.state.as_ref());
+    state.is_some_and(|state| state.running.is_some() || state.terminated.is_some())
 }
 
 /// Why a pod's worker container cannot start, from its waiting state. The operator does not read Secrets (its
@@ -1399,6 +1431,20 @@ async fn say_credentials_missing(scope: &Scope, run: &EtlRun, blocker: &PodBlock
     }
 }
 
+/// The attempt's worker container started, so its pod found the Secret and keys: if the Dataset says they were
+/// missing for this run's pods (a False naming them; another run's pods may be waiting since), they are there now —
+/// on every reconcile while the attempt runs, so that the Dataset does not say so until the attempt ends, and a
+/// refused write is made good by the next (no request while nothing is to be said).
+async fn say_credentials_found(scope: &Scope, run: &EtlRun) {
+    let namespace = run.namespace().unwrap_or_default();
+    let Some(dataset) = scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(&namespace)) else { return };
+    if let Ok(dataset) = dataset.0.as_ref() {
+        let whose = format!("the worker pods of EtlRun {}", run.name_any());
+        let started = format!("a worker pod of EtlRun {}", run.name_any());
+        credentials::found_for(&scope.ctx, dataset, &whose, &started).await;
+    }
+}
+
 /// A worker pod of the run started (its attempt ended with an exit code, or the run succeeded): if its Dataset says
 /// its Secret or one of its keys was missing, it is there now.
 async fn clear_credentials_condition(scope: &Scope, run: &EtlRun, namespace: &str) {
@@ -1454,6 +1500,43 @@ mod tests {
 
         let never_ran = pod_end(&pod(serde_json::json!({"phase": "Failed", "reason": "DeadlineExceeded"})));
         assert_eq!((never_ran.exit_code, never_ran.pod_reason.as_deref()), (None, Some("DeadlineExceeded")));
+    }
+
+    #[test]
+    fn a_pod_wakes_its_run_while_it_cannot_start_and_once_when_it_can_and_its_start_is_remembered() {
+        let memory = PodEnds::default();
+        let with_state = |phase: &str, state: serde_json::Value| {
+            let mut p = pod(serde_json::json!({"phase": phase, "containerStatuses": [{
+                "name": "worker", "image": "w", "imageID": "", "ready": false, "restartCount": 0, "state": state
+            }]}));
+            p.metadata.namespace = Some("etl".into());
+            p.metadata.labels = Some(
+                [
+                    ("batch.kubernetes.io/job-name".to_owned(), "tx-a1".to_owned()),
+                    ("batch.kubernetes.io/controller-uid".to_owned(), "uid-1".to_owned()),
+                ]
+                .into(),
+            );
+            p
+        };
+        let pending = with_state("Pending", serde_json::json!({"waiting": {"reason": "ContainerCreating"}}));
+        let blocked = with_state(
+            "Pending",
+            serde_json::json!({"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"gone\" not found"}}),
+        );
+        let running = with_state("Running", serde_json::json!({"running": {"startedAt": "2026-12-01T00:00:00Z"}}));
+        assert!(!memory.observe(&pending), "a pod on its way wakes nothing");
+        assert!(!memory.started("etl", "tx-a1", "uid-1"));
+        assert!(memory.observe(&blocked), "a pod that cannot start");
+        assert!(memory.observe(&blocked), "and again at each change of it");
+        assert!(!memory.started("etl", "tx-a1", "uid-1"));
+        assert!(memory.observe(&running), "the pod that could not start now can");
+        assert!(memory.started("etl", "tx-a1", "uid-1"));
+        assert!(!memory.started("etl", "tx-a1", "uid-2"), "a later Job of the same name");
+        assert!(!memory.observe(&running), "once");
+        let ended = with_state("Failed", serde_json::json!({"terminated": {"exitCode": 3}}));
+        assert!(!memory.observe(&ended));
+        assert!(memory.started("etl", "tx-a1", "uid-1"));
     }
 
     #[test]
