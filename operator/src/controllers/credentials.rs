@@ -3,9 +3,11 @@
 //! Secret (or one of its keys) sets it False, naming the Secret, the key and whose pods wait — checked on every
 //! reconcile while it waits, so a refused write is made good by the next. A False belongs to the waiting pods it
 //! names: they keep it current (another key missing now), and other waiting pods leave it alone, so two of them
-//! never overwrite each other. A worker pod that started sets it True again whoever's wait it names; a Promotion's
-//! Job whose pod ran sets True only a False that names that Promotion (its pod started then, but the Secret may
-//! have gone since and a run's pod be waiting for it now). `lastTransitionTime` moves with the status. Its own
+//! never overwrite each other. A run's worker container seen running sets it True if the False names that run's
+//! pods (on every reconcile while the attempt runs); a worker pod that ran (its attempt ended with an exit code, or
+//! the run succeeded) sets it True again whoever's wait it names; a Promotion's Job whose pod ran sets True only a
+//! False that names that Promotion (its pod started then, but the Secret may have gone since and a run's pod be
+//! waiting for it now). `lastTransitionTime` moves with the status. Its own
 //! field manager: the Dataset controller owns `Valid` under its own, and server-side apply merges the two
 //! conditions by type.
 

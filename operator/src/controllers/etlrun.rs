@@ -89,16 +89,18 @@ impl PodEnds {
             memory.forget_old();
         }
         memory.with_pod.insert(key.clone(), (job_uid.clone(), now));
-        if worker_started(pod) {
-            memory.started.insert(key.clone(), (job_uid.clone(), now));
-        }
-        let wake = match pod_blocker(pod) {
-            Some(blocker) => {
-                memory.blockers.insert(key.clone(), (job_uid.clone(), blocker));
-                true
-            }
-            None => memory.blockers.remove(&key).is_some(),
-        };
+        // The first sight of its worker container started wakes the run too (a state between blocked and running,
+        // or an operator that restarted, would otherwise leave it to the resync).
+        let newly_started = worker_started(pod)
+            && memory.started.insert(key.clone(), (job_uid.clone(), now)).is_none_or(|(of, _)| of != job_uid);
+        let wake = newly_started
+            | match pod_blocker(pod) {
+                Some(blocker) => {
+                    memory.blockers.insert(key.clone(), (job_uid.clone(), blocker));
+                    true
+                }
+                None => memory.blockers.remove(&key).is_some(),
+            };
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         if matches!(phase, Some("Failed" | "Succeeded")) {
             memory.forget_old();
@@ -979,8 +981,10 @@ fn observe_blocker(
     (blocker, Some(has_pod), started)
 }
 
-/// Whether the pod's worker container was created — running or ended — which the kubelet does only once the
-/// Secret and the keys its environment names are there.
+/// Whether the pod's worker container was created and started — running, or ended after it started — which the
+/// kubelet does only once the Secret and the keys its environment names are there. Not a `terminated` state the
+/// kubelet makes up for a container it never created when it stops the pod (`ContainerStatusUnknown`, with no
+/// start time and no container id).
 fn worker_started(pod: &Pod) -> bool {
     let state = pod
         .status
@@ -988,7 +992,10 @@ fn worker_started(pod: &Pod) -> bool {
         .and_then(|s| s.container_statuses.as_ref())
         .and_then(|statuses| statuses.iter().find(|c| c.name == job::WORKER_CONTAINER))
         .and_then(|c| c.state.as_ref());
-    state.is_some_and(|state| state.running.is_some() || state.terminated.is_some())
+    state.is_some_and(|state| {
+        state.running.is_some()
+            || state.terminated.as_ref().is_some_and(|t| t.started_at.is_some() || t.container_id.is_some())
+    })
 }
 
 /// Why a pod's worker container cannot start, from its waiting state. The operator does not read Secrets (its
@@ -1534,8 +1541,30 @@ mod tests {
         assert!(memory.started("etl", "tx-a1", "uid-1"));
         assert!(!memory.started("etl", "tx-a1", "uid-2"), "a later Job of the same name");
         assert!(!memory.observe(&running), "once");
-        let ended = with_state("Failed", serde_json::json!({"terminated": {"exitCode": 3}}));
+        let ended = with_state(
+            "Failed",
+            serde_json::json!({"terminated": {"exitCode": 3, "startedAt": "2026-12-01T00:00:00Z", "containerID": "c://1"}}),
+        );
         assert!(!memory.observe(&ended));
+        assert!(memory.started("etl", "tx-a1", "uid-1"));
+
+        // A pod stopped while it could not start: the kubelet makes up a terminated state for the container it
+        // never created. Not a start.
+        let memory = PodEnds::default();
+        assert!(memory.observe(&blocked));
+        let never = with_state(
+            "Failed",
+            serde_json::json!({"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
+                "message": "The container could not be located when the pod was terminated"}}),
+        );
+        memory.observe(&never);
+        assert!(!memory.started("etl", "tx-a1", "uid-1"));
+        // A start seen first in a state between blocked and running (or after a restart, with nothing blocked
+        // before) wakes the run, once.
+        let memory = PodEnds::default();
+        assert!(!memory.observe(&pending));
+        assert!(memory.observe(&running), "the first sight of it started");
+        assert!(!memory.observe(&running));
         assert!(memory.started("etl", "tx-a1", "uid-1"));
     }
 
