@@ -573,6 +573,13 @@ struct Faults {
     count: String,
 }
 
+impl Faults {
+    /// No fault: responses in 64 KiB reads, no pause; the requests holding `count` counted.
+    fn counting(count: String) -> Faults {
+        Faults { bytes_per_tick: 64 * 1024, tick: Duration::ZERO, cut_after: None, stall: None, on_cut: None, count }
+    }
+}
+
 /// A TCP relay on loopback in front of the S3 server (from `AWS_ENDPOINT_URL`), standing in for a network that
 /// is slow or drops a connection; the server and the worker are the real ones. Its threads end with the tests.
 struct FaultyLink {
@@ -700,108 +707,106 @@ fn resumed_line(stderr: &str) -> Option<serde_json::Value> {
     serde_json::from_str(line).ok()
 }
 
+/// A new bucket holding 120,000 rows at `bronze/feed.csv`, and a lenient contract.
+struct Feed {
+    rt: tokio::runtime::Runtime,
+    bucket: String,
+    s: AmazonS3,
+    _tmp: TempDir,
+    contract: std::path::PathBuf,
+    input: Vec<u8>,
+    sha: String,
+}
+
+impl Feed {
+    const ROWS: u64 = 120_000;
+
+    fn new(tag: &str) -> Feed {
+        let rt = runtime();
+        let bucket = unique_bucket(tag);
+        let s = store(&bucket);
+        let (input, sha) = some_rows(Self::ROWS as usize);
+        rt.block_on(s.put(&Path::from("bronze/feed.csv"), Bytes::from(input.clone()).into())).unwrap();
+        let tmp = TempDir::new().unwrap();
+        let contract = contract(tmp.path(), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")]);
+        Feed { rt, bucket, s, _tmp: tmp, contract, input, sha }
+    }
+
+    /// The requests of the input that a link counts: `GET` (or with `""`, any method).
+    fn requests(&self, method: &str) -> String {
+        format!("{method} /{}/bronze/feed.csv ", self.bucket)
+    }
+
+    fn run(&self, link: &FaultyLink, run_id: &str, env: &[(&str, &str)]) -> Ran {
+        run_through(link, &self.bucket, &self.contract, run_id, env)
+    }
+
+    /// The run's `_SUCCESS` says it read every row and every byte of the input, once.
+    fn assert_read_whole(&self, run_id: &str) {
+        let key = format!("lake/silver/transactions/schema_v=v1/run_id={run_id}/_SUCCESS");
+        let report: silverline_crds::report::RunReport = serde_json::from_slice(&get(&self.rt, &self.s, &key)).unwrap();
+        assert_eq!((report.input_rows, report.inputs[0].sha256.as_str()), (Self::ROWS, self.sha.as_str()));
+        assert_eq!(report.inputs[0].bytes, self.input.len() as u64);
+    }
+}
+
 #[test]
 #[ignore = "needs the S3 server that scripts/test.sh starts"]
 fn an_input_is_found_and_read_by_one_get_however_long_it_streams() {
-    let rt = runtime();
-    let bucket = unique_bucket("slowlink");
-    let s = store(&bucket);
-    let (input, sha) = some_rows(120_000);
-    rt.block_on(s.put(&Path::from("bronze/feed.csv"), Bytes::from(input.clone()).into())).unwrap();
-    let tmp = TempDir::new().unwrap();
-    let contract = contract(tmp.path(), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")]);
+    let feed = Feed::new("slowlink");
     // ~7 MB at 2 MB/s: the input's GET streams for ~3.5 s, longer than the client's total timeout (2 s). That
     // timeout broke the GET in the middle, every time: it was resumed by a second GET (the count below), and once
     // object_store's retry budget (counted from the GET's start) was spent the run failed, before the input's
     // client had none. The other requests keep the timeout, with a budget of retries.
-    let link = FaultyLink::start(Faults {
-        bytes_per_tick: 64 * 1024,
-        tick: Duration::from_millis(32),
-        cut_after: None,
-        stall: None,
-        on_cut: None,
-        // Any request of the input: one GET found it (no HEAD first), was its header check and is its records.
-        count: format!(" /{bucket}/bronze/feed.csv "),
-    });
+    // Any request of the input is counted: one GET found it (no HEAD first), was its header check and is its records.
+    let link = FaultyLink::start(Faults { tick: Duration::from_millis(32), ..Faults::counting(feed.requests("")) });
     let started = Instant::now();
     // A read timeout far above any pause of the run's reader, which would break the stream too (and count twice).
     let env =
         [("AWS_TIMEOUT", "2s"), ("SILVERLINE_INPUT_READ_TIMEOUT_SECONDS", "60"), ("SILVERLINE_IO_RETRY_SECONDS", "10")];
-    let out = run_through(&link, &bucket, &contract, "slow", &env);
+    let out = feed.run(&link, "slow", &env);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(started.elapsed() > Duration::from_secs(3), "the link was not slow: {:?}", started.elapsed());
     assert_eq!(link.counted(), 1, "the input took more than one request:\n{}", out.stderr);
-    let report: silverline_crds::report::RunReport =
-        serde_json::from_slice(&get(&rt, &s, "lake/silver/transactions/schema_v=v1/run_id=slow/_SUCCESS")).unwrap();
-    assert_eq!((report.input_rows, report.inputs[0].sha256.as_str()), (120_000, sha.as_str()));
+    feed.assert_read_whole("slow");
 }
 
 #[test]
 #[ignore = "needs the S3 server that scripts/test.sh starts"]
 fn an_input_stream_that_breaks_is_read_on_where_it_broke() {
-    let rt = runtime();
-    let bucket = unique_bucket("droplink");
-    let s = store(&bucket);
-    let (input, sha) = some_rows(120_000);
-    rt.block_on(s.put(&Path::from("bronze/feed.csv"), Bytes::from(input.clone()).into())).unwrap();
-    let tmp = TempDir::new().unwrap();
-    let contract = contract(tmp.path(), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")]);
-    let link = FaultyLink::start(Faults {
-        bytes_per_tick: 64 * 1024,
-        tick: Duration::ZERO,
-        cut_after: Some(3_000_000),
-        stall: None,
-        on_cut: None,
-        count: format!("GET /{bucket}/bronze/feed.csv "),
-    });
+    let feed = Feed::new("droplink");
+    let link = FaultyLink::start(Faults { cut_after: Some(3_000_000), ..Faults::counting(feed.requests("GET")) });
     // No budget: object_store does not resume the broken body itself, so what reads on is the worker.
     let env = [("SILVERLINE_INPUT_READ_TIMEOUT_SECONDS", "60"), ("SILVERLINE_IO_RETRY_SECONDS", "0")];
-    let out = run_through(&link, &bucket, &contract, "dropped", &env);
+    let out = feed.run(&link, "dropped", &env);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(link.counted(), 2, "the input's GET and the one reading on:\n{}", out.stderr);
     let resumed = resumed_line(&out.stderr).unwrap_or_else(|| panic!("no resumption logged:\n{}", out.stderr));
-    assert_eq!(resumed["input_uri"], format!("s3://{bucket}/bronze/feed.csv"));
-    assert_eq!(resumed["bytes_total"], input.len());
+    assert_eq!(resumed["input_uri"], format!("s3://{}/bronze/feed.csv", feed.bucket));
+    assert_eq!(resumed["bytes_total"], feed.input.len());
     let at = resumed["resumed_at"].as_u64().unwrap();
     assert!(at > 0 && at <= 3_000_000, "{resumed}");
-    let report: silverline_crds::report::RunReport =
-        serde_json::from_slice(&get(&rt, &s, "lake/silver/transactions/schema_v=v1/run_id=dropped/_SUCCESS")).unwrap();
-    assert_eq!((report.input_rows, report.inputs[0].sha256.as_str()), (120_000, sha.as_str()));
-    assert_eq!(report.inputs[0].bytes, input.len() as u64);
+    feed.assert_read_whole("dropped");
 }
 
 #[test]
 #[ignore = "needs the S3 server that scripts/test.sh starts"]
 fn an_input_stream_that_stalls_is_broken_by_the_read_timeout_and_read_on() {
-    let rt = runtime();
-    let bucket = unique_bucket("stalllink");
-    let s = store(&bucket);
-    let (input, sha) = some_rows(120_000);
-    rt.block_on(s.put(&Path::from("bronze/feed.csv"), Bytes::from(input.clone()).into())).unwrap();
-    let tmp = TempDir::new().unwrap();
-    let contract = contract(tmp.path(), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")]);
+    let feed = Feed::new("stalllink");
     // The server stops sending for 60 s after 3 MB; with no read timeout the GET would wait it out (one request).
-    let link = FaultyLink::start(Faults {
-        bytes_per_tick: 64 * 1024,
-        tick: Duration::ZERO,
-        cut_after: None,
-        stall: Some((3_000_000, Duration::from_secs(60))),
-        on_cut: None,
-        count: format!("GET /{bucket}/bronze/feed.csv "),
-    });
+    let stall = Some((3_000_000, Duration::from_secs(60)));
+    let link = FaultyLink::start(Faults { stall, ..Faults::counting(feed.requests("GET")) });
     let started = Instant::now();
     // No budget: object_store does not resume the broken body itself, so what reads on is the worker (logged).
     let env = [("SILVERLINE_INPUT_READ_TIMEOUT_SECONDS", "1"), ("SILVERLINE_IO_RETRY_SECONDS", "0")];
-    let out = run_through(&link, &bucket, &contract, "stalled", &env);
+    let out = feed.run(&link, "stalled", &env);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(started.elapsed() < Duration::from_secs(45), "the stall was waited out: {:?}", started.elapsed());
     // At least the GET that stalled and the one reading on (a pause of the run's own reader over the 1 s read
     // timeout, on a loaded machine, would add one).
     assert!(link.counted() >= 2, "the stalled GET was not broken:\n{}", out.stderr);
     assert!(resumed_line(&out.stderr).is_some(), "no resumption logged:\n{}", out.stderr);
-    let report: silverline_crds::report::RunReport =
-        serde_json::from_slice(&get(&rt, &s, "lake/silver/transactions/schema_v=v1/run_id=stalled/_SUCCESS")).unwrap();
-    assert_eq!((report.input_rows, report.inputs[0].sha256.as_str()), (120_000, sha.as_str()));
+    feed.assert_read_whole("stalled");
 }
 
 /// Deletes an object with a signed request (from a thread of the relay, which has no runtime of its own).
@@ -818,28 +823,23 @@ fn delete_object(bucket: &str, key: &str) {
 #[test]
 #[ignore = "needs the S3 server that scripts/test.sh starts"]
 fn an_input_deleted_while_its_stream_is_resumed_is_retried_as_changed() {
-    let rt = runtime();
-    let bucket = unique_bucket("gonelink");
-    let s = store(&bucket);
-    let tmp = TempDir::new().unwrap();
-    let contract = contract(tmp.path(), &[("maxQuarantineRate: 0.01", "maxQuarantineRate: 1.0")]);
+    let feed = Feed::new("gonelink");
     // Both resumers: object_store's own (within its budget; its GET of the rest gets a 404) and the worker's
     // (no budget).
     for (run_id, budget) in [("gone1", "180"), ("gone2", "0")] {
-        rt.block_on(s.put(&Path::from("bronze/feed.csv"), Bytes::from(some_rows(120_000).0).into())).unwrap();
-        let gone = bucket.clone();
-        let link = FaultyLink::start(Faults {
-            bytes_per_tick: 64 * 1024,
-            tick: Duration::ZERO,
-            cut_after: Some(3_000_000),
-            stall: None,
-            on_cut: Some(Box::new(move || delete_object(&gone, "bronze/feed.csv"))),
-            count: format!("GET /{bucket}/bronze/feed.csv "),
-        });
-        let out = run_through(&link, &bucket, &contract, run_id, &[("SILVERLINE_IO_RETRY_SECONDS", budget)]);
+        if run_id != "gone1" {
+            let input = Bytes::from(feed.input.clone());
+            feed.rt.block_on(feed.s.put(&Path::from("bronze/feed.csv"), input.into())).unwrap();
+        }
+        let gone = feed.bucket.clone();
+        let on_cut: Option<Box<dyn Fn() + Send + Sync>> =
+            Some(Box::new(move || delete_object(&gone, "bronze/feed.csv")));
+        let link =
+            FaultyLink::start(Faults { cut_after: Some(3_000_000), on_cut, ..Faults::counting(feed.requests("GET")) });
+        let out = feed.run(&link, run_id, &[("SILVERLINE_IO_RETRY_SECONDS", budget)]);
         assert_eq!(out.code, 75, "{run_id}: {}", out.stderr);
         assert!(out.stderr.contains("the input changed while the run read it"), "{run_id}: {}", out.stderr);
-        assert!(out.stderr.contains(&format!("s3://{bucket}/bronze/feed.csv")), "{run_id}: {}", out.stderr);
+        assert!(out.stderr.contains(&format!("s3://{}/bronze/feed.csv", feed.bucket)), "{run_id}: {}", out.stderr);
         assert!(link.counted() >= 2, "{run_id}: the rest was not asked for:\n{}", out.stderr);
     }
 }
