@@ -70,6 +70,12 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
+/// The worker's own kind of runtime, for calling its input code: that reads through `Handle::block_on`, which
+/// drives no I/O on a current-thread runtime.
+fn worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+}
+
 fn keys(rt: &tokio::runtime::Runtime, s: &AmazonS3, prefix: &str) -> Vec<String> {
     let mut keys: Vec<String> = rt
         .block_on(s.list(Some(&Path::from(prefix))).try_collect::<Vec<_>>())
@@ -348,9 +354,7 @@ fn a_run_stopped_by_its_circuit_breaker_on_two_threads_leaves_no_incomplete_uplo
 #[test]
 #[ignore = "needs the S3 server that scripts/test.sh starts"]
 fn an_input_replaced_after_its_listing_is_not_read_but_retried() {
-    // The worker's own kind of runtime: its input is read through `Handle::block_on`, which drives no I/O on a
-    // current-thread runtime.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = worker_runtime();
     let bucket = unique_bucket("replaced");
     let s = store(&bucket);
     let key = Path::from("bronze/feed.csv");
@@ -847,9 +851,7 @@ fn an_input_deleted_while_its_stream_is_resumed_is_retried_as_changed() {
 #[test]
 #[ignore = "needs the S3 server that scripts/test.sh starts"]
 fn a_folder_with_an_empty_marker_object_of_its_name_is_read_as_a_folder() {
-    // The worker's own kind of runtime: `resolve_inputs` uses `Handle::block_on`, which drives no I/O on a
-    // current-thread runtime.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = worker_runtime();
     let bucket = unique_bucket("marker");
     let s = store(&bucket);
     let sample = std::fs::read(repo_root().join("examples/data/transactions.csv")).unwrap();
