@@ -20,25 +20,24 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run these tests through scripts/test.sh"))
 }
 
+/// A signed `curl` request of `method` to `path` on the S3 server (for what object_store does not offer).
+fn signed_curl(method: &str, path: &str) -> Command {
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "-f", "-X", method, "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+        .arg(format!("{}:{}", env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")))
+        .arg(format!("{}/{path}", env("AWS_ENDPOINT_URL")));
+    curl
+}
+
 /// Creates a bucket with a signed request (object_store has no bucket API).
 fn create_bucket(name: &str) {
-    let status = Command::new("curl")
-        .args(["-sS", "-f", "-X", "PUT", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
-        .arg(format!("{}:{}", env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")))
-        .arg(format!("{}/{name}", env("AWS_ENDPOINT_URL")))
-        .status()
-        .expect("curl runs");
+    let status = signed_curl("PUT", name).status().expect("curl runs");
     assert!(status.success(), "creating bucket {name} failed");
 }
 
 /// The keys of the bucket's incomplete multipart uploads (ListMultipartUploads, which object_store does not offer).
 fn incomplete_uploads(bucket: &str) -> Vec<String> {
-    let out = Command::new("curl")
-        .args(["-sS", "-f", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
-        .arg(format!("{}:{}", env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")))
-        .arg(format!("{}/{bucket}?uploads=", env("AWS_ENDPOINT_URL")))
-        .output()
-        .expect("curl runs");
+    let out = signed_curl("GET", &format!("{bucket}?uploads=")).output().expect("curl runs");
     assert!(out.status.success(), "listing the uploads of {bucket} failed");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("<ListMultipartUploadsResult"), "{text}");
@@ -815,12 +814,7 @@ fn an_input_stream_that_stalls_is_broken_by_the_read_timeout_and_read_on() {
 
 /// Deletes an object with a signed request (from a thread of the relay, which has no runtime of its own).
 fn delete_object(bucket: &str, key: &str) {
-    let status = Command::new("curl")
-        .args(["-sS", "-f", "-X", "DELETE", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
-        .arg(format!("{}:{}", env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")))
-        .arg(format!("{}/{bucket}/{key}", env("AWS_ENDPOINT_URL")))
-        .status()
-        .expect("curl runs");
+    let status = signed_curl("DELETE", &format!("{bucket}/{key}")).status().expect("curl runs");
     assert!(status.success(), "deleting {bucket}/{key} failed");
 }
 

@@ -1271,7 +1271,7 @@ async fn report(scope: &Scope, run: &EtlRun, status: &EtlRunStatus, transition: 
         Transition::AttemptEnded { attempt, retry_after } => {
             if attempt.exit_code.is_some() {
                 // Its pod ran, so it started with the Secret and its keys, whatever the attempt's end.
-                clear_credentials_condition(scope, run, &namespace).await;
+                clear_credentials_condition(scope, run).await;
             }
             if attempt.outcome != Some(AttemptOutcome::Failed) {
                 return;
@@ -1306,7 +1306,7 @@ async fn report(scope: &Scope, run: &EtlRun, status: &EtlRunStatus, transition: 
             publish_related::<EtlRun>(ctx, &run.metadata, job, type_, event_reason, "Finish", note).await;
             if *phase == EtlRunPhase::Succeeded {
                 record_freshness(ctx, run, &namespace, &run_id, now).await;
-                clear_credentials_condition(scope, run, &namespace).await;
+                clear_credentials_condition(scope, run).await;
             }
         }
         Transition::Waiting { reason, message } => {
@@ -1424,16 +1424,28 @@ async fn request_promotion(scope: &Scope, run: &EtlRun, identity: &RunIdentity, 
     outcome
 }
 
+/// The run's Dataset as the store has it: `None` when not known (yet); its `Err` when not valid.
+fn run_dataset(scope: &Scope, run: &EtlRun) -> Option<Arc<DeserializeGuard<Dataset>>> {
+    let namespace = run.namespace().unwrap_or_default();
+    scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(&namespace))
+}
+
+/// Whose pods the Dataset's `CredentialsSecret` condition names for a run: "the worker pods of EtlRun tx", and the
+/// one that started: "a worker pod of EtlRun tx".
+fn worker_pods(run: &EtlRun) -> (String, String) {
+    let name = run.name_any();
+    (format!("the worker pods of EtlRun {name}"), format!("a worker pod of EtlRun {name}"))
+}
+
 /// The attempt's pod waits (`blocker`): if for the Dataset's credentials Secret or a key of it, the Dataset says so
 /// too, by its `CredentialsSecret` condition — on every reconcile while the pod waits, written only when the
 /// Dataset does not say it already (see `credentials::set`), so that one refused write is made good by the next.
 async fn say_credentials_missing(scope: &Scope, run: &EtlRun, blocker: &PodBlocker) {
     let namespace = run.namespace().unwrap_or_default();
-    let whose = format!("the worker pods of EtlRun {}", run.name_any());
+    let (whose, _) = worker_pods(run);
     let Some((reason, message)) = credentials::problem(blocker, &namespace, &whose) else { return };
     // Not known (yet) or not valid: nothing to compare with, nothing written; the run says it all the same.
-    let Some(dataset) = scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(&namespace)) else { return };
-    if let Ok(current) = dataset.0.as_ref() {
+    if let Some(Ok(current)) = run_dataset(scope, run).as_deref().map(|d| d.0.as_ref()) {
         credentials::set(&scope.ctx, current, &whose, false, reason, &message).await;
     }
 }
@@ -1443,21 +1455,17 @@ async fn say_credentials_missing(scope: &Scope, run: &EtlRun, blocker: &PodBlock
 /// on every reconcile while the attempt runs, so that the Dataset does not say so until the attempt ends, and a
 /// refused write is made good by the next (no request while nothing is to be said).
 async fn say_credentials_found(scope: &Scope, run: &EtlRun) {
-    let namespace = run.namespace().unwrap_or_default();
-    let Some(dataset) = scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(&namespace)) else { return };
-    if let Ok(dataset) = dataset.0.as_ref() {
-        let whose = format!("the worker pods of EtlRun {}", run.name_any());
-        let started = format!("a worker pod of EtlRun {}", run.name_any());
+    if let Some(Ok(dataset)) = run_dataset(scope, run).as_deref().map(|d| d.0.as_ref()) {
+        let (whose, started) = worker_pods(run);
         credentials::found_for(&scope.ctx, dataset, &whose, &started).await;
     }
 }
 
 /// A worker pod of the run started (its attempt ended with an exit code, or the run succeeded): if its Dataset says
 /// its Secret or one of its keys was missing, it is there now.
-async fn clear_credentials_condition(scope: &Scope, run: &EtlRun, namespace: &str) {
-    let Some(dataset) = scope.datasets.get(&ObjectRef::new(&run.spec.dataset).within(namespace)) else { return };
-    if let Ok(dataset) = dataset.0.as_ref() {
-        let started = format!("a worker pod of EtlRun {}", run.name_any());
+async fn clear_credentials_condition(scope: &Scope, run: &EtlRun) {
+    if let Some(Ok(dataset)) = run_dataset(scope, run).as_deref().map(|d| d.0.as_ref()) {
+        let (_, started) = worker_pods(run);
         credentials::found(&scope.ctx, dataset, &started, None).await;
     }
 }
