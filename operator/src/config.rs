@@ -103,6 +103,12 @@ pub struct Config {
     /// finishes are never held back. 0: every status is written at once.
     #[arg(long, env = "SILVERLINE_BURST_LAUNCHES_PER_SECOND", default_value_t = 20)]
     pub burst_launches_per_second: u32,
+    /// How long a request to the Kubernetes API may wait for its answer, in seconds, before it is given up and
+    /// retried like any transient API error. The default is the apiserver's own request timeout; a request sent on
+    /// a connection the network dropped silently (a load balancer's idle cut, an apiserver restarted mid-request)
+    /// would otherwise hold its reconcile, and the resource it reconciles, until the operator restarts.
+    #[arg(long, env = "SILVERLINE_API_TIMEOUT_SECONDS", default_value_t = 60.0, value_parser = positive_seconds)]
+    pub api_timeout_seconds: f64,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "SILVERLINE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -220,6 +226,11 @@ impl Config {
             }
         }
         (!namespaces.is_empty()).then_some(namespaces)
+    }
+
+    /// How long a request to the Kubernetes API may wait for its answer.
+    pub fn api_timeout(&self) -> Duration {
+        seconds(self.api_timeout_seconds)
     }
 
     pub fn lease_settings(&self) -> LeaseSettings {

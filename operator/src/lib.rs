@@ -5,6 +5,7 @@
 //! `lake`, `leader`, `http`). One module per controller under `controllers/`, sharing one `Context`, status
 //! writer, Event publisher, condition update and error policy.
 
+pub mod apiserver;
 pub mod config;
 pub mod controllers;
 pub mod failure;

@@ -1,7 +1,6 @@
 //! `silverline-operator`: runs EtlRuns as Jobs of the worker. See operator/README.md.
 
 use clap::Parser;
-use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use silverline_operator::config::Config;
 use silverline_operator::controllers::{self, Context};
@@ -47,8 +46,8 @@ async fn run(config: Config, jobs: JobSettings) -> Result<(), Box<dyn std::error
         http::serve(config.http_addr, Probes { metrics: metrics.clone(), ready: ready.clone() }).await?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
 
-    let client = Client::try_default().await?;
-    let version = client.apiserver_version().await?;
+    let client = silverline_operator::apiserver::client(config.api_timeout()).await?;
+    let version = client.apiserver_version().await.map_err(|e| format!("reaching the Kubernetes API server: {e}"))?;
     ready.store(true, Ordering::Relaxed);
     let elector = LeaderElector::new(client.clone(), config.lease_settings());
     let lease = elector.settings().clone();

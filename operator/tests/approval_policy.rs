@@ -199,7 +199,8 @@ impl Identity {
         let token = issued.status.and_then(|s| s.token).expect("a token in the TokenRequest's status");
         let mut config = kube::Config::infer().await.expect("the test kubeconfig");
         config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..kube::config::AuthInfo::default() };
-        let client = Client::try_from(config).expect("a client with the ServiceAccount's token");
+        let client = silverline_operator::apiserver::client_from(config, support::API_TIMEOUT)
+            .expect("a client with the ServiceAccount's token");
         let username = whoami(&client).await;
         assert_eq!(username, format!("system:serviceaccount:{namespace}:{name}"), "the token's identity");
         Identity { username, client }
@@ -211,7 +212,7 @@ impl Identity {
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
             .await
             .expect("a config from the kubeconfig");
-        let client = Client::try_from(config).expect("a client");
+        let client = silverline_operator::apiserver::client_from(config, support::API_TIMEOUT).expect("a client");
         let username = whoami(&client).await;
         Identity { username, client }
     }

@@ -50,6 +50,57 @@ fn big_input(rows: usize) -> String {
     text
 }
 
+/// No control plane needed: an "apiserver" on loopback that takes the operator's connections and never answers,
+/// as one behind a connection the network dropped. The operator's first request gives up after
+/// `--api-timeout-seconds` and it stops saying why, instead of waiting (not ready) forever.
+#[test]
+fn an_apiserver_that_never_answers_stops_the_operator_at_start_saying_so() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
+    let addr = silent.local_addr().expect("address");
+    std::thread::spawn(move || {
+        // Keep every connection open, read nothing back: the requests stay unanswered.
+        let held: Vec<_> = silent.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: silent, cluster: {{server: 'http://{addr}'}}}}]\n\
+         users: [{{name: nobody, user: {{}}}}]\ncontexts: [{{name: silent, context: {{cluster: silent, user: nobody}}}}]\n\
+         current-context: silent\n"
+    );
+    std::fs::write(&kubeconfig, text).expect("kubeconfig");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_silverline-operator"))
+        .env_clear()
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["--worker-image", "ghcr.io/silverline-dev/silverline-worker:test", "--http-addr", "127.0.0.1:0"])
+        .args(["--api-timeout-seconds", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start silverline-operator");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the operator still waits for the silent apiserver after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "reaching the Kubernetes API server: ServiceError: the Kubernetes API server did not answer within 1s"
+        ),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane (KUBECONFIG): run ./scripts/test.sh"]
 async fn a_run_succeeds_with_the_counts_of_its_success_marker_in_status_and_metrics() {

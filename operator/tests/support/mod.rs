@@ -31,14 +31,18 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A client of the test control plane.
+/// How long a test's request to the control plane may wait for its answer: a request whose answer never comes fails
+/// the test, naming it, instead of holding it (and the whole suite) forever.
+pub const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of the test control plane, bounded as the operator's is (`silverline_operator::apiserver`).
 pub async fn client() -> Client {
     assert!(
         std::env::var_os("KUBECONFIG").is_some(),
         "KUBECONFIG is not set: run ./scripts/test.sh, or start a control plane with \
          `scripts/controlplane.sh start DIR` and `source DIR/env`"
     );
-    let client = Client::try_default().await.expect("a client from KUBECONFIG");
+    let client = silverline_operator::apiserver::client(API_TIMEOUT).await.expect("a client from KUBECONFIG");
     client.apiserver_version().await.expect("the test control plane answers");
     client
 }
@@ -384,8 +388,12 @@ impl Operator {
         operator
     }
 
-    /// GET on the operator's HTTP port: (status code, body).
+    /// GET on the operator's HTTP port: (status code, body); `None` if it cannot be had within 10 s.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        tokio::time::timeout(Duration::from_secs(10), self.get_unbounded(path)).await.ok().flatten()
+    }
+
+    async fn get_unbounded(&self, path: &str) -> Option<(u16, String)> {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
