@@ -43,6 +43,8 @@ const SCOPED: &[&str] = &[
     "operator.reconcileConcurrency=64",
     "--set",
     "operator.burstLaunchesPerSecond=0",
+    "--set",
+    "operator.apiTimeoutSeconds=15",
 ];
 
 fn render(args: &[&str]) -> Vec<Value> {
@@ -254,7 +256,9 @@ fn by_default_the_operator_is_cluster_wide_highly_available_restricted_and_least
     assert_eq!(env_value(container, "SILVERLINE_LEASE_NAME").as_deref(), Some("silverline-operator"));
     // The tuning the chart exposes defaults to the operator's own defaults (measured ones: README.md "Load").
     let command = <silverline_operator::config::Config as clap::CommandFactory>::command();
-    for name in ["SILVERLINE_RECONCILE_CONCURRENCY", "SILVERLINE_BURST_LAUNCHES_PER_SECOND"] {
+    for name in
+        ["SILVERLINE_RECONCILE_CONCURRENCY", "SILVERLINE_BURST_LAUNCHES_PER_SECOND", "SILVERLINE_API_TIMEOUT_SECONDS"]
+    {
         let arg = command
             .get_arguments()
             .find(|a| a.get_env() == Some(std::ffi::OsStr::new(name)))
@@ -326,6 +330,7 @@ fn watched_namespaces_get_roles_and_nothing_cluster_wide_and_the_options_render(
     assert_eq!(container["image"], "ghcr.io/silverline-dev/silverline-operator:1.2.3");
     assert_eq!(env_value(container, "SILVERLINE_RECONCILE_CONCURRENCY").as_deref(), Some("64"));
     assert_eq!(env_value(container, "SILVERLINE_BURST_LAUNCHES_PER_SECOND").as_deref(), Some("0"));
+    assert_eq!(env_value(container, "SILVERLINE_API_TIMEOUT_SECONDS").as_deref(), Some("15"));
     assert_restricted_pod(one(&objects, "Deployment"));
 
     // The workers' ServiceAccount in each watched namespace, annotated for IRSA.
@@ -746,6 +751,7 @@ fn the_values_schema_refuses_a_typo_and_a_wrong_type() {
         ("image.worker.pullPolicy=Sometimes", "pullPolicy"),
         ("operator.reconcileConcurrency=-1", "reconcileConcurrency"),
         ("operator.burstLaunchesPerSecond=1.5", "burstLaunchesPerSecond"),
+        ("operator.apiTimeoutSeconds=0", "apiTimeoutSeconds"),
         // Larger than the operator's (and the API's) 32-bit fields: it would not start.
         ("worker.jobTtlSeconds=2147483648", "jobTtlSeconds"),
         ("operator.leaderElection.leaseDurationSeconds=2147483648", "leaseDurationSeconds"),
