@@ -580,17 +580,9 @@ impl OperatorProcess {
         body.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
     }
 
-    /// The operator's `/metrics` page (empty when unreachable, or not had within 10 s).
+    /// The body of the operator's `/metrics` page (empty when unreachable, or not had within 10 s).
     async fn metrics_text(&self) -> String {
-        let page = async {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
-            let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-            tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.ok()?;
-            let mut response = String::new();
-            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await.ok()?;
-            Some(response)
-        };
-        tokio::time::timeout(Duration::from_secs(10), page).await.ok().flatten().unwrap_or_default()
+        support::http_get(self.port, "/metrics").await.map(|(_, body)| body).unwrap_or_default()
     }
 
     /// Every sample of the operator's `/metrics` whose series starts with `prefix`, as (series, value).

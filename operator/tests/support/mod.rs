@@ -311,6 +311,22 @@ where
     seen
 }
 
+/// GET `path` on loopback port `port` (an operator's HTTP port): (status code, body); `None` if it cannot be had
+/// within 10 s, so that a server that accepts and never answers fails the test's wait instead of holding it.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let get = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Some((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), get).await.ok().flatten()
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -390,18 +406,7 @@ impl Operator {
 
     /// GET on the operator's HTTP port: (status code, body); `None` if it cannot be had within 10 s.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        tokio::time::timeout(Duration::from_secs(10), self.get_unbounded(path)).await.ok().flatten()
-    }
-
-    async fn get_unbounded(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let code = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        Some((code, body))
+        http_get(self.port, path).await
     }
 
     pub async fn metrics(&self) -> String {
